@@ -1,0 +1,42 @@
+# ntkbench — two commands: `make lab` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: lab test bench bench-env data clean check-python
+
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
+	  echo "ntkbench needs Python >= 3.11; '$(PYTHON)' is $$($(PYTHON) --version 2>&1). Set PYTHON=/path/to/python3.11" >&2; exit 1; }
+
+$(VENV)/bin/python: | check-python
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Stamps keyed on pyproject.toml: reinstall only when the dependencies change.
+$(VENV)/.stamp-notebooks: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[notebooks]'
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.stamp-notebooks
+
+lab: $(VENV)/.stamp-notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
+	  --IdentityProvider.token="$${JUPYTER_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(16))')}"
+
+test: $(VENV)/.stamp-test
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+bench: $(VENV)/.stamp-test
+	$(PY) benchmarks/entk_methods.py
+
+data: $(VENV)/.stamp-test
+	@echo "no shipped cubes yet"
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

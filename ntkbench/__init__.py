@@ -1,0 +1,79 @@
+"""ntkbench: a Jupyter workbench for studying how neural networks learn through the
+spectrum of their empirical neural tangent kernel (eNTK).
+
+The whole public API is listed here. Names are imported lazily on first use, so
+``import ntkbench`` stays fast and does not pull in JAX, xarray or Bokeh until needed.
+
+Example
+-------
+>>> import jax, equinox as eqx, ntkbench as nb
+>>> model = eqx.nn.MLP(4, 3, 16, 2, key=jax.random.key(0))
+>>> x = jax.random.normal(jax.random.key(1), (5, 4))
+>>> K = nb.entk(model, x)
+>>> K.shape
+(5, 5)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # kernel.py
+    "entk": "kernel",
+    # measures.py
+    "spectrum": "measures",
+    "entropy": "measures",
+    "trace": "measures",
+    "effective_rank": "measures",
+    "kernel_alignment": "measures",
+    "kernel_distance": "measures",
+    "relative_change": "measures",
+    "residual_projection": "measures",
+    "cosine_normalize": "measures",
+    "magnitude_entropy": "measures",
+    "kernel_regression": "measures",
+    "lnp": "measures",
+    "LNP": "measures",
+    # linalg.py
+    "top_eigenvalues": "linalg",
+    "entropy_estimate": "linalg",
+    # models.py
+    "MLP": "models",
+    "CNN": "models",
+    "TinyTransformer": "models",
+    "make_model": "models",
+    # data.py
+    "load": "data",
+    "select": "data",
+    "Dataset": "data",
+    # train.py
+    "train": "train",
+    "Recorder": "train",
+    # cube.py
+    "save": "cube",
+    "open_cube": "cube",
+    "combine": "cube",
+    "validate": "cube",
+    # sweep.py
+    "sweep": "sweep",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ntkbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ntkbench.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -17,11 +17,11 @@ $(VENV)/bin/python: | check-python
 
 # Stamps keyed on pyproject.toml: reinstall only when the dependencies change.
 $(VENV)/.stamp-notebooks: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e '.[notebooks]'
+	$(PY) -m pip install --quiet -e '.[notebooks]' --config-settings editable_mode=compat
 	touch $@
 
 $(VENV)/.stamp-test: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=compat
 	touch $@ $(VENV)/.stamp-notebooks
 
 lab: $(VENV)/.stamp-notebooks

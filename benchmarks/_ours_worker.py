@@ -1,0 +1,84 @@
+"""Worker run in ntkbench's own env (.venv, current JAX); counterpart of ``_nt_worker.py``.
+
+Times one method on the .npz written by ``vs_neural_tangents.py`` and prints one JSON line:
+
+- ``entk``: ``ntkbench.entk(model, x, outputs=..., method="auto")`` — the public call, as
+  a user makes it. ``--form eqx`` (default): the Equinox twin of the model from
+  ``_eqx_models.py`` (same function, same parameters); ``--form apply``:
+  ``(apply_one, params)`` around the shared plain apply_fn.
+- ``naive``: vmap(jacrev) + einsum in this env's JAX (same code as the NT env's naive).
+
+    .venv/bin/python benchmarks/_ours_worker.py --data D.npz --model mlp --n 32 \
+        --outputs trace --method entk [--save K.npy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--outputs", choices=("trace", "full"), required=True)
+    ap.add_argument("--method", choices=("entk", "naive"), required=True)
+    ap.add_argument("--entk-method", default="auto")
+    ap.add_argument("--form", choices=("eqx", "apply"), default="eqx",
+                    help="eqx: the Equinox twin of the model (_eqx_models); apply: (apply_fn, params)")
+    ap.add_argument("--save")
+    ap.add_argument("--min-total", type=float, default=0.3)
+    args = ap.parse_args()
+
+    import jax
+    import numpy as np
+
+    import _bench_models as bm
+
+    data = np.load(args.data)
+    x = data["x"][: args.n]
+    params = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
+    x, params = jax.device_put(x), jax.device_put(params)
+    apply = bm.apply_fn(args.model)
+    if args.method == "entk":
+        import ntkbench as nb
+
+        if args.form == "eqx":
+            import _eqx_models
+
+            model = _eqx_models.build(args.model, {k: np.asarray(v) for k, v in params.items()})
+
+            def fn(x, p):
+                return nb.entk(model, x, outputs=args.outputs, method=args.entk_method)
+        else:
+
+            def apply_one(p, xi):
+                return apply(p, xi[None])[0]
+
+            def fn(x, p):
+                return nb.entk((apply_one, p), x, outputs=args.outputs, method=args.entk_method)
+    else:
+        fn = jax.jit(lambda x, p: bm.naive_kernel(apply, p, x, args.outputs))
+    rss0, _ = bm.rss_bytes()
+    best, first, reps, k = bm.time_call(fn, x, params, min_total=args.min_total)
+    _, peak = bm.rss_bytes()
+    k = np.asarray(k)
+    if args.save:
+        np.save(args.save, k)
+    print(json.dumps({
+        "side": "ours", "method": args.method, "model": args.model, "n": args.n,
+        "outputs": args.outputs, "seconds": best, "first_call_s": first, "repeats": reps,
+        "rss_before": rss0, "rss_peak": peak, "device_memory": bm.device_memory(),
+        "shape": list(k.shape), "jax": jax.__version__,
+        "form": args.form if args.method == "entk" else "apply",
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The ``ntkbench`` command.
+
+::
+
+    ntkbench info
+    ntkbench sweep CONFIG.toml --out DIR [--workers N | --scheduler ADDR] [--no-progress]
+    ntkbench reproduce PAPER [--quick] --out DIR [--workers N | --scheduler ADDR]
+    ntkbench export CUBE --figure NAME --format png|svg|html [--out DIR]
+
+Rerunning ``sweep`` or ``reproduce`` with the same ``--out`` resumes: finished runs are
+skipped. Errors in the input (a bad config key, an unknown paper or figure) print one
+line naming the problem and exit with status 2.
+
+Example
+-------
+>>> main(["info"])  # doctest: +SKIP
+ntkbench 0.1.0
+...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _versions() -> list[tuple[str, str]]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("ntkbench", "jax", "jaxlib", "equinox", "optax", "xarray", "netCDF4", "zarr", "bokeh", "dask", "distributed"):
+        try:
+            out.append((dist, version(dist)))
+        except PackageNotFoundError:
+            out.append((dist, "not installed"))
+    return out
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    for name, ver in _versions():
+        print(f"{name:<12} {ver}")
+    print(f"{'python':<12} {platform.python_version()}")
+    import jax
+
+    print(f"{'backend':<12} {jax.default_backend()}")
+    for d in jax.devices():
+        print(f"{'device':<12} {d.id}: {d.platform} ({getattr(d, 'device_kind', '')})")
+    return 0
+
+
+def _load_toml(path: str) -> dict:
+    import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ntkbench.sweep import sweep
+
+    config = _load_toml(args.config)
+    ds = sweep(config, args.out, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
+    sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
+    print(f"cube: {Path(args.out) / 'cube.nc'} ({sizes})")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from ntkbench.papers import get
+
+    module = get(args.paper)
+    module.run(args.out, quick=args.quick, workers=args.workers, scheduler=args.scheduler)
+    print(f"{args.paper}: results in {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ntkbench import cube
+
+    try:
+        from ntkbench import plots
+    except ImportError as exc:  # pragma: no cover - plots ships with the package
+        raise RuntimeError(f"figure export needs ntkbench.plots (and bokeh): {exc}") from exc
+    figures = getattr(plots, "FIGURES", {})
+    if args.figure not in figures:
+        raise ValueError(f"unknown figure {args.figure!r}; known figures: {sorted(figures)}")
+    ds = cube.open(args.cube)
+    fig = figures[args.figure](ds)
+    target = Path(args.out) / f"{Path(args.cube).stem}-{args.figure}.{args.format}"
+    written = plots.export(fig, target, args.format)
+    print(written)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="run on a local dask cluster with N worker processes")
+    group.add_argument("--scheduler", default=None, metavar="ADDR", help="run on an existing dask cluster (tcp://host:port)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ntkbench`` (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="ntkbench", description="eNTK spectra of neural networks: sweeps, paper reproductions, figures.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions and JAX devices")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("sweep", help="run a sweep from a TOML config (resumes)")
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (run files + cube.nc)")
+    _add_cluster(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("reproduce", help="run a paper's experiments (resumes)")
+    p.add_argument("paper", metavar="PAPER")
+    p.add_argument("--quick", action="store_true", help="small configuration (about a minute)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    _add_cluster(p)
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("export", help="export a figure of a cube")
+    p.add_argument("cube", metavar="CUBE")
+    p.add_argument("--figure", required=True, metavar="NAME")
+    p.add_argument("--format", required=True, choices=("png", "svg", "html"))
+    p.add_argument("--out", default="figures", metavar="DIR", help="output folder (default: figures)")
+    p.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ntkbench`` command; return the exit status (0 ok, 1 failure, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"ntkbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"ntkbench {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

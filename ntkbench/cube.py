@@ -1,0 +1,426 @@
+"""Result cubes: the xarray schema of ntkbench, atomic save/open, provenance, combine.
+
+A *cube* is an :class:`xarray.Dataset` with dims ``step`` and ``eigen_index`` plus any
+swept axis (``width``, ``seed``, ``depth``, ``n_train``, ``lr``, ...), every dimension
+labelled by a coordinate, every data variable carrying CF-style ``long_name`` and
+``units`` attributes, and the provenance attributes of :data:`REQUIRED_ATTRS`.
+
+Example
+-------
+>>> import numpy as np, xarray as xr
+>>> from ntkbench import cube
+>>> ds = xr.Dataset(
+...     {"entropy": ("step", np.array([1.0, 0.8]), cube.var_attrs("entropy"))},
+...     coords={"step": [0, 10]},
+...     attrs=cube.make_attrs({"seed": 0}, title="demo"),
+... )
+>>> cube.validate(ds)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "VARIABLES",
+    "COORDS",
+    "KERNEL_VARIABLES",
+    "REQUIRED_ATTRS",
+    "var_attrs",
+    "make_attrs",
+    "validate",
+    "save",
+    "open",
+    "open_cube",
+    "combine",
+]
+
+#: data variable name -> (long_name, units). Units follow CF: "1" is dimensionless.
+VARIABLES: dict[str, tuple[str, str]] = {
+    "eigenvalues": ("eNTK eigenvalue (probe set, descending)", "1"),
+    "entropy": ("eNTK spectral entropy S", "nat"),
+    "entropy_normalized": ("normalized eNTK spectral entropy S / ln N", "1"),
+    "trace": ("eNTK trace Tr K", "1"),
+    "trace_per_sample": ("eNTK trace per sample Tr K / N", "1"),
+    "effective_rank": ("eNTK effective rank exp(S)", "1"),
+    "magnitude_entropy": ("eNTK magnitude entropy", "nat"),
+    "kernel_distance_init": ("eNTK distance from initial kernel (1 - alignment)", "1"),
+    "relative_change_init": ("relative eNTK change ||K - K0||_F / ||K0||_F", "1"),
+    "test_entropy": ("eNTK spectral entropy S (test probe)", "nat"),
+    "test_entropy_normalized": ("normalized eNTK spectral entropy S / ln N (test probe)", "1"),
+    "test_trace": ("eNTK trace Tr K (test probe)", "1"),
+    "test_trace_per_sample": ("eNTK trace per sample Tr K / N (test probe)", "1"),
+    "spectral_position": ("spectral position chi_pos", "1"),
+    "loss": ("training loss", "1"),
+    "test_loss": ("test loss", "1"),
+    "accuracy": ("training accuracy", "1"),
+    "test_accuracy": ("test accuracy", "1"),
+}
+
+#: coordinate name -> (long_name, units)
+COORDS: dict[str, tuple[str, str]] = {
+    "step": ("optimizer step", "1"),
+    "eigen_index": ("eigenvalue index (0 = largest)", "1"),
+    "width": ("network width", "1"),
+    "seed": ("random seed", "1"),
+    "depth": ("network depth", "1"),
+    "n_train": ("number of training samples", "1"),
+    "n_test": ("number of test samples", "1"),
+    "lr": ("learning rate", "1"),
+    "batch_size": ("batch size", "1"),
+    "steps": ("number of optimizer steps", "1"),
+    "probe": ("probe set size", "1"),
+    "parametrization": ("parametrization", ""),
+    "activation": ("activation function", ""),
+}
+
+#: variables derived from the eNTK: NaN/Inf in them is an error, never plotted silently
+KERNEL_VARIABLES: frozenset[str] = frozenset(
+    {
+        "eigenvalues",
+        "entropy",
+        "entropy_normalized",
+        "trace",
+        "trace_per_sample",
+        "effective_rank",
+        "magnitude_entropy",
+        "kernel_distance_init",
+        "relative_change_init",
+        "test_entropy",
+        "test_entropy_normalized",
+        "test_trace",
+        "test_trace_per_sample",
+        "spectral_position",
+    }
+)
+
+#: dataset attributes every cube carries
+REQUIRED_ATTRS: tuple[str, ...] = (
+    "ntkbench_version",
+    "jax_version",
+    "created",
+    "config",
+    "paper",
+    "title",
+)
+
+
+def var_attrs(name: str) -> dict[str, str]:
+    """CF attributes ``{"long_name", "units"}`` for a known variable or coordinate.
+
+    Unknown names get ``long_name = name`` and ``units = "1"``.
+
+    >>> var_attrs("entropy")["units"]
+    'nat'
+    """
+    long_name, units = VARIABLES.get(name) or COORDS.get(name) or (name, "1")
+    return {"long_name": long_name, "units": units}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _ntkbench_version() -> str:
+    import ntkbench
+
+    version = getattr(ntkbench, "__version__", None)
+    if version is None:  # e.g. imported as a namespace package through an editable install
+        from importlib.metadata import version as _v
+
+        version = _v("ntkbench")
+    return str(version)
+
+
+def make_attrs(config: Mapping[str, Any], paper: str = "", title: str = "") -> dict[str, str]:
+    """Provenance attributes of a cube.
+
+    Parameters
+    ----------
+    config : the full run (or sweep) configuration; stored as JSON.
+    paper : paper key (``"data"``, ``"collective"``, ...) or ``""``.
+    title : a human-readable title.
+
+    Returns
+    -------
+    dict with ``ntkbench_version``, ``jax_version``, ``created`` (ISO 8601, UTC),
+    ``config`` (JSON), ``paper`` and ``title`` -- all strings, so netCDF and Zarr keep
+    them exactly.
+
+    >>> make_attrs({"width": 8})["config"]
+    '{"width": 8}'
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+    if not isinstance(paper, str):
+        raise TypeError(f"paper must be a str, got {type(paper).__name__}")
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a str, got {type(title).__name__}")
+    import jax
+
+    return {
+        "ntkbench_version": _ntkbench_version(),
+        "jax_version": jax.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": json.dumps(_jsonable(config), sort_keys=False),
+        "paper": paper,
+        "title": title,
+    }
+
+
+def validate(ds: Any, *, check_finite: bool = True) -> None:
+    """Check that ``ds`` follows the cube schema; raise ``ValueError`` naming what is wrong.
+
+    Checks: it is an ``xarray.Dataset``; the attributes of :data:`REQUIRED_ATTRS` exist
+    and ``config`` is JSON; every dimension has a coordinate of the same name (known
+    dims are ``step``, ``eigen_index`` and the swept axes); ``eigenvalues`` (if present)
+    has dim ``eigen_index``; every data variable has ``long_name`` and ``units``; with
+    ``check_finite`` no kernel-derived variable (:data:`KERNEL_VARIABLES`) holds NaN/Inf.
+
+    >>> import xarray as xr
+    >>> validate(xr.Dataset())  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ValueError: cube is missing attributes ['ntkbench_version', ...]
+    """
+    import xarray as xr
+
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
+    problems: list[str] = []
+    missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
+    if missing:
+        problems.append(f"cube is missing attributes {missing}")
+    if "config" in ds.attrs:
+        try:
+            json.loads(ds.attrs["config"])
+        except (TypeError, ValueError):
+            problems.append("attribute 'config' is not valid JSON")
+    for dim in ds.dims:
+        if dim not in ds.coords:
+            problems.append(
+                f"dimension {dim!r} has no coordinate (unknown dim; known dims are "
+                f"'step', 'eigen_index' and swept axes such as {sorted(COORDS)[:6]}, "
+                "each labelled by a coordinate)"
+            )
+    if "eigenvalues" in ds.data_vars and "eigen_index" not in ds["eigenvalues"].dims:
+        problems.append("variable 'eigenvalues' lacks the 'eigen_index' dimension")
+    for name, var in ds.data_vars.items():
+        absent = [a for a in ("long_name", "units") if a not in var.attrs]
+        if absent:
+            problems.append(f"variable {name!r} has no {' or '.join(absent)} attribute")
+    if check_finite:
+        for name in sorted(KERNEL_VARIABLES & set(map(str, ds.data_vars))):
+            values = np.asarray(ds[name].values)
+            if values.dtype.kind in "fc":
+                bad = int(np.size(values) - np.isfinite(values).sum())
+                if bad:
+                    problems.append(
+                        f"kernel-derived variable {name!r} holds {bad} NaN/Inf value(s)"
+                    )
+    if problems:
+        raise ValueError("invalid ntkbench cube: " + "; ".join(problems))
+
+
+def _infer_format(path: Path, format: str | None) -> str:
+    if format is None:
+        return "zarr" if path.suffix == ".zarr" else "netcdf"
+    if format not in ("netcdf", "zarr"):
+        raise ValueError(f"format must be 'netcdf', 'zarr' or None, got {format!r}")
+    return format
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _zarr_kwargs() -> dict[str, Any]:
+    # Zarr format 2 with consolidated metadata: readable by every zarr-python, and no
+    # "consolidated metadata is not part of the v3 spec" warnings.
+    return {"zarr_format": 2, "consolidated": True}
+
+
+def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Path:
+    """Write a cube atomically; return its path.
+
+    The data are written to a temporary file (or, for Zarr, directory) in the same
+    folder, flushed with ``fsync`` and moved into place with ``os.replace``, so ``path``
+    either holds the complete old cube, the complete new one, or nothing -- never a
+    partial file. Structure is validated first (:func:`validate` without the finiteness
+    check, so a diverged run is still stored for inspection).
+
+    Parameters
+    ----------
+    ds : the cube (``xarray.Dataset``).
+    path : target, ``*.nc`` (netCDF, the default) or ``*.zarr`` (a Zarr store).
+    format : ``"netcdf"``, ``"zarr"`` or None (from the suffix; netCDF unless ``.zarr``).
+
+    >>> save(ds, "runs/run-width=64.nc")  # doctest: +SKIP
+    """
+    validate(ds, check_finite=False)
+    path = Path(path)
+    fmt = _infer_format(path, format)
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "netcdf":
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+            _fsync_path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+        old: Path | None = None
+        try:
+            ds.to_zarr(tmp, mode="w", **_zarr_kwargs())
+            for root, _dirs, files in os.walk(tmp):
+                for f in files:
+                    _fsync_path(Path(root) / f)
+                _fsync_path(Path(root))
+            if path.exists():
+                # os.replace cannot replace a non-empty directory: move the old one
+                # aside first, then drop it once the new store is in place.
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+                os.replace(path, old / "store")
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and (old / "store").exists() and not path.exists():
+                os.replace(old / "store", path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    _fsync_path(parent)
+    return path
+
+
+def open(path: str | os.PathLike[str]) -> Any:  # noqa: A001 - module-level name by design
+    """Open a cube written by :func:`save`, loaded fully into memory.
+
+    Raises ``FileNotFoundError`` if ``path`` does not exist and ``ValueError`` if it is
+    corrupted or not an ntkbench cube (wrong format, missing provenance attributes,
+    unlabelled dims or variables). Exported as ``ntkbench.open_cube``.
+
+    >>> ds = open("runs/demo/cube.nc")  # doctest: +SKIP
+    >>> ds.entropy.sel(width=64, seed=0)  # doctest: +SKIP
+    """
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no cube at {str(path)!r}")
+    is_zarr = path.is_dir() or path.suffix == ".zarr"
+    try:
+        if is_zarr:
+            opened = xr.open_zarr(path, consolidated=None, chunks=None)
+        else:
+            opened = xr.open_dataset(path, engine="netcdf4", chunks=None)
+        with opened:
+            ds = opened.load()
+    except Exception as exc:  # corrupted or foreign file: one clear message
+        kind = "Zarr store" if is_zarr else "netCDF file"
+        raise ValueError(
+            f"{str(path)!r} is not a readable {kind} ({type(exc).__name__}: {exc}); "
+            "it may be corrupted or truncated -- delete it and rerun to recreate it"
+        ) from exc
+    try:
+        validate(ds, check_finite=False)
+    except ValueError as exc:
+        raise ValueError(f"{str(path)!r} is not an ntkbench cube: {exc}") from exc
+    return ds
+
+
+open_cube = open
+
+
+def combine(items: Iterable[Any], *, attrs: Mapping[str, str] | None = None) -> Any:
+    """Combine run cubes (paths or Datasets) along their coordinates.
+
+    Uses :func:`xarray.combine_by_coords`: runs that differ in a swept coordinate
+    (length-1 dims such as ``width`` or ``seed``) are laid out along it; missing grid
+    points become NaN. Variable attributes are kept; dataset attributes that differ
+    between runs (``created``, ``config``) are replaced: by ``attrs`` if given, otherwise
+    ``config`` becomes the JSON list of the runs' configs and ``created`` is now.
+
+    >>> cube = combine(["runs/run-width=16.nc", "runs/run-width=64.nc"])  # doctest: +SKIP
+    >>> cube.sizes["width"]  # doctest: +SKIP
+    2
+    """
+    import xarray as xr
+
+    datasets = []
+    for item in items:
+        if isinstance(item, xr.Dataset):
+            datasets.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            datasets.append(open(item))
+        else:
+            raise TypeError(
+                f"items must hold paths or xarray.Datasets, got {type(item).__name__}"
+            )
+    if not datasets:
+        raise ValueError("items is empty: nothing to combine")
+    combined = xr.combine_by_coords(
+        datasets,
+        compat="no_conflicts",
+        data_vars="all",
+        coords="different",
+        join="outer",
+        combine_attrs="drop_conflicts",
+    )
+    if attrs is not None:
+        combined.attrs = dict(attrs)
+    else:
+        first = dict(datasets[0].attrs)
+        configs = []
+        for d in datasets:
+            try:
+                configs.append(json.loads(d.attrs.get("config", "null")))
+            except (TypeError, ValueError):
+                configs.append(d.attrs.get("config"))
+        first.update(combined.attrs)
+        first["config"] = json.dumps(configs)
+        first["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        combined.attrs = first
+    for name in combined.coords:
+        if name in COORDS and "long_name" not in combined[name].attrs:
+            combined[name].attrs.update(var_attrs(str(name)))
+    return combined
+

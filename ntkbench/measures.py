@@ -1,0 +1,425 @@
+"""Measures on eNTKs and their spectra: entropy, trace, effective rank, alignment, ...
+
+All functions take arrays and return arrays (JAX), batched over leading axes where that is
+natural (a kernel argument is (..., N, N); an eigenvalue argument is (..., N)). A kernel
+with NaN or Inf is reported with a ``ValueError`` naming the argument, never silently
+turned into a number.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+__all__ = [
+    "spectrum",
+    "entropy",
+    "trace",
+    "effective_rank",
+    "kernel_alignment",
+    "kernel_distance",
+    "relative_change",
+    "residual_projection",
+    "cosine_normalize",
+    "magnitude_entropy",
+    "kernel_regression",
+    "flatten_full",
+    "lnp",
+    "LNP",
+]
+
+_CLIP = 1e-14  # relative: eigenvalues below _CLIP * max are round-off
+
+
+def _kernel(K: Any, name: str = "K", *, check_finite: bool = True) -> Array:
+    if not isinstance(K, (jax.Array, np.ndarray)):
+        try:
+            K = jnp.asarray(K)
+        except TypeError as e:
+            raise TypeError(f"{name}: expected a square array (..., N, N), got {type(K).__name__}") from e
+    K = jnp.asarray(K)
+    if K.ndim < 2 or K.shape[-1] != K.shape[-2]:
+        raise ValueError(f"{name}: expected a square kernel (..., N, N), got shape {K.shape}")
+    if K.shape[-1] == 0:
+        raise ValueError(f"{name}: empty kernel (N = 0)")
+    if not jnp.issubdtype(K.dtype, jnp.inexact):
+        K = K.astype(jnp.result_type(float))
+    if check_finite and not isinstance(K, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(K))):
+        raise ValueError(f"{name}: the kernel contains NaN or Inf")
+    return K
+
+
+def _eigenvalues(eigenvalues: Any, name: str = "eigenvalues") -> Array:
+    lam = jnp.asarray(eigenvalues)
+    if lam.ndim < 1 or lam.shape[-1] == 0:
+        raise ValueError(f"{name}: expected eigenvalues (..., N) with N ≥ 1, got shape {lam.shape}")
+    if not jnp.issubdtype(lam.dtype, jnp.inexact):
+        lam = lam.astype(jnp.result_type(float))
+    if not isinstance(lam, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(lam))):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return lam
+
+
+def flatten_full(K: Float[Array, "n1 n2 k k"]) -> Float[Array, "n1*k n2*k"]:
+    """Flatten a full kernel (N1, N2, K, K) sample-major to (N1·K, N2·K).
+
+    Example
+    -------
+    >>> flatten_full(jnp.ones((2, 3, 4, 4))).shape
+    (8, 12)
+    """
+    K = jnp.asarray(K)
+    if K.ndim != 4 or K.shape[2] != K.shape[3]:
+        raise ValueError(f"K: expected a full kernel (N1, N2, K, K), got shape {K.shape}")
+    n1, n2, k, _ = K.shape
+    return K.transpose(0, 2, 1, 3).reshape(n1 * k, n2 * k)
+
+
+def spectrum(
+    K: Float[Array, "... n n"], k: int | None = None, vectors: bool = False
+) -> Float[Array, "... k"] | tuple[Float[Array, "... k"], Float[Array, "... n k"]]:
+    """Eigenvalues of a symmetric kernel in DESCENDING order (eigen_index 0 = largest).
+
+    Parameters
+    ----------
+    K : (..., N, N) symmetric kernel (symmetrised as (K + Kᵀ)/2 against round-off).
+    k : keep the top k (default: all N).
+    vectors : also return the eigenvectors, as columns (..., N, k), paired with the
+        eigenvalues: ``K @ V[:, i] == λ[i] * V[:, i]``.
+
+    Example
+    -------
+    >>> lam, V = spectrum(jnp.diag(jnp.array([1.0, 3.0, 2.0])), vectors=True)
+    >>> lam.tolist()
+    [3.0, 2.0, 1.0]
+    """
+    K = _kernel(K)
+    n = K.shape[-1]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n):
+        raise ValueError(f"k: expected an integer in [1, {n}] or None, got {k!r}")
+    sym = 0.5 * (K + jnp.swapaxes(K, -1, -2))
+    if vectors:
+        lam, V = jnp.linalg.eigh(sym)
+        lam, V = lam[..., ::-1], V[..., ::-1]
+        if k is not None:
+            lam, V = lam[..., :k], V[..., :k]
+        return lam, V
+    lam = jnp.linalg.eigvalsh(sym)[..., ::-1]
+    return lam if k is None else lam[..., :k]
+
+
+def _probabilities(lam: Array) -> Array:
+    top = jnp.max(jnp.abs(lam), axis=-1, keepdims=True)
+    lam = jnp.where(lam > _CLIP * top, lam, 0.0)
+    total = jnp.sum(lam, axis=-1, keepdims=True)
+    return lam / jnp.where(total > 0, total, 1.0)
+
+
+def _shannon(p: Array) -> Array:
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def entropy(eigenvalues: Float[Array, "... n"], normalize: bool = False) -> Float[Array, "..."]:
+    """Von Neumann entropy S = −Σ p_i ln p_i of p_i = λ_i / Σλ (natural log).
+
+    Eigenvalues below 1e-14 × the largest (round-off, including tiny negatives) count as 0.
+    ``normalize=True`` divides by ln N (N = number of eigenvalues), giving S / ln N ∈ [0, 1].
+
+    Example
+    -------
+    >>> float(entropy(jnp.ones(4), normalize=True))
+    1.0
+    """
+    lam = _eigenvalues(eigenvalues)
+    S = _shannon(_probabilities(lam))
+    if normalize:
+        n = lam.shape[-1]
+        S = S / jnp.log(n) if n > 1 else jnp.zeros_like(S)
+    return S
+
+
+def effective_rank(eigenvalues: Float[Array, "... n"]) -> Float[Array, "..."]:
+    """Effective rank exp(S) (Roy & Vetterli): between 1 (rank one) and N (flat).
+
+    Example
+    -------
+    >>> round(float(effective_rank(jnp.ones(5))), 6)
+    5.0
+    """
+    return jnp.exp(entropy(eigenvalues))
+
+
+def trace(K: Float[Array, "... n n"], normalize: bool = False) -> Float[Array, "..."]:
+    """Tr K; with ``normalize=True`` Tr K / N (the mean squared gradient norm).
+
+    Example
+    -------
+    >>> float(trace(2 * jnp.eye(3), normalize=True))
+    2.0
+    """
+    K = _kernel(K)
+    t = jnp.trace(K, axis1=-2, axis2=-1)
+    return t / K.shape[-1] if normalize else t
+
+
+def kernel_alignment(K1: Float[Array, "... n n"], K2: Float[Array, "... n n"]) -> Float[Array, "..."]:
+    """Frobenius cosine ⟨K1, K2⟩_F / (‖K1‖_F ‖K2‖_F) ∈ [−1, 1].
+
+    Example
+    -------
+    >>> float(kernel_alignment(jnp.eye(2), 3 * jnp.eye(2)))
+    1.0
+    """
+    K1, K2 = _kernel(K1, "K1"), _kernel(K2, "K2")
+    if K1.shape[-1] != K2.shape[-1]:
+        raise ValueError(f"K2: shape {K2.shape} does not match K1's {K1.shape}")
+    num = jnp.sum(K1 * K2, axis=(-2, -1))
+    den = jnp.linalg.norm(K1, axis=(-2, -1)) * jnp.linalg.norm(K2, axis=(-2, -1))
+    return num / den
+
+
+def kernel_distance(K1: Float[Array, "... n n"], K2: Float[Array, "... n n"]) -> Float[Array, "..."]:
+    """1 − kernel_alignment(K1, K2): 0 for kernels equal up to scale.
+
+    Example
+    -------
+    >>> float(kernel_distance(jnp.eye(2), jnp.eye(2)))
+    0.0
+    """
+    return 1.0 - kernel_alignment(K1, K2)
+
+
+def relative_change(K0: Float[Array, "... n n"], K: Float[Array, "... n n"]) -> Float[Array, "..."]:
+    """‖K − K0‖_F / ‖K0‖_F: how far a kernel moved from a reference (e.g. initialization).
+
+    Example
+    -------
+    >>> float(relative_change(jnp.eye(2), 2 * jnp.eye(2)))
+    1.0
+    """
+    K0, K = _kernel(K0, "K0"), _kernel(K, "K")
+    if K0.shape[-1] != K.shape[-1]:
+        raise ValueError(f"K: shape {K.shape} does not match K0's {K0.shape}")
+    return jnp.linalg.norm(K - K0, axis=(-2, -1)) / jnp.linalg.norm(K0, axis=(-2, -1))
+
+
+def residual_projection(
+    eigenvectors: Float[Array, "n k"], residual: Float[Array, "n ..."], weights: bool = False
+) -> Float[Array, "k ..."]:
+    """Project a residual on kernel eigenvectors: c_k = v_kᵀ r.
+
+    With ``weights=True`` returns the spectral weights w_k = Σ (v_kᵀ r)² / ‖r‖² (summed
+    over any trailing output axes of r), which sum to 1 over a complete eigenbasis.
+
+    Parameters
+    ----------
+    eigenvectors : (N, k) columns from ``spectrum(K, vectors=True)``.
+    residual : (N,) or (N, C) — e.g. f(x) − y on the kernel's samples.
+
+    Example
+    -------
+    >>> V = jnp.eye(3)
+    >>> residual_projection(V, jnp.array([1.0, 0.0, 1.0]), weights=True).tolist()
+    [0.5, 0.0, 0.5]
+    """
+    V = jnp.asarray(eigenvectors)
+    r = jnp.asarray(residual)
+    if V.ndim != 2:
+        raise ValueError(f"eigenvectors: expected (N, k) columns, got shape {V.shape}")
+    if r.ndim < 1 or r.shape[0] != V.shape[0]:
+        raise ValueError(
+            f"residual: expected a leading axis of length N = {V.shape[0]}, got shape {r.shape}"
+        )
+    c = jnp.tensordot(V, r, axes=([0], [0]))
+    if not weights:
+        return c
+    w = c**2
+    if w.ndim > 1:
+        w = w.reshape(w.shape[0], -1).sum(axis=1)
+    return w / jnp.sum(r**2)
+
+
+def cosine_normalize(K: Float[Array, "... n n"]) -> Float[Array, "... n n"]:
+    """K_ij / sqrt(K_ii K_jj): unit diagonal, keeps only the angles between gradients.
+
+    Example
+    -------
+    >>> cosine_normalize(jnp.array([[4.0, 2.0], [2.0, 1.0]])).tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
+    """
+    K = _kernel(K)
+    d = jnp.diagonal(K, axis1=-2, axis2=-1)
+    if not isinstance(d, jax.core.Tracer) and bool(jnp.any(d <= 0)):
+        raise ValueError("K: cosine normalisation needs a positive diagonal (K_ii > 0)")
+    s = jnp.sqrt(d)
+    return K / (s[..., :, None] * s[..., None, :])
+
+
+def magnitude_entropy(K: Float[Array, "... n n"], normalize: bool = False) -> Float[Array, "..."]:
+    """Shannon entropy of q_i = sqrt(K_ii) / Σ_j sqrt(K_jj) (how evenly gradient norms are
+    spread over samples); ``normalize=True`` divides by ln N.
+
+    Example
+    -------
+    >>> round(float(magnitude_entropy(jnp.eye(4), normalize=True)), 6)
+    1.0
+    """
+    K = _kernel(K)
+    s = jnp.sqrt(jnp.clip(jnp.diagonal(K, axis1=-2, axis2=-1), 0.0))
+    q = s / jnp.sum(s, axis=-1, keepdims=True)
+    S = _shannon(q)
+    n = K.shape[-1]
+    return S / jnp.log(n) if normalize and n > 1 else S
+
+
+def kernel_regression(
+    K_train: Float[Array, "n n"],
+    y_train: Float[Array, "n ..."],
+    K_test_train: Float[Array, "m n"],
+    ridge: float = 0.0,
+) -> Float[Array, "m ..."]:
+    """Kernel (ridge) regression predictions K_test,train (K_train + ridge·I)⁻¹ y_train.
+
+    ``ridge=0`` uses the least-squares (pseudo-inverse) solution, so a singular K_train is
+    fine. This is the infinite-training-time prediction of a linearised network trained by
+    gradient flow on MSE from zero output.
+
+    Example
+    -------
+    >>> K = jnp.eye(2); y = jnp.array([1.0, 2.0])
+    >>> kernel_regression(K, y, K).tolist()
+    [1.0, 2.0]
+    """
+    K = _kernel(K_train, "K_train")
+    y = jnp.asarray(y_train)
+    Kt = jnp.asarray(K_test_train)
+    n = K.shape[-1]
+    if y.shape[0] != n:
+        raise ValueError(f"y_train: expected a leading axis of length {n}, got shape {y.shape}")
+    if Kt.ndim != 2 or Kt.shape[1] != n:
+        raise ValueError(f"K_test_train: expected shape (M, {n}), got {Kt.shape}")
+    if ridge < 0:
+        raise ValueError(f"ridge: expected ≥ 0, got {ridge}")
+    if ridge > 0:
+        alpha = jnp.linalg.solve(K + ridge * jnp.eye(n, dtype=K.dtype), y)
+    else:
+        alpha = jnp.linalg.lstsq(K, y)[0]
+    return Kt @ alpha
+
+
+# ---------------------------------------------------------------------------
+# Loss–network–position decomposition (papers/reach.md)
+# ---------------------------------------------------------------------------
+
+
+class LNP(NamedTuple):
+    """The loss–network–position decomposition ‖∇_θ L‖² = χ_loss · χ_net · χ_pos.
+
+    chi_loss: ‖u‖² / B with u_i = ∂l_i/∂f(x_i) (the generalized residual).
+    chi_net: Tr K / B, the mean per-sample squared gradient norm Σ_c ‖∇_θ f_c(x_i)‖².
+    chi_pos: uᵀ K u / (‖u‖² Tr K), the spectral position (residual-weighted mean of λ/Tr K).
+    grad_sq: ‖∇_θ L‖² of the mean loss L = (1/B) Σ_i l_i.
+    """
+
+    chi_loss: Array
+    chi_net: Array
+    chi_pos: Array
+    grad_sq: Array
+
+
+def _per_sample_loss(loss: str | Callable) -> Callable:
+    if callable(loss):
+        return loss
+    if loss == "mse":
+
+        def mse(f, y):
+            y = jnp.asarray(y)
+            if jnp.issubdtype(y.dtype, jnp.integer) and y.shape != f.shape:
+                y = jax.nn.one_hot(y, f.shape[-1], dtype=f.dtype)
+            return 0.5 * jnp.sum((f - y) ** 2)
+
+        return mse
+    if loss == "ce":
+
+        def ce(f, y):
+            logits = f.reshape(-1, f.shape[-1]) if f.ndim > 0 else f[None, None]
+            labels = jnp.reshape(y, (-1,))
+            lp = jax.nn.log_softmax(logits, axis=-1)
+            return -jnp.mean(jnp.take_along_axis(lp, labels[:, None], axis=-1))
+
+        return ce
+    raise ValueError(f"loss: expected 'mse', 'ce' or a callable loss(f_i, y_i) -> scalar, got {loss!r}")
+
+
+def lnp(
+    model: Any,
+    x: Float[Array, "b ..."],
+    y: Array,
+    loss: Literal["mse", "ce"] | Callable = "mse",
+    probes: int | None = None,
+    *,
+    key: Array | None = None,
+) -> LNP:
+    """Loss–network–position decomposition of one batch, without forming the kernel.
+
+    Per-sample losses: ``"mse"`` l_i = ½‖f(x_i) − y_i‖² (integer y is one-hot encoded);
+    ``"ce"`` softmax cross-entropy with integer labels, averaged over the positions of a
+    sequence output (T, V); or a callable ``loss(f_i, y_i) -> scalar``. L = mean_i l_i.
+
+    χ_net is exact (per-sample gradient norms via the structured eNTK diagonal) when
+    ``probes`` is None, else a Hutchinson estimate with ``probes`` Rademacher vectors
+    per sample (``key`` required).
+
+    Example
+    -------
+    >>> import jax, equinox as eqx
+    >>> m = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.key(0))
+    >>> x = jnp.ones((4, 3)); y = jnp.zeros((4, 2))
+    >>> r = lnp(m, x, y)
+    >>> bool(jnp.allclose(r.grad_sq, r.chi_loss * r.chi_net * r.chi_pos, rtol=1e-4))
+    True
+    """
+    import equinox as eqx
+
+    from .kernel import _check_inputs, as_model, entk_diag
+
+    model = as_model(model)
+    x, _, _ = _check_inputs(x, None, None)
+    y = jnp.asarray(y)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"y: expected a leading axis of length {x.shape[0]}, got shape {y.shape}")
+    lfn = _per_sample_loss(loss)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    B = x.shape[0]
+
+    def mean_loss(p):
+        m = eqx.combine(p, static)
+        return jnp.mean(jax.vmap(lambda xi, yi: lfn(m(xi), yi))(x, y))
+
+    grads = jax.grad(mean_loss)(params)
+    grad_sq = sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads))
+    f = jax.vmap(model)(x)
+    u = jax.vmap(jax.grad(lfn))(f, y)
+    chi_loss = jnp.sum(u**2) / B
+    if probes is None:
+        tr = jnp.sum(entk_diag(model, x))
+    else:
+        if key is None:
+            raise ValueError("key: a PRNG key is required when probes is given")
+        if probes < 1:
+            raise ValueError(f"probes: expected a positive integer, got {probes}")
+
+        def sample_norm(xi, k):
+            out, vjp = jax.vjp(lambda p: eqx.combine(p, static)(xi), params)
+            v = jax.random.rademacher(k, (probes, *out.shape), dtype=out.dtype)
+            g = jax.vmap(vjp)(v)[0]
+            return sum(jnp.sum(a**2) for a in jax.tree_util.tree_leaves(g)) / probes
+
+        tr = jnp.sum(jax.vmap(sample_norm)(x, jax.random.split(key, B)))
+    chi_net = tr / B
+    chi_pos = grad_sq / (chi_loss * chi_net)
+    return LNP(chi_loss, chi_net, chi_pos, grad_sq)

@@ -1,0 +1,650 @@
+"""Models whose width, depth and parametrization are first-class: MLP, CNN, TinyTransformer.
+
+Every model is an Equinox module, deterministic from a PRNG key, and is called on ONE
+sample (the Equinox convention); batch with ``jax.vmap``. Its inexact array leaves are
+its parameters; scale factors of a parametrization are static Python floats, never
+parameters.
+
+Every dense layer is an ``eqx.nn.Linear`` called once per sample at the top level of
+``__call__`` (token-wise layers of the transformer are applied with ``jax.vmap``), and a
+parametrization's scale multiplies the layer's *input*, never the layer itself, so the
+layer-wise ("structured") eNTK rule of :func:`ntkbench.entk` sees plain linear layers.
+
+Parametrizations of :class:`MLP` (``n`` = fan-in of a layer, ``W`` its stored weight,
+biases are initialised to zero in all three):
+
+============  ==========================  =======================================
+name          stored weight                forward of a layer
+============  ==========================  =======================================
+standard      W ~ N(0, 1/n)  (LeCun)       y = W x + b
+ntk           W ~ N(0, 1)                  y = W (x / sqrt(n)) + b   (Jacot et al.)
+mup           hidden / input as standard;  readout: y = W (x * base_width / n) + b,
+              readout W ~ N(0, 1/base)     i.e. effective readout variance base/n²
+============  ==========================  =======================================
+
+``"mup"`` is the maximal update parametrization of Tensor Programs V (Yang et al. 2022,
+Table 3: input and hidden weights with variance 1/fan_in, output weights with variance
+1/fan_in²), written in the equivalent *multiplier* form used by the ``mup`` package's
+``MuReadout``: the readout input is multiplied by ``base_width / width`` (so with the
+default ``base_width=1`` the readout is scaled by 1/width) and its stored weights have the
+width-independent variance ``1 / base_width``. With ``base_width == width`` it is exactly
+``"standard"``. The per-layer learning-rate rules of µP (Adam: hidden and readout weights
+get lr × base_width / width) belong to the optimizer, not to the model; see
+:func:`mup_lr_scales`.
+
+With the same key, ``"standard"``, ``"ntk"`` and ``"mup"`` (``base_width == width``)
+compute the same function at initialization; only their gradients (hence their eNTKs and
+training dynamics) differ. The eNTK of ``"ntk"`` at initialization does not grow with
+width; that of ``"standard"`` grows linearly.
+
+Example
+-------
+>>> import jax, ntkbench as nb
+>>> model = nb.MLP(64, 10, width=128, depth=2, parametrization="ntk", key=jax.random.key(0))
+>>> model(jax.numpy.ones((8, 8))).shape
+(10,)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+__all__ = [
+    "ACTIVATIONS",
+    "PARAMETRIZATIONS",
+    "MLP",
+    "CNN",
+    "TinyTransformer",
+    "make_model",
+    "count_params",
+    "mup_lr_scales",
+]
+
+PARAMETRIZATIONS = ("standard", "ntk", "mup")
+
+
+def _identity(x: Array) -> Array:
+    return x
+
+
+def _gelu(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _erf(x: Array) -> Array:
+    return jax.scipy.special.erf(x)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": _gelu,
+    "identity": _identity,
+    "erf": _erf,
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | jnp.integer):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
+        )
+    return activation
+
+
+def _check_key(key: Any) -> None:
+    if key is None:
+        raise TypeError("key must be a JAX PRNG key (jax.random.key(seed)), got None")
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _normal(key: PRNGKeyArray, shape: tuple[int, ...], std: float) -> Array:
+    """``std * N(0, 1)`` of ``shape`` (one compiled call: cheap to build many models)."""
+    return std * jax.random.normal(key, shape, jnp.float32)
+
+
+def _zeros(shape: tuple[int, ...]) -> Array:
+    return jnp.asarray(np.zeros(shape, np.float32))
+
+
+def _dense(
+    in_size: int, out_size: int | Literal["scalar"], std: float, key: PRNGKeyArray
+) -> eqx.nn.Linear:
+    """An ``eqx.nn.Linear`` with weights ~ N(0, std²) and zero bias."""
+    # the structure only (no random init of its own), then the weights we want
+    layer = eqx.filter_eval_shape(eqx.nn.Linear, in_size, out_size, key=key)
+    weight = _normal(key, layer.weight.shape, float(std))
+    return eqx.tree_at(
+        lambda lin: (lin.weight, lin.bias), layer, (weight, _zeros(layer.bias.shape))
+    )
+
+
+def _conv(in_ch: int, out_ch: int, key: PRNGKeyArray) -> eqx.nn.Conv2d:
+    """3×3 'SAME' convolution with LeCun-normal weights (fan-in = in_ch·9), zero bias."""
+    layer = eqx.filter_eval_shape(eqx.nn.Conv2d, in_ch, out_ch, 3, padding="SAME", key=key)
+    weight = _normal(key, layer.weight.shape, 1.0 / math.sqrt(in_ch * 9))
+    return eqx.tree_at(
+        lambda c: (c.weight, c.bias), layer, (weight, _zeros(layer.bias.shape))
+    )
+
+
+def _layer_norm(width: int) -> eqx.nn.LayerNorm:
+    """LayerNorm with unit weight and zero bias (built without device computations)."""
+    ln = eqx.filter_eval_shape(eqx.nn.LayerNorm, width)
+    ones = jnp.asarray(np.ones(width, np.float32))
+    return eqx.tree_at(lambda m: (m.weight, m.bias), ln, (ones, _zeros((width,))))
+
+
+def _embedding(num: int, size: int, key: PRNGKeyArray) -> eqx.nn.Embedding:
+    return eqx.nn.Embedding(weight=_normal(key, (num, size), 1.0))
+
+
+# --------------------------------------------------------------------------- MLP
+
+
+class MLP(eqx.Module):
+    """Fully connected network ``in_size → width → … → width → out_size``.
+
+    Parameters
+    ----------
+    in_size:
+        Number of input features. Inputs of any shape with ``in_size`` elements (e.g. an
+        (8, 8) image for ``in_size=64``) are flattened.
+    out_size:
+        Number of outputs, or ``"scalar"`` for a scalar output (shape ``()``).
+    width:
+        Number of units in every hidden layer.
+    depth:
+        Number of hidden layers (``depth=1``: one hidden layer, two ``Linear`` layers).
+    activation:
+        One of :data:`ACTIVATIONS` (``relu``, ``tanh``, ``gelu``, ``identity``, ``erf``,
+        ``sigmoid``, ``silu``, ``softplus``).
+    parametrization:
+        ``"standard"``, ``"ntk"`` or ``"mup"`` (see the module docstring).
+    base_width:
+        µP only: the width at which ``"mup"`` coincides with ``"standard"`` (default 1,
+        i.e. the readout is scaled by ``1/width``).
+    key:
+        PRNG key; the same key gives the same model.
+
+    Shapes: ``(in_size,)`` (or anything with ``in_size`` elements) → ``(out_size,)``.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> mlp = MLP(3, 2, width=16, depth=2, key=jax.random.key(0))
+    >>> jax.vmap(mlp)(jnp.ones((5, 3))).shape
+    (5, 2)
+    """
+
+    layers: tuple[eqx.nn.Linear, ...]
+    in_scales: tuple[float, ...] = eqx.field(static=True)
+    in_size: int = eqx.field(static=True)
+    out_size: int | str = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    depth: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    parametrization: str = eqx.field(static=True)
+    base_width: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_size: int,
+        out_size: int | Literal["scalar"],
+        width: int,
+        depth: int,
+        activation: str = "relu",
+        parametrization: str = "standard",
+        *,
+        base_width: int = 1,
+        key: PRNGKeyArray,
+    ):
+        _check_key(key)
+        self.in_size = _check_int(in_size, "in_size", 1)
+        if out_size != "scalar":
+            out_size = _check_int(out_size, "out_size", 1)
+        self.out_size = out_size
+        self.width = _check_int(width, "width", 1)
+        self.depth = _check_int(depth, "depth", 1)
+        self.activation = _check_activation(activation)
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}"
+            )
+        self.parametrization = parametrization
+        self.base_width = _check_int(base_width, "base_width", 1)
+
+        fan_ins = [self.in_size] + [self.width] * self.depth
+        fan_outs: list[Any] = [self.width] * self.depth + [out_size]
+        keys = jax.random.split(key, len(fan_ins))
+        layers, scales = [], []
+        for i, (n_in, n_out, k) in enumerate(zip(fan_ins, fan_outs, keys)):
+            readout = i == len(fan_ins) - 1
+            if parametrization == "standard":
+                std, scale = 1.0 / math.sqrt(n_in), 1.0
+            elif parametrization == "ntk":
+                std, scale = 1.0, 1.0 / math.sqrt(n_in)
+            elif readout:  # mup readout
+                std, scale = 1.0 / math.sqrt(self.base_width), self.base_width / n_in
+            else:  # mup input / hidden layers: as standard
+                std, scale = 1.0 / math.sqrt(n_in), 1.0
+            layers.append(_dense(n_in, n_out, std, k))
+            scales.append(float(scale))
+        self.layers = tuple(layers)
+        self.in_scales = tuple(scales)
+
+    def __call__(self, x: Float[Array, "..."]) -> Float[Array, " out_size"]:
+        if x.size != self.in_size:
+            raise ValueError(
+                f"x must have {self.in_size} elements (in_size), got shape {x.shape}"
+            )
+        h = jnp.reshape(x, (self.in_size,))
+        act = ACTIVATIONS[self.activation]
+        last = len(self.layers) - 1
+        for i, (layer, scale) in enumerate(zip(self.layers, self.in_scales)):
+            h = layer(h * scale if scale != 1.0 else h)
+            if i < last:
+                h = act(h)
+        return h
+
+
+def mup_lr_scales(model: MLP) -> tuple[float, ...]:
+    """Per-layer Adam learning-rate multipliers of µP for an :class:`MLP`.
+
+    Tensor Programs V, Table 3 (Adam column, multiplier form as in the ``mup`` package's
+    ``MuAdam``): the input layer keeps the base learning rate, hidden and readout weight
+    matrices get ``base_width / width``. For ``"standard"`` and ``"ntk"`` all ones.
+    Returns one float per ``model.layers`` entry (biases may use the same factor).
+
+    Example
+    -------
+    >>> import jax
+    >>> mup_lr_scales(MLP(4, 2, 64, 2, parametrization="mup", key=jax.random.key(0)))
+    (1.0, 0.015625, 0.015625)
+    """
+    if not isinstance(model, MLP):
+        raise TypeError(f"model must be an MLP, got {type(model).__name__}")
+    n = len(model.layers)
+    if model.parametrization != "mup":
+        return (1.0,) * n
+    return (1.0,) + (model.base_width / model.width,) * (n - 1)
+
+
+# --------------------------------------------------------------------------- CNN
+
+
+class CNN(eqx.Module):
+    """Convolutional network: ``depth`` × (3×3 'SAME' conv with ``width`` channels,
+    activation), then global average pooling (``pool="mean"``) or flattening
+    (``pool="flatten"``), then an ``eqx.nn.Linear`` readout.
+
+    Weights are LeCun normal (variance 1/fan-in), biases zero.
+
+    Parameters
+    ----------
+    in_shape:
+        ``(C, H, W)`` or ``(H, W)`` (one channel). Inputs may also be given flat.
+    out_size:
+        Number of outputs.
+    width:
+        Channels of every conv layer.
+    depth:
+        Number of conv layers (>= 1).
+    activation:
+        One of :data:`ACTIVATIONS`.
+    pool:
+        ``"mean"`` (global average pool) or ``"flatten"``.
+    key:
+        PRNG key.
+
+    Shapes: ``in_shape`` → ``(out_size,)``.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> cnn = CNN((8, 8), 10, width=8, depth=2, key=jax.random.key(0))
+    >>> cnn(jnp.ones((8, 8))).shape
+    (10,)
+    """
+
+    convs: tuple[eqx.nn.Conv2d, ...]
+    readout: eqx.nn.Linear
+    in_shape: tuple[int, int, int] = eqx.field(static=True)
+    out_size: int = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    depth: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    pool: str = eqx.field(static=True)
+    parametrization: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_size: int,
+        width: int,
+        depth: int,
+        activation: str = "relu",
+        *,
+        pool: str = "mean",
+        key: PRNGKeyArray,
+    ):
+        _check_key(key)
+        shape = tuple(in_shape) if isinstance(in_shape, Sequence) else None
+        if shape is None or len(shape) not in (2, 3):
+            raise ValueError(f"in_shape must be (C, H, W) or (H, W), got {in_shape!r}")
+        shape = tuple(_check_int(s, "in_shape", 1) for s in shape)
+        self.in_shape = shape if len(shape) == 3 else (1, *shape)
+        self.out_size = _check_int(out_size, "out_size", 1)
+        self.width = _check_int(width, "width", 1)
+        self.depth = _check_int(depth, "depth", 1)
+        self.activation = _check_activation(activation)
+        if pool not in ("mean", "flatten"):
+            raise ValueError(f"pool must be 'mean' or 'flatten', got {pool!r}")
+        self.pool = pool
+        self.parametrization = "standard"
+        keys = jax.random.split(key, self.depth + 1)
+        chans = [self.in_shape[0]] + [self.width] * self.depth
+        self.convs = tuple(
+            _conv(chans[i], chans[i + 1], keys[i]) for i in range(self.depth)
+        )
+        _, h, w = self.in_shape
+        n_feat = self.width if pool == "mean" else self.width * h * w
+        self.readout = _dense(n_feat, self.out_size, 1.0 / math.sqrt(n_feat), keys[-1])
+
+    def __call__(self, x: Float[Array, "..."]) -> Float[Array, " out_size"]:
+        n = math.prod(self.in_shape)
+        if x.size != n:
+            raise ValueError(
+                f"x must have shape {self.in_shape} (in_shape) or {n} elements, "
+                f"got shape {x.shape}"
+            )
+        h = jnp.reshape(x, self.in_shape)
+        act = ACTIVATIONS[self.activation]
+        for conv in self.convs:
+            h = act(conv(h))
+        h = jnp.mean(h, axis=(1, 2)) if self.pool == "mean" else jnp.reshape(h, (-1,))
+        return self.readout(h)
+
+
+# --------------------------------------------------------------------------- transformer
+
+
+class _Block(eqx.Module):
+    ln1: eqx.nn.LayerNorm
+    qkv: eqx.nn.Linear
+    proj: eqx.nn.Linear
+    ln2: eqx.nn.LayerNorm
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    heads: int = eqx.field(static=True)
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, key: PRNGKeyArray):
+        k = jax.random.split(key, 4)
+        hidden = mlp_ratio * width
+        self.ln1 = _layer_norm(width)
+        self.qkv = _dense(width, 3 * width, 1.0 / math.sqrt(width), k[0])
+        self.proj = _dense(width, width, 1.0 / math.sqrt(width), k[1])
+        self.ln2 = _layer_norm(width)
+        self.fc1 = _dense(width, hidden, 1.0 / math.sqrt(width), k[2])
+        self.fc2 = _dense(hidden, width, 1.0 / math.sqrt(hidden), k[3])
+        self.heads = heads
+
+    def __call__(self, h: Float[Array, "T d"]) -> Float[Array, "T d"]:
+        t, d = h.shape
+        dh = d // self.heads
+        a = jax.vmap(self.ln1)(h)
+        q, k, v = jnp.split(jax.vmap(self.qkv)(a), 3, axis=-1)
+        q, k, v = (z.reshape(t, self.heads, dh).transpose(1, 0, 2) for z in (q, k, v))
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(dh)  # (heads, T, T)
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
+        att = jax.nn.softmax(scores, axis=-1) @ v  # (heads, T, dh)
+        h = h + jax.vmap(self.proj)(att.transpose(1, 0, 2).reshape(t, d))
+        m = jax.vmap(self.fc1)(jax.vmap(self.ln2)(h))
+        return h + jax.vmap(self.fc2)(_gelu(m))
+
+
+class TinyTransformer(eqx.Module):
+    """Causal decoder-only transformer (GPT style, pre-LayerNorm).
+
+    Token and learned position embeddings (``eqx.nn.Embedding``), ``layers`` blocks of
+    causal multi-head self-attention and a GELU MLP (``mlp_ratio × width`` hidden units),
+    each with a pre-LayerNorm and a residual connection, a final LayerNorm and an
+    unembedding ``eqx.nn.Linear``. Linear weights are LeCun normal, biases zero,
+    embeddings N(0, 1).
+
+    Parameters
+    ----------
+    vocab_size:
+        Number of token ids.
+    context:
+        Longest sequence the model accepts (number of position embeddings).
+    width:
+        Model dimension d_model; must be divisible by ``heads``.
+    layers:
+        Number of transformer blocks.
+    heads:
+        Number of attention heads.
+    mlp_ratio:
+        Hidden units of the MLP per model dimension.
+    key:
+        PRNG key.
+
+    Shapes: int tokens ``(T,)`` with ``T <= context`` → logits ``(T, vocab_size)``;
+    logits at position t depend only on tokens ``0..t``.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> tf = TinyTransformer(50, 16, width=32, layers=2, heads=4, key=jax.random.key(0))
+    >>> tf(jnp.arange(10, dtype=jnp.int32)).shape
+    (10, 50)
+    """
+
+    tok_embed: eqx.nn.Embedding
+    pos_embed: eqx.nn.Embedding
+    blocks: tuple[_Block, ...]
+    ln_f: eqx.nn.LayerNorm
+    unembed: eqx.nn.Linear
+    vocab_size: int = eqx.field(static=True)
+    context: int = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    depth: int = eqx.field(static=True)
+    heads: int = eqx.field(static=True)
+    mlp_ratio: int = eqx.field(static=True)
+    parametrization: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context: int,
+        width: int,
+        layers: int,
+        heads: int,
+        *,
+        key: PRNGKeyArray,
+        mlp_ratio: int = 4,
+    ):
+        _check_key(key)
+        self.vocab_size = _check_int(vocab_size, "vocab_size", 2)
+        self.context = _check_int(context, "context", 1)
+        self.width = _check_int(width, "width", 1)
+        self.depth = _check_int(layers, "layers", 1)
+        self.heads = _check_int(heads, "heads", 1)
+        self.mlp_ratio = _check_int(mlp_ratio, "mlp_ratio", 1)
+        if self.width % self.heads:
+            raise ValueError(
+                f"width ({self.width}) must be divisible by heads ({self.heads})"
+            )
+        self.parametrization = "standard"
+        k = jax.random.split(key, self.depth + 3)
+        self.tok_embed = _embedding(self.vocab_size, self.width, k[0])
+        self.pos_embed = _embedding(self.context, self.width, k[1])
+        self.blocks = tuple(
+            _Block(self.width, self.heads, self.mlp_ratio, k[3 + i])
+            for i in range(self.depth)
+        )
+        self.ln_f = _layer_norm(self.width)
+        self.unembed = _dense(
+            self.width, self.vocab_size, 1.0 / math.sqrt(self.width), k[2]
+        )
+
+    @property
+    def layers(self) -> int:
+        """Number of transformer blocks (same as ``depth``)."""
+        return self.depth
+
+    def __call__(self, tokens: Int[Array, " T"]) -> Float[Array, "T vocab"]:
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must have shape (T,), got {tokens.shape}")
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
+        t = tokens.shape[0]
+        if not 1 <= t <= self.context:
+            raise ValueError(f"sequence length {t} must be in 1..context={self.context}")
+        h = jax.vmap(self.tok_embed)(tokens) + jax.vmap(self.pos_embed)(jnp.arange(t))
+        for block in self.blocks:
+            h = block(h)
+        return jax.vmap(self.unembed)(jax.vmap(self.ln_f)(h))
+
+
+# --------------------------------------------------------------------------- factory
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {
+        "width": 64,
+        "depth": 2,
+        "activation": "relu",
+        "parametrization": "standard",
+        "base_width": 1,
+    },
+    "cnn": {"width": 16, "depth": 2, "activation": "relu", "pool": "mean"},
+    "transformer": {
+        "width": 64,
+        "layers": 2,
+        "heads": 4,
+        "mlp_ratio": 4,
+        "vocab_size": None,
+        "context": None,
+    },
+}
+
+
+def make_model(
+    config: dict[str, Any],
+    *,
+    key: PRNGKeyArray,
+    in_shape: Sequence[int],
+    out_size: int,
+) -> eqx.Module:
+    """Build a model from a config dict.
+
+    ``config["name"]`` is ``"mlp"``, ``"cnn"`` or ``"transformer"``; the other keys are
+    the model's hyperparameters (missing ones take defaults):
+
+    - mlp: ``width=64, depth=2, activation="relu", parametrization="standard",
+      base_width=1`` (``in_size = prod(in_shape)``)
+    - cnn: ``width=16, depth=2, activation="relu", pool="mean"``
+    - transformer: ``width=64, layers=2, heads=4, mlp_ratio=4``; ``vocab_size``
+      defaults to ``out_size`` and ``context`` to ``in_shape[0]``.
+
+    ``in_shape`` is the shape of one input (``Dataset.in_shape``), ``out_size`` the number
+    of outputs (``Dataset.n_outputs``). An unknown name or key raises ``ValueError``.
+
+    Example
+    -------
+    >>> import jax
+    >>> m = make_model({"name": "mlp", "width": 32}, key=jax.random.key(0),
+    ...                in_shape=(8, 8), out_size=10)
+    >>> (m.width, m.depth, m.in_size)
+    (32, 2, 64)
+    """
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    name = config.get("name")
+    if name not in _DEFAULTS:
+        raise ValueError(
+            f"config['name'] must be one of {sorted(_DEFAULTS)}, got {name!r}"
+        )
+    allowed = _DEFAULTS[name]
+    unknown = sorted(set(config) - set(allowed) - {"name"})
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in {name!r} model config; allowed keys: "
+            f"{['name', *allowed]}"
+        )
+    opts = {**allowed, **{k: v for k, v in config.items() if k != "name"}}
+    in_shape = tuple(int(s) for s in in_shape)
+    if name == "mlp":
+        return MLP(
+            math.prod(in_shape),
+            out_size,
+            opts["width"],
+            opts["depth"],
+            opts["activation"],
+            opts["parametrization"],
+            base_width=opts["base_width"],
+            key=key,
+        )
+    if name == "cnn":
+        return CNN(
+            in_shape,
+            out_size,
+            opts["width"],
+            opts["depth"],
+            opts["activation"],
+            pool=opts["pool"],
+            key=key,
+        )
+    vocab = opts["vocab_size"] if opts["vocab_size"] is not None else out_size
+    if opts["context"] is not None:
+        context = opts["context"]
+    elif len(in_shape) == 1:
+        context = in_shape[0]
+    else:
+        raise ValueError(f"in_shape must be (context,) for a transformer, got {in_shape}")
+    return TinyTransformer(
+        vocab,
+        context,
+        opts["width"],
+        opts["layers"],
+        opts["heads"],
+        mlp_ratio=opts["mlp_ratio"],
+        key=key,
+    )
+
+
+def count_params(model: Any) -> int:
+    """Number of scalar parameters: total size of the inexact array leaves.
+
+    Example
+    -------
+    >>> import jax
+    >>> count_params(MLP(3, 2, width=4, depth=1, key=jax.random.key(0)))
+    26
+    """
+    leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+    return int(sum(leaf.size for leaf in leaves))

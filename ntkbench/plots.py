@@ -1,0 +1,954 @@
+"""Bokeh figure builders that take result cubes.
+
+Every builder is split in two: a pure ``*_data`` function that turns a cube and a selection
+into the columns of the figure's named ``ColumnDataSource``\\ s, and the figure builder that
+creates those sources and the glyphs once. Widgets redraw a figure in place with
+:func:`update`, which assigns new columns to the existing sources (no re-render).
+
+Axis labels and units come from each variable's ``long_name`` and ``units`` attributes;
+lines over widths use a perceptual palette (Viridis), lines over steps Plasma; hover tools
+show the exact values.
+
+Example
+-------
+>>> from ntkbench.testing import synthetic_cube
+>>> from ntkbench import plots
+>>> ds = synthetic_cube(widths=(16, 64), seeds=(0, 1), steps=(0, 10, 100), n_eigen=8)
+>>> fig = plots.spectrum_plot(ds, step=100)
+>>> len(fig.select_one({"name": "lines"}).data["ys"])  # one line per width
+2
+>>> plots.update(fig, plots.spectrum_data(ds, step=100, width=[64]))
+>>> fig.select_one({"name": "lines"}).data["label"]
+['width 64']
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "spectrum_data",
+    "spectrum_plot",
+    "measure_data",
+    "measure_plot",
+    "scaling_data",
+    "scaling_plot",
+    "heatmap_data",
+    "heatmap_plot",
+    "kernel_image",
+    "update",
+    "set_log",
+    "label",
+    "measures",
+    "power_law_fit",
+    "FIGURES",
+    "export",
+    "webdriver",
+]
+
+Columns = dict[str, list]
+SeedSel = Literal["mean"] | int
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FONT = "Helvetica, Arial, sans-serif"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def label(ds: Any, name: str) -> str:
+    """Axis label ``"long_name [units]"`` of a variable or coordinate (units 1 are omitted)."""
+    if name not in ds.variables:
+        return name
+    attrs = ds[name].attrs
+    text = str(attrs.get("long_name", name))
+    units = str(attrs.get("units", "")).strip()
+    if units and units not in ("1", "-", "dimensionless"):
+        text += f" [{units}]"
+    return text
+
+
+def measures(ds: Any) -> list[str]:
+    """Names of the per-step scalar measures in a cube (variables with a ``step`` dim and
+    without ``eigen_index``), in cube order."""
+    return [
+        str(k)
+        for k, v in ds.data_vars.items()
+        if "step" in v.dims and "eigen_index" not in v.dims and np.issubdtype(v.dtype, np.number)
+    ]
+
+
+def _check_cube(ds: Any, var: str | None = None) -> None:
+    import xarray as xr
+
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"ds must be an xarray.Dataset (a result cube), got {type(ds).__name__}")
+    if var is not None and var not in ds.data_vars:
+        raise ValueError(f"variable {var!r} is not in the cube; it has {sorted(map(str, ds.data_vars))}")
+
+
+def _palette(n: int, name: str = "Viridis256") -> list[str]:
+    """``n`` colours sampled evenly from a perceptual 256-colour palette, avoiding the
+    palest end (unreadable on white)."""
+    import bokeh.palettes as bp
+
+    pal = getattr(bp, name)
+    if n <= 0:
+        return []
+    if n == 1:
+        return [pal[0]]
+    idx = np.linspace(0, 0.85 * (len(pal) - 1), n).round().astype(int)
+    return [pal[i] for i in idx]
+
+
+def _colors_for(values: Sequence, all_values: Sequence, name: str) -> list[str]:
+    # colours are tied to the position in the full coordinate, so a width keeps its colour
+    # when the selection changes
+    pal = _palette(len(all_values), name)
+    lookup = {v: c for v, c in zip(list(all_values), pal)}
+    return [lookup[v] for v in values]
+
+
+def _select_seed(da: Any, seed: SeedSel) -> tuple[Any, Any]:
+    """Reduce the ``seed`` dim: ``"mean"`` → (mean, std); an int → (that seed, None)."""
+    if "seed" not in da.dims:
+        return da, None
+    if isinstance(seed, str):
+        if seed != "mean":
+            raise ValueError(f"seed must be 'mean' or a seed value, got {seed!r}")
+        std = da.std("seed") if da.sizes["seed"] > 1 else None
+        return da.mean("seed"), std
+    if seed not in da["seed"].values:
+        raise ValueError(f"seed {seed!r} is not in the cube; seeds are {da['seed'].values.tolist()}")
+    return da.sel(seed=seed), None
+
+
+def _drop_extra(da: Any, keep: Sequence[str]) -> Any:
+    """Take the first value along any swept dim not in ``keep`` (depth, lr, n_train, …)."""
+    extra = [d for d in da.dims if d not in keep]
+    return da.isel({d: 0 for d in extra}) if extra else da
+
+
+def _resolve_step(ds: Any, step: int | None) -> int:
+    """A step value of the cube: ``None`` or a negative int count from the end (-1 = last),
+    otherwise the nearest recorded step."""
+    steps = ds["step"].values
+    if step is None:
+        return int(steps[-1])
+    if not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be an int step value (or negative position), got {step!r}")
+    if step < 0:
+        if -step > len(steps):
+            raise ValueError(f"step {step} out of range for {len(steps)} recorded steps")
+        return int(steps[step])
+    return int(steps[np.abs(steps - step).argmin()])
+
+
+def _resolve_widths(ds: Any, widths: int | Sequence[int] | None) -> list:
+    if "width" not in ds.dims:
+        return [None]
+    all_w = ds["width"].values.tolist()
+    if widths is None:
+        return all_w
+    if isinstance(widths, (int, np.integer)):
+        widths = [int(widths)]
+    bad = [w for w in widths if w not in all_w]
+    if bad:
+        raise ValueError(f"widths {bad} are not in the cube; widths are {all_w}")
+    return [w for w in all_w if w in set(widths)]  # cube order
+
+
+def _finite(x: np.ndarray, y: np.ndarray, log_x: bool, log_y: bool) -> np.ndarray:
+    ok = np.isfinite(x) & np.isfinite(y)
+    if log_x:
+        ok &= x > 0
+    if log_y:
+        ok &= y > 0
+    return ok
+
+
+def _style(fig: Any) -> Any:
+    """Publication style: readable upright fonts, light grid, no outline, auto-hidden toolbar."""
+    fig.title.text_font = FONT
+    fig.title.text_font_size = "13pt"
+    fig.title.text_font_style = "normal"
+    for ax in (*fig.xaxis, *fig.yaxis):
+        ax.axis_label_text_font = FONT
+        ax.axis_label_text_font_size = "12pt"
+        ax.axis_label_text_font_style = "normal"
+        ax.major_label_text_font = FONT
+        ax.major_label_text_font_size = "10.5pt"
+        ax.minor_tick_line_color = None
+    fig.grid.grid_line_color = "#e5e5e5"
+    fig.outline_line_color = None
+    fig.toolbar.autohide = True
+    fig.toolbar.logo = None
+    fig.background_fill_color = "white"
+    fig.border_fill_color = "white"
+    fig.min_border_right = 20
+    return fig
+
+
+_TICKS_125 = [m * 10.0**e for e in range(-3, 7) for m in (1, 2, 5)]
+
+
+def _fixed_ticks(axis: Any, ticks: Sequence[float]) -> None:
+    """Ticks at given values, plain integer labels, no minor ticks (e.g. ranks, widths)."""
+    from bokeh.models import FixedTicker, NumeralTickFormatter
+
+    axis.ticker = FixedTicker(ticks=list(ticks), minor_ticks=[])
+    axis.formatter = NumeralTickFormatter(format="0")
+
+
+def _legend_style(fig: Any, location: str = "top_right") -> None:
+    if not fig.legend:
+        return
+    leg = fig.legend[0]
+    leg.location = location
+    leg.label_text_font = FONT
+    leg.label_text_font_size = "10pt"
+    leg.background_fill_alpha = 0.8
+    leg.border_line_color = None
+    leg.click_policy = "hide"
+    leg.spacing = 0
+    leg.padding = 6
+
+
+def _figure(title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, **kw: Any) -> Any:
+    from bokeh.plotting import figure
+
+    fig = figure(
+        title=title,
+        x_axis_type="log" if log_x else "linear",
+        y_axis_type="log" if log_y else "linear",
+        x_axis_label=x_label,
+        y_axis_label=y_label,
+        width=kw.pop("width", 520),
+        height=kw.pop("height", 380),
+        tools=kw.pop("tools", "pan,wheel_zoom,box_zoom,reset,save"),
+        **kw,
+    )
+    from bokeh.models import LogTicker
+
+    for flag, axes in ((log_x, fig.xaxis), (log_y, fig.yaxis)):
+        if flag:  # 1-2-5 labels when a log axis spans less than a couple of decades
+            for ax in axes:
+                ax.ticker = LogTicker(mantissas=[1, 2, 5])
+    return fig
+
+
+def update(fig: Any, data: Mapping[str, Columns]) -> None:
+    """Redraw a figure in place: assign each ``data[name]`` to the figure's
+    ``ColumnDataSource`` named ``name`` (as returned by the ``*_data`` functions)."""
+    for name, cols in data.items():
+        src = fig.select_one({"name": name})
+        if src is None:
+            raise ValueError(f"figure has no data source named {name!r}")
+        src.data = dict(cols)
+
+
+def set_log(fig: Any, *, x: bool | None = None, y: bool | None = None) -> None:
+    """Switch a figure's axes between log and linear in place (``None`` leaves an axis)."""
+    from bokeh.models import (
+        BasicTicker,
+        BasicTickFormatter,
+        LinearScale,
+        LogScale,
+        LogTicker,
+        LogTickFormatter,
+    )
+
+    for flag, axes, attr in ((x, fig.xaxis, "x_scale"), (y, fig.yaxis, "y_scale")):
+        if flag is None or isinstance(getattr(fig, attr), LogScale) == flag:
+            continue
+        setattr(fig, attr, LogScale() if flag else LinearScale())
+        for ax in axes:
+            if "ticks_125" in ax.tags:
+                if flag:
+                    _fixed_ticks(ax, _TICKS_125)
+                else:
+                    ax.ticker, ax.formatter = BasicTicker(), BasicTickFormatter()
+            else:
+                ax.ticker = LogTicker(mantissas=[1, 2, 5]) if flag else BasicTicker()
+                ax.formatter = LogTickFormatter() if flag else BasicTickFormatter()
+
+
+# --------------------------------------------------------------------------- spectrum
+
+
+def spectrum_data(
+    ds: Any,
+    *,
+    width: int | Sequence[int] | None = None,
+    step: int | Sequence[int] | None = None,
+    seed: SeedSel = "mean",
+    eigen_range: tuple[int, int] | None = None,
+    by: Literal["step", "width"] = "width",
+    log: bool = True,
+) -> dict[str, Columns]:
+    """Columns of :func:`spectrum_plot`: eigenvalue vs rank (``eigen_index + 1``).
+
+    ``by="width"``: one line per width at one ``step`` (default: last). ``by="step"``: one
+    line per step (default: all) at one ``width`` (default: the largest). ``eigen_range``
+    is an inclusive ``(first, last)`` range of ``eigen_index``. With ``log`` non-positive
+    eigenvalues are dropped (they cannot be drawn on a log axis).
+
+    Returns ``{"lines": {xs, ys, color, label}, "points": {x, y, eigen_index, width, step,
+    label, color}}``.
+    """
+    _check_cube(ds, "eigenvalues")
+    if by not in ("step", "width"):
+        raise ValueError(f"by must be 'step' or 'width', got {by!r}")
+    da = ds["eigenvalues"]
+    if eigen_range is not None:
+        lo, hi = (int(v) for v in eigen_range)
+        if lo > hi:
+            raise ValueError(f"eigen_range must be (first, last) with first <= last, got {eigen_range!r}")
+        da = da.sel(eigen_index=slice(lo, hi))
+    da, _ = _select_seed(da, seed)
+    da = _drop_extra(da, ("width", "step", "eigen_index"))
+    has_width = "width" in da.dims
+    all_steps = ds["step"].values.tolist()
+    if by == "width":
+        st = _resolve_step(ds, step if not isinstance(step, Sequence) else step[-1])
+        groups = [(w, st) for w in _resolve_widths(ds, width)]
+        colors = _colors_for([g[0] for g in groups], ds["width"].values.tolist(), "Viridis256") if has_width else ["#440154"]
+    else:
+        if has_width:
+            w = width if width is not None else ds["width"].values[-1]
+            if isinstance(w, Sequence):
+                w = w[-1]
+            w = _resolve_widths(ds, int(w))[0]
+        else:
+            w = None
+        if step is None:
+            sts = all_steps
+        else:
+            sts = sorted({_resolve_step(ds, s) for s in ([step] if isinstance(step, (int, np.integer)) else step)})
+        groups = [(w, s) for s in sts]
+        colors = _colors_for(sts, all_steps, "Plasma256")
+    lines: Columns = {"xs": [], "ys": [], "color": [], "label": []}
+    points: Columns = {k: [] for k in ("x", "y", "eigen_index", "width", "step", "label", "color")}
+    for (w, s), c in zip(groups, colors):
+        sel = {"step": s}
+        if w is not None:
+            sel["width"] = w
+        y = np.asarray(da.sel(sel).values, dtype=float)
+        idx = np.asarray(da["eigen_index"].values)
+        x = idx + 1.0
+        ok = _finite(x, y, log, log)
+        name = f"width {w}" if by == "width" else f"step {s}"
+        if w is None and by == "width":
+            name = f"step {s}"
+        lines["xs"].append(x[ok].tolist())
+        lines["ys"].append(y[ok].tolist())
+        lines["color"].append(c)
+        lines["label"].append(name)
+        n = int(ok.sum())
+        points["x"] += x[ok].tolist()
+        points["y"] += y[ok].tolist()
+        points["eigen_index"] += idx[ok].tolist()
+        points["width"] += [w if w is not None else -1] * n
+        points["step"] += [s] * n
+        points["label"] += [name] * n
+        points["color"] += [c] * n
+    return {"lines": lines, "points": points}
+
+
+def spectrum_plot(
+    ds: Any,
+    *,
+    width: int | Sequence[int] | None = None,
+    step: int | Sequence[int] | None = None,
+    seed: SeedSel = "mean",
+    eigen_range: tuple[int, int] | None = None,
+    by: Literal["step", "width"] = "width",
+    log: bool = True,
+    **figure_kw: Any,
+) -> Any:
+    """eNTK spectrum: eigenvalue vs rank on log–log axes, one line per width or per step.
+
+    Parameters are those of :func:`spectrum_data` (``width`` selects network widths);
+    ``figure_kw`` go to ``bokeh.plotting.figure`` (``height``; the default size is 520 × 380).
+
+    Returns a ``bokeh.plotting.figure`` with sources named ``"lines"`` and ``"points"``.
+
+    Example
+    -------
+    >>> from ntkbench.testing import synthetic_cube
+    >>> fig = spectrum_plot(synthetic_cube(), by="step", width=64)
+    >>> fig.select_one({"name": "lines"}).data["label"][:2]
+    ['step 0', 'step 10']
+    """
+    from bokeh.models import ColumnDataSource, HoverTool
+
+    data = spectrum_data(ds, width=width, step=step, seed=seed, eigen_range=eigen_range, by=by, log=log)
+    title = "eNTK spectrum"
+    if by == "width":
+        title += f" at step {_resolve_step(ds, step if not isinstance(step, Sequence) else step[-1])}"
+    elif "width" in ds.dims:
+        title += f" at width {data['points']['width'][0] if data['points']['width'] else ''}"
+    fig = _figure(title, "rank i (eigen_index + 1)", label(ds, "eigenvalues"), log, log, **figure_kw)
+    lines = ColumnDataSource(data["lines"], name="lines")
+    points = ColumnDataSource(data["points"], name="points")
+    fig.multi_line("xs", "ys", source=lines, line_color="color", line_width=2, legend_field="label")
+    r = fig.scatter("x", "y", source=points, color="color", size=4, alpha=0.7)
+    fig.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[
+                ("", "@label"),
+                ("eigen_index", "@eigen_index"),
+                ("eigenvalue", "@y{%0.6g}"),
+            ],
+            formatters={"@y": "printf"},
+        )
+    )
+    _style(fig)
+    fig.xaxis[0].tags = ["ticks_125"]
+    if log:
+        _fixed_ticks(fig.xaxis[0], _TICKS_125)
+    _legend_style(fig, "top_right")
+    if len(data["lines"]["label"]) > 6:  # a long legend goes beside the plot, not over it
+        fig.add_layout(fig.legend[0], "right")
+        fig.width += 110
+    return fig
+
+
+# --------------------------------------------------------------------------- measure vs step
+
+
+def measure_data(
+    ds: Any,
+    measure: str = "entropy",
+    *,
+    widths: int | Sequence[int] | None = None,
+    seed: SeedSel = "mean",
+    x: str = "step",
+    log_x: bool = False,
+    log_y: bool = False,
+) -> dict[str, Columns]:
+    """Columns of :func:`measure_plot`: a measure vs ``x`` (default ``step``), one line
+    per width; with ``seed="mean"`` the mean over seeds and a ± std band.
+
+    Returns ``{"lines": {xs, ys, color, label}, "bands": {xs, ys, color},
+    "points": {x, y, std, width, label, color}}``.
+    """
+    _check_cube(ds, measure)
+    da = ds[measure]
+    if x not in da.dims:
+        raise ValueError(f"x must be a dim of {measure!r} {tuple(da.dims)}, got {x!r}")
+    if "eigen_index" in da.dims:
+        raise ValueError(f"measure must be a per-step scalar, {measure!r} has an eigen_index dim")
+    mean, std = _select_seed(da, seed)
+    mean = _drop_extra(mean, ("width", x))
+    std = None if std is None else _drop_extra(std, ("width", x))
+    ws = _resolve_widths(ds, widths)
+    colors = _colors_for(ws, ds["width"].values.tolist(), "Viridis256") if ws != [None] else ["#440154"]
+    xv = np.asarray(ds[x].values, dtype=float)
+    lines: Columns = {"xs": [], "ys": [], "color": [], "label": []}
+    bands: Columns = {"xs": [], "ys": [], "color": []}
+    points: Columns = {k: [] for k in ("x", "y", "std", "width", "label", "color")}
+    for w, c in zip(ws, colors):
+        m = mean if w is None else mean.sel(width=w)
+        y = np.asarray(m.transpose(x).values, dtype=float)
+        s = None if std is None else np.asarray((std if w is None else std.sel(width=w)).transpose(x).values, dtype=float)
+        ok = _finite(xv, y, log_x, log_y)
+        name = f"width {w}" if w is not None else measure
+        lines["xs"].append(xv[ok].tolist())
+        lines["ys"].append(y[ok].tolist())
+        lines["color"].append(c)
+        lines["label"].append(name)
+        if s is not None and np.any(s[ok] > 0):
+            lo, hi = y[ok] - s[ok], y[ok] + s[ok]
+            if log_y:  # keep the band drawable on a log axis
+                lo = np.maximum(lo, y[ok] * 1e-3)
+            bands["xs"].append(xv[ok].tolist() + xv[ok][::-1].tolist())
+            bands["ys"].append(hi.tolist() + lo[::-1].tolist())
+            bands["color"].append(c)
+        n = int(ok.sum())
+        points["x"] += xv[ok].tolist()
+        points["y"] += y[ok].tolist()
+        points["std"] += (s[ok] if s is not None else np.zeros(n)).tolist()
+        points["width"] += [w if w is not None else -1] * n
+        points["label"] += [name] * n
+        points["color"] += [c] * n
+    return {"lines": lines, "bands": bands, "points": points}
+
+
+def measure_plot(
+    ds: Any,
+    measure: str = "entropy",
+    *,
+    widths: int | Sequence[int] | None = None,
+    seed: SeedSel = "mean",
+    x: str = "step",
+    log_x: bool = False,
+    log_y: bool | None = None,
+    step_marker: int | None = None,
+    **figure_kw: Any,
+) -> Any:
+    """A measure (entropy, trace, loss, …) vs step, one line per width, mean ± std over seeds.
+
+    ``log_y=None`` picks log for losses and linear otherwise. ``step_marker`` draws a
+    vertical line at that step (the Explorer moves it with its step slider); the marker is
+    the ``Span`` named ``"step_marker"``.
+
+    Returns a figure with sources ``"lines"``, ``"bands"`` and ``"points"``.
+
+    Example
+    -------
+    >>> from ntkbench.testing import synthetic_cube
+    >>> fig = measure_plot(synthetic_cube(), "trace", widths=[16, 256])
+    >>> fig.select_one({"name": "lines"}).data["label"]
+    ['width 16', 'width 256']
+    """
+    from bokeh.models import ColumnDataSource, HoverTool, Span
+
+    if log_y is None:
+        log_y = "loss" in measure
+    data = measure_data(ds, measure, widths=widths, seed=seed, x=x, log_x=log_x, log_y=log_y)
+    fig = _figure(str(ds[measure].attrs.get("long_name", measure)), label(ds, x), label(ds, measure), log_x, log_y, **figure_kw)
+    bands = ColumnDataSource(data["bands"], name="bands")
+    lines = ColumnDataSource(data["lines"], name="lines")
+    points = ColumnDataSource(data["points"], name="points")
+    fig.patches("xs", "ys", source=bands, fill_color="color", fill_alpha=0.18, line_color=None)
+    fig.multi_line("xs", "ys", source=lines, line_color="color", line_width=2, legend_field="label")
+    r = fig.scatter("x", "y", source=points, color="color", size=5)
+    fig.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[("", "@label"), (x, "@x{%0.6g}"), (measure, "@y{%0.6g} ± @std{%0.3g}")],
+            formatters={"@x": "printf", "@y": "printf", "@std": "printf"},
+        )
+    )
+    marker = Span(
+        location=float(step_marker) if step_marker is not None else float("nan"),
+        dimension="height",
+        line_color="#999999",
+        line_dash="dashed",
+        line_width=1.5,
+        name="step_marker",
+        visible=step_marker is not None,
+    )
+    fig.add_layout(marker)
+    _style(fig)
+    _legend_style(fig, "top_right")
+    return fig
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def power_law_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares fit of ``y = a · x ** b`` in log–log space.
+
+    Returns ``(a, b, r2)`` with ``r2`` the coefficient of determination of the log-log
+    linear fit. Needs at least two points with positive ``x`` and ``y``.
+
+    Example
+    -------
+    >>> a, b, r2 = power_law_fit(np.array([1.0, 2, 4]), np.array([3.0, 6, 12]))
+    >>> round(a, 6), round(b, 6), round(r2, 6)
+    (3.0, 1.0, 1.0)
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if ok.sum() < 2:
+        raise ValueError("power_law_fit needs at least two points with positive x and y")
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    b, loga = np.polyfit(lx, ly, 1)
+    resid = ly - (loga + b * lx)
+    ss_tot = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    return float(np.exp(loga)), float(b), r2
+
+
+def scaling_data(
+    ds: Any,
+    measure: str = "entropy",
+    *,
+    step: int | None = -1,
+    widths: Sequence[int] | None = None,
+    seed: SeedSel = "mean",
+) -> dict[str, Columns]:
+    """Columns of :func:`scaling_plot`: a measure vs width at one step, with a power-law fit.
+
+    ``step`` is a step value or a negative position (``-1`` = last recorded step).
+
+    Returns ``{"points": {x, y, std, step}, "seeds": {x, y, seed}, "errors": {x, lower,
+    upper}, "fit": {xs, ys, label}}``; the fit label reads ``∝ width^b (R² = r2)``.
+    """
+    _check_cube(ds, measure)
+    if "width" not in ds[measure].dims:
+        raise ValueError(f"scaling plots need a width dim; {measure!r} has {tuple(ds[measure].dims)}")
+    st = _resolve_step(ds, step)
+    ws = _resolve_widths(ds, widths)
+    da = ds[measure].sel(step=st, width=ws)
+    mean, std = _select_seed(da, seed)
+    mean = _drop_extra(mean, ("width",))
+    x = np.asarray(ws, dtype=float)
+    y = np.asarray(mean.transpose("width").values, dtype=float)
+    s = np.zeros_like(y) if std is None else np.asarray(_drop_extra(std, ("width",)).transpose("width").values, dtype=float)
+    seeds: Columns = {"x": [], "y": [], "seed": []}
+    if "seed" in da.dims and seed == "mean":
+        per = _drop_extra(da, ("width", "seed")).transpose("width", "seed")
+        for j, sv in enumerate(per["seed"].values.tolist()):
+            seeds["x"] += x.tolist()
+            seeds["y"] += np.asarray(per.values[:, j], dtype=float).tolist()
+            seeds["seed"] += [sv] * len(x)
+    ok = _finite(x, y, True, True)
+    fit: Columns = {"xs": [], "ys": [], "label": []}
+    if ok.sum() >= 2:
+        a, b, r2 = power_law_fit(x[ok], y[ok])
+        xf = np.geomspace(x[ok].min(), x[ok].max(), 50)
+        fit = {"xs": [xf.tolist()], "ys": [(a * xf**b).tolist()], "label": [f"∝ width^{b:.3f}  (R² = {r2:.3f})"]}
+    lower = np.where(y[ok] - s[ok] > 0, y[ok] - s[ok], y[ok] * 1e-3)
+    return {
+        "points": {"x": x[ok].tolist(), "y": y[ok].tolist(), "std": s[ok].tolist(), "step": [st] * int(ok.sum())},
+        "seeds": seeds,
+        "errors": {"x": x[ok].tolist(), "lower": lower.tolist(), "upper": (y[ok] + s[ok]).tolist()},
+        "fit": fit,
+    }
+
+
+def scaling_plot(
+    ds: Any,
+    measure: str = "entropy",
+    *,
+    step: int | None = -1,
+    widths: Sequence[int] | None = None,
+    seed: SeedSel = "mean",
+    **figure_kw: Any,
+) -> Any:
+    """A measure vs width at one step on log–log axes, with a power-law fit whose exponent
+    and R² are in the legend. Seeds are drawn faintly, the mean with ± std whiskers.
+
+    Example
+    -------
+    >>> from ntkbench.testing import synthetic_cube
+    >>> fig = scaling_plot(synthetic_cube(), "trace")
+    >>> fig.select_one({"name": "fit"}).data["label"][0].startswith("∝ width^")
+    True
+    """
+    from bokeh.models import ColumnDataSource, HoverTool, Whisker
+
+    data = scaling_data(ds, measure, step=step, widths=widths, seed=seed)
+    st = _resolve_step(ds, step)
+    name = str(ds[measure].attrs.get("long_name", measure))
+    fig = _figure(f"{name} at step {st}", label(ds, "width"), label(ds, measure), True, True, **figure_kw)
+    srcs = {k: ColumnDataSource(v, name=k) for k, v in data.items()}
+    fig.scatter("x", "y", source=srcs["seeds"], color="#7f7f7f", alpha=0.45, size=5)
+    whisker = Whisker(base="x", lower="lower", upper="upper", source=srcs["errors"], line_color="#21918c", name="whiskers")
+    whisker.upper_head.line_color = whisker.lower_head.line_color = "#21918c"
+    fig.add_layout(whisker)
+    # a real glyph along the error bars, so the auto ranges include them
+    fig.segment("x", "lower", "x", "upper", source=srcs["errors"], line_color="#21918c", line_width=1)
+    fig.multi_line("xs", "ys", source=srcs["fit"], line_color="#d1495b", line_width=2, line_dash="dashed", legend_field="label")
+    r = fig.scatter("x", "y", source=srcs["points"], color="#21918c", size=9, line_color="white")
+    fig.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[("width", "@x{%d}"), (measure, "@y{%0.6g} ± @std{%0.3g}"), ("step", "@step")],
+            formatters={"@x": "printf", "@y": "printf", "@std": "printf"},
+        )
+    )
+    _style(fig)
+    _fixed_ticks(fig.xaxis[0], ds["width"].values.tolist())
+    _legend_style(fig, "top_left")
+    return fig
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def heatmap_data(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean") -> dict[str, Columns]:
+    """Columns of :func:`heatmap_plot`: one cell per (width, step) with the measure value.
+
+    Returns ``{"cells": {step, width, step_label, width_label, value}}``; the ``*_label``
+    columns are the categorical axis factors.
+    """
+    _check_cube(ds, measure)
+    mean, _ = _select_seed(ds[measure], seed)
+    ws = _resolve_widths(ds, None)
+    mean = _drop_extra(mean, ("width", "step"))
+    cells: Columns = {k: [] for k in ("step", "width", "step_label", "width_label", "value")}
+    for w in ws:
+        m = mean if w is None else mean.sel(width=w)
+        for s, v in zip(ds["step"].values.tolist(), np.asarray(m.transpose("step").values, dtype=float).tolist()):
+            cells["step"].append(s)
+            cells["width"].append(w if w is not None else -1)
+            cells["step_label"].append(str(s))
+            cells["width_label"].append(str(w) if w is not None else "—")
+            cells["value"].append(v)
+    return {"cells": cells}
+
+
+def heatmap_plot(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean", palette: str = "Viridis256", **figure_kw: Any) -> Any:
+    """Width × step heatmap of a measure with a colour bar (categorical axes, cube order).
+
+    Example
+    -------
+    >>> from ntkbench.testing import synthetic_cube
+    >>> fig = heatmap_plot(synthetic_cube(), "entropy")
+    >>> len(fig.select_one({"name": "cells"}).data["value"])
+    18
+    """
+    import bokeh.palettes as bp
+    from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+    from bokeh.plotting import figure
+
+    data = heatmap_data(ds, measure, seed=seed)
+    cells = data["cells"]
+    vals = np.asarray(cells["value"], dtype=float)
+    finite = vals[np.isfinite(vals)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    mapper = LinearColorMapper(palette=getattr(bp, palette), low=lo, high=hi if hi > lo else lo + 1, nan_color="#dddddd")
+    x_f = [str(s) for s in ds["step"].values.tolist()]
+    y_f = list(dict.fromkeys(cells["width_label"]))
+    fig = figure(
+        title=str(ds[measure].attrs.get("long_name", measure)),
+        x_range=x_f,
+        y_range=y_f,
+        x_axis_label=label(ds, "step"),
+        y_axis_label=label(ds, "width"),
+        width=figure_kw.pop("width", 560),
+        height=figure_kw.pop("height", 360),
+        tools="hover,save",
+        **figure_kw,
+    )
+    src = ColumnDataSource(cells, name="cells")
+    fig.rect("step_label", "width_label", 1, 1, source=src, fill_color={"field": "value", "transform": mapper}, line_color="white")
+    hover = fig.select_one(HoverTool)
+    hover.tooltips = [("width", "@width"), ("step", "@step"), (measure, "@value{%0.6g}")]
+    hover.formatters = {"@value": "printf"}
+    bar = ColorBar(color_mapper=mapper, title=label(ds, measure), title_text_font_style="normal", title_text_font_size="10pt", major_label_text_font_size="10pt", width=14)
+    fig.add_layout(bar, "right")
+    _style(fig)
+    fig.grid.grid_line_color = None
+    fig.axis.axis_line_color = None
+    fig.axis.major_tick_line_color = None
+    return fig
+
+
+# --------------------------------------------------------------------------- kernel image
+
+
+def kernel_image(K: Any, *, title: str = "eNTK", palette: str | None = None, **figure_kw: Any) -> Any:
+    """Image of a kernel matrix ``K`` (N1, N2), row 0 at the top, with a colour bar.
+
+    Kernels with negative entries use a diverging palette centred at zero (RdBu), others
+    Viridis. Source ``"image"`` holds the matrix.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> fig = kernel_image(np.eye(3))
+    >>> fig.select_one({"name": "image"}).data["image"][0].shape
+    (3, 3)
+    """
+    import bokeh.palettes as bp
+    from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d
+    from bokeh.plotting import figure
+
+    K = np.asarray(K, dtype=float)
+    if K.ndim != 2:
+        raise ValueError(f"K must be a 2-D kernel matrix (N1, N2), got shape {K.shape}")
+    if not np.all(np.isfinite(K)):
+        raise ValueError("K contains NaN or Inf entries")
+    n1, n2 = K.shape
+    if np.any(K < 0):
+        m = float(np.abs(K).max()) or 1.0
+        pal = bp.interp_palette(tuple(reversed(bp.RdBu11)), 256) if palette is None else getattr(bp, palette)
+        mapper = LinearColorMapper(palette=pal, low=-m, high=m)
+    else:
+        pal = bp.Viridis256 if palette is None else getattr(bp, palette)
+        mapper = LinearColorMapper(palette=pal, low=float(K.min()), high=float(K.max()) if K.max() > K.min() else float(K.min()) + 1)
+    side = figure_kw.pop("height", 420)
+    fig = figure(
+        title=title,
+        x_range=Range1d(-0.5, n2 - 0.5, bounds=(-0.5, n2 - 0.5)),
+        y_range=Range1d(n1 - 0.5, -0.5, bounds=(-0.5, n1 - 0.5)),
+        x_axis_label="sample j",
+        y_axis_label="sample i",
+        width=figure_kw.pop("width", int(side * n2 / n1) + 90),
+        height=side,
+        tools="pan,wheel_zoom,reset,save",
+        **figure_kw,
+    )
+    # Bokeh draws image row 0 at the low end of y; the flipped y range puts it on top.
+    # Cells are centred on integer (i, j) so the hover's rounded coordinates are exact.
+    src = ColumnDataSource({"image": [K]}, name="image")
+    r = fig.image("image", x=-0.5, y=-0.5, dw=n2, dh=n1, source=src, color_mapper=mapper)
+    fig.add_tools(HoverTool(renderers=[r], tooltips=[("i", "$y{0}"), ("j", "$x{0}"), ("K", "@image{%0.6g}")], formatters={"@image": "printf"}))
+    fig.add_layout(ColorBar(color_mapper=mapper, width=14, major_label_text_font_size="10pt"), "right")
+    _style(fig)
+    fig.grid.grid_line_color = None
+    return fig
+
+
+# --------------------------------------------------------------------------- registry + export
+
+
+def _default_measure(ds: Any) -> str:
+    ms = measures(ds)
+    if not ms:
+        raise ValueError("the cube has no per-step measure to plot")
+    return "entropy" if "entropy" in ms else ms[0]
+
+
+FIGURES: dict[str, Callable[[Any], Any]] = {
+    "spectrum": lambda ds: spectrum_plot(ds),
+    "measure": lambda ds: measure_plot(ds, _default_measure(ds)),
+    "scaling": lambda ds: scaling_plot(ds, _default_measure(ds)),
+    "heatmap": lambda ds: heatmap_plot(ds, _default_measure(ds)),
+}
+"""Named figures of a cube, for ``ntkbench export CUBE --figure NAME``."""
+
+
+_DRIVER: list[Any] = []  # one reused headless Chromium for all PNG/SVG exports
+
+
+def _quit_driver() -> None:
+    while _DRIVER:
+        try:
+            _DRIVER.pop().quit()
+        except Exception:  # pragma: no cover
+            pass
+
+
+def webdriver() -> Any:
+    """The Selenium Chrome webdriver used for PNG/SVG export (created once, reused, quit at exit).
+
+    Uses Debian's ``/usr/bin/chromium`` + ``/usr/bin/chromedriver`` (or ``$NTKBENCH_CHROMIUM``
+    / ``$NTKBENCH_CHROMEDRIVER``, or whatever is on ``PATH``), headless, with the flags
+    needed to run as root.
+    """
+    if _DRIVER:
+        return _DRIVER[0]
+    chromium = os.environ.get("NTKBENCH_CHROMIUM") or (CHROMIUM if os.path.exists(CHROMIUM) else None) or shutil.which("chromium") or shutil.which("google-chrome")
+    driver = os.environ.get("NTKBENCH_CHROMEDRIVER") or (CHROMEDRIVER if os.path.exists(CHROMEDRIVER) else None) or shutil.which("chromedriver")
+    if not chromium or not driver:
+        raise RuntimeError(
+            "PNG/SVG export needs headless Chromium and chromedriver, which were not found "
+            f"(looked for {CHROMIUM} and {CHROMEDRIVER}). Install them with "
+            "`apt-get install chromium chromium-driver` (Debian/Ubuntu), or set "
+            "NTKBENCH_CHROMIUM / NTKBENCH_CHROMEDRIVER. HTML export works without a browser."
+        )
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.chrome.webdriver import WebDriver as Chrome
+
+    opts = Options()
+    opts.binary_location = chromium
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--force-color-profile=srgb",
+    ):
+        opts.add_argument(arg)
+    d = Chrome(service=Service(driver), options=opts)
+    _DRIVER.append(d)
+    atexit.register(_quit_driver)
+    return d
+
+
+def export(fig: Any, path: str | os.PathLike, format: Literal["png", "svg", "html"] | None = None, *, scale: float = 2) -> Path:
+    """Write a figure (or layout) to ``path`` as PNG, SVG or standalone HTML.
+
+    ``format=None`` takes it from the file suffix; a missing suffix is added. HTML embeds
+    BokehJS inline (works offline, no browser needed). PNG (at ``scale`` × the figure's
+    pixel size) and SVG render in headless Chromium through :func:`webdriver`.
+
+    Returns the written path.
+
+    Example
+    -------
+    >>> from ntkbench.testing import synthetic_cube
+    >>> import tempfile, os
+    >>> p = export(FIGURES["measure"](synthetic_cube()), os.path.join(tempfile.mkdtemp(), "m"), "html")
+    >>> p.suffix, p.stat().st_size > 100_000
+    ('.html', True)
+    """
+    path = Path(path)
+    if format is None:
+        format = path.suffix.lstrip(".").lower() or "png"
+    format = format.lower()  # type: ignore[assignment]
+    if format not in ("png", "svg", "html"):
+        raise ValueError(f"format must be 'png', 'svg' or 'html', got {format!r}")
+    if path.suffix.lower() != f".{format}":
+        path = path.with_name(path.name + f".{format}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "html":
+        from bokeh.embed import file_html
+        from bokeh.resources import INLINE
+
+        title = getattr(getattr(fig, "title", None), "text", None) or "ntkbench figure"
+        html = file_html(fig, resources=INLINE, title=title)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+    from bokeh.io import export_svg
+
+    drv = webdriver()
+    if format == "png":
+        img = _screenshot(fig, drv, scale)
+        tmp = path.with_name(path.name + ".tmp")
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+        return path
+    written = export_svg(_svg_twin(fig), filename=str(path), webdriver=drv, timeout=30)
+    if not written:  # pragma: no cover
+        raise RuntimeError(f"SVG export of {fig!r} produced no file")
+    return Path(written[0])
+
+
+def _svg_twin(fig: Any) -> Any:
+    """A plain ``Plot`` sharing the figure's sub-models but drawing with the SVG backend.
+
+    Vector output needs ``output_backend="svg"``; switching it on a figure shown live (a
+    notebook's BokehModel) would re-render it there, so export a twin instead. List
+    properties are copied, so nothing is added to the original. Layouts are exported as
+    they are (their canvases become embedded images in the SVG).
+    """
+    from bokeh.models import Plot
+
+    if not isinstance(fig, Plot):
+        return fig
+    props = fig.properties_with_values(include_defaults=False)
+    props = {k: (list(v) if isinstance(v, list) else v) for k, v in props.items() if k != "id"}
+    props["output_backend"] = "svg"
+    return Plot(**props)
+
+
+def _screenshot(fig: Any, drv: Any, scale: float) -> Any:
+    from bokeh.io.export import get_screenshot_as_png
+
+    if scale != 1:
+        # the reused driver renders at device scale 1; emulate hi-dpi for this screenshot
+        drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 0, "height": 0, "deviceScaleFactor": float(scale), "mobile": False})
+    try:
+        return get_screenshot_as_png(fig, driver=drv, timeout=30, scale_factor=scale)
+    finally:
+        if scale != 1:
+            drv.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+

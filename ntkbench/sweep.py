@@ -1,0 +1,671 @@
+"""Sweeps: a base experiment run over a grid (width × seed × ...), one cube file per run.
+
+A config is a dict (usually read from TOML) with the sections of one experiment and a
+``grid`` of swept values::
+
+    title = "MLP width sweep on digits"
+    seed = 0                                   # base seed (model init, batches, data)
+
+    [model]                                    # ntkbench.make_model
+    name = "mlp"
+    width = 64
+    depth = 2
+
+    [data]                                     # ntkbench.load(name, n_train, n_test, seed, **options)
+    name = "digits"
+    n_train = 512
+    n_test = 256
+
+    [train]
+    optimizer = "sgd"                          # sgd | momentum | adam | adamw
+    lr = 0.05
+    steps = 300
+    batch_size = 64                            # or "full"
+    loss = "mse"                               # mse | ce
+
+    [record]                                   # ntkbench.Recorder
+    every = 25                                 # int | "log" | [steps]
+    probe = 128
+
+    [grid]                                     # swept axes -> values; they become cube dims
+    width = [16, 64, 256, 1024]
+    seed = [0, 1]
+
+Grid keys are ``seed``, a key of one section by its short name (``width``, ``depth``,
+``n_train``, ``lr``, ``batch_size``, ``probe``, ...) or a dotted ``section.key``.
+
+:func:`sweep` writes ``run-width=64-seed=0.nc`` (one per grid point, atomically) under
+``out``; a rerun skips runs whose file opens and holds the same config (resume); at the
+end the runs are combined with ``xarray.combine_by_coords`` into ``out/cube.nc``.
+Runs execute in-process, on a local dask cluster (``workers=N``), on an existing one
+(``scheduler="tcp://..."``) or with a given ``client``; the same seeds give the same cube
+either way.
+
+Example
+-------
+>>> import ntkbench as nb, tomllib
+>>> cfg = tomllib.load(open("examples/quick.toml", "rb"))      # doctest: +SKIP
+>>> cube = nb.sweep(cfg, "runs/quick")                         # doctest: +SKIP
+>>> cube.entropy.sel(seed=0).plot.line(x="step", hue="width")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import json
+import math
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["sweep", "run_one", "validate_config", "expand_grid", "run_name", "make_optimizer"]
+
+_SECTIONS = ("model", "data", "train", "record")
+_TOP_KEYS = ("title", "paper", "seed", "model", "data", "train", "record", "grid")
+_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+_LOSSES = ("mse", "ce")
+_DATA_NAMES = ("digits", "mnist1d", "teacher", "random_features", "stories")
+_TRAIN_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "steps": 100,
+    "batch_size": "full",
+    "loss": "mse",
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+}
+_RECORD_DEFAULTS: dict[str, Any] = {"every": 10, "probe": 200, "measures": None, "log_points": 30}
+_DATA_KEYS = ("name", "n_train", "n_test", "seed")
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _need(cond: bool, key: str, allowed: str, value: Any) -> None:
+    if not cond:
+        raise ValueError(f"config key {key!r}: expected {allowed}, got {value!r}")
+
+
+def _model_keys(name: str) -> dict[str, Any]:
+    from ntkbench.models import _DEFAULTS
+
+    return _DEFAULTS[name]
+
+
+def _model_names() -> tuple[str, ...]:
+    from ntkbench.models import _DEFAULTS
+
+    return tuple(sorted(_DEFAULTS))
+
+
+def _data_names() -> tuple[str, ...]:
+    try:
+        from ntkbench import data
+
+        names = getattr(data, "NAMES", None) or getattr(data, "DATASETS", None)
+        if names:
+            return tuple(names)
+    except ImportError:  # pragma: no cover - data module not present yet
+        pass
+    return _DATA_NAMES
+
+
+def _check_model(model: Mapping[str, Any]) -> None:
+    from ntkbench.models import ACTIVATIONS, PARAMETRIZATIONS
+
+    names = _model_names()
+    name = model.get("name")
+    _need(name in names, "model.name", f"one of {list(names)}", name)
+    allowed = _model_keys(name)
+    for key, value in model.items():
+        if key == "name":
+            continue
+        if key not in allowed:
+            raise ValueError(
+                f"config key 'model.{key}': unknown for model {name!r}; allowed keys: "
+                f"{['name', *allowed]}"
+            )
+        default = allowed[key]
+        if key == "activation":
+            _need(value in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", value)
+        elif key == "parametrization":
+            _need(value in PARAMETRIZATIONS, "model.parametrization", f"one of {list(PARAMETRIZATIONS)}", value)
+        elif key == "pool":
+            _need(value in ("mean", "flatten"), "model.pool", "'mean' or 'flatten'", value)
+        elif _is_int(default) or default is None:
+            _need(_is_int(value) and value >= 1, f"model.{key}", "a positive integer", value)
+        elif isinstance(default, str):
+            _need(isinstance(value, str), f"model.{key}", "a string", value)
+
+
+def _check_data(data: Mapping[str, Any]) -> None:
+    names = _data_names()
+    _need(data.get("name") in names, "data.name", f"one of {list(names)}", data.get("name"))
+    n_train = data.get("n_train", 512)
+    _need(_is_int(n_train) and n_train >= 1, "data.n_train", "a positive integer", n_train)
+    n_test = data.get("n_test", 256)
+    _need(_is_int(n_test) and n_test >= 0, "data.n_test", "a non-negative integer", n_test)
+    if "seed" in data:
+        _need(_is_int(data["seed"]) and data["seed"] >= 0, "data.seed", "a non-negative integer", data["seed"])
+    options = {k: v for k, v in data.items() if k not in _DATA_KEYS}
+    allowed = _data_options(data["name"])
+    if allowed is not None:
+        for key in options:
+            if key not in allowed:
+                raise ValueError(
+                    f"config key 'data.{key}': unknown option for data set {data['name']!r}; "
+                    f"allowed keys: {[*_DATA_KEYS, *sorted(allowed)]}"
+                )
+
+
+def _data_options(name: str) -> set[str] | None:
+    """Option names data set ``name`` accepts, if the data module says; else None."""
+    try:
+        from ntkbench import data
+    except ImportError:  # pragma: no cover
+        return None
+    table = getattr(data, "OPTIONS", None)
+    if isinstance(table, Mapping) and name in table:
+        return set(table[name])
+    return None
+
+
+def _check_train(train: Mapping[str, Any]) -> None:
+    for key, value in train.items():
+        if key not in _TRAIN_DEFAULTS:
+            raise ValueError(f"config key 'train.{key}': unknown; allowed keys: {list(_TRAIN_DEFAULTS)}")
+        if key == "optimizer":
+            _need(value in _OPTIMIZERS, "train.optimizer", f"one of {list(_OPTIMIZERS)}", value)
+        elif key == "lr":
+            _need(_is_num(value) and value > 0 and math.isfinite(value), "train.lr", "a positive number", value)
+        elif key == "steps":
+            _need(_is_int(value) and value >= 0, "train.steps", "a non-negative integer", value)
+        elif key == "batch_size":
+            _need(
+                value == "full" or (_is_int(value) and value >= 1),
+                "train.batch_size",
+                "a positive integer or 'full'",
+                value,
+            )
+        elif key == "loss":
+            _need(value in _LOSSES, "train.loss", f"one of {list(_LOSSES)}", value)
+        elif key == "momentum":
+            _need(_is_num(value) and 0 <= value < 1, "train.momentum", "a number in [0, 1)", value)
+        elif key == "weight_decay":
+            _need(_is_num(value) and value >= 0, "train.weight_decay", "a non-negative number", value)
+
+
+def _check_record(record: Mapping[str, Any]) -> None:
+    from ntkbench.train import MEASURES
+
+    for key, value in record.items():
+        if key not in _RECORD_DEFAULTS:
+            raise ValueError(f"config key 'record.{key}': unknown; allowed keys: {list(_RECORD_DEFAULTS)}")
+        if key == "every":
+            ok = (
+                value == "log"
+                or (_is_int(value) and value >= 1)
+                or (isinstance(value, list) and all(_is_int(s) and s >= 0 for s in value))
+            )
+            _need(ok, "record.every", "a positive integer, 'log' or a list of steps", value)
+        elif key in ("probe", "log_points"):
+            _need(_is_int(value) and value >= 1, f"record.{key}", "a positive integer", value)
+        elif key == "measures":
+            _need(isinstance(value, list), "record.measures", f"a list of names from {sorted(MEASURES)}", value)
+            for m in value:
+                _need(m in MEASURES, "record.measures", f"names from {sorted(MEASURES)}", m)
+
+
+def _grid_targets(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Short grid key -> config path, for keys unique across sections."""
+    model = config.get("model", {})
+    name = model.get("name") if isinstance(model, Mapping) else None
+    model_keys = set(_model_keys(name)) if name in _model_names() else set()
+    keys = {
+        "model": model_keys | {"name"},
+        "data": {"n_train", "n_test"} | set(_data_options_or_empty(config)),
+        "train": set(_TRAIN_DEFAULTS),
+        "record": {"probe", "every", "log_points"},
+    }
+    targets: dict[str, tuple[str, ...]] = {"seed": ("seed",)}
+    counts: dict[str, int] = {}
+    for keyset in keys.values():
+        for k in keyset:
+            counts[k] = counts.get(k, 0) + 1
+    for section, keyset in keys.items():
+        for k in keyset:
+            if counts[k] == 1 and k != "name":
+                targets[k] = (section, k)
+    return targets
+
+
+def _data_options_or_empty(config: Mapping[str, Any]) -> set[str]:
+    data = config.get("data", {})
+    if isinstance(data, Mapping) and isinstance(data.get("name"), str):
+        return _data_options(data["name"]) or set()
+    return set()
+
+
+def _resolve_grid_key(key: str, config: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+    """(config path, dim name) of grid key ``key``."""
+    if "." in key:
+        section, _, sub = key.partition(".")
+        if section not in _SECTIONS or not sub or "." in sub:
+            raise ValueError(
+                f"config key 'grid.{key}': a dotted grid key must be 'section.key' with section "
+                f"in {list(_SECTIONS)}"
+            )
+        return (section, sub), key.replace(".", "_")
+    targets = _grid_targets(config)
+    if key not in targets:
+        raise ValueError(
+            f"config key 'grid.{key}': unknown grid axis; allowed: {sorted(targets)} or a dotted "
+            "'section.key' (e.g. 'model.name')"
+        )
+    return targets[key], key
+
+
+def _set(config: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = config
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+    node[path[-1]] = value
+
+
+def _check_run(config: Mapping[str, Any]) -> None:
+    """Validate one fully resolved run config (no lists in ``grid``)."""
+    seed = config.get("seed", 0)
+    _need(_is_int(seed) and seed >= 0, "seed", "a non-negative integer", seed)
+    for key in ("title", "paper"):
+        if key in config:
+            _need(isinstance(config[key], str), key, "a string", config[key])
+    for section in _SECTIONS:
+        value = config.get(section, {})
+        _need(isinstance(value, Mapping), section, "a table (dict)", value)
+    _check_model(config.get("model", {}))
+    _check_data(config.get("data", {}))
+    _check_train(config.get("train", {}))
+    _check_record(config.get("record", {}))
+
+
+def validate_config(config: Any) -> dict[str, Any]:
+    """Check a sweep (or single-run) config; return a normalized deep copy.
+
+    An unknown key or a bad value raises ``ValueError`` naming the key (``"train.lr"``,
+    ``"grid.width"``, ...) and what is allowed. Grid values must be non-empty lists of
+    distinct values; each grid point is validated as a run.
+
+    >>> validate_config({"model": {"name": "mlp"}, "data": {"name": "digits"},
+    ...                  "train": {"lr": -1}})  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ValueError: config key 'train.lr': expected a positive number, got -1
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    for key in config:
+        if key not in _TOP_KEYS:
+            raise ValueError(f"config key {key!r}: unknown top-level key; allowed keys: {list(_TOP_KEYS)}")
+    cfg = copy.deepcopy(dict(config))
+    for section in ("model", "data"):
+        if section not in cfg:
+            raise ValueError(f"config key {section!r}: missing; every config needs a [{section}] table")
+    grid = cfg.get("grid", {})
+    _need(isinstance(grid, Mapping), "grid", "a table of axis = [values]", grid)
+    for key, values in grid.items():
+        _resolve_grid_key(key, cfg)
+        if not isinstance(values, list):
+            raise ValueError(f"config key 'grid.{key}': expected a non-empty list of values, got {values!r}")
+        if not values:
+            raise ValueError(f"config key 'grid.{key}': expected a non-empty list of values, got []")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ValueError(f"config key 'grid.{key}': values must be distinct, got {values!r}")
+    _check_run({k: v for k, v in cfg.items() if k != "grid"})  # the base values too
+    for run in expand_grid(cfg, validate=False):
+        try:
+            _check_run(run)
+        except ValueError as exc:
+            point = run.get("grid", {})
+            if not point:
+                raise
+            # name the grid axis when the bad value came from the grid
+            msg = str(exc)
+            for key in point:
+                path, _ = _resolve_grid_key(key, cfg)
+                if f"'{'.'.join(path)}'" in msg:
+                    raise ValueError(msg.replace(f"'{'.'.join(path)}'", f"'grid.{key}'")) from exc
+            raise
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# Grid
+# ---------------------------------------------------------------------------
+
+
+def expand_grid(config: Mapping[str, Any], *, validate: bool = True) -> list[dict[str, Any]]:
+    """One run config per grid point (cartesian product, grid order as written).
+
+    Each run config is the base config with the point's values set in their sections and
+    ``grid`` replaced by the point itself (``{"width": 64, "seed": 0}``).
+
+    >>> runs = expand_grid({"model": {"name": "mlp"}, "data": {"name": "digits"},
+    ...                     "grid": {"width": [8, 16], "seed": [0, 1]}})
+    >>> [r["grid"] for r in runs][:2], runs[1]["model"]["width"], runs[1]["seed"]
+    ([{'width': 8, 'seed': 0}, {'width': 8, 'seed': 1}], 8, 1)
+    """
+    if validate:
+        config = validate_config(config)
+    grid = dict(config.get("grid", {}))
+    base = {k: copy.deepcopy(v) for k, v in config.items() if k != "grid"}
+    axes = list(grid)
+    runs = []
+    for values in itertools.product(*(grid[a] for a in axes)):
+        run = copy.deepcopy(base)
+        point = {}
+        for axis, value in zip(axes, values):
+            path, _dim = _resolve_grid_key(axis, config)
+            _set(run, path, copy.deepcopy(value))
+            point[axis] = value
+        run["grid"] = point
+        runs.append(run)
+    return runs
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        text = repr(value)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def run_name(point: Mapping[str, Any]) -> str:
+    """File name of a grid point: ``run-width=64-seed=0.nc`` (``run.nc`` without a grid).
+
+    >>> run_name({"width": 64, "lr": 0.001})
+    'run-width=64-lr=0.001.nc'
+    """
+    if not point:
+        return "run.nc"
+    return "run-" + "-".join(f"{_fmt(k).replace('.', '_')}={_fmt(v)}" for k, v in point.items()) + ".nc"
+
+
+# ---------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------
+
+
+@functools.cache
+def make_optimizer(
+    name: str = "sgd", lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0
+):
+    """An optax optimizer from config values (cached: equal settings give the same
+    object, so compiled training steps are reused across runs).
+
+    >>> make_optimizer("adam", 1e-3) is make_optimizer("adam", 1e-3)
+    True
+    """
+    import optax
+
+    if name == "sgd":
+        opt = optax.sgd(lr)
+    elif name == "momentum":
+        opt = optax.sgd(lr, momentum=momentum)
+    elif name == "adam":
+        opt = optax.adam(lr)
+    elif name == "adamw":
+        opt = optax.adamw(lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"name must be one of {list(_OPTIMIZERS)}, got {name!r}")
+    if weight_decay and name != "adamw":
+        opt = optax.chain(optax.add_decayed_weights(weight_decay), opt)
+    return opt
+
+
+def _mup_scaled(opt, model):
+    """µP Adam: scale the update of layer i by ``mup_lr_scales(model)[i]``."""
+    import equinox as eqx
+    import jax
+    import optax
+
+    from ntkbench.models import MLP, mup_lr_scales
+
+    if not isinstance(model, MLP) or model.parametrization != "mup":
+        return opt
+    factors = mup_lr_scales(model)
+
+    def update(updates, state, params=None):
+        updates, state = opt.update(updates, state, params)
+        for i, f in enumerate(factors):
+            if f != 1.0:
+                updates = eqx.tree_at(
+                    lambda m, i=i: m.layers[i],
+                    updates,
+                    replace_fn=lambda layer, f=f: jax.tree.map(lambda u: u * f, layer),
+                )
+        return updates, state
+
+    return optax.GradientTransformation(opt.init, update)
+
+
+def run_one(config: Mapping[str, Any]):
+    """Run one experiment (a run config from :func:`expand_grid`, or a config without a
+    grid) and return its cube; grid values become length-1 dims (``width``, ``seed``, ...).
+
+    Seeds: ``seed`` splits into the model-init key and the mini-batch key; the data use
+    ``data.seed`` if given, else ``seed``.
+
+    >>> ds = run_one(expand_grid(cfg)[0])  # doctest: +SKIP
+    """
+    import jax
+    import numpy as np
+
+    from ntkbench import cube
+    from ntkbench.data import load
+    from ntkbench.models import make_model
+    from ntkbench.train import Recorder, train
+
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    cfg = copy.deepcopy(dict(config))
+    point = cfg.get("grid", {}) or {}
+    if any(isinstance(v, list) for v in point.values()):
+        raise ValueError("config: run_one takes ONE grid point; expand the grid with expand_grid first")
+    _check_run(cfg)
+
+    seed = int(cfg.get("seed", 0))
+    data_cfg = dict(cfg["data"])
+    name = data_cfg.pop("name")
+    n_train = data_cfg.pop("n_train", 512)
+    n_test = data_cfg.pop("n_test", 256)
+    data_seed = data_cfg.pop("seed", seed)
+    try:
+        dataset = load(name, n_train, n_test, seed=data_seed, **data_cfg)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config key 'data' ({name!r}): {exc}") from exc
+
+    model_key, train_key = jax.random.split(jax.random.key(seed))
+    model = make_model(
+        dict(cfg["model"]), key=model_key, in_shape=dataset.in_shape, out_size=dataset.n_outputs
+    )
+
+    tr = {**_TRAIN_DEFAULTS, **cfg.get("train", {})}
+    opt = make_optimizer(tr["optimizer"], float(tr["lr"]), float(tr["momentum"]), float(tr["weight_decay"]))
+    if tr["optimizer"] in ("adam", "adamw"):
+        opt = _mup_scaled(opt, model)
+    rec = {**_RECORD_DEFAULTS, **cfg.get("record", {})}
+    recorder = Recorder(
+        every=rec["every"], probe=rec["probe"], measures=rec["measures"], log_points=rec["log_points"]
+    )
+    _, ds = train(
+        model,
+        dataset,
+        optimizer=opt,
+        steps=int(tr["steps"]),
+        batch_size=None if tr["batch_size"] == "full" else int(tr["batch_size"]),
+        loss=tr["loss"],
+        recorder=recorder,
+        key=train_key,
+    )
+    for axis in reversed(list(point)):
+        _, dim = _resolve_grid_key(axis, cfg)
+        value = point[axis]
+        ds = ds.expand_dims({dim: np.asarray([value])})
+        ds[dim].attrs.update(cube.var_attrs(dim))
+    ds.attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
+    return ds
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def _is_done(path: Path, run_config: Mapping[str, Any]) -> bool:
+    """A run is finished if its file opens as a cube made from the same config."""
+    from ntkbench import cube
+
+    if not path.exists():
+        return False
+    try:
+        ds = cube.open(path)
+    except (ValueError, OSError):
+        return False
+    try:
+        return json.loads(ds.attrs["config"]) == _jsonable(run_config)
+    except (KeyError, ValueError):
+        return False
+
+
+def _run_to_file(run_config: dict[str, Any], path: str) -> str:
+    """Run one grid point and save its cube atomically (executed on dask workers too)."""
+    from ntkbench import cube
+
+    ds = run_one(run_config)
+    cube.save(ds, path)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Sweep
+# ---------------------------------------------------------------------------
+
+
+def sweep(
+    config: Mapping[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    progress: bool = True,
+):
+    """Run every grid point of ``config``, one file per run under ``out``; combine them.
+
+    Parameters
+    ----------
+    config : the sweep config (see the module docs); validated first.
+    out : output folder; gets ``run-<axis>=<value>-....nc`` files and ``cube.nc``.
+    workers : run on a ``dask.distributed.LocalCluster`` with this many single-threaded
+        worker processes.
+    scheduler : address of an existing dask scheduler (``"tcp://host:port"``).
+    client : an existing ``dask.distributed.Client``. At most one of ``workers``,
+        ``scheduler`` and ``client``; none runs in-process.
+    progress : show a ``tqdm.auto`` progress bar (terminal or notebook).
+
+    Returns
+    -------
+    The combined cube (``xarray.Dataset``) with the grid axes as dims, also written to
+    ``out/cube.nc``. Rerunning skips finished runs (resume).
+
+    >>> cube = sweep(cfg, "runs/demo", workers=2)  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from ntkbench import cube
+
+    cfg = validate_config(config)
+    given = [name for name, v in (("workers", workers), ("scheduler", scheduler), ("client", client)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of workers, scheduler and client; got {given}")
+    if workers is not None and (not _is_int(workers) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise TypeError(f"scheduler must be an address string like 'tcp://host:port', got {scheduler!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    runs = expand_grid(cfg, validate=False)
+    paths = [out / run_name(r["grid"]) for r in runs]
+    if len(set(paths)) != len(paths):  # pragma: no cover - distinct values give distinct names
+        raise ValueError("grid: two grid points map to the same file name")
+    pending = [(r, p) for r, p in zip(runs, paths) if not _is_done(p, r)]
+
+    bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", unit="run", disable=not progress)
+    try:
+        if pending:
+            if client is None and workers is None and scheduler is None:
+                for run, path in pending:
+                    bar.set_postfix_str(path.stem[4:] or "run", refresh=True)
+                    _run_to_file(run, str(path))
+                    bar.update()
+            else:
+                _run_distributed(pending, bar, workers=workers, scheduler=scheduler, client=client)
+    finally:
+        bar.close()
+
+    attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
+    combined = cube.combine([str(p) for p in paths], attrs=attrs)
+    cube.save(combined, out / "cube.nc")
+    return combined
+
+
+def _run_distributed(pending, bar, *, workers, scheduler, client) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    own_cluster = own_client = None
+    try:
+        if client is None:
+            if workers is not None:
+                own_cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                )
+                own_client = Client(own_cluster)
+            else:
+                own_client = Client(scheduler)
+            client = own_client
+        futures = {
+            client.submit(_run_to_file, run, str(path), pure=False, key=f"ntkbench-{path.stem}-{uuid.uuid4().hex[:8]}"): path
+            for run, path in pending
+        }
+        errors = []
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+            except Exception as exc:  # keep going: finished runs stay on disk for resume
+                errors.append((futures[fut], exc))
+            else:
+                bar.set_postfix_str(futures[fut].stem[4:], refresh=False)
+                bar.update()
+        if errors:
+            path, exc = errors[0]
+            raise RuntimeError(f"{len(errors)} run(s) failed; first: {path.name}: {exc!r}") from exc
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()

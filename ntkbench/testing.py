@@ -1,0 +1,170 @@
+"""Public testing helpers (xarray style): synthetic result cubes for plots, widgets and docs.
+
+The cubes follow the result-cube schema of DESIGN.md exactly, so code that consumes cubes
+(plots, widgets, the CLI export) can be developed and tested without training anything.
+
+Example
+-------
+>>> from ntkbench.testing import synthetic_cube
+>>> ds = synthetic_cube(widths=(16, 64), seeds=(0, 1), steps=(0, 10, 100), n_eigen=8)
+>>> dict(ds.sizes)
+{'width': 2, 'seed': 2, 'step': 3, 'eigen_index': 8}
+>>> float(ds.trace.isel(width=0, seed=0, step=0)) > 0
+True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import numpy as np
+
+__all__ = ["synthetic_cube", "VARIABLES"]
+
+# name -> (long_name, units); the cube module's table wins when it exists.
+VARIABLES: dict[str, tuple[str, str]] = {
+    "eigenvalues": ("eNTK eigenvalue", "1"),
+    "entropy": ("eNTK von Neumann entropy", "nat"),
+    "trace": ("eNTK trace", "1"),
+    "effective_rank": ("eNTK effective rank", "1"),
+    "loss": ("training loss", "1"),
+    "test_loss": ("test loss", "1"),
+    "accuracy": ("training accuracy", "1"),
+    "test_accuracy": ("test accuracy", "1"),
+    "kernel_distance_init": ("kernel distance to initialization", "1"),
+    "relative_change_init": ("relative kernel change since initialization", "1"),
+}
+
+
+def _variables() -> dict[str, tuple[str, str]]:
+    try:  # pragma: no cover - depends on the pipeline being present
+        from ntkbench.cube import VARIABLES as cube_variables
+    except Exception:
+        return VARIABLES
+    return {**VARIABLES, **dict(cube_variables)}
+
+
+def synthetic_cube(
+    widths: Sequence[int] = (16, 64, 256),
+    seeds: Sequence[int] | None = (0, 1, 2),
+    steps: Sequence[int] = (0, 10, 30, 100, 300, 1000),
+    n_eigen: int = 32,
+    seed: int = 0,
+):
+    """A plausible result cube with power-law eNTK spectra and consistent measures.
+
+    Eigenvalues follow ``c · (i + 1) ** -alpha`` with a decay ``alpha`` that grows during
+    training (compression) and shrinks with width (lazier wide networks), times a small
+    log-normal noise, sorted descending. ``entropy``, ``trace`` and ``effective_rank`` are
+    computed from those eigenvalues (the ``n_eigen`` values are the whole spectrum), so the
+    cube is self-consistent. Losses decay with step, faster for wider networks; the kernel
+    change since initialization grows with step and falls like ``width ** -0.5``.
+
+    Parameters
+    ----------
+    widths, steps:
+        Coordinates of the ``width`` and ``step`` dims (ascending positive / non-negative ints).
+    seeds:
+        Coordinates of the ``seed`` dim, or ``None`` for a cube without a seed dim.
+    n_eigen:
+        Length of the ``eigen_index`` dim (>= 2).
+    seed:
+        Seed of the noise.
+
+    Returns
+    -------
+    xarray.Dataset with dims ``(width, [seed,] step, eigen_index)``.
+    """
+    import xarray as xr
+
+    widths = np.asarray(widths, dtype=np.int64)
+    steps = np.asarray(steps, dtype=np.int64)
+    if widths.ndim != 1 or widths.size == 0 or np.any(widths <= 0):
+        raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
+    if steps.ndim != 1 or steps.size == 0 or np.any(steps < 0):
+        raise ValueError(f"steps must be a non-empty sequence of non-negative ints, got {steps!r}")
+    if not isinstance(n_eigen, (int, np.integer)) or n_eigen < 2:
+        raise ValueError(f"n_eigen must be an int >= 2, got {n_eigen!r}")
+    seed_values = None if seeds is None else np.asarray(seeds, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+
+    n_seed = 1 if seed_values is None else seed_values.size
+    W = widths[:, None, None].astype(float)
+    S = steps[None, None, :].astype(float)
+    t = np.log1p(S) / np.log1p(max(float(steps.max()), 1.0))  # 0 … 1 along training
+    alpha = 1.0 + 0.6 * t * (64.0 / (W + 64.0)) + 0.02 * rng.standard_normal((len(widths), n_seed, 1))
+    scale = 2.0 * np.sqrt(W / 16.0) * (1.0 + 0.5 * t)
+    rank = np.arange(1, n_eigen + 1, dtype=float)
+    noise = np.exp(0.05 * rng.standard_normal((len(widths), n_seed, len(steps), n_eigen)))
+    eig = scale[..., None] * rank ** -alpha[..., None] * noise
+    eig = -np.sort(-eig, axis=-1)  # descending, eigen_index 0 = largest
+
+    p = eig / eig.sum(-1, keepdims=True)
+    entropy = -(p * np.log(p)).sum(-1)
+    trace = eig.sum(-1)
+    rate = 3e-3 * np.sqrt(W / 16.0)
+    jitter = np.exp(0.05 * rng.standard_normal((len(widths), n_seed, len(steps))))
+    loss = 2.3 * np.exp(-rate * S) * jitter + 0.02
+    test_loss = loss * 1.1 + 0.05 * (1 - np.exp(-rate * S))
+    accuracy = 1.0 - 0.9 * np.exp(-rate * S) * jitter
+    test_accuracy = accuracy - 0.05 * (1 - np.exp(-rate * S))
+    rel_change = 0.8 * t * (W / 16.0) ** -0.5 * jitter
+    distance = 0.3 * t * (W / 16.0) ** -0.5 * jitter
+
+    dims = ("width", "seed", "step")
+    values = {
+        "eigenvalues": (dims + ("eigen_index",), eig),
+        "entropy": (dims, entropy),
+        "trace": (dims, trace),
+        "effective_rank": (dims, np.exp(entropy)),
+        "loss": (dims, loss),
+        "test_loss": (dims, test_loss),
+        "accuracy": (dims, accuracy),
+        "test_accuracy": (dims, test_accuracy),
+        "kernel_distance_init": (dims, distance),
+        "relative_change_init": (dims, rel_change),
+    }
+    table = _variables()
+    data_vars = {}
+    for name, (d, v) in values.items():
+        long_name, units = table.get(name, (name, "1"))
+        data_vars[name] = xr.Variable(d, v.astype(np.float64), {"long_name": long_name, "units": units})
+    coords = {
+        "width": ("width", widths, {"long_name": "network width", "units": "1"}),
+        "seed": ("seed", np.arange(1) if seed_values is None else seed_values, {"long_name": "seed"}),
+        "step": ("step", steps, {"long_name": "optimizer step", "units": "1"}),
+        "eigen_index": ("eigen_index", np.arange(n_eigen), {"long_name": "eigenvalue index (0 = largest)"}),
+    }
+    config = {
+        "kind": "synthetic",
+        "widths": widths.tolist(),
+        "seeds": None if seed_values is None else seed_values.tolist(),
+        "steps": steps.tolist(),
+        "n_eigen": int(n_eigen),
+        "seed": int(seed),
+    }
+    try:
+        from importlib.metadata import version
+
+        jax_version = version("jax")
+    except Exception:  # pragma: no cover
+        jax_version = ""
+    from ntkbench import __version__
+
+    ds = xr.Dataset(
+        data_vars,
+        coords=coords,
+        attrs={
+            "ntkbench_version": __version__,
+            "jax_version": jax_version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": json.dumps(config),
+            "paper": "",
+            "title": "synthetic eNTK cube",
+        },
+    )
+    if seed_values is None:
+        ds = ds.isel(seed=0, drop=True)
+    return ds

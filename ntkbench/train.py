@@ -1,0 +1,742 @@
+"""Training with optax and recorders that measure the eNTK while a network learns.
+
+``train`` runs an optax optimizer on an Equinox model. All steps between two recordings
+run inside ONE compiled function (a ``lax.fori_loop`` over steps; mini-batches are drawn
+on the device from ``fold_in(key, step)``), so there is no host round-trip per step, and
+the result does not depend on when recordings happen.
+
+A :class:`Recorder` says when to record and what: a list of *measures*, small objects
+with one job each (optax style). Every record step computes the eNTK of a fixed probe set
+once (``ntkbench.entk``) and evaluates all measures inside one compiled function; results
+stay on the device until training ends. Adding a measure means adding one small class::
+
+    class TopEigenvalue(Measure):
+        name = "top_eigenvalue"
+        def __call__(self, ctx):
+            return ctx.eigenvalues[0]
+
+Example
+-------
+>>> import jax, optax, ntkbench as nb
+>>> data = nb.load("digits", n_train=256, n_test=128)                 # doctest: +SKIP
+>>> model = nb.MLP(64, 10, width=64, depth=2, key=jax.random.key(0))  # doctest: +SKIP
+>>> rec = nb.Recorder(every=25, probe=64)
+>>> model, ds = nb.train(model, data, optimizer=optax.sgd(0.1), steps=100,
+...                      batch_size=64, recorder=rec, key=jax.random.key(1))  # doctest: +SKIP
+>>> ds.entropy.sizes                                                  # doctest: +SKIP
+Frozen({'step': 5})
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "train",
+    "Recorder",
+    "Measure",
+    "MEASURES",
+    "DEFAULT_MEASURES",
+    "Context",
+    "make_loss",
+]
+
+_TASKS = ("classification", "regression", "next_token")
+_EVAL_BATCH = 512
+
+
+# ---------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------
+
+
+def _mse(pred, y):
+    """½‖f − y‖² of one sample; for sequences (T, V) the mean over positions."""
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        target = jax.nn.one_hot(y, pred.shape[-1], dtype=pred.dtype)
+    else:
+        target = jnp.reshape(y, pred.shape).astype(pred.dtype)
+    per_position = 0.5 * jnp.sum((pred - target) ** 2, axis=-1)
+    return jnp.mean(per_position)
+
+
+def _ce(pred, y):
+    """Softmax cross-entropy with integer labels; mean over positions for sequences."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(pred, y))
+
+
+@functools.cache
+def make_loss(loss: str, task: str) -> Callable:
+    """Per-sample loss ``l(prediction, target) -> scalar`` for a task.
+
+    ``"mse"``: l = ½‖f − y‖², with one-hot targets for integer labels
+    (classification; next-token: mean over positions). ``"ce"``: softmax cross-entropy
+    with integer labels. Cached, so the same function (and compiled code) is reused.
+
+    >>> import jax.numpy as jnp
+    >>> float(make_loss("mse", "classification")(jnp.array([1.0, 0.0]), jnp.array(0)))
+    0.0
+    """
+    if task not in _TASKS:
+        raise ValueError(f"task must be one of {_TASKS}, got {task!r}")
+    if loss == "mse":
+        return _mse
+    if loss == "ce":
+        if task == "regression":
+            raise ValueError("loss='ce' needs integer labels; a regression task takes loss='mse'")
+        return _ce
+    raise ValueError(f"loss must be 'mse', 'ce' or a callable, got {loss!r}")
+
+
+def _resolve_loss(loss: Any, task: str) -> Callable:
+    if callable(loss):
+        return loss
+    return make_loss(loss, task)
+
+
+def _predict(model, x):
+    return jax.lax.map(model, x, batch_size=min(_EVAL_BATCH, x.shape[0]))
+
+
+# ---------------------------------------------------------------------------
+# Measures
+# ---------------------------------------------------------------------------
+
+
+class Context:
+    """What measures see at one record step. Quantities are computed on first use
+    (while tracing), so a recording pays only for what its measures need.
+
+    Attributes (all traced arrays): ``model``; ``kernel`` (N, N) eNTK of the probe set;
+    ``eigenvalues`` (N,) descending; ``kernel0`` the probe eNTK at step 0;
+    ``test_kernel`` / ``test_eigenvalues`` on the test probe; ``loss``, ``test_loss``,
+    ``accuracy``, ``test_accuracy`` on the full train / test sets; ``inputs`` the dict
+    of arrays (``probe_x``, ``probe_y``, ``test_probe_x``, ``x_train``, ...).
+    """
+
+    def __init__(self, model, inputs: dict[str, Any], loss_fn: Callable):
+        self.model = model
+        self.inputs = inputs
+        self.loss_fn = loss_fn
+
+    @functools.cached_property
+    def kernel(self):
+        from ntkbench.kernel import entk
+
+        return entk(self.model, self.inputs["probe_x"], check_finite=False)
+
+    @functools.cached_property
+    def eigenvalues(self):
+        from ntkbench.measures import spectrum
+
+        return spectrum(self.kernel)
+
+    @property
+    def kernel0(self):
+        return self.inputs["kernel0"]
+
+    @functools.cached_property
+    def test_kernel(self):
+        from ntkbench.kernel import entk
+
+        return entk(self.model, self.inputs["test_probe_x"], check_finite=False)
+
+    @functools.cached_property
+    def test_eigenvalues(self):
+        from ntkbench.measures import spectrum
+
+        return spectrum(self.test_kernel)
+
+    @functools.cached_property
+    def _train_preds(self):
+        return _predict(self.model, self.inputs["x_train"])
+
+    @functools.cached_property
+    def _test_preds(self):
+        return _predict(self.model, self.inputs["x_test"])
+
+    def _loss(self, preds, y):
+        return jnp.mean(jax.vmap(self.loss_fn)(preds, y))
+
+    @staticmethod
+    def _accuracy(preds, y):
+        return jnp.mean((jnp.argmax(preds, axis=-1) == y).astype(preds.dtype))
+
+    @property
+    def loss(self):
+        return self._loss(self._train_preds, self.inputs["y_train"])
+
+    @property
+    def test_loss(self):
+        return self._loss(self._test_preds, self.inputs["y_test"])
+
+    @property
+    def accuracy(self):
+        return self._accuracy(self._train_preds, self.inputs["y_train"])
+
+    @property
+    def test_accuracy(self):
+        return self._accuracy(self._test_preds, self.inputs["y_test"])
+
+
+class Measure:
+    """One recorded quantity. Subclasses set ``name`` and implement ``__call__(ctx)``.
+
+    Class attributes: ``name`` (the cube variable), ``dims`` (extra dims of one record,
+    e.g. ``("eigen_index",)``), ``needs`` (subset of ``{"kernel0", "test",
+    "labels"}``: the initial kernel, a test set, integer labels). ``long_name`` and
+    ``units`` come from :data:`ntkbench.cube.VARIABLES` unless overridden.
+    """
+
+    name: ClassVar[str] = ""
+    dims: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(self, ctx: Context) -> jax.Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        from ntkbench.cube import var_attrs
+
+        return var_attrs(self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # equal when of the same class with the same settings, so jit reuses compilations
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(vars(self).items(), key=lambda kv: kv[0]))))
+
+
+class Eigenvalues(Measure):
+    """Full spectrum of the probe eNTK, descending (eigen_index 0 = largest)."""
+
+    name = "eigenvalues"
+    dims = ("eigen_index",)
+
+    def __call__(self, ctx):
+        return ctx.eigenvalues
+
+
+class Entropy(Measure):
+    """Von Neumann entropy S of the normalized probe spectrum (nats)."""
+
+    name = "entropy"
+
+    def __call__(self, ctx):
+        from ntkbench.measures import entropy
+
+        return entropy(ctx.eigenvalues)
+
+
+class EntropyNormalized(Measure):
+    """S / ln N."""
+
+    name = "entropy_normalized"
+
+    def __call__(self, ctx):
+        from ntkbench.measures import entropy
+
+        return entropy(ctx.eigenvalues, normalize=True)
+
+
+class Trace(Measure):
+    """Tr K of the probe eNTK."""
+
+    name = "trace"
+
+    def __call__(self, ctx):
+        from ntkbench.measures import trace
+
+        return trace(ctx.kernel)
+
+
+class TracePerSample(Measure):
+    """Tr K / N."""
+
+    name = "trace_per_sample"
+
+    def __call__(self, ctx):
+        from ntkbench.measures import trace
+
+        return trace(ctx.kernel) / ctx.kernel.shape[0]
+
+
+class EffectiveRank(Measure):
+    """exp(S)."""
+
+    name = "effective_rank"
+
+    def __call__(self, ctx):
+        from ntkbench.measures import effective_rank
+
+        return effective_rank(ctx.eigenvalues)
+
+
+class MagnitudeEntropy(Measure):
+    """Entropy of the normalized magnitudes of the kernel entries."""
+
+    name = "magnitude_entropy"
+
+    def __call__(self, ctx):
+        from ntkbench.measures import magnitude_entropy
+
+        return magnitude_entropy(ctx.kernel)
+
+
+class KernelDistanceInit(Measure):
+    """1 − alignment(K_0, K_t)."""
+
+    name = "kernel_distance_init"
+    needs = frozenset({"kernel0"})
+
+    def __call__(self, ctx):
+        from ntkbench.measures import kernel_distance
+
+        return kernel_distance(ctx.kernel0, ctx.kernel)
+
+
+class RelativeChangeInit(Measure):
+    """‖K_t − K_0‖_F / ‖K_0‖_F."""
+
+    name = "relative_change_init"
+    needs = frozenset({"kernel0"})
+
+    def __call__(self, ctx):
+        from ntkbench.measures import relative_change
+
+        return relative_change(ctx.kernel0, ctx.kernel)
+
+
+class TestEntropy(Measure):
+    """Entropy S of the eNTK of the test probe."""
+
+    name = "test_entropy"
+    needs = frozenset({"test"})
+
+    def __call__(self, ctx):
+        from ntkbench.measures import entropy
+
+        return entropy(ctx.test_eigenvalues)
+
+
+class TestEntropyNormalized(Measure):
+    """S / ln N of the eNTK of the test probe."""
+
+    name = "test_entropy_normalized"
+    needs = frozenset({"test"})
+
+    def __call__(self, ctx):
+        from ntkbench.measures import entropy
+
+        return entropy(ctx.test_eigenvalues, normalize=True)
+
+
+class TestTrace(Measure):
+    """Tr K of the eNTK of the test probe."""
+
+    name = "test_trace"
+    needs = frozenset({"test"})
+
+    def __call__(self, ctx):
+        from ntkbench.measures import trace
+
+        return trace(ctx.test_kernel)
+
+
+class TestTracePerSample(Measure):
+    """Tr K / N of the eNTK of the test probe."""
+
+    name = "test_trace_per_sample"
+    needs = frozenset({"test"})
+
+    def __call__(self, ctx):
+        from ntkbench.measures import trace
+
+        return trace(ctx.test_kernel) / ctx.test_kernel.shape[0]
+
+
+class SpectralPosition(Measure):
+    """Spectral position χ_pos of the probe batch (``ntkbench.lnp``; no kernel formed)."""
+
+    name = "spectral_position"
+
+    def __call__(self, ctx):
+        from ntkbench.measures import lnp
+
+        return lnp(ctx.model, ctx.inputs["probe_x"], ctx.inputs["probe_y"], ctx.loss_fn).chi_pos
+
+
+class Loss(Measure):
+    """Mean loss over the whole training set."""
+
+    name = "loss"
+
+    def __call__(self, ctx):
+        return ctx.loss
+
+
+class TestLoss(Measure):
+    """Mean loss over the whole test set."""
+
+    name = "test_loss"
+    needs = frozenset({"test"})
+
+    def __call__(self, ctx):
+        return ctx.test_loss
+
+
+class Accuracy(Measure):
+    """Fraction of training samples (tokens) whose argmax output is the label."""
+
+    name = "accuracy"
+    needs = frozenset({"labels"})
+
+    def __call__(self, ctx):
+        return ctx.accuracy
+
+
+class TestAccuracy(Measure):
+    """Fraction of test samples (tokens) whose argmax output is the label."""
+
+    name = "test_accuracy"
+    needs = frozenset({"labels", "test"})
+
+    def __call__(self, ctx):
+        return ctx.test_accuracy
+
+
+#: measure name -> class; ``Recorder(measures=[...])`` accepts these names
+MEASURES: dict[str, type[Measure]] = {
+    cls.name: cls
+    for cls in (
+        Eigenvalues,
+        Entropy,
+        EntropyNormalized,
+        Trace,
+        TracePerSample,
+        EffectiveRank,
+        MagnitudeEntropy,
+        KernelDistanceInit,
+        RelativeChangeInit,
+        TestEntropy,
+        TestEntropyNormalized,
+        TestTrace,
+        TestTracePerSample,
+        SpectralPosition,
+        Loss,
+        TestLoss,
+        Accuracy,
+        TestAccuracy,
+    )
+}
+
+#: recorded when ``measures=None`` (those a task cannot provide are left out)
+DEFAULT_MEASURES: tuple[str, ...] = (
+    "eigenvalues",
+    "entropy",
+    "entropy_normalized",
+    "trace",
+    "trace_per_sample",
+    "effective_rank",
+    "magnitude_entropy",
+    "kernel_distance_init",
+    "relative_change_init",
+    "loss",
+    "test_loss",
+    "accuracy",
+    "test_accuracy",
+)
+
+
+# ---------------------------------------------------------------------------
+# Recorder
+# ---------------------------------------------------------------------------
+
+
+class Recorder:
+    """When and what to record during :func:`train`.
+
+    Parameters
+    ----------
+    every : int k (steps 0, k, 2k, ...), ``"log"`` (``log_points`` log-spaced steps) or
+        a list of steps. Step 0 and the final step are always recorded.
+    probe : number of training samples (the first ``probe``) whose eNTK is measured; the
+        test probe is the first ``probe`` test samples.
+    measures : names from :data:`MEASURES` or :class:`Measure` instances; None records
+        :data:`DEFAULT_MEASURES` minus those the task cannot provide.
+    log_points : number of points of the ``"log"`` schedule.
+
+    >>> Recorder(every=25, probe=64).steps(100).tolist()
+    [0, 25, 50, 75, 100]
+    >>> Recorder(every="log", log_points=5).steps(1000).tolist()
+    [0, 1, 6, 32, 178, 1000]
+    """
+
+    def __init__(
+        self,
+        every: int | str | Sequence[int] = 10,
+        probe: int = 200,
+        measures: Sequence[str | Measure] | None = None,
+        *,
+        log_points: int = 30,
+    ):
+        if isinstance(every, str):
+            if every != "log":
+                raise ValueError(f"every must be a positive int, 'log' or a list of steps, got {every!r}")
+        elif isinstance(every, (int, np.integer)) and not isinstance(every, bool):
+            if every < 1:
+                raise ValueError(f"every must be >= 1, got {every}")
+            every = int(every)
+        elif isinstance(every, Sequence):
+            steps = []
+            for s in every:
+                if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+                    raise ValueError(f"every: steps must be non-negative ints, got {s!r}")
+                steps.append(int(s))
+            every = tuple(sorted(set(steps)))
+        else:
+            raise TypeError(f"every must be an int, 'log' or a list of steps, got {type(every).__name__}")
+        if isinstance(probe, bool) or not isinstance(probe, (int, np.integer)) or probe < 1:
+            raise ValueError(f"probe must be a positive int, got {probe!r}")
+        if isinstance(log_points, bool) or not isinstance(log_points, (int, np.integer)) or log_points < 1:
+            raise ValueError(f"log_points must be a positive int, got {log_points!r}")
+        self.every = every
+        self.probe = int(probe)
+        self.log_points = int(log_points)
+        self._explicit = measures is not None
+        names = DEFAULT_MEASURES if measures is None else measures
+        if isinstance(names, str):
+            raise TypeError("measures must be a list of names or Measure objects, not a str")
+        resolved: list[Measure] = []
+        for m in names:
+            if isinstance(m, str):
+                if m not in MEASURES:
+                    raise ValueError(f"measures: unknown measure {m!r}; known: {sorted(MEASURES)}")
+                m = MEASURES[m]()
+            elif not isinstance(m, Measure):
+                raise TypeError(f"measures: expected names or Measure objects, got {type(m).__name__}")
+            if not m.name:
+                raise ValueError(f"measures: {m!r} has no name")
+            resolved.append(m)
+        if len({m.name for m in resolved}) != len(resolved):
+            raise ValueError("measures: duplicate measure names")
+        self.measures: tuple[Measure, ...] = tuple(resolved)
+
+    def __repr__(self) -> str:
+        names = [m.name for m in self.measures]
+        return f"Recorder(every={self.every!r}, probe={self.probe}, measures={names})"
+
+    def steps(self, total: int) -> np.ndarray:
+        """Sorted steps in ``[0, total]`` at which to record; always holds 0 and ``total``."""
+        if self.every == "log":
+            s = np.unique(np.round(np.geomspace(1, max(total, 1), self.log_points)).astype(np.int64))
+        elif isinstance(self.every, int):
+            s = np.arange(0, total + 1, self.every, dtype=np.int64)
+        else:
+            s = np.asarray([x for x in self.every if x <= total], dtype=np.int64)
+        return np.unique(np.concatenate([[0], s[s <= total], [total]])).astype(np.int64)
+
+    def for_task(self, task: str, has_test: bool) -> tuple[Measure, ...]:
+        """The measures to record for ``task``; raise if an explicit one cannot be."""
+        keep = []
+        for m in self.measures:
+            reason = None
+            if "labels" in m.needs and task == "regression":
+                reason = "needs integer labels, but the task is regression"
+            elif "test" in m.needs and not has_test:
+                reason = "needs a test set, but the data has none"
+            if reason is None:
+                keep.append(m)
+            elif self._explicit:
+                raise ValueError(f"measures: {m.name!r} {reason}")
+        return tuple(keep)
+
+
+# ---------------------------------------------------------------------------
+# Compiled pieces
+# ---------------------------------------------------------------------------
+
+
+@eqx.filter_jit
+def _run_steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size):
+    """Steps ``start .. stop-1`` in one ``fori_loop``; the batch of step i is drawn from
+    ``fold_in(key, i)``."""
+    n = x.shape[0]
+
+    def batch_loss(p, xb, yb):
+        model = eqx.combine(p, static)
+        preds = jax.vmap(model)(xb)
+        return jnp.mean(jax.vmap(loss_fn)(preds, yb))
+
+    def body(i, carry):
+        p, s = carry
+        if batch_size >= n:
+            xb, yb = x, y
+        else:
+            idx = jax.random.choice(jax.random.fold_in(key, i), n, (batch_size,), replace=False)
+            xb, yb = x[idx], y[idx]
+        grads = jax.grad(batch_loss)(p, xb, yb)
+        updates, s = optimizer.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    return jax.lax.fori_loop(start, stop, body, (params, opt_state))
+
+
+@eqx.filter_jit
+def _record(model, inputs, measures, loss_fn):
+    ctx = Context(model, inputs, loss_fn)
+    return {m.name: jnp.asarray(m(ctx)) for m in measures}
+
+
+def _check_data(data) -> None:
+    for field in ("x_train", "y_train", "task"):
+        if not hasattr(data, field):
+            raise TypeError(f"data must be an ntkbench Dataset (with x_train, y_train, task, ...); missing {field!r}")
+    if data.task not in _TASKS:
+        raise ValueError(f"data.task must be one of {_TASKS}, got {data.task!r}")
+    if len(data.x_train) == 0:
+        raise ValueError("data has no training samples")
+    if len(data.x_train) != len(data.y_train):
+        raise ValueError(f"data: x_train has {len(data.x_train)} samples but y_train has {len(data.y_train)}")
+
+
+def train(
+    model: Any,
+    data: Any,
+    *,
+    optimizer: optax.GradientTransformation,
+    steps: int,
+    batch_size: int | None = None,
+    loss: str | Callable = "mse",
+    recorder: Recorder | None = None,
+    key: jax.Array,
+):
+    """Train ``model`` on ``data`` with an optax optimizer; record eNTK measures.
+
+    Parameters
+    ----------
+    model : Equinox module applied to ONE sample (``model(x)``); its inexact array
+        leaves are trained.
+    data : an :class:`ntkbench.data.Dataset` (``x_train (N, ...)``, ``y_train``,
+        ``x_test``, ``y_test``, ``task``).
+    optimizer : an ``optax.GradientTransformation``.
+    steps : number of optimizer steps (>= 0).
+    batch_size : samples per step drawn without replacement on the device
+        (``fold_in(key, step)``); None or >= N is full batch.
+    loss : ``"mse"`` (½‖f − y‖² per sample, one-hot targets for labels), ``"ce"``
+        (softmax cross-entropy, integer labels) or a callable ``l(pred, y) -> scalar``
+        on one sample. The batch loss is the mean; next-token tasks average over positions.
+    recorder : what to record and when; None records only the final train/test loss.
+    key : PRNG key for the mini-batches.
+
+    Returns
+    -------
+    (trained_model, xarray.Dataset) with dims ``step`` (and ``eigen_index`` for
+    ``eigenvalues``); each variable carries ``long_name`` and ``units``.
+
+    Example
+    -------
+    >>> model, ds = train(model, data, optimizer=optax.adam(1e-3), steps=200,
+    ...                   batch_size=64, recorder=Recorder(every=50), key=jax.random.key(0))  # doctest: +SKIP
+    """
+    import xarray as xr
+
+    from ntkbench.cube import make_attrs, var_attrs
+
+    _check_data(data)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    n_train = len(data.x_train)
+    if batch_size is None:
+        batch_size = n_train
+    elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    batch_size = int(min(batch_size, n_train))
+    if recorder is not None and not isinstance(recorder, Recorder):
+        raise TypeError(f"recorder must be a Recorder or None, got {type(recorder).__name__}")
+    loss_fn = _resolve_loss(loss, data.task)
+
+    x = jnp.asarray(data.x_train)
+    y = jnp.asarray(data.y_train)
+    x_test = getattr(data, "x_test", None)
+    has_test = x_test is not None and len(x_test) > 0
+    inputs: dict[str, Any] = {"x_train": x, "y_train": y}
+    if has_test:
+        inputs["x_test"] = jnp.asarray(data.x_test)
+        inputs["y_test"] = jnp.asarray(data.y_test)
+
+    if recorder is None:
+        measures: tuple[Measure, ...] = (Loss(),) + ((TestLoss(),) if has_test else ())
+        record_steps = np.array([int(steps)], dtype=np.int64)
+    else:
+        measures = recorder.for_task(data.task, has_test)
+        record_steps = recorder.steps(int(steps))
+        n_probe = min(recorder.probe, n_train)
+        inputs["probe_x"] = x[:n_probe]
+        inputs["probe_y"] = y[:n_probe]
+        if any("test" in m.needs for m in measures) and has_test:
+            inputs["test_probe_x"] = inputs["x_test"][: min(recorder.probe, len(data.x_test))]
+        if any("kernel0" in m.needs for m in measures):
+            from ntkbench.kernel import entk
+
+            inputs["kernel0"] = entk(model, inputs["probe_x"], check_finite=False)
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    records = []
+    done = 0
+    for s in record_steps:
+        s = int(s)
+        if s > done:
+            params, opt_state = _run_steps(
+                params, static, opt_state, x, y, key,
+                jnp.asarray(done, jnp.int32), jnp.asarray(s, jnp.int32),
+                optimizer, loss_fn, batch_size,
+            )  # fmt: skip
+            done = s
+        records.append(_record(eqx.combine(params, static), inputs, measures, loss_fn))
+    trained = eqx.combine(params, static)
+
+    host = jax.device_get(records)  # one transfer at the end
+    data_vars = {}
+    for m in measures:
+        values = np.stack([np.asarray(r[m.name]) for r in host])
+        data_vars[m.name] = xr.Variable(("step",) + m.dims, values, m.attrs)
+    coords: dict[str, Any] = {"step": ("step", record_steps, var_attrs("step"))}
+    eig_dims = {d for m in measures for d in m.dims}
+    if "eigen_index" in eig_dims:
+        n_eig = next(data_vars[m.name].shape[1] for m in measures if "eigen_index" in m.dims)
+        coords["eigen_index"] = ("eigen_index", np.arange(n_eig, dtype=np.int64), var_attrs("eigen_index"))
+    config = {
+        "data": getattr(data, "name", ""),
+        "task": data.task,
+        "steps": int(steps),
+        "batch_size": batch_size,
+        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "callable"),
+        "optimizer": "optax",
+        "recorder": None
+        if recorder is None
+        else {
+            "every": list(recorder.every) if isinstance(recorder.every, tuple) else recorder.every,
+            "probe": recorder.probe,
+            "measures": [m.name for m in measures],
+        },
+    }
+    ds = xr.Dataset(data_vars, coords=coords, attrs=make_attrs(config))
+    return trained, ds
+

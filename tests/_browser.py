@@ -1,0 +1,143 @@
+"""Helpers for the real-browser tests: a throw-away JupyterLab server and headless Chromium.
+
+Not a test module (leading underscore); imported by tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+CHROMIUM = os.environ.get("NTKBENCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+# JupyterLab user settings for a quiet, non-writing test session
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, home: Path, token: str, log: Path) -> Iterator[str]:
+    """Run ``jupyter lab`` serving ``root`` on 127.0.0.1 with ``token``; all config,
+    settings, workspaces and runtime files live under ``home``. Yields the base URL."""
+    settings = home / "settings"
+    for rel, value in LAB_SETTINGS.items():
+        path = settings / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+    env = dict(os.environ)
+    env.update(
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTER_PLATFORM_DIRS="1",
+        IPYTHONDIR=str(home / "ipython"),
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+    )
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--LabApp.extension_manager=readonly",
+        "--ServerApp.terminals_enabled=False",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"jupyter lab exited with {proc.returncode}; see {log}")
+                try:
+                    with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"jupyter lab did not start within 60 s; see {log}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def have_browser_stack() -> str | None:
+    """None if the browser tests can run, else the reason they cannot."""
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        return "Chromium is not installed (apt-get install chromium)"
+    try:
+        import jupyterlab  # noqa: F401
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        return f"missing {exc.name}"
+    return None
+
+
+def pixel_std(png: bytes) -> float:
+    """Standard deviation of the grey levels of a PNG (0 for a blank image)."""
+    import io
+
+    from PIL import Image, ImageStat
+
+    with Image.open(io.BytesIO(png)) as im:
+        return float(ImageStat.Stat(im.convert("L")).stddev[0])
+
+
+def pixel_diff(a: bytes, b: bytes) -> float:
+    """Fraction of pixels that differ between two PNGs of the same size (1.0 if sizes differ)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(a)) as ia, Image.open(io.BytesIO(b)) as ib:
+        if ia.size != ib.size:
+            return 1.0
+        x = np.asarray(ia.convert("RGB"), dtype=np.int16)
+        y = np.asarray(ib.convert("RGB"), dtype=np.int16)
+    return float((np.abs(x - y).sum(-1) > 30).mean())

@@ -1,0 +1,132 @@
+"""Real browser: every notebook Run All in JupyterLab driven by headless Chromium.
+
+For each notebook in notebooks/ (served from a temp copy, so the work tree is never
+written): Run All, wait for the kernel to go idle, assert no error/stderr output, assert
+the Bokeh plots rendered with non-blank pixels, press ArrowRight on the first ipywidgets
+slider and assert a plot changed. Screenshots go to test-artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import _browser
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(_browser.have_browser_stack() is not None, reason=str(_browser.have_browser_stack())),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab-root")
+    for nb in NOTEBOOKS:
+        shutil.copy(nb, root / nb.name)
+    home = tmp_path_factory.mktemp("lab-home")
+    token = secrets.token_hex(16)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _browser.jupyterlab(root, home, token, ARTIFACTS / "jupyterlab.log") as url:
+        yield url, token
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=_browser.CHROMIUM, headless=True, args=_browser.CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _wait_idle(page, timeout: float) -> None:
+    """Kernel idle in the status bar and no cell still queued/running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = page.locator("#jp-main-statusbar").inner_text()
+        busy = page.locator(".jp-InputArea-prompt", has_text="*").count()
+        if "Idle" in status and busy == 0:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"notebook still busy after {timeout} s (status bar: {status!r})")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_in_browser(lab, browser, notebook):
+    url, token = lab
+    name = notebook.stem
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(f"{url}/lab/tree/{notebook.name}?token={token}", wait_until="domcontentloaded")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page.locator("#jp-main-statusbar", has_text="Idle").wait_for(timeout=60_000)
+
+        t0 = time.monotonic()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        # the first prompt turns to [*] (or the run is already over)
+        try:
+            page.locator(".jp-InputArea-prompt", has_text="*").first.wait_for(timeout=10_000)
+        except Exception:
+            pass
+        _wait_idle(page, timeout=150)
+        run_all = time.monotonic() - t0
+        print(f"{name}: Run All took {run_all:.1f} s")
+        (ARTIFACTS / f"{name}-run-all-seconds.txt").write_text(f"{run_all:.1f}\n")
+        page.screenshot(path=str(ARTIFACTS / f"{name}-page.png"), full_page=True)
+
+        stderr = page.locator('.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"]')
+        errors = [stderr.nth(i).inner_text()[:500] for i in range(stderr.count())]
+        assert not errors, f"{name}: error/stderr output in the page:\n" + "\n---\n".join(errors)
+        prompts = page.locator(".jp-InputArea-prompt").all_inner_texts()
+        assert all("*" not in p for p in prompts), prompts
+        assert any(p.strip() not in ("", "[ ]:") for p in prompts), f"{name}: no cell ran: {prompts}"
+
+        canvases = page.locator(".bk-Canvas")
+        n = canvases.count()
+        assert n >= 1, f"{name}: no Bokeh plot rendered"
+        before = []
+        for i in range(n):
+            png = canvases.nth(i).screenshot(path=str(ARTIFACTS / f"{name}-plot{i}-before.png"))
+            assert _browser.pixel_std(png) > 5.0, f"{name}: Bokeh plot {i} is blank"
+            before.append(png)
+
+        sliders = page.locator(".widget-slider .noUi-handle")
+        if sliders.count():
+            handle = sliders.first
+            handle.scroll_into_view_if_needed()
+            handle.focus()
+            handle.press("ArrowRight")
+            changed = 0.0
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and changed == 0.0:
+                time.sleep(0.5)
+                after = [canvases.nth(i).screenshot() for i in range(n)]
+                changed = max(_browser.pixel_diff(a, b) for a, b in zip(before, after))
+            for i, png in enumerate(after):
+                (ARTIFACTS / f"{name}-plot{i}-after.png").write_bytes(png)
+            assert changed > 0.001, f"{name}: moving the slider did not change any plot"
+            _wait_idle(page, timeout=30)
+            assert stderr.count() == 0, f"{name}: the slider produced error output"
+        bokeh_errors = [e for e in console_errors if "bokeh" in e.lower()]
+        assert not bokeh_errors, f"{name}: BokehJS errors in the console: {bokeh_errors[:5]}"
+    finally:
+        page.screenshot(path=str(ARTIFACTS / f"{name}-final.png"), full_page=True)
+        context.close()

@@ -1,0 +1,221 @@
+"""Result cubes: schema validation, netCDF/Zarr round trips, atomic writes, combine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ntkbench import cube
+
+
+def _cube(width: int = 16, seed: int = 0, n_eig: int = 5) -> xr.Dataset:
+    rng = np.random.default_rng(width * 100 + seed)
+    steps = np.array([0, 10, 20])
+    eig = -np.sort(-rng.random((3, n_eig))).astype(np.float32)
+    ds = xr.Dataset(
+        {
+            "eigenvalues": (("step", "eigen_index"), eig, cube.var_attrs("eigenvalues")),
+            "entropy": ("step", rng.random(3), cube.var_attrs("entropy")),
+            "loss": ("step", rng.random(3).astype(np.float32), cube.var_attrs("loss")),
+        },
+        coords={
+            "step": ("step", steps, cube.var_attrs("step")),
+            "eigen_index": ("eigen_index", np.arange(n_eig), cube.var_attrs("eigen_index")),
+        },
+        attrs=cube.make_attrs({"model": {"width": width}, "seed": seed}, paper="collective", title="test cube"),
+    )
+    ds = ds.expand_dims(width=[width], seed=[seed])
+    ds["width"].attrs.update(cube.var_attrs("width"))
+    ds["seed"].attrs.update(cube.var_attrs("seed"))
+    return ds
+
+
+def test_make_attrs_provenance():
+    attrs = cube.make_attrs({"lr": np.float32(0.5), "grid": {"width": [1, 2]}}, paper="data", title="t")
+    assert set(cube.REQUIRED_ATTRS) <= set(attrs)
+    assert json.loads(attrs["config"]) == {"lr": 0.5, "grid": {"width": [1, 2]}}
+    assert dt.datetime.fromisoformat(attrs["created"]).tzinfo is not None
+    import jax
+
+    import ntkbench
+
+    assert attrs["jax_version"] == jax.__version__ and attrs["ntkbench_version"] == ntkbench.__version__
+    with pytest.raises(TypeError, match="config"):
+        cube.make_attrs("lr=1")
+
+
+def test_variables_table_is_complete():
+    for name, (long_name, units) in cube.VARIABLES.items():
+        assert long_name and isinstance(units, str), name
+    assert cube.KERNEL_VARIABLES <= set(cube.VARIABLES)
+
+
+def test_validate_accepts_good_cube_and_names_problems():
+    ds = _cube()
+    cube.validate(ds)
+    bad = _cube()
+    del bad.attrs["jax_version"]
+    with pytest.raises(ValueError, match="jax_version"):
+        cube.validate(bad)
+    bad = _cube()
+    bad["entropy"].attrs = {"units": "nat"}
+    with pytest.raises(ValueError, match="'entropy' has no long_name"):
+        cube.validate(bad)
+    bad = _cube().assign(extra=(("dim_0",), np.zeros(2), cube.var_attrs("x")))
+    with pytest.raises(ValueError, match="'dim_0'"):
+        cube.validate(bad)
+    bad = _cube()
+    bad["eigenvalues"][0, 0, 1, 2] = np.inf
+    with pytest.raises(ValueError, match="'eigenvalues' holds 1 NaN/Inf"):
+        cube.validate(bad)
+    cube.validate(bad, check_finite=False)
+    ok = _cube()
+    ok["loss"][0, 0, 1] = np.nan  # a diverged loss is data, not a kernel defect
+    cube.validate(ok)
+    bad = _cube()
+    bad.attrs["config"] = "{not json"
+    with pytest.raises(ValueError, match="config"):
+        cube.validate(bad)
+    with pytest.raises(TypeError, match="ds"):
+        cube.validate({"entropy": 1})
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_round_trip_identical(tmp_path, suffix):
+    ds = _cube()
+    path = cube.save(ds, tmp_path / f"c{suffix}")
+    assert path.exists()
+    back = cube.open(path)
+    xr.testing.assert_identical(back, ds)
+    for name in ds.variables:
+        assert back[name].dtype == ds[name].dtype, name
+    # overwrite in place keeps exactly one valid cube and no leftovers
+    ds2 = _cube(width=32)
+    cube.save(ds2, path)
+    xr.testing.assert_identical(cube.open(path), ds2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"c{suffix}"]
+
+
+def test_format_argument(tmp_path):
+    ds = _cube()
+    p = cube.save(ds, tmp_path / "store", format="zarr")
+    assert p.is_dir()
+    xr.testing.assert_identical(cube.open(p), ds)
+    with pytest.raises(ValueError, match="format"):
+        cube.save(ds, tmp_path / "x.nc", format="hdf4")
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_atomic_netcdf_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "run.nc"
+
+    def broken(self, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89HDF\r\n\x1a\n partial")  # a partial file...
+        raise OSError("disk full")  # ...then the write fails midway
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", broken)
+    with pytest.raises(OSError, match="disk full"):
+        cube.save(_cube(), target)
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_netcdf_failed_overwrite_keeps_old(tmp_path, monkeypatch):
+    target = tmp_path / "run.nc"
+    old = _cube()
+    cube.save(old, target)
+    before = target.read_bytes()
+
+    def broken(self, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"garbage")
+        raise KeyboardInterrupt  # even an interrupt cleans up
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", broken)
+    with pytest.raises(KeyboardInterrupt):
+        cube.save(_cube(width=64), target)
+    assert _leftovers(tmp_path) == ["run.nc"]
+    assert target.read_bytes() == before
+
+
+def test_atomic_zarr_failed_write(tmp_path, monkeypatch):
+    target = tmp_path / "run.zarr"
+    cube.save(_cube(), target)
+    real = xr.Dataset.to_zarr
+
+    def broken(self, store, *args, **kwargs):
+        real(self.isel(step=[0]), store, *args, **kwargs)  # something is on disk
+        raise OSError("worker died")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", broken)
+    with pytest.raises(OSError, match="worker died"):
+        cube.save(_cube(width=64), target)
+    monkeypatch.undo()
+    assert _leftovers(tmp_path) == ["run.zarr"]
+    xr.testing.assert_identical(cube.open(target), _cube())
+    with pytest.raises(OSError):
+        monkeypatch.setattr(xr.Dataset, "to_zarr", broken)
+        cube.save(_cube(), tmp_path / "new.zarr")
+    assert _leftovers(tmp_path) == ["run.zarr"]
+
+
+def test_open_rejects_corrupted_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        cube.open(tmp_path / "missing.nc")
+    garbage = tmp_path / "garbage.nc"
+    garbage.write_bytes(b"this is not a netCDF file at all")
+    with pytest.raises(ValueError, match="not a readable netCDF"):
+        cube.open(garbage)
+    good = cube.save(_cube(), tmp_path / "good.nc")
+    truncated = tmp_path / "truncated.nc"
+    truncated.write_bytes(good.read_bytes()[: os.path.getsize(good) // 2])
+    with pytest.raises(ValueError, match="truncated.nc"):
+        cube.open(truncated)
+    foreign = tmp_path / "foreign.nc"
+    xr.Dataset({"a": ("x", np.arange(3.0))}).to_netcdf(foreign)
+    with pytest.raises(ValueError, match="not an ntkbench cube"):
+        cube.open(foreign)
+    not_zarr = tmp_path / "empty.zarr"
+    not_zarr.mkdir()
+    with pytest.raises(ValueError, match="Zarr"):
+        cube.open(not_zarr)
+
+
+def test_package_exports_open_cube(tmp_path):
+    import ntkbench as nb
+
+    p = nb.save(_cube(), tmp_path / "c.nc")
+    xr.testing.assert_identical(nb.open_cube(p), _cube())
+
+
+def test_combine_lays_runs_out_along_swept_axes(tmp_path):
+    runs = [_cube(w, s) for w in (16, 64) for s in (0, 1)]
+    paths = [cube.save(r, tmp_path / f"r{i}.nc") for i, r in enumerate(runs)]
+    combined = cube.combine(paths[:2] + runs[2:])  # paths and datasets mix
+    assert dict(combined.sizes) == {"width": 2, "seed": 2, "step": 3, "eigen_index": 5}
+    for r in runs:
+        w, s = int(r.width[0]), int(r.seed[0])
+        sel = combined.sel(width=w, seed=s)
+        np.testing.assert_array_equal(sel["eigenvalues"].values, r["eigenvalues"].values[0, 0])
+        np.testing.assert_array_equal(sel["loss"].values, r["loss"].values[0, 0])
+    assert combined["entropy"].attrs == cube.var_attrs("entropy")
+    assert combined.attrs["paper"] == "collective" and combined.attrs["title"] == "test cube"
+    assert len(json.loads(combined.attrs["config"])) == 4
+    cube.validate(combined)
+    attrs = cube.make_attrs({"grid": {"width": [16, 64]}}, title="sweep")
+    assert cube.combine(runs, attrs=attrs).attrs == attrs
+    # an incomplete grid is padded with NaN
+    partial = cube.combine(runs[:3])
+    assert np.isnan(partial["loss"].sel(width=64, seed=1).values).all()
+    with pytest.raises(ValueError, match="empty"):
+        cube.combine([])
+    with pytest.raises(TypeError, match="items"):
+        cube.combine([42])

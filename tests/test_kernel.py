@@ -1,0 +1,355 @@
+"""ntkbench.entk against independent references: a float64 Jacobian of the raveled
+parameter vector contracted in the test, closed forms, and the infinite-width NTK."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import ntkbench as nb
+
+METHODS = ["jacobian", "ntvp", "structured", "auto"]
+
+
+# ---------------------------------------------------------------------------
+# Reference: Jacobian of the raveled parameter vector, contracted in float64
+# ---------------------------------------------------------------------------
+
+
+def reference_entk(model, x1, x2=None, full=False):
+    """Independent reference: J = d ravel(f) / d ravel(θ), K = J1 J2ᵀ (float64)."""
+    if isinstance(model, tuple):
+        apply_fn, params = model
+        flat, unravel = ravel_pytree(params)
+        f = lambda th, x: jnp.ravel(apply_fn(unravel(th), x))  # noqa: E731
+    else:
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        flat, unravel = ravel_pytree(params)
+        f = lambda th, x: jnp.ravel(eqx.combine(unravel(th), static)(x))  # noqa: E731
+    jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))
+    J1 = np.asarray(jac(flat, x1), dtype=np.float64)
+    J2 = J1 if x2 is None else np.asarray(jac(flat, x2), dtype=np.float64)
+    K = np.einsum("ikp,jlp->ijkl", J1, J2)
+    return K if full else np.einsum("ijkk->ij", K)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+# ---------------------------------------------------------------------------
+# Test models (float64): MLP, CNN, LayerNorm + embedding, scalar output, apply_fn
+# ---------------------------------------------------------------------------
+
+
+class SmallCNN(eqx.Module):
+    conv: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.conv = eqx.nn.Conv2d(1, 3, 3, padding=1, key=k1, dtype=jnp.float64)
+        self.head = eqx.nn.Linear(3 * 5 * 5, 3, key=k2, dtype=jnp.float64)
+
+    def __call__(self, x):
+        return self.head(jnp.ravel(jax.nn.relu(self.conv(x))))
+
+
+class TokenModel(eqx.Module):
+    """Embedding -> LayerNorm -> per-token Linear (inside vmap) -> flatten -> Linear."""
+
+    emb: eqx.nn.Embedding
+    norm: eqx.nn.LayerNorm
+    mix: eqx.nn.Linear
+    head: eqx.nn.Linear
+
+    def __init__(self, key, vocab=11, d=6, t=4):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.emb = eqx.nn.Embedding(vocab, d, key=k1, dtype=jnp.float64)
+        self.norm = eqx.nn.LayerNorm(d, dtype=jnp.float64)
+        self.mix = eqx.nn.Linear(d, d, key=k2, dtype=jnp.float64)
+        self.head = eqx.nn.Linear(t * d, 2, key=k3, dtype=jnp.float64)
+
+    def __call__(self, tokens):
+        h = jax.vmap(self.emb)(tokens)
+        # perturb LayerNorm's affine parameters so their gradients are non-trivial
+        h = jax.vmap(self.norm)(h)
+        h = jax.nn.gelu(jax.vmap(self.mix)(h))
+        return self.head(jnp.ravel(h))
+
+
+def _perturb(model, key):
+    """Move every parameter off its initial value (LayerNorm starts at 1/0)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    leaves = [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+
+
+def make_case(name, key):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    if name == "mlp":
+        model = eqx.nn.MLP(5, 3, 12, 2, activation=jnp.tanh, key=k1, dtype=jnp.float64)
+        x = jax.random.normal(k2, (7, 5), jnp.float64)
+        x2 = jax.random.normal(k3, (4, 5), jnp.float64)
+    elif name == "cnn":
+        model = SmallCNN(k1)
+        x = jax.random.normal(k2, (7, 1, 5, 5), jnp.float64)
+        x2 = jax.random.normal(k3, (4, 1, 5, 5), jnp.float64)
+    elif name == "tokens":
+        model = _perturb(TokenModel(k1), k4)
+        x = jax.random.randint(k2, (7, 4), 0, 11)
+        x2 = jax.random.randint(k3, (4, 4), 0, 11)
+    elif name == "scalar":
+        model = eqx.nn.MLP(5, "scalar", 10, 2, key=k1, dtype=jnp.float64)
+        x = jax.random.normal(k2, (7, 5), jnp.float64)
+        x2 = jax.random.normal(k3, (4, 5), jnp.float64)
+    elif name == "apply_fn":
+        params = {
+            "w1": jax.random.normal(k1, (5, 9), jnp.float64) / 3,
+            "w2": jax.random.normal(k4, (9, 2), jnp.float64) / 3,
+        }
+        model = (lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"], params)
+        x = jax.random.normal(k2, (7, 5), jnp.float64)
+        x2 = jax.random.normal(k3, (4, 5), jnp.float64)
+    else:
+        raise AssertionError(name)
+    return model, x, x2
+
+
+CASES = ["mlp", "cnn", "tokens", "scalar", "apply_fn"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_match_float64_reference(case, method, x64, getkey):
+    model, x, x2 = make_case(case, getkey())
+    for full in (False, True):
+        outputs = "full" if full else "trace"
+        ref_sym = reference_entk(model, x, full=full)
+        ref_cross = reference_entk(model, x, x2, full=full)
+        for block in (None, 3):
+            K = nb.entk(model, x, outputs=outputs, method=method, block_size=block)
+            assert K.dtype == jnp.float64
+            assert K.shape == ref_sym.shape
+            assert rel_err(K, ref_sym) < 1e-10, (outputs, block)
+            Kc = nb.entk(model, x, x2, outputs=outputs, method=method, block_size=block)
+            assert Kc.shape == ref_cross.shape
+            assert rel_err(Kc, ref_cross) < 1e-10, (outputs, block)
+
+
+@pytest.mark.parametrize("block", [1, 2, 4, 6, 7, 100])
+@pytest.mark.parametrize("method", ["structured", "jacobian", "ntvp"])
+def test_any_block_size_and_odd_n(block, method, x64, getkey):
+    model, x, x2 = make_case("mlp", getkey())
+    ref = reference_entk(model, x, x2[:3])
+    K = nb.entk(model, x, x2[:3], method=method, block_size=block)
+    assert rel_err(K, ref) < 1e-10
+    Ks = nb.entk(model, x, method=method, block_size=block)
+    np.testing.assert_array_equal(np.asarray(Ks), np.asarray(Ks).T)  # mirrored tiles: exact
+    assert rel_err(Ks, reference_entk(model, x)) < 1e-10
+
+
+def test_float32_methods_agree_to_roundoff(getkey):
+    model = eqx.nn.MLP(16, 4, 64, 2, key=getkey())
+    x = jax.random.normal(getkey(), (9, 16))
+    Ks = {m: nb.entk(model, x, method=m, outputs="full") for m in ["jacobian", "ntvp", "structured"]}
+    assert Ks["jacobian"].dtype == jnp.float32
+    for m in ("ntvp", "structured"):
+        assert rel_err(Ks[m], Ks["jacobian"]) < 1e-5
+
+
+def test_structured_covers_linears_and_falls_back_for_the_rest(x64, getkey):
+    """The structured rule applies to top-level linears only; the vmapped linear, the
+    embedding and the LayerNorm go through the Jacobian fallback (checked by the float64
+    test above); here: which layers the rule takes."""
+    from ntkbench.kernel import _tap, _tappable
+
+    model, x, _ = make_case("tokens", getkey())
+    _, n = _tap(model)
+    assert n == 2
+    keep = _tappable(model, n, x.shape[1:], x.dtype)
+    assert keep == frozenset({1})  # head (index 1) yes; mix (inside vmap, index 0) no
+
+
+def test_weight_tied_linear_falls_back(x64, getkey):
+    """A linear whose weight is also read directly (weight tying) must not use the rule."""
+
+    class Tied(eqx.Module):
+        lin: eqx.nn.Linear
+
+        def __call__(self, x):
+            h = jnp.tanh(self.lin(x))
+            return self.lin.weight.T @ h  # reuses the weight directly
+
+    model = Tied(eqx.nn.Linear(4, 4, key=getkey(), dtype=jnp.float64))
+    x = jax.random.normal(getkey(), (5, 4), jnp.float64)
+    K = nb.entk(model, x, method="structured", outputs="full")
+    assert rel_err(K, reference_entk(model, x, full=True)) < 1e-10
+
+    class Twice(eqx.Module):
+        lin: eqx.nn.Linear
+
+        def __call__(self, x):
+            return self.lin(jnp.tanh(self.lin(x)))
+
+    model = Twice(eqx.nn.Linear(4, 4, key=getkey(), dtype=jnp.float64))
+    K = nb.entk(model, x, method="structured")
+    assert rel_err(K, reference_entk(model, x)) < 1e-10
+
+
+# ---------------------------------------------------------------------------
+# Closed forms
+# ---------------------------------------------------------------------------
+
+
+def test_linear_model_is_gram_of_inputs(x64, getkey):
+    """f(x) = Wx + b with K outputs: traced eNTK = K (X Xᵀ + 1); full = (X Xᵀ + 1) δ_kl."""
+    k_out = 4
+    model = eqx.nn.Linear(6, k_out, key=getkey(), dtype=jnp.float64)
+    X = np.asarray(jax.random.normal(getkey(), (9, 6), jnp.float64))
+    X2 = np.asarray(jax.random.normal(getkey(), (5, 6), jnp.float64))
+    gram = X @ X.T + 1.0
+    for method in METHODS:
+        K = nb.entk(model, X, method=method)
+        np.testing.assert_allclose(K, k_out * gram, rtol=1e-12, atol=1e-12)
+        Kf = nb.entk(model, X, X2, outputs="full", method=method)
+        expected = (X @ X2.T + 1.0)[:, :, None, None] * np.eye(k_out)
+        np.testing.assert_allclose(Kf, expected, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Infinite width: ReLU MLP in NTK parametrization -> analytic arc-cosine NTK
+# ---------------------------------------------------------------------------
+
+
+class NTKMLP(eqx.Module):
+    """h_{l+1} = W_l (σ_w/√n_l · φ(h_l)) + b_l with W, b ~ N(0, 1): NTK parametrization
+    with σ_b = 1 (the bias enters with unit gradient)."""
+
+    layers: list
+    sigma_w: float = eqx.field(static=True)
+
+    def __init__(self, d_in, width, depth, key, sigma_w=math.sqrt(2.0)):
+        sizes = [d_in] + [width] * depth + [1]
+        keys = jax.random.split(key, 2 * len(sizes))
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            lin = eqx.nn.Linear(a, b, key=keys[2 * i])
+            lin = eqx.tree_at(lambda l: (l.weight, l.bias), lin,
+                              (jax.random.normal(keys[2 * i], (b, a)), jax.random.normal(keys[2 * i + 1], (b,))))
+            layers.append(lin)
+        self.layers = layers
+        self.sigma_w = sigma_w
+
+    def __call__(self, x):
+        h = x
+        for i, lin in enumerate(self.layers):
+            if i > 0:
+                h = jax.nn.relu(h)
+            h = lin(self.sigma_w / math.sqrt(h.shape[0]) * h)
+        return h
+
+
+def analytic_relu_ntk(X, depth, sigma_w=math.sqrt(2.0), sigma_b=1.0):
+    """Infinite-width NTK of NTKMLP (Jacot et al. 2018; arc-cosine kernels, Cho & Saul)."""
+    d = X.shape[1]
+    sigma = sigma_w**2 * (X @ X.T) / d + sigma_b**2
+    theta = sigma.copy()
+    for _ in range(depth):
+        diag = np.sqrt(np.diag(sigma))
+        norm = np.outer(diag, diag)
+        cos = np.clip(sigma / norm, -1.0, 1.0)
+        ang = np.arccos(cos)
+        e_phi = norm / (2 * np.pi) * (np.sin(ang) + (np.pi - ang) * cos)
+        e_dphi = (np.pi - ang) / (2 * np.pi)
+        sigma_dot = sigma_w**2 * e_dphi
+        sigma = sigma_w**2 * e_phi + sigma_b**2
+        theta = theta * sigma_dot + sigma
+    return theta
+
+
+def test_relu_ntk_parametrization_approaches_infinite_width_limit(getkey):
+    X = np.array(jax.random.normal(getkey(), (6, 5)))
+    X /= np.linalg.norm(X, axis=1, keepdims=True) / math.sqrt(5)
+    depth = 2
+    exact = analytic_relu_ntk(X.astype(np.float64), depth)
+    errors = {}
+    for width in (32, 256, 2048):
+        errs = []
+        for _ in range(3):
+            model = NTKMLP(5, width, depth, getkey())
+            K = np.asarray(nb.entk(model, jnp.asarray(X)), np.float64)
+            errs.append(np.linalg.norm(K - exact) / np.linalg.norm(exact))
+        errors[width] = float(np.mean(errs))
+    assert errors[2048] < errors[256] < errors[32], errors
+    assert errors[2048] < 0.08, errors
+    # error ~ width^(-1/2): a 64x wider net should be at least ~3x closer
+    assert errors[32] / errors[2048] > 3.0, errors
+
+
+# ---------------------------------------------------------------------------
+# Bad input, compilation, misc
+# ---------------------------------------------------------------------------
+
+
+def test_bad_input_names_the_argument(getkey):
+    model = eqx.nn.MLP(4, 2, 8, 1, key=getkey())
+    x = jnp.ones((3, 4))
+    with pytest.raises(ValueError, match="method"):
+        nb.entk(model, x, method="fastest")
+    with pytest.raises(ValueError, match="outputs"):
+        nb.entk(model, x, outputs="diag")
+    with pytest.raises(ValueError, match="x2"):
+        nb.entk(model, x, jnp.ones((3, 5)))
+    with pytest.raises(ValueError, match="x1"):
+        nb.entk(model, jnp.ones((0, 4)))
+    with pytest.raises(ValueError, match="x1"):
+        nb.entk(model, jnp.ones((3, 7)))  # the model cannot take 7 features
+    with pytest.raises(ValueError, match="block_size"):
+        nb.entk(model, x, block_size=0)
+    with pytest.raises(TypeError, match="model"):
+        nb.entk(lambda x: x, x)  # no parameters
+    with pytest.raises(TypeError, match="model"):
+        nb.entk((lambda p, x: x, {"n": 3}), x)  # params without arrays
+    with pytest.raises(TypeError, match="model"):
+        nb.entk(42, x)
+    nan_model = eqx.tree_at(lambda m: m.layers[0].weight, model, jnp.full((8, 4), jnp.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        nb.entk(nan_model, x)
+
+
+def test_compiled_once_per_shape(getkey):
+    traces = []
+
+    class Counting(eqx.Module):
+        lin: eqx.nn.Linear
+
+        def __call__(self, x):
+            traces.append(1)
+            return jnp.tanh(self.lin(x))
+
+    model = Counting(eqx.nn.Linear(3, 2, key=getkey()))
+    x = jax.random.normal(getkey(), (5, 3))
+    nb.entk(model, x)
+    first = len(traces)
+    assert first > 0
+    model2 = eqx.tree_at(lambda m: m.lin.weight, model, model.lin.weight * 2)  # new values, same structure
+    nb.entk(model2, x + 1.0)
+    assert len(traces) == first  # no retrace: compiled once per shape
+    nb.entk(model, jnp.ones((6, 3)))
+    assert len(traces) > first  # a new shape compiles again
+
+
+def test_entk_diag_matches_kernel_diagonal(x64, getkey):
+    for case in ("mlp", "tokens"):
+        model, x, _ = make_case(case, getkey())
+        np.testing.assert_allclose(
+            nb.kernel.entk_diag(model, x), np.diag(reference_entk(model, x)), rtol=1e-10
+        )

@@ -1,0 +1,226 @@
+"""Kernel-free spectra (ntkbench.linalg) against dense eNTKs computed independently here.
+
+The reference kernel is built in this file from per-sample Jacobians
+(``vmap(jacrev)`` over flattened parameters, then an einsum) in float64, and its spectrum
+comes from ``numpy.linalg.eigh`` — no code from ntkbench is involved in the reference.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ntkbench import linalg
+
+N = 120  # not a multiple of the block size used below
+BLOCK = 50
+
+
+def _model(key=0, in_size=4, out_size=3, width=16, depth=2):
+    return eqx.nn.MLP(in_size, out_size, width, depth, key=jax.random.key(key), dtype=jnp.float64)
+
+
+def _jacobian(model, x):
+    """(N, C, P) per-sample Jacobian over flattened parameters, float64."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def f(q, xi):
+        return jnp.ravel(eqx.combine(unravel(q), static)(xi))
+
+    return np.asarray(jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x))
+
+
+def _dense(model, x):
+    """Reference kernels: traced (N, N) and full (N·C, N·C) with row index i*C + c."""
+    j = _jacobian(model, x)
+    n, c, _ = j.shape
+    k_trace = np.einsum("icp,jcp->ij", j, j)
+    k_full = np.einsum("icp,jdp->icjd", j, j).reshape(n * c, n * c)
+    return k_trace, k_full
+
+
+def _eig_desc(k):
+    return np.linalg.eigvalsh(k)[::-1]
+
+
+def _entropy(eigs):
+    p = np.clip(eigs, 0, None) / np.sum(np.clip(eigs, 0, None))
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    with jax.enable_x64(True):
+        model = _model()
+        x = jax.random.normal(jax.random.key(1), (N, 4), jnp.float64)
+        k_trace, k_full = _dense(model, x)
+    return model, x, k_trace, k_full
+
+
+def test_kernel_matvec_matches_dense(setup):
+    model, x, k_trace, k_full = setup
+    with jax.enable_x64(True):
+        v = np.asarray(jax.random.normal(jax.random.key(2), (N,), jnp.float64))
+        kv = np.asarray(linalg.kernel_matvec(model, x, block_size=BLOCK)(v))
+        np.testing.assert_allclose(kv, k_trace @ v, rtol=1e-10, atol=1e-10 * np.abs(k_trace @ v).max())
+        vf = np.asarray(jax.random.normal(jax.random.key(3), (N, 3), jnp.float64))
+        kvf = np.asarray(linalg.kernel_matvec(model, x, outputs="full", block_size=BLOCK)(vf))
+        ref = (k_full @ vf.reshape(-1)).reshape(N, 3)
+        np.testing.assert_allclose(kvf, ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("outputs", ["trace", "full"])
+def test_lanczos_top_k_matches_dense(setup, outputs):
+    model, x, k_trace, k_full = setup
+    k_ref = k_trace if outputs == "trace" else k_full
+    k = 6
+    with jax.enable_x64(True):
+        lam, vecs = linalg.top_eigenvalues(
+            model, x, k, outputs=outputs, method="lanczos", vectors=True, block_size=BLOCK
+        )
+    lam, vecs = np.asarray(lam), np.asarray(vecs)
+    ref = _eig_desc(k_ref)[:k]
+    assert lam.shape == (k,) and vecs.shape == (k_ref.shape[0], k)
+    assert np.max(np.abs(lam / ref - 1)) < 1e-6
+    assert np.all(np.diff(lam) <= 0)
+    # eigenpairs stay together: K u_i = λ_i u_i, orthonormal columns
+    np.testing.assert_allclose(k_ref @ vecs, vecs * lam[None, :], atol=1e-6 * ref[0])
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(k), atol=1e-8)
+
+
+def test_lobpcg_top_k_matches_dense(setup):
+    model, x, k_trace, _ = setup
+    with jax.enable_x64(True):
+        lam = np.asarray(linalg.top_eigenvalues(model, x, 4, method="lobpcg", block_size=BLOCK, tol=1e-12))
+    ref = _eig_desc(k_trace)[:4]
+    assert np.max(np.abs(lam / ref - 1)) < 1e-6
+
+
+def test_gram_trick_equals_kernel_nonzero_spectrum():
+    # P = 2*5 + 5 + 5*2 + 2 = 27 parameters, C = 2; N = 40: N·C = 80 > P, N = 40 > C·P? no;
+    # so use a wider batch for trace: N = 70 > C·P = 54.
+    with jax.enable_x64(True):
+        model = _model(key=3, in_size=2, out_size=2, width=5, depth=1)
+        x = jax.random.normal(jax.random.key(4), (70, 2), jnp.float64)
+        k_trace, k_full = _dense(model, x)
+        g_full = np.asarray(linalg.gram_matrix(model, x, outputs="full", block_size=32))
+        g_trace = np.asarray(linalg.gram_matrix(model, x, outputs="trace", block_size=32))
+        assert g_full.shape == (27, 27) and g_trace.shape == (54, 54)
+        for g, k_ref in ((g_full, k_full), (g_trace, k_trace)):
+            eg, ek = _eig_desc(g), _eig_desc(k_ref)
+            d = g.shape[0]
+            np.testing.assert_allclose(eg, ek[:d], rtol=1e-8, atol=1e-10 * ek[0])
+            assert np.all(np.abs(ek[d:]) < 1e-10 * ek[0])  # the rest of the kernel spectrum is 0
+        # top_eigenvalues via the Gram trick (chosen by "auto" here), with eigenvectors
+        lam, vecs = linalg.top_eigenvalues(model, x, 5, outputs="full", method="auto", vectors=True)
+        lam, vecs = np.asarray(lam), np.asarray(vecs)
+        ref = _eig_desc(k_full)[:5]
+        assert np.max(np.abs(lam / ref - 1)) < 1e-8
+        np.testing.assert_allclose(k_full @ vecs, vecs * lam[None, :], atol=1e-8 * ref[0])
+        # k beyond the Gram size: the remaining eigenvalues are zero
+        lam_all = np.asarray(linalg.top_eigenvalues(model, x, 60, outputs="trace", method="gram"))
+        np.testing.assert_allclose(lam_all, _eig_desc(k_trace)[:60], atol=1e-9 * lam_all[0])
+
+
+@pytest.mark.parametrize("outputs", ["trace", "full"])
+def test_entropy_estimate_within_error_bar(setup, outputs):
+    model, x, k_trace, k_full = setup
+    exact = _entropy(_eig_desc(k_trace if outputs == "trace" else k_full))
+    with jax.enable_x64(True):
+        est, err = linalg.entropy_estimate(
+            model, x, num_probes=12, lanczos_order=30, key=jax.random.key(7), outputs=outputs,
+            block_size=BLOCK,
+        )
+    est, err = float(est), float(err)
+    assert 0 < err < 0.05 * exact  # a useful error bar, not a vacuous one
+    assert abs(est - exact) <= 3 * err, (est, exact, err)
+
+
+def test_entropy_estimate_without_deflation_is_unbiased_but_noisy(setup):
+    model, x, k_trace, _ = setup
+    exact = _entropy(_eig_desc(k_trace))
+    with jax.enable_x64(True):
+        est, err = linalg.entropy_estimate(
+            model, x, num_probes=12, lanczos_order=30, deflate=0, key=jax.random.key(8),
+            block_size=BLOCK,
+        )
+    assert abs(float(est) - exact) <= 3 * float(err)
+
+
+def test_apply_fn_params_and_float32():
+    # (apply_fn, params) form, float32: agreement at float32 round-off
+    key1, key2, key3 = jax.random.split(jax.random.key(5), 3)
+    params = {
+        "w1": jax.random.normal(key1, (16, 3)) / np.sqrt(3),
+        "w2": jax.random.normal(key2, (2, 16)) / 4.0,
+    }
+
+    def apply_fn(p, xi):
+        return p["w2"] @ jnp.tanh(p["w1"] @ xi)
+
+    x = jax.random.normal(key3, (90, 3))
+    lam = np.asarray(linalg.top_eigenvalues((apply_fn, params), x, 3, method="lanczos", block_size=32))
+    with jax.enable_x64(True):
+        p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+        j1 = jax.vmap(jax.jacrev(apply_fn), in_axes=(None, 0))(p64, jnp.asarray(x, jnp.float64))
+        k_ref = sum(
+            np.einsum("icp,jcp->ij", np.asarray(a).reshape(90, 2, -1), np.asarray(a).reshape(90, 2, -1))
+            for a in jax.tree_util.tree_leaves(j1)
+        )
+    assert lam.dtype == np.float32
+    assert np.max(np.abs(lam / _eig_desc(k_ref)[:3] - 1)) < 1e-4
+
+
+def test_validation_errors(setup):
+    model, x, _, _ = setup
+    with jax.enable_x64(True):
+        _check_errors(model, x)
+
+
+def _check_errors(model, x):
+    with pytest.raises(ValueError, match="k:"):
+        linalg.top_eigenvalues(model, x, N + 1)
+    with pytest.raises(ValueError, match="k:"):
+        linalg.top_eigenvalues(model, x, 0)
+    with pytest.raises(ValueError, match="method:"):
+        linalg.top_eigenvalues(model, x, 2, method="arpack")
+    with pytest.raises(ValueError, match="outputs:"):
+        linalg.top_eigenvalues(model, x, 2, outputs="diag")
+    with pytest.raises(ValueError, match="block_size:"):
+        linalg.top_eigenvalues(model, x, 2, block_size=0)
+    with pytest.raises(ValueError, match="tol:"):
+        linalg.top_eigenvalues(model, x, 2, tol=-1.0)
+    with pytest.raises(ValueError, match="k:"):
+        linalg.top_eigenvalues(model, x, 30, method="lobpcg")  # needs N >= 5k
+    with pytest.raises(ValueError, match="num_probes:"):
+        linalg.entropy_estimate(model, x, num_probes=1)
+    with pytest.raises(ValueError, match="lanczos_order:"):
+        linalg.entropy_estimate(model, x, lanczos_order=N + 1)
+    with pytest.raises(ValueError, match="deflate:"):
+        linalg.entropy_estimate(model, x, lanczos_order=100, deflate=30)
+    with pytest.raises(ValueError, match="v:"):
+        linalg.kernel_matvec(model, x)(jnp.ones(N + 1))
+    with pytest.raises(TypeError, match="x:"):
+        linalg.top_eigenvalues(model, [[1.0, 2.0]], 1)
+    with pytest.raises(TypeError, match="model"):
+        linalg.top_eigenvalues((1, 2, 3), x, 1)
+
+
+def test_entropy_estimate_reuses_given_eigenpairs(setup):
+    model, x, k_trace, _ = setup
+    exact = _entropy(_eig_desc(k_trace))
+    with jax.enable_x64(True):
+        pairs = linalg.top_eigenvalues(model, x, 6, method="lanczos", vectors=True, block_size=BLOCK)
+        est, err = linalg.entropy_estimate(
+            model, x, num_probes=12, lanczos_order=30, key=jax.random.key(9), eigenpairs=pairs,
+            block_size=BLOCK,
+        )
+        with pytest.raises(ValueError, match="eigenpairs:"):
+            linalg.entropy_estimate(model, x, eigenpairs=(pairs[0], pairs[1][:10]))
+    assert abs(float(est) - exact) <= 3 * float(err)

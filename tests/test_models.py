@@ -1,0 +1,285 @@
+"""Tests for ntkbench.models: determinism, shapes, parametrizations, causality, factory."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ntkbench.models import (
+    ACTIVATIONS,
+    CNN,
+    MLP,
+    TinyTransformer,
+    count_params,
+    make_model,
+    mup_lr_scales,
+)
+
+
+def _leaves(model):
+    return jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+
+
+def _same(a, b) -> bool:
+    la, lb = _leaves(a), _leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+@eqx.filter_jit
+def _batch(model, x):
+    """jax.vmap(model)(x), compiled (eager op-by-op dispatch is slow on small machines)."""
+    return jax.vmap(model)(x)
+
+
+@eqx.filter_jit
+def _call(model, x):
+    return model(x)
+
+
+@eqx.filter_jit
+def _entk_diag(model, x):
+    """Reference eNTK diagonal K_ii = sum_k ||d f_k(x_i) / d theta||^2 from full
+    per-sample Jacobians (jax.jacrev), independent of ntkbench.kernel."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def f(p, xi):
+        return eqx.combine(p, static)(xi)
+
+    jac = jax.vmap(jax.jacrev(f), (None, 0))(params, x)
+    return sum(jnp.sum(j.reshape(j.shape[0], -1) ** 2, axis=1) for j in jax.tree_util.tree_leaves(jac))
+
+
+# --------------------------------------------------------------------------- MLP
+
+
+def test_mlp_deterministic_from_key():
+    a = MLP(5, 3, 16, 2, key=jax.random.key(0))
+    b = MLP(5, 3, 16, 2, key=jax.random.key(0))
+    c = MLP(5, 3, 16, 2, key=jax.random.key(1))
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+@pytest.mark.parametrize("parametrization", ["standard", "ntk", "mup"])
+def test_mlp_shapes_and_attributes(parametrization):
+    m = MLP(64, 10, 32, 3, "tanh", parametrization, key=jax.random.key(0))
+    assert (m.width, m.depth, m.parametrization) == (32, 3, parametrization)
+    assert len(m.layers) == 4 and all(isinstance(l, eqx.nn.Linear) for l in m.layers)
+    x = jax.random.normal(jax.random.key(1), (6, 64))
+    assert _batch(m, x).shape == (6, 10)
+    # image-shaped inputs are flattened
+    np.testing.assert_array_equal(_call(m, x[0].reshape(8, 8)), _call(m, x[0]))
+    with pytest.raises(ValueError, match="in_size"):
+        _call(m, jnp.ones(63))
+
+
+def test_mlp_scalar_output():
+    m = MLP(4, "scalar", 8, 1, key=jax.random.key(0))
+    assert _call(m, jnp.ones(4)).shape == ()
+
+
+def test_mlp_weight_statistics():
+    # standard: W ~ N(0, 1/fan_in); ntk: W ~ N(0, 1); mup readout: N(0, 1/base_width)
+    w, base = 512, 8
+    std = MLP(256, 256, w, 1, parametrization="standard", key=jax.random.key(0))
+    ntk = MLP(256, 256, w, 1, parametrization="ntk", key=jax.random.key(0))
+    mup = MLP(256, 256, w, 1, parametrization="mup", base_width=base, key=jax.random.key(0))
+    for layer in std.layers:
+        assert abs(float(jnp.var(layer.weight)) * layer.weight.shape[1] - 1) < 0.02
+    for layer in ntk.layers:
+        assert abs(float(jnp.var(layer.weight)) - 1) < 0.02
+    assert abs(float(jnp.var(mup.layers[-1].weight)) * base - 1) < 0.02
+    for m in (std, ntk, mup):
+        assert all(float(jnp.abs(layer.bias).max()) == 0.0 for layer in m.layers)
+
+
+def test_parametrizations_agree_at_init_closed_form():
+    """Same key: standard, ntk and mup(base_width=width) compute the same function at
+    init; mup with base_width b is sqrt(b / width) times the standard output."""
+    key, width = jax.random.key(3), 48
+    x = jax.random.normal(jax.random.key(4), (7, 10))
+    std = _batch(MLP(10, 4, width, 2, key=key), x)
+    ntk = _batch(MLP(10, 4, width, 2, parametrization="ntk", key=key), x)
+    mup_w = _batch(MLP(10, 4, width, 2, parametrization="mup", base_width=width, key=key), x)
+    mup_1 = _batch(MLP(10, 4, width, 2, parametrization="mup", key=key), x)
+    np.testing.assert_allclose(ntk, std, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mup_w, std, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mup_1, std * math.sqrt(1 / width), rtol=1e-5, atol=1e-7)
+
+
+def test_entk_scale_ntk_bounded_standard_grows():
+    """Tr K / N at init: bounded in width for "ntk", ~linear in width for "standard"."""
+    x = jax.random.normal(jax.random.key(0), (8, 16))
+
+    def scale(param, width):
+        vals = [
+            float(jnp.mean(_entk_diag(MLP(16, 2, width, 2, parametrization=param, key=jax.random.key(s)), x)))
+            for s in range(2)
+        ]
+        return np.mean(vals)
+
+    ratio_ntk = scale("ntk", 1024) / scale("ntk", 64)
+    ratio_std = scale("standard", 1024) / scale("standard", 64)
+    assert 0.7 < ratio_ntk < 1.4, ratio_ntk
+    assert 10 < ratio_std < 24, ratio_std  # width grows 16x
+
+
+def test_mup_readout_output_shrinks_with_width():
+    # effective readout variance 1/width^2 (base_width=1): E[f(x)^2] ~ 1/width, so the
+    # RMS output falls 4x from width 64 to 1024 (averaged over inputs and 8 keys)
+    x = jax.random.normal(jax.random.key(0), (128, 16))
+
+    def rms(width):
+        sq = [jnp.mean(_batch(MLP(16, 1, width, 1, "tanh", "mup", key=jax.random.key(s)), x) ** 2)
+              for s in range(8)]  # fmt: skip
+        return math.sqrt(float(np.mean(sq)))
+
+    assert 3.0 < rms(64) / rms(1024) < 5.5  # expected 4
+
+
+def test_structured_entk_sees_parametrization_scales():
+    """nb.entk with the layer-wise rule agrees with the reference diagonal for every
+    parametrization (the scale is applied outside eqx.nn.Linear)."""
+    kernel = pytest.importorskip("ntkbench.kernel")
+    x = jax.random.normal(jax.random.key(0), (5, 6))
+    for param in ("standard", "ntk", "mup"):
+        m = MLP(6, 3, 24, 2, "tanh", param, key=jax.random.key(2))
+        K = kernel.entk(m, x, method="structured")
+        np.testing.assert_allclose(jnp.diag(K), _entk_diag(m, x), rtol=1e-4)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_activations_run(activation):
+    m = MLP(3, 2, 8, 2, activation, key=jax.random.key(0))
+    assert bool(jnp.all(jnp.isfinite(_call(m, jnp.ones(3)))))
+
+
+def test_identity_mlp_is_linear():
+    m = MLP(5, 2, 16, 3, "identity", key=jax.random.key(0))  # zero biases at init
+    x = jax.random.normal(jax.random.key(1), (5,))
+    np.testing.assert_allclose(_call(m, 3.0 * x), 3.0 * _call(m, x), rtol=1e-5)
+
+
+def test_count_params_closed_form():
+    i, o, w, d = 7, 3, 11, 3
+    expected = (i * w + w) + (d - 1) * (w * w + w) + (w * o + o)
+    assert count_params(MLP(i, o, w, d, key=jax.random.key(0))) == expected
+
+
+def test_mup_lr_scales():
+    m = MLP(4, 2, 64, 2, parametrization="mup", base_width=16, key=jax.random.key(0))
+    assert mup_lr_scales(m) == (1.0, 0.25, 0.25)
+    assert mup_lr_scales(MLP(4, 2, 64, 2, key=jax.random.key(0))) == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"width": 0}, "width"),
+        ({"depth": 0}, "depth"),
+        ({"activation": "swish2"}, "activation"),
+        ({"parametrization": "abc"}, "parametrization"),
+    ],
+)
+def test_mlp_bad_arguments(kwargs, match):
+    args = {"in_size": 3, "out_size": 2, "width": 4, "depth": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        MLP(**args, key=jax.random.key(0))
+
+
+def test_mlp_needs_key():
+    with pytest.raises(TypeError, match="key"):
+        MLP(3, 2, 4, 1, key=None)
+    with pytest.raises(TypeError, match="width"):
+        MLP(3, 2, 4.0, 1, key=jax.random.key(0))
+
+
+# --------------------------------------------------------------------------- CNN
+
+
+def test_cnn_shapes_and_determinism():
+    key = jax.random.key(0)
+    a = CNN((8, 8), 10, 6, 2, key=key)
+    assert _same(a, CNN((8, 8), 10, 6, 2, key=key))
+    x = jax.random.uniform(jax.random.key(1), (4, 8, 8))
+    out = _batch(a, x)
+    assert out.shape == (4, 10)
+    np.testing.assert_allclose(_batch(a, x.reshape(4, 1, 8, 8)), out, rtol=1e-6)
+    np.testing.assert_allclose(_batch(a, x.reshape(4, 64)), out, rtol=1e-6)
+    b = CNN((3, 8, 8), 5, 4, 1, "tanh", pool="flatten", key=key)
+    assert _call(b, jnp.ones((3, 8, 8))).shape == (5,)
+    assert b.readout.in_features == 4 * 64
+    assert (a.width, a.depth) == (6, 2)
+    with pytest.raises(ValueError, match="in_shape"):
+        _call(a, jnp.ones((7, 7)))
+    with pytest.raises(ValueError, match="in_shape"):
+        CNN((8,), 10, 4, 1, key=key)
+
+
+def test_cnn_translation_equivariant_pool():
+    # with mean pooling and circular-free interior shift, a zero-padded image shifted
+    # inside the frame gives the same output (conv + global mean are shift invariant
+    # when the content stays away from the border)
+    m = CNN((12, 12), 3, 4, 1, key=jax.random.key(0))
+    img = jnp.zeros((12, 12)).at[3:6, 3:6].set(jax.random.normal(jax.random.key(1), (3, 3)))
+    shifted = jnp.roll(img, (2, 3), axis=(0, 1))
+    np.testing.assert_allclose(_call(m, img), _call(m, shifted), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- transformer
+
+
+def test_transformer_shapes_and_causality():
+    key = jax.random.key(0)
+    tf = TinyTransformer(30, 16, 32, 2, 4, key=key)
+    assert _same(tf, TinyTransformer(30, 16, 32, 2, 4, key=key))
+    assert (tf.width, tf.layers, tf.heads) == (32, 2, 4)
+    tokens = jax.random.randint(jax.random.key(1), (16,), 0, 30)
+    logits = _call(tf, tokens)
+    assert logits.shape == (16, 30)
+    assert _call(tf, tokens[:5]).shape == (5, 30)
+    np.testing.assert_allclose(_call(tf, tokens[:5]), logits[:5], rtol=1e-5, atol=1e-5)
+    changed = _call(tf, tokens.at[9].set((tokens[9] + 1) % 30))
+    np.testing.assert_array_equal(changed[:9], logits[:9])
+    assert float(jnp.abs(changed[9:] - logits[9:]).max()) > 1e-4
+    with pytest.raises(ValueError, match="context"):
+        _call(tf, jnp.zeros(17, jnp.int32))
+    with pytest.raises(TypeError, match="integers"):
+        _call(tf, jnp.zeros(4))
+    with pytest.raises(ValueError, match="divisible"):
+        TinyTransformer(30, 16, 30, 1, 4, key=key)
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def test_make_model():
+    key = jax.random.key(0)
+    m = make_model({"name": "mlp", "width": 20, "depth": 1, "parametrization": "ntk"},
+                   key=key, in_shape=(8, 8), out_size=10)  # fmt: skip
+    assert isinstance(m, MLP) and (m.in_size, m.width, m.parametrization) == (64, 20, "ntk")
+    c = make_model({"name": "cnn", "width": 4}, key=key, in_shape=(1, 8, 8), out_size=10)
+    assert isinstance(c, CNN) and _call(c, jnp.ones((1, 8, 8))).shape == (10,)
+    t = make_model({"name": "transformer", "width": 16, "heads": 2}, key=key,
+                   in_shape=(12,), out_size=40)  # fmt: skip
+    assert isinstance(t, TinyTransformer) and (t.vocab_size, t.context) == (40, 12)
+    assert _same(m, make_model({"name": "mlp", "width": 20, "depth": 1,
+                                "parametrization": "ntk"}, key=key, in_shape=(64,),
+                               out_size=10))  # fmt: skip
+
+
+def test_make_model_errors():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['widht'\].*allowed keys"):
+        make_model({"name": "mlp", "widht": 3}, key=key, in_shape=(4,), out_size=2)
+    with pytest.raises(ValueError, match="name"):
+        make_model({"name": "resnet"}, key=key, in_shape=(4,), out_size=2)
+    with pytest.raises(ValueError, match="name"):
+        make_model({"width": 4}, key=key, in_shape=(4,), out_size=2)
+    with pytest.raises(TypeError, match="config"):
+        make_model([("name", "mlp")], key=key, in_shape=(4,), out_size=2)

@@ -1,0 +1,264 @@
+"""Bokeh figure builders: the plotted columns equal the cube's values (computed here with
+plain NumPy), labels come from the attributes, and export writes valid PNG/SVG/HTML."""
+
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from ntkbench import plots
+from ntkbench.testing import synthetic_cube
+
+WIDTHS, SEEDS, STEPS, NE = (16, 64, 256), (0, 1, 2), (0, 10, 30, 100), 12
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return synthetic_cube(WIDTHS, SEEDS, STEPS, NE, seed=3)
+
+
+def _src(fig, name):
+    return fig.select_one({"name": name}).data
+
+
+# --------------------------------------------------------------------------- synthetic cube
+
+
+def test_synthetic_cube_schema_and_consistency(ds):
+    assert dict(ds.sizes) == {"width": 3, "seed": 3, "step": 4, "eigen_index": NE}
+    for name, var in ds.data_vars.items():
+        assert var.attrs["long_name"] and "units" in var.attrs, name
+    for key in ("ntkbench_version", "jax_version", "created", "config", "paper", "title"):
+        assert key in ds.attrs
+    eig = ds.eigenvalues.values
+    assert np.all(np.diff(eig, axis=-1) <= 0)  # descending
+    p = eig / eig.sum(-1, keepdims=True)
+    np.testing.assert_allclose(ds.entropy.values, -(p * np.log(p)).sum(-1), rtol=1e-12)
+    np.testing.assert_allclose(ds.trace.values, eig.sum(-1), rtol=1e-12)
+    np.testing.assert_allclose(ds.effective_rank.values, np.exp(ds.entropy.values), rtol=1e-12)
+    try:
+        from ntkbench.cube import validate
+    except ImportError:
+        return
+    validate(ds)
+
+
+# --------------------------------------------------------------------------- spectrum
+
+
+def test_spectrum_by_width_is_seed_mean(ds):
+    fig = plots.spectrum_plot(ds, step=30)
+    lines = _src(fig, "lines")
+    assert lines["label"] == [f"width {w}" for w in WIDTHS]
+    ref = ds.eigenvalues.values[:, :, STEPS.index(30), :].mean(axis=1)  # (width, eigen)
+    for i in range(len(WIDTHS)):
+        np.testing.assert_allclose(lines["ys"][i], ref[i], rtol=1e-12)
+        np.testing.assert_array_equal(lines["xs"][i], np.arange(1, NE + 1))
+    assert len(set(lines["color"])) == 3
+    assert "eigenvalue" in fig.yaxis[0].axis_label
+    assert fig.x_scale.__class__.__name__ == "LogScale" and fig.y_scale.__class__.__name__ == "LogScale"
+
+
+def test_spectrum_by_step_single_seed_and_range(ds):
+    data = plots.spectrum_data(ds, by="step", width=64, seed=2, eigen_range=(3, 7))
+    assert data["lines"]["label"] == [f"step {s}" for s in STEPS]
+    ref = ds.eigenvalues.values[WIDTHS.index(64), SEEDS.index(2), :, 3:8]
+    for j in range(len(STEPS)):
+        np.testing.assert_allclose(data["lines"]["ys"][j], ref[j], rtol=1e-12)
+    assert set(data["points"]["eigen_index"]) == {3, 4, 5, 6, 7}
+    assert len(data["points"]["x"]) == len(STEPS) * 5
+
+
+def test_spectrum_step_resolution(ds):
+    # -1 is the last step; other values snap to the nearest recorded step
+    last = plots.spectrum_data(ds, step=-1)["points"]["step"]
+    near = plots.spectrum_data(ds, step=90)["points"]["step"]
+    assert set(last) == {100} and set(near) == {100}
+
+
+def test_spectrum_log_drops_nonpositive(ds):
+    bad = ds.copy(deep=True)
+    bad["eigenvalues"][0, 0, 0, -1] = 0.0
+    bad["eigenvalues"][0, 1:, 0, -1] = 0.0
+    log = plots.spectrum_data(bad, step=0, width=[16])
+    lin = plots.spectrum_data(bad, step=0, width=[16], log=False)
+    assert len(log["lines"]["ys"][0]) == NE - 1 and len(lin["lines"]["ys"][0]) == NE
+
+
+def test_bad_arguments_name_the_argument(ds):
+    with pytest.raises(ValueError, match="widths"):
+        plots.spectrum_data(ds, width=[17])
+    with pytest.raises(ValueError, match="by"):
+        plots.spectrum_data(ds, by="seed")
+    with pytest.raises(ValueError, match="seed"):
+        plots.measure_data(ds, "entropy", seed=7)
+    with pytest.raises(ValueError, match="spectral_position"):
+        plots.measure_plot(ds, "spectral_position")
+    with pytest.raises(TypeError, match="ds"):
+        plots.spectrum_plot({"eigenvalues": 1})
+    with pytest.raises(ValueError, match="eigen_range"):
+        plots.spectrum_data(ds, eigen_range=(5, 2))
+    with pytest.raises(ValueError, match="K"):
+        plots.kernel_image(np.ones(3))
+    with pytest.raises(ValueError, match="NaN"):
+        plots.kernel_image(np.array([[1.0, np.nan], [0.0, 1.0]]))
+
+
+# --------------------------------------------------------------------------- measure
+
+
+def test_measure_mean_and_std_band(ds):
+    fig = plots.measure_plot(ds, "trace", widths=[16, 256])
+    lines, bands, points = _src(fig, "lines"), _src(fig, "bands"), _src(fig, "points")
+    tr = ds.trace.values  # (width, seed, step)
+    for k, w in enumerate((16, 256)):
+        i = WIDTHS.index(w)
+        mean, std = tr[i].mean(0), tr[i].std(0)
+        np.testing.assert_allclose(lines["ys"][k], mean, rtol=1e-12)
+        np.testing.assert_array_equal(lines["xs"][k], STEPS)
+        n = len(STEPS)
+        np.testing.assert_allclose(bands["ys"][k][:n], mean + std, rtol=1e-12)
+        np.testing.assert_allclose(bands["ys"][k][n:], (mean - std)[::-1], rtol=1e-12)
+        sel = [j for j, wv in enumerate(points["width"]) if wv == w]
+        np.testing.assert_allclose(np.array(points["std"])[sel], std, rtol=1e-12)
+    assert fig.yaxis[0].axis_label == plots.label(ds, "trace")
+    assert fig.xaxis[0].axis_label == plots.label(ds, "step")
+
+
+def test_measure_single_seed_has_no_band_and_log_x_drops_step0(ds):
+    data = plots.measure_data(ds, "entropy", seed=1, log_x=True)
+    assert data["bands"]["xs"] == []
+    np.testing.assert_array_equal(data["lines"]["xs"][0], STEPS[1:])
+    np.testing.assert_allclose(data["lines"]["ys"][0], ds.entropy.values[0, 1, 1:], rtol=1e-12)
+
+
+def test_cube_without_seed_and_width():
+    ds = synthetic_cube((32,), None, (0, 5, 50), 6).isel(width=0, drop=True)
+    assert "seed" not in ds.dims and "width" not in ds.dims
+    fig = plots.measure_plot(ds, "loss")
+    np.testing.assert_allclose(_src(fig, "lines")["ys"][0], ds.loss.values)
+    spec = plots.spectrum_plot(ds, step=5)
+    np.testing.assert_allclose(_src(spec, "lines")["ys"][0], ds.eigenvalues.sel(step=5).values)
+    with pytest.raises(ValueError, match="width"):
+        plots.scaling_plot(ds, "entropy")
+    heat = plots.heatmap_plot(ds, "entropy")
+    np.testing.assert_allclose(_src(heat, "cells")["value"], ds.entropy.values)
+    ds2 = ds.drop_vars(["eigenvalues", "entropy"])
+    assert plots.FIGURES["measure"](ds2) is not None
+    with pytest.raises(ValueError, match="eigenvalues"):
+        plots.FIGURES["spectrum"](ds2)
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def test_power_law_fit_against_polyfit_reference():
+    x = np.array([8.0, 16, 32, 64, 128])
+    a, b, r2 = plots.power_law_fit(x, 3.0 * x**-0.5)
+    assert a == pytest.approx(3.0, rel=1e-10) and b == pytest.approx(-0.5, abs=1e-12) and r2 == pytest.approx(1.0)
+    y = 2.0 * x**0.3 * np.exp(np.array([0.1, -0.05, 0.02, -0.1, 0.04]))
+    _, b, r2 = plots.power_law_fit(x, y)
+    # closed-form simple linear regression in log space
+    lx, ly = np.log(x), np.log(y)
+    slope = ((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum()
+    corr = np.corrcoef(lx, ly)[0, 1]
+    assert b == pytest.approx(slope, rel=1e-10) and r2 == pytest.approx(corr**2, rel=1e-10)
+    with pytest.raises(ValueError):
+        plots.power_law_fit([1.0, -2.0], [1.0, 1.0])
+
+
+def test_scaling_plot_points_fit_and_legend(ds):
+    fig = plots.scaling_plot(ds, "trace", step=-1)
+    pts, fit, seeds = _src(fig, "points"), _src(fig, "fit"), _src(fig, "seeds")
+    ref = ds.trace.values[:, :, -1]
+    np.testing.assert_array_equal(pts["x"], WIDTHS)
+    np.testing.assert_allclose(pts["y"], ref.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(pts["std"], ref.std(1), rtol=1e-12)
+    assert sorted(seeds["y"]) == pytest.approx(sorted(ref.ravel()))
+    _, b, r2 = plots.power_law_fit(np.array(WIDTHS, float), ref.mean(1))
+    assert fit["label"] == [f"∝ width^{b:.3f}  (R² = {r2:.3f})"]
+    assert fig.legend[0].items, "the fit is in the legend"
+    assert "100" in fig.title.text
+
+
+# --------------------------------------------------------------------------- heatmap + kernel
+
+
+def test_heatmap_cells(ds):
+    fig = plots.heatmap_plot(ds, "entropy")
+    cells = _src(fig, "cells")
+    ref = ds.entropy.values.mean(1)  # (width, step)
+    for w, s, v in zip(cells["width"], cells["step"], cells["value"]):
+        assert v == pytest.approx(ref[WIDTHS.index(w), STEPS.index(s)], rel=1e-12)
+    assert len(cells["value"]) == len(WIDTHS) * len(STEPS)
+    assert list(fig.x_range.factors) == [str(s) for s in STEPS]
+
+
+def test_kernel_image():
+    K = np.array([[2.0, -1.0, 0.0], [-1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
+    fig = plots.kernel_image(K)
+    np.testing.assert_array_equal(_src(fig, "image")["image"][0], K)
+    mapper = fig.renderers[0].glyph.color_mapper
+    assert mapper.low == -2.0 and mapper.high == 2.0  # symmetric diverging map
+    assert fig.y_range.start > fig.y_range.end  # row 0 on top
+
+
+def test_registry(ds):
+    assert set(plots.FIGURES) == {"spectrum", "measure", "scaling", "heatmap"}
+    for name, make in plots.FIGURES.items():
+        fig = make(ds)
+        assert fig.renderers, name
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_html_is_standalone(ds, tmp_path):
+    path = plots.export(plots.measure_plot(ds), tmp_path / "m", "html")
+    assert path == tmp_path / "m.html"
+    text = path.read_text()
+    assert "<html" in text.lower() and "Bokeh" in text
+    # no external resources: no <script src=...> and no stylesheet links
+    assert re.findall(r"<script[^>]*\ssrc=", text) == []
+    assert re.findall(r"<link[^>]*\shref=", text) == []
+    assert len(text) > 500_000  # BokehJS is inlined
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "PNG signature"
+    assert data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.skipif(not os.path.exists(plots.CHROMIUM), reason="Chromium not installed")
+def test_export_png_and_svg(ds, tmp_path):
+    fig = plots.spectrum_plot(ds)
+    png = plots.export(fig, tmp_path / "s.png")
+    assert _png_size(png.read_bytes()) == (2 * fig.width, 2 * fig.height)
+    from PIL import Image, ImageStat
+
+    with Image.open(png) as im:
+        assert ImageStat.Stat(im.convert("L")).stddev[0] > 10  # not blank
+    png1 = plots.export(plots.heatmap_plot(ds), tmp_path / "h", "png", scale=1)
+    assert png1.suffix == ".png" and _png_size(png1.read_bytes())[1] == 360
+    svg = plots.export(fig, tmp_path / "s.svg")
+    root = ET.parse(svg).getroot()
+    assert root.tag.endswith("svg")
+    assert len(list(root.iter())) > 50  # real content, not an empty canvas
+    assert fig.output_backend == "canvas"  # restored
+
+
+def test_export_without_chromium_says_how_to_install(ds, tmp_path, monkeypatch):
+    monkeypatch.setattr(plots, "CHROMIUM", str(tmp_path / "nope"))
+    monkeypatch.setattr(plots, "CHROMEDRIVER", str(tmp_path / "nope"))
+    monkeypatch.setattr(plots, "_DRIVER", [])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("NTKBENCH_CHROMIUM", raising=False)
+    with pytest.raises(RuntimeError, match="apt-get install chromium chromium-driver"):
+        plots.export(plots.measure_plot(ds), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="format"):
+        plots.export(plots.measure_plot(ds), tmp_path / "x", "jpeg")

@@ -1,0 +1,180 @@
+"""Sweeps: config validation, grid expansion, determinism, resume, dask LocalCluster."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ntkbench import cube
+from ntkbench.sweep import expand_grid, run_name, run_one, sweep, validate_config
+
+TINY = {
+    "title": "tiny",
+    "seed": 0,
+    "model": {"name": "mlp", "width": 8, "depth": 1},
+    "data": {"name": "digits", "n_train": 48, "n_test": 24},
+    "train": {"optimizer": "sgd", "lr": 0.1, "steps": 10, "batch_size": 16},
+    "record": {"every": 5, "probe": 8},
+    "grid": {"width": [8], "seed": [0, 1]},
+}
+
+
+def _cfg(**sections):
+    cfg = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def _strip(ds: xr.Dataset) -> xr.Dataset:
+    """The cube without its creation time (the only attribute that differs by design)."""
+    ds = ds.copy()
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != "created"}
+    return ds
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    return out, sweep(TINY, out, progress=False)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"train": {"lr": -1.0}}, "'train.lr'"),
+        ({"train": {"lrr": 0.1}}, "'train.lrr'"),
+        ({"train": {"optimizer": "rmsprop"}}, "'train.optimizer'"),
+        ({"train": {"batch_size": 0}}, "'train.batch_size'"),
+        ({"train": {"steps": 1.5}}, "'train.steps'"),
+        ({"train": {"loss": "hinge"}}, "'train.loss'"),
+        ({"model": {"activation": "swish2"}}, "'model.activation'"),
+        ({"model": {"name": "resnet"}}, "'model.name'"),
+        ({"model": {"heads": 2}}, "'model.heads'"),
+        ({"model": {"width": 0}}, "'model.width'"),
+        ({"data": {"name": "imagenet"}}, "'data.name'"),
+        ({"data": {"n_train": -3}}, "'data.n_train'"),
+        ({"record": {"every": "often"}}, "'record.every'"),
+        ({"record": {"measures": ["entropy", "vibes"]}}, "'record.measures'"),
+        ({"record": {"probes": 8}}, "'record.probes'"),
+        ({"grid": {"colour": [1, 2]}}, "'grid.colour'"),
+        ({"grid": {"width": 8}}, "'grid.width'"),
+        ({"grid": {"width": []}}, "'grid.width'"),
+        ({"grid": {"width": [8, 8]}}, "'grid.width'"),
+        ({"grid": {"width": [8, -1]}}, "'grid.width'"),
+        ({"grid": {"lr": [0.1, "fast"]}}, "'grid.lr'"),
+        ({"seed": -1}, "'seed'"),
+        ({"epochs": 3}, "'epochs'"),
+    ],
+)
+def test_config_errors_name_the_key(change, key):
+    with pytest.raises(ValueError, match=key):
+        validate_config(_cfg(**change))
+
+
+def test_config_error_says_what_is_allowed():
+    with pytest.raises(ValueError, match=r"one of \['sgd', 'momentum', 'adam', 'adamw'\]"):
+        validate_config(_cfg(train={"optimizer": "rmsprop"}))
+    with pytest.raises(ValueError, match="allowed keys"):
+        validate_config(_cfg(train={"lrr": 0.1}))
+    with pytest.raises(ValueError, match=r"\[model\]"):
+        validate_config({"data": {"name": "digits"}})
+    with pytest.raises(TypeError, match="config"):
+        validate_config([("model", {})])
+
+
+def test_expand_grid_and_run_names():
+    cfg = _cfg()
+    cfg["grid"] = {"width": [8, 16], "lr": [0.1, 0.01], "model.depth": [1, 2]}
+    runs = expand_grid(cfg)
+    assert len(runs) == 8
+    r = runs[-1]
+    assert r["grid"] == {"width": 16, "lr": 0.01, "model.depth": 2}
+    assert r["model"]["width"] == 16 and r["train"]["lr"] == 0.01 and r["model"]["depth"] == 2
+    names = {run_name(r["grid"]) for r in runs}
+    assert len(names) == 8
+    assert run_name(r["grid"]) == "run-width=16-lr=0.01-model_depth=2.nc"
+    assert run_name({}) == "run.nc"
+
+
+def test_run_one_adds_grid_dims_and_provenance():
+    run = expand_grid(TINY)[1]
+    ds = run_one(run)
+    assert ds["entropy"].dims == ("width", "seed", "step")
+    assert ds["width"].values.tolist() == [8] and ds["seed"].values.tolist() == [1]
+    assert json.loads(ds.attrs["config"]) == run
+    assert ds.attrs["title"] == "tiny"
+    cube.validate(ds)
+    with pytest.raises(ValueError, match="grid"):
+        run_one(TINY)
+
+
+def test_sweep_writes_one_file_per_run_and_combined_cube(swept):
+    out, ds = swept
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["cube.nc", "run-width=8-seed=0.nc", "run-width=8-seed=1.nc"]
+    assert dict(ds.sizes) == {"width": 1, "seed": 2, "step": 3, "eigen_index": 8}
+    on_disk = xr.open_dataset(out / "cube.nc").load()  # plain xarray opens it, labelled
+    xr.testing.assert_identical(on_disk, ds)
+    assert on_disk["entropy"].attrs["long_name"] and on_disk["width"].attrs["long_name"]
+    assert json.loads(on_disk.attrs["config"])["grid"] == TINY["grid"]
+    # each run equals its own file; seeds differ
+    for s in (0, 1):
+        run = cube.open(out / f"run-width=8-seed={s}.nc")
+        np.testing.assert_array_equal(run["eigenvalues"].values[0, 0], ds["eigenvalues"].sel(width=8, seed=s).values)
+    assert not np.array_equal(ds["loss"].sel(seed=0).values, ds["loss"].sel(seed=1).values)
+
+
+def test_same_seed_gives_identical_cube(swept, tmp_path):
+    _, ds = swept
+    again = sweep(TINY, tmp_path, progress=False)
+    xr.testing.assert_identical(_strip(again), _strip(ds))
+
+
+def test_rerun_skips_finished_runs(swept, monkeypatch):
+    out, ds = swept
+    stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("run-*.nc")}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was recomputed")
+
+    monkeypatch.setattr("ntkbench.sweep.run_one", fail)
+    again = sweep(TINY, out, progress=False)
+    xr.testing.assert_identical(_strip(again), _strip(ds))
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("run-*.nc")} == stamps
+
+
+def test_corrupted_or_stale_run_is_recomputed(tmp_path):
+    sweep(TINY, tmp_path, progress=False)
+    bad = tmp_path / "run-width=8-seed=1.nc"
+    bad.write_bytes(b"truncated")
+    stale = tmp_path / "run-width=8-seed=0.nc"
+    old_stale = stale.read_bytes()
+    cfg = _cfg(train={"lr": 0.05})  # another config: the old files no longer count
+    ds = sweep(cfg, tmp_path, progress=False)
+    assert cube.open(bad).attrs["config"] == json.dumps(expand_grid(cfg)[1])
+    assert stale.read_bytes() != old_stale
+    assert json.loads(ds.attrs["config"])["train"]["lr"] == 0.05
+
+
+def test_sweep_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="at most one"):
+        sweep(TINY, tmp_path, workers=2, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(ValueError, match="workers"):
+        sweep(TINY, tmp_path, workers=0)
+
+
+def test_local_cluster_sweep_equals_in_process(swept, tmp_path):
+    pytest.importorskip("distributed")
+    _, ds = swept
+    distributed = sweep(TINY, tmp_path, workers=2, progress=False)
+    xr.testing.assert_identical(_strip(distributed), _strip(ds))
+    for s in (0, 1):
+        assert (tmp_path / f"run-width=8-seed={s}.nc").exists()

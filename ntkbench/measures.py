@@ -179,7 +179,7 @@ def kernel_alignment(K1: Float[Array, "... n n"], K2: Float[Array, "... n n"]) -
         raise ValueError(f"K2: shape {K2.shape} does not match K1's {K1.shape}")
     num = jnp.sum(K1 * K2, axis=(-2, -1))
     den = jnp.linalg.norm(K1, axis=(-2, -1)) * jnp.linalg.norm(K2, axis=(-2, -1))
-    return num / den
+    return jnp.clip(num / den, -1.0, 1.0)  # round-off can push |cos| just past 1
 
 
 def kernel_distance(K1: Float[Array, "... n n"], K2: Float[Array, "... n n"]) -> Float[Array, "..."]:

@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # kernel.py
     "entk": "kernel",
+    "entk_diag": "kernel",
     # measures.py
     "spectrum": "measures",
     "entropy": "measures",
@@ -39,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "kernel_regression": "measures",
     "lnp": "measures",
     "LNP": "measures",
+    "flatten_full": "measures",
     # linalg.py
     "top_eigenvalues": "linalg",
     "entropy_estimate": "linalg",
@@ -47,10 +49,15 @@ _EXPORTS: dict[str, str] = {
     "CNN": "models",
     "TinyTransformer": "models",
     "make_model": "models",
+    "count_params": "models",
     # data.py
     "load": "data",
     "select": "data",
     "Dataset": "data",
+    "from_arrays": "data",
+    "load_idx": "data",
+    "load_cifar10": "data",
+    "load_npz": "data",
     # train.py
     "train": "train",
     "Recorder": "train",

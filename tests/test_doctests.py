@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["ntkbench", "ntkbench.kernel", "ntkbench.measures"]
+MODULES = ["ntkbench", "ntkbench.kernel", "ntkbench.measures", "ntkbench.models", "ntkbench.data"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -207,10 +207,16 @@ def test_cnn_shapes_and_determinism():
     a = CNN((8, 8), 10, 6, 2, key=key)
     assert _same(a, CNN((8, 8), 10, 6, 2, key=key))
     x = jax.random.uniform(jax.random.key(1), (4, 8, 8))
-    out = _batch(a, x)
+
+    @eqx.filter_jit
+    def three_layouts(m, x):  # (H, W), (C, H, W) and flat inputs, one compilation
+        f = jax.vmap(m)
+        return f(x), f(x.reshape(4, 1, 8, 8)), f(x.reshape(4, 64))
+
+    out, chw, flat = three_layouts(a, x)
     assert out.shape == (4, 10)
-    np.testing.assert_allclose(_batch(a, x.reshape(4, 1, 8, 8)), out, rtol=1e-6)
-    np.testing.assert_allclose(_batch(a, x.reshape(4, 64)), out, rtol=1e-6)
+    np.testing.assert_allclose(chw, out, rtol=1e-6)
+    np.testing.assert_allclose(flat, out, rtol=1e-6)
     b = CNN((3, 8, 8), 5, 4, 1, "tanh", pool="flatten", key=key)
     assert _call(b, jnp.ones((3, 8, 8))).shape == (5,)
     assert b.readout.in_features == 4 * 64
@@ -240,11 +246,14 @@ def test_transformer_shapes_and_causality():
     assert _same(tf, TinyTransformer(30, 16, 32, 2, 4, key=key))
     assert (tf.width, tf.layers, tf.heads) == (32, 2, 4)
     tokens = jax.random.randint(jax.random.key(1), (16,), 0, 30)
-    logits = _call(tf, tokens)
-    assert logits.shape == (16, 30)
-    assert _call(tf, tokens[:5]).shape == (5, 30)
-    np.testing.assert_allclose(_call(tf, tokens[:5]), logits[:5], rtol=1e-5, atol=1e-5)
-    changed = _call(tf, tokens.at[9].set((tokens[9] + 1) % 30))
+
+    @eqx.filter_jit
+    def run(tf, tokens):  # full sequence, a prefix, token 9 changed; one compilation
+        return tf(tokens), tf(tokens[:5]), tf(tokens.at[9].set((tokens[9] + 1) % 30))
+
+    logits, prefix, changed = run(tf, tokens)
+    assert logits.shape == (16, 30) and prefix.shape == (5, 30)
+    np.testing.assert_allclose(prefix, logits[:5], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(changed[:9], logits[:9])
     assert float(jnp.abs(changed[9:] - logits[9:]).max()) > 1e-4
     with pytest.raises(ValueError, match="context"):

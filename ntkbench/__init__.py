@@ -68,6 +68,9 @@ _EXPORTS: dict[str, str] = {
     "validate": "cube",
     # sweep.py
     "sweep": "sweep",
+    # widgets.py
+    "Explorer": "widgets",
+    "RunPanel": "widgets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

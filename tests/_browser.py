@@ -59,6 +59,7 @@ def jupyterlab(root: Path, home: Path, token: str, log: Path) -> Iterator[str]:
         JUPYTERLAB_SETTINGS_DIR=str(settings),
         JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTER_DATA_DIR=str(home / "data"),  # the venv's kernelspec, not a user-level one
         JUPYTER_PLATFORM_DIRS="1",
         IPYTHONDIR=str(home / "ipython"),
         OMP_NUM_THREADS="1",

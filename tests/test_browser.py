@@ -31,9 +31,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
+    # a copy of notebooks/ (and data/, which notebooks open as ../data/...): runs, figures
+    # and checkpoints land in tmp, never in the work tree
     root = tmp_path_factory.mktemp("lab-root")
-    for nb in NOTEBOOKS:
-        shutil.copy(nb, root / nb.name)
+    shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns("runs", "figures", ".ipynb_checkpoints"))
+    if (ROOT / "data").is_dir():
+        shutil.copytree(ROOT / "data", root / "data")
     home = tmp_path_factory.mktemp("lab-home")
     token = secrets.token_hex(16)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -74,7 +77,7 @@ def test_notebook_in_browser(lab, browser, notebook):
     console_errors: list[str] = []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     try:
-        page.goto(f"{url}/lab/tree/{notebook.name}?token={token}", wait_until="domcontentloaded")
+        page.goto(f"{url}/lab/tree/notebooks/{notebook.name}?token={token}", wait_until="domcontentloaded")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         page.locator("#jp-main-statusbar", has_text="Idle").wait_for(timeout=60_000)
 

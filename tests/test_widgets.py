@@ -47,7 +47,27 @@ def test_initial_state_and_in_place_sources(ex, ds):
         np.testing.assert_allclose(spec[f"width {w}"], ref[i], rtol=1e-12)
     # the BokehModel shows the very figure whose sources the controls mutate
     for name, model in ex.models.items():
-        assert model._model is ex.figures[name] or ex.figures[name].document is not None
+        assert model._model is ex.figures[name]
+
+
+def test_redraw_and_export_message_traffic(ex, tmp_path, monkeypatch):
+    """A control change sends document patches to the page (in-place update, the figure
+    object stays); an export sends nothing (the live figure is never touched)."""
+    monkeypatch.chdir(tmp_path)
+    sent = []
+    for model in ex.models.values():
+        monkeypatch.setattr(model, "send", lambda content, buffers=None: sent.append(str(content)))
+    figs = dict(ex.figures)
+    ex.measure.value = "trace"
+    assert any("PATCH-DOC" in m or "ModelChanged" in m for m in sent)
+    assert ex.figures == figs and all(ex.models[k]._model is figs[k] for k in figs)
+    sent.clear()
+    ex.export("measure", "html")
+    if os.path.exists("/usr/bin/chromium"):
+        ex.export("measure", "svg")
+        ex.export("measure", "png")
+    assert sent == []
+    assert ex.figures["measure"].output_backend == "canvas"
 
 
 def test_step_slider(ex, ds):

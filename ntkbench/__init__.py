@@ -61,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     # train.py
     "train": "train",
     "Recorder": "train",
+    "Measure": "train",
     # cube.py
     "save": "cube",
     "open_cube": "cube",
@@ -68,6 +69,8 @@ _EXPORTS: dict[str, str] = {
     "validate": "cube",
     # sweep.py
     "sweep": "sweep",
+    "run_one": "sweep",
+    "validate_config": "sweep",
     # widgets.py
     "Explorer": "widgets",
     "RunPanel": "widgets",

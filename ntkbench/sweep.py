@@ -58,6 +58,7 @@ import json
 import math
 import os
 import re
+import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -551,13 +552,30 @@ def _is_done(path: Path, run_config: Mapping[str, Any]) -> bool:
         return False
 
 
-def _run_to_file(run_config: dict[str, Any], path: str) -> str:
-    """Run one grid point and save its cube atomically (executed on dask workers too)."""
+def _run_to_file(run_config: dict[str, Any], path: str) -> list[str]:
+    """Run one grid point and save its cube atomically (executed on dask workers too).
+
+    Returns the names of variables holding NaN/Inf (a diverged run is kept on disk, and
+    reported by the driver rather than silently plotted)."""
+    import numpy as np
+
     from ntkbench import cube
 
     ds = run_one(run_config)
     cube.save(ds, path)
-    return path
+    return [
+        str(name)
+        for name, var in ds.data_vars.items()
+        if var.dtype.kind == "f" and not np.isfinite(var.values).all()
+    ]
+
+
+def _report(bar: Any, path: Path, bad: list[str]) -> None:
+    if bad:
+        bar.write(
+            f"warning: {path.name}: NaN/Inf in {bad} (did training diverge? try a smaller lr)",
+            file=sys.stderr,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -621,7 +639,7 @@ def sweep(
             if client is None and workers is None and scheduler is None:
                 for run, path in pending:
                     bar.set_postfix_str(path.stem[4:] or "run", refresh=True)
-                    _run_to_file(run, str(path))
+                    _report(bar, path, _run_to_file(run, str(path)))
                     bar.update()
             else:
                 _run_distributed(pending, bar, workers=workers, scheduler=scheduler, client=client)
@@ -655,10 +673,11 @@ def _run_distributed(pending, bar, *, workers, scheduler, client) -> None:
         errors = []
         for fut in as_completed(futures):
             try:
-                fut.result()
+                bad = fut.result()
             except Exception as exc:  # keep going: finished runs stay on disk for resume
                 errors.append((futures[fut], exc))
             else:
+                _report(bar, futures[fut], bad)
                 bar.set_postfix_str(futures[fut].stem[4:], refresh=False)
                 bar.update()
         if errors:

@@ -178,3 +178,52 @@ def test_local_cluster_sweep_equals_in_process(swept, tmp_path):
     xr.testing.assert_identical(_strip(distributed), _strip(ds))
     for s in (0, 1):
         assert (tmp_path / f"run-width=8-seed={s}.nc").exists()
+
+
+def test_scheduler_address_and_client(swept, tmp_path):
+    """An existing cluster (threads in this process, so no new JAX start-up) by address
+    and by client gives the same cube."""
+    distributed = pytest.importorskip("distributed")
+    _, ds = swept
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        by_address = sweep(TINY, tmp_path / "a", scheduler=cluster.scheduler_address, progress=False)
+        with distributed.Client(cluster) as client:
+            by_client = sweep(TINY, tmp_path / "b", client=client, progress=False)
+            assert client.status == "running"  # a given client is left open
+    xr.testing.assert_identical(_strip(by_address), _strip(ds))
+    xr.testing.assert_identical(_strip(by_client), _strip(ds))
+
+
+def test_mup_adam_scales_hidden_and_readout_updates():
+    """µP with Adam: after one step from equal gradients, the hidden and readout layers move
+    by lr · base_width / width, the input layer by lr (Adam's first step is lr · sign(g))."""
+    import jax
+    import jax.numpy as jnp
+
+    import ntkbench as nb
+    from ntkbench.sweep import _mup_scaled, make_optimizer
+
+    width, lr = 32, 0.01
+    model = nb.MLP(4, 3, width, 2, parametrization="mup", key=jax.random.key(0))
+    import equinox as eqx
+
+    params = eqx.filter(model, eqx.is_inexact_array)
+    grads = jax.tree.map(jnp.ones_like, params)
+    opt = _mup_scaled(make_optimizer("adam", lr), model)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    expected = [lr, lr / width, lr / width]
+    for layer, e in zip(updates.layers, expected):
+        np.testing.assert_allclose(np.asarray(layer.weight), -e, rtol=1e-4)
+    standard = nb.MLP(4, 3, width, 2, key=jax.random.key(0))
+    assert _mup_scaled(make_optimizer("adam", lr), standard) is make_optimizer("adam", lr)
+
+
+def test_diverged_run_is_kept_and_reported(tmp_path, capsys):
+    cfg = _cfg(train={"lr": 1e6}, grid={"width": [8], "seed": [0]})
+    ds = sweep(cfg, tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "run-width=8-seed=0.nc: NaN/Inf in" in err and "'loss'" in err
+    assert not np.isfinite(ds["loss"].values).all()
+    assert cube.open(tmp_path / "run-width=8-seed=0.nc")  # kept on disk for inspection

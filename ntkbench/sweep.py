@@ -58,6 +58,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import uuid
 from collections.abc import Mapping
@@ -632,6 +633,12 @@ def sweep(
     if len(set(paths)) != len(paths):  # pragma: no cover - distinct values give distinct names
         raise ValueError("grid: two grid points map to the same file name")
     pending = [(r, p) for r, p in zip(runs, paths) if not _is_done(p, r)]
+    for r, p in pending:  # temp files left by a run killed mid-write (cube.save's naming)
+        for stale in out.glob(f".{p.name}.*.tmp"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", unit="run", disable=not progress)
     try:

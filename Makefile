@@ -24,9 +24,11 @@ $(VENV)/.stamp-test: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=compat
 	touch $@ $(VENV)/.stamp-notebooks
 
+# localhost only, with a token (random unless JUPYTER_TOKEN is set); root needs --allow-root
 lab: $(VENV)/.stamp-notebooks
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
-	  --IdentityProvider.token="$${JUPYTER_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(16))')}"
+	  --IdentityProvider.token="$${JUPYTER_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(16))')}" \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(VENV)/.stamp-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

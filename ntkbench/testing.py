@@ -21,29 +21,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-__all__ = ["synthetic_cube", "VARIABLES"]
-
-# name -> (long_name, units); the cube module's table wins when it exists.
-VARIABLES: dict[str, tuple[str, str]] = {
-    "eigenvalues": ("eNTK eigenvalue", "1"),
-    "entropy": ("eNTK von Neumann entropy", "nat"),
-    "trace": ("eNTK trace", "1"),
-    "effective_rank": ("eNTK effective rank", "1"),
-    "loss": ("training loss", "1"),
-    "test_loss": ("test loss", "1"),
-    "accuracy": ("training accuracy", "1"),
-    "test_accuracy": ("test accuracy", "1"),
-    "kernel_distance_init": ("kernel distance to initialization", "1"),
-    "relative_change_init": ("relative kernel change since initialization", "1"),
-}
-
+__all__ = ["synthetic_cube"]
 
 def _variables() -> dict[str, tuple[str, str]]:
-    try:  # pragma: no cover - depends on the pipeline being present
-        from ntkbench.cube import VARIABLES as cube_variables
-    except Exception:
-        return VARIABLES
-    return {**VARIABLES, **dict(cube_variables)}
+    from ntkbench.cube import VARIABLES
+
+    return dict(VARIABLES)
 
 
 def synthetic_cube(

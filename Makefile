@@ -34,8 +34,17 @@ test: $(VENV)/.stamp-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-bench: $(VENV)/.stamp-test
+# Benchmarks print ratios measured in one run (not part of `make test`).
+bench: $(VENV)/.stamp-test bench-env
 	$(PY) benchmarks/entk_methods.py
+	$(PY) benchmarks/entk_methods.py --outputs full
+	@if [ -f benchmarks/entk_architectures.py ]; then $(PY) benchmarks/entk_architectures.py; fi
+	$(PY) benchmarks/kernel_free_scaling.py --n 1000 4096
+	$(PY) benchmarks/vs_neural_tangents.py
+
+# A separate environment with neural-tangents 0.6.5 on JAX 0.4.25 (the baseline to beat).
+bench-env:
+	PYTHON=$(PYTHON) benchmarks/nt_env.sh
 
 data: $(VENV)/.stamp-test
 	@echo "no shipped cubes yet"

@@ -48,8 +48,9 @@ def _run(cmd: list[str], timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     if out.returncode != 0:
-        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"error": f"exit {out.returncode}: {tail[0][:200]}"}
+        lines = [ln for ln in (out.stderr or out.stdout).strip().splitlines()
+                 if ln.strip() and not ln.startswith(("For simplicity", "-----", "  "))]
+        return {"error": f"exit {out.returncode}: {(lines or ['?'])[-1][:160]}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -44,6 +44,8 @@ _EXPORTS: dict[str, str] = {
     # linalg.py
     "top_eigenvalues": "linalg",
     "entropy_estimate": "linalg",
+    "kernel_matvec": "linalg",
+    "gram_matrix": "linalg",
     # models.py
     "MLP": "models",
     "CNN": "models",

@@ -10,15 +10,23 @@ returned as (N1, N2, K, K) with ``outputs="full"`` or summed over k = l to (N1, 
 - ``"jacobian"``: per-sample Jacobians (N, K, P) leaf by leaf, contracted with matmuls.
 - ``"ntvp"``: per-sample Jacobian rows of x2 pushed forward through the model on x1 with
   ``jax.jvp`` (kernel-vector products); never forms the Jacobian of x1.
-- ``"structured"``: for every ``eqx.nn.Linear`` called once per sample, the Jacobian of its
-  weight is the outer product (cotangent of its output) ⊗ (its input), so its kernel block
-  is (input Gram + 1 for the bias) ∘ (cotangent Gram). Cotangents come from differentiating
-  with respect to a zero perturbation added to each layer's output, in one backward sweep
-  with K cotangents. Leaves with no rule (conv kernels, norms, embeddings, linears inside
-  ``vmap``) fall back to Jacobian contraction, for those leaves only.
+- ``"structured"``: layer-wise rules. A tapped layer (``eqx.nn.Linear``; ``eqx.nn.Conv*``
+  with ``groups=1`` and zero padding; ``eqx.nn.Embedding``), called at the top level or
+  per token inside one ``jax.vmap``, any number of times, maps "tokens" x_t (inputs, conv
+  patches, one-hot ids) linearly, so the Jacobian of its weight is Σ_t g_t ⊗ x_t and its
+  kernel block is Σ_{t,s} (x_t·x'_s + 1 for a bias)(g_t·g'_s) from the token Gram and the
+  cotangent Gram (for an embedding x_t·x'_s = [id_t == id'_s]). Memory per sample is
+  (K, T, d_out) + (T, d_in), never (K, d_out·d_in). The cotangents g come from a zero
+  perturbation added to each layer's output, in one backward sweep with K cotangents;
+  inside a vmap, ``jax.custom_batching.custom_vmap`` hands the tap the whole token batch.
+  Per layer a cost model picks this token-Gram route or Jacobian contraction (cheaper when
+  T² exceeds roughly d_in·d_out / (d_in/K + d_out)); convolutions on the Jacobian route
+  form it from patches. Everything else (norms, attention-free parameters, layers in
+  scan/jit/nested vmaps, weights read directly) falls back to per-leaf Jacobians.
 
-``"auto"`` takes ``structured`` when the model has a linear layer it applies to, else
-``jacobian`` when the Jacobian fits ``memory_limit``, else ``ntvp``.
+``"auto"`` takes the method with the fewest estimated FLOPs (:func:`costs`) whose features
+fit ``memory_limit`` and picks a ``block_size`` when the tiles would not; when no features
+fit, ``ntvp`` tile by tile.
 
 Everything is compiled once per (model structure, shapes, options) with ``eqx.filter_jit``.
 With ``block_size`` the kernel is assembled from (block_size × block_size) tiles inside one
@@ -29,15 +37,16 @@ symmetric case ``x2=None`` computes each off-diagonal tile once and mirrors it.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["entk", "entk_diag", "as_model"]
+__all__ = ["entk", "entk_diag", "as_model", "costs"]
 
 Outputs = Literal["trace", "full"]
 Method = Literal["auto", "jacobian", "ntvp", "structured"]
@@ -95,8 +104,32 @@ def as_model(model: Any) -> eqx.Module:
 
 
 # ---------------------------------------------------------------------------
-# Tapping linear layers for the structured method
+# Tapping layers for the structured method
 # ---------------------------------------------------------------------------
+#
+# A tapped layer (``eqx.nn.Linear``, ``eqx.nn.Conv*`` with groups=1 and zero padding,
+# ``eqx.nn.Embedding``) is a linear map of its input's "tokens": one token for a linear
+# called at the top level, T tokens for one applied per token inside ``jax.vmap``, T·P
+# patches for a convolution with P output positions, T one-hot vectors for an embedding.
+# Its weight's Jacobian for one output k is Σ_t g_kt ⊗ x_t (g: cotangent of the layer's
+# output at token t), so its kernel block needs only the tokens X (T, d_in) and the
+# cotangents G (K, T, d_out) of each sample. G comes from differentiating with respect to
+# a zero perturbation ``eps`` (T, d_out) added to the layer's output. Inside a vmap the
+# tap sees one token; ``jax.custom_batching.custom_vmap`` hands it the whole (T, ...)
+# batch at the level above the vmap, where it records X and adds eps row by row.
+
+_CONVS = (eqx.nn.Conv, eqx.nn.Conv1d, eqx.nn.Conv2d, eqx.nn.Conv3d)
+
+
+def _kind(node) -> str | None:
+    t = type(node)
+    if t is eqx.nn.Linear:
+        return "linear"
+    if t is eqx.nn.Embedding:
+        return "embedding"
+    if t in _CONVS and node.groups == 1 and node.padding_mode == "ZEROS":
+        return "conv"
+    return None
 
 
 class _DirectAccess(Exception):
@@ -104,27 +137,74 @@ class _DirectAccess(Exception):
         self.idx = idx
 
 
-class _Tape:
-    """Per-trace record of the tapped linear layers: inputs seen, perturbations to add."""
+class _Call(NamedTuple):
+    """One call of a tapped layer, as the probe saw it."""
 
-    def __init__(self, eps: dict[int, Array] | None, top_trace: Any = None):
-        self.eps = eps
-        self.inputs: dict[int, list] = {}
+    size: int  # tokens of this call: 1 at the top level, the axis size inside a vmap
+    depth: int  # 0: top level; 1: inside one jax.vmap
+    x: jax.ShapeDtypeStruct  # one token's input
+    y: jax.ShapeDtypeStruct  # one token's output
+
+
+class _Tape:
+    """Per-trace record of the tapped layers: calls (probe) or inputs and perturbations."""
+
+    def __init__(self, eps: dict | None, top_trace: Any = None, calls: dict | None = None):
+        self.eps = eps  # None while probing; else {idx: [eps per call, (size, *y)]}
         self.top_trace = top_trace
-        self.nested: set[int] = set()
+        self.calls: dict[int, list[_Call]] = calls if calls is not None else {}
+        self.count: dict[int, int] = {}
+        self.inputs: dict[tuple[int, int], Array] = {}  # (idx, call) -> (size, *x)
+        self.bad: set[int] = set()
 
 
 _TAPES: list[_Tape] = []
 
 
-class _TapLinear(eqx.Module):
-    """Stand-in for ``eqx.nn.Linear`` that records its input and adds a perturbation."""
+def _vmap_levels(found: list) -> Callable:
+    """x -> dummy; records (axis size, trace of the unbatched x) for every enclosing vmap
+    under which x is batched (innermost first)."""
 
-    w: Array
-    b: Array | None
+    @custom_vmap
+    def f(x):
+        return jnp.zeros((), jnp.int32)
+
+    @f.def_vmap
+    def rule(axis_size, in_batched, x):
+        found.append((axis_size, getattr(x, "_trace", None)))
+        f(x)  # enclosing vmaps, if any
+        return jnp.zeros((axis_size,), jnp.int32), True
+
+    return f
+
+
+def _token_io(tape: _Tape, key: tuple[int, int], x, y, eps):
+    """Inside one vmap: record the whole (T, ...) input and add eps (T, ...) to y."""
+
+    @custom_vmap
+    def f(x, y, eps):
+        return y + eps[0]
+
+    @f.def_vmap
+    def rule(axis_size, in_batched, x, y, eps):
+        if axis_size != eps.shape[0] or in_batched[2]:
+            raise RuntimeError("ntkbench: tapped layer called differently than probed")
+        if not in_batched[0]:
+            x = jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+        if not in_batched[1]:
+            y = jnp.broadcast_to(y, (axis_size, *jnp.shape(y)))
+        tape.inputs[key] = x
+        return y + eps, True
+
+    return f(x, y, eps)
+
+
+class _Tap(eqx.Module):
+    """Stand-in for a tapped layer: same forward; records inputs, adds perturbations."""
+
+    layer: Any
     idx: int = eqx.field(static=True)
-    in_features: Any = eqx.field(static=True)
-    out_features: Any = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
 
     @property
     def weight(self):  # direct use of the weight outside __call__ defeats the rule
@@ -134,64 +214,71 @@ class _TapLinear(eqx.Module):
     def bias(self):
         raise _DirectAccess(self.idx)
 
+    def __getattr__(self, name):  # other attributes (in_features, ...) of the layer
+        if name.startswith("__") or name in ("layer", "idx", "kind"):
+            raise AttributeError(name)
+        return getattr(self.layer, name)
+
     def __call__(self, x, *, key=None):
         tape = _TAPES[-1]
-        if self.in_features == "scalar":
-            x = jnp.broadcast_to(x, (1,))
-        tape.inputs.setdefault(self.idx, []).append(x)
-        if tape.top_trace is not None and getattr(x, "_trace", tape.top_trace) is not tape.top_trace:
-            tape.nested.add(self.idx)
-        y = self.w @ x
-        if self.b is not None:
-            y = y + self.b
-        if tape.eps is not None and self.idx in tape.eps:
-            y = y + tape.eps[self.idx]
-        if self.out_features == "scalar":
-            y = jnp.squeeze(y)
-        return y
-
-
-def _is_linear(node) -> bool:
-    return type(node) is eqx.nn.Linear
+        y = self.layer(x)
+        if tape.eps is None:  # probing
+            found: list = []
+            _vmap_levels(found)(x)
+            trace = found[0][1] if found else getattr(x, "_trace", None)
+            if len(found) > 1 or (trace is not None and trace is not tape.top_trace):
+                tape.bad.add(self.idx)  # nested vmaps, scan, jit, ...: fall back
+            size = found[0][0] if found else 1
+            sds = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))  # noqa: E731
+            tape.calls.setdefault(self.idx, []).append(_Call(size, len(found), sds(x), sds(y)))
+            return y
+        c = tape.count.get(self.idx, 0)
+        tape.count[self.idx] = c + 1
+        eps = tape.eps[self.idx][c]
+        if tape.calls[self.idx][c].depth == 0:
+            tape.inputs[(self.idx, c)] = jnp.asarray(x)[None]
+            return y + eps[0]
+        return _token_io(tape, (self.idx, c), x, y, eps)
 
 
 def _tap(model, keep: frozenset[int] | None = None):
-    """Replace the ``eqx.nn.Linear`` layers of ``model`` whose traversal index is in
-    ``keep`` (all when None) by ``_TapLinear``; returns (model, number of linear layers)."""
+    """Replace the tappable layers of ``model`` whose traversal index is in ``keep`` (all
+    when None) by ``_Tap``; returns (model, number of tappable layers)."""
     counter = [0]
+    is_layer = lambda n: _kind(n) is not None  # noqa: E731
 
     def swap(node):
-        if _is_linear(node):
+        if is_layer(node):
             i = counter[0]
             counter[0] += 1
             if keep is None or i in keep:
-                return _TapLinear(node.weight, node.bias, i, node.in_features, node.out_features)
+                return _Tap(node, i, _kind(node))
         return node
 
-    return jax.tree_util.tree_map(swap, model, is_leaf=_is_linear), counter[0]
+    return jax.tree_util.tree_map(swap, model, is_leaf=is_layer), counter[0]
 
 
-def _tappable(model, n_layers: int, x_shape, x_dtype) -> frozenset[int]:
-    """Linear layers the structured rule applies to: called exactly once per sample, at
-    the top level (not inside a nested vmap/scan), and whose weights are not read directly."""
+def _probe(model, x_shape, x_dtype) -> dict[int, tuple[_Call, ...]]:
+    """The tappable layers the structured rule applies to, with their calls: every call at
+    the top level or inside one ``jax.vmap`` of the model (not in scan/jit/nested vmaps),
+    and the weights never read directly. Layers never called are left out."""
+    _, n_layers = _tap(model)
     keep = set(range(n_layers))
     for _ in range(n_layers + 1):
+        if not keep:
+            break
         tapped, _ = _tap(model, frozenset(keep))
         params, static = eqx.partition(tapped, eqx.is_inexact_array)
+        holder: list[_Tape] = []
 
-        def probe(p, x):
+        def run(p, x):
             tape = _Tape(None, top_trace=getattr(x, "_trace", None))
             _TAPES.append(tape)
             try:
                 eqx.combine(p, static)(x)
             finally:
                 _TAPES.pop()
-            return tape
-
-        holder: list[_Tape] = []
-
-        def run(p, x):
-            holder.append(probe(p, x))
+            holder.append(tape)
             return 0.0
 
         try:
@@ -200,12 +287,82 @@ def _tappable(model, n_layers: int, x_shape, x_dtype) -> frozenset[int]:
             keep.discard(e.idx)
             continue
         tape = holder[0]
-        bad = {i for i in keep if len(tape.inputs.get(i, [])) != 1} | tape.nested
-        bad |= {i for i in keep if i in tape.inputs and tape.inputs[i][0].ndim != 1}
+        bad = tape.bad | {i for i in keep if i not in tape.calls}
         if not bad & keep:
-            return frozenset(keep)
+            return {i: tuple(tape.calls[i]) for i in sorted(keep)}
         keep -= bad
-    return frozenset(keep)
+    return {}
+
+
+def _tappable(model, n_layers: int, x_shape, x_dtype) -> frozenset[int]:
+    """Indices of the layers the structured rule applies to (see ``_probe``)."""
+    del n_layers
+    return frozenset(_probe(model, x_shape, x_dtype))
+
+
+class _Layer(NamedTuple):
+    """A tapped layer as the kernel sees it: tokens (T, d_in) and cotangents (K, T, d_out)."""
+
+    idx: int
+    kind: str
+    calls: tuple[_Call, ...]
+    tokens: int
+    d_in: int  # vocabulary size for an embedding
+    d_out: int
+    bias: bool
+    route: str = "gram"  # "gram": token Grams; "jac": per-sample weight gradients
+
+
+def _layers(model, calls: dict) -> list[_Layer]:
+    is_tap = lambda n: isinstance(n, _Tap)  # noqa: E731
+    tapped, _ = _tap(model, frozenset(calls))
+    taps = {n.idx: n for n in jax.tree_util.tree_leaves(tapped, is_leaf=is_tap) if is_tap(n)}
+    out = []
+    for i, cs in calls.items():
+        layer = taps[i].layer
+        kind = taps[i].kind
+        if kind == "conv":
+            positions = math.prod(cs[0].y.shape[1:])
+            tokens = sum(c.size for c in cs) * positions
+            d_in = layer.in_channels * math.prod(layer.kernel_size)
+            d_out, bias = layer.out_channels, layer.use_bias
+        elif kind == "embedding":
+            tokens = sum(c.size for c in cs)
+            d_in, d_out, bias = layer.num_embeddings, layer.embedding_size, False
+        else:
+            tokens = sum(c.size for c in cs)
+            d_in, d_out = math.prod(cs[0].x.shape), math.prod(cs[0].y.shape)
+            bias = layer.use_bias
+        out.append(_Layer(i, kind, cs, tokens, d_in, d_out, bias))
+    return out
+
+
+def _layer_cost(L: _Layer, k: int, n1: int, n2: int, full: bool) -> dict[str, tuple[float, float, float]]:
+    """(FLOPs, feature bytes per sample / itemsize, transient per sample pair / itemsize)
+    of both routes for one tapped layer over an n1 × n2 kernel."""
+    t, di, do = L.tokens, L.d_in, L.d_out
+    xg = 1 if L.kind == "embedding" else di  # input Gram cost per token pair
+    p = do * (di + L.bias)
+    if full:
+        gram = n1 * n2 * (t * t * (xg + k * do) + k * k * t * do)
+        gram_tmp = t * t + k * t * do + k * k
+        jac = n1 * n2 * k * k * p
+    else:
+        gram = n1 * n2 * t * t * (xg + k * do)
+        gram_tmp = 2 * t * t
+        jac = n1 * n2 * k * p
+    form = k * t * do * (1 if L.kind == "embedding" else di)
+    jac += (n1 + n2) * form
+    feat_gram = t * (1 if L.kind == "embedding" else di) + k * t * do
+    return {"gram": (gram, feat_gram, gram_tmp), "jac": (jac, k * p, k * k if full else 1)}
+
+
+def _with_routes(layers: list[_Layer], k: int, n1: int, n2: int, full: bool) -> list[_Layer]:
+    out = []
+    for L in layers:
+        c = _layer_cost(L, k, n1, n2, full)
+        out.append(L._replace(route="gram" if c["gram"][0] <= c["jac"][0] else "jac"))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -214,8 +371,8 @@ def _tappable(model, n_layers: int, x_shape, x_dtype) -> frozenset[int]:
 
 
 def _n_outputs(model, x_shape, x_dtype) -> int:
-    out = jax.eval_shape(model, jax.ShapeDtypeStruct(x_shape, x_dtype))
-    return math.prod(out.shape)
+    out = jax.eval_shape(lambda x: model(x), jax.ShapeDtypeStruct(x_shape, x_dtype))
+    return math.prod(jnp.shape(out))
 
 
 def _jacobian_features(model) -> Callable:
@@ -232,46 +389,84 @@ def _jacobian_features(model) -> Callable:
     return feats
 
 
-def _structured_features(model, x_shape, x_dtype) -> tuple[Callable, list[bool]]:
-    """x (one sample) -> [X_l (d_in,), G_l (K, d_out) for each tapped layer] + fallback
-    Jacobians (K, p_leaf) for every other parameter leaf. Also returns, per tapped layer,
-    whether it has a bias (which adds 1 to the input Gram)."""
-    _, n_layers = _tap(model)
-    keep = _tappable(model, n_layers, x_shape, x_dtype)
-    model_t, _ = _tap(model, keep)
-    order = sorted(keep)
-    # parameters other than the tapped layers' weights and biases
-    is_tap = lambda n: isinstance(n, _TapLinear)  # noqa: E731
+def _tokens(L: _Layer, layer, xs: list, gs: list) -> list[Array]:
+    """Recorded inputs and eps-cotangents of one layer's calls -> X (T, d_in) (token ids
+    (T,) for an embedding) and G (K, T, d_out)."""
+    X, G = [], []
+    for c, x, g in zip(L.calls, xs, gs):
+        k = g.shape[0]
+        if L.kind == "conv":
+            patches = jax.lax.conv_general_dilated_patches(
+                x, layer.kernel_size, layer.stride, layer.padding, rhs_dilation=layer.dilation
+            )  # (size, C_in·k·k, *out_spatial)
+            X.append(jnp.moveaxis(patches, 1, -1).reshape(-1, L.d_in))
+            G.append(jnp.moveaxis(g, 2, -1).reshape(k, -1, L.d_out))
+        elif L.kind == "embedding":
+            X.append(x.reshape(c.size))
+            G.append(g.reshape(k, c.size, L.d_out))
+        else:
+            X.append(x.reshape(c.size, L.d_in))
+            G.append(g.reshape(k, c.size, L.d_out))
+    cat = lambda a, axis: a[0] if len(a) == 1 else jnp.concatenate(a, axis)  # noqa: E731
+    return [cat(X, 0), cat(G, 1)]
+
+
+def _conv_jacobian(X: Array, G: Array, bias: bool) -> Array:
+    """Per-sample Jacobian of a convolution's weight (and bias) from its patches X (T, d_in)
+    and cotangents G (K, T, d_out): Σ_t g_t ⊗ x_t, (K, d_out·d_in [+ d_out])."""
+    k = G.shape[0]
+    jw = jnp.einsum("kto,ti->koi", G, X).reshape(k, -1)
+    return jnp.concatenate([jw, G.sum(1)], axis=1) if bias else jw
+
+
+def _structured_features(model, x_shape, x_dtype, n1: int = 1, n2: int = 1, full: bool = False):
+    """x (one sample) -> [X_l (T, d_in), G_l (K, T, d_out) for each tapped layer] + per-leaf
+    Jacobians (K, p_leaf) of all other parameters. Only layers whose token-Gram route is
+    cheaper than contracting their Jacobian (``_layer_cost``) are tapped; the others go
+    with the rest through the same backward pass. Returns (feature map, tapped layers)."""
+    calls = _probe(model, x_shape, x_dtype)
+    k = _n_outputs(model, x_shape, x_dtype)
+    # convolutions stay tapped on the "jac" route too: a Jacobian from patches is cheaper
+    # than the convolution's own weight gradient under vmap
+    layers = [L for L in _with_routes(_layers(model, calls), k, n1, n2, full)
+              if L.route == "gram" or L.kind == "conv"]
+    calls = {L.idx: L.calls for L in layers}
+    model_t, _ = _tap(model, frozenset(calls))
+    is_tap = lambda n: isinstance(n, _Tap)  # noqa: E731
+    # parameters other than the tapped layers'
     spec = jax.tree_util.tree_map(
         lambda n: False if is_tap(n) else eqx.is_inexact_array(n), model_t, is_leaf=is_tap
     )
     others, static = eqx.partition(model_t, spec)
-    taps = {
-        n.idx: n
-        for n in jax.tree_util.tree_leaves(model_t, is_leaf=is_tap)
-        if isinstance(n, _TapLinear)
+    taps = {n.idx: n for n in jax.tree_util.tree_leaves(model_t, is_leaf=is_tap) if is_tap(n)}
+    eps0 = {
+        i: [jnp.zeros((c.size, *c.y.shape), c.y.dtype) for c in cs] for i, cs in calls.items()
     }
-    has_bias = [taps[i].b is not None for i in order]
-    eps0 = {i: jnp.zeros(taps[i].w.shape[0], taps[i].w.dtype) for i in order}
 
     def f(eps, p, x):
-        tape = _Tape(eps)
+        tape = _Tape(eps, calls=calls)
         _TAPES.append(tape)
         try:
             out = jnp.ravel(eqx.combine(p, static)(x))
         finally:
             _TAPES.pop()
-        return out, [tape.inputs[i][0] for i in order]
+        return out, {i: [tape.inputs[(i, c)] for c in range(len(cs))] for i, cs in calls.items()}
 
     def feats(x):
         out, vjp_fn, xs = jax.vjp(lambda e, p: f(e, p, x), eps0, others, has_aux=True)
         basis = jnp.eye(out.shape[0], dtype=out.dtype)
         g_eps, g_other = jax.vmap(vjp_fn)(basis)
-        gs = [g_eps[i] for i in order]
-        rest = [j.reshape(j.shape[0], -1) for j in jax.tree_util.tree_leaves(g_other)]
-        return list(xs) + gs + rest
+        grams, rest = [], []
+        for L in layers:
+            X, G = _tokens(L, taps[L.idx].layer, xs[L.idx], g_eps[L.idx])
+            if L.route == "gram":
+                grams += [X, G]
+            else:
+                rest.append(_conv_jacobian(X, G, L.bias))
+        rest += [j.reshape(j.shape[0], -1) for j in jax.tree_util.tree_leaves(g_other)]
+        return grams + rest
 
-    return feats, has_bias
+    return feats, layers
 
 
 def _batched(feats: Callable, x: Array, block: int) -> list[Array]:
@@ -304,21 +499,40 @@ def _contract_jacobian(fa: list, fb: list, full: bool) -> Array:
     return sum(_gram_jac(a, b, full) for a, b in zip(fa, fb))
 
 
-def _contract_structured(has_bias: list[bool]) -> Callable:
-    n = len(has_bias)
+def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Array:
+    """Kernel block of one tapped layer from tokens and cotangents of two sample blocks:
+    Σ_{t,s} (x_t·x'_s + bias)(g_t·g'_s); for an embedding x_t·x'_s = [id_t == id'_s].
+    xa (n1, T, d_in) or ids (n1, T); ga (n1, K, T, d_out)."""
+    n1, k, t1, o = ga.shape
+    n2, t2 = gb.shape[0], gb.shape[2]
+    if embedding:
+        xx = (xa[:, None, :, None] == xb[None, :, None, :]).astype(ga.dtype)
+    else:
+        xx = jnp.einsum("ati,bsi->abts", xa, xb)
+    if bias:
+        xx = xx + 1.0
+    if t1 == 1 and t2 == 1:
+        xx, gg = xx[:, :, 0, 0], _gram_jac(ga[:, :, 0], gb[:, :, 0], full)
+        return xx[:, :, None, None] * gg if full else xx * gg
+    if not full:
+        ra = ga.transpose(0, 2, 1, 3).reshape(n1 * t1, k * o)
+        rb = gb.transpose(0, 2, 1, 3).reshape(n2 * t2, k * o)
+        gg = (ra @ rb.T).reshape(n1, t1, n2, t2)
+        return jnp.einsum("atbs,abts->ab", gg, xx)
+    return jnp.einsum("abts,akto,blso->abkl", xx, ga, gb)
+
+
+def _contract_structured(layers: list[_Layer]) -> Callable:
+    grams = [L for L in layers if L.route == "gram"]  # the others come as Jacobians
 
     def contract(fa: list, fb: list, full: bool) -> Array:
-        xa, ga, ra = fa[:n], fa[n : 2 * n], fa[2 * n :]
-        xb, gb, rb = fb[:n], fb[n : 2 * n], fb[2 * n :]
         total = 0.0
-        for i in range(n):
-            xx = xa[i] @ xb[i].T
-            if has_bias[i]:
-                xx = xx + 1.0
-            gg = _gram_jac(ga[i], gb[i], full)
-            total = total + (xx[:, :, None, None] * gg if full else xx * gg)
-        if ra:
-            total = total + _contract_jacobian(ra, rb, full)
+        for i, L in enumerate(grams):
+            xa, ga, xb, gb = fa[2 * i], fa[2 * i + 1], fb[2 * i], fb[2 * i + 1]
+            total = total + _gram_tokens(xa, xb, ga, gb, L.bias, L.kind == "embedding", full)
+        m = 2 * len(grams)
+        if len(fa) > m:
+            total = total + _contract_jacobian(fa[m:], fb[m:], full)
         return total
 
     return contract
@@ -422,7 +636,7 @@ def _ntvp_kernel(model, x1, x2, full, block):
 
 
 # ---------------------------------------------------------------------------
-# Method choice and the public function
+# Method choice: a cost model (FLOPs and bytes) under a memory budget
 # ---------------------------------------------------------------------------
 
 
@@ -431,20 +645,92 @@ def _n_params(model) -> int:
 
 
 def _has_tappable_linear(model, x_shape, x_dtype) -> bool:
-    _, n = _tap(model)
-    return n > 0 and bool(_tappable(model, n, x_shape, x_dtype))
+    return bool(_probe(model, x_shape, x_dtype))
 
 
-def _choose(model, x1, x2, memory_limit: int) -> str:
+class _Cost(NamedTuple):
+    flops: float  # contraction + feature formation, whole kernel
+    feature: float  # bytes per sample kept for the whole kernel (features)
+    pair: float  # bytes per sample pair of a tile's intermediates and output
+
+
+def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _Cost]:
+    """Estimated cost of each method for this kernel: FLOPs, feature bytes per sample,
+    tile bytes per sample pair. What ``method="auto"`` decides on.
+
+    Example
+    -------
+    >>> import jax, equinox as eqx
+    >>> m = eqx.nn.MLP(8, 3, 32, 2, key=jax.random.key(0))
+    >>> c = costs(m, jax.numpy.ones((10, 8)))
+    >>> c["structured"].flops < c["jacobian"].flops < c["ntvp"].flops
+    True
+    """
+    model = as_model(model)
+    x1 = jnp.asarray(x1)
     shape, dtype = x1.shape[1:], x1.dtype
-    if _has_tappable_linear(model, shape, dtype):
-        return "structured"
-    n = x1.shape[0] + (0 if x2 is None else x2.shape[0])
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else jnp.shape(x2)[0]
+    nfeat = n1 if x2 is None else n1 + n2
+    full = outputs == "full"
     k = _n_outputs(model, shape, dtype)
-    itemsize = jnp.dtype(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype).itemsize
-    if n * k * _n_params(model) * itemsize <= memory_limit:
-        return "jacobian"
-    return "ntvp"
+    kk = k * k if full else 1
+    p = _n_params(model)
+    item = jnp.dtype(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype).itemsize
+    layers = _with_routes(_layers(model, _probe(model, shape, dtype)), k, n1, n2, full)
+    # forward FLOPs of one sample: 2 per weight use (tokens × weights for the layers)
+    use = {L.idx: 2.0 * L.tokens * L.d_out * (1 if L.kind == "embedding" else L.d_in + L.bias)
+           for L in layers}
+    fwd = sum(use.values()) + 2.0 * (p - sum(L.d_out * (L.d_in + L.bias) for L in layers))
+    layers = [L for L in layers if L.route == "gram"]  # the others: Jacobian contraction
+    p_tapped = sum(L.d_out * (L.d_in + L.bias) for L in layers)
+    fwd_tapped = sum(use[L.idx] for L in layers)
+    backprop = 2.0 * fwd * k  # K backward passes: input and weight cotangents
+    out = {
+        "jacobian": _Cost(n1 * n2 * k * kk * p + nfeat * backprop, k * p * item, kk * item),
+        # every tile pushes the Jacobian rows of its columns through its rows with jvp
+        "ntvp": _Cost(n1 * n2 * k * 2.0 * fwd + nfeat * backprop, k * p * item, kk * item),
+    }
+    if layers:
+        # one backward pass with K cotangents; tapped layers need only input cotangents
+        flops = nfeat * k * (2.0 * fwd - fwd_tapped)
+        feat, pair = 0.0, kk
+        for L in layers:
+            route = _layer_cost(L, k, n1, n2, full)["gram"]
+            flops += route[0]
+            feat += route[1]
+            pair += route[2]
+        flops += n1 * n2 * k * kk * (p - p_tapped)
+        feat += k * (p - p_tapped)
+        out["structured"] = _Cost(flops, feat * item, pair * item)
+    return out
+
+
+def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | None):
+    """(method, block_size) for ``method="auto"``: the fewest FLOPs among the methods
+    whose features fit ``memory_limit``; a block size when the tiles would not."""
+    c = costs(model, x1, x2, outputs=outputs)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    nfeat = n1 if x2 is None else n1 + n2
+    n = max(n1, n2)
+    for method in sorted(c, key=lambda m: c[m].flops):
+        cost = c[method]
+        if method == "ntvp":  # memory per tile only: the largest tile that fits
+            b = n
+            while b > 1 and b * b * cost.pair + b * cost.feature > memory_limit:
+                b = (b + 1) // 2
+            return method, block_size or (None if b >= n else b)
+        room = memory_limit - nfeat * cost.feature
+        if room <= 0:
+            continue
+        if block_size is not None:
+            return method, block_size
+        b = n  # tile intermediates + transient features of one block must fit
+        while b > 1 and b * b * cost.pair + b * cost.feature > room:
+            b = (b + 1) // 2
+        return method, None if b >= n else b
+    raise AssertionError("unreachable: ntvp always fits")
 
 
 @jax.jit
@@ -456,11 +742,14 @@ def _symmetrize(K):
 _CHOICES: dict = {}
 
 
-def _resolve_method(model, x1, x2, method: str, memory_limit: int) -> str:
-    """Check the model applies to one sample of x1 and resolve ``"auto"``; cached per
-    (model structure, shapes), so repeated calls (e.g. while training) cost nothing."""
+def _resolve_method(model, x1, x2, method: str, memory_limit: int, outputs: str = "trace",
+                    block_size: int | None = None) -> tuple[str, int | None]:
+    """Check the model applies to one sample of x1 and resolve ``"auto"`` to (method,
+    block_size); cached per (model structure, shapes), so repeated calls (e.g. while
+    training) cost nothing."""
     treedef = jax.tree_util.tree_structure(model)
-    key = (treedef, x1.shape, str(x1.dtype), None if x2 is None else x2.shape, method, memory_limit)
+    key = (treedef, x1.shape, str(x1.dtype), None if x2 is None else x2.shape, method,
+           memory_limit, outputs, block_size)
     try:
         return _CHOICES[key]
     except KeyError:
@@ -473,11 +762,12 @@ def _resolve_method(model, x1, x2, method: str, memory_limit: int) -> str:
         raise ValueError(
             f"x1: the model cannot be applied to one sample of shape {x1.shape[1:]}: {e}"
         ) from e
+    choice = (method, block_size)
     if method == "auto":
-        method = _choose(model, x1, x2, memory_limit)
+        choice = _choose(model, x1, x2, outputs, memory_limit, block_size)
     if key is not None:
-        _CHOICES[key] = method
-    return method
+        _CHOICES[key] = choice
+    return choice
 
 
 @eqx.filter_jit
@@ -486,8 +776,10 @@ def _entk_jit(model, x1, x2, outputs: str, method: str, block_size: int | None):
     if method == "ntvp":
         return _ntvp_kernel(model, x1, x2, full, block_size)
     if method == "structured":
-        feats, has_bias = _structured_features(model, x1.shape[1:], x1.dtype)
-        contract = _contract_structured(has_bias)
+        n1 = x1.shape[0]
+        n2 = n1 if x2 is None else x2.shape[0]
+        feats, layers = _structured_features(model, x1.shape[1:], x1.dtype, n1, n2, full)
+        contract = _contract_structured(layers)
     else:
         feats, contract = _jacobian_features(model), _contract_jacobian
     return _feature_kernel(feats, contract, x1, x2, full, block_size)
@@ -556,8 +848,9 @@ def entk(
     block_size
         Samples per tile: bounds peak memory to O(block_size) features / tiles. Any N works.
     memory_limit
-        Bytes the ``jacobian`` method may use before ``auto`` switches to ``ntvp``
-        (default 2 GiB).
+        Bytes ``auto`` may plan for (default 2 GiB): it takes the cheapest method (by
+        estimated FLOPs, see :func:`costs`) whose stored features fit, and a ``block_size``
+        (unless given) that keeps the tiles within the limit; if no features fit, ``ntvp``.
     check_finite
         Raise ``ValueError`` if the kernel holds NaN or Inf (default True).
 
@@ -579,7 +872,9 @@ def entk(
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     model = as_model(model)
     x1, x2, block_size = _check_inputs(x1, x2, block_size)
-    method = _resolve_method(model, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT)
+    method, block_size = _resolve_method(
+        model, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT, outputs, block_size
+    )
     K = _entk_jit(model, x1, x2, outputs, method, block_size)
     if x2 is None:  # exactly symmetric, whatever the round-off of the tiles
         K = _symmetrize(K)
@@ -594,8 +889,8 @@ def entk(
 @eqx.filter_jit
 def _diag_jit(model, x, method: str, block_size: int | None):
     if method == "structured":
-        feats, has_bias = _structured_features(model, x.shape[1:], x.dtype)
-        contract = _contract_structured(has_bias)
+        feats, layers = _structured_features(model, x.shape[1:], x.dtype)
+        contract = _contract_structured(layers)
     else:
         feats, contract = _jacobian_features(model), _contract_jacobian
 

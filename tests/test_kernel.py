@@ -165,17 +165,107 @@ def test_float32_methods_agree_to_roundoff(getkey):
         assert rel_err(Ks[m], Ks["jacobian"]) < 1e-5
 
 
-def test_structured_covers_linears_and_falls_back_for_the_rest(x64, getkey):
-    """The structured rule applies to top-level linears only; the vmapped linear, the
-    embedding and the LayerNorm go through the Jacobian fallback (checked by the float64
-    test above); here: which layers the rule takes."""
-    from ntkbench.kernel import _tap, _tappable
+def test_structured_taps_embedding_vmapped_linear_and_head(x64, getkey):
+    """The rule takes the embedding (in vmap), the per-token linear (in vmap) and the head;
+    the LayerNorm goes through the Jacobian fallback (values: the float64 test above)."""
+    from ntkbench.kernel import _probe, _tap
 
     model, x, _ = make_case("tokens", getkey())
     _, n = _tap(model)
-    assert n == 2
-    keep = _tappable(model, n, x.shape[1:], x.dtype)
-    assert keep == frozenset({1})  # head (index 1) yes; mix (inside vmap, index 0) no
+    assert n == 3  # emb, mix, head
+    calls = _probe(model, x.shape[1:], x.dtype)
+    assert sorted(calls) == [0, 1, 2]
+    assert [(c.size, c.depth) for c in calls[1]] == [(4, 1)]  # mix: 4 tokens in one vmap
+    assert [(c.size, c.depth) for c in calls[2]] == [(1, 0)]  # head: top level
+
+
+def _to64(model):
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
+    )
+
+
+@pytest.mark.parametrize("arch", ["transformer", "cnn"])
+def test_structured_on_package_models_matches_float64(arch, x64, getkey):
+    """ntkbench.models.TinyTransformer (embeddings, per-token linears in vmap, LayerNorm,
+    attention) and ntkbench.models.CNN (convolutions): structured and auto vs reference."""
+    from ntkbench.kernel import _probe
+
+    if arch == "transformer":
+        model = _perturb(_to64(nb.TinyTransformer(7, 5, width=8, layers=1, heads=2, mlp_ratio=2,
+                                                  key=getkey())), getkey())
+        x = jax.random.randint(getkey(), (5, 4), 0, 7)
+        x2 = jax.random.randint(getkey(), (3, 4), 0, 7)
+        n_tapped = 7  # 2 embeddings, qkv, proj, fc1, fc2, unembed
+    else:
+        model = _perturb(_to64(nb.CNN((6, 6), 3, width=3, depth=2, key=getkey())), getkey())
+        x = jax.random.normal(getkey(), (5, 6, 6), jnp.float64)
+        x2 = jax.random.normal(getkey(), (3, 6, 6), jnp.float64)
+        n_tapped = 3  # 2 convs, readout
+    assert len(_probe(model, x.shape[1:], x.dtype)) == n_tapped
+    K = nb.entk(model, x, method="structured")
+    assert rel_err(K, reference_entk(model, x)) < 1e-10
+    assert rel_err(nb.entk(model, x, method="auto"), reference_entk(model, x)) < 1e-10
+    block = 2 if arch == "cnn" else None  # tiles: tested on every model in the tests above
+    Kc = nb.entk(model, x, x2, outputs="full", method="structured", block_size=block)
+    assert rel_err(Kc, reference_entk(model, x, x2, full=True)) < 1e-10
+
+
+@pytest.mark.parametrize("route", ["gram", "jac"])
+def test_both_routes_of_tapped_layers_match(route, x64, getkey, monkeypatch):
+    """Force every tapped layer onto one route (token Grams / Jacobian) and compare."""
+    from ntkbench import kernel
+
+    orig = kernel._with_routes
+    monkeypatch.setattr(kernel, "_with_routes",
+                        lambda *a: [L._replace(route=route) for L in orig(*a)])
+    n = 6 if route == "gram" else 5  # shapes not compiled elsewhere: the forced route is traced
+    for case, outputs in (("cnn", "trace"), ("tokens", "full")):
+        model, x, x2 = make_case(case, getkey())
+        K = nb.entk(model, x[:n], x2, outputs=outputs, method="structured")
+        assert rel_err(K, reference_entk(model, x[:n], x2, full=outputs == "full")) < 1e-10
+
+
+def test_nested_vmap_and_scan_fall_back(x64, getkey):
+    """A linear inside two vmaps or inside lax.scan is not tapped, and the answer is right."""
+    from ntkbench.kernel import _probe
+
+    class Nested(eqx.Module):
+        lin: eqx.nn.Linear
+        scanned: eqx.nn.Linear
+        head: eqx.nn.Linear
+
+        def __call__(self, x):  # x (2, 3, 4)
+            h = jnp.tanh(jax.vmap(jax.vmap(self.lin))(x))  # (2, 3, 4)
+            h, _ = jax.lax.scan(lambda c, r: (jnp.tanh(self.scanned(c + r)), None), h[0, 0], h[1])
+            return self.head(h)
+
+    k = jax.random.split(getkey(), 3)
+    model = Nested(*(eqx.nn.Linear(4, 4 if i < 2 else 2, key=k[i], dtype=jnp.float64) for i in range(3)))
+    x = jax.random.normal(getkey(), (5, 2, 3, 4), jnp.float64)
+    assert sorted(_probe(model, x.shape[1:], x.dtype)) == [2]  # head only
+    for outputs in ("trace", "full"):
+        K = nb.entk(model, x, outputs=outputs, method="structured")
+        assert rel_err(K, reference_entk(model, x, full=outputs == "full")) < 1e-10
+
+
+def test_auto_respects_memory_limit(x64, getkey):
+    """A tight memory_limit makes auto pick a block size (or ntvp); the kernel stays right."""
+    from ntkbench.kernel import _choose, costs
+
+    model, x, x2 = make_case("tokens", getkey())
+    c = costs(model, x)
+    assert set(c) == {"jacobian", "ntvp", "structured"}
+    assert c["structured"].flops < c["jacobian"].flops < c["ntvp"].flops
+    assert _choose(model, x, None, "trace", 2**31, None) == ("structured", None)
+    limit = int(x.shape[0] * c["structured"].feature + 3 * 3 * c["structured"].pair + 3 * c["structured"].feature)
+    method, block = _choose(model, x, None, "trace", limit, None)
+    assert method == "structured" and block is not None and block < x.shape[0]
+    method, block = _choose(model, x, None, "trace", int(c["structured"].feature), None)
+    assert method == "ntvp"  # no features fit: kernel-vector products, tile by tile
+    for lim in (limit, int(c["structured"].feature)):
+        K = nb.entk(model, x, memory_limit=lim, outputs="full")
+        assert rel_err(K, reference_entk(model, x, full=True)) < 1e-10
 
 
 def test_weight_tied_linear_falls_back(x64, getkey):

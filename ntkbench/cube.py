@@ -269,6 +269,13 @@ def _zarr_kwargs() -> dict[str, Any]:
     return {"zarr_format": 2, "consolidated": True}
 
 
+def _default_mode(base: int) -> int:
+    """``base`` with the process umask applied (what open()/mkdir() would give)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Path:
     """Write a cube atomically; return its path.
 
@@ -297,6 +304,7 @@ def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Pa
         tmp = Path(tmp_name)
         try:
             ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+            os.chmod(tmp, _default_mode(0o666))  # mkstemp makes 0600; give a normal file's mode
             _fsync_path(tmp)
             os.replace(tmp, path)
         except BaseException:
@@ -308,6 +316,7 @@ def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Pa
         old: Path | None = None
         try:
             ds.to_zarr(tmp, mode="w", **_zarr_kwargs())
+            os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes 0700
             for root, _dirs, files in os.walk(tmp):
                 for f in files:
                     _fsync_path(Path(root) / f)

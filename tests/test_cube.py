@@ -219,3 +219,18 @@ def test_combine_lays_runs_out_along_swept_axes(tmp_path):
         cube.combine([])
     with pytest.raises(TypeError, match="items"):
         cube.combine([42])
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Temp files are 0600/0700; the saved file and store get the umask's normal mode."""
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        ds = _cube()
+        nc = cube.save(ds, tmp_path / "a.nc")
+        assert stat.S_IMODE(os.stat(nc).st_mode) == 0o644
+        zr = cube.save(ds, tmp_path / "a.zarr")
+        assert stat.S_IMODE(os.stat(zr).st_mode) == 0o755
+    finally:
+        os.umask(umask)

@@ -37,7 +37,9 @@ __all__ = ["REGISTRY", "get"]
 
 #: paper key -> module (or module name) implementing the plug-in protocol above.
 #: Empty until the paper modules are added.
-REGISTRY: dict[str, Any] = {}
+REGISTRY: dict[str, Any] = {
+    "collective": "ntkbench.papers.collective",
+}
 
 
 def get(key: str) -> ModuleType:

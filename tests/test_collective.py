@@ -1,0 +1,344 @@
+"""Paper `collective`: the test-sized run (and the shipped quick cube) have the expected
+structure, the paper's qualitative claims hold with margins over three seeds, the
+recorded initial eNTK values agree with an independent float64 NumPy computation, and the
+figures, summary, CLI and notebook widgets work.
+
+The run is the ``test`` config of ntkbench.papers.collective: the quick MLP grid (ReLU and
+tanh × widths {8, 128} × depths {1, 6} × seeds {0, 1, 2}, digits, SGD, cross-entropy,
+300 steps) plus one seed of the transformer and CNN; it runs once per session (module
+fixture), about a minute and a half on 2 cores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkbench.papers import collective
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "collective_quick.nc"
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collective")
+    collective.run(out, config="test", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_cubes(run_out):
+    return collective.open_cubes(run_out / "collective.nc")
+
+
+@pytest.fixture(scope="module")
+def shipped_cubes():
+    if not SHIPPED.exists():
+        pytest.fail(f"{SHIPPED} is missing: run `make data`")
+    return collective.open_cubes(SHIPPED)
+
+
+@pytest.fixture(scope="module", params=["test-run", "shipped"])
+def cubes(request):
+    return request.getfixturevalue("test_cubes" if request.param == "test-run" else "shipped_cubes")
+
+
+def _delta(ds, var="entropy"):
+    """S(end) - S(0) as a (… , seed) DataArray."""
+    return ds[var].isel(step=-1) - ds[var].isel(step=0)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_cube_dims_and_variables(cubes):
+    from ntkbench import cube
+
+    mlp = cubes["mlp"]
+    assert set(mlp.dims) == {"activation", "depth", "width", "seed", "step"}
+    assert mlp["activation"].values.tolist() == ["relu", "tanh"]
+    assert mlp["width"].values.tolist() == [8, 128]
+    assert mlp["depth"].values.tolist() == [1, 6]
+    assert mlp.sizes["seed"] == 3 and mlp.sizes["step"] >= 10
+    assert mlp["step"].values[0] == 0
+    for name in collective.MEASURES:
+        assert name in mlp.data_vars, name
+        assert {"long_name", "units"} <= set(mlp[name].attrs), name
+    cube.validate(mlp)  # includes: no NaN/Inf in kernel-derived variables
+    assert json.loads(mlp.attrs["config"])["paper"] == "collective"
+    assert set(cubes["scale"].dims) >= {"activation", "depth", "width", "step"}
+    assert set(cubes["transformer"].dims) == {"depth", "seed", "step"}
+    assert set(cubes["cnn"].dims) == {"depth", "width", "seed", "step"}
+    for name in ("scale", "transformer", "cnn"):
+        cube.validate(cubes[name])
+    # test probe and train probe have the same size (the recorder's probe)
+    n = mlp["trace"].isel(step=0) / mlp["trace_per_sample"].isel(step=0)
+    nt = mlp["test_trace"].isel(step=0) / mlp["test_trace_per_sample"].isel(step=0)
+    np.testing.assert_allclose(n, 200, rtol=1e-4)
+    np.testing.assert_allclose(nt, 200, rtol=1e-4)
+
+
+def test_run_files_and_one_file_roundtrip(run_out, test_cubes):
+    import xarray as xr
+
+    from ntkbench import cube
+
+    for name in ("mlp", "scale", "transformer", "cnn"):
+        xr.testing.assert_allclose(cube.open(run_out / f"{name}.nc"), test_cubes[name])
+    # one file per grid point; the scale plane reuses the mlp runs (shared folder)
+    assert len(list((run_out / "runs-mlp").glob("run-*.nc"))) == 24
+    # the root group is the mlp cube, so the generic opener works on the one file
+    xr.testing.assert_allclose(cube.open(run_out / "collective.nc"), test_cubes["mlp"])
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def test_loss_falls_in_every_run(cubes):
+    for name in ("mlp", "scale", "transformer", "cnn"):
+        ratio = (cubes[name]["loss"].isel(step=-1) / cubes[name]["loss"].isel(step=0)).values
+        assert np.all(np.isfinite(ratio)), name
+        assert np.all(ratio < 0.9), f"{name}: loss did not fall in every run: {ratio.ravel()}"
+
+
+def test_narrow_shallow_relu_mlps_compress(cubes):
+    d = _delta(cubes["mlp"].sel(activation="relu", width=8, depth=1)).values
+    dt = _delta(cubes["mlp"].sel(activation="relu", width=8, depth=1), "test_entropy").values
+    assert (d < -0.05).sum() >= 2, f"entropy changes {d}: compression expected in most seeds"
+    assert d.mean() < -0.1, d
+    assert (dt < 0).sum() >= 2, dt  # the test probe agrees
+
+
+def test_deep_mlps_form_structure(cubes):
+    mlp = cubes["mlp"]
+    for act in ("relu", "tanh"):
+        for w in (8, 128):
+            d = _delta(mlp.sel(activation=act, width=w, depth=6)).values
+            assert (d > 0.1).sum() >= 2, f"{act} {w}x6: entropy changes {d}"
+            assert d.mean() > 0.2, f"{act} {w}x6: entropy changes {d}"
+            # the deep net ends above the shallow net of its width/activation in change
+            shallow = _delta(mlp.sel(activation=act, width=w, depth=1)).values
+            assert d.mean() > shallow.mean() + 0.2, (act, w, d, shallow)
+
+
+def test_wide_shallow_mlps_change_their_kernel_least(cubes):
+    mlp = cubes["mlp"]
+    for act in ("relu", "tanh"):
+        kd = mlp["kernel_distance_init"].sel(activation=act).isel(step=-1).mean("seed")
+        wide_shallow = float(kd.sel(width=128, depth=1))
+        others = [float(kd.sel(width=w, depth=d)) for w, d in ((8, 1), (8, 6), (128, 6))]
+        assert wide_shallow < 0.5 * min(others), (act, wide_shallow, others)
+        # and its entropy stays closest to S(0) among the ReLU nets of depth 1 vs 6 at width 128
+        d = np.abs(_delta(mlp.sel(activation=act, width=128)).mean("seed"))
+        assert float(d.sel(depth=1)) < float(d.sel(depth=6)), (act, d.values)
+
+
+def test_initial_trace_grows_with_width(cubes):
+    tr0 = cubes["mlp"]["trace"].isel(step=0)
+    ratio = (tr0.sel(width=128) / tr0.sel(width=8)).values  # every activation, depth, seed
+    assert np.all(ratio > 1.5), ratio
+    scale = cubes["scale"]
+    t = scale["trace"].isel(step=0)
+    if "seed" in t.dims:
+        t = t.mean("seed")
+    assert np.all(t.diff("width") > 0), "Tr K(0) must grow monotonically with width"
+
+
+# --------------------------------------------------------------------------- independent check
+
+
+def _numpy_initial_entk(ds, act, width, depth, seed):
+    """Tr K(0) and S(0) of the probe, rebuilt independently: the model from the sweep's
+    seed convention, per-sample Jacobians with jax.jacrev, kernel and spectrum in float64
+    NumPy."""
+    import jax
+    import jax.numpy as jnp
+
+    import ntkbench as nb
+
+    cfg = json.loads(ds.attrs["config"])
+    data = nb.load("digits", cfg["data"]["n_train"], cfg["data"]["n_test"], seed=cfg["data"]["seed"])
+    model_key, _ = jax.random.split(jax.random.key(seed))
+    model = nb.make_model({"name": "mlp", "width": width, "depth": depth, "activation": act},
+                          key=model_key, in_shape=data.in_shape, out_size=data.n_outputs)
+    probe = cfg["record"]["probe"]
+    x = jnp.asarray(data.x_train[:probe])
+    params = [layer.weight for layer in model.layers] + [layer.bias for layer in model.layers]
+
+    def f(p, xi):
+        n = len(model.layers)
+        h = xi
+        for i in range(n):
+            h = p[i] @ h + p[n + i]
+            if i < n - 1:
+                h = jnp.tanh(h) if act == "tanh" else jax.nn.relu(h)
+        return h
+
+    jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(params, x)  # list of (N, C, *shape)
+    J = np.concatenate([np.asarray(j, np.float64).reshape(probe, 10, -1) for j in jac], axis=-1)
+    K = np.einsum("ncp,mcp->nm", J, J)
+    lam = np.clip(np.linalg.eigvalsh(K), 0, None)
+    p = lam / lam.sum()
+    p = p[p > 1e-14]
+    return float(np.trace(K)), float(-(p * np.log(p)).sum())
+
+
+@pytest.mark.parametrize("act,width,depth,seed", [("relu", 8, 1, 0), ("tanh", 8, 6, 2), ("relu", 128, 1, 1)])
+def test_recorded_initial_values_match_numpy(test_cubes, act, width, depth, seed):
+    ds = test_cubes["mlp"]
+    tr, s = _numpy_initial_entk(ds, act, width, depth, seed)
+    rec = ds.sel(activation=act, width=width, depth=depth, seed=seed).isel(step=0)
+    np.testing.assert_allclose(float(rec["trace"]), tr, rtol=1e-4)
+    np.testing.assert_allclose(float(rec["entropy"]), s, atol=2e-3)
+    np.testing.assert_allclose(float(rec["entropy_normalized"]), s / np.log(200), atol=2e-3)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def test_summary_numbers(run_out, test_cubes):
+    summary = json.loads((run_out / "summary.json").read_text())
+    text = (run_out / "summary.txt").read_text()
+    mlp, scale = test_cubes["mlp"], test_cubes["scale"]
+    e = summary["entropy_change"]["relu 8x1"]
+    ref = _delta(mlp.sel(activation="relu", width=8, depth=1)).values
+    np.testing.assert_allclose(e["per_seed"], ref, atol=1e-4)
+    assert e["n_fell"] == int((ref < 0).sum()) and e["n_seeds"] == 3
+    # Tr K(0) vs width: an independent log-log least-squares fit
+    for key, v in summary["trace0_vs_width"].items():
+        act, _, d = key.split()
+        t = scale["trace"].sel(activation=act, depth=int(d)).isel(step=0)
+        t = t.mean("seed") if "seed" in t.dims else t
+        slope, _ = np.polyfit(np.log(scale["width"].values), np.log(t.values), 1)
+        assert v["loglog_slope"] == pytest.approx(slope, abs=1e-3)
+        assert v["loglog_slope"] > 0
+    # S(0) against depth is reported (shown, not assumed)
+    for key, v in summary["entropy0_vs_depth"].items():
+        act, _, w = key.split()
+        s0 = scale["entropy"].sel(activation=act, width=int(w)).isel(step=0)
+        s0 = s0.mean("seed") if "seed" in s0.dims else s0
+        np.testing.assert_allclose(v["entropy0"], s0.values, atol=1e-3)
+    assert set(summary["architectures"]) == {"transformer depth 1", "transformer depth 3", "cnn depth 1", "cnn depth 3"}
+    for needle in ("relu 8x1", "Tr K(0) vs width", "Initial entropy S(0) vs depth", "transformer depth 3"):
+        assert needle in text, needle
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_every_figure_is_exported(run_out):
+    from PIL import Image, ImageStat
+
+    for name in ("F-b1", "F-b2", "F-b3", "F-b4"):
+        png = run_out / "figures" / f"collective-{name}.png"
+        svg = run_out / "figures" / f"collective-{name}.svg"
+        html = run_out / "figures" / f"collective-{name}.html"
+        with Image.open(io.BytesIO(png.read_bytes())) as im:
+            assert im.size[0] > 600 and im.size[1] > 400, im.size
+            assert ImageStat.Stat(im.convert("L")).stddev[0] > 10, f"{png.name} looks blank"
+        assert svg.read_text()[:200].lstrip().startswith("<svg") or "<svg" in svg.read_text()[:2000]
+        assert "Bokeh" in html.read_text()[:200_000]
+
+
+def test_fig_b1_data_are_the_cube_values(shipped_cubes):
+    mlp = shipped_cubes["mlp"]
+    data = collective.fig_b1_data(mlp, entropy="S/lnN", trace="TrK/N")
+    lines = data["b1-width-entropy-lines"]
+    got = dict(zip(lines["label"], lines["ys"]))
+    ref = mlp["entropy_normalized"].sel(activation="relu", width=8, depth=1).mean("seed").values
+    np.testing.assert_allclose(got["ReLU 8×1 train"], ref, rtol=1e-6)
+    assert np.all(np.asarray(got["ReLU 128×1 test"]) <= 1.0)
+    tr = data["b1-depth-trace-lines"]
+    ref = mlp["test_trace_per_sample"].sel(activation="relu", width=8, depth=6).mean("seed").values
+    np.testing.assert_allclose(dict(zip(tr["label"], tr["ys"]))["ReLU 8×6 test"], ref, rtol=1e-6)
+    # the x axis is step + 1 (log axis)
+    np.testing.assert_allclose(lines["xs"][0], mlp["step"].values + 1.0)
+    every = collective.fig_b1_data(mlp, seed="all")["b1-activation-loss-lines"]
+    assert len(every["xs"]) == 2 * 2 * mlp.sizes["seed"]  # 2 nets × train/test × seeds
+
+
+def test_fig_b3_cells_are_entropy_changes(shipped_cubes):
+    scale = shipped_cubes["scale"]
+    st = int(scale["step"].values[len(scale["step"]) // 2])
+    cells = collective.fig_b3_data(scale, "dS", step=st)["b3-dS-relu-cells"]
+    for w, d, v in zip(cells["width"], cells["depth"], cells["value"]):
+        e = scale["entropy"].sel(activation="relu", width=w, depth=d)
+        e = e.mean("seed") if "seed" in e.dims else e
+        assert v == pytest.approx(float(e.sel(step=st) - e.isel(step=0)), abs=1e-5)  # float32 sums
+    fig = collective.fig_b3(scale, ("TrK0", "dS"))
+    assert fig.select_one({"name": "b3-TrK0-tanh-cells"}) is not None
+    with pytest.raises(ValueError, match="quantity"):
+        collective.fig_b3_data(scale, "nope")
+    with pytest.raises(ValueError, match="entropy"):
+        collective.fig_b1(shipped_cubes["mlp"], entropy="bits")
+
+
+def test_workbench_controls_update_figures(shipped_cubes, tmp_path):
+    from bokeh.models import Span
+
+    wb = collective.Workbench(shipped_cubes, figures_dir=tmp_path / "figures")
+    steps = [int(s) for s in shipped_cubes["scale"]["step"].values]
+    assert wb.step.value == steps[0] and wb.b3_step.value == steps[-1]
+    wb.step.value = steps[3]
+    wb.b3_step.value = steps[3]
+    spans = [s for s in wb.figures["F-b1"].select({"type": Span}) if str(s.name).startswith("b1-")]
+    assert len(spans) == 9 and all(s.location == steps[3] + 1 for s in spans)
+    cells = wb.figures["F-b3"].select_one({"name": "b3-dS-relu-cells"}).data["value"]
+    ref = collective.fig_b3_data(shipped_cubes["scale"], "dS", step=steps[3])["b3-dS-relu-cells"]["value"]
+    np.testing.assert_allclose(cells, ref)
+    marker = wb.figures["F-b2"].select_one({"name": "b2-width-entropy-marker"}).data
+    assert len(marker["x"]) == 4  # 2 nets × train/test
+    old = wb.figures["F-b1"]
+    wb.entropy.value = "S/lnN"
+    assert wb.figures["F-b1"] is not old and wb.models["F-b1"]._model is wb.figures["F-b1"]
+    ys = wb.figures["F-b1"].select_one({"name": "b1-depth-entropy-lines"}).data["ys"]
+    assert max(max(y) for y in ys) <= 1.0
+    wb.width.value = 128
+    assert "128" in wb.figures["F-b1"].select_one({"name": "b1-depth-entropy-lines"}).data["label"][0]
+    path = wb.export("F-b3", "html")
+    assert path.exists() and path.parent == tmp_path / "figures"
+
+
+def test_rerun_panel_runs_a_small_sweep(tmp_path):
+    panel = collective.RerunPanel(out=tmp_path / "rerun", widths="8, 16", depths="1", seeds="0", steps=20, probe=16)
+    assert panel.activations.value == ("relu",)  # one activation, one depth: rows show one net
+    cfg = panel.config()
+    assert cfg["grid"]["width"] == [8, 16] and cfg["train"]["steps"] == 20
+    cube = panel.run(timeout=240)
+    assert dict(cube.sizes)["width"] == 2
+    assert panel.panel.progress.value == panel.panel.progress.max == 2
+    assert panel.output.children, "F-b1 of the result is shown"
+    panel.widths.value = "eight"
+    with pytest.raises(ValueError, match="widths"):
+        panel.config()
+
+
+def test_cli_reproduce_resumes_a_finished_run(run_out, monkeypatch, capsys):
+    """`ntkbench reproduce collective --quick` through the CLI; the quick config is swapped
+    for the test config already run in `run_out`, so every run resumes (is skipped)."""
+    from ntkbench import cli
+    from ntkbench.papers import get
+
+    assert get("collective") is collective
+    monkeypatch.setitem(collective.CONFIGS, "quick", collective.CONFIGS["test"])
+    before = {p: p.stat().st_mtime_ns for p in (run_out / "runs-mlp").glob("run-*.nc")}
+    assert cli.main(["reproduce", "collective", "--quick", "--out", str(run_out)]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (run_out / "runs-mlp").glob("run-*.nc")}
+    assert before == after, "finished runs were recomputed"
+    assert "collective: results in" in capsys.readouterr().out
+    assert (run_out / "figures" / "collective-F-b4.png").exists()
+
+
+def test_shipped_cube_provenance(shipped_cubes):
+    for name, ds in shipped_cubes.items():
+        cfg = json.loads(ds.attrs["config"])
+        assert cfg["paper"] == "collective", name
+    cfg = json.loads(shipped_cubes["mlp"].attrs["config"])
+    assert cfg == collective.CONFIGS["quick"]["mlp"], "data/collective_quick.nc is not the current quick config: run `make data`"

@@ -39,6 +39,7 @@ bench: $(VENV)/.stamp-test bench-env
 	$(PY) benchmarks/entk_methods.py
 	$(PY) benchmarks/entk_methods.py --outputs full
 	@if [ -f benchmarks/entk_architectures.py ]; then $(PY) benchmarks/entk_architectures.py; fi
+	$(PY) benchmarks/flop_rate.py
 	$(PY) benchmarks/kernel_free_scaling.py --n 1000 4096
 	$(PY) benchmarks/vs_neural_tangents.py
 

@@ -337,6 +337,9 @@ def _layers(model, calls: dict) -> list[_Layer]:
     return out
 
 
+_FULL_TOKEN_GRAM_PENALTY = 8.0
+
+
 def _layer_cost(L: _Layer, k: int, n1: int, n2: int, full: bool) -> dict[str, tuple[float, float, float]]:
     """(FLOPs, feature bytes per sample / itemsize, transient per sample pair / itemsize)
     of both routes for one tapped layer over an n1 × n2 kernel."""
@@ -354,6 +357,10 @@ def _layer_cost(L: _Layer, k: int, n1: int, n2: int, full: bool) -> dict[str, tu
     form = k * t * do * (1 if L.kind == "embedding" else di)
     jac += (n1 + n2) * form
     feat_gram = t * (1 if L.kind == "embedding" else di) + k * t * do
+    if full and t > 1:
+        # the full-output token Grams are per-pair batched matmuls with tiny dimensions
+        # (T, K): measured ~8x below the matmul rate the Jacobian contraction reaches
+        gram *= _FULL_TOKEN_GRAM_PENALTY
     return {"gram": (gram, feat_gram, gram_tmp), "jac": (jac, k * p, k * k if full else 1)}
 
 
@@ -519,7 +526,9 @@ def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Arr
         rb = gb.transpose(0, 2, 1, 3).reshape(n2 * t2, k * o)
         gg = (ra @ rb.T).reshape(n1, t1, n2, t2)
         return jnp.einsum("atbs,abts->ab", gg, xx)
-    return jnp.einsum("abts,akto,blso->abkl", xx, ga, gb)
+    # H[a,b,t,l,o] = Σ_s xx[a,b,t,s] g'[b,l,s,o]; K[a,b,k,l] = Σ_{t,o} g[a,k,t,o] H[a,b,t,l,o]
+    h = jnp.einsum("abts,blso->abtlo", xx, gb)
+    return jnp.einsum("akto,abtlo->abkl", ga, h)
 
 
 def _contract_structured(layers: list[_Layer]) -> Callable:
@@ -687,7 +696,7 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
     fwd_tapped = sum(use[L.idx] for L in layers)
     backprop = 2.0 * fwd * k  # K backward passes: input and weight cotangents
     out = {
-        "jacobian": _Cost(n1 * n2 * k * kk * p + nfeat * backprop, k * p * item, kk * item),
+        "jacobian": _Cost(n1 * n2 * (kk if full else k) * p + nfeat * backprop, k * p * item, kk * item),
         # every tile pushes the Jacobian rows of its columns through its rows with jvp
         "ntvp": _Cost(n1 * n2 * k * 2.0 * fwd + nfeat * backprop, k * p * item, kk * item),
     }
@@ -700,7 +709,7 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
             flops += route[0]
             feat += route[1]
             pair += route[2]
-        flops += n1 * n2 * k * kk * (p - p_tapped)
+        flops += n1 * n2 * (kk if full else k) * (p - p_tapped)
         feat += k * (p - p_tapped)
         out["structured"] = _Cost(flops, feat * item, pair * item)
     return out

@@ -309,8 +309,13 @@ def test_workbench_controls_update_figures(shipped_cubes, tmp_path):
 def test_rerun_panel_runs_a_small_sweep(tmp_path):
     panel = collective.RerunPanel(out=tmp_path / "rerun", widths="8, 16", depths="1", seeds="0", steps=20, probe=16)
     assert panel.activations.value == ("relu",)  # one activation, one depth: rows show one net
+    panel.n_train.value = 12  # the data budget; the probe cannot exceed it
+    cfg = panel.config()
+    assert cfg["data"]["n_train"] == 12 and cfg["record"]["probe"] == 12
+    panel.n_train.value = 200
     cfg = panel.config()
     assert cfg["grid"]["width"] == [8, 16] and cfg["train"]["steps"] == 20
+    assert cfg["data"]["n_train"] == 200 and cfg["record"]["probe"] == 16
     cube = panel.run(timeout=240)
     assert dict(cube.sizes)["width"] == 2
     assert panel.panel.progress.value == panel.panel.progress.max == 2

@@ -1404,7 +1404,8 @@ class RerunPanel:
     of the result when done.
 
     Controls: ``widths``, ``depths``, ``seeds`` (comma-separated integers),
-    ``activations``, ``lr``, ``steps``, ``probe``, ``out`` and a Run button; the run is a
+    ``activations``, ``n_train`` (the data budget), ``lr``, ``steps``, ``probe``, ``out``
+    and a Run button; the run is a
     :class:`ntkbench.widgets.RunPanel` (a background thread, in-process
     :func:`ntkbench.sweep`, resumable) whose progress bar counts finished runs.
 
@@ -1413,7 +1414,8 @@ class RerunPanel:
     """
 
     def __init__(self, out: str | os.PathLike[str] = "runs/collective-rerun", *, widths: str = "8, 128", depths: str = "1, 6",
-                 seeds: str = "0", activations: Sequence[str] = ("relu",), steps: int = 300, lr: float = 0.1, probe: int = 200):
+                 seeds: str = "0", activations: Sequence[str] = ("relu",), steps: int = 300, lr: float = 0.1, probe: int = 200,
+                 n_train: int = 500):
         import ipywidgets as w
 
         self.out = Path(out)
@@ -1425,6 +1427,7 @@ class RerunPanel:
         self.steps = w.BoundedIntText(value=steps, min=1, max=100_000, description="steps")
         self.lr = w.BoundedFloatText(value=lr, min=1e-5, max=10.0, step=0.01, description="SGD lr")
         self.probe = w.BoundedIntText(value=probe, min=2, max=500, description="probe N")
+        self.n_train = w.BoundedIntText(value=n_train, min=2, max=1500, description="train N")
         self.button = w.Button(description="Run", icon="play", button_style="success")
         self.status = w.HTML(value="")
         self.panel_box = w.Box()
@@ -1434,7 +1437,7 @@ class RerunPanel:
         self.button.on_click(lambda _: self.start())
         self.widget = w.VBox([
             w.HBox([self.widths, self.depths, self.seeds]),
-            w.HBox([self.activations, w.VBox([self.steps, self.lr, self.probe])]),
+            w.HBox([self.activations, w.VBox([self.n_train, self.steps]), w.VBox([self.lr, self.probe])]),
             w.HBox([self.button, self.status]),
             self.panel_box,
             self.output,
@@ -1455,7 +1458,8 @@ class RerunPanel:
         base = configs("quick")["mlp"]
         base["train"]["steps"] = int(self.steps.value)
         base["train"]["lr"] = float(self.lr.value)
-        base["record"]["probe"] = int(self.probe.value)
+        base["data"]["n_train"] = int(self.n_train.value)
+        base["record"]["probe"] = min(int(self.probe.value), int(self.n_train.value))
         base["data"]["n_test"] = max(int(self.probe.value), base["data"]["n_test"])
         acts = list(self.activations.value) or ["relu"]
         base["grid"] = {

@@ -57,6 +57,7 @@ def _matmul_gflops() -> float:
 
 
 def run_kernel_free(args) -> dict:
+    import equinox as eqx
     import jax
     import numpy as np
 
@@ -69,7 +70,22 @@ def run_kernel_free(args) -> dict:
     out = {"n": args.one, "params": int(n_params), "n_out": args.n_out, "outputs": args.outputs,
            "matmul_gflops": _matmul_gflops(), "jax": jax.__version__}
 
-    mv = linalg.kernel_matvec(model, x, outputs=args.outputs, block_size=args.block_size)
+    kw = {"matvec": args.matvec}
+    out["matvec"] = args.matvec
+    t0 = time.perf_counter()
+    op = linalg._operator(model, x, args.outputs, args.block_size, args.matvec, linalg._MEMORY_LIMIT)
+    jax.block_until_ready(op)
+    out["operator_s"] = time.perf_counter() - t0
+    out["operator"] = type(op).__name__
+    if isinstance(op, linalg._FeatureOperator):
+        out["feature_bytes"] = int(sum(a.nbytes for a in op.feats))
+    v0 = np.ones(x.shape[0] if args.outputs == "trace" else x.shape[0] * args.n_out, np.float32)
+    dyn, static = eqx.partition(op, eqx.is_array)
+    cost = jax.jit(lambda d, v: eqx.combine(d, static)(v)).lower(dyn, v0).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out["matvec_flops"] = float(cost.get("flops", float("nan")))
+    del op
+    mv = linalg.kernel_matvec(model, x, outputs=args.outputs, block_size=args.block_size, **kw)
     v = np.ones(x.shape[0] if args.outputs == "trace" else (x.shape[0], args.n_out), np.float32)
     t0 = time.perf_counter()
     jax.block_until_ready(mv(v))
@@ -77,10 +93,13 @@ def run_kernel_free(args) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(mv(v))
     out["matvec_s"] = time.perf_counter() - t0
+    if args.matvec_only:
+        _, out["rss_peak"] = bm.rss_bytes()
+        return out
 
     t0 = time.perf_counter()
     lam, vecs = linalg.top_eigenvalues(model, x, args.k, outputs=args.outputs, method="lanczos",
-                                       vectors=True, block_size=args.block_size, tol=args.tol)
+                                       vectors=True, block_size=args.block_size, tol=args.tol, **kw)
     jax.block_until_ready(vecs)
     out["top_k_s"] = time.perf_counter() - t0
     out["top_k"] = np.asarray(lam, np.float64).tolist()
@@ -89,7 +108,7 @@ def run_kernel_free(args) -> dict:
     t0 = time.perf_counter()
     s, err = linalg.entropy_estimate(model, x, num_probes=args.probes, lanczos_order=args.order,
                                      outputs=args.outputs, block_size=args.block_size,
-                                     eigenpairs=(lam, vecs), key=jax.random.key(1))
+                                     eigenpairs=(lam, vecs), key=jax.random.key(1), **kw)
     out["entropy_s"] = time.perf_counter() - t0
     out["entropy"], out["entropy_stderr"] = float(s), float(err)
     _, peak = bm.rss_bytes()
@@ -134,6 +153,8 @@ def main() -> None:
     ap.add_argument("--order", type=int, default=30)
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--block-size", type=int, default=None)
+    ap.add_argument("--matvec", default="auto", choices=("auto", "features", "jvp"))
+    ap.add_argument("--matvec-only", action="store_true", help="only time one K·v (no top-k, entropy)")
     ap.add_argument("--dense-max", type=int, default=4096)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", default=os.path.join(WORK, "kernel_free_scaling.json"))
@@ -148,7 +169,9 @@ def main() -> None:
     os.makedirs(WORK, exist_ok=True)
     passthrough = ["--k", str(args.k), "--width", str(args.width), "--n-out", str(args.n_out),
                    "--outputs", args.outputs, "--probes", str(args.probes), "--order", str(args.order),
-                   "--tol", str(args.tol)]
+                   "--tol", str(args.tol), "--matvec", args.matvec]
+    if args.matvec_only:
+        passthrough.append("--matvec-only")
     if args.block_size:
         passthrough += ["--block-size", str(args.block_size)]
     rows = []
@@ -188,6 +211,10 @@ def main() -> None:
         kf, de = r["kernel_free"], r.get("dense", {})
         if "error" in kf:
             print(f"| {r['n']} | | | {kf['error']} |")
+            continue
+        if "top_k_s" not in kf:
+            print(f"| {r['n']} | {kf['params']} | {kf['n_out']} | {kf['matvec_s']:.2f} s ({kf['matvec']}, "
+                  f"{kf['matvec_flops'] / 1e9:.1f} GFLOP) | – | – | {kf['rss_peak'] / 2**30:.2f} GiB | | | | |")
             continue
         dense_t = f"{de['dense_kernel_s']:.1f} + {de['dense_eigh_s']:.1f} s" if "dense_kernel_s" in de else "–"
         print(f"| {r['n']} | {kf['params']} | {kf['n_out']} | {kf['matvec_s']:.2f} s | {kf['top_k_s']:.1f} s "

@@ -13,6 +13,14 @@ Jᵀ v, one forward-mode pass (``jax.jvp``) gives J u. The traced kernel needs C
 blocks of ``block_size`` samples inside one ``lax.scan``, so memory is bounded by one
 block's activations plus C parameter-sized vectors, whatever N.
 
+Faster, when the features fit in memory (``matvec="features"``, or ``"auto"`` under
+``memory_limit``): the structured eNTK rule of ``ntkbench.kernel`` gives, per sample, the
+input x and output cotangents g_k of each linear / conv / embedding layer (and per-leaf
+Jacobians of all other parameters). They are computed once for all N samples; then per
+product, for each layer, M_k = Σ_i v_i Σ_t x̃_it ⊗ g_ikt (x̃ = [x, 1] with a bias) and
+(K v)_i = Σ_k Σ_t x̃_itᵀ M_k g_ikt — two matmuls, ≈ 4 P N FLOPs for an MLP instead of
+≈ 12 P N, at the cost of storing the features (≈ 16 kB per sample for a 64-1000-1000-1 MLP).
+
 On top of kernel-vector products:
 
 - :func:`top_eigenvalues` — the k largest eigenvalues (and eigenvectors) by Lanczos with full
@@ -58,6 +66,8 @@ __all__ = [
 
 _OUTPUTS = ("trace", "full")
 _METHODS = ("auto", "lanczos", "lobpcg", "gram")
+_MATVECS = ("auto", "features", "jvp")
+_MEMORY_LIMIT = 3 * 2**30  # bytes of cached features "auto" allows
 _DEFAULT_BLOCK = 1024
 _GRAM_MAX_DIM = 8192  # "auto" uses the Gram trick only up to this D (D² floats in memory)
 
@@ -193,9 +203,192 @@ def _kv(model, xb, n: int, outputs: str, n_out: int, v):
     return out.reshape(nb * bs, -1)[:n].reshape(v.shape)
 
 
+
+# ---------------------------------------------------------------------------
+# Kernel operators: K v by jvp/vjp, or from cached per-layer features
+# ---------------------------------------------------------------------------
+
+
+class _JvpOperator(eqx.Module):
+    """K v = J (Jᵀ v) by one vjp and one jvp per block of samples (memory: one block).
+
+    ``xb`` (nb, bs, ...) is the padded, blocked input; ``n`` the number of real samples."""
+
+    model: eqx.Module
+    xb: Array
+    n: int = eqx.field(static=True)
+    outputs: str = eqx.field(static=True)
+    n_out: int = eqx.field(static=True)
+
+    def __call__(self, v: Array) -> Array:
+        return _kv(self.model, self.xb, self.n, self.outputs, self.n_out, v)
+
+
+class _GramSpec(NamedTuple):
+    """Static description of one token-Gram layer's features (X, G) in a feature operator."""
+
+    embedding: bool
+    bias: bool
+    vocab: int  # embedding vocabulary (0 for a dense layer)
+
+
+class _FeatureOperator(eqx.Module):
+    """K v contracted from per-sample features cached once for all N samples.
+
+    ``feats`` holds, blocked as (nb, bs, ...), for each token-Gram layer X (T, d_in) (ids
+    (T,) for an embedding) and G (K, T, d_out), then per-leaf Jacobians (K, p). Padded
+    samples carry v = 0 and their outputs are dropped. One product costs ≈ 4 P N FLOPs for
+    an MLP (two matmuls per layer) instead of ≈ 12 P N by jvp/vjp."""
+
+    feats: list
+    grams: tuple = eqx.field(static=True)  # _GramSpec per token-Gram layer
+    n: int = eqx.field(static=True)
+    outputs: str = eqx.field(static=True)
+    n_out: int = eqx.field(static=True)
+
+    def __call__(self, v: Array) -> Array:
+        nb, bs = self.feats[0].shape[:2]
+        full = self.outputs == "full"
+        pad = nb * bs - self.n
+        if full:
+            vb = jnp.pad(v.reshape(self.n, self.n_out), ((0, pad), (0, 0))).reshape(nb, bs, self.n_out)
+        else:
+            vb = jnp.pad(v, (0, pad)).reshape(nb, bs)
+        m = 2 * len(self.grams)
+        # (token-Gram pairs (X, G), Jacobians), each (nb, bs, ...): scanned over blocks
+        blocks = ([(self.feats[2 * i], self.feats[2 * i + 1]) for i in range(len(self.grams))], self.feats[m:])
+
+        def moments(fs, vblk):  # one block's Σ_i v_i ⊗ features_i, per layer / leaf
+            grams = [_gram_moment(s, X, G, vblk, full) for s, (X, G) in zip(self.grams, fs[0])]
+            return grams + [_jac_moment(J, vblk, full) for J in fs[1]]
+
+        first = jax.tree_util.tree_map(lambda a: a[0], (blocks, vb))
+        init = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(moments, *first))
+
+        def step(acc, blk):
+            return jax.tree_util.tree_map(jnp.add, acc, moments(*blk)), None
+
+        acc, _ = jax.lax.scan(step, init, (blocks, vb))
+
+        def apply(_, fs):
+            out = 0.0
+            for s, (X, G), mom in zip(self.grams, fs[0], acc[: len(self.grams)]):
+                out = out + _gram_apply(s, X, G, mom, full)
+            for J, mom in zip(fs[1], acc[len(self.grams):]):
+                out = out + _jac_apply(J, mom, full)
+            return None, out
+
+        _, out = jax.lax.scan(apply, None, blocks)  # (nb, bs) or (nb, bs, K)
+        return out.reshape(nb * bs, -1)[: self.n].reshape(v.shape)
+
+
+def _gram_moment(s: _GramSpec, X: Array, G: Array, v: Array, full: bool):
+    """One block's Σ_i v_i Σ_t x̃_it ⊗ g_ikt of a token-Gram layer.
+
+    X (b, T, d_in) / ids (b, T), G (b, K, T, d_out), v (b,) trace / (b, K) full. Returns
+    (weight moment, bias moment): dense trace ((d_in, K·d_out), (K·d_out,)), full
+    ((d_in, d_out), (d_out,)); embedding trace (V, K·d_out), full (V, d_out)."""
+    b, k, t, o = G.shape
+    if full:
+        w = jnp.einsum("bk,bkto->bto", v, G).reshape(b * t, o)  # Σ_k v_ik g_ikt
+    else:
+        g = G.transpose(0, 2, 1, 3).reshape(b * t, k * o)
+        w = jnp.repeat(v, t)[:, None] * g
+    if s.embedding:
+        return jnp.zeros((s.vocab, w.shape[1]), w.dtype).at[X.reshape(b * t)].add(w)
+    xf = X.reshape(b * t, -1)
+    mom = xf.T @ w
+    return (mom, jnp.sum(w, axis=0)) if s.bias else mom
+
+
+def _gram_apply(s: _GramSpec, X: Array, G: Array, mom, full: bool) -> Array:
+    """(K v)_i (trace, (b,)) or (K v)_ik (full, (b, K)) of one token-Gram layer from its moment."""
+    b, k, t, o = G.shape
+    if s.embedding:
+        c = mom[X.reshape(b * t)]
+    else:
+        xf = X.reshape(b * t, -1)
+        c = xf @ mom[0] + mom[1][None] if s.bias else xf @ mom
+    if full:  # c (b·t, d_out)
+        return jnp.einsum("bto,bkto->bk", c.reshape(b, t, o), G)
+    g = G.transpose(0, 2, 1, 3).reshape(b, t * k * o)
+    return jnp.sum(c.reshape(b, t * k * o) * g, axis=1)
+
+
+def _jac_moment(J: Array, v: Array, full: bool) -> Array:
+    """Σ_j v_j J_jk (trace, (K·p,)) or Σ_jl v_jl J_jl (full, (p,)); J (b, K, p)."""
+    b, k, p = J.shape
+    if full:
+        return v.reshape(b * k) @ J.reshape(b * k, p)
+    return v @ J.reshape(b, k * p)
+
+
+def _jac_apply(J: Array, mom: Array, full: bool) -> Array:
+    b, k, p = J.shape
+    if full:
+        return (J.reshape(b * k, p) @ mom).reshape(b, k)
+    return J.reshape(b, k * p) @ mom
+
+
+def _feature_layout(model, x: Array, full: bool):
+    """(feature map, gram specs) of ``kernel._structured_features`` for this model; routes
+    as for the N × N kernel. None when the model has no structured layer."""
+    from ntkbench.kernel import _structured_features
+
+    n = x.shape[0]
+    try:
+        feats_fn, layers = _structured_features(model, x.shape[1:], x.dtype, n, n, full)
+    except Exception:  # noqa: BLE001 - models the structured rule cannot trace: jvp path
+        return None
+    if not layers:
+        return None
+    grams = tuple(
+        _GramSpec(L.kind == "embedding", bool(L.bias), L.d_in if L.kind == "embedding" else 0)
+        for L in layers if L.route == "gram"
+    )
+    return feats_fn, grams
+
+
+def _feature_bytes(feats_fn, x: Array, n_padded: int) -> int:
+    shapes = jax.eval_shape(feats_fn, jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
+    return n_padded * sum(math.prod(s.shape) * jnp.dtype(s.dtype).itemsize for s in shapes)
+
+
 @eqx.filter_jit
-def _matvec_jit(model, xb, n: int, outputs: str, n_out: int, v):
-    return _kv(model, xb, n, outputs, n_out, v)
+def _features_jit(model, xb, n: int, full: bool):
+    """Features of all blocks, (nb, bs, ...) each; routes chosen as in ``_feature_layout``."""
+    from ntkbench.kernel import _structured_features
+
+    feats_fn, _ = _structured_features(model, xb.shape[2:], xb.dtype, n, n, full)
+    return jax.lax.map(jax.vmap(feats_fn), xb)
+
+
+def _operator(model, x: Array, outputs: str, block_size: int | None, matvec: str, memory_limit):
+    """The K v operator for ``matvec`` ("auto": features when the model has structured
+    layers and they fit ``memory_limit`` bytes, else jvp/vjp)."""
+    if matvec not in _MATVECS:
+        raise ValueError(f"matvec: expected one of {_MATVECS}, got {matvec!r}")
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, float)) or memory_limit <= 0:
+        raise ValueError(f"memory_limit: expected a positive number of bytes, got {memory_limit!r}")
+    n, n_out = x.shape[0], _n_outputs(model, x)
+    xb, _ = _blocks(x, block_size)
+    if matvec != "jvp":
+        layout = _feature_layout(model, x, outputs == "full")
+        if layout is None and matvec == "features":
+            raise ValueError("matvec: 'features' needs a model with structured (linear, conv, "
+                             "embedding) layers the structured eNTK rule can tap")
+        if layout is not None:
+            feats_fn, grams = layout
+            size = _feature_bytes(feats_fn, x, xb.shape[0] * xb.shape[1])
+            if matvec == "features" or size <= memory_limit:
+                feats = _features_jit(model, xb, n, outputs == "full")
+                return _FeatureOperator(list(feats), grams, n, outputs, n_out)
+    return _JvpOperator(model, xb, n, outputs, n_out)
+
+
+@eqx.filter_jit
+def _matvec_jit(op, v):
+    return op(v)
 
 
 def kernel_matvec(
@@ -204,6 +397,8 @@ def kernel_matvec(
     *,
     outputs: Literal["trace", "full"] = "trace",
     block_size: int | None = None,
+    matvec: Literal["auto", "features", "jvp"] = "auto",
+    memory_limit: float = _MEMORY_LIMIT,
 ) -> Callable[[Array], Array]:
     """Kernel-vector products K v = J (Jᵀ v) of the eNTK of ``model`` on ``x``, no N×N matrix.
 
@@ -214,6 +409,14 @@ def kernel_matvec(
     outputs : ``"trace"`` — K_trace = Σ_c J_c J_cᵀ, v of shape (N,); ``"full"`` — the
         (N·C) × (N·C) kernel, v of shape (N, C) (entry [i, c] is sample i, output c).
     block_size : samples per block (default min(N, 1024)); bounds peak memory.
+    matvec : how K v is computed. ``"jvp"``: one vjp and one jvp through the model per
+        block (≈ 12 P N FLOPs, memory one block). ``"features"``: per-layer features of all
+        N samples (inputs and output cotangents of each linear / conv / embedding layer,
+        ``ntkbench.kernel``'s structured rule, Jacobians for the other parameters) are
+        computed once and contracted per product (≈ 4 P N FLOPs for an MLP; memory the
+        features). ``"auto"``: features when the model has such layers and they fit in
+        ``memory_limit`` bytes, else jvp.
+    memory_limit : bytes the cached features may take with ``matvec="auto"`` (default 3 GiB).
 
     Returns
     -------
@@ -235,14 +438,14 @@ def kernel_matvec(
     outputs = _check_outputs(outputs)
     block_size = _check_positive_int(block_size, "block_size", allow_none=True)
     n, n_out = x.shape[0], _n_outputs(model, x)
-    xb, _ = _blocks(x, block_size)
+    op = _operator(model, x, outputs, block_size, matvec, memory_limit)
     expected = (n,) if outputs == "trace" else (n, n_out)
 
     def matvec(v: Array) -> Array:
         v = jnp.asarray(v)
         if v.shape != expected:
             raise ValueError(f"v: expected shape {expected} for outputs={outputs!r}, got {v.shape}")
-        return _matvec_jit(model, xb, n, outputs, n_out, v.reshape(-1)).reshape(expected)
+        return _matvec_jit(op, v.reshape(-1)).reshape(expected)
 
     return matvec
 
@@ -328,17 +531,17 @@ def _gram_vectors_jit(model, xb, n: int, outputs: str, n_out: int, w, lam):
 
 
 @eqx.filter_jit
-def _lanczos_jit(model, xb, n: int, outputs: str, n_out: int, v0, m: int):
+def _lanczos_jit(op, v0, m: int):
     from matfree import decomp
 
     tridiag = decomp.tridiag_sym(m, materialize=True, reortho="full", custom_vjp=False)
 
-    dyn, static = eqx.partition(model, eqx.is_array)
+    dyn, static = eqx.partition(op, eqx.is_array)
 
-    def mv(v, dyn, xb):
-        return _kv(eqx.combine(dyn, static), xb, n, outputs, n_out, v)
+    def mv(v, dyn):
+        return eqx.combine(dyn, static)(v)
 
-    q, t, r, _ = tridiag(mv, v0, dyn, xb)  # q: (m, n_kernel) rows = Lanczos vectors
+    q, t, r, _ = tridiag(mv, v0, dyn)  # q: (m, n_kernel) rows = Lanczos vectors
     theta, s = jnp.linalg.eigh(t)
     theta, s = theta[::-1], s[:, ::-1]  # descending
     resid = jnp.linalg.norm(r) * jnp.abs(s[-1, :])  # ‖K y − θ y‖ for each Ritz pair
@@ -346,11 +549,11 @@ def _lanczos_jit(model, xb, n: int, outputs: str, n_out: int, v0, m: int):
 
 
 @eqx.filter_jit
-def _lobpcg_jit(model, xb, n: int, outputs: str, n_out: int, x0, iters: int, tol):
+def _lobpcg_jit(op, x0, iters: int, tol):
     from jax.experimental.sparse.linalg import lobpcg_standard
 
     def mv(block):  # (n_kernel, k)
-        return jax.vmap(lambda v: _kv(model, xb, n, outputs, n_out, v), in_axes=1, out_axes=1)(block)
+        return jax.vmap(op, in_axes=1, out_axes=1)(block)
 
     return lobpcg_standard(mv, x0, m=iters, tol=tol)
 
@@ -374,6 +577,8 @@ def top_eigenvalues(
     key: Array | None = None,
     tol: float | None = None,
     max_matvecs: int | None = None,
+    matvec: Literal["auto", "features", "jvp"] = "auto",
+    memory_limit: float = _MEMORY_LIMIT,
 ):
     """The k largest eigenvalues of the eNTK of ``model`` on ``x``, without the N×N kernel.
 
@@ -395,6 +600,8 @@ def top_eigenvalues(
     tol : relative accuracy of the eigenvalues, as an a-posteriori Ritz error bound
         (default 1e-4 in float32, 1e-10 in float64).
     max_matvecs : cap on the Lanczos depth (default the kernel side).
+    matvec, memory_limit : how K v is computed, as in :func:`kernel_matvec` (not used by
+        ``method="gram"``).
 
     Returns
     -------
@@ -450,11 +657,12 @@ def top_eigenvalues(
             raise ValueError(f"k: method='lobpcg' needs the kernel size {side} >= 5·k = {5 * k}")
         x0 = jax.random.normal(key, (side, k), dtype)
         iters = max_matvecs or 200
-        theta, u, _ = _lobpcg_jit(model, xb, n, outputs, n_out, x0, iters, tol)
+        theta, u, _ = _lobpcg_jit(_operator(model, x, outputs, block_size, matvec, memory_limit), x0, iters, tol)
         return (theta, u) if vectors else theta
 
     cap = min(side, max_matvecs or side)
-    lam, vecs, converged, rel_err, m = _lanczos_top(model, xb, n, outputs, n_out, k, key, tol, cap, dtype, vectors)
+    op = _operator(model, x, outputs, block_size, matvec, memory_limit)
+    lam, vecs, converged, rel_err, m = _lanczos_top(op, side, k, key, tol, cap, dtype, vectors)
     if not converged and m < side:
         warnings.warn(
             f"top_eigenvalues: not converged to tol={tol} within {m} Lanczos steps "
@@ -465,13 +673,12 @@ def top_eigenvalues(
     return (lam, vecs) if vectors else lam
 
 
-def _lanczos_top(model, xb, n, outputs, n_out, k, key, tol, cap, dtype, vectors):
+def _lanczos_top(op, side, k, key, tol, cap, dtype, vectors):
     """Lanczos with a Krylov depth that doubles (from 2k + 20) until the top k converge."""
-    side = n if outputs == "trace" else n * n_out
     m = min(cap, max(2 * k + 20, 40))
     v0 = jax.random.normal(key, (side,), dtype)
     while True:
-        theta, s, q, resid = _lanczos_jit(model, xb, n, outputs, n_out, v0, m)
+        theta, s, q, resid = _lanczos_jit(op, v0, m)
         if not bool(jnp.all(jnp.isfinite(theta))):
             raise FloatingPointError(
                 "top_eigenvalues: Lanczos produced NaN/Inf (the kernel may have rank < "
@@ -497,7 +704,7 @@ def _xlogx(t):
 
 
 @eqx.filter_jit
-def _slq_jit(model, xb, n: int, outputs: str, n_out: int, probes, u, order: int, probe_batch: int):
+def _slq_jit(op, probes, u, order: int, probe_batch: int):
     from matfree import decomp, funm
 
     integrand = funm.monte_carlo_funm_sym(
@@ -505,15 +712,15 @@ def _slq_jit(model, xb, n: int, outputs: str, n_out: int, probes, u, order: int,
         decomp.tridiag_sym(order, materialize=True, reortho="full", custom_vjp=False),
     )
 
-    dyn, static = eqx.partition(model, eqx.is_array)
+    dyn, static = eqx.partition(op, eqx.is_array)
 
     def project(v):  # (I − U Uᵀ) v
         return v - u @ (u.T @ v)
 
-    def mv(v, dyn, xb):
-        return project(_kv(eqx.combine(dyn, static), xb, n, outputs, n_out, project(v)))
+    def mv(v, dyn):
+        return project(eqx.combine(dyn, static)(project(v)))
 
-    samples = jax.lax.map(lambda v: integrand(mv, project(v), dyn, xb), probes, batch_size=probe_batch)
+    samples = jax.lax.map(lambda v: integrand(mv, project(v), dyn), probes, batch_size=probe_batch)
     return jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(samples.shape[0])
 
 
@@ -530,6 +737,8 @@ def entropy_estimate(
     probe_batch: int = 1,
     trace: float | Array | None = None,
     eigenpairs: tuple[Array, Array] | None = None,
+    matvec: Literal["auto", "features", "jvp"] = "auto",
+    memory_limit: float = _MEMORY_LIMIT,
 ) -> EntropyEstimate:
     """Von Neumann entropy of the eNTK by stochastic Lanczos quadrature, with an error bar.
 
@@ -556,6 +765,7 @@ def entropy_estimate(
     eigenpairs : ``(eigenvalues (r,), eigenvectors (side, r))`` already computed by
         :func:`top_eigenvalues` with ``vectors=True``; used for the deflation instead of a
         new Lanczos run (``deflate`` is then ignored).
+    matvec, memory_limit : how K v is computed, as in :func:`kernel_matvec`.
 
     Returns
     -------
@@ -614,17 +824,15 @@ def entropy_estimate(
     trace = jnp.asarray(trace, dtype)
     if not bool(jnp.isfinite(trace)) or not bool(trace > 0):
         raise ValueError(f"trace: the kernel trace must be positive and finite, got {float(trace)}")
-    xb, _ = _blocks(x, block_size)
+    op = _operator(model, x, outputs, block_size, matvec, memory_limit)
     if eigenpairs is not None:
         u, head = u_given.astype(dtype), jnp.sum(_xlogx(lam_given.astype(dtype)))
     elif deflate:
         tol = 1e-10 if dtype == jnp.float64 else 1e-4
-        lam, u, *_ = _lanczos_top(model, xb, n, outputs, n_out, deflate, key_defl, tol, side, dtype, True)
+        lam, u, *_ = _lanczos_top(op, side, deflate, key_defl, tol, side, dtype, True)
         head = jnp.sum(_xlogx(lam))
     else:
         u, head = jnp.zeros((side, 0), dtype), jnp.zeros((), dtype)
     probes = jax.random.rademacher(key_probe, (num_probes, side), dtype)
-    mean, sem = _slq_jit(
-        model, xb, n, outputs, n_out, probes, u, lanczos_order, min(probe_batch, num_probes)
-    )
+    mean, sem = _slq_jit(op, probes, u, lanczos_order, min(probe_batch, num_probes))
     return EntropyEstimate(jnp.log(trace) - (head + mean) / trace, sem / trace)

@@ -224,3 +224,111 @@ def test_entropy_estimate_reuses_given_eigenpairs(setup):
         with pytest.raises(ValueError, match="eigenpairs:"):
             linalg.entropy_estimate(model, x, eigenpairs=(pairs[0], pairs[1][:10]))
     assert abs(float(est) - exact) <= 3 * float(err)
+
+
+# ---------------------------------------------------------------------------
+# Feature-cached K v (matvec="features") against the jvp/vjp path and the dense kernel
+# ---------------------------------------------------------------------------
+
+
+class _TokenNet(eqx.Module):
+    """Embedding (token-Gram route) -> per-token Linear (T = 2) -> LayerNorm -> Linear."""
+
+    emb: eqx.nn.Embedding
+    mix: eqx.nn.Linear
+    norm: eqx.nn.LayerNorm
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.emb = eqx.nn.Embedding(50, 32, key=k1, dtype=jnp.float64)
+        self.mix = eqx.nn.Linear(32, 32, key=k2, dtype=jnp.float64)
+        self.norm = eqx.nn.LayerNorm(32, dtype=jnp.float64)
+        self.head = eqx.nn.Linear(64, 2, key=k3, dtype=jnp.float64)
+
+    def __call__(self, tokens):
+        h = jax.nn.gelu(jax.vmap(self.mix)(jax.vmap(self.emb)(tokens)))
+        return self.head(jnp.ravel(jax.vmap(self.norm)(h)))
+
+
+class _ConvNet(eqx.Module):
+    conv: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.conv = eqx.nn.Conv2d(1, 3, 3, padding=1, key=k1, dtype=jnp.float64)
+        self.head = eqx.nn.Linear(3 * 5 * 5, 2, key=k2, dtype=jnp.float64)
+
+    def __call__(self, x):
+        return self.head(jnp.ravel(jax.nn.relu(self.conv(x))))
+
+
+def _feature_case(name):
+    n = 23
+    if name == "mlp":
+        model = _model()
+        x = jax.random.normal(jax.random.key(1), (n, 4), jnp.float64)
+    elif name == "tokens":
+        model = _TokenNet(jax.random.key(0))
+        x = jax.random.randint(jax.random.key(1), (n, 2), 0, 50)
+        x = x.at[:, 1].set(x[:, 0] % 7)  # repeated ids across samples and positions
+    else:
+        model = _ConvNet(jax.random.key(0))
+        x = jax.random.normal(jax.random.key(1), (n, 1, 5, 5), jnp.float64)
+    return model, x
+
+
+@pytest.mark.parametrize("name", ["mlp", "tokens", "cnn"])
+def test_feature_matvec_equals_jvp_and_dense(name):
+    with jax.enable_x64(True):
+        model, x = _feature_case(name)
+        n = x.shape[0]
+        k_trace, k_full = _dense(model, x)
+        c = k_full.shape[0] // n
+        op = linalg._operator(model, x, "trace", 10, "features", 2**30)
+        assert isinstance(op, linalg._FeatureOperator)
+        specs = op.grams
+        if name == "tokens":  # the embedding goes by token Grams, the rest as Jacobians
+            assert any(s.embedding for s in specs) and len(op.feats) > 2 * len(specs)
+        if name == "cnn":  # convolution weights as Jacobian features
+            assert len(op.feats) > 2 * len(specs)
+        for outputs, ref, shape in [("trace", k_trace, (n,)), ("full", k_full, (n, c))]:
+            v = np.asarray(jax.random.normal(jax.random.key(2), shape, jnp.float64))
+            want = (ref @ v.reshape(-1)).reshape(shape)
+            got_f = np.asarray(linalg.kernel_matvec(model, x, outputs=outputs, block_size=10, matvec="features")(v))
+            got_j = np.asarray(linalg.kernel_matvec(model, x, outputs=outputs, block_size=10, matvec="jvp")(v))
+            scale = np.abs(want).max()
+            np.testing.assert_allclose(got_f, want, rtol=1e-10, atol=1e-10 * scale)
+            np.testing.assert_allclose(got_f, got_j, rtol=1e-10, atol=1e-10 * scale)
+
+
+def test_matvec_choice_and_validation():
+    with jax.enable_x64(True):
+        model, x = _feature_case("mlp")
+        assert isinstance(linalg._operator(model, x, "trace", None, "auto", 2**30), linalg._FeatureOperator)
+        # features (N·(4 + 16 + 16 + 16 + 16·3 ...) floats) do not fit in 100 bytes: jvp path
+        assert isinstance(linalg._operator(model, x, "trace", None, "auto", 100), linalg._JvpOperator)
+        assert isinstance(linalg._operator(model, x, "trace", None, "jvp", 2**30), linalg._JvpOperator)
+        with pytest.raises(ValueError, match="matvec"):
+            linalg.kernel_matvec(model, x, matvec="fast")
+        with pytest.raises(ValueError, match="memory_limit"):
+            linalg.top_eigenvalues(model, x, 2, method="lanczos", memory_limit=-1)
+
+        def plain(x):  # no layer the structured rule can tap
+            return jnp.stack([jnp.sum(jnp.sin(x)), jnp.sum(x**2)])
+
+        params = {"w": jnp.ones(4, jnp.float64)}
+        with pytest.raises(ValueError, match="matvec"):
+            linalg.kernel_matvec((lambda p, xi: plain(p["w"] * xi), params), x, matvec="features")
+
+
+@pytest.mark.parametrize("matvec", ["features", "jvp"])
+def test_top_eigenvalues_and_entropy_both_matvecs(setup, matvec):
+    model, x, k_trace, _ = setup
+    with jax.enable_x64(True):
+        lam = np.asarray(linalg.top_eigenvalues(model, x, 5, method="lanczos", block_size=BLOCK, matvec=matvec))
+        np.testing.assert_allclose(lam, _eig_desc(k_trace)[:5], rtol=1e-8)
+        s, err = linalg.entropy_estimate(model, x, num_probes=4, lanczos_order=20, block_size=BLOCK,
+                                         matvec=matvec, key=jax.random.key(3))
+        assert abs(float(s) - _entropy(_eig_desc(k_trace))) < 4 * float(err) + 1e-3

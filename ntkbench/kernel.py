@@ -756,9 +756,10 @@ def _resolve_method(model, x1, x2, method: str, memory_limit: int, outputs: str 
     """Check the model applies to one sample of x1 and resolve ``"auto"`` to (method,
     block_size); cached per (model structure, shapes), so repeated calls (e.g. while
     training) cost nothing."""
-    treedef = jax.tree_util.tree_structure(model)
-    key = (treedef, x1.shape, str(x1.dtype), None if x2 is None else x2.shape, method,
-           memory_limit, outputs, block_size)
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    leaf_shapes = tuple((l.shape, str(l.dtype)) if hasattr(l, "shape") else None for l in leaves)
+    key = (treedef, leaf_shapes, x1.shape, str(x1.dtype), None if x2 is None else x2.shape,
+           method, memory_limit, outputs, block_size)
     try:
         return _CHOICES[key]
     except KeyError:
@@ -855,7 +856,9 @@ def entk(
         ``"jacobian"``, ``"ntvp"``, ``"structured"`` or ``"auto"`` (see the module docs).
         All agree to round-off.
     block_size
-        Samples per tile: bounds peak memory to O(block_size) features / tiles. Any N works.
+        Samples per tile; any N works. Bounds the size of each kernel tile and, for
+        ``ntvp``, the peak memory; ``jacobian`` and ``structured`` still keep the per-sample
+        features of all N1 + N2 samples (``auto`` counts them against ``memory_limit``).
     memory_limit
         Bytes ``auto`` may plan for (default 2 GiB): it takes the cheapest method (by
         estimated FLOPs, see :func:`costs`) whose stored features fit, and a ``block_size``

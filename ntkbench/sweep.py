@@ -65,7 +65,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sweep", "run_one", "validate_config", "expand_grid", "run_name", "make_optimizer"]
+__all__ = ["sweep", "run_one", "validate_config", "check_runs", "expand_grid", "run_name", "make_optimizer"]
 
 _SECTIONS = ("model", "data", "train", "record")
 _TOP_KEYS = ("title", "paper", "seed", "model", "data", "train", "record", "grid")
@@ -478,7 +478,6 @@ def run_one(config: Mapping[str, Any]):
     import numpy as np
 
     from ntkbench import cube
-    from ntkbench.data import load
     from ntkbench.models import make_model
     from ntkbench.train import Recorder, train
 
@@ -491,15 +490,7 @@ def run_one(config: Mapping[str, Any]):
     _check_run(cfg)
 
     seed = int(cfg.get("seed", 0))
-    data_cfg = dict(cfg["data"])
-    name = data_cfg.pop("name")
-    n_train = data_cfg.pop("n_train", 512)
-    n_test = data_cfg.pop("n_test", 256)
-    data_seed = data_cfg.pop("seed", seed)
-    try:
-        dataset = load(name, n_train, n_test, seed=data_seed, **data_cfg)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config key 'data' ({name!r}): {exc}") from exc
+    dataset = _load_for(cfg)
 
     model_key, train_key = jax.random.split(jax.random.key(seed))
     model = make_model(
@@ -531,6 +522,64 @@ def run_one(config: Mapping[str, Any]):
         ds[dim].attrs.update(cube.var_attrs(dim))
     ds.attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
     return ds
+
+
+def _load_for(run: Mapping[str, Any]):
+    """The run's data set (``ntkbench.load`` on its ``[data]`` table); errors name 'data'."""
+    from ntkbench.data import load
+
+    data_cfg = dict(run["data"])
+    name = data_cfg.pop("name")
+    n_train = data_cfg.pop("n_train", 512)
+    n_test = data_cfg.pop("n_test", 256)
+    data_seed = data_cfg.pop("seed", run.get("seed", 0))
+    try:
+        return load(name, n_train, n_test, seed=data_seed, **data_cfg)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config key 'data' ({name!r}): {exc}") from exc
+
+
+def check_runs(runs: list[Mapping[str, Any]]) -> None:
+    """Pre-flight check of expanded run configs, before any output folder or cluster exists.
+
+    Beyond :func:`validate_config` (keys and value types), each distinct ``[data]`` table
+    is loaded (sizes, options), ``train.loss`` is checked against the data set's task, and
+    the model is built abstractly (``eqx.filter_eval_shape``, no parameters allocated) and
+    applied to one sample's shape. Errors are ``ValueError`` naming the config key
+    (``'grid.<axis>'`` when the value came from the grid).
+    """
+    import equinox as eqx
+    import jax
+
+    from ntkbench.models import make_model
+
+    datasets: dict[str, Any] = {}
+    for run in runs:
+        point = run.get("grid", {}) or {}
+        where = f" (grid point {point})" if point else ""
+        dkey = json.dumps({"data": run["data"], "seed": run.get("seed", 0)}, sort_keys=True)
+        if dkey not in datasets:
+            datasets[dkey] = _load_for(run)
+        ds = datasets[dkey]
+        loss = {**_TRAIN_DEFAULTS, **run.get("train", {})}["loss"]
+        if loss == "ce" and ds.task == "regression":
+            raise ValueError(
+                f"config key 'train.loss': 'ce' needs class labels, but data set {ds.name!r} "
+                f"is a regression task; use 'mse'{where}"
+            )
+        x = jax.ShapeDtypeStruct(ds.x_train.shape[1:], ds.x_train.dtype)
+        try:
+            model = eqx.filter_eval_shape(
+                lambda: make_model(dict(run["model"]), key=jax.random.key(0),
+                                   in_shape=ds.in_shape, out_size=ds.n_outputs)
+            )
+            eqx.filter_eval_shape(lambda m, xi: m(xi), model, x)
+        except Exception as exc:
+            raise ValueError(
+                f"config key 'model': model {run['model'].get('name')!r} cannot take data set "
+                f"{ds.name!r} (one sample of shape {tuple(ds.in_shape)}, {ds.n_outputs} outputs)"
+                f"{where}: {exc}"
+            ) from exc
 
 
 def _jsonable(obj: Any) -> Any:
@@ -625,15 +674,19 @@ def sweep(
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if scheduler is not None and not isinstance(scheduler, str):
         raise TypeError(f"scheduler must be an address string like 'tcp://host:port', got {scheduler!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Absolute: dask workers on an existing cluster have their own working directory (the
+    # folder must be on a file system the workers share).
+    out = Path(out).expanduser().resolve()
 
     runs = expand_grid(cfg, validate=False)
     paths = [out / run_name(r["grid"]) for r in runs]
     if len(set(paths)) != len(paths):  # pragma: no cover - distinct values give distinct names
         raise ValueError("grid: two grid points map to the same file name")
     pending = [(r, p) for r, p in zip(runs, paths) if not _is_done(p, r)]
-    for r, p in pending:  # temp files left by a run killed mid-write (cube.save's naming)
+    check_runs([r for r, _ in pending])  # fail before creating folders or clusters
+    out.mkdir(parents=True, exist_ok=True)
+    # temp files left by a run (or the combined cube) killed mid-write (cube.save's naming)
+    for p in [p for _, p in pending] + [out / "cube.nc"]:
         for stale in out.glob(f".{p.name}.*.tmp"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)

@@ -410,9 +410,56 @@ def test_bad_input_names_the_argument(getkey):
         nb.entk((lambda p, x: x, {"n": 3}), x)  # params without arrays
     with pytest.raises(TypeError, match="model"):
         nb.entk(42, x)
+    with pytest.raises(ValueError, match="x2"):
+        nb.entk(model, x, jnp.ones((0, 4)))
     nan_model = eqx.tree_at(lambda m: m.layers[0].weight, model, jnp.full((8, 4), jnp.nan))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN or Inf"):
         nb.entk(nan_model, x)
+
+
+def test_auto_choice_is_keyed_on_parameter_shapes(getkey):
+    # Same pytree structure, different parameter shapes: the cached "auto" choice and the
+    # input check must not leak from one to the other.
+    def apply_fn(p, x):
+        return jnp.tanh(p["w"] @ x)
+
+    x = jax.random.normal(getkey(), (5, 3))
+    small = {"w": jax.random.normal(getkey(), (2, 3))}
+    np.testing.assert_allclose(nb.entk((apply_fn, small), x), 
+                               np.asarray(nb.entk((apply_fn, small), x, method="jacobian")), rtol=1e-5)
+    wrong = {"w": jax.random.normal(getkey(), (2, 4))}  # cannot take 3 features
+    with pytest.raises(ValueError, match="x1"):
+        nb.entk((apply_fn, wrong), x)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_symmetric_kernel_computes_each_off_diagonal_tile_once(full):
+    # Count the tiles _tiles evaluates: the symmetric case evaluates nb(nb+1)/2 of the
+    # nb² tiles and mirrors the rest, and the result equals the kernel tiled in full.
+    from ntkbench import kernel as kmod
+
+    n, block, k = 10, 3, 2  # nb = 4 tiles per side, the last one padded
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(12, k, 5))
+    gram = np.einsum("iap,jbp->ijab", a, a)  # symmetric: gram[i,j,a,b] = gram[j,i,b,a]
+    if not full:
+        gram = np.einsum("ijaa->ij", gram)
+    calls = []
+
+    def tile_fn(i, j):
+        jax.debug.callback(lambda i, j: calls.append((int(i), int(j))), i, j)
+        rows = jax.lax.dynamic_slice_in_dim(jnp.asarray(gram), i * block, block, 0)
+        return jax.lax.dynamic_slice_in_dim(rows, j * block, block, 1)
+
+    sym = kmod._tiles(tile_fn, n, n, block, True, full, k, jnp.float32)
+    jax.block_until_ready(sym)
+    assert sorted(calls) == [(i, j) for i in range(4) for j in range(i, 4)]  # 10 of 16
+    calls.clear()
+    every = kmod._tiles(tile_fn, n, n, block, False, full, k, jnp.float32)
+    jax.block_until_ready(every)
+    assert len(calls) == 16
+    np.testing.assert_allclose(np.asarray(sym), np.asarray(every), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(sym), gram[:n, :n], rtol=1e-5)
 
 
 def test_compiled_once_per_shape(getkey):

@@ -234,7 +234,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-@pytest.mark.skipif(not os.path.exists(plots.CHROMIUM), reason="Chromium not installed")
+@pytest.mark.skipif(os.environ.get("NTKBENCH_SKIP_BROWSER") == "1", reason="NTKBENCH_SKIP_BROWSER=1")
 def test_export_png_and_svg(ds, tmp_path):
     fig = plots.spectrum_plot(ds)
     png = plots.export(fig, tmp_path / "s.png")

@@ -79,6 +79,23 @@ def test_config_errors_name_the_key(change, key):
         validate_config(_cfg(**change))
 
 
+@pytest.mark.parametrize(
+    "change, key, what",
+    [
+        ({"data": {"n_train": 5000}}, "'data'", "exceeds"),  # digits has 1797 images
+        ({"data": {"scale": "weird"}}, "'data'", "scale"),
+        ({"data": {"name": "teacher"}, "train": {"loss": "ce"}}, "'train.loss'", "regression"),
+        ({"model": {"name": "cnn"}}, "'model'", "cnn"),  # a CNN on flat digits
+    ],
+)
+def test_sweep_checks_runs_before_creating_anything(tmp_path, change, key, what):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=key) as err:
+        sweep(_cfg(**change), out, progress=False)
+    assert what in str(err.value)
+    assert not out.exists()  # failed before the output folder (or a cluster) existed
+
+
 def test_config_error_says_what_is_allowed():
     with pytest.raises(ValueError, match=r"one of \['sgd', 'momentum', 'adam', 'adamw'\]"):
         validate_config(_cfg(train={"optimizer": "rmsprop"}))

@@ -20,6 +20,13 @@ Quick settings (verified to show the paper's signs with margins over three seeds
 500 train / 200 test images, probe 200, SGD lr 0.1, softmax cross-entropy, 300 steps of
 batch 64, widths {8, 128} × depths {1, 6}, ReLU and tanh.
 
+What the quick run shows, and where it departs from the paper's reading: compression
+(S(end) < S(0)) appears for the narrow shallow **ReLU** net only (ΔS ≈ −0.15 … −0.6 nats
+over the three seeds of the shipped cube); the **tanh** nets gain entropy at every width
+and depth (8×1: ΔS ≈ +0.8, 128×1: +0.5, deep: +1.3 … +1.9), so "narrow shallow nets
+compress" holds for ReLU, not tanh, in this setting. Structure formation (deep nets end
+well above S(0), and above the shallow net of the same width) holds for both activations.
+
 Deviations from the paper (documented, also in ``data/README.md``): scikit-learn *digits*
 (8×8) instead of MNIST (offline); SGD (lr 0.1) instead of Adam (lr 1e-3) -- with Adam the
 compression of narrow ReLU nets was weaker and less consistent in our checks; a
@@ -972,12 +979,34 @@ def fig_b3(
 # =========================================================================== F-b4
 
 
+def b4_seed_fallbacks(cubes: Mapping[str, Any], seed: Any, missing_seed: str = "error") -> list[str]:
+    """Architectures of F-b4 whose cube lacks the single ``seed`` asked for. With
+    ``missing_seed="mean"`` they show the mean over their own seeds instead (the Workbench
+    offers the MLP sweep's seeds, which may be more); with ``"error"`` a missing seed raises
+    ``ValueError`` naming ``seed``."""
+    if missing_seed not in ("error", "mean"):
+        raise ValueError(f"missing_seed must be 'error' or 'mean', got {missing_seed!r}")
+    if seed in ("mean", "all"):
+        return []
+    archs = [a for a in ("transformer", "cnn") if a in cubes]
+    missing = [a for a in archs if "seed" in cubes[a].dims and seed not in cubes[a]["seed"].values.tolist()]
+    if missing and missing_seed == "error":
+        held = cubes[missing[0]]["seed"].values.tolist()
+        raise ValueError(f"seed must be 'mean', 'all' or one of {held} ({missing[0]} cube), got {seed!r}")
+    return missing
+
+
 def fig_b4_data(
-    cubes: Mapping[str, Any], *, seed: Any = "mean", entropy: str = "S", trace: str = "TrK", test: bool = True
+    cubes: Mapping[str, Any], *, seed: Any = "mean", entropy: str = "S", trace: str = "TrK", test: bool = True,
+    missing_seed: str = "error",
 ) -> dict[str, dict[str, list]]:
     """Columns of :func:`fig_b4`: ``"b4-{arch}-{col}-lines"`` / ``-bands`` for arch in
-    ``transformer``, ``cnn`` (one line per depth; widths other than the first are dropped)."""
+    ``transformer``, ``cnn`` (one line per depth; widths other than the first are dropped).
+
+    A single ``seed`` that an architecture's cube lacks is an error, or, with
+    ``missing_seed="mean"``, shows the mean over that cube's seeds (:func:`b4_seed_fallbacks`)."""
     _check_variants(entropy, trace)
+    fallback = b4_seed_fallbacks(cubes, seed, missing_seed)
     data: dict[str, dict[str, list]] = {}
     for arch in ("transformer", "cnn"):
         if arch not in cubes:
@@ -985,7 +1014,7 @@ def fig_b4_data(
         ds = cubes[arch]
         if "width" in ds.dims:
             ds = ds.isel(width=0)
-        sd = _seed_mode(seed, ds)
+        sd = "mean" if arch in fallback else _seed_mode(seed, ds)
         x = np.asarray(ds["step"].values, float) + 1.0
         for col in _COLUMNS:
             v_train, v_test, _ = _column_vars(col, entropy, trace)
@@ -1022,17 +1051,19 @@ def fig_b4(
     trace: str = "TrK",
     test: bool = True,
     panel_size: tuple[int, int] = (330, 250),
+    missing_seed: str = "error",
 ) -> Any:
     """F-b4: other architectures, a TinyTransformer on ``stories`` (next token) and a CNN on
     ``digits``: loss, entropy and trace against step + 1, one colour per depth, train dark,
-    test light. ``cubes`` holds ``"transformer"`` and/or ``"cnn"``.
+    test light. ``cubes`` holds ``"transformer"`` and/or ``"cnn"``. ``missing_seed``: see
+    :func:`fig_b4_data`; the header says which architectures fell back to the mean.
 
     >>> fig = fig_b4(cubes)  # doctest: +SKIP
     """
     from bokeh.layouts import column, gridplot
     from bokeh.models import Div
 
-    data = fig_b4_data(cubes, seed=seed, entropy=entropy, trace=trace, test=test)
+    data = fig_b4_data(cubes, seed=seed, entropy=entropy, trace=trace, test=test, missing_seed=missing_seed)
     w, h = panel_size
     rows = []
     for arch in ("transformer", "cnn"):
@@ -1049,6 +1080,9 @@ def fig_b4(
     if not rows:
         raise ValueError("cubes holds neither a 'transformer' nor a 'cnn' cube")
     seed_text = {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
+    fallback = b4_seed_fallbacks(cubes, seed, missing_seed)
+    if fallback:
+        seed_text += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
     head = Div(
         text=(
             f"<b>F-b4 other architectures</b> — {ENTROPY_VARIANTS[entropy][2]}, {TRACE_VARIANTS[trace][2]}; "
@@ -1315,7 +1349,7 @@ class Workbench:
                           entropy=self.entropy.value, trace=self.trace.value)
         if "transformer" not in self.cubes and "cnn" not in self.cubes:
             return None
-        return fig_b4(self.cubes, **self._kw())
+        return fig_b4(self.cubes, **self._kw(), missing_seed="mean")
 
     def _rebuild(self, *names: str) -> None:
         from jupyter_bokeh import BokehModel

@@ -10,7 +10,8 @@ Every dense layer is an ``eqx.nn.Linear`` called once per sample at the top leve
 parametrization's scale multiplies the layer's *input*, never the layer itself, so the
 layer-wise ("structured") eNTK rule of :func:`ntkbench.entk` sees plain linear layers.
 
-Parametrizations of :class:`MLP` (``n`` = fan-in of a layer, ``W`` its stored weight,
+Parametrizations (the same for :class:`MLP`, :class:`CNN` and :class:`TinyTransformer`;
+``n`` = fan-in of a layer, ``in_ch·9`` for a 3×3 convolution, ``W`` its stored weight,
 biases are initialised to zero in all three):
 
 ============  ==========================  =======================================
@@ -32,10 +33,30 @@ width-independent variance ``1 / base_width``. With ``base_width == width`` it i
 get lr × base_width / width) belong to the optimizer, not to the model; see
 :func:`mup_lr_scales`.
 
+Per model:
+
+- :class:`MLP`: the first ``Linear`` is the input layer, the last the readout.
+- :class:`CNN`: the first convolution is the input layer, the other convolutions are
+  hidden, the ``Linear`` after pooling is the readout. With ``pool="flatten"`` the readout
+  fan-in is ``width · s`` (``s = H·W`` spatial positions, fixed as width grows); µP then
+  scales the readout input by ``base_width / width`` and stores variance
+  ``1 / (base_width · s)``, which is the table above for ``s = 1`` and keeps
+  ``"mup"`` (``base_width == width``) equal to ``"standard"``.
+- :class:`TinyTransformer`: every ``Linear`` (``qkv``, ``proj``, ``fc1``, ``fc2``) of a
+  block is hidden, ``unembed`` is the readout; the token and position embeddings (N(0, 1))
+  and the LayerNorms (unit gain, zero bias) are the same in all parametrizations and keep
+  the base learning rate. ``"mup"`` also scales the attention scores by ``1/d_head``
+  instead of ``1/sqrt(d_head)`` (Tensor Programs V's attention rule: during µP
+  training q and k become correlated, so q·k grows like d_head, not sqrt(d_head)).
+  This is the only place where ``"mup"`` differs from ``"standard"`` in the forward pass
+  beyond the readout.
+
 With the same key, ``"standard"``, ``"ntk"`` and ``"mup"`` (``base_width == width``)
 compute the same function at initialization; only their gradients (hence their eNTKs and
-training dynamics) differ. The eNTK of ``"ntk"`` at initialization does not grow with
-width; that of ``"standard"`` grows linearly.
+training dynamics) differ. The one exception is the transformer's µP attention scaling
+``1/d_head``, which equals ``1/sqrt(d_head)`` only when ``d_head == 1`` (``heads ==
+width``). The eNTK of ``"ntk"`` at initialization does not grow with width; that of
+``"standard"`` grows linearly.
 
 Example
 -------
@@ -67,6 +88,7 @@ __all__ = [
     "make_model",
     "count_params",
     "mup_lr_scales",
+    "mup_leaf_scales",
 ]
 
 PARAMETRIZATIONS = ("standard", "ntk", "mup")
@@ -142,13 +164,51 @@ def _dense(
     )
 
 
-def _conv(in_ch: int, out_ch: int, key: PRNGKeyArray) -> eqx.nn.Conv2d:
-    """3×3 'SAME' convolution with LeCun-normal weights (fan-in = in_ch·9), zero bias."""
+def _conv(in_ch: int, out_ch: int, std: float, key: PRNGKeyArray) -> eqx.nn.Conv2d:
+    """3×3 'SAME' convolution with weights ~ N(0, std²), zero bias."""
     layer = eqx.filter_eval_shape(eqx.nn.Conv2d, in_ch, out_ch, 3, padding="SAME", key=key)
-    weight = _normal(key, layer.weight.shape, 1.0 / math.sqrt(in_ch * 9))
+    weight = _normal(key, layer.weight.shape, float(std))
     return eqx.tree_at(
         lambda c: (c.weight, c.bias), layer, (weight, _zeros(layer.bias.shape))
     )
+
+
+def _check_parametrization(parametrization: Any, base_width: Any) -> tuple[str, int]:
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(
+            f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}"
+        )
+    return parametrization, _check_int(base_width, "base_width", 1)
+
+
+def _init_scale(
+    parametrization: str,
+    fan_in: int,
+    *,
+    readout: bool = False,
+    base_width: int = 1,
+    width: int | None = None,
+) -> tuple[float, float]:
+    """``(std of the stored weight, static multiplier of the layer's input)``.
+
+    ``fan_in`` is the layer's fan-in (``in_ch·9`` for a 3×3 conv). For the µP readout,
+    ``width`` is the swept width (default ``fan_in``); the fan-in may be ``width · s``
+    with a fixed ``s`` (a flattened CNN readout), and then the input is scaled by
+    ``base_width / width`` and the stored variance is ``1 / (base_width · s)``.
+    """
+    if parametrization == "standard":
+        return 1.0 / math.sqrt(fan_in), 1.0
+    if parametrization == "ntk":
+        return 1.0, 1.0 / math.sqrt(fan_in)
+    if not readout:  # mup input / hidden layers: as standard
+        return 1.0 / math.sqrt(fan_in), 1.0
+    width = fan_in if width is None else width
+    s = fan_in / width
+    return 1.0 / math.sqrt(base_width * s), base_width / width
+
+
+def _scaled(x: Array, scale: float) -> Array:
+    return x * scale if scale != 1.0 else x
 
 
 def _layer_norm(width: int) -> eqx.nn.LayerNorm:
@@ -230,27 +290,21 @@ class MLP(eqx.Module):
         self.width = _check_int(width, "width", 1)
         self.depth = _check_int(depth, "depth", 1)
         self.activation = _check_activation(activation)
-        if parametrization not in PARAMETRIZATIONS:
-            raise ValueError(
-                f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}"
-            )
-        self.parametrization = parametrization
-        self.base_width = _check_int(base_width, "base_width", 1)
+        self.parametrization, self.base_width = _check_parametrization(
+            parametrization, base_width
+        )
 
         fan_ins = [self.in_size] + [self.width] * self.depth
         fan_outs: list[Any] = [self.width] * self.depth + [out_size]
         keys = jax.random.split(key, len(fan_ins))
         layers, scales = [], []
         for i, (n_in, n_out, k) in enumerate(zip(fan_ins, fan_outs, keys)):
-            readout = i == len(fan_ins) - 1
-            if parametrization == "standard":
-                std, scale = 1.0 / math.sqrt(n_in), 1.0
-            elif parametrization == "ntk":
-                std, scale = 1.0, 1.0 / math.sqrt(n_in)
-            elif readout:  # mup readout
-                std, scale = 1.0 / math.sqrt(self.base_width), self.base_width / n_in
-            else:  # mup input / hidden layers: as standard
-                std, scale = 1.0 / math.sqrt(n_in), 1.0
+            std, scale = _init_scale(
+                parametrization,
+                n_in,
+                readout=i == len(fan_ins) - 1,
+                base_width=self.base_width,
+            )
             layers.append(_dense(n_in, n_out, std, k))
             scales.append(float(scale))
         self.layers = tuple(layers)
@@ -265,32 +319,10 @@ class MLP(eqx.Module):
         act = ACTIVATIONS[self.activation]
         last = len(self.layers) - 1
         for i, (layer, scale) in enumerate(zip(self.layers, self.in_scales)):
-            h = layer(h * scale if scale != 1.0 else h)
+            h = layer(_scaled(h, scale))
             if i < last:
                 h = act(h)
         return h
-
-
-def mup_lr_scales(model: MLP) -> tuple[float, ...]:
-    """Per-layer Adam learning-rate multipliers of µP for an :class:`MLP`.
-
-    Tensor Programs V, Table 3 (Adam column, multiplier form as in the ``mup`` package's
-    ``MuAdam``): the input layer keeps the base learning rate, hidden and readout weight
-    matrices get ``base_width / width``. For ``"standard"`` and ``"ntk"`` all ones.
-    Returns one float per ``model.layers`` entry (biases may use the same factor).
-
-    Example
-    -------
-    >>> import jax
-    >>> mup_lr_scales(MLP(4, 2, 64, 2, parametrization="mup", key=jax.random.key(0)))
-    (1.0, 0.015625, 0.015625)
-    """
-    if not isinstance(model, MLP):
-        raise TypeError(f"model must be an MLP, got {type(model).__name__}")
-    n = len(model.layers)
-    if model.parametrization != "mup":
-        return (1.0,) * n
-    return (1.0,) + (model.base_width / model.width,) * (n - 1)
 
 
 # --------------------------------------------------------------------------- CNN
@@ -301,7 +333,11 @@ class CNN(eqx.Module):
     activation), then global average pooling (``pool="mean"``) or flattening
     (``pool="flatten"``), then an ``eqx.nn.Linear`` readout.
 
-    Weights are LeCun normal (variance 1/fan-in), biases zero.
+    ``parametrization`` ``"standard"`` (LeCun normal weights, variance 1/fan-in, fan-in
+    ``in_ch·9`` for a conv), ``"ntk"`` or ``"mup"`` as in the module docstring (the first
+    conv is the input layer, the readout ``Linear`` the µP readout); biases zero. The
+    scale multiplies each layer's input, so every layer stays a plain
+    ``eqx.nn.Conv2d`` / ``eqx.nn.Linear``.
 
     Parameters
     ----------
@@ -315,8 +351,12 @@ class CNN(eqx.Module):
         Number of conv layers (>= 1).
     activation:
         One of :data:`ACTIVATIONS`.
+    parametrization:
+        ``"standard"``, ``"ntk"`` or ``"mup"`` (see the module docstring).
     pool:
         ``"mean"`` (global average pool) or ``"flatten"``.
+    base_width:
+        µP only: the width (channels) at which ``"mup"`` coincides with ``"standard"``.
     key:
         PRNG key.
 
@@ -332,6 +372,7 @@ class CNN(eqx.Module):
 
     convs: tuple[eqx.nn.Conv2d, ...]
     readout: eqx.nn.Linear
+    in_scales: tuple[float, ...] = eqx.field(static=True)
     in_shape: tuple[int, int, int] = eqx.field(static=True)
     out_size: int = eqx.field(static=True)
     width: int = eqx.field(static=True)
@@ -339,6 +380,7 @@ class CNN(eqx.Module):
     activation: str = eqx.field(static=True)
     pool: str = eqx.field(static=True)
     parametrization: str = eqx.field(static=True)
+    base_width: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -347,8 +389,10 @@ class CNN(eqx.Module):
         width: int,
         depth: int,
         activation: str = "relu",
+        parametrization: str = "standard",
         *,
         pool: str = "mean",
+        base_width: int = 1,
         key: PRNGKeyArray,
     ):
         _check_key(key)
@@ -364,15 +408,28 @@ class CNN(eqx.Module):
         if pool not in ("mean", "flatten"):
             raise ValueError(f"pool must be 'mean' or 'flatten', got {pool!r}")
         self.pool = pool
-        self.parametrization = "standard"
+        self.parametrization, self.base_width = _check_parametrization(
+            parametrization, base_width
+        )
         keys = jax.random.split(key, self.depth + 1)
         chans = [self.in_shape[0]] + [self.width] * self.depth
-        self.convs = tuple(
-            _conv(chans[i], chans[i + 1], keys[i]) for i in range(self.depth)
-        )
+        convs, scales = [], []
+        for i in range(self.depth):
+            std, scale = _init_scale(self.parametrization, chans[i] * 9)
+            convs.append(_conv(chans[i], chans[i + 1], std, keys[i]))
+            scales.append(float(scale))
         _, h, w = self.in_shape
         n_feat = self.width if pool == "mean" else self.width * h * w
-        self.readout = _dense(n_feat, self.out_size, 1.0 / math.sqrt(n_feat), keys[-1])
+        std, scale = _init_scale(
+            self.parametrization,
+            n_feat,
+            readout=True,
+            base_width=self.base_width,
+            width=self.width,
+        )
+        self.convs = tuple(convs)
+        self.readout = _dense(n_feat, self.out_size, std, keys[-1])
+        self.in_scales = (*scales, float(scale))
 
     def __call__(self, x: Float[Array, "..."]) -> Float[Array, " out_size"]:
         n = math.prod(self.in_shape)
@@ -383,10 +440,10 @@ class CNN(eqx.Module):
             )
         h = jnp.reshape(x, self.in_shape)
         act = ACTIVATIONS[self.activation]
-        for conv in self.convs:
-            h = act(conv(h))
+        for conv, scale in zip(self.convs, self.in_scales):
+            h = act(conv(_scaled(h, scale)))
         h = jnp.mean(h, axis=(1, 2)) if self.pool == "mean" else jnp.reshape(h, (-1,))
-        return self.readout(h)
+        return self.readout(_scaled(h, self.in_scales[-1]))
 
 
 # --------------------------------------------------------------------------- transformer
@@ -400,31 +457,48 @@ class _Block(eqx.Module):
     fc1: eqx.nn.Linear
     fc2: eqx.nn.Linear
     heads: int = eqx.field(static=True)
+    in_scales: tuple[float, float, float, float] = eqx.field(static=True)
+    score_scale: float = eqx.field(static=True)
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int, key: PRNGKeyArray):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: int,
+        key: PRNGKeyArray,
+        parametrization: str = "standard",
+    ):
         k = jax.random.split(key, 4)
         hidden = mlp_ratio * width
+        # (std, input scale) of qkv, proj, fc1, fc2: all hidden layers
+        init = [_init_scale(parametrization, n) for n in (width, width, width, hidden)]
         self.ln1 = _layer_norm(width)
-        self.qkv = _dense(width, 3 * width, 1.0 / math.sqrt(width), k[0])
-        self.proj = _dense(width, width, 1.0 / math.sqrt(width), k[1])
+        self.qkv = _dense(width, 3 * width, init[0][0], k[0])
+        self.proj = _dense(width, width, init[1][0], k[1])
         self.ln2 = _layer_norm(width)
-        self.fc1 = _dense(width, hidden, 1.0 / math.sqrt(width), k[2])
-        self.fc2 = _dense(hidden, width, 1.0 / math.sqrt(hidden), k[3])
+        self.fc1 = _dense(width, hidden, init[2][0], k[2])
+        self.fc2 = _dense(hidden, width, init[3][0], k[3])
         self.heads = heads
+        self.in_scales = tuple(float(scale) for _, scale in init)
+        dh = width // heads
+        # µP: 1/d_head (Tensor Programs V); otherwise the usual 1/sqrt(d_head)
+        self.score_scale = 1.0 / dh if parametrization == "mup" else 1.0 / math.sqrt(dh)
 
     def __call__(self, h: Float[Array, "T d"]) -> Float[Array, "T d"]:
         t, d = h.shape
         dh = d // self.heads
+        s_qkv, s_proj, s_fc1, s_fc2 = self.in_scales
         a = jax.vmap(self.ln1)(h)
-        q, k, v = jnp.split(jax.vmap(self.qkv)(a), 3, axis=-1)
+        q, k, v = jnp.split(jax.vmap(self.qkv)(_scaled(a, s_qkv)), 3, axis=-1)
         q, k, v = (z.reshape(t, self.heads, dh).transpose(1, 0, 2) for z in (q, k, v))
-        scores = q @ k.transpose(0, 2, 1) / math.sqrt(dh)  # (heads, T, T)
+        scores = (q @ k.transpose(0, 2, 1)) * self.score_scale  # (heads, T, T)
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
         att = jax.nn.softmax(scores, axis=-1) @ v  # (heads, T, dh)
-        h = h + jax.vmap(self.proj)(att.transpose(1, 0, 2).reshape(t, d))
-        m = jax.vmap(self.fc1)(jax.vmap(self.ln2)(h))
-        return h + jax.vmap(self.fc2)(_gelu(m))
+        att = att.transpose(1, 0, 2).reshape(t, d)
+        h = h + jax.vmap(self.proj)(_scaled(att, s_proj))
+        m = jax.vmap(self.fc1)(_scaled(jax.vmap(self.ln2)(h), s_fc1))
+        return h + jax.vmap(self.fc2)(_scaled(_gelu(m), s_fc2))
 
 
 class TinyTransformer(eqx.Module):
@@ -433,8 +507,11 @@ class TinyTransformer(eqx.Module):
     Token and learned position embeddings (``eqx.nn.Embedding``), ``layers`` blocks of
     causal multi-head self-attention and a GELU MLP (``mlp_ratio × width`` hidden units),
     each with a pre-LayerNorm and a residual connection, a final LayerNorm and an
-    unembedding ``eqx.nn.Linear``. Linear weights are LeCun normal, biases zero,
-    embeddings N(0, 1).
+    unembedding ``eqx.nn.Linear``. Linear weights follow ``parametrization``
+    (``"standard"``: LeCun normal; ``"ntk"``, ``"mup"``: see the module docstring, with
+    ``unembed`` as the µP readout and ``"mup"`` scaling attention scores by
+    ``1/d_head``), biases zero; embeddings N(0, 1) and LayerNorms (unit gain, zero bias)
+    in every parametrization.
 
     Parameters
     ----------
@@ -450,6 +527,11 @@ class TinyTransformer(eqx.Module):
         Number of attention heads.
     mlp_ratio:
         Hidden units of the MLP per model dimension.
+    parametrization:
+        ``"standard"``, ``"ntk"`` or ``"mup"`` (see the module docstring).
+    base_width:
+        µP only: the width at which the µP readout coincides with ``"standard"`` (the
+        attention scaling ``1/d_head`` still differs unless ``d_head == 1``).
     key:
         PRNG key.
 
@@ -476,6 +558,8 @@ class TinyTransformer(eqx.Module):
     heads: int = eqx.field(static=True)
     mlp_ratio: int = eqx.field(static=True)
     parametrization: str = eqx.field(static=True)
+    base_width: int = eqx.field(static=True)
+    unembed_scale: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -487,6 +571,8 @@ class TinyTransformer(eqx.Module):
         *,
         key: PRNGKeyArray,
         mlp_ratio: int = 4,
+        parametrization: str = "standard",
+        base_width: int = 1,
     ):
         _check_key(key)
         self.vocab_size = _check_int(vocab_size, "vocab_size", 2)
@@ -499,18 +585,22 @@ class TinyTransformer(eqx.Module):
             raise ValueError(
                 f"width ({self.width}) must be divisible by heads ({self.heads})"
             )
-        self.parametrization = "standard"
+        self.parametrization, self.base_width = _check_parametrization(
+            parametrization, base_width
+        )
         k = jax.random.split(key, self.depth + 3)
         self.tok_embed = _embedding(self.vocab_size, self.width, k[0])
         self.pos_embed = _embedding(self.context, self.width, k[1])
         self.blocks = tuple(
-            _Block(self.width, self.heads, self.mlp_ratio, k[3 + i])
+            _Block(self.width, self.heads, self.mlp_ratio, k[3 + i], self.parametrization)
             for i in range(self.depth)
         )
         self.ln_f = _layer_norm(self.width)
-        self.unembed = _dense(
-            self.width, self.vocab_size, 1.0 / math.sqrt(self.width), k[2]
+        std, scale = _init_scale(
+            self.parametrization, self.width, readout=True, base_width=self.base_width
         )
+        self.unembed = _dense(self.width, self.vocab_size, std, k[2])
+        self.unembed_scale = float(scale)
 
     @property
     def layers(self) -> int:
@@ -528,7 +618,84 @@ class TinyTransformer(eqx.Module):
         h = jax.vmap(self.tok_embed)(tokens) + jax.vmap(self.pos_embed)(jnp.arange(t))
         for block in self.blocks:
             h = block(h)
-        return jax.vmap(self.unembed)(jax.vmap(self.ln_f)(h))
+        return jax.vmap(self.unembed)(_scaled(jax.vmap(self.ln_f)(h), self.unembed_scale))
+
+
+# --------------------------------------------------------------------------- µP optimizer
+
+
+def _mup_layers(tree: Any) -> tuple[Any, ...]:
+    """The layers :func:`mup_lr_scales` lists, in its order, from a model or any pytree
+    of the same structure (filtered parameters, gradients, updates)."""
+    if isinstance(tree, MLP):
+        return tuple(tree.layers)
+    if isinstance(tree, CNN):
+        return (*tree.convs, tree.readout)
+    if isinstance(tree, TinyTransformer):
+        hidden = [lay for b in tree.blocks for lay in (b.qkv, b.proj, b.fc1, b.fc2)]
+        return (tree.tok_embed, tree.pos_embed, *hidden, tree.unembed)
+    raise TypeError(
+        f"model must be an MLP, CNN or TinyTransformer, got {type(tree).__name__}"
+    )
+
+
+def mup_lr_scales(model: MLP | CNN | TinyTransformer) -> tuple[float, ...]:
+    """Per-layer Adam learning-rate multipliers of µP.
+
+    Tensor Programs V, Table 3 (Adam column, multiplier form as in the ``mup`` package's
+    ``MuAdam``): the input layer (and the transformer's embeddings) keep the base learning
+    rate, hidden and readout weight matrices get ``base_width / width``. For
+    ``"standard"`` and ``"ntk"`` all ones. One float per layer, in this order:
+
+    - :class:`MLP`: ``model.layers``;
+    - :class:`CNN`: ``(*model.convs, model.readout)``;
+    - :class:`TinyTransformer`: ``(tok_embed, pos_embed, then qkv, proj, fc1, fc2 of
+      each block, unembed)``; LayerNorms (not listed) keep the base learning rate.
+
+    A listed layer's bias uses the same factor as its weight (as the sweep's µP Adam
+    does); :func:`ntkbench.sweep` applies these factors to Adam's updates.
+
+    Example
+    -------
+    >>> import jax
+    >>> mup_lr_scales(MLP(4, 2, 64, 2, parametrization="mup", key=jax.random.key(0)))
+    (1.0, 0.015625, 0.015625)
+    >>> mup_lr_scales(CNN((8, 8), 2, 16, 2, parametrization="mup", base_width=4,
+    ...                   key=jax.random.key(0)))
+    (1.0, 0.25, 0.25)
+    """
+    layers = _mup_layers(model)
+    if model.parametrization != "mup":
+        return (1.0,) * len(layers)
+    f = model.base_width / model.width
+    n_input = 2 if isinstance(model, TinyTransformer) else 1
+    return (1.0,) * n_input + (f,) * (len(layers) - n_input)
+
+
+def mup_leaf_scales(model: MLP | CNN | TinyTransformer) -> tuple[float, ...]:
+    """:func:`mup_lr_scales` spread over the parameters: one float per inexact array leaf
+    of ``model``, in ``jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))``
+    order (so it also lines up with the leaves of gradients and optimizer updates).
+    Leaves outside the listed layers (LayerNorms) get 1.0.
+
+    Example
+    -------
+    >>> import jax
+    >>> mup_leaf_scales(MLP(4, 2, 8, 1, parametrization="mup", key=jax.random.key(0)))
+    (1.0, 1.0, 0.125, 0.125)
+    """
+    params = eqx.filter(model, eqx.is_inexact_array)
+    ones = jax.tree_util.tree_map(lambda _: 1.0, params)
+    layers = _mup_layers(ones)
+    factors = eqx.tree_at(
+        _mup_layers,
+        ones,
+        replace=tuple(
+            jax.tree_util.tree_map(lambda _, f=f: f, layer)
+            for layer, f in zip(layers, mup_lr_scales(model))
+        ),
+    )
+    return tuple(float(f) for f in jax.tree_util.tree_leaves(factors))
 
 
 # --------------------------------------------------------------------------- factory
@@ -541,7 +708,14 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "parametrization": "standard",
         "base_width": 1,
     },
-    "cnn": {"width": 16, "depth": 2, "activation": "relu", "pool": "mean"},
+    "cnn": {
+        "width": 16,
+        "depth": 2,
+        "activation": "relu",
+        "pool": "mean",
+        "parametrization": "standard",
+        "base_width": 1,
+    },
     "transformer": {
         "width": 64,
         "layers": 2,
@@ -549,6 +723,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "mlp_ratio": 4,
         "vocab_size": None,
         "context": None,
+        "parametrization": "standard",
+        "base_width": 1,
     },
 }
 
@@ -567,9 +743,11 @@ def make_model(
 
     - mlp: ``width=64, depth=2, activation="relu", parametrization="standard",
       base_width=1`` (``in_size = prod(in_shape)``)
-    - cnn: ``width=16, depth=2, activation="relu", pool="mean"``
-    - transformer: ``width=64, layers=2, heads=4, mlp_ratio=4``; ``vocab_size``
-      defaults to ``out_size`` and ``context`` to ``in_shape[0]``.
+    - cnn: ``width=16, depth=2, activation="relu", pool="mean",
+      parametrization="standard", base_width=1``
+    - transformer: ``width=64, layers=2, heads=4, mlp_ratio=4,
+      parametrization="standard", base_width=1``; ``vocab_size`` defaults to
+      ``out_size`` and ``context`` to ``in_shape[0]``.
 
     ``in_shape`` is the shape of one input (``Dataset.in_shape``), ``out_size`` the number
     of outputs (``Dataset.n_outputs``). An unknown name or key raises ``ValueError``.
@@ -616,7 +794,9 @@ def make_model(
             opts["width"],
             opts["depth"],
             opts["activation"],
+            opts["parametrization"],
             pool=opts["pool"],
+            base_width=opts["base_width"],
             key=key,
         )
     vocab = opts["vocab_size"] if opts["vocab_size"] is not None else out_size
@@ -633,6 +813,8 @@ def make_model(
         opts["layers"],
         opts["heads"],
         mlp_ratio=opts["mlp_ratio"],
+        parametrization=opts["parametrization"],
+        base_width=opts["base_width"],
         key=key,
     )
 

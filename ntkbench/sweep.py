@@ -439,30 +439,45 @@ def make_optimizer(
     return opt
 
 
-def _mup_scaled(opt, model):
-    """µP Adam: scale the update of layer i by ``mup_lr_scales(model)[i]``."""
-    import equinox as eqx
+def _mup_scaled(opt, model, _cache={}):  # noqa: B006 - the dict is the cache
+    """µP Adam: scale each parameter's update by its layer's ``mup_lr_scales(model)``
+    factor (hidden and readout layers × base_width / width; input layer, embeddings and
+    LayerNorms × 1), for any model of :mod:`ntkbench.models`. Not µP, or all factors 1
+    (``base_width == width``): ``opt`` itself. Results are cached by ``(opt, factors)``
+    so equal runs get the same transformation and reuse compiled training steps.
+    """
     import jax
     import optax
 
-    from ntkbench.models import MLP, mup_lr_scales
+    from ntkbench.models import CNN, MLP, TinyTransformer, mup_leaf_scales
 
-    if not isinstance(model, MLP) or model.parametrization != "mup":
+    if not isinstance(model, (MLP, CNN, TinyTransformer)) or model.parametrization != "mup":
         return opt
-    factors = mup_lr_scales(model)
+    factors = mup_leaf_scales(model)  # one per parameter leaf, in tree_leaves order
+    if all(f == 1.0 for f in factors):
+        return opt
+    key = (opt, factors)
+    try:
+        if key in _cache:
+            return _cache[key]
+    except TypeError:  # an unhashable optimizer: build it, don't cache
+        key = None
 
     def update(updates, state, params=None):
         updates, state = opt.update(updates, state, params)
-        for i, f in enumerate(factors):
-            if f != 1.0:
-                updates = eqx.tree_at(
-                    lambda m, i=i: m.layers[i],
-                    updates,
-                    replace_fn=lambda layer, f=f: jax.tree.map(lambda u: u * f, layer),
-                )
-        return updates, state
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        if len(leaves) != len(factors):
+            raise ValueError(
+                f"µP optimizer: updates have {len(leaves)} array leaves, the model had "
+                f"{len(factors)} parameters"
+            )
+        leaves = [u * f if f != 1.0 else u for u, f in zip(leaves, factors)]
+        return jax.tree_util.tree_unflatten(treedef, leaves), state
 
-    return optax.GradientTransformation(opt.init, update)
+    scaled = optax.GradientTransformation(opt.init, update)
+    if key is not None:
+        _cache[key] = scaled
+    return scaled
 
 
 def run_one(config: Mapping[str, Any]):

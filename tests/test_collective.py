@@ -306,15 +306,142 @@ def test_workbench_controls_update_figures(shipped_cubes, tmp_path):
     np.testing.assert_allclose(cells, ref)
     marker = wb.figures["F-b2"].select_one({"name": "b2-width-entropy-marker"}).data
     assert len(marker["x"]) == 4  # 2 nets × train/test
-    old = wb.figures["F-b1"]
-    wb.entropy.value = "S/lnN"
-    assert wb.figures["F-b1"] is not old and wb.models["F-b1"]._model is wb.figures["F-b1"]
-    ys = wb.figures["F-b1"].select_one({"name": "b1-depth-entropy-lines"}).data["ys"]
-    assert max(max(y) for y in ys) <= 1.0
+    old, old_model = wb.figures["F-b1"], wb.models["F-b1"]
+    src = old.select_one({"name": "b1-depth-entropy-lines"})
+    before = [list(y) for y in src.data["ys"]]
+    wb.entropy.value = "S/lnN"  # redrawn in place: same figure, same model, new values
+    assert wb.figures["F-b1"] is old and wb.models["F-b1"] is old_model and old_model._model is old
+    assert old.select_one({"name": "b1-depth-entropy-lines"}) is src
+    ys = src.data["ys"]
+    assert ys != before and max(max(y) for y in ys) <= 1.0
+    assert max(max(y) for y in before) > 1.0  # S in nats exceeds 1 here, S / ln N does not
     wb.width.value = 128
+    assert wb.figures["F-b1"] is old
     assert "128" in wb.figures["F-b1"].select_one({"name": "b1-depth-entropy-lines"}).data["label"][0]
     path = wb.export("F-b3", "html")
     assert path.exists() and path.parent == tmp_path / "figures"
+
+
+def _figure_state(fig):
+    """Header text, every named source's columns, and per panel (keyed by the source it
+    draws) title and axis labels, plus colour-mapper ranges: what a redraw must get right."""
+    from bokeh.models import ColorMapper, ColumnDataSource, Div, GlyphRenderer, Plot
+
+    panels = {}
+    for p in fig.select({"type": Plot}):
+        names = sorted(r.data_source.name for r in p.renderers if isinstance(r, GlyphRenderer) and r.data_source.name)
+        panels[names[0]] = (p.title.text, [a.axis_label for a in p.yaxis], [a.axis_label for a in p.xaxis],
+                            type(p.y_scale).__name__)
+    sources = {s.name: dict(s.data) for s in fig.select({"type": ColumnDataSource}) if s.name}
+    mappers = sorted((m.low, m.high) for m in fig.select({"type": ColorMapper}))
+    return fig.select_one({"type": Div}).text, sources, panels, mappers
+
+
+def _fresh_figure(wb, name, cubes):
+    """The figure the public builder draws at the workbench's current settings."""
+    rows = dict(width=wb.width.value, depth=wb.depth.value, activation=wb.activation.value)
+    kw = dict(seed=wb.seed.value, entropy=wb.entropy.value, trace=wb.trace.value, test=wb.test.value)
+    if name == "F-b1":
+        return collective.fig_b1(cubes["mlp"], **rows, **kw, step_marker=wb.step.value)
+    if name == "F-b2":
+        return collective.fig_b2(cubes["mlp"], **rows, **kw, step=wb.step.value)
+    if name == "F-b3":
+        return collective.fig_b3(cubes["scale"], wb.quantity.value, step=wb.b3_step.value, entropy=wb.entropy.value,
+                                 trace=wb.trace.value)
+    return collective.fig_b4(cubes, **kw, missing_seed="mean")
+
+
+def test_workbench_controls_redraw_in_place(shipped_cubes, tmp_path):
+    # Every control but the F-b3 quantity keeps each figure and its BokehModel and changes
+    # only source columns and texts; the result equals a fresh build at the new settings.
+    mlp = shipped_cubes["mlp"]
+    wb = collective.Workbench(shipped_cubes, figures_dir=tmp_path / "figures")
+    figs, models = dict(wb.figures), dict(wb.models)
+    n_seeds = mlp.sizes["seed"]
+    single = int(mlp["seed"].values[1])
+
+    def lines(name, key):
+        return wb.figures[name].select_one({"name": key}).data
+
+    def ylabel(name, key):
+        src = wb.figures[name].select_one({"name": key})
+        from bokeh.models import GlyphRenderer, Plot
+
+        return next(p for p in wb.figures[name].select({"type": Plot})
+                    if any(isinstance(r, GlyphRenderer) and r.data_source is src for r in p.renderers)).yaxis[0].axis_label
+
+    def head(name):
+        from bokeh.models import Div
+
+        return wb.figures[name].select_one({"type": Div}).text
+
+    steps = [
+        (wb.width, 128, ("F-b1", "F-b2"), "b1-activation-entropy-lines",
+         lambda: "ReLU 128×1 train" in lines("F-b1", "b1-activation-entropy-lines")["label"]
+         and "128×1" in _figure_state(wb.figures["F-b1"])[2]["b1-activation-loss-bands"][0]
+         and "ReLU 128×1 vs" in _figure_state(wb.figures["F-b2"])[2]["b2-activation-entropy-bands"][0]),
+        (wb.depth, 6, ("F-b1", "F-b2"), "b1-width-loss-lines",
+         lambda: set(lines("F-b1", "b1-width-loss-lines")["label"]) == {"ReLU 8×6 train", "ReLU 8×6 test",
+                                                                       "ReLU 128×6 train", "ReLU 128×6 test"}
+         and "depth 6" in _figure_state(wb.figures["F-b1"])[2]["b1-width-loss-bands"][0]),
+        (wb.activation, "tanh", ("F-b1", "F-b2"), "b1-depth-trace-lines",
+         lambda: all(lb.startswith("tanh ") for lb in lines("F-b1", "b1-depth-trace-lines")["label"])
+         and "(tanh, width 128)" in _figure_state(wb.figures["F-b1"])[2]["b1-depth-loss-bands"][0]),
+        (wb.seed, "all", ("F-b1", "F-b2", "F-b4"), "b1-activation-loss-lines",
+         lambda: len(lines("F-b1", "b1-activation-loss-lines")["xs"]) == 2 * 2 * n_seeds
+         and not any(lines("F-b1", "b1-activation-loss-bands")["xs"])
+         and "every seed" in head("F-b1") and "every seed" in head("F-b2") and "every seed" in head("F-b4")),
+        (wb.seed, single, ("F-b1", "F-b2", "F-b4"), "b1-width-entropy-lines",
+         lambda: np.allclose(dict(zip(lines("F-b1", "b1-width-entropy-lines")["label"],
+                                      lines("F-b1", "b1-width-entropy-lines")["ys"]))["tanh 128×6 train"],
+                             mlp["entropy"].sel(activation="tanh", width=128, depth=6, seed=single).values, rtol=1e-6)
+         and f"seed {single}" in head("F-b1")),
+        (wb.test, False, ("F-b1", "F-b2", "F-b4"), "b2-width-trace-ends",
+         lambda: not any(" test" in lb for lb in lines("F-b1", "b1-width-entropy-lines")["label"])
+         and len(lines("F-b2", "b2-width-trace-ends")["x"]) == 2 * 2  # 2 nets × start/end, train only
+         and not any(" test" in lb for lb in lines("F-b4", "b4-cnn-loss-lines")["label"])),
+        (wb.entropy, "S/lnN", ("F-b1", "F-b2", "F-b3", "F-b4"), "b3-dS-relu-cells",
+         lambda: ylabel("F-b1", "b1-width-entropy-lines") == "S / ln N"
+         and ylabel("F-b2", "b2-width-entropy-lines") == "S / ln N"
+         and ylabel("F-b4", "b4-transformer-entropy-lines") == "S / ln N"
+         and all("S / ln N" in head(n) for n in wb.figures)),
+        (wb.trace, "TrK/N", ("F-b1", "F-b2", "F-b3", "F-b4"), "b1-depth-trace-lines",
+         lambda: ylabel("F-b1", "b1-depth-trace-lines") == "Tr K / N"
+         and ylabel("F-b4", "b4-cnn-trace-lines") == "Tr K / N" and "Tr K / N" in head("F-b3")),
+    ]
+    for ctl, value, affected, key, check in steps:
+        owner = {"b1": "F-b1", "b2": "F-b2", "b3": "F-b3", "b4": "F-b4"}[key[:2]]
+        src = wb.figures[owner].select_one({"name": key})
+        before = {k: list(v) for k, v in src.data.items()}
+        ctl.value = value
+        for name in wb.figures:
+            assert wb.figures[name] is figs[name], (ctl.description, name)
+            assert wb.models[name] is models[name] and models[name]._model is figs[name], (ctl.description, name)
+            assert wb.views[name].children == (models[name],)
+        assert wb.figures[owner].select_one({"name": key}) is src
+        assert {k: list(v) for k, v in src.data.items()} != before, (ctl.description, key)
+        assert check(), (ctl.description, value)
+        for name in affected:
+            got, ref = _figure_state(wb.figures[name]), _figure_state(_fresh_figure(wb, name, shipped_cubes))
+            assert got[0] == ref[0], (ctl.description, name)
+            np.testing.assert_equal(got[1], ref[1], err_msg=f"{ctl.description}: {name}")
+            assert got[2:] == ref[2:], (ctl.description, name)
+    # a new quantity changes F-b3's layout (source names, colour mapper): a new figure,
+    # a new model in the view, the old model closed; the other figures stay
+    old_model = wb.models["F-b3"]
+    wb.quantity.value = "TrK0"
+    assert wb.figures["F-b3"] is not figs["F-b3"] and wb.models["F-b3"] is not old_model
+    assert wb.models["F-b3"]._model is wb.figures["F-b3"] and wb.views["F-b3"].children == (wb.models["F-b3"],)
+    assert old_model.comm is None and figs["F-b3"].document is None
+    assert wb.figures["F-b3"].select_one({"name": "b3-TrK0-relu-cells"}) is not None
+    assert all(wb.figures[n] is figs[n] for n in ("F-b1", "F-b2", "F-b4"))
+    # and later changes redraw the new F-b3 in place
+    new = wb.figures["F-b3"]
+    wb.trace.value = "TrK"
+    assert wb.figures["F-b3"] is new
+    got, ref = _figure_state(new), _figure_state(_fresh_figure(wb, "F-b3", shipped_cubes))
+    assert got[0] == ref[0] and got[2:] == ref[2:]
+    np.testing.assert_equal(got[1], ref[1])
 
 
 def test_every_workbench_control_value_builds(shipped_cubes, tmp_path):

@@ -54,6 +54,17 @@ def _entk_diag(model, x):
     return sum(jnp.sum(j.reshape(j.shape[0], -1) ** 2, axis=1) for j in jax.tree_util.tree_leaves(jac))
 
 
+def _entk_scale(make, x, widths, seeds=3):
+    """Tr K / N at init with ntkbench.entk, averaged over seeds, for each width."""
+    import ntkbench as nb
+
+    return [
+        np.mean([float(jnp.mean(jnp.diag(nb.entk(make(w, jax.random.key(s)), x, method="jacobian"))))
+                 for s in range(seeds)])  # fmt: skip
+        for w in widths
+    ]
+
+
 # --------------------------------------------------------------------------- MLP
 
 
@@ -175,6 +186,51 @@ def test_mup_lr_scales():
     m = MLP(4, 2, 64, 2, parametrization="mup", base_width=16, key=jax.random.key(0))
     assert mup_lr_scales(m) == (1.0, 0.25, 0.25)
     assert mup_lr_scales(MLP(4, 2, 64, 2, key=jax.random.key(0))) == (1.0, 1.0, 1.0)
+    cnn = CNN((4, 4), 2, 32, 3, parametrization="mup", base_width=8, key=jax.random.key(0))
+    assert mup_lr_scales(cnn) == (1.0, 0.25, 0.25, 0.25)  # input conv, 2 hidden, readout
+    assert mup_lr_scales(CNN((4, 4), 2, 32, 3, "relu", "ntk", key=jax.random.key(0))) == (1.0,) * 4
+    tf = TinyTransformer(5, 3, 16, 2, 2, parametrization="mup", base_width=4, key=jax.random.key(0))
+    # tok / pos embeddings, (qkv, proj, fc1, fc2) x 2 blocks, unembed
+    assert mup_lr_scales(tf) == (1.0, 1.0) + (0.25,) * 9
+    with pytest.raises(TypeError, match="model"):
+        mup_lr_scales(eqx.nn.Linear(2, 2, key=jax.random.key(0)))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "transformer"])
+def test_mup_adam_updates_per_layer(arch):
+    """ntkbench.sweep's µP Adam: after one step from equal gradients (Adam's first step
+    is lr · sign(g)), hidden and readout layers move by lr · base_width / width, the input
+    layer, embeddings and LayerNorms by lr; the scaled optimizer is cached."""
+    from ntkbench.sweep import _mup_scaled, make_optimizer
+
+    width, base, lr, key = 16, 2, 0.01, jax.random.key(0)
+    if arch == "mlp":
+        model = MLP(4, 3, width, 2, parametrization="mup", base_width=base, key=key)
+        layers = lambda m: m.layers  # noqa: E731
+        n_input = 1
+    elif arch == "cnn":
+        model = CNN((4, 4), 3, width, 2, parametrization="mup", base_width=base, key=key)
+        layers = lambda m: (*m.convs, m.readout)  # noqa: E731
+        n_input = 1
+    else:
+        model = TinyTransformer(5, 3, width, 1, 2, parametrization="mup", base_width=base, key=key)
+        b = lambda m: m.blocks[0]  # noqa: E731
+        layers = lambda m: (m.tok_embed, m.pos_embed, b(m).qkv, b(m).proj, b(m).fc1, b(m).fc2, m.unembed)  # noqa: E731
+        n_input = 2
+    params = eqx.filter(model, eqx.is_inexact_array)
+    opt = _mup_scaled(make_optimizer("adam", lr), model)
+    assert opt is _mup_scaled(make_optimizer("adam", lr), model)  # cached by (opt, factors)
+    updates, _ = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)
+    for i, layer in enumerate(layers(updates)):
+        expected = lr if i < n_input else lr * base / width
+        for leaf in jax.tree_util.tree_leaves(layer):
+            np.testing.assert_allclose(np.asarray(leaf), -expected, rtol=1e-4)
+    if arch == "transformer":
+        for leaf in jax.tree_util.tree_leaves((updates.ln_f, updates.blocks[0].ln1)):
+            np.testing.assert_allclose(np.asarray(leaf), -lr, rtol=1e-4)
+    if arch == "cnn":  # base_width == width: no scaling, the optimizer itself
+        at_base = CNN((4, 4), 3, width, 2, parametrization="mup", base_width=width, key=key)
+        assert _mup_scaled(make_optimizer("adam", lr), at_base) is make_optimizer("adam", lr)
 
 
 @pytest.mark.parametrize(
@@ -237,6 +293,52 @@ def test_cnn_translation_equivariant_pool():
     np.testing.assert_allclose(_call(m, img), _call(m, shifted), rtol=1e-5, atol=1e-6)
 
 
+def test_cnn_parametrizations_agree_at_init():
+    """Same key: standard, ntk and mup(base_width=width) are the same function at init,
+    for both poolings; mup with base_width b is sqrt(b / width) times standard."""
+    key, width = jax.random.key(3), 6
+    x = jax.random.normal(jax.random.key(4), (5, 2, 6, 6))
+    for pool in ("mean", "flatten"):
+        def out(param, base=width, pool=pool):
+            return _batch(CNN((2, 6, 6), 3, width, 2, "tanh", param, pool=pool,
+                              base_width=base, key=key), x)  # fmt: skip
+
+        std = out("standard")
+        np.testing.assert_allclose(out("ntk"), std, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out("mup"), std, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out("mup", 2), std * math.sqrt(2 / width), rtol=1e-5, atol=1e-7)
+
+
+def test_cnn_parametrization_weights_and_layers():
+    w, base = 32, 4
+    std = CNN((4, 6, 6), 8, w, 2, key=jax.random.key(0))
+    ntk = CNN((4, 6, 6), 8, w, 2, parametrization="ntk", key=jax.random.key(0))
+    mup = CNN((4, 6, 6), 8, w, 2, parametrization="mup", base_width=base, key=jax.random.key(0))
+    for m in (std, ntk, mup):  # plain layers: the structured eNTK rule taps them
+        assert all(type(c) is eqx.nn.Conv2d for c in m.convs)
+        assert type(m.readout) is eqx.nn.Linear
+    assert (ntk.parametrization, mup.parametrization, mup.base_width) == ("ntk", "mup", base)
+    for conv, fan_in in zip(std.convs, (4 * 9, w * 9)):
+        assert abs(float(jnp.var(conv.weight)) * fan_in - 1) < 0.1
+    for conv in ntk.convs:
+        assert abs(float(jnp.var(conv.weight)) - 1) < 0.1
+    assert ntk.in_scales == (1 / math.sqrt(4 * 9), 1 / math.sqrt(w * 9), 1 / math.sqrt(w))
+    assert mup.in_scales == (1.0, 1.0, base / w)
+    assert abs(float(jnp.var(mup.readout.weight)) * base - 1) < 0.25
+
+
+def test_cnn_entk_scale_ntk_bounded_standard_grows():
+    x = jax.random.normal(jax.random.key(0), (6, 6, 6))
+
+    def ratio(param):
+        a, b = _entk_scale(lambda w, k: CNN((6, 6), 2, w, 2, parametrization=param, key=k), x, (16, 256))
+        return b / a
+
+    r_ntk, r_std = ratio("ntk"), ratio("standard")
+    assert 0.7 < r_ntk < 1.4, r_ntk
+    assert 8 < r_std < 24, r_std  # width grows 16x (the input conv does not grow)
+
+
 # --------------------------------------------------------------------------- transformer
 
 
@@ -264,6 +366,88 @@ def test_transformer_shapes_and_causality():
         TinyTransformer(30, 16, 30, 1, 4, key=key)
 
 
+def test_transformer_parametrizations_at_init():
+    """Same key: ntk is standard at init; mup(base_width=width) is standard only when
+    d_head == 1 (its attention scores are scaled 1/d_head, not 1/sqrt(d_head)); mup with
+    base_width b is sqrt(b / width) times mup(base_width=width) (only the readout differs)."""
+    key, width = jax.random.key(3), 8
+    tokens = jax.random.randint(jax.random.key(4), (3, 6), 0, 11)
+
+    def out(param, heads, base=width):
+        return _batch(TinyTransformer(11, 6, width, 1, heads, mlp_ratio=2, parametrization=param,
+                                      base_width=base, key=key), tokens)  # fmt: skip
+
+    std, mup = out("standard", 2), out("mup", 2)  # d_head = 4
+    np.testing.assert_allclose(out("ntk", 2), std, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(mup - std).max()) > 1e-2  # the 1/d_head attention differs
+    np.testing.assert_allclose(out("mup", 2, 2), mup * math.sqrt(2 / width), rtol=1e-5, atol=1e-6)
+    # d_head == 1: 1/d_head == 1/sqrt(d_head), so mup(base_width=width) is standard
+    np.testing.assert_allclose(out("mup", width), out("standard", width), rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_parametrization_weights_and_layers():
+    w, base = 64, 4
+    ntk = TinyTransformer(7, 4, w, 1, 4, parametrization="ntk", key=jax.random.key(0))
+    mup = TinyTransformer(7, 4, w, 1, 4, parametrization="mup", base_width=base, key=jax.random.key(0))
+    std = TinyTransformer(7, 4, w, 1, 4, key=jax.random.key(0))
+    b = ntk.blocks[0]
+    for layer in (b.qkv, b.proj, b.fc1, b.fc2, ntk.unembed):
+        assert type(layer) is eqx.nn.Linear and abs(float(jnp.var(layer.weight)) - 1) < 0.05
+    assert b.in_scales == (1 / math.sqrt(w),) * 3 + (1 / math.sqrt(4 * w),)
+    assert ntk.unembed_scale == 1 / math.sqrt(w) and mup.unembed_scale == base / w
+    assert mup.blocks[0].score_scale == 1 / 16 and std.blocks[0].score_scale == 1 / 4
+    assert abs(float(jnp.var(mup.unembed.weight)) * base - 1) < 0.1
+    for m in (ntk, mup):  # embeddings and LayerNorms are the same in every parametrization
+        for get in (lambda t: t.tok_embed.weight, lambda t: t.pos_embed.weight,
+                    lambda t: t.blocks[0].ln1.weight, lambda t: t.ln_f.bias):  # fmt: skip
+            np.testing.assert_array_equal(get(m), get(std))
+
+
+def test_transformer_entk_scale_ntk_bounded_standard_grows():
+    tokens = jax.random.randint(jax.random.key(0), (4, 3), 0, 5)
+
+    def ratio(param):
+        def make(w, k):
+            return TinyTransformer(5, 3, w, 1, 2, mlp_ratio=1, parametrization=param, key=k)
+
+        a, b = _entk_scale(make, tokens, (16, 256))
+        return b / a
+
+    r_ntk, r_std = ratio("ntk"), ratio("standard")
+    assert 0.7 < r_ntk < 1.4, r_ntk
+    assert 8 < r_std < 24, r_std  # width grows 16x
+
+
+@pytest.mark.parametrize("arch", ["cnn", "transformer"])
+def test_structured_entk_sees_parametrization_scales_cnn_transformer(arch):
+    """The layer-wise eNTK rule agrees with the reference diagonal under ntk and mup (the
+    scales multiply layer inputs, outside the tapped Conv2d / Linear)."""
+    kernel = pytest.importorskip("ntkbench.kernel")
+    # the transformer's mup adds only a readout input scale (like ntk's) and the
+    # attention-score scale (not at a tapped layer): ntk covers it and saves compiles
+    for param in ("ntk", "mup") if arch == "cnn" else ("ntk",):
+        if arch == "cnn":
+            m = CNN((5, 5), 2, 3, 2, "tanh", param, base_width=2, key=jax.random.key(2))
+            x = jax.random.normal(jax.random.key(0), (3, 5, 5))
+        else:
+            m = TinyTransformer(5, 3, 4, 1, 2, mlp_ratio=1, parametrization=param,
+                                base_width=2, key=jax.random.key(2))  # fmt: skip
+            x = jax.random.randint(jax.random.key(0), (3, 3), 0, 5)
+        K = kernel.entk(m, x, method="structured")
+        np.testing.assert_allclose(jnp.diag(K), _entk_diag(m, x), rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", ["cnn", "transformer"])
+def test_bad_parametrization_names_it(cls):
+    for kwargs, match in (({"parametrization": "abc"}, "parametrization.*'abc'"),
+                          ({"parametrization": "mup", "base_width": 0}, "base_width")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            if cls == "cnn":
+                CNN((4, 4), 2, 4, 1, key=jax.random.key(0), **kwargs)
+            else:
+                TinyTransformer(5, 3, 4, 1, 2, key=jax.random.key(0), **kwargs)
+
+
 # --------------------------------------------------------------------------- factory
 
 
@@ -277,6 +461,14 @@ def test_make_model():
     t = make_model({"name": "transformer", "width": 16, "heads": 2}, key=key,
                    in_shape=(12,), out_size=40)  # fmt: skip
     assert isinstance(t, TinyTransformer) and (t.vocab_size, t.context) == (40, 12)
+    assert (c.parametrization, t.parametrization) == ("standard", "standard")
+    for name, extra, shape in (("cnn", {}, (1, 8, 8)), ("transformer", {"heads": 2}, (12,))):
+        for param in ("ntk", "mup"):
+            cfg = {"name": name, "width": 8, "parametrization": param, "base_width": 4, **extra}
+            m2 = make_model(cfg, key=key, in_shape=shape, out_size=10)
+            assert (m2.parametrization, m2.base_width, m2.width) == (param, 4, 8)
+        with pytest.raises(ValueError, match="parametrization"):
+            make_model({"name": name, "parametrization": "sp"}, key=key, in_shape=shape, out_size=10)
     assert _same(m, make_model({"name": "mlp", "width": 20, "depth": 1,
                                 "parametrization": "ntk"}, key=key, in_shape=(64,),
                                out_size=10))  # fmt: skip

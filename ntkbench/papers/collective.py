@@ -1270,9 +1270,17 @@ class Workbench:
     fixed values of the F-b1/F-b2 rows), ``seed`` (mean ± std, every seed, one seed),
     ``entropy`` (S or S/lnN), ``trace`` (Tr K or Tr K/N), ``test`` (draw the test probe),
     ``step`` (a slider: the marker in F-b1 and the dot in F-b2), ``b3_step`` (the step of
-    F-b3), ``quantity`` (F-b3 colour), ``export_*``. Step and quantity-free changes update the figures' sources in
-    place; a changed variant redraws. ``models`` maps figure names to the displayed
-    ``jupyter_bokeh.BokehModel``; ``views`` to the ipywidgets box of each figure.
+    F-b3), ``quantity`` (F-b3 colour), ``export_*``.
+
+    Controls redraw in place: each figure is shown once through a
+    ``jupyter_bokeh.BokehModel``, and a change assigns new columns (from the ``fig_b*_data``
+    functions) to the figure's ``ColumnDataSource``\\ s with the same names and rewrites the
+    titles, axis labels, colour ranges and header text that depend on the controls. Only a
+    change of the figure's layout (its set of source names, or the F-b3 ``quantity``, whose
+    colour mapper differs) builds a new figure; the old ``BokehModel`` is then closed.
+    ``figures`` maps figure names to the Bokeh layouts, ``models`` to the displayed
+    ``BokehModel`` (``models[name]._model is figures[name]``), ``views`` to the ipywidgets
+    box of each figure.
 
     >>> wb = Workbench(open_cubes("../data/collective_quick.nc"))  # doctest: +SKIP
     >>> wb.view("F-b1")                                              # doctest: +SKIP
@@ -1313,17 +1321,21 @@ class Workbench:
         self.export_status = w.HTML(value="")
         self.figures: dict[str, Any] = {}
         self.models: dict[str, Any] = {}
+        self._layouts: dict[str, Any] = {}  # figure name -> the layout key it was built with
+        self._index: dict[str, dict[str, Any]] = {}  # figure name -> its named models (see _index_of)
         self.views = {name: w.Box() for name in ("F-b1", "F-b2", "F-b3", "F-b4")}
         if "transformer" not in self.cubes and "cnn" not in self.cubes:
             self.export_figure.options = ["F-b1", "F-b2", "F-b3"]
         self._build_all()
         for ctl in (self.width, self.depth, self.activation):
-            ctl.observe(lambda _: self._rebuild("F-b1", "F-b2"), "value")
-        for ctl in (self.seed, self.entropy, self.trace, self.test):
-            ctl.observe(lambda _: self._rebuild("F-b1", "F-b2", "F-b3", "F-b4"), "value")
+            ctl.observe(lambda _: self._update("F-b1", "F-b2"), "value")
+        for ctl in (self.seed, self.test):  # F-b3 is a mean over seeds of the train probe
+            ctl.observe(lambda _: self._update("F-b1", "F-b2", "F-b4"), "value")
+        for ctl in (self.entropy, self.trace):
+            ctl.observe(lambda _: self._update("F-b1", "F-b2", "F-b3", "F-b4"), "value")
         self.step.observe(self._on_step, "value")
         self.b3_step.observe(self._on_b3_step, "value")
-        self.quantity.observe(lambda _: self._rebuild("F-b3"), "value")
+        self.quantity.observe(lambda _: self._update("F-b3"), "value")
         self.export_button.on_click(self._on_export)
         self.controls = w.VBox([
             w.HBox([self.activation, self.width, self.depth]),
@@ -1337,63 +1349,202 @@ class Workbench:
     def _kw(self) -> dict[str, Any]:
         return dict(seed=self.seed.value, entropy=self.entropy.value, trace=self.trace.value, test=self.test.value)
 
+    def _rows(self) -> dict[str, Any]:
+        return dict(width=self.width.value, depth=self.depth.value, activation=self.activation.value)
+
+    def _has_b4(self) -> bool:
+        return "transformer" in self.cubes or "cnn" in self.cubes
+
     def _build(self, name: str) -> Any:
         mlp = self.cubes["mlp"]
-        rows = dict(width=self.width.value, depth=self.depth.value, activation=self.activation.value)
         if name == "F-b1":
-            return fig_b1(mlp, **rows, **self._kw(), step_marker=self.step.value)
+            return fig_b1(mlp, **self._rows(), **self._kw(), step_marker=self.step.value)
         if name == "F-b2":
-            return fig_b2(mlp, **rows, **self._kw(), step=self.step.value)
+            return fig_b2(mlp, **self._rows(), **self._kw(), step=self.step.value)
         if name == "F-b3":
             return fig_b3(self.cubes.get("scale", mlp), self.quantity.value, step=self.b3_step.value,
                           entropy=self.entropy.value, trace=self.trace.value)
-        if "transformer" not in self.cubes and "cnn" not in self.cubes:
+        if not self._has_b4():
             return None
         return fig_b4(self.cubes, **self._kw(), missing_seed="mean")
 
+    def _layout_key(self, name: str) -> Any:
+        """What fixes a figure's structure beyond its source names: F-b3's quantity picks
+        the colour mapper (linear/log) and palette, which cannot change in place."""
+        return self.quantity.value if name == "F-b3" else None
+
+    def _data(self, name: str) -> dict[str, dict[str, list]]:
+        """The columns of every named source of figure ``name`` at the current settings."""
+        mlp = self.cubes["mlp"]
+        if name == "F-b1":
+            return fig_b1_data(mlp, **self._rows(), **self._kw())
+        if name == "F-b2":
+            data = fig_b2_data(mlp, **self._rows(), **self._kw(), step=self.step.value)
+            # fig_b2 draws its lines with empty band sources beside them
+            data.update({k[: -len("-lines")] + "-bands": _empty_bands() for k in list(data) if k.endswith("-lines")})
+            return data
+        if name == "F-b3":
+            return fig_b3_data(self.cubes.get("scale", mlp), self.quantity.value, step=self.b3_step.value,
+                               entropy=self.entropy.value, trace=self.trace.value)
+        return fig_b4_data(self.cubes, **self._kw(), missing_seed="mean")
+
+    @staticmethod
+    def _index_of(fig: Any) -> dict[str, Any]:
+        """One walk over a built figure: ``sources`` (name -> ColumnDataSource), ``panels``
+        (``"b1-{row}-{col}"`` etc. -> the plot drawing ``"…-lines"``, and F-b3's plots by
+        name), ``mappers`` (colour mappers), ``spans`` (the named step markers). Looking each
+        name up with ``select_one`` walks the whole model graph every time."""
+        from bokeh.models import ColorMapper, ColumnDataSource, GlyphRenderer, Plot, Span
+
+        index: dict[str, Any] = {"sources": {}, "panels": {}, "mappers": [], "spans": []}
+        for m in fig.references():
+            if isinstance(m, ColumnDataSource) and m.name:
+                index["sources"][m.name] = m
+            elif isinstance(m, ColorMapper):
+                index["mappers"].append(m)
+            elif isinstance(m, Span) and str(m.name).startswith("b1-"):
+                index["spans"].append(m)
+            elif isinstance(m, Plot):
+                if m.name:
+                    index["panels"][m.name] = m
+                for r in m.renderers:
+                    name = getattr(r.data_source, "name", None) if isinstance(r, GlyphRenderer) else None
+                    if name and name.endswith("-lines"):
+                        index["panels"][name[: -len("-lines")]] = m
+        return index
+
+    def _assign(self, name: str, data: Mapping[str, Mapping[str, list]]) -> None:
+        """``source.data = columns`` for each named source of figure ``name``."""
+        sources = self._index[name]["sources"]
+        for key, cols in data.items():
+            sources[key].data = dict(cols)
+
+    @staticmethod
+    def _close(model: Any) -> None:
+        """Close a replaced ``BokehModel`` and drop its figure from its document (so the
+        second ``close()`` ipywidgets makes on garbage collection finds nothing to undo)."""
+        doc, fig = model._document, model._model
+        model.close()
+        if doc is not None and fig in doc.roots:
+            doc.remove_root(fig)
+
     def _rebuild(self, *names: str) -> None:
+        """Build new figures (and models) for ``names``; close the models they replace."""
         from jupyter_bokeh import BokehModel
 
         for name in names:
             fig = self._build(name)
             if fig is None:
                 continue
+            old = self.models.get(name)
             self.figures[name] = fig
+            self._layouts[name] = self._layout_key(name)
+            self._index[name] = self._index_of(fig)
             self.models[name] = BokehModel(fig)
             self.views[name].children = (self.models[name],)
+            if old is not None:
+                self._close(old)
+
+    def _update(self, *names: str) -> None:
+        """Redraw ``names`` at the current settings in place (same figure, same model):
+        new source columns, titles, axis labels, colour ranges and header text. A figure
+        whose layout no longer fits (source names or layout key differ) is rebuilt."""
+        for name in names:
+            if name == "F-b4" and not self._has_b4():
+                continue
+            fig = self.figures.get(name)
+            data = self._data(name)
+            if fig is None or self._layouts.get(name) != self._layout_key(name) or set(data) != set(self._index[name]["sources"]):
+                self._rebuild(name)
+                continue
+            doc = fig.document
+            if doc is not None:  # one batch of changes for the page
+                doc.hold("combine")
+            try:
+                self._assign(name, data)
+                self._relabel(name, fig)
+            finally:
+                if doc is not None:
+                    doc.unhold()
+
+    def _relabel(self, name: str, fig: Any) -> None:
+        """The texts of figure ``name`` that depend on the controls (as its builder writes them)."""
+        ev, tv, seed = self.entropy.value, self.trace.value, self.seed.value
+        elabel, tlabel = ENTROPY_VARIANTS[ev][2], TRACE_VARIANTS[tv][2]
+        mlp = self.cubes["mlp"]
+        head = fig.children[0]
+        if name in ("F-b1", "F-b2"):
+            pairs = _b1_pairs(mlp, self.width.value, self.depth.value, self.activation.value)
+            panels = self._index[name]["panels"]
+            prefix, cols = ("b1", _COLUMNS) if name == "F-b1" else ("b2", ("entropy", "trace"))
+            for row in _ROWS:
+                a, b = pairs[row][0], pairs[row][-1]
+                if name == "F-b1":
+                    title = {
+                        "activation": f"activation: {_label_act(a[0])} vs {_label_act(b[0])} at {a[1]}×{a[2]}",
+                        "width": f"width: {a[1]} vs {b[1]} ({_label_act(a[0])}, depth {a[2]})",
+                        "depth": f"depth: {a[2]} vs {b[2]} ({_label_act(a[0])}, width {a[1]})",
+                    }[row]
+                else:
+                    title = f"{row}: {_arch_label(*a)} vs {_arch_label(*b)}"
+                for j, col in enumerate(cols):
+                    panel = panels[f"{prefix}-{row}-{col}"]
+                    panel.title.text = title if j == 0 else ""
+                    panel.yaxis[0].axis_label = _column_vars(col, ev, tv)[2]
+            if name == "F-b1":
+                seed_text = {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
+                head.text = (f"<b>F-b1 time evolution</b> — {elabel}, {tlabel}; "
+                             f"{_probe_note(mlp)}; {seed_text}; train dark, test light")
+            else:
+                seed_text = {"mean": "mean over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
+                head.text = (f"<b>F-b2 phase plots</b> — {elabel} and {tlabel} vs loss; "
+                             f"{_probe_note(mlp)}; {seed_text}; ○ start, □ end")
+        elif name == "F-b3":
+            scale = self.cubes.get("scale", mlp)
+            q = self.quantity.value
+            steps = scale["step"].values
+            st = int(steps[np.abs(steps - int(self.b3_step.value)).argmin()])
+            lo, hi = _b3_range(scale, q, ev, tv)
+            for act in scale["activation"].values.tolist():
+                self._index[name]["panels"][f"b3-{q}-{act}"].title.text = f"{_label_act(act)}: {_b3_title(q, st)}"
+            for mapper in self._index[name]["mappers"]:  # one quantity row: one mapper
+                mapper.update(low=lo, high=hi)
+            head.text = (f"<b>F-b3 scale diagram</b> — {elabel}, {tlabel} "
+                         f"(log colour); {_probe_note(scale)}; mean over seeds")
+        else:
+            for key, panel in self._index[name]["panels"].items():
+                col = key.rsplit("-", 1)[1]
+                panel.yaxis[0].axis_label = _column_vars(col, ev, tv)[2]
+            seed_text = {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
+            fallback = b4_seed_fallbacks(self.cubes, seed, "mean")
+            if fallback:
+                seed_text += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
+            head.text = (f"<b>F-b4 other architectures</b> — {elabel}, {tlabel}; "
+                         f"{_KERNEL_NOTE}; {seed_text}; train dark, test light")
 
     def _build_all(self) -> None:
         self._rebuild("F-b1", "F-b2", "F-b3", "F-b4")
 
     def _on_step(self, _: Any) -> None:
         """In place: move the F-b1 markers and the F-b2 points."""
-        from bokeh.models import Span
-
-        from ntkbench import plots
-
         st = int(self.step.value)
-        fig = self.figures["F-b1"]
-        for span in fig.select({"type": Span}):
-            if str(span.name).startswith("b1-"):
-                span.location = float(st + 1)
-                span.visible = True
-        rows = dict(width=self.width.value, depth=self.depth.value, activation=self.activation.value)
-        b2 = fig_b2_data(self.cubes["mlp"], **rows, **self._kw(), step=st)
-        plots.update(self.figures["F-b2"], {k: v for k, v in b2.items() if k.endswith("-marker")})
+        for span in self._index["F-b1"]["spans"]:
+            span.location = float(st + 1)
+            span.visible = True
+        b2 = fig_b2_data(self.cubes["mlp"], **self._rows(), **self._kw(), step=st)
+        self._assign("F-b2", {k: v for k, v in b2.items() if k.endswith("-marker")})
 
     def _on_b3_step(self, _: Any) -> None:
         """In place: the F-b3 cells (and titles) at the chosen step."""
-        from ntkbench import plots
-
         st = int(self.b3_step.value)
         q = self.quantity.value
         if q in ("S", "dS"):
-            b3 = fig_b3_data(self.cubes.get("scale", self.cubes["mlp"]), q, step=st, entropy=self.entropy.value, trace=self.trace.value)
-            plots.update(self.figures["F-b3"], b3)
-            for act in self.cubes.get("scale", self.cubes["mlp"])["activation"].values.tolist():
-                p = self.figures["F-b3"].select_one({"name": f"b3-{q}-{act}"})
-                if p is not None:
-                    p.title.text = f"{_label_act(act)}: {_b3_title(q, st)}"
+            scale = self.cubes.get("scale", self.cubes["mlp"])
+            self._assign("F-b3", fig_b3_data(scale, q, step=st, entropy=self.entropy.value, trace=self.trace.value))
+            panels = self._index["F-b3"]["panels"]
+            for act in scale["activation"].values.tolist():
+                if f"b3-{q}-{act}" in panels:
+                    panels[f"b3-{q}-{act}"].title.text = f"{_label_act(act)}: {_b3_title(q, st)}"
 
     # ------------------------------------------------------------------ views
 

@@ -42,6 +42,7 @@ bench: $(VENV)/.stamp-test bench-env
 	$(PY) benchmarks/flop_rate.py
 	$(PY) benchmarks/kernel_free_scaling.py --n 1000 4096
 	$(PY) benchmarks/vs_neural_tangents.py
+	$(PY) benchmarks/recording_overhead.py
 
 # A separate environment with neural-tangents 0.6.5 on JAX 0.4.25 (the baseline to beat).
 bench-env:

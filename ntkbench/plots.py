@@ -236,13 +236,71 @@ def _figure(title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, **
         tools=kw.pop("tools", "pan,wheel_zoom,box_zoom,reset,save"),
         **kw,
     )
-    from bokeh.models import LogTicker
-
     for flag, axes in ((log_x, fig.xaxis), (log_y, fig.yaxis)):
         if flag:  # 1-2-5 labels when a log axis spans less than a couple of decades
             for ax in axes:
-                ax.ticker = LogTicker(mantissas=[1, 2, 5])
+                ax.ticker, ax.formatter = _log_ticker(), _log_formatter()
     return fig
+
+
+# Ticks on log axes, chosen in the browser for the range shown (zoom included): 1-2-3-5-7
+# per decade over ≤ 1.5 decades, 1-2-5 over ≤ 3, 1-3 over ≤ 5, powers of ten beyond (every
+# k-th past 8 decades), linear 1-2-5 steps inside a sliver of a decade. Bokeh's LogTicker
+# falls back to linear ticks below ~2 decades and then labels only part of the axis.
+_LOG_TICKS_JS = """
+const lo = Math.min(cb_data.start, cb_data.end), hi = Math.max(cb_data.start, cb_data.end);
+if (!(lo > 0) || !(hi > lo)) return [];
+const d = Math.log10(hi / lo);
+const mant = d <= 1.5 ? [1, 2, 3, 5, 7] : d <= 3 ? [1, 2, 5] : d <= 5 ? [1, 3] : [1];
+const every = d > 8 ? Math.ceil(d / 8) : 1;
+const out = [];
+for (let e = Math.floor(Math.log10(lo)) - 1; e <= Math.ceil(Math.log10(hi)); e++) {
+  if (every > 1 && ((e % every) + every) % every !== 0) continue;
+  for (const m of mant) {
+    const t = Number((m * Math.pow(10, e)).toPrecision(12));
+    if (t >= lo && t <= hi) out.push(t);
+  }
+}
+if (out.length >= 3) return out;
+const raw = (hi - lo) / 4, p = Math.pow(10, Math.floor(Math.log10(raw)));
+const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw) || 10 * p;
+const lin = [];
+for (let t = Math.ceil(lo / step) * step; t <= hi; t += step) lin.push(Number(t.toPrecision(12)));
+return lin;
+"""
+
+
+def _log_ticker() -> Any:
+    from bokeh.models import CustomJSTicker
+
+    return CustomJSTicker(major_code=_LOG_TICKS_JS)
+
+
+# Labels on log axes: 10ⁿ when every tick is a power of ten, else short ones ("2e4",
+# "1.5e5", "0.02", "300"); Bokeh's default prints "1.600e+5" once a log axis spans less
+# than a decade and falls back to linear ticks.
+_LOG_LABEL_JS = """
+const sup = {"-": "\u207b", "0": "\u2070", "1": "\u00b9", "2": "\u00b2", "3": "\u00b3",
+             "4": "\u2074", "5": "\u2075", "6": "\u2076", "7": "\u2077", "8": "\u2078", "9": "\u2079"};
+const isPow = (t) => t > 0 && Math.abs(Math.log10(t) - Math.round(Math.log10(t))) < 1e-9;
+if (ticks.length > 1 && ticks.every(isPow)) {  // whole decades: 10ⁿ
+  const e = String(Math.round(Math.log10(tick)));
+  return "10" + e.split("").map((c) => sup[c]).join("");
+}
+const a = Math.abs(tick);
+if (a === 0) return "0";
+if (a >= 1e4 || a < 1e-3) {
+  const [m, e] = tick.toExponential(2).split("e");
+  return String(Number(m)) + "e" + String(Number(e));
+}
+return String(Number(tick.toPrecision(3)));
+"""
+
+
+def _log_formatter() -> Any:
+    from bokeh.models import CustomJSTickFormatter
+
+    return CustomJSTickFormatter(code=_LOG_LABEL_JS)
 
 
 def update(fig: Any, data: Mapping[str, Columns]) -> None:
@@ -262,8 +320,6 @@ def set_log(fig: Any, *, x: bool | None = None, y: bool | None = None) -> None:
         BasicTickFormatter,
         LinearScale,
         LogScale,
-        LogTicker,
-        LogTickFormatter,
     )
 
     for flag, axes, attr in ((x, fig.xaxis, "x_scale"), (y, fig.yaxis, "y_scale")):
@@ -277,8 +333,8 @@ def set_log(fig: Any, *, x: bool | None = None, y: bool | None = None) -> None:
                 else:
                     ax.ticker, ax.formatter = BasicTicker(), BasicTickFormatter()
             else:
-                ax.ticker = LogTicker(mantissas=[1, 2, 5]) if flag else BasicTicker()
-                ax.formatter = LogTickFormatter() if flag else BasicTickFormatter()
+                ax.ticker = _log_ticker() if flag else BasicTicker()
+                ax.formatter = _log_formatter() if flag else BasicTickFormatter()
 
 
 # --------------------------------------------------------------------------- spectrum

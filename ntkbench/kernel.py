@@ -738,14 +738,51 @@ def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | No
         b = n  # tile intermediates + transient features of one block must fit
         while b > 1 and b * b * cost.pair + b * cost.feature > room:
             b = (b + 1) // 2
+        if x2 is None and b >= n and _tile_symmetric(model, x1, outputs, method):
+            b = -(-n // 2)  # 3 of 4 half-size tiles: the upper triangle, mirrored
         return method, None if b >= n else b
     raise AssertionError("unreachable: ntvp always fits")
 
 
-@jax.jit
+_JAC_ROW_BYTES = 2**20  # per-sample Jacobian bytes above which half tiles pay (see below)
+
+
+def _tile_symmetric(model, x1, outputs: str, method: str) -> bool:
+    """Whether a symmetric kernel is faster in half-size tiles than in one.
+
+    Measured on the 2-core CPU (benchmarks/RESULTS.md): when the kernel is a contraction of
+    wide per-sample Jacobians (N × K·P rows of more than ``_JAC_ROW_BYTES``: a transformer
+    block with K·P = 5·10⁵ floats), computing the three upper tiles of a 2 × 2 tiling and
+    mirroring one is 1.4–1.8× faster at N = 256 … 512 than one N × N product (25 % fewer
+    FLOPs and smaller operands); with narrower rows (a CNN, 0.8 MB) or Gram-route layers (an
+    MLP) the single product wins, and below N = 256 tiling costs more than it saves.
+    """
+    n = x1.shape[0]
+    if n < 256 or method not in ("jacobian", "structured"):
+        return False
+    shape, dtype = x1.shape[1:], x1.dtype
+    k = _n_outputs(model, shape, dtype)
+    item = jnp.dtype(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype).itemsize
+    p = _n_params(model)
+    if method == "structured":
+        layers = _with_routes(_layers(model, _probe(model, shape, dtype)), k, n, n, outputs == "full")
+        p -= sum(L.d_out * (L.d_in + L.bias) for L in layers if L.route == "gram")
+    return k * p * item > _JAC_ROW_BYTES
+
+
 def _symmetrize(K):
     Kt = K.transpose(1, 0, 3, 2) if K.ndim == 4 else K.T
     return 0.5 * (K + Kt)
+
+
+@eqx.filter_jit
+def _entk_checked(model, x1, x2, outputs: str, method: str, block_size: int | None):
+    """The kernel (exactly symmetric when ``x2`` is None) and whether it is all finite, in
+    one compiled call (no extra dispatches: they cost as much as the kernel at small N)."""
+    K = _entk_jit(model, x1, x2, outputs, method, block_size)
+    if x2 is None:  # exactly symmetric, whatever the round-off of the tiles
+        K = _symmetrize(K)
+    return K, jnp.all(jnp.isfinite(K))
 
 
 _CHOICES: dict = {}
@@ -887,10 +924,8 @@ def entk(
     method, block_size = _resolve_method(
         model, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT, outputs, block_size
     )
-    K = _entk_jit(model, x1, x2, outputs, method, block_size)
-    if x2 is None:  # exactly symmetric, whatever the round-off of the tiles
-        K = _symmetrize(K)
-    if check_finite and not bool(jnp.all(jnp.isfinite(K))):
+    K, finite = _entk_checked(model, x1, x2, outputs, method, block_size)
+    if check_finite and not bool(finite):
         raise ValueError(
             "model: its eNTK on these inputs contains NaN or Inf; check the model's "
             "parameters and outputs (pass check_finite=False to get the kernel anyway)"

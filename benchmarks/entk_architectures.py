@@ -76,7 +76,7 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 chosen = ""
 if method == "auto":
     from ntkbench.kernel import _resolve_method, _DEFAULT_MEMORY_LIMIT, as_model
-    chosen = "%s/%s" % _resolve_method(as_model(model), x, None, "auto", _DEFAULT_MEMORY_LIMIT, outputs)
+    chosen = "%s/%s/%s" % _resolve_method(as_model(model), x, None, "auto", _DEFAULT_MEMORY_LIMIT, outputs)
 print(json.dumps({"method": method, "best_s": min(times), "first_s": first, "chosen": chosen,
                   "peak_rss_delta_mib": (peak - base) / 1024, "K": np.asarray(K, np.float64).ravel()[::97].tolist()}))
 """

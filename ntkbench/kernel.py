@@ -589,11 +589,13 @@ def _slice_rows(feats: list, i, block: int) -> list:
     return [jax.lax.dynamic_slice_in_dim(f, i * block, block) for f in feats]
 
 
-def _feature_kernel(feats_fn, contract, x1, x2, full, block):
+def _feature_kernel(feats_fn, contract, x1, x2, full, block, feature_block=None):
+    """Kernel from per-sample features: features of ``feature_block`` samples at a time (all
+    at once if None), contracted in ``block`` × ``block`` tiles (one product if None)."""
     n1 = x1.shape[0]
     symmetric = x2 is None
     n2 = n1 if symmetric else x2.shape[0]
-    fb = block or max(n1, n2)
+    fb = feature_block or max(n1, n2)
     f1 = _batched(feats_fn, x1, fb)
     f2 = f1 if symmetric else _batched(feats_fn, x2, fb)
     if block is None or block >= max(n1, n2):
@@ -716,8 +718,10 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
 
 
 def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | None):
-    """(method, block_size) for ``method="auto"``: the fewest FLOPs among the methods
-    whose features fit ``memory_limit``; a block size when the tiles would not."""
+    """(method, block_size, feature_block) for ``method="auto"``: the fewest FLOPs among
+    the methods whose features fit ``memory_limit``; a block size (for tiles and feature
+    batches) when they would not; half-size tiles with one feature batch when that is
+    faster (:func:`_tile_symmetric`)."""
     c = costs(model, x1, x2, outputs=outputs)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -729,22 +733,27 @@ def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | No
             b = n
             while b > 1 and b * b * cost.pair + b * cost.feature > memory_limit:
                 b = (b + 1) // 2
-            return method, block_size or (None if b >= n else b)
+            b = block_size or (None if b >= n else b)
+            return method, b, b
         room = memory_limit - nfeat * cost.feature
         if room <= 0:
             continue
         if block_size is not None:
-            return method, block_size
+            return method, block_size, block_size
         b = n  # tile intermediates + transient features of one block must fit
         while b > 1 and b * b * cost.pair + b * cost.feature > room:
             b = (b + 1) // 2
-        if x2 is None and b >= n and _tile_symmetric(model, x1, outputs, method):
-            b = -(-n // 2)  # 3 of 4 half-size tiles: the upper triangle, mirrored
-        return method, None if b >= n else b
+        if b < n:  # memory-bound: tiles and feature batches of b samples
+            return method, b, b
+        if x2 is None and _tile_symmetric(model, x1, outputs, method):
+            # 3 of 4 half-size tiles (the upper triangle, mirrored); features in one batch
+            return method, -(-n // 2), n
+        return method, None, None
     raise AssertionError("unreachable: ntvp always fits")
 
 
 _JAC_ROW_BYTES = 2**20  # per-sample Jacobian bytes above which half tiles pay (see below)
+_TILE_MIN_N = 256  # ... and the smallest N where they do
 
 
 def _tile_symmetric(model, x1, outputs: str, method: str) -> bool:
@@ -758,7 +767,7 @@ def _tile_symmetric(model, x1, outputs: str, method: str) -> bool:
     MLP) the single product wins, and below N = 256 tiling costs more than it saves.
     """
     n = x1.shape[0]
-    if n < 256 or method not in ("jacobian", "structured"):
+    if n < _TILE_MIN_N or method not in ("jacobian", "structured"):
         return False
     shape, dtype = x1.shape[1:], x1.dtype
     k = _n_outputs(model, shape, dtype)
@@ -776,10 +785,11 @@ def _symmetrize(K):
 
 
 @eqx.filter_jit
-def _entk_checked(model, x1, x2, outputs: str, method: str, block_size: int | None):
+def _entk_checked(model, x1, x2, outputs: str, method: str, block_size: int | None,
+                  feature_block: int | None = None):
     """The kernel (exactly symmetric when ``x2`` is None) and whether it is all finite, in
     one compiled call (no extra dispatches: they cost as much as the kernel at small N)."""
-    K = _entk_jit(model, x1, x2, outputs, method, block_size)
+    K = _entk_jit(model, x1, x2, outputs, method, block_size, feature_block)
     if x2 is None:  # exactly symmetric, whatever the round-off of the tiles
         K = _symmetrize(K)
     return K, jnp.all(jnp.isfinite(K))
@@ -789,10 +799,10 @@ _CHOICES: dict = {}
 
 
 def _resolve_method(model, x1, x2, method: str, memory_limit: int, outputs: str = "trace",
-                    block_size: int | None = None) -> tuple[str, int | None]:
+                    block_size: int | None = None) -> tuple[str, int | None, int | None]:
     """Check the model applies to one sample of x1 and resolve ``"auto"`` to (method,
-    block_size); cached per (model structure, shapes), so repeated calls (e.g. while
-    training) cost nothing."""
+    block_size, feature_block); cached per (model structure, shapes), so repeated calls
+    (e.g. while training) cost nothing."""
     leaves, treedef = jax.tree_util.tree_flatten(model)
     leaf_shapes = tuple((l.shape, str(l.dtype)) if hasattr(l, "shape") else None for l in leaves)
     key = (treedef, leaf_shapes, x1.shape, str(x1.dtype), None if x2 is None else x2.shape,
@@ -809,7 +819,7 @@ def _resolve_method(model, x1, x2, method: str, memory_limit: int, outputs: str 
         raise ValueError(
             f"x1: the model cannot be applied to one sample of shape {x1.shape[1:]}: {e}"
         ) from e
-    choice = (method, block_size)
+    choice = (method, block_size, block_size)
     if method == "auto":
         choice = _choose(model, x1, x2, outputs, memory_limit, block_size)
     if key is not None:
@@ -818,8 +828,15 @@ def _resolve_method(model, x1, x2, method: str, memory_limit: int, outputs: str 
 
 
 @eqx.filter_jit
-def _entk_jit(model, x1, x2, outputs: str, method: str, block_size: int | None):
+def _entk_jit(model, x1, x2, outputs: str, method: str, block_size: int | None,
+              feature_block: int | None = None):
+    """The kernel; ``block_size``: tile size; ``feature_block``: samples per batch of
+    feature computation (default ``block_size``: the memory bound applies to both)."""
     full = outputs == "full"
+    if feature_block is None:
+        feature_block = block_size
+    elif feature_block >= max(x1.shape[0], 0 if x2 is None else x2.shape[0]):
+        feature_block = None
     if method == "ntvp":
         return _ntvp_kernel(model, x1, x2, full, block_size)
     if method == "structured":
@@ -829,7 +846,7 @@ def _entk_jit(model, x1, x2, outputs: str, method: str, block_size: int | None):
         contract = _contract_structured(layers)
     else:
         feats, contract = _jacobian_features(model), _contract_jacobian
-    return _feature_kernel(feats, contract, x1, x2, full, block_size)
+    return _feature_kernel(feats, contract, x1, x2, full, block_size, feature_block)
 
 
 def _check_inputs(x1, x2, block_size):
@@ -921,10 +938,10 @@ def entk(
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     model = as_model(model)
     x1, x2, block_size = _check_inputs(x1, x2, block_size)
-    method, block_size = _resolve_method(
+    method, block_size, feature_block = _resolve_method(
         model, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT, outputs, block_size
     )
-    K, finite = _entk_checked(model, x1, x2, outputs, method, block_size)
+    K, finite = _entk_checked(model, x1, x2, outputs, method, block_size, feature_block)
     if check_finite and not bool(finite):
         raise ValueError(
             "model: its eNTK on these inputs contains NaN or Inf; check the model's "

@@ -257,15 +257,30 @@ def test_auto_respects_memory_limit(x64, getkey):
     c = costs(model, x)
     assert set(c) == {"jacobian", "ntvp", "structured"}
     assert c["structured"].flops < c["jacobian"].flops < c["ntvp"].flops
-    assert _choose(model, x, None, "trace", 2**31, None) == ("structured", None)
+    assert _choose(model, x, None, "trace", 2**31, None) == ("structured", None, None)
     limit = int(x.shape[0] * c["structured"].feature + 3 * 3 * c["structured"].pair + 3 * c["structured"].feature)
-    method, block = _choose(model, x, None, "trace", limit, None)
+    method, block, fblock = _choose(model, x, None, "trace", limit, None)
     assert method == "structured" and block is not None and block < x.shape[0]
-    method, block = _choose(model, x, None, "trace", int(c["structured"].feature), None)
+    assert fblock == block  # memory-bound: features in blocks too
+    method, block, fblock = _choose(model, x, None, "trace", int(c["structured"].feature), None)
     assert method == "ntvp"  # no features fit: kernel-vector products, tile by tile
     for lim in (limit, int(c["structured"].feature)):
         K = nb.entk(model, x, memory_limit=lim, outputs="full")
         assert rel_err(K, reference_entk(model, x, full=True)) < 1e-10
+
+
+def test_auto_half_tiles_with_one_feature_batch_match_reference(x64, getkey, monkeypatch):
+    """The speed rule (symmetric kernel of wide Jacobian rows: 2 × 2 tiles, features in one
+    batch) gives the same kernel; forced here on a small model by lowering the thresholds."""
+    from ntkbench import kernel as km
+
+    model, x, _ = make_case("cnn", getkey())
+    monkeypatch.setattr(km, "_JAC_ROW_BYTES", 0)
+    monkeypatch.setattr(km, "_TILE_MIN_N", 2)
+    method, block, fblock = km._choose(model, x, None, "full", 2**31, None)
+    assert block == -(-x.shape[0] // 2) and fblock == x.shape[0]
+    K = km._entk_jit(model, x, None, "full", method, block, fblock)
+    assert rel_err(km._symmetrize(K), reference_entk(model, x, full=True)) < 1e-10
 
 
 def test_weight_tied_linear_falls_back(x64, getkey):

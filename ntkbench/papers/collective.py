@@ -534,11 +534,20 @@ def _probe_note(ds: Any) -> str:
     return ", ".join(parts)
 
 
-def _si_formatter() -> Any:
-    """Compact tick labels (``20k``, ``1.5m``) instead of ``2.000e+4``."""
-    from bokeh.models import NumeralTickFormatter
+_SI_LABEL_JS = """
+const a = Math.abs(tick);
+for (const [v, u] of [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
+  if (a >= v) return String(Number((tick / v).toPrecision(3))) + u;
+}
+return String(Number(tick.toPrecision(3)));
+"""
 
-    return NumeralTickFormatter(format="0.[0]a")
+
+def _si_formatter() -> Any:
+    """Compact SI tick labels (``20k``, ``1.5M``) instead of ``2.000e+4``."""
+    from bokeh.models import CustomJSTickFormatter
+
+    return CustomJSTickFormatter(code=_SI_LABEL_JS)
 
 
 def _panel(title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, width: int, height: int) -> Any:
@@ -841,7 +850,7 @@ def _cell_text(v: float, quantity: str) -> str:
     if not np.isfinite(v):
         return ""
     if abs(v) >= 1e6:
-        return f"{v / 1e6:.3g}m"
+        return f"{v / 1e6:.3g}M"
     if abs(v) >= 1e3:
         return f"{v / 1e3:.3g}k"
     return f"{v:+.2f}" if quantity == "dS" else f"{v:.2f}"

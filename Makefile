@@ -24,11 +24,16 @@ $(VENV)/.stamp-test: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=compat
 	touch $@ $(VENV)/.stamp-notebooks
 
-# localhost only, with a token (random unless JUPYTER_TOKEN is set); root needs --allow-root
+# localhost only, with a token (random unless JUPYTER_TOKEN is set), on JUPYTER_PORT
+# (default 8888); the URL with the token is printed first (Jupyter itself masks a token it
+# was given, so a headless machine would have no way to log in); root needs --allow-root
 lab: $(VENV)/.stamp-notebooks
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
-	  --IdentityProvider.token="$${JUPYTER_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(16))')}" \
-	  $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+	@token="$${JUPYTER_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(16))')}"; \
+	  port="$${JUPYTER_PORT:-8888}"; \
+	  echo "ntkbench: JupyterLab at http://127.0.0.1:$$port/lab?token=$$token  (JUPYTER_PORT=... for another port)"; \
+	  exec $(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
+	    --ServerApp.port="$$port" --ServerApp.port_retries=0 --IdentityProvider.token="$$token" \
+	    $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(VENV)/.stamp-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

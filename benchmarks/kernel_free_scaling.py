@@ -84,7 +84,7 @@ def run_kernel_free(args) -> dict:
     cost = jax.jit(lambda d, v: eqx.combine(d, static)(v)).lower(dyn, v0).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     out["matvec_flops"] = float(cost.get("flops", float("nan")))
-    del op
+    del op, dyn, static, cost  # drop every reference to its cached features
     mv = linalg.kernel_matvec(model, x, outputs=args.outputs, block_size=args.block_size, **kw)
     v = np.ones(x.shape[0] if args.outputs == "trace" else (x.shape[0], args.n_out), np.float32)
     t0 = time.perf_counter()

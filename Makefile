@@ -46,6 +46,7 @@ bench: $(VENV)/.stamp-test bench-env
 	@if [ -f benchmarks/entk_architectures.py ]; then $(PY) benchmarks/entk_architectures.py; fi
 	$(PY) benchmarks/flop_rate.py
 	$(PY) benchmarks/kernel_free_scaling.py --n 1000 4096
+	$(PY) benchmarks/kernel_free_scaling.py --n 100000 --dense-max 0 --probes 4 --order 15 --depth 120
 	$(PY) benchmarks/vs_neural_tangents.py
 	$(PY) benchmarks/recording_overhead.py
 

@@ -100,7 +100,8 @@ def run_kernel_free(args) -> dict:
 
     t0 = time.perf_counter()
     lam, vecs = linalg.top_eigenvalues(model, x, args.k, outputs=args.outputs, method="lanczos",
-                                       vectors=True, block_size=args.block_size, tol=args.tol, **kw)
+                                       vectors=True, block_size=args.block_size, tol=args.tol,
+                                       depth=args.depth, **kw)
     jax.block_until_ready(vecs)
     out["top_k_s"] = time.perf_counter() - t0
     out["top_k"] = np.asarray(lam, np.float64).tolist()
@@ -153,6 +154,7 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=8)
     ap.add_argument("--order", type=int, default=30)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--depth", type=int, default=None, help="first Lanczos depth (default 2k + 20)")
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--matvec", default="auto", choices=("auto", "features", "jvp"))
     ap.add_argument("--matvec-only", action="store_true", help="only time one K·v (no top-k, entropy)")
@@ -175,6 +177,8 @@ def main() -> None:
         passthrough.append("--matvec-only")
     if args.block_size:
         passthrough += ["--block-size", str(args.block_size)]
+    if args.depth:
+        passthrough += ["--depth", str(args.depth)]
     rows = []
     for n in args.n:
         row = {"n": n}

@@ -579,6 +579,7 @@ def top_eigenvalues(
     max_matvecs: int | None = None,
     matvec: Literal["auto", "features", "jvp"] = "auto",
     memory_limit: float = _MEMORY_LIMIT,
+    depth: int | None = None,
 ):
     """The k largest eigenvalues of the eNTK of ``model`` on ``x``, without the N×N kernel.
 
@@ -600,6 +601,11 @@ def top_eigenvalues(
     tol : relative accuracy of the eigenvalues, as an a-posteriori Ritz error bound
         (default 1e-4 in float32, 1e-10 in float64).
     max_matvecs : cap on the Lanczos depth (default the kernel side).
+    depth : the first Lanczos depth tried (default 2k + 20; it doubles while any of the top
+        k Ritz values misses ``tol``). Each step is one K v, so a depth that converges at
+        once is the cost: fast-decaying eNTK spectra often need less than 2k + 20 (e.g.
+        k + 56 = 120 for k = 64 on the MLPs of ``benchmarks/kernel_free_scaling.py``),
+        and a depth that is too small costs a restart at twice the depth.
     matvec, memory_limit : how K v is computed, as in :func:`kernel_matvec` (not used by
         ``method="gram"``).
 
@@ -661,8 +667,11 @@ def top_eigenvalues(
         return (theta, u) if vectors else theta
 
     cap = min(side, max_matvecs or side)
+    depth = _check_positive_int(depth, "depth", allow_none=True)
+    if depth is not None and depth < k:
+        raise ValueError(f"depth: at least k = {k} Lanczos steps, got {depth}")
     op = _operator(model, x, outputs, block_size, matvec, memory_limit)
-    lam, vecs, converged, rel_err, m = _lanczos_top(op, side, k, key, tol, cap, dtype, vectors)
+    lam, vecs, converged, rel_err, m = _lanczos_top(op, side, k, key, tol, cap, dtype, vectors, depth)
     if not converged and m < side:
         warnings.warn(
             f"top_eigenvalues: not converged to tol={tol} within {m} Lanczos steps "
@@ -673,9 +682,10 @@ def top_eigenvalues(
     return (lam, vecs) if vectors else lam
 
 
-def _lanczos_top(op, side, k, key, tol, cap, dtype, vectors):
-    """Lanczos with a Krylov depth that doubles (from 2k + 20) until the top k converge."""
-    m = min(cap, max(2 * k + 20, 40))
+def _lanczos_top(op, side, k, key, tol, cap, dtype, vectors, depth=None):
+    """Lanczos with a Krylov depth that doubles (from ``depth``, default 2k + 20) until the
+    top k converge."""
+    m = min(cap, depth if depth is not None else max(2 * k + 20, 40))
     v0 = jax.random.normal(key, (side,), dtype)
     while True:
         theta, s, q, resid = _lanczos_jit(op, v0, m)

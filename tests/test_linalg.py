@@ -94,6 +94,19 @@ def test_lanczos_top_k_matches_dense(setup, outputs):
     np.testing.assert_allclose(vecs.T @ vecs, np.eye(k), atol=1e-8)
 
 
+def test_lanczos_start_depth_restarts_until_converged(setup):
+    # A first depth too small to converge doubles until the top k meet tol; the result is
+    # the dense one either way, and a depth below k is refused.
+    model, x, k_trace, _ = setup
+    ref = _eig_desc(k_trace)[:6]
+    with jax.enable_x64(True):
+        for depth in (6, 12, 40):
+            lam = np.asarray(linalg.top_eigenvalues(model, x, 6, method="lanczos", depth=depth, block_size=BLOCK))
+            assert np.max(np.abs(lam / ref - 1)) < 1e-6, depth
+        with pytest.raises(ValueError, match="depth"):
+            linalg.top_eigenvalues(model, x, 6, method="lanczos", depth=5)
+
+
 def test_lobpcg_top_k_matches_dense(setup):
     model, x, k_trace, _ = setup
     with jax.enable_x64(True):

@@ -663,6 +663,7 @@ class _Cost(NamedTuple):
     flops: float  # contraction + feature formation, whole kernel
     feature: float  # bytes per sample kept for the whole kernel (features)
     pair: float  # bytes per sample pair of a tile's intermediates and output
+    jac_row: float = 0.0  # bytes per sample of the per-sample Jacobians it contracts
 
 
 def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _Cost]:
@@ -698,7 +699,8 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
     fwd_tapped = sum(use[L.idx] for L in layers)
     backprop = 2.0 * fwd * k  # K backward passes: input and weight cotangents
     out = {
-        "jacobian": _Cost(n1 * n2 * (kk if full else k) * p + nfeat * backprop, k * p * item, kk * item),
+        "jacobian": _Cost(n1 * n2 * (kk if full else k) * p + nfeat * backprop, k * p * item, kk * item,
+                          k * p * item),
         # every tile pushes the Jacobian rows of its columns through its rows with jvp
         "ntvp": _Cost(n1 * n2 * k * 2.0 * fwd + nfeat * backprop, k * p * item, kk * item),
     }
@@ -713,7 +715,7 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
             pair += route[2]
         flops += n1 * n2 * (kk if full else k) * (p - p_tapped)
         feat += k * (p - p_tapped)
-        out["structured"] = _Cost(flops, feat * item, pair * item)
+        out["structured"] = _Cost(flops, feat * item, pair * item, k * (p - p_tapped) * item)
     return out
 
 
@@ -745,7 +747,7 @@ def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | No
             b = (b + 1) // 2
         if b < n:  # memory-bound: tiles and feature batches of b samples
             return method, b, b
-        if x2 is None and _tile_symmetric(model, x1, outputs, method):
+        if x2 is None and _tile_symmetric(n, cost):
             # 3 of 4 half-size tiles (the upper triangle, mirrored); features in one batch
             return method, -(-n // 2), n
         return method, None, None
@@ -756,27 +758,18 @@ _JAC_ROW_BYTES = 2**20  # per-sample Jacobian bytes above which half tiles pay (
 _TILE_MIN_N = 256  # ... and the smallest N where they do
 
 
-def _tile_symmetric(model, x1, outputs: str, method: str) -> bool:
-    """Whether a symmetric kernel is faster in half-size tiles than in one.
+def _tile_symmetric(n: int, cost: _Cost) -> bool:
+    """Whether a symmetric kernel of ``n`` samples, of this method's ``cost``, is faster in
+    half-size tiles than in one.
 
     Measured on the 2-core CPU (benchmarks/RESULTS.md): when the kernel is a contraction of
-    wide per-sample Jacobians (N × K·P rows of more than ``_JAC_ROW_BYTES``: a transformer
+    wide per-sample Jacobians (``cost.jac_row`` above ``_JAC_ROW_BYTES``: a transformer
     block with K·P = 5·10⁵ floats), computing the three upper tiles of a 2 × 2 tiling and
     mirroring one is 1.4–1.8× faster at N = 256 … 512 than one N × N product (25 % fewer
     FLOPs and smaller operands); with narrower rows (a CNN, 0.8 MB) or Gram-route layers (an
     MLP) the single product wins, and below N = 256 tiling costs more than it saves.
     """
-    n = x1.shape[0]
-    if n < _TILE_MIN_N or method not in ("jacobian", "structured"):
-        return False
-    shape, dtype = x1.shape[1:], x1.dtype
-    k = _n_outputs(model, shape, dtype)
-    item = jnp.dtype(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype).itemsize
-    p = _n_params(model)
-    if method == "structured":
-        layers = _with_routes(_layers(model, _probe(model, shape, dtype)), k, n, n, outputs == "full")
-        p -= sum(L.d_out * (L.d_in + L.bias) for L in layers if L.route == "gram")
-    return k * p * item > _JAC_ROW_BYTES
+    return n >= _TILE_MIN_N and cost.jac_row > _JAC_ROW_BYTES
 
 
 def _symmetrize(K):
@@ -835,8 +828,6 @@ def _entk_jit(model, x1, x2, outputs: str, method: str, block_size: int | None,
     full = outputs == "full"
     if feature_block is None:
         feature_block = block_size
-    elif feature_block >= max(x1.shape[0], 0 if x2 is None else x2.shape[0]):
-        feature_block = None
     if method == "ntvp":
         return _ntvp_kernel(model, x1, x2, full, block_size)
     if method == "structured":

@@ -237,7 +237,7 @@ def _figure(title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, **
         **kw,
     )
     for flag, axes in ((log_x, fig.xaxis), (log_y, fig.yaxis)):
-        if flag:  # 1-2-5 labels when a log axis spans less than a couple of decades
+        if flag:  # ticks and labels that fit the range shown (see _LOG_TICKS_JS)
             for ax in axes:
                 ax.ticker, ax.formatter = _log_ticker(), _log_formatter()
     return fig

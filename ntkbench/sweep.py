@@ -439,7 +439,10 @@ def make_optimizer(
     return opt
 
 
-def _mup_scaled(opt, model, _cache={}):  # noqa: B006 - the dict is the cache
+_MUP_OPTIMIZERS: dict = {}  # (optimizer, per-leaf factors) -> its µP-scaled transformation
+
+
+def _mup_scaled(opt, model):
     """µP Adam: scale each parameter's update by its layer's ``mup_lr_scales(model)``
     factor (hidden and readout layers × base_width / width; input layer, embeddings and
     LayerNorms × 1), for any model of :mod:`ntkbench.models`. Not µP, or all factors 1
@@ -458,8 +461,8 @@ def _mup_scaled(opt, model, _cache={}):  # noqa: B006 - the dict is the cache
         return opt
     key = (opt, factors)
     try:
-        if key in _cache:
-            return _cache[key]
+        if key in _MUP_OPTIMIZERS:
+            return _MUP_OPTIMIZERS[key]
     except TypeError:  # an unhashable optimizer: build it, don't cache
         key = None
 
@@ -476,7 +479,7 @@ def _mup_scaled(opt, model, _cache={}):  # noqa: B006 - the dict is the cache
 
     scaled = optax.GradientTransformation(opt.init, update)
     if key is not None:
-        _cache[key] = scaled
+        _MUP_OPTIMIZERS[key] = scaled
     return scaled
 
 

@@ -550,6 +550,36 @@ def _si_formatter() -> Any:
     return CustomJSTickFormatter(code=_SI_LABEL_JS)
 
 
+def _row_title(figure: str, row: str, a: tuple, b: tuple) -> str:
+    """Title of row ``row`` of F-b1 / F-b2 comparing nets ``a`` and ``b``
+    ((activation, width, depth), from :func:`_b1_pairs`)."""
+    if figure == "F-b2":
+        return f"{row}: {_arch_label(*a)} vs {_arch_label(*b)}"
+    return {
+        "activation": f"activation: {_label_act(a[0])} vs {_label_act(b[0])} at {a[1]}×{a[2]}",
+        "width": f"width: {a[1]} vs {b[1]} ({_label_act(a[0])}, depth {a[2]})",
+        "depth": f"depth: {a[2]} vs {b[2]} ({_label_act(a[0])}, width {a[1]})",
+    }[row]
+
+
+def _header(figure: str, ds: Any, entropy: str, trace: str, seed: Any = "mean", fallback: Sequence[str] = ()) -> str:
+    """The header text of figure ``figure`` ("F-b1" … "F-b4") at these settings; ``ds`` is
+    the cube behind its probe note (unused for F-b4), ``fallback`` the F-b4 architectures
+    shown as the mean because they lack ``seed`` (:func:`b4_seed_fallbacks`)."""
+    ev, tv = ENTROPY_VARIANTS[entropy][2], TRACE_VARIANTS[trace][2]
+    band = "mean over seeds" if figure == "F-b2" else "mean ± std over seeds"
+    seed_text = {"mean": band, "all": "every seed"}.get(seed, f"seed {seed}")
+    if fallback:
+        seed_text += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
+    if figure == "F-b1":
+        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {_probe_note(ds)}; {seed_text}; train dark, test light"
+    if figure == "F-b2":
+        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {_probe_note(ds)}; {seed_text}; ○ start, □ end"
+    if figure == "F-b3":
+        return f"<b>F-b3 scale diagram</b> — {ev}, {tv} (log colour); {_probe_note(ds)}; mean over seeds"
+    return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seed_text}; train dark, test light"
+
+
 def _panel(title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, width: int, height: int) -> Any:
     from ntkbench import plots
 
@@ -636,12 +666,7 @@ def fig_b1(
     figs = []
     w, h = panel_size
     for row in _ROWS:
-        a, b = pairs[row][0], pairs[row][-1]
-        row_title = {
-            "activation": f"activation: {_label_act(a[0])} vs {_label_act(b[0])} at {a[1]}×{a[2]}",
-            "width": f"width: {a[1]} vs {b[1]} ({_label_act(a[0])}, depth {a[2]})",
-            "depth": f"depth: {a[2]} vs {b[2]} ({_label_act(a[0])}, width {a[1]})",
-        }[row]
+        row_title = _row_title("F-b1", row, pairs[row][0], pairs[row][-1])
         row_figs = []
         for j, col in enumerate(_COLUMNS):
             _, _, ylab = _column_vars(col, entropy, trace)
@@ -652,12 +677,8 @@ def fig_b1(
             _style_panel(fig, legend=(j == 0))
             row_figs.append(fig)
         figs.append(row_figs)
-    seed_text = {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
     head = Div(
-        text=(
-            f"<b>F-b1 time evolution</b> — {ENTROPY_VARIANTS[entropy][2]}, {TRACE_VARIANTS[trace][2]}; "
-            f"{_probe_note(ds)}; {seed_text}; train dark, test light"
-        ),
+        text=_header("F-b1", ds, entropy, trace, seed),
         styles={"font-family": "Helvetica, Arial, sans-serif", "font-size": "12pt"},
         width=3 * w,
     )
@@ -761,7 +782,7 @@ def fig_b2(
         row_figs = []
         for j, col in enumerate(("entropy", "trace")):
             _, _, ylab = _column_vars(col, entropy, trace)
-            title = f"{row}: {_arch_label(*a)} vs {_arch_label(*b)}" if j == 0 else ""
+            title = _row_title("F-b2", row, a, b) if j == 0 else ""
             fig = _panel(title, "loss (log, inverted: time runs →)", ylab, True, col == "trace", w, h)
             key = f"b2-{row}-{col}"
             legend = j == 1
@@ -778,12 +799,8 @@ def fig_b2(
                 fig.width += 150
             row_figs.append(fig)
         rows.append(row_figs)
-    seed_text = {"mean": "mean over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
     head = Div(
-        text=(
-            f"<b>F-b2 phase plots</b> — {ENTROPY_VARIANTS[entropy][2]} and {TRACE_VARIANTS[trace][2]} vs loss; "
-            f"{_probe_note(ds)}; {seed_text}; ○ start, □ end"
-        ),
+        text=_header("F-b2", ds, entropy, trace, seed),
         styles={"font-family": "Helvetica, Arial, sans-serif", "font-size": "12pt"},
         width=2 * w + 150,
     )
@@ -975,10 +992,7 @@ def fig_b3(
             figs.append(fig)
         rows.append(row(*figs))
     head = Div(
-        text=(
-            f"<b>F-b3 scale diagram</b> — {ENTROPY_VARIANTS[entropy][2]}, {TRACE_VARIANTS[trace][2]} "
-            f"(log colour); {_probe_note(ds)}; mean over seeds"
-        ),
+        text=_header("F-b3", ds, entropy, trace),
         styles={"font-family": "Helvetica, Arial, sans-serif", "font-size": "12pt"},
         width=sum(f.width for f in rows[0].children) if rows else 600,
     )
@@ -1088,15 +1102,8 @@ def fig_b4(
         rows.append(row_figs)
     if not rows:
         raise ValueError("cubes holds neither a 'transformer' nor a 'cnn' cube")
-    seed_text = {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
-    fallback = b4_seed_fallbacks(cubes, seed, missing_seed)
-    if fallback:
-        seed_text += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
     head = Div(
-        text=(
-            f"<b>F-b4 other architectures</b> — {ENTROPY_VARIANTS[entropy][2]}, {TRACE_VARIANTS[trace][2]}; "
-            f"{_KERNEL_NOTE}; {seed_text}; train dark, test light"
-        ),
+        text=_header("F-b4", None, entropy, trace, seed, b4_seed_fallbacks(cubes, seed, missing_seed)),
         styles={"font-family": "Helvetica, Arial, sans-serif", "font-size": "12pt"},
         width=3 * w,
     )
@@ -1479,7 +1486,6 @@ class Workbench:
     def _relabel(self, name: str, fig: Any) -> None:
         """The texts of figure ``name`` that depend on the controls (as its builder writes them)."""
         ev, tv, seed = self.entropy.value, self.trace.value, self.seed.value
-        elabel, tlabel = ENTROPY_VARIANTS[ev][2], TRACE_VARIANTS[tv][2]
         mlp = self.cubes["mlp"]
         head = fig.children[0]
         if name in ("F-b1", "F-b2"):
@@ -1487,49 +1493,27 @@ class Workbench:
             panels = self._index[name]["panels"]
             prefix, cols = ("b1", _COLUMNS) if name == "F-b1" else ("b2", ("entropy", "trace"))
             for row in _ROWS:
-                a, b = pairs[row][0], pairs[row][-1]
-                if name == "F-b1":
-                    title = {
-                        "activation": f"activation: {_label_act(a[0])} vs {_label_act(b[0])} at {a[1]}×{a[2]}",
-                        "width": f"width: {a[1]} vs {b[1]} ({_label_act(a[0])}, depth {a[2]})",
-                        "depth": f"depth: {a[2]} vs {b[2]} ({_label_act(a[0])}, width {a[1]})",
-                    }[row]
-                else:
-                    title = f"{row}: {_arch_label(*a)} vs {_arch_label(*b)}"
+                title = _row_title(name, row, pairs[row][0], pairs[row][-1])
                 for j, col in enumerate(cols):
                     panel = panels[f"{prefix}-{row}-{col}"]
                     panel.title.text = title if j == 0 else ""
                     panel.yaxis[0].axis_label = _column_vars(col, ev, tv)[2]
-            if name == "F-b1":
-                seed_text = {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
-                head.text = (f"<b>F-b1 time evolution</b> — {elabel}, {tlabel}; "
-                             f"{_probe_note(mlp)}; {seed_text}; train dark, test light")
-            else:
-                seed_text = {"mean": "mean over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
-                head.text = (f"<b>F-b2 phase plots</b> — {elabel} and {tlabel} vs loss; "
-                             f"{_probe_note(mlp)}; {seed_text}; ○ start, □ end")
+            head.text = _header(name, mlp, ev, tv, seed)
         elif name == "F-b3":
             scale = self.cubes.get("scale", mlp)
             q = self.quantity.value
             steps = scale["step"].values
             st = int(steps[np.abs(steps - int(self.b3_step.value)).argmin()])
             lo, hi = _b3_range(scale, q, ev, tv)
-            for act in scale["activation"].values.tolist():
-                self._index[name]["panels"][f"b3-{q}-{act}"].title.text = f"{_label_act(act)}: {_b3_title(q, st)}"
+            self._retitle_b3(scale, q, st)
             for mapper in self._index[name]["mappers"]:  # one quantity row: one mapper
                 mapper.update(low=lo, high=hi)
-            head.text = (f"<b>F-b3 scale diagram</b> — {elabel}, {tlabel} "
-                         f"(log colour); {_probe_note(scale)}; mean over seeds")
+            head.text = _header("F-b3", scale, ev, tv)
         else:
             for key, panel in self._index[name]["panels"].items():
                 col = key.rsplit("-", 1)[1]
                 panel.yaxis[0].axis_label = _column_vars(col, ev, tv)[2]
-            seed_text = {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
-            fallback = b4_seed_fallbacks(self.cubes, seed, "mean")
-            if fallback:
-                seed_text += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
-            head.text = (f"<b>F-b4 other architectures</b> — {elabel}, {tlabel}; "
-                         f"{_KERNEL_NOTE}; {seed_text}; train dark, test light")
+            head.text = _header("F-b4", None, ev, tv, seed, b4_seed_fallbacks(self.cubes, seed, "mean"))
 
     def _build_all(self) -> None:
         self._rebuild("F-b1", "F-b2", "F-b3", "F-b4")
@@ -1550,10 +1534,14 @@ class Workbench:
         if q in ("S", "dS"):
             scale = self.cubes.get("scale", self.cubes["mlp"])
             self._assign("F-b3", fig_b3_data(scale, q, step=st, entropy=self.entropy.value, trace=self.trace.value))
-            panels = self._index["F-b3"]["panels"]
-            for act in scale["activation"].values.tolist():
-                if f"b3-{q}-{act}" in panels:
-                    panels[f"b3-{q}-{act}"].title.text = f"{_label_act(act)}: {_b3_title(q, st)}"
+            self._retitle_b3(scale, q, st)
+
+    def _retitle_b3(self, scale: Any, q: str, st: int) -> None:
+        """F-b3's panel titles (as :func:`fig_b3` writes them) for quantity ``q`` at step ``st``."""
+        panels = self._index["F-b3"]["panels"]
+        for act in scale["activation"].values.tolist():
+            if f"b3-{q}-{act}" in panels:
+                panels[f"b3-{q}-{act}"].title.text = f"{_label_act(act)}: {_b3_title(q, st)}"
 
     # ------------------------------------------------------------------ views
 

@@ -418,12 +418,40 @@ def _tokens(L: _Layer, layer, xs: list, gs: list) -> list[Array]:
     return [cat(X, 0), cat(G, 1)]
 
 
-def _conv_jacobian(X: Array, G: Array, bias: bool) -> Array:
-    """Per-sample Jacobian of a convolution's weight (and bias) from its patches X (T, d_in)
-    and cotangents G (K, T, d_out): Σ_t g_t ⊗ x_t, (K, d_out·d_in [+ d_out])."""
-    k = G.shape[0]
-    jw = jnp.einsum("kto,ti->koi", G, X).reshape(k, -1)
-    return jnp.concatenate([jw, G.sum(1)], axis=1) if bias else jw
+def _conv_jacobian(L: _Layer, layer, xs: list, gs: list, full: bool) -> list[Array]:
+    """Per-sample Jacobian of a convolution's weight and bias from its patches and output
+    cotangents, Σ_t g_t ⊗ x_t: (K, d_out·d_in [+ d_out]).
+
+    Two forms, by what XLA's CPU backend makes of them (2-core CPU, a CNN with an
+    18 432-weight convolution, best of 9 alternating runs):
+
+    - traced outputs: tokens X (T, d_in), G (K, T, d_out) as for the Gram route, the bias
+      block appended. The copy keeps the einsum out of the kernel's matmul, which contracts
+      over K·P; fused into it (YNNPACK) the kernel took 2x as long at N = 512.
+    - full outputs: the layouts the convolution gives, channels first (patches (d_in, T),
+      cotangents (K, d_out, T)), and the bias block (K, d_out) as a leaf of its own:
+      54 vs 67-72 ms at N = 32, the same at N = 512.
+    """
+    if not full:
+        X, G = _tokens(L, layer, xs, gs)
+        jw = jnp.einsum("kto,ti->koi", G, X).reshape(G.shape[0], -1)
+        return [jnp.concatenate([jw, G.sum(1)], axis=1)] if L.bias else [jw]
+    X, G = [], []
+    for x, g in zip(xs, gs):
+        k = g.shape[0]
+        patches = jax.lax.conv_general_dilated_patches(
+            x, layer.kernel_size, layer.stride, layer.padding, rhs_dilation=layer.dilation
+        )  # (size, d_in, *out_spatial)
+        if patches.shape[0] == 1:
+            X.append(patches.reshape(L.d_in, -1))
+            G.append(g.reshape(k, L.d_out, -1))
+        else:  # calls inside a vmap: tokens are (size, positions)
+            X.append(jnp.moveaxis(patches, 1, 0).reshape(L.d_in, -1))
+            G.append(jnp.moveaxis(g, 2, 1).reshape(k, L.d_out, -1))
+    X = X[0] if len(X) == 1 else jnp.concatenate(X, 1)
+    G = G[0] if len(G) == 1 else jnp.concatenate(G, 2)
+    jw = jnp.einsum("kot,it->koi", G, X).reshape(G.shape[0], -1)
+    return [jw, G.sum(2)] if L.bias else [jw]
 
 
 def _structured_features(model, x_shape, x_dtype, n1: int = 1, n2: int = 1, full: bool = False):
@@ -465,11 +493,11 @@ def _structured_features(model, x_shape, x_dtype, n1: int = 1, n2: int = 1, full
         g_eps, g_other = jax.vmap(vjp_fn)(basis)
         grams, rest = [], []
         for L in layers:
-            X, G = _tokens(L, taps[L.idx].layer, xs[L.idx], g_eps[L.idx])
+            layer = taps[L.idx].layer
             if L.route == "gram":
-                grams += [X, G]
+                grams += _tokens(L, layer, xs[L.idx], g_eps[L.idx])
             else:
-                rest.append(_conv_jacobian(X, G, L.bias))
+                rest += _conv_jacobian(L, layer, xs[L.idx], g_eps[L.idx], full)
         rest += [j.reshape(j.shape[0], -1) for j in jax.tree_util.tree_leaves(g_other)]
         return grams + rest
 
@@ -589,6 +617,23 @@ def _slice_rows(feats: list, i, block: int) -> list:
     return [jax.lax.dynamic_slice_in_dim(f, i * block, block) for f in feats]
 
 
+def _triangle(contract: Callable, feats: list, n: int, block: int, full: bool) -> Array:
+    """Symmetric kernel of ``feats`` (all n samples) from the upper triangle of
+    ``block``-row tiles, each a static slice, the lower tiles mirrored: about half the
+    FLOPs of one n × n product and no dynamic slicing (cf. :func:`_tiles`, which bounds
+    memory per tile instead). nb(nb + 1)/2 tiles for nb = ⌈n / block⌉."""
+    starts = list(range(0, n, block))
+    rows = [[f[a:a + block] for f in feats] for a in starts]
+    nb = len(starts)
+    upper = {(i, j): contract(rows[i], rows[j], full) for i in range(nb) for j in range(i, nb)}
+    mirror = (lambda t: t.transpose(1, 0, 3, 2)) if full else (lambda t: t.T)  # noqa: E731
+    return jnp.concatenate(
+        [jnp.concatenate([upper[i, j] if j >= i else mirror(upper[j, i]) for j in range(nb)], axis=1)
+         for i in range(nb)],
+        axis=0,
+    )
+
+
 def _feature_kernel(feats_fn, contract, x1, x2, full, block, feature_block=None):
     """Kernel from per-sample features: features of ``feature_block`` samples at a time (all
     at once if None), contracted in ``block`` × ``block`` tiles (one product if None)."""
@@ -600,6 +645,8 @@ def _feature_kernel(feats_fn, contract, x1, x2, full, block, feature_block=None)
     f2 = f1 if symmetric else _batched(feats_fn, x2, fb)
     if block is None or block >= max(n1, n2):
         return contract(f1, f2, full)
+    if symmetric and fb >= n1:  # features held anyway: a static triangle of tiles
+        return _triangle(contract, f1, n1, block, full)
     nb1, nb2 = -(-n1 // block), -(-n2 // block)
     f1p = [_pad(f, nb1 * block) for f in f1]
     f2p = f1p if symmetric else [_pad(f, nb2 * block) for f in f2]
@@ -723,8 +770,9 @@ def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | No
     """(method, block_size, feature_block) for ``method="auto"``: the fewest FLOPs among
     the methods whose features fit ``memory_limit``; a block size (for tiles and feature
     batches) when they would not; half-size tiles with one feature batch when that is
-    faster (:func:`_tile_symmetric`)."""
+    faster (:func:`_triangle_block`)."""
     c = costs(model, x1, x2, outputs=outputs)
+    k_out = _n_outputs(model, x1.shape[1:], x1.dtype)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     nfeat = n1 if x2 is None else n1 + n2
@@ -745,31 +793,43 @@ def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | No
         b = n  # tile intermediates + transient features of one block must fit
         while b > 1 and b * b * cost.pair + b * cost.feature > room:
             b = (b + 1) // 2
+        tri = _triangle_block(n, k_out, outputs == "full", cost) if x2 is None else None
+        if tri is not None and tri <= b:  # features in one batch, upper tiles mirrored
+            return method, tri, n
         if b < n:  # memory-bound: tiles and feature batches of b samples
             return method, b, b
-        if x2 is None and _tile_symmetric(n, cost):
-            # 3 of 4 half-size tiles (the upper triangle, mirrored); features in one batch
-            return method, -(-n // 2), n
         return method, None, None
     raise AssertionError("unreachable: ntvp always fits")
 
 
-_JAC_ROW_BYTES = 2**20  # per-sample Jacobian bytes above which half tiles pay (see below)
-_TILE_MIN_N = 256  # ... and the smallest N where they do
+_JAC_ROW_BYTES = 2**20  # traced: per-sample Jacobian bytes above which a triangle pays
+_TILE_MIN_N = 256  # ... and the smallest N where it does
+_TRIANGLE_ROWS = 640  # full outputs: Jacobian rows (samples × outputs) per triangle tile
 
 
-def _tile_symmetric(n: int, cost: _Cost) -> bool:
-    """Whether a symmetric kernel of ``n`` samples, of this method's ``cost``, is faster in
-    half-size tiles than in one.
+def _triangle_block(n: int, k: int, full: bool, cost: _Cost) -> int | None:
+    """Tile size (samples) at which a symmetric kernel of ``n`` samples and ``k`` outputs
+    is faster as the upper triangle of tiles (:func:`_triangle`) than as one product, or
+    None where one product wins.
 
-    Measured on the 2-core CPU (benchmarks/RESULTS.md): when the kernel is a contraction of
-    wide per-sample Jacobians (``cost.jac_row`` above ``_JAC_ROW_BYTES``: a transformer
-    block with K·P = 5·10⁵ floats), computing the three upper tiles of a 2 × 2 tiling and
-    mirroring one is 1.4–1.8× faster at N = 256 … 512 than one N × N product (25 % fewer
-    FLOPs and smaller operands); with narrower rows (a CNN, 0.8 MB) or Gram-route layers (an
-    MLP) the single product wins, and below N = 256 tiling costs more than it saves.
+    Measured on the 2-core CPU (best of 3, benchmarks/RESULTS.md has the ratios vs
+    neural-tangents):
+
+    - full outputs, ``n·k`` ≥ 2·640 rows: tiles of 640 rows. MLP 64-512-512-10 N = 128:
+      20 vs 28 ms; N = 512: 325 vs 697 ms. CNN N = 128: 453 vs 538 ms; N = 512:
+      4.5 vs 8.0 s (4 tiles of 1280 rows: 5.0 s).
+      Transformer block N = 512: 8.6 vs 18.0 s. Below 1280 rows (CNN N = 32: 59 vs 62 ms)
+      the features dominate and one product is as fast.
+    - traced outputs: only for wide per-sample Jacobians (``cost.jac_row`` above
+      ``_JAC_ROW_BYTES``, e.g. a transformer block with K·P = 5·10⁵ floats) at N ≥ 256,
+      in 2 × 2 tiles: transformer N = 512: 2.0 vs 4.6 s. A CNN's 0.8 MB rows are faster
+      in one product (1.6 vs 1.9 s at N = 512), and so are Gram-route layers (an MLP).
     """
-    return n >= _TILE_MIN_N and cost.jac_row > _JAC_ROW_BYTES
+    if full:
+        return -(-_TRIANGLE_ROWS // k) if n * k >= 2 * _TRIANGLE_ROWS else None
+    if n >= _TILE_MIN_N and cost.jac_row > _JAC_ROW_BYTES:
+        return -(-n // 2)
+    return None
 
 
 def _symmetrize(K):

@@ -269,18 +269,44 @@ def test_auto_respects_memory_limit(x64, getkey):
         assert rel_err(K, reference_entk(model, x, full=True)) < 1e-10
 
 
-def test_auto_half_tiles_with_one_feature_batch_match_reference(x64, getkey, monkeypatch):
-    """The speed rule (symmetric kernel of wide Jacobian rows: 2 × 2 tiles, features in one
-    batch) gives the same kernel; forced here on a small model by lowering the thresholds."""
+@pytest.mark.parametrize("outputs", ["trace", "full"])
+def test_auto_triangle_with_one_feature_batch_matches_reference(x64, getkey, monkeypatch, outputs):
+    """The speed rule (a symmetric kernel as the upper triangle of tiles, features in one
+    batch) gives the same kernel, ragged last tile included; forced here on a small model
+    by lowering the thresholds."""
     from ntkbench import kernel as km
 
     model, x, _ = make_case("cnn", getkey())
+    n, k = x.shape[0], km._n_outputs(model, x.shape[1:], x.dtype)
     monkeypatch.setattr(km, "_JAC_ROW_BYTES", 0)
     monkeypatch.setattr(km, "_TILE_MIN_N", 2)
-    method, block, fblock = km._choose(model, x, None, "full", 2**31, None)
-    assert block == -(-x.shape[0] // 2) and fblock == x.shape[0]
-    K = km._entk_jit(model, x, None, "full", method, block, fblock)
-    assert rel_err(km._symmetrize(K), reference_entk(model, x, full=True)) < 1e-10
+    monkeypatch.setattr(km, "_TRIANGLE_ROWS", 2 * k)  # full: tiles of 2 samples
+    method, block, fblock = km._choose(model, x, None, outputs, 2**31, None)
+    assert block == (2 if outputs == "full" else -(-n // 2)) and fblock == n
+    assert -(-n // block) * block > n  # the last tile is ragged
+    K = km._entk_jit(model, x, None, outputs, method, block, fblock)
+    assert rel_err(km._symmetrize(K), reference_entk(model, x, full=outputs == "full")) < 1e-10
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_triangle_contracts_each_upper_tile_once(full):
+    # _triangle contracts nb(nb+1)/2 of the nb² tiles (static slices, the last one short)
+    # and mirrors the rest; the result equals one product.
+    from ntkbench import kernel as kmod
+
+    n, block, k = 10, 3, 2  # nb = 4 tiles per side, the last of 1 sample
+    rng = np.random.default_rng(0)
+    feats = [jnp.asarray(rng.normal(size=(n, k, 5))), jnp.asarray(rng.normal(size=(n, k, 3)))]
+    shapes = []
+
+    def contract(fa, fb, full):
+        shapes.append((fa[0].shape[0], fb[0].shape[0]))
+        return kmod._contract_jacobian(fa, fb, full)
+
+    tri = kmod._triangle(contract, feats, n, block, full)
+    assert len(shapes) == 10 and sorted(shapes).count((1, 1)) == 1
+    np.testing.assert_allclose(np.asarray(tri), np.asarray(kmod._contract_jacobian(feats, feats, full)),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_weight_tied_linear_falls_back(x64, getkey):

@@ -36,6 +36,7 @@ symmetric case ``x2=None`` computes each off-diagonal tile once and mirrors it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -221,7 +222,10 @@ class _Tap(eqx.Module):
 
     def __call__(self, x, *, key=None):
         tape = _TAPES[-1]
-        y = self.layer(x)
+        if tape.eps is not None and self.kind == "conv" and _phase_transpose_applies(self.layer):
+            y = _strided_conv(self.layer, x)
+        else:
+            y = self.layer(x)
         if tape.eps is None:  # probing
             found: list = []
             _vmap_levels(found)(x)
@@ -239,6 +243,84 @@ class _Tap(eqx.Module):
             tape.inputs[(self.idx, c)] = jnp.asarray(x)[None]
             return y + eps[0]
         return _token_io(tape, (self.idx, c), x, y, eps)
+
+
+def _phase_transpose_applies(layer) -> bool:
+    """A strided convolution without dilation: its input cotangent is cheaper by phases."""
+    return max(layer.stride) > 1 and max(layer.dilation) == 1
+
+
+def _conv_pads(layer, spatial: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """A convolution layer's padding as explicit (low, high) pairs for input ``spatial``."""
+    if isinstance(layer.padding, str):
+        return tuple(jax.lax.padtype_to_pads(spatial, layer.kernel_size, layer.stride, layer.padding))
+    return tuple(tuple(p) for p in layer.padding)
+
+
+def _phase_kernel(w: Array, stride, pads) -> tuple[Array, list[int], list[int]]:
+    """The stride-s transpose of weight w (C_out, C_in, *k) as one stride-1 kernel
+    (Π s · C_in, C_out, *Q) whose output channels are the s^d phases of the input grid:
+    phase r, offset j holds tap k = s·(q_max − j) + r + low (zero where k is outside the
+    kernel). Returns (kernel, q_max, Q)."""
+    nd = w.ndim - 2
+    ks = w.shape[2:]
+    q_min = [(0 - pads[i][0]) // stride[i] for i in range(nd)]
+    q_max = [(ks[i] - 1 - pads[i][0]) // stride[i] for i in range(nd)]
+    Q = [q_max[i] - q_min[i] + 1 for i in range(nd)]
+    wt = jnp.swapaxes(w, 0, 1)  # (C_in, C_out, *k)
+    zero = jnp.zeros(wt.shape[:2], w.dtype)
+    phases = []
+    for r in itertools.product(*(range(s) for s in stride)):
+        taps = []
+        for j in itertools.product(*(range(q) for q in Q)):
+            k = tuple(stride[i] * (q_max[i] - j[i]) + r[i] + pads[i][0] for i in range(nd))
+            inside = all(0 <= k[i] < ks[i] for i in range(nd))
+            taps.append(wt[(slice(None), slice(None)) + k] if inside else zero)
+        phases.append(jnp.stack(taps, -1).reshape(*wt.shape[:2], *Q))
+    return jnp.concatenate(phases, 0), q_max, Q
+
+
+def _phase_transpose(w: Array, g: Array, spatial: tuple[int, ...], stride, pads) -> Array:
+    """Input cotangent (C_in, *spatial) of a stride-s, dilation-1 convolution from its
+    output cotangent g (C_out, *O): one stride-1 convolution of g with :func:`_phase_kernel`,
+    then the phases interleaved (depth to space) and cropped."""
+    nd = len(spatial)
+    c_in = w.shape[1]
+    kern, q_max, Q = _phase_kernel(w, stride, pads)
+    out_sp = g.shape[1:]
+    A = [-(-spatial[i] // stride[i]) for i in range(nd)]
+    conv_pads = [(q_max[i], A[i] - out_sp[i] - q_max[i] + Q[i] - 1) for i in range(nd)]
+    out = jax.lax.conv_general_dilated(g[None], kern, (1,) * nd, conv_pads)[0]
+    out = out.reshape(*stride, c_in, *A)  # (s_1, .., s_d, C_in, A_1, .., A_d)
+    perm = [nd] + [a for i in range(nd) for a in (nd + 1 + i, i)]
+    out = out.transpose(perm).reshape(c_in, *(A[i] * stride[i] for i in range(nd)))
+    return out[(slice(None),) + tuple(slice(0, h) for h in spatial)]
+
+
+def _strided_conv(layer, x: Array) -> Array:
+    """``layer(x)`` for a strided convolution (groups = 1, dilation 1, zero padding) whose
+    input cotangent is computed by phases (:func:`_phase_transpose`).
+
+    XLA transposes a stride-s convolution as a convolution over the cotangent dilated with
+    s − 1 zeros between entries, multiplying those zeros too (s^d times the work); with K
+    cotangents per sample that backward pass was the largest cost of a CNN's features."""
+    spatial = x.shape[1:]
+    pads = _conv_pads(layer, spatial)
+    stride = layer.stride
+
+    @jax.custom_vjp
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x[None], w, stride, pads)[0]
+
+    def fwd(x, w):
+        return conv(x, w), w
+
+    def bwd(w, g):
+        return _phase_transpose(w, g, spatial, stride, pads), None
+
+    conv.defvjp(fwd, bwd)
+    y = conv(x, layer.weight)
+    return y + layer.bias if layer.use_bias else y
 
 
 def _tap(model, keep: frozenset[int] | None = None):
@@ -423,19 +505,21 @@ def _conv_jacobian(L: _Layer, layer, xs: list, gs: list, full: bool) -> list[Arr
     cotangents, Σ_t g_t ⊗ x_t: (K, d_out·d_in [+ d_out]).
 
     Two forms, by what XLA's CPU backend makes of them (2-core CPU, a CNN with an
-    18 432-weight convolution, best of 9 alternating runs):
+    18 432-weight convolution, best of 5-9 alternating runs):
 
-    - traced outputs: tokens X (T, d_in), G (K, T, d_out) as for the Gram route, the bias
-      block appended. The copy keeps the einsum out of the kernel's matmul, which contracts
-      over K·P; fused into it (YNNPACK) the kernel took 2x as long at N = 512.
+    - traced outputs: tokens X (T, d_in) with a constant-1 column for the bias and
+      G (K, T, d_out), as for the Gram route, in one einsum. (With the bias block as a
+      leaf of its own, XLA fused the weight block's einsum into the kernel's matmul, which
+      contracts over K·P: 2x slower at N = 512; appending it instead costs a copy.)
     - full outputs: the layouts the convolution gives, channels first (patches (d_in, T),
       cotangents (K, d_out, T)), and the bias block (K, d_out) as a leaf of its own:
       54 vs 67-72 ms at N = 32, the same at N = 512.
     """
     if not full:
         X, G = _tokens(L, layer, xs, gs)
-        jw = jnp.einsum("kto,ti->koi", G, X).reshape(G.shape[0], -1)
-        return [jnp.concatenate([jw, G.sum(1)], axis=1)] if L.bias else [jw]
+        if L.bias:  # a constant-1 input column: Σ_t g_t is the bias block
+            X = jnp.concatenate([X, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
+        return [jnp.einsum("kto,ti->koi", G, X).reshape(G.shape[0], -1)]
     X, G = [], []
     for x, g in zip(xs, gs):
         k = g.shape[0]

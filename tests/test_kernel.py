@@ -60,6 +60,27 @@ class SmallCNN(eqx.Module):
         return self.head(jnp.ravel(jax.nn.relu(self.conv(x))))
 
 
+class StridedCNN(eqx.Module):
+    """Strided convolutions (their input cotangents go by phases in the structured
+    features): stride 2 SAME on an odd-sized image, then stride (2, 1) with explicit,
+    uneven padding and a non-square kernel."""
+
+    conv0: eqx.nn.Conv2d
+    conv1: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.conv0 = eqx.nn.Conv2d(1, 3, 3, stride=2, padding="SAME", key=k1, dtype=jnp.float64)
+        self.conv1 = eqx.nn.Conv2d(3, 4, (2, 3), stride=(2, 1), padding=((0, 1), (1, 0)),
+                                   key=k2, dtype=jnp.float64)
+        self.head = eqx.nn.Linear(4 * 2 * 2, 2, key=k3, dtype=jnp.float64)
+
+    def __call__(self, x):
+        h = jnp.tanh(self.conv0(x))  # (3, 4, 3)
+        return self.head(jnp.ravel(jnp.tanh(self.conv1(h))))  # (4, 2, 2)
+
+
 class TokenModel(eqx.Module):
     """Embedding -> LayerNorm -> per-token Linear (inside vmap) -> flatten -> Linear."""
 
@@ -102,6 +123,10 @@ def make_case(name, key):
         model = SmallCNN(k1)
         x = jax.random.normal(k2, (7, 1, 5, 5), jnp.float64)
         x2 = jax.random.normal(k3, (4, 1, 5, 5), jnp.float64)
+    elif name == "strided":
+        model = StridedCNN(k1)
+        x = jax.random.normal(k2, (7, 1, 7, 6), jnp.float64)
+        x2 = jax.random.normal(k3, (4, 1, 7, 6), jnp.float64)
     elif name == "tokens":
         model = _perturb(TokenModel(k1), k4)
         x = jax.random.randint(k2, (7, 4), 0, 11)
@@ -123,7 +148,7 @@ def make_case(name, key):
     return model, x, x2
 
 
-CASES = ["mlp", "cnn", "tokens", "scalar", "apply_fn"]
+CASES = ["mlp", "cnn", "strided", "tokens", "scalar", "apply_fn"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -531,3 +556,30 @@ def test_entk_diag_matches_kernel_diagonal(x64, getkey):
         np.testing.assert_allclose(
             nb.kernel.entk_diag(model, x), np.diag(reference_entk(model, x)), rtol=1e-10
         )
+
+
+@pytest.mark.parametrize(
+    "spatial, kernel, stride, padding",
+    [
+        ((9, 8), (3, 3), (2, 2), "SAME"),
+        ((10, 7), (3, 2), (2, 3), "VALID"),
+        ((11, 9), (5, 4), (3, 2), ((2, 1), (0, 3))),
+        ((8, 8), (1, 1), (2, 2), "VALID"),  # kernel smaller than the stride: empty phases
+        ((12, 13), (4, 4), (2, 2), ((1, 2), (3, 0))),
+        ((16, 16), (7, 7), (4, 4), "SAME"),
+        ((13,), (3,), (2,), "SAME"),
+        ((7, 6, 5), (3, 3, 2), (2, 2, 2), "SAME"),
+    ],
+)
+def test_phase_transpose_is_the_convolutions_input_cotangent(x64, spatial, kernel, stride, padding):
+    """The strided convolutions' input cotangent by phases equals jax.vjp's (float64)."""
+    from ntkbench import kernel as km
+
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(4, 3, *kernel)))
+    x = jnp.zeros((3, *spatial))
+    pads = tuple(jax.lax.padtype_to_pads(spatial, kernel, stride, padding)) if isinstance(padding, str) else padding
+    y, vjp = jax.vjp(lambda x: jax.lax.conv_general_dilated(x[None], w, stride, pads)[0], x)
+    g = jnp.asarray(rng.normal(size=y.shape))
+    ours = km._phase_transpose(w, g, spatial, stride, pads)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(vjp(g)[0]), rtol=1e-12, atol=1e-12)

@@ -48,6 +48,7 @@ bench: $(VENV)/.stamp-test bench-env
 	$(PY) benchmarks/kernel_free_scaling.py --n 1000 4096
 	$(PY) benchmarks/kernel_free_scaling.py --n 100000 --dense-max 0 --probes 4 --order 15 --depth 120
 	$(PY) benchmarks/vs_neural_tangents.py
+	$(PY) benchmarks/naive_ceiling.py
 	$(PY) benchmarks/recording_overhead.py
 
 # A separate environment with neural-tangents 0.6.5 on JAX 0.4.25 (the baseline to beat).

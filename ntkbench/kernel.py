@@ -889,6 +889,7 @@ def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | No
 _JAC_ROW_BYTES = 2**20  # traced: per-sample Jacobian bytes above which a triangle pays
 _TILE_MIN_N = 256  # ... and the smallest N where it does
 _TRIANGLE_ROWS = 640  # full outputs: Jacobian rows (samples × outputs) per triangle tile
+_TRIANGLE_MIN_ROWS = 160  # ... and the fewest rows per tile worth a triangle
 
 
 def _triangle_block(n: int, k: int, full: bool, cost: _Cost) -> int | None:
@@ -899,18 +900,18 @@ def _triangle_block(n: int, k: int, full: bool, cost: _Cost) -> int | None:
     Measured on the 2-core CPU (best of 3, benchmarks/RESULTS.md has the ratios vs
     neural-tangents):
 
-    - full outputs, ``n·k`` ≥ 2·640 rows: tiles of 640 rows. MLP 64-512-512-10 N = 128:
-      20 vs 28 ms; N = 512: 325 vs 697 ms. CNN N = 128: 453 vs 538 ms; N = 512:
-      4.5 vs 8.0 s (4 tiles of 1280 rows: 5.0 s).
-      Transformer block N = 512: 8.6 vs 18.0 s. Below 1280 rows (CNN N = 32: 59 vs 62 ms)
-      the features dominate and one product is as fast.
+    - full outputs, ``n·k`` ≥ 2·160 rows: tiles of 640 rows, or two when that is fewer.
+      MLP 64-512-512-10 N = 32: 2.3 vs 2.65 ms; N = 128: 20 vs 28 ms; N = 512: 325 vs
+      697 ms. CNN N = 128: 453 vs 538 ms; N = 512: 4.5 vs 8.0 s (4 tiles of 1280 rows:
+      5.0 s). Transformer block N = 32: 72-75 vs 94 ms; N = 512: 8.6 vs 18.0 s. (CNN
+      N = 32, where the features dominate: 65-67 vs 56-71 ms, within the noise.)
     - traced outputs: only for wide per-sample Jacobians (``cost.jac_row`` above
       ``_JAC_ROW_BYTES``, e.g. a transformer block with K·P = 5·10⁵ floats) at N ≥ 256,
       in 2 × 2 tiles: transformer N = 512: 2.0 vs 4.6 s. A CNN's 0.8 MB rows are faster
       in one product (1.6 vs 1.9 s at N = 512), and so are Gram-route layers (an MLP).
     """
     if full:
-        return -(-_TRIANGLE_ROWS // k) if n * k >= 2 * _TRIANGLE_ROWS else None
+        return min(-(-_TRIANGLE_ROWS // k), -(-n // 2)) if n * k >= 2 * _TRIANGLE_MIN_ROWS else None
     if n >= _TILE_MIN_N and cost.jac_row > _JAC_ROW_BYTES:
         return -(-n // 2)
     return None

@@ -306,6 +306,7 @@ def test_auto_triangle_with_one_feature_batch_matches_reference(x64, getkey, mon
     monkeypatch.setattr(km, "_JAC_ROW_BYTES", 0)
     monkeypatch.setattr(km, "_TILE_MIN_N", 2)
     monkeypatch.setattr(km, "_TRIANGLE_ROWS", 2 * k)  # full: tiles of 2 samples
+    monkeypatch.setattr(km, "_TRIANGLE_MIN_ROWS", 1)
     method, block, fblock = km._choose(model, x, None, outputs, 2**31, None)
     assert block == (2 if outputs == "full" else -(-n // 2)) and fblock == n
     assert -(-n // block) * block > n  # the last tile is ragged

@@ -21,12 +21,16 @@ returned as (N1, N2, K, K) with ``outputs="full"`` or summed over k = l to (N1, 
   inside a vmap, ``jax.custom_batching.custom_vmap`` hands the tap the whole token batch.
   Per layer a cost model picks this token-Gram route or Jacobian contraction (cheaper when
   T² exceeds roughly d_in·d_out / (d_in/K + d_out)); convolutions on the Jacobian route
-  form it from patches. Everything else (norms, attention-free parameters, layers in
+  form it from patches, and a strided convolution passes its K cotangents back by phases
+  (one stride-1 convolution, not XLA's transpose over zero-dilated cotangents). Everything else (norms, attention-free parameters, layers in
   scan/jit/nested vmaps, weights read directly) falls back to per-leaf Jacobians.
 
 ``"auto"`` takes the method with the fewest estimated FLOPs (:func:`costs`) whose features
 fit ``memory_limit`` and picks a ``block_size`` when the tiles would not; when no features
-fit, ``ntvp`` tile by tile.
+fit, ``ntvp`` tile by tile. A symmetric kernel (``x2=None``) whose features fit is
+contracted as the upper triangle of static tiles, mirrored (:func:`_triangle`), where
+that measured faster than one product (:func:`_triangle_block`): full outputs of at least
+320 Jacobian rows (N·K), and traced outputs of wide per-sample Jacobians.
 
 Everything is compiled once per (model structure, shapes, options) with ``eqx.filter_jit``.
 With ``block_size`` the kernel is assembled from (block_size × block_size) tiles inside one
@@ -853,7 +857,7 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
 def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | None):
     """(method, block_size, feature_block) for ``method="auto"``: the fewest FLOPs among
     the methods whose features fit ``memory_limit``; a block size (for tiles and feature
-    batches) when they would not; half-size tiles with one feature batch when that is
+    batches) when they would not; a triangle of tiles with one feature batch when that is
     faster (:func:`_triangle_block`)."""
     c = costs(model, x1, x2, outputs=outputs)
     k_out = _n_outputs(model, x1.shape[1:], x1.dtype)

@@ -148,7 +148,8 @@ def test_atomic_netcdf_failed_overwrite_keeps_old(tmp_path, monkeypatch):
 
 def test_atomic_zarr_failed_write(tmp_path, monkeypatch):
     target = tmp_path / "run.zarr"
-    cube.save(_cube(), target)
+    original = _cube()  # built once: its ``created`` attribute has one-second resolution
+    cube.save(original, target)
     real = xr.Dataset.to_zarr
 
     def broken(self, store, *args, **kwargs):
@@ -160,7 +161,7 @@ def test_atomic_zarr_failed_write(tmp_path, monkeypatch):
         cube.save(_cube(width=64), target)
     monkeypatch.undo()
     assert _leftovers(tmp_path) == ["run.zarr"]
-    xr.testing.assert_identical(cube.open(target), _cube())
+    xr.testing.assert_identical(cube.open(target), original)
     with pytest.raises(OSError):
         monkeypatch.setattr(xr.Dataset, "to_zarr", broken)
         cube.save(_cube(), tmp_path / "new.zarr")
@@ -192,8 +193,9 @@ def test_open_rejects_corrupted_and_foreign_files(tmp_path):
 def test_package_exports_open_cube(tmp_path):
     import ntkbench as nb
 
-    p = nb.save(_cube(), tmp_path / "c.nc")
-    xr.testing.assert_identical(nb.open_cube(p), _cube())
+    original = _cube()
+    p = nb.save(original, tmp_path / "c.nc")
+    xr.testing.assert_identical(nb.open_cube(p), original)
 
 
 def test_combine_lays_runs_out_along_swept_axes(tmp_path):

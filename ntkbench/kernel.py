@@ -22,7 +22,7 @@ returned as (N1, N2, K, K) with ``outputs="full"`` or summed over k = l to (N1, 
   Per layer a cost model picks this token-Gram route or Jacobian contraction (cheaper when
   T² exceeds roughly d_in·d_out / (d_in/K + d_out)); convolutions on the Jacobian route
   form it from patches, and a strided convolution passes its K cotangents back by phases
-  (one stride-1 convolution, not XLA's transpose over zero-dilated cotangents). Everything else (norms, attention-free parameters, layers in
+  (stride-1 convolutions, not XLA's transpose over zero-dilated cotangents). Everything else (norms, attention-free parameters, layers in
   scan/jit/nested vmaps, weights read directly) falls back to per-leaf Jacobians.
 
 ``"auto"`` takes the method with the fewest estimated FLOPs (:func:`costs`) whose features
@@ -261,41 +261,33 @@ def _conv_pads(layer, spatial: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     return tuple(tuple(p) for p in layer.padding)
 
 
-def _phase_kernel(w: Array, stride, pads) -> tuple[Array, list[int], list[int]]:
-    """The stride-s transpose of weight w (C_out, C_in, *k) as one stride-1 kernel
-    (Π s · C_in, C_out, *Q) whose output channels are the s^d phases of the input grid:
-    phase r, offset j holds tap k = s·(q_max − j) + r + low (zero where k is outside the
-    kernel). Returns (kernel, q_max, Q)."""
-    nd = w.ndim - 2
-    ks = w.shape[2:]
-    q_min = [(0 - pads[i][0]) // stride[i] for i in range(nd)]
-    q_max = [(ks[i] - 1 - pads[i][0]) // stride[i] for i in range(nd)]
-    Q = [q_max[i] - q_min[i] + 1 for i in range(nd)]
-    wt = jnp.swapaxes(w, 0, 1)  # (C_in, C_out, *k)
-    zero = jnp.zeros(wt.shape[:2], w.dtype)
-    phases = []
-    for r in itertools.product(*(range(s) for s in stride)):
-        taps = []
-        for j in itertools.product(*(range(q) for q in Q)):
-            k = tuple(stride[i] * (q_max[i] - j[i]) + r[i] + pads[i][0] for i in range(nd))
-            inside = all(0 <= k[i] < ks[i] for i in range(nd))
-            taps.append(wt[(slice(None), slice(None)) + k] if inside else zero)
-        phases.append(jnp.stack(taps, -1).reshape(*wt.shape[:2], *Q))
-    return jnp.concatenate(phases, 0), q_max, Q
-
-
 def _phase_transpose(w: Array, g: Array, spatial: tuple[int, ...], stride, pads) -> Array:
-    """Input cotangent (C_in, *spatial) of a stride-s, dilation-1 convolution from its
-    output cotangent g (C_out, *O): one stride-1 convolution of g with :func:`_phase_kernel`,
-    then the phases interleaved (depth to space) and cropped."""
+    """Input cotangent (C_in, *spatial) of a stride-s, dilation-1 convolution of weight w
+    (C_out, C_in, *k) from its output cotangent g (C_out, *O), by phases: input position
+    s·a + r receives Σ_k W_kᵀ g[a − q_k] over the taps k ≡ r + low (mod s), q_k =
+    (k − low − r)/s, a stride-1 convolution of g with those taps only (exactly the
+    convolution's own FLOPs). The s^d phases are then interleaved (depth to space) and
+    cropped. (One convolution with all phases as output channels, zero taps included,
+    measured slower: 34 vs 21 ms for a 3×3 stride-2 layer at N = 32, K = 10.)"""
     nd = len(spatial)
     c_in = w.shape[1]
-    kern, q_max, Q = _phase_kernel(w, stride, pads)
+    ks = w.shape[2:]
     out_sp = g.shape[1:]
-    A = [-(-spatial[i] // stride[i]) for i in range(nd)]
-    conv_pads = [(q_max[i], A[i] - out_sp[i] - q_max[i] + Q[i] - 1) for i in range(nd)]
-    out = jax.lax.conv_general_dilated(g[None], kern, (1,) * nd, conv_pads)[0]
-    out = out.reshape(*stride, c_in, *A)  # (s_1, .., s_d, C_in, A_1, .., A_d)
+    A = [-(-spatial[i] // stride[i]) for i in range(nd)]  # phase grid, padded to equal size
+    wt = jnp.swapaxes(w, 0, 1)  # (C_in, C_out, *k)
+    phases = []
+    for r in itertools.product(*(range(s) for s in stride)):
+        taps = [[k for k in range(ks[i]) if (k - pads[i][0] - r[i]) % stride[i] == 0] for i in range(nd)]
+        if not all(taps):  # kernel smaller than the stride: this phase gets nothing
+            phases.append(jnp.zeros((c_in, *A), g.dtype))
+            continue
+        sub = wt
+        for i in range(nd):  # offset j holds the tap of the largest shift first
+            sub = jnp.take(sub, jnp.asarray(taps[i][::-1]), axis=2 + i)
+        q_max = [(taps[i][-1] - pads[i][0] - r[i]) // stride[i] for i in range(nd)]
+        conv_pads = [(q_max[i], A[i] - out_sp[i] - q_max[i] + len(taps[i]) - 1) for i in range(nd)]
+        phases.append(jax.lax.conv_general_dilated(g[None], sub, (1,) * nd, conv_pads)[0])
+    out = jnp.stack(phases, 0).reshape(*stride, c_in, *A)  # (s_1, .., s_d, C_in, *A)
     perm = [nd] + [a for i in range(nd) for a in (nd + 1 + i, i)]
     out = out.transpose(perm).reshape(c_in, *(A[i] * stride[i] for i in range(nd)))
     return out[(slice(None),) + tuple(slice(0, h) for h in spatial)]

@@ -40,12 +40,10 @@ def main(argv=None) -> None:
     import _bench_models as bm
     import _eqx_models
     import ntkbench as nb
+    from flop_rate import matmul_rate
     from ntkbench.kernel import costs
 
-    a = jax.random.normal(jax.random.key(0), (2048, 2048))
-    mm = jax.jit(lambda a: a @ a)
-    t_mm = bm.time_call(mm, a, min_total=1.0)[0]
-    rate = 2 * 2048**3 / t_mm
+    rate = matmul_rate(2048)
     print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}; float32 matmul {rate / 1e9:.0f} GFLOP/s")
     print("| model | outputs | N | naive | ntkbench | naive / ours | cheapest route | GFLOP (sym.) "

@@ -22,8 +22,9 @@ returned as (N1, N2, K, K) with ``outputs="full"`` or summed over k = l to (N1, 
   Per layer a cost model picks this token-Gram route or Jacobian contraction (cheaper when
   T² exceeds roughly d_in·d_out / (d_in/K + d_out)); convolutions on the Jacobian route
   form it from patches, and a strided convolution passes its K cotangents back by phases
-  (stride-1 convolutions, not XLA's transpose over zero-dilated cotangents). Everything else (norms, attention-free parameters, layers in
-  scan/jit/nested vmaps, weights read directly) falls back to per-leaf Jacobians.
+  (stride-1 convolutions, not XLA's transpose over zero-dilated cotangents). Everything
+  else (norms, attention-free parameters, layers in scan/jit/nested vmaps, weights read
+  directly) falls back to per-leaf Jacobians.
 
 ``"auto"`` takes the method with the fewest estimated FLOPs (:func:`costs`) whose features
 fit ``memory_limit`` and picks a ``block_size`` when the tiles would not; when no features
@@ -474,6 +475,18 @@ def _jacobian_features(model) -> Callable:
     return feats
 
 
+def _conv_patches(layer, x: Array) -> Array:
+    """Patches of a convolution layer's recorded input x (size, C_in, *spatial):
+    (size, C_in·k·k, *out_spatial)."""
+    return jax.lax.conv_general_dilated_patches(
+        x, layer.kernel_size, layer.stride, layer.padding, rhs_dilation=layer.dilation
+    )
+
+
+def _cat(arrays: list, axis: int) -> Array:
+    return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays, axis)
+
+
 def _tokens(L: _Layer, layer, xs: list, gs: list) -> list[Array]:
     """Recorded inputs and eps-cotangents of one layer's calls -> X (T, d_in) (token ids
     (T,) for an embedding) and G (K, T, d_out)."""
@@ -481,10 +494,7 @@ def _tokens(L: _Layer, layer, xs: list, gs: list) -> list[Array]:
     for c, x, g in zip(L.calls, xs, gs):
         k = g.shape[0]
         if L.kind == "conv":
-            patches = jax.lax.conv_general_dilated_patches(
-                x, layer.kernel_size, layer.stride, layer.padding, rhs_dilation=layer.dilation
-            )  # (size, C_in·k·k, *out_spatial)
-            X.append(jnp.moveaxis(patches, 1, -1).reshape(-1, L.d_in))
+            X.append(jnp.moveaxis(_conv_patches(layer, x), 1, -1).reshape(-1, L.d_in))
             G.append(jnp.moveaxis(g, 2, -1).reshape(k, -1, L.d_out))
         elif L.kind == "embedding":
             X.append(x.reshape(c.size))
@@ -492,8 +502,7 @@ def _tokens(L: _Layer, layer, xs: list, gs: list) -> list[Array]:
         else:
             X.append(x.reshape(c.size, L.d_in))
             G.append(g.reshape(k, c.size, L.d_out))
-    cat = lambda a, axis: a[0] if len(a) == 1 else jnp.concatenate(a, axis)  # noqa: E731
-    return [cat(X, 0), cat(G, 1)]
+    return [_cat(X, 0), _cat(G, 1)]
 
 
 def _conv_jacobian(L: _Layer, layer, xs: list, gs: list, full: bool) -> list[Array]:
@@ -519,17 +528,14 @@ def _conv_jacobian(L: _Layer, layer, xs: list, gs: list, full: bool) -> list[Arr
     X, G = [], []
     for x, g in zip(xs, gs):
         k = g.shape[0]
-        patches = jax.lax.conv_general_dilated_patches(
-            x, layer.kernel_size, layer.stride, layer.padding, rhs_dilation=layer.dilation
-        )  # (size, d_in, *out_spatial)
+        patches = _conv_patches(layer, x)  # (size, d_in, *out_spatial)
         if patches.shape[0] == 1:
             X.append(patches.reshape(L.d_in, -1))
             G.append(g.reshape(k, L.d_out, -1))
         else:  # calls inside a vmap: tokens are (size, positions)
             X.append(jnp.moveaxis(patches, 1, 0).reshape(L.d_in, -1))
             G.append(jnp.moveaxis(g, 2, 1).reshape(k, L.d_out, -1))
-    X = X[0] if len(X) == 1 else jnp.concatenate(X, 1)
-    G = G[0] if len(G) == 1 else jnp.concatenate(G, 2)
+    X, G = _cat(X, 1), _cat(G, 2)
     jw = jnp.einsum("kot,it->koi", G, X).reshape(G.shape[0], -1)
     return [jw, G.sum(2)] if L.bias else [jw]
 

@@ -13,9 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CHROMIUM = os.environ.get("NTKBENCH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -105,6 +109,47 @@ def jupyterlab(root: Path, home: Path, token: str, log: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def wait_for(probe: Callable[[], T], ready: Callable[[T], bool], timeout: float, what: str,
+             interval: float = 0.25) -> T:  # fmt: skip
+    """Poll ``probe()`` until ``ready(state)`` holds and return that state; after ``timeout``
+    seconds raise ``TimeoutError`` naming ``what`` and the last state seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = probe()
+        if ready(state):
+            return state
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s (last state: {state!r})")
+        time.sleep(interval)
+
+
+def _api(url: str, token: str, path: str, method: str = "GET") -> Any:
+    request = urllib.request.Request(f"{url}{path}", method=method, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        body = r.read()
+    return json.loads(body) if body else None
+
+
+def kernel_state(url: str, token: str, path: str) -> str | None:
+    """``execution_state`` of the kernel of the notebook session at ``path`` (relative to the
+    server root), from the Jupyter server REST API; None while there is no such session or
+    kernel yet."""
+    for session in _api(url, token, "/api/sessions"):
+        if session.get("path") == path and session.get("kernel"):
+            try:
+                return _api(url, token, f"/api/kernels/{session['kernel']['id']}")["execution_state"]
+            except urllib.error.HTTPError:  # the kernel went away between the two requests
+                return None
+    return None
+
+
+def shutdown_sessions(url: str, token: str, path: str) -> None:
+    """Shut down every session (and its kernel) of the notebook at ``path``."""
+    for session in _api(url, token, "/api/sessions"):
+        if session.get("path") == path:
+            _api(url, token, f"/api/sessions/{session['id']}", method="DELETE")
 
 
 def have_browser_stack() -> str | None:

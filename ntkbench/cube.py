@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ __all__ = [
     "open",
     "open_cube",
     "combine",
+    "save_many",
+    "open_many",
 ]
 
 #: data variable name -> (long_name, units). Units follow CF: "1" is dimensionless.
@@ -276,6 +278,24 @@ def _default_mode(base: int) -> int:
     return base & ~umask
 
 
+def _replace_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Atomically replace ``path`` by what ``write(tmp)`` writes to a temporary file in the
+    same folder: the file gets the umask's normal mode (not mkstemp's 0600), is fsynced,
+    and moved into place with ``os.replace``; on any error the temporary file is removed."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, _default_mode(0o666))
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
 def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Path:
     """Write a cube atomically; return its path.
 
@@ -299,18 +319,7 @@ def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Pa
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     if fmt == "netcdf":
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
-            os.chmod(tmp, _default_mode(0o666))  # mkstemp makes 0600; give a normal file's mode
-            _fsync_path(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+        _replace_file(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
         old: Path | None = None
@@ -433,3 +442,88 @@ def combine(items: Iterable[Any], *, attrs: Mapping[str, str] | None = None) -> 
             combined[name].attrs.update(var_attrs(str(name)))
     return combined
 
+
+def save_many(cubes: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write several cubes into ONE netCDF file, atomically (as :func:`save`): the first
+    cube in the root group (its ``experiment`` attribute set to its name), every other in
+    a group of its name, so :func:`open` reads the first cube and :func:`open_many` all of
+    them. A paper writes its experiments' cubes this way (``out/<paper>.nc``, the shipped
+    ``data/*.nc``).
+
+    >>> save_many({"mlp": ds_mlp, "cnn": ds_cnn}, "runs/collective/collective.nc")  # doctest: +SKIP
+    """
+    if not isinstance(cubes, Mapping) or not cubes:
+        raise ValueError(f"cubes must be a non-empty dict {{name: cube}}, got {cubes!r:.80}")
+    for name, ds in cubes.items():
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("_"):
+            raise ValueError(f"cube names must be plain group names (no '/', not starting with '_'), got {name!r}")
+        try:
+            validate(ds, check_finite=False)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"cubes[{name!r}]: {exc}") from exc
+    path = Path(path)
+    if path.suffix == ".zarr":
+        raise ValueError(f"path must be a netCDF file (*.nc): several cubes in one Zarr store are not supported, got {str(path)!r}")
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    names = list(cubes)
+
+    first = cubes[names[0]]
+    if first.attrs.get("experiment") != names[0]:
+        first = first.copy()
+        first.attrs["experiment"] = names[0]
+
+    def write(tmp: Path) -> None:
+        first.to_netcdf(tmp, mode="w", engine="netcdf4", format="NETCDF4")
+        for name in names[1:]:
+            cubes[name].to_netcdf(tmp, mode="a", group=name, engine="netcdf4", format="NETCDF4")
+
+    _replace_file(path, write)
+    _fsync_path(parent)
+    return path
+
+
+def open_many(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Open a file written by :func:`save_many`: ``{name: cube}`` in the order written,
+    each loaded into memory and validated. A file without groups (written by :func:`save`)
+    gives one cube, named by its ``experiment`` attribute (else ``"cube"``).
+
+    >>> cubes = open_many("data/collective_quick.nc")  # doctest: +SKIP
+    >>> list(cubes)                                    # doctest: +SKIP
+    ['mlp', 'scale', 'transformer', 'cnn']
+    """
+    import netCDF4
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no cube file at {str(path)!r}")
+    if path.is_dir() or path.suffix == ".zarr":
+        ds = open(path)
+        return {str(ds.attrs.get("experiment") or "cube"): ds}
+    try:
+        with netCDF4.Dataset(path) as nc:
+            groups = list(nc.groups)
+            root = str(nc.getncattr("experiment")) if "experiment" in nc.ncattrs() and nc.variables else None
+    except Exception as exc:
+        raise ValueError(
+            f"{str(path)!r} is not a readable netCDF file ({type(exc).__name__}: {exc}); "
+            "it may be corrupted or truncated -- delete it and rerun to recreate it"
+        ) from exc
+    if not groups:
+        ds = open(path)
+        return {str(ds.attrs.get("experiment") or "cube"): ds}
+    # the root cube (unless a file of an earlier version also held it in a group)
+    cubes = {root: open(path)} if root is not None and root not in groups else {}
+    for g in groups:
+        try:
+            with xr.open_dataset(path, group=g, engine="netcdf4", chunks=None) as opened:
+                ds = opened.load()
+        except Exception as exc:
+            raise ValueError(f"{str(path)!r}: group {g!r} is not readable ({type(exc).__name__}: {exc})") from exc
+        try:
+            validate(ds, check_finite=False)
+        except ValueError as exc:
+            raise ValueError(f"{str(path)!r}: group {g!r} is not an ntkbench cube: {exc}") from exc
+        cubes[g] = ds
+    return cubes

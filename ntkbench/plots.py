@@ -5,6 +5,13 @@ into the columns of the figure's named ``ColumnDataSource``\\ s, and the figure 
 creates those sources and the glyphs once. Widgets redraw a figure in place with
 :func:`update`, which assigns new columns to the existing sources (no re-render).
 
+Paper figures (``ntkbench.papers``) are built from the same pieces, public here: series
+with mean ± std bands over seeds (:func:`seed_traces`, :func:`add_series`), panels and
+their grid (:func:`panel`, :func:`panel_grid`), formatters (:func:`si_formatter`, log
+ticks), category heat maps (:func:`category_heatmap`), step markers and header blocks; a
+*figure-data* dict describes everything about such a figure that depends on its settings,
+and :func:`apply` redraws a built figure from a new one (see the "paper figures" section).
+
 Axis labels and units come from each variable's ``long_name`` and ``units`` attributes;
 lines over widths use a perceptual palette (Viridis), lines over steps Plasma; hover tools
 show the exact values.
@@ -51,6 +58,36 @@ __all__ = [
     "FIGURES",
     "export",
     "webdriver",
+    # building blocks (also for paper figures)
+    "check_cube",
+    "finite_mask",
+    "new_figure",
+    "style",
+    "legend_style",
+    "FigureData",
+    "lighten",
+    "si_formatter",
+    "si_text",
+    "seed_mode",
+    "seed_traces",
+    "empty_lines",
+    "empty_bands",
+    "add_series",
+    "linear_fit",
+    "panel",
+    "panel_style",
+    "lines_and_bands",
+    "step_marker",
+    "header",
+    "panel_grid",
+    "color_mapper",
+    "text_colors",
+    "category_heatmap",
+    "color_range",
+    "heatmap_cells",
+    "layout_key",
+    "figure_index",
+    "apply",
 ]
 
 Columns = dict[str, list]
@@ -86,7 +123,9 @@ def measures(ds: Any) -> list[str]:
     ]
 
 
-def _check_cube(ds: Any, var: str | None = None) -> None:
+def check_cube(ds: Any, var: str | None = None) -> None:
+    """``TypeError`` unless ``ds`` is an ``xarray.Dataset``; ``ValueError`` naming the
+    variables it has unless ``var`` (if given) is one of them."""
     import xarray as xr
 
     if not isinstance(ds, xr.Dataset):
@@ -166,7 +205,8 @@ def _resolve_widths(ds: Any, widths: int | Sequence[int] | None) -> list:
     return [w for w in all_w if w in set(widths)]  # cube order
 
 
-def _finite(x: np.ndarray, y: np.ndarray, log_x: bool, log_y: bool) -> np.ndarray:
+def finite_mask(x: np.ndarray, y: np.ndarray, log_x: bool, log_y: bool) -> np.ndarray:
+    """Points that can be drawn: finite, and positive on a log axis."""
     ok = np.isfinite(x) & np.isfinite(y)
     if log_x:
         ok &= x > 0
@@ -175,7 +215,7 @@ def _finite(x: np.ndarray, y: np.ndarray, log_x: bool, log_y: bool) -> np.ndarra
     return ok
 
 
-def _style(fig: Any) -> Any:
+def style(fig: Any) -> Any:
     """Publication style: readable upright fonts, light grid, no outline, auto-hidden toolbar."""
     fig.title.text_font = FONT
     fig.title.text_font_size = "13pt"
@@ -208,7 +248,8 @@ def _fixed_ticks(axis: Any, ticks: Sequence[float]) -> None:
     axis.formatter = NumeralTickFormatter(format="0")
 
 
-def _legend_style(fig: Any, location: str = "top_right") -> None:
+def legend_style(fig: Any, location: str = "top_right") -> None:
+    """The legend of ``fig`` at ``location``, in the house font, click to hide a line."""
     if not fig.legend:
         return
     leg = fig.legend[0]
@@ -222,7 +263,10 @@ def _legend_style(fig: Any, location: str = "top_right") -> None:
     leg.padding = 6
 
 
-def _figure(title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, **kw: Any) -> Any:
+def new_figure(title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, **kw: Any) -> Any:
+    """A ``bokeh.plotting.figure`` (default 520 × 380, pan/zoom/reset/save tools) whose
+    log axes tick and label themselves for the range shown (see ``_LOG_TICKS_JS``);
+    ``kw`` go to ``figure`` (``width``, ``height``, ``tools``, ``name``, ...)."""
     from bokeh.plotting import figure
 
     fig = figure(
@@ -360,7 +404,7 @@ def spectrum_data(
     Returns ``{"lines": {xs, ys, color, label}, "points": {x, y, eigen_index, width, step,
     label, color}}``.
     """
-    _check_cube(ds, "eigenvalues")
+    check_cube(ds, "eigenvalues")
     if by not in ("step", "width"):
         raise ValueError(f"by must be 'step' or 'width', got {by!r}")
     da = ds["eigenvalues"]
@@ -400,7 +444,7 @@ def spectrum_data(
         y = np.asarray(da.sel(sel).values, dtype=float)
         idx = np.asarray(da["eigen_index"].values)
         x = idx + 1.0
-        ok = _finite(x, y, log, log)
+        ok = finite_mask(x, y, log, log)
         name = f"width {w}" if by == "width" else f"step {s}"
         if w is None and by == "width":
             name = f"step {s}"
@@ -452,7 +496,7 @@ def spectrum_plot(
         title += f" at step {_resolve_step(ds, step if not isinstance(step, Sequence) else step[-1])}"
     elif "width" in ds.dims:
         title += f" at width {data['points']['width'][0] if data['points']['width'] else ''}"
-    fig = _figure(title, "rank i (eigen_index + 1)", label(ds, "eigenvalues"), log, log, **figure_kw)
+    fig = new_figure(title, "rank i (eigen_index + 1)", label(ds, "eigenvalues"), log, log, **figure_kw)
     lines = ColumnDataSource(data["lines"], name="lines")
     points = ColumnDataSource(data["points"], name="points")
     fig.multi_line("xs", "ys", source=lines, line_color="color", line_width=2, legend_field="label")
@@ -468,11 +512,11 @@ def spectrum_plot(
             formatters={"@y": "printf"},
         )
     )
-    _style(fig)
+    style(fig)
     fig.xaxis[0].tags = ["ticks_125"]
     if log:
         _fixed_ticks(fig.xaxis[0], _TICKS_125)
-    _legend_style(fig, "top_right")
+    legend_style(fig, "top_right")
     if len(data["lines"]["label"]) > 6:  # a long legend goes beside the plot, not over it
         fig.add_layout(fig.legend[0], "right")
         fig.width += 110
@@ -498,7 +542,7 @@ def measure_data(
     Returns ``{"lines": {xs, ys, color, label}, "bands": {xs, ys, color},
     "points": {x, y, std, width, label, color}}``.
     """
-    _check_cube(ds, measure)
+    check_cube(ds, measure)
     da = ds[measure]
     if x not in da.dims:
         raise ValueError(f"x must be a dim of {measure!r} {tuple(da.dims)}, got {x!r}")
@@ -517,7 +561,7 @@ def measure_data(
         m = mean if w is None else mean.sel(width=w)
         y = np.asarray(m.transpose(x).values, dtype=float)
         s = None if std is None else np.asarray((std if w is None else std.sel(width=w)).transpose(x).values, dtype=float)
-        ok = _finite(xv, y, log_x, log_y)
+        ok = finite_mask(xv, y, log_x, log_y)
         name = f"width {w}" if w is not None else measure
         lines["xs"].append(xv[ok].tolist())
         lines["ys"].append(y[ok].tolist())
@@ -572,7 +616,7 @@ def measure_plot(
     if log_y is None:
         log_y = "loss" in measure
     data = measure_data(ds, measure, widths=widths, seed=seed, x=x, log_x=log_x, log_y=log_y)
-    fig = _figure(str(ds[measure].attrs.get("long_name", measure)), label(ds, x), label(ds, measure), log_x, log_y, **figure_kw)
+    fig = new_figure(str(ds[measure].attrs.get("long_name", measure)), label(ds, x), label(ds, measure), log_x, log_y, **figure_kw)
     bands = ColumnDataSource(data["bands"], name="bands")
     lines = ColumnDataSource(data["lines"], name="lines")
     points = ColumnDataSource(data["points"], name="points")
@@ -596,8 +640,8 @@ def measure_plot(
         visible=step_marker is not None,
     )
     fig.add_layout(marker)
-    _style(fig)
-    _legend_style(fig, "top_right")
+    style(fig)
+    legend_style(fig, "top_right")
     return fig
 
 
@@ -644,7 +688,7 @@ def scaling_data(
     Returns ``{"points": {x, y, std, step}, "seeds": {x, y, seed}, "errors": {x, lower,
     upper}, "fit": {xs, ys, label}}``; the fit label reads ``∝ width^b (R² = r2)``.
     """
-    _check_cube(ds, measure)
+    check_cube(ds, measure)
     if "width" not in ds[measure].dims:
         raise ValueError(f"scaling plots need a width dim; {measure!r} has {tuple(ds[measure].dims)}")
     st = _resolve_step(ds, step)
@@ -662,7 +706,7 @@ def scaling_data(
             seeds["x"] += x.tolist()
             seeds["y"] += np.asarray(per.values[:, j], dtype=float).tolist()
             seeds["seed"] += [sv] * len(x)
-    ok = _finite(x, y, True, True)
+    ok = finite_mask(x, y, True, True)
     fit: Columns = {"xs": [], "ys": [], "label": []}
     if ok.sum() >= 2:
         a, b, r2 = power_law_fit(x[ok], y[ok])
@@ -701,7 +745,7 @@ def scaling_plot(
     data = scaling_data(ds, measure, step=step, widths=widths, seed=seed)
     st = _resolve_step(ds, step)
     name = str(ds[measure].attrs.get("long_name", measure))
-    fig = _figure(f"{name} at step {st}", label(ds, "width"), label(ds, measure), True, True, **figure_kw)
+    fig = new_figure(f"{name} at step {st}", label(ds, "width"), label(ds, measure), True, True, **figure_kw)
     srcs = {k: ColumnDataSource(v, name=k) for k, v in data.items()}
     fig.scatter("x", "y", source=srcs["seeds"], color="#7f7f7f", alpha=0.45, size=5)
     whisker = Whisker(base="x", lower="lower", upper="upper", source=srcs["errors"], line_color="#21918c", name="whiskers")
@@ -718,9 +762,9 @@ def scaling_plot(
             formatters={"@x": "printf", "@y": "printf", "@std": "printf"},
         )
     )
-    _style(fig)
+    style(fig)
     _fixed_ticks(fig.xaxis[0], ds["width"].values.tolist())
-    _legend_style(fig, "top_left")
+    legend_style(fig, "top_left")
     return fig
 
 
@@ -733,7 +777,7 @@ def heatmap_data(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean") -
     Returns ``{"cells": {step, width, step_label, width_label, value}}``; the ``*_label``
     columns are the categorical axis factors.
     """
-    _check_cube(ds, measure)
+    check_cube(ds, measure)
     mean, _ = _select_seed(ds[measure], seed)
     ws = _resolve_widths(ds, None)
     mean = _drop_extra(mean, ("width", "step"))
@@ -789,7 +833,7 @@ def heatmap_plot(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean", p
     hover.formatters = {"@value": "printf"}
     bar = ColorBar(color_mapper=mapper, title=label(ds, measure), title_text_font_style="normal", title_text_font_size="10pt", major_label_text_font_size="10pt", width=14)
     fig.add_layout(bar, "right")
-    _style(fig)
+    style(fig)
     fig.grid.grid_line_color = None
     fig.axis.axis_line_color = None
     fig.axis.major_tick_line_color = None
@@ -847,9 +891,438 @@ def kernel_image(K: Any, *, title: str = "eNTK", palette: str | None = None, **f
     r = fig.image("image", x=-0.5, y=-0.5, dw=n2, dh=n1, source=src, color_mapper=mapper)
     fig.add_tools(HoverTool(renderers=[r], tooltips=[("i", "$y{0}"), ("j", "$x{0}"), ("K", "@image{%0.6g}")], formatters={"@image": "printf"}))
     fig.add_layout(ColorBar(color_mapper=mapper, width=14, major_label_text_font_size="10pt"), "right")
-    _style(fig)
+    style(fig)
     fig.grid.grid_line_color = None
     return fig
+
+
+# --------------------------------------------------------------------------- paper figures
+#
+# The pieces every paper figure is made of. A paper figure is described by a *figure-data*
+# dict, computed from the cubes by the paper's ``*_data`` function; its builder reads only
+# that dict (never a cube), and :func:`apply` redraws a built figure in place from a new
+# dict. Keys (all optional except ``sources``):
+#
+#   ``sources``   {source name: columns}               the named ColumnDataSources
+#   ``panels``    [[panel name, ...], ...]             the grid of plots (rows of names)
+#   ``scales``    {panel: [log_x, log_y]}
+#   ``titles`` / ``x_labels`` / ``y_labels``  {panel: text}
+#   ``header``    text (HTML) of the Div named "header" above the grid
+#   ``ranges``    {colour mapper name: [low, high]}
+#   ``spans``     {span name: location or None (hidden)}
+#   ``layout``    anything JSON-able that fixes the structure beyond the above (e.g. which
+#                 quantity a heat map colours: its palette and log scale)
+#
+# What cannot change in place (panels, scales, source/mapper/span names, ``layout``) is the
+# figure's :func:`layout_key`; a widget rebuilds the figure when it differs.
+
+FigureData = dict[str, Any]
+
+
+def lighten(hex_color: str, amount: float = 0.55) -> str:
+    """``hex_color`` mixed with white (``amount`` 0 = unchanged, 1 = white).
+
+    >>> lighten("#000000", 0.5)
+    '#808080'
+    """
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
+    mix = [round(c + (255 - c) * amount) for c in (r, g, b)]
+    return "#" + "".join(f"{c:02x}" for c in mix)
+
+
+_SI_LABEL_JS = """
+const a = Math.abs(tick);
+for (const [v, u] of [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
+  if (a >= v) return String(Number((tick / v).toPrecision(3))) + u;
+}
+return String(Number(tick.toPrecision(3)));
+"""
+
+
+def si_formatter() -> Any:
+    """Compact SI tick labels (``20k``, ``1.5M``) instead of ``2.000e+4``."""
+    from bokeh.models import CustomJSTickFormatter
+
+    return CustomJSTickFormatter(code=_SI_LABEL_JS)
+
+
+def si_text(v: float, fmt: str = "{:.2f}") -> str:
+    """A number as a cell label: ``1.23M``, ``45.6k``, else ``fmt`` ("" for NaN/Inf).
+
+    >>> si_text(1234567.0), si_text(0.5), si_text(float("nan"))
+    ('1.23M', '0.50', '')
+    """
+    if not np.isfinite(v):
+        return ""
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.3g}M"
+    if abs(v) >= 1e3:
+        return f"{v / 1e3:.3g}k"
+    return fmt.format(v)
+
+
+def seed_mode(seed: Any, ds: Any) -> Any:
+    """Check a seed selection against a cube: ``"mean"`` (mean ± std), ``"all"`` (every
+    seed) or one of the cube's seeds (returned as an int); ``ValueError`` naming ``seed``
+    otherwise."""
+    if seed in ("mean", "all"):
+        return seed
+    if "seed" in ds.dims and seed not in ds["seed"].values.tolist():
+        raise ValueError(f"seed must be 'mean', 'all' or one of {ds['seed'].values.tolist()}, got {seed!r}")
+    return int(seed)
+
+
+def seed_traces(da: Any, seed: Any) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The lines one DataArray over (``seed``, step) draws for a :func:`seed_mode`:
+    ``[(values (S,), std (S,) or None), ...]`` -- one (mean, std) for ``"mean"``, one per
+    seed for ``"all"``, one for a single seed; a cube without ``seed`` gives one line."""
+    if "seed" not in da.dims:
+        return [(np.asarray(da.values, float), None)]
+    if seed == "mean":
+        std = da.std("seed").values if da.sizes["seed"] > 1 else None
+        return [(np.asarray(da.mean("seed").values, float), None if std is None else np.asarray(std, float))]
+    if seed == "all":
+        return [(np.asarray(da.sel(seed=s).values, float), None) for s in da["seed"].values]
+    return [(np.asarray(da.sel(seed=seed).values, float), None)]
+
+
+def empty_lines() -> Columns:
+    """Columns of a multi-line source: ``xs``, ``ys``, ``color``, ``label``, ``width``, ``alpha``."""
+    return {"xs": [], "ys": [], "color": [], "label": [], "width": [], "alpha": []}
+
+
+def empty_bands() -> Columns:
+    """Columns of a band (patches) source: ``xs``, ``ys``, ``color``."""
+    return {"xs": [], "ys": [], "color": []}
+
+
+def add_series(
+    lines: Columns,
+    bands: Columns,
+    x: np.ndarray,
+    traces: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    color: str,
+    label: str,
+    *,
+    light: bool = False,
+    log_y: bool = False,
+    log_x: bool = True,
+) -> None:
+    """Append lines (and ± std bands where a trace has a std) to ``lines``/``bands``.
+
+    ``traces`` come from :func:`seed_traces`; ``light`` draws in :func:`lighten`\\ ed colour
+    and thinner (e.g. the test probe beside the dark train probe). Points that a log axis
+    cannot show, and NaN/Inf, are left out; a band's lower edge stays positive on a log
+    axis."""
+    col = lighten(color) if light else color
+    for y, std in traces:
+        ok = finite_mask(x, y, log_x, log_y)
+        if not ok.any():
+            continue
+        lines["xs"].append(x[ok].tolist())
+        lines["ys"].append(y[ok].tolist())
+        lines["color"].append(col)
+        lines["label"].append(label)
+        lines["width"].append(1.6 if light else 2.4)
+        lines["alpha"].append(0.95)
+        if std is not None and np.any(std[ok] > 0):
+            lo, hi = y[ok] - std[ok], y[ok] + std[ok]
+            if log_y:
+                lo = np.maximum(lo, y[ok] * 1e-3)
+            bands["xs"].append(x[ok].tolist() + x[ok][::-1].tolist())
+            bands["ys"].append(hi.tolist() + lo[::-1].tolist())
+            bands["color"].append(col)
+
+
+def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least squares ``y = a + b x``; returns ``(a, b, r2)``.
+
+    >>> [round(v, 9) for v in linear_fit(np.array([0.0, 1, 2]), np.array([1.0, 3, 5]))]
+    [1.0, 2.0, 1.0]
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    b, a = np.polyfit(x, y, 1)
+    pred = a + b * x
+    ss = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else 1.0
+    return float(a), float(b), r2
+
+
+def panel(name: str, title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, width: int, height: int,
+          *, si_y: bool = False) -> Any:
+    """One plot of a paper figure's grid, named ``name`` (so :func:`apply` finds it), with
+    log ticks on log axes and, with ``si_y``, SI labels (``20k``) on the y axis."""
+    fig = new_figure(title, x_label, y_label, log_x, log_y, width=width, height=height, name=name)
+    if si_y:
+        fig.yaxis[0].formatter = si_formatter()
+    return fig
+
+
+def panel_style(fig: Any, legend: bool, location: str = "bottom_left") -> None:
+    """:func:`style` at the smaller sizes of a multi-panel figure; the legend (if any)
+    shown at ``location`` when ``legend``, hidden otherwise."""
+    style(fig)
+    fig.title.text_font_size = "11pt"
+    for ax in (*fig.xaxis, *fig.yaxis):
+        ax.axis_label_text_font_size = "10.5pt"
+        ax.major_label_text_font_size = "9.5pt"
+    if legend and fig.legend:
+        legend_style(fig, location)
+        fig.legend[0].label_text_font_size = "8.5pt"
+    elif fig.legend:
+        fig.legend[0].visible = False
+
+
+def lines_and_bands(fig: Any, data: FigureData, key: str, legend: bool, *, band_alpha: float = 0.2) -> Any:
+    """Draw the sources ``"{key}-bands"`` (patches) and ``"{key}-lines"`` (a multi-line
+    coloured, sized and labelled by its columns) of figure data ``data`` on ``fig``;
+    returns the line renderer. A missing band source is drawn empty."""
+    from bokeh.models import ColumnDataSource
+
+    sources = data["sources"]
+    bands = ColumnDataSource(dict(sources.get(f"{key}-bands", empty_bands())), name=f"{key}-bands")
+    lines = ColumnDataSource(dict(sources[f"{key}-lines"]), name=f"{key}-lines")
+    fig.patches("xs", "ys", source=bands, fill_color="color", fill_alpha=band_alpha, line_color=None)
+    kw = {"legend_field": "label"} if legend else {}
+    return fig.multi_line("xs", "ys", source=lines, line_color="color", line_width="width", line_alpha="alpha", **kw)
+
+
+def step_marker(fig: Any, name: str, location: float | None) -> Any:
+    """A dashed vertical line named ``name`` at x = ``location`` (hidden when None)."""
+    from bokeh.models import Span
+
+    span = Span(
+        location=float(location) if location is not None else float("nan"),
+        dimension="height",
+        line_color="#888888",
+        line_dash="dashed",
+        line_width=1.2,
+        name=name,
+        visible=location is not None,
+    )
+    fig.add_layout(span)
+    return span
+
+
+def header(text: str, width: int) -> Any:
+    """The header block above a paper figure: a ``Div`` named ``"header"``."""
+    from bokeh.models import Div
+
+    return Div(text=text, styles={"font-family": FONT, "font-size": "12pt"}, width=width, name="header")
+
+
+def panel_grid(data: FigureData, draw: Callable[[Any, str], None], *, panel_size: tuple[int, int], name: str,
+               si_y: Callable[[str], bool] | None = None) -> Any:
+    """A header over a grid of panels, all from figure data: ``data["panels"]`` gives the
+    grid, ``titles`` / ``x_labels`` / ``y_labels`` / ``scales`` each panel's texts and
+    axes; ``draw(fig, panel)`` adds the glyphs (and may widen the panel). Returns a
+    ``column(header, gridplot)`` named ``name``."""
+    from bokeh.layouts import column, gridplot
+
+    w, h = panel_size
+    rows = []
+    for row in data["panels"]:
+        figs = []
+        for key in row:
+            log_x, log_y = data["scales"][key]
+            ylab = data["y_labels"][key]
+            fig = panel(key, data["titles"][key], data["x_labels"][key], ylab, log_x, log_y, w, h,
+                        si_y=bool(si_y(key)) if si_y else False)
+            draw(fig, key)
+            figs.append(fig)
+        rows.append(figs)
+    head = header(data["header"], sum(f.width for f in rows[0]))
+    return column(head, gridplot(rows, toolbar_location="right", merge_tools=True), name=name)
+
+
+def color_mapper(low: float, high: float, *, log: bool = False, diverging: bool = False, name: str | None = None) -> Any:
+    """A colour mapper: Viridis (log scale with ``log``), or RdBu centred on the range
+    with ``diverging`` (blue low, red high); NaN cells grey."""
+    import bokeh.palettes as bp
+    from bokeh.models import LinearColorMapper, LogColorMapper
+
+    pal = bp.interp_palette(bp.RdBu11, 256) if diverging else bp.Viridis256
+    return (LogColorMapper if log else LinearColorMapper)(palette=pal, low=low, high=high, nan_color="#dddddd", name=name)
+
+
+def text_colors(values: Sequence[float], low: float, high: float, *, log: bool = False, diverging: bool = False) -> list[str]:
+    """Text colour per heat-map cell: white on dark cells, dark on light ones (for the
+    palettes of :func:`color_mapper`)."""
+    out = []
+    for v in values:
+        if not np.isfinite(v):
+            out.append("#222222")
+            continue
+        if diverging:
+            dark = abs(v) > 0.55 * max(abs(low), abs(high))
+        else:
+            a, b, x = (np.log(low), np.log(high), np.log(max(v, 1e-300))) if log else (low, high, v)
+            dark = (x - a) / ((b - a) or 1.0) < 0.45
+        out.append("white" if dark else "#222222")
+    return out
+
+
+def color_range(values: Any, *, log: bool = False, symmetric: bool = False) -> tuple[float, float]:
+    """A colour mapper's ``(low, high)`` for ``values``: over the finite values (positive
+    ones with ``log``), symmetric around 0 with ``symmetric`` (a diverging palette whose
+    sign is the signal), widened when all values are equal; ``(0, 1)`` without values.
+
+    >>> color_range([-0.2, 0.5], symmetric=True), color_range([3.0, 3.0])
+    ((-0.5, 0.5), (3.0, 3.3))
+    """
+    vals = np.ravel(np.asarray(values, dtype=float))
+    vals = vals[np.isfinite(vals)]
+    if log:
+        vals = vals[vals > 0]
+    if not vals.size:
+        return (0.0, 1.0)
+    lo, hi = float(vals.min()), float(vals.max())
+    if symmetric:
+        m = max(abs(lo), abs(hi), 1e-6)
+        return (-m, m)
+    if hi <= lo:
+        hi = lo + (abs(lo) * 0.1 or 1.0)
+    return (lo, hi)
+
+
+def heatmap_cells(values: Any, x_values: Sequence[Any], y_values: Sequence[Any], *, x_name: str = "x", y_name: str = "y",
+                  low: float, high: float, log: bool = False, diverging: bool = False, fmt: str = "{:.2f}") -> Columns:
+    """Cells of :func:`category_heatmap` from ``values`` (len(y_values), len(x_values)),
+    row by row: ``{x_name}_label`` / ``{y_name}_label`` (the factors), ``x_name`` /
+    ``y_name`` (the values), ``value`` (NaN where not finite), ``text`` (:func:`si_text`
+    with ``fmt``) and ``text_color`` (:func:`text_colors` for ``low``..``high``)."""
+    vals = np.asarray(values, dtype=float)
+    cells: Columns = {k: [] for k in (f"{x_name}_label", f"{y_name}_label", x_name, y_name, "value", "text")}
+    for i, yv in enumerate(y_values):
+        for j, xv in enumerate(x_values):
+            v = float(vals[i, j])
+            cells[f"{x_name}_label"].append(str(xv))
+            cells[f"{y_name}_label"].append(str(yv))
+            cells[x_name].append(xv)
+            cells[y_name].append(yv)
+            cells["value"].append(v if np.isfinite(v) else float("nan"))
+            cells["text"].append(si_text(v, fmt))
+    cells["text_color"] = text_colors(cells["value"], low, high, log=log, diverging=diverging)
+    return cells
+
+
+def category_heatmap(name: str, title: str, cells: Columns, mapper: Any, *, x_factors: Sequence[str],
+                     y_factors: Sequence[str], x_label: str, y_label: str, x_field: str = "x_label",
+                     y_field: str = "y_label", tooltips: Sequence[tuple[str, str]] | None = None, cell: int = 62,
+                     colorbar: bool = False, si_colorbar: bool = False) -> Any:
+    """A heat map over two categorical axes with the value written in each cell.
+
+    ``cells`` has the factor columns ``x_field`` / ``y_field`` (strings among
+    ``x_factors`` / ``y_factors``), ``value``, ``text`` and ``text_color``
+    (:func:`text_colors`), and any columns ``tooltips`` show (default: the value); the
+    source is named ``"{name}-cells"``, the plot ``name``, and each cell is ``cell`` pixels.
+    ``colorbar`` adds the mapper's colour bar on the right (SI labels with
+    ``si_colorbar``)."""
+    from bokeh.models import ColorBar, ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+
+    fig = figure(
+        title=title,
+        x_range=list(x_factors),
+        y_range=list(y_factors),
+        x_axis_label=x_label,
+        y_axis_label=y_label,
+        width=cell * len(x_factors) + 110 + (90 if colorbar else 0),
+        height=cell * len(y_factors) + 90,
+        tools="hover,save",
+        name=name,
+    )
+    src = ColumnDataSource(dict(cells), name=f"{name}-cells")
+    fig.rect(x_field, y_field, 1, 1, source=src, fill_color={"field": "value", "transform": mapper}, line_color="white")
+    fig.text(x_field, y_field, text="text", source=src, text_align="center", text_baseline="middle",
+             text_font_size="8.5pt", text_color="text_color")
+    hover = fig.select_one(HoverTool)
+    hover.tooltips = list(tooltips) if tooltips is not None else [("value", "@value{%0.4g}")]
+    hover.formatters = {"@value": "printf"}
+    if colorbar:
+        bar = ColorBar(color_mapper=mapper, width=12, major_label_text_font_size="9pt")
+        if si_colorbar:
+            bar.formatter = si_formatter()
+        fig.add_layout(bar, "right")
+    style(fig)
+    fig.title.text_font_size = "10.5pt"
+    fig.grid.grid_line_color = None
+    fig.axis.axis_line_color = None
+    fig.axis.major_tick_line_color = None
+    return fig
+
+
+def layout_key(data: FigureData) -> str:
+    """What a figure built from ``data`` cannot change in place (see the section notes):
+    two figure-data dicts with the same key can be applied to the same figure."""
+    import json
+
+    return json.dumps(
+        [data.get("layout"), data.get("panels"), data.get("scales"), sorted(data.get("sources", {})),
+         sorted(data.get("ranges", {})), sorted(data.get("spans", {}))],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def figure_index(fig: Any) -> dict[str, dict[str, Any]]:
+    """One walk over a built figure: its named ``sources``, ``plots``, ``mappers``,
+    ``spans`` and ``divs`` (name -> model). ``select_one`` per name would walk the whole
+    model graph every time."""
+    from bokeh.models import ColorMapper, ColumnDataSource, Div, Plot, Span
+
+    index: dict[str, dict[str, Any]] = {k: {} for k in ("sources", "plots", "mappers", "spans", "divs")}
+    kinds = (("sources", ColumnDataSource), ("plots", Plot), ("mappers", ColorMapper), ("spans", Span), ("divs", Div))
+    for m in fig.references():
+        name = getattr(m, "name", None)
+        if not name:
+            continue
+        for key, kind in kinds:
+            if isinstance(m, kind):
+                index[key][name] = m
+    return index
+
+
+def apply(fig: Any, data: FigureData, index: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Redraw a figure built from figure data in place from new figure data (same
+    :func:`layout_key`): source columns, panel titles and axis labels, the header, colour
+    ranges and span positions. Only what differs is assigned, so a browser receives the
+    changes and nothing else. ``index`` is :func:`figure_index` of ``fig`` (computed if
+    not given); a name the figure lacks is a ``ValueError``."""
+    index = figure_index(fig) if index is None else index
+
+    def get(kind: str, name: str) -> Any:
+        try:
+            return index[kind][name]
+        except KeyError:
+            raise ValueError(f"figure has no {kind[:-1]} named {name!r}") from None
+
+    for name, cols in data.get("sources", {}).items():
+        src = get("sources", name)
+        if dict(src.data) != dict(cols):
+            src.data = dict(cols)
+    for key, attr in (("titles", None), ("x_labels", "xaxis"), ("y_labels", "yaxis")):
+        for name, text in data.get(key, {}).items():
+            plot = get("plots", name)
+            if attr is None:
+                if plot.title.text != text:
+                    plot.title.text = text
+            elif getattr(plot, attr)[0].axis_label != text:
+                getattr(plot, attr)[0].axis_label = text
+    if "header" in data:
+        div = get("divs", "header")
+        if div.text != data["header"]:
+            div.text = data["header"]
+    for name, (low, high) in data.get("ranges", {}).items():
+        mapper = get("mappers", name)
+        if (mapper.low, mapper.high) != (low, high):
+            mapper.update(low=low, high=high)
+    for name, loc in data.get("spans", {}).items():
+        span = get("spans", name)
+        visible = loc is not None
+        if span.visible != visible or (visible and span.location != float(loc)):
+            span.update(location=float(loc) if visible else float("nan"), visible=visible)
 
 
 # --------------------------------------------------------------------------- registry + export

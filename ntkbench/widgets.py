@@ -23,17 +23,56 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ntkbench import plots
 
-__all__ = ["Explorer", "RunPanel"]
+__all__ = [
+    "Explorer",
+    "RunPanel",
+    "Control",
+    "seed_control",
+    "step_control",
+    "int_list_control",
+    "parse_ints",
+    "LiveFigure",
+    "ExportControl",
+    "Shown",
+    "join_run",
+]
+
+def join_run(owner: Any, timeout: float | None = None) -> Any:
+    """Wait for ``owner._thread`` (a run in the background) and return ``owner.result``;
+    raise ``TimeoutError`` if it is still running after ``timeout`` seconds, or the run's
+    error (``owner.error``)."""
+    thread = owner._thread
+    if thread is None:
+        raise RuntimeError("no run was started")
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"run did not finish within {timeout} s")
+    if owner.error is not None:
+        raise owner.error
+    return owner.result
+
+
+class Shown:
+    """Shown in a notebook as its ``widget`` attribute (the cell's value displays it)."""
+
+    widget: Any
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+#
+# Used by Explorer and by every paper's Workbench / RerunPanel (ntkbench.papers._base).
+
 
 _SOURCE_NAMES = {
     "spectrum": ("lines", "points"),
@@ -42,7 +81,7 @@ _SOURCE_NAMES = {
 }
 
 
-class Explorer:
+class Explorer(Shown):
     """Interactive view of a result cube: spectrum, measure vs step, measure vs width.
 
     Parameters
@@ -56,8 +95,9 @@ class Explorer:
     ----------
     widths, step, play, eigen_range, measure, spectrum_scale, step_scale, measure_scale,
     seed : the controls (``ipywidgets``); set ``.value`` to drive the explorer.
-    export_figure, export_format, export_name, export_button, export_status : the export
-        control.
+    exporter : the export control (:class:`ExportControl`); ``export_figure``,
+        ``export_format``, ``export_name``, ``export_button``, ``export_status`` are its
+        widgets.
     figures : ``{"spectrum" | "measure" | "scaling": bokeh figure}``.
     sources : ``{figure name: {source name: ColumnDataSource}}``.
     models : ``{figure name: jupyter_bokeh.BokehModel}``.
@@ -68,7 +108,7 @@ class Explorer:
         import ipywidgets as w
         from jupyter_bokeh import BokehModel
 
-        plots._check_cube(ds)
+        plots.check_cube(ds)
         if "step" not in ds.dims:
             raise ValueError(f"ds must have a 'step' dim, it has {tuple(ds.dims)}")
         self.ds = ds
@@ -129,14 +169,6 @@ class Explorer:
             description="seed",
             disabled=not seeds,
         )
-        self.export_figure = w.Dropdown(options=[], description="figure", layout=w.Layout(width="200px"))
-        self.export_format = w.Dropdown(
-            options=[("PNG", "png"), ("SVG", "svg"), ("HTML", "html")], value="png", description="format",
-            layout=w.Layout(width="160px"),
-        )
-        self.export_name = w.Text(value="ntkbench", description="file name", layout=w.Layout(width="240px"))
-        self.export_button = w.Button(description="Export", icon="download", button_style="primary")
-        self.export_status = w.HTML(value="")
 
         # --- figures (built once; afterwards only their sources change)
         self.figures: dict[str, Any] = {}
@@ -151,8 +183,10 @@ class Explorer:
         self.sources = {
             name: {s: fig.select_one({"name": s}) for s in _SOURCE_NAMES[name]} for name, fig in self.figures.items()
         }
-        self.export_figure.options = list(self.figures)
-        self.export_figure.value = next(iter(self.figures))
+        self.exporter = ExportControl(self.figures, self.figures_dir, name="ntkbench")
+        self.export_figure, self.export_format = self.exporter.figure, self.exporter.format
+        self.export_name, self.export_button = self.exporter.name, self.exporter.button
+        self.export_status = self.exporter.status
         self.models = {name: BokehModel(fig) for name, fig in self.figures.items()}
 
         # --- wiring
@@ -164,7 +198,6 @@ class Explorer:
         self.step_scale.observe(self._on_measure_scale, "value")
         self.measure_scale.observe(self._on_measure_scale, "value")
         self.seed.observe(lambda _: self._redraw(*self.figures), "value")
-        self.export_button.on_click(self._on_export)
 
         # --- layout
         controls = w.VBox(
@@ -178,8 +211,7 @@ class Explorer:
         top = w.HBox([self.widths, controls])
         figs = list(self.models.values())
         rows = [w.HBox(figs[i : i + 2]) for i in range(0, len(figs), 2)]
-        export = w.HBox([self.export_figure, self.export_format, self.export_name, self.export_button])
-        self.widget = w.VBox([top, *rows, export, self.export_status])
+        self.widget = w.VBox([top, *rows, self.exporter.widget])
 
     # ------------------------------------------------------------------ selections
 
@@ -264,36 +296,14 @@ class Explorer:
     # ------------------------------------------------------------------ export
 
     def export(self, figure: str | None = None, format: str | None = None, name: str | None = None) -> Path:
-        """Write a figure under ``figures_dir`` (defaults: the export control's values).
-
-        Returns the written path, also shown in ``export_status``.
-        """
-        figure = figure or self.export_figure.value
-        if figure not in self.figures:
-            raise ValueError(f"figure must be one of {list(self.figures)}, got {figure!r}")
-        format = format or self.export_format.value
-        name = (name or self.export_name.value or "ntkbench").strip()
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError(f"name must be a plain file name (no folders), got {name!r}")
-        stem = name if name.lower().endswith(f".{format}") else f"{name}-{figure}"
-        path = plots.export(self.figures[figure], self.figures_dir / stem, format)
-        self.export_status.value = f"wrote <code>{html.escape(str(path))}</code>"
-        return path
-
-    def _on_export(self, _: Any) -> None:
-        self.export_status.value = "exporting …"
-        try:
-            self.export()
-        except Exception as exc:  # shown in the page instead of a hidden widget log
-            self.export_status.value = f"<span style='color:#b00020'>export failed: {html.escape(str(exc))}</span>"
-
-    # ------------------------------------------------------------------ display
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        """Write a figure under ``figures_dir`` (defaults: the export control's values;
+        see :class:`ExportControl`). Returns the written path, also shown in
+        ``export_status``."""
+        return self.exporter.export(figure, format, name)
 
 
-class RunPanel:
+
+class RunPanel(Shown):
     """Launch a quick sweep from a notebook, with a progress bar; open the result in an
     :class:`Explorer` when it is done.
 
@@ -417,14 +427,235 @@ class RunPanel:
         """Start (if needed) and wait for the run; return the cube or raise its error."""
         if self._thread is None or (not self._thread.is_alive() and self.result is None and self.error is None):
             self.start()
-        assert self._thread is not None
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError(f"run did not finish within {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.result
+        return join_run(self, timeout)
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
 
+# =========================================================================== shared pieces
+
+
+@dataclasses.dataclass
+class Control:
+    """A notebook control described without ipywidgets (so configs, figure defaults and the
+    CLI can use it without a notebook); :meth:`widget` makes the ipywidget.
+
+    ``kind``: ``"dropdown"``, ``"toggle"`` (ToggleButtons), ``"checkbox"``, ``"slider"``
+    (a SelectionSlider over ``options``), ``"multiple"`` (SelectMultiple), ``"text"``,
+    ``"int"`` / ``"float"`` (bounded by ``bounds``). ``options`` are values or
+    ``(label, value)`` pairs.
+
+    >>> Control("entropy", "toggle", "S", [("S [nat]", "S"), ("S / ln N", "S/lnN")]).value
+    'S'
+    """
+
+    name: str
+    kind: str
+    value: Any
+    options: Sequence[Any] = ()
+    description: str | None = None
+    width: str | None = None
+    button_width: str | None = None
+    bounds: tuple[float, float] | None = None
+    rows: int | None = None
+
+    KINDS = ("dropdown", "toggle", "checkbox", "slider", "multiple", "text", "int", "float")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {self.kind!r}")
+
+    def widget(self) -> Any:
+        """A new ipywidget with this control's options and value."""
+        import ipywidgets as w
+
+        kw: dict[str, Any] = {"description": self.name if self.description is None else self.description}
+        if self.width:
+            kw["layout"] = w.Layout(width=self.width)
+        if self.kind in ("dropdown", "toggle", "slider", "multiple"):
+            kw["options"] = list(self.options)
+        if self.kind == "dropdown":
+            return w.Dropdown(value=self.value, **kw)
+        if self.kind == "toggle":
+            style = {"button_width": self.button_width} if self.button_width else {}
+            return w.ToggleButtons(value=self.value, style=style, **kw)
+        if self.kind == "checkbox":
+            return w.Checkbox(value=bool(self.value), **kw)
+        if self.kind == "slider":
+            return w.SelectionSlider(value=self.value, continuous_update=True, **kw)
+        if self.kind == "multiple":
+            return w.SelectMultiple(value=tuple(self.value), rows=self.rows or min(max(len(self.options), 2), 6), **kw)
+        if self.kind == "text":
+            return w.Text(value=str(self.value), **kw)
+        lo, hi = self.bounds if self.bounds is not None else (None, None)
+        if self.kind == "int":
+            return w.BoundedIntText(value=int(self.value), min=int(lo if lo is not None else 0),
+                                    max=int(hi if hi is not None else 2**31 - 1), **kw)
+        return w.BoundedFloatText(value=float(self.value), min=lo if lo is not None else 0.0,
+                                  max=hi if hi is not None else 1e9, step=0.01, **kw)
+
+
+def seed_control(seeds: Sequence[int], *, name: str = "seed", band: str = "mean ± std", every: bool = True,
+                 description: str = "seeds") -> Control:
+    """Seed aggregation: ``"mean"`` (``band``), ``"all"`` (every seed, with ``every``) or
+    one seed."""
+    options: list[tuple[str, Any]] = [(band, "mean")] + ([("every seed", "all")] if every else [])
+    options += [(f"seed {int(s)}", int(s)) for s in seeds]
+    return Control(name, "dropdown", "mean", options, description=description)
+
+
+def step_control(steps: Sequence[int], value: int | None = None, *, name: str = "step", width: str = "480px") -> Control:
+    """A step slider over the recorded ``steps`` (default: the first)."""
+    steps = [int(s) for s in steps]
+    return Control(name, "slider", steps[0] if value is None else int(value), [(str(s), s) for s in steps],
+                   description="step", width=width)
+
+
+def int_list_control(name: str, value: str, *, description: str | None = None) -> Control:
+    """A text field for a comma-separated list of integers (widths, depths, seeds); read it
+    with :func:`parse_ints`."""
+    return Control(name, "text", value, description=description)
+
+
+def parse_ints(text: str, name: str, *, minimum: int = 1) -> list[int]:
+    """The sorted distinct integers of a comma- (or semicolon-) separated ``text``;
+    ``ValueError`` naming ``name`` if a value is not an integer or below ``minimum``.
+
+    >>> parse_ints("128, 8; 8", "widths")
+    [8, 128]
+    """
+    try:
+        values = [int(t) for t in str(text).replace(";", ",").split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        kind = "non-negative" if minimum == 0 else "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be comma-separated {kind} integers, got {text!r}")
+    return sorted(set(values))
+
+
+class LiveFigure:
+    """A Bokeh figure shown in a notebook that redraws in place from figure data.
+
+    ``build(data)`` makes the Bokeh layout from a figure-data dict (``ntkbench.plots``,
+    "paper figures"); :meth:`update` applies a new dict to the figure already shown
+    (:func:`ntkbench.plots.apply`: only what changed is sent to the page, in one batch), or
+    builds a new figure when the dict's :func:`ntkbench.plots.layout_key` differs, closing
+    the ``BokehModel`` it replaces. Attributes: ``figure`` (the Bokeh layout), ``model``
+    (its ``jupyter_bokeh.BokehModel``), ``view`` (an ipywidgets ``Box`` holding the model),
+    ``data`` (the dict last applied).
+
+    >>> live = LiveFigure(lambda data: build_fig(data), fig_data(cube))  # doctest: +SKIP
+    >>> live.update(fig_data(cube, seed="all"))                         # doctest: +SKIP
+    """
+
+    def __init__(self, build: Callable[[Mapping[str, Any]], Any], data: Mapping[str, Any] | None = None):
+        import ipywidgets as w
+
+        self.build = build
+        self.view = w.Box()
+        self.figure: Any = None
+        self.model: Any = None
+        self.data: Mapping[str, Any] | None = None
+        self._key: str | None = None
+        self._index: dict[str, dict[str, Any]] = {}
+        if data is not None:
+            self.update(data)
+
+    def update(self, data: Mapping[str, Any]) -> None:
+        """Show ``data``: in place when its layout matches the figure shown, else rebuilt."""
+        if self.figure is None or plots.layout_key(data) != self._key:
+            self.rebuild(data)
+            return
+        doc = self.figure.document
+        if doc is not None:  # one batch of changes for the page
+            doc.hold("combine")
+        try:
+            plots.apply(self.figure, data, self._index)
+        finally:
+            if doc is not None:
+                doc.unhold()
+        self.data = data
+
+    def rebuild(self, data: Mapping[str, Any]) -> None:
+        """Build a new figure (and model) from ``data``; close the model it replaces."""
+        from jupyter_bokeh import BokehModel
+
+        fig = self.build(data)
+        old = self.model
+        self.figure, self.data, self._key = fig, data, plots.layout_key(data)
+        self._index = plots.figure_index(fig)
+        self.model = BokehModel(fig)
+        self.view.children = (self.model,)
+        if old is not None:
+            self._close_model(old)
+
+    @staticmethod
+    def _close_model(model: Any) -> None:
+        # drop the figure from its document too, so the second close() ipywidgets makes on
+        # garbage collection finds nothing to undo
+        doc, fig = model._document, model._model
+        model.close()
+        if doc is not None and fig in doc.roots:
+            doc.remove_root(fig)
+
+    def close(self) -> None:
+        """Close the model and empty the view."""
+        if self.model is not None:
+            self._close_model(self.model)
+        self.model = None
+        self.view.children = ()
+
+
+class ExportControl:
+    """Figure picker, format (PNG / SVG / standalone HTML), file name and an Export button
+    writing ``folder/<name>-<figure>.<format>`` through :func:`ntkbench.plots.export`.
+
+    ``figures`` is a mapping or a function returning one (``{figure name: Bokeh layout}``,
+    read at export time, so the figure is written as currently shown). Attributes:
+    ``figure``, ``format``, ``name``, ``button``, ``status`` (ipywidgets) and ``widget``.
+    Errors are shown, HTML-escaped, in ``status``.
+    """
+
+    def __init__(self, figures: Mapping[str, Any] | Callable[[], Mapping[str, Any]], folder: str | Path = "figures",
+                 *, name: str = "ntkbench", options: Sequence[str] | None = None, show_name: bool = True):
+        import ipywidgets as w
+
+        self._figures = figures
+        self.folder = Path(folder)
+        opts = list(options) if options is not None else list(self.figures())
+        self.figure = w.Dropdown(options=opts, value=opts[0] if opts else None, description="figure",
+                                 layout=w.Layout(width="200px"))
+        self.format = w.Dropdown(options=[("PNG", "png"), ("SVG", "svg"), ("HTML", "html")], value="png",
+                                 description="format", layout=w.Layout(width="170px"))
+        self.name = w.Text(value=name, description="file name", layout=w.Layout(width="240px"))
+        self.button = w.Button(description="Export", icon="download", button_style="primary")
+        self.status = w.HTML(value="")
+        self.button.on_click(self._on_click)
+        row = [self.figure, self.format] + ([self.name] if show_name else []) + [self.button]
+        self.widget = w.VBox([w.HBox(row), self.status])
+
+    def figures(self) -> Mapping[str, Any]:
+        """The exportable figures now."""
+        return self._figures() if callable(self._figures) else self._figures
+
+    def export(self, figure: str | None = None, format: str | None = None, name: str | None = None) -> Path:
+        """Write one figure (defaults: the control's values); return the path, also shown
+        in ``status``."""
+        figs = self.figures()
+        figure = figure or self.figure.value
+        if figure not in figs:
+            raise ValueError(f"figure must be one of {list(figs)}, got {figure!r}")
+        format = format or self.format.value
+        name = (name or self.name.value or "ntkbench").strip()
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"name must be a plain file name (no folders), got {name!r}")
+        stem = name if name.lower().endswith(f".{format}") else f"{name}-{figure}"
+        path = plots.export(figs[figure], self.folder / stem, format)
+        self.status.value = f"wrote <code>{html.escape(str(path))}</code>"
+        return path
+
+    def _on_click(self, _: Any) -> None:
+        self.status.value = "exporting …"
+        try:
+            self.export()
+        except Exception as exc:  # shown in the page instead of a hidden widget log
+            self.status.value = f"<span style='color:#b00020'>export failed: {html.escape(str(exc))}</span>"

@@ -62,7 +62,7 @@ def test_cube_dims_and_variables(cubes):
     from ntkbench import cube
 
     mlp = cubes["mlp"]
-    assert set(mlp.dims) == {"activation", "depth", "width", "seed", "step"}
+    assert set(mlp.dims) == {"activation", "depth", "width", "seed", "step", "eigen_index"}
     assert mlp["activation"].values.tolist() == ["relu", "tanh"]
     assert mlp["width"].values.tolist() == [8, 128]
     assert mlp["depth"].values.tolist() == [1, 6]
@@ -73,9 +73,9 @@ def test_cube_dims_and_variables(cubes):
         assert {"long_name", "units"} <= set(mlp[name].attrs), name
     cube.validate(mlp)  # includes: no NaN/Inf in kernel-derived variables
     assert json.loads(mlp.attrs["config"])["paper"] == "collective"
-    assert set(cubes["scale"].dims) >= {"activation", "depth", "width", "step"}
-    assert set(cubes["transformer"].dims) == {"depth", "seed", "step"}
-    assert set(cubes["cnn"].dims) == {"depth", "width", "seed", "step"}
+    assert set(cubes["scale"].dims) >= {"activation", "depth", "width", "step", "eigen_index"}
+    assert set(cubes["transformer"].dims) == {"depth", "seed", "step", "eigen_index"}
+    assert set(cubes["cnn"].dims) == {"depth", "width", "seed", "step", "eigen_index"}
     for name in ("scale", "transformer", "cnn"):
         cube.validate(cubes[name])
     # test probe and train probe have the same size (the recorder's probe)
@@ -261,24 +261,24 @@ def test_every_figure_is_exported(run_out):
 def test_fig_b1_data_are_the_cube_values(shipped_cubes):
     mlp = shipped_cubes["mlp"]
     data = collective.fig_b1_data(mlp, entropy="S/lnN", trace="TrK/N")
-    lines = data["b1-width-entropy-lines"]
+    lines = data["sources"]["b1-width-entropy-lines"]
     got = dict(zip(lines["label"], lines["ys"]))
     ref = mlp["entropy_normalized"].sel(activation="relu", width=8, depth=1).mean("seed").values
     np.testing.assert_allclose(got["ReLU 8×1 train"], ref, rtol=1e-6)
     assert np.all(np.asarray(got["ReLU 128×1 test"]) <= 1.0)
-    tr = data["b1-depth-trace-lines"]
+    tr = data["sources"]["b1-depth-trace-lines"]
     ref = mlp["test_trace_per_sample"].sel(activation="relu", width=8, depth=6).mean("seed").values
     np.testing.assert_allclose(dict(zip(tr["label"], tr["ys"]))["ReLU 8×6 test"], ref, rtol=1e-6)
     # the x axis is step + 1 (log axis)
     np.testing.assert_allclose(lines["xs"][0], mlp["step"].values + 1.0)
-    every = collective.fig_b1_data(mlp, seed="all")["b1-activation-loss-lines"]
+    every = collective.fig_b1_data(mlp, seed="all")["sources"]["b1-activation-loss-lines"]
     assert len(every["xs"]) == 2 * 2 * mlp.sizes["seed"]  # 2 nets × train/test × seeds
 
 
 def test_fig_b3_cells_are_entropy_changes(shipped_cubes):
     scale = shipped_cubes["scale"]
     st = int(scale["step"].values[len(scale["step"]) // 2])
-    cells = collective.fig_b3_data(scale, "dS", step=st)["b3-dS-relu-cells"]
+    cells = collective.fig_b3_data(scale, "dS", step=st)["sources"]["b3-dS-relu-cells"]
     for w, d, v in zip(cells["width"], cells["depth"], cells["value"]):
         e = scale["entropy"].sel(activation="relu", width=w, depth=d)
         e = e.mean("seed") if "seed" in e.dims else e
@@ -302,7 +302,7 @@ def test_workbench_controls_update_figures(shipped_cubes, tmp_path):
     spans = [s for s in wb.figures["F-b1"].select({"type": Span}) if str(s.name).startswith("b1-")]
     assert len(spans) == 9 and all(s.location == steps[3] + 1 for s in spans)
     cells = wb.figures["F-b3"].select_one({"name": "b3-dS-relu-cells"}).data["value"]
-    ref = collective.fig_b3_data(shipped_cubes["scale"], "dS", step=steps[3])["b3-dS-relu-cells"]["value"]
+    ref = collective.fig_b3_data(shipped_cubes["scale"], "dS", step=steps[3])["sources"]["b3-dS-relu-cells"]["value"]
     np.testing.assert_allclose(cells, ref)
     marker = wb.figures["F-b2"].select_one({"name": "b2-width-entropy-marker"}).data
     assert len(marker["x"]) == 4  # 2 nets × train/test
@@ -509,3 +509,95 @@ def test_shipped_cube_provenance(shipped_cubes):
         assert cfg["paper"] == "collective", name
     cfg = json.loads(shipped_cubes["mlp"].attrs["config"])
     assert cfg == collective.CONFIGS["quick"]["mlp"], "data/collective_quick.nc is not the current quick config: run `make data`"
+
+
+# --------------------------------------------------------------------------- the shared layer
+
+
+def test_figures_and_summary_are_those_of_the_pre_framework_code():
+    """Every figure (sources, titles, labels, scales, sizes, colour ranges, markers,
+    header) at 20 settings, and the summary, equal what the collective module drew before
+    it was rebuilt on ntkbench.papers._base (digests taken from that code on the same
+    input file; see tests/_collective_golden.py)."""
+    import _collective_golden as golden
+
+    cubes = collective.open_cubes(golden.CUBES)
+    want = json.loads(golden.GOLDEN.read_text())
+    got = golden.compute(collective, cubes)
+    assert got["summary"] == want["summary"]
+    differ = [name for name in want["figures"] if got["figures"][name] != want["figures"][name]]
+    assert not differ, f"figures changed: {differ}"
+
+
+def test_figure_data_holds_every_text_and_the_builder_reads_no_cube(shipped_cubes):
+    # the builder draws from the figure data alone: titles, labels, header, columns
+    from ntkbench import plots
+
+    data = collective.fig_b1_data(shipped_cubes["mlp"], activation="tanh", entropy="S/lnN", step_marker=10)
+    fig = collective.build_b1(data)
+    index = plots.figure_index(fig)
+    assert index["divs"]["header"].text == data["header"] and "S / ln N" in data["header"]
+    for key, title in data["titles"].items():
+        assert index["plots"][key].title.text == title
+        assert index["plots"][key].yaxis[0].axis_label == data["y_labels"][key]
+    assert all(index["spans"][k].location == 11 for k in data["spans"])
+    # applying other settings' data to the built figure gives the fresh figure's state
+    other = collective.fig_b1_data(shipped_cubes["mlp"], width=128, seed="all", trace="TrK/N")
+    assert plots.layout_key(other) == plots.layout_key(data)
+    plots.apply(fig, other, index)
+    assert _figure_state(fig) == _figure_state(collective.build_b1(other))
+
+
+def test_rerun_panel_runs_one_sweep_at_a_time(tmp_path):
+    panel = collective.RerunPanel(out=tmp_path / "rerun", widths="8", depths="1", seeds="0", steps=20, probe=16,
+                                  n_train=64)
+    panel.button.click()
+    assert panel.running and panel.button.disabled
+    first = panel.panel
+    panel.button.click()  # refused: a run is in progress
+    assert panel.panel is first and "in progress" in panel.status.value
+    assert len([b for b in _walk(panel.widget) if type(b).__name__ == "Button"]) == 1, "one Run button"
+    cube = panel.run(timeout=240)
+    assert dict(cube.sizes)["width"] == 1 and not panel.button.disabled and panel.status.value == "done"
+    assert len(list((tmp_path / "rerun").glob("run-*.nc"))) == 1
+    # a bad setting is reported, escaped, and starts nothing
+    panel.widths.value = "<b>8</b>"
+    assert panel.start() is False
+    assert "&lt;b&gt;" in panel.status.value and "<b>8" not in panel.status.value
+    assert panel.panel is first
+
+
+def _walk(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _walk(child)
+
+
+def test_workbench_export_errors_are_escaped(shipped_cubes, tmp_path):
+    wb = collective.Workbench(shipped_cubes, figures_dir=tmp_path / "figures")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "collective-F-b1.html").mkdir()  # a folder where the file goes
+    wb.export_figure.value, wb.export_format.value = "F-b1", "html"
+    wb.export_button.click()
+    assert "export failed" in wb.export_status.value
+    assert wb.export("F-b3", "html").name == "collective-F-b3.html"
+
+
+def test_shipped_cube_records_the_spectrum_and_opens_in_the_explorer(shipped_cubes):
+    from ntkbench import measures
+    from ntkbench.widgets import Explorer
+
+    for name, ds in shipped_cubes.items():
+        ev = ds["eigenvalues"]
+        assert ev.dims[-2:] == ("step", "eigen_index"), (name, ev.dims)
+        probe = json.loads(ds.attrs["config"])["record"]["probe"]
+        assert ds.sizes["eigen_index"] == probe, name
+        # every scalar spectral measure is recomputed from the stored spectrum
+        np.testing.assert_allclose(ev.sum("eigen_index"), ds["trace"], rtol=2e-4, err_msg=name)
+        s = np.asarray(measures.entropy(np.asarray(ev.values, np.float64)))
+        np.testing.assert_allclose(s, ds["entropy"].transpose(*ev.dims[:-1]).values, atol=2e-3, err_msg=name)
+        assert np.all(np.diff(ev.values, axis=-1) <= 1e-3 * np.abs(ev.values[..., :1])), f"{name}: not descending"
+    ex = Explorer(shipped_cubes["mlp"])
+    assert "spectrum" in ex.figures
+    ex.step.value = int(shipped_cubes["mlp"]["step"].values[-1])
+    assert len(ex.sources["spectrum"]["lines"].data["ys"]) == shipped_cubes["mlp"].sizes["width"]

@@ -236,3 +236,67 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
         assert stat.S_IMODE(os.stat(zr).st_mode) == 0o755
     finally:
         os.umask(umask)
+
+
+def test_save_many_round_trip_groups_and_root(tmp_path):
+    import netCDF4
+
+    cubes = {"mlp": _cube(16), "cnn": _cube(64, n_eig=3)}
+    path = cube.save_many(cubes, tmp_path / "paper.nc")
+    back = cube.open_many(path)
+    assert list(back) == ["mlp", "cnn"]
+    # the root group is the first cube, named by its experiment attribute
+    assert back["mlp"].attrs.pop("experiment") == "mlp" and "experiment" not in cubes["mlp"].attrs
+    for name in cubes:
+        xr.testing.assert_identical(back[name], cubes[name])
+    xr.testing.assert_identical(cube.open(path).drop_attrs(deep=False), cubes["mlp"].drop_attrs(deep=False))
+    with netCDF4.Dataset(path) as nc:
+        assert list(nc.groups) == ["cnn"]  # the first cube is stored once
+    # a plain cube file opens as one cube named by its experiment attribute
+    single = _cube()
+    single.attrs["experiment"] = "scale"
+    assert list(cube.open_many(cube.save(single, tmp_path / "one.nc"))) == ["scale"]
+
+
+def test_save_many_is_atomic_and_has_the_usual_mode(tmp_path, monkeypatch):
+    import stat
+
+    target = tmp_path / "paper.nc"
+    cube.save_many({"a": _cube()}, target)
+    before = target.read_bytes()
+    calls = []
+    real = xr.Dataset.to_netcdf
+
+    def second_group_fails(self, path, *args, **kwargs):
+        calls.append(kwargs.get("group"))
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", second_group_fails)
+    with pytest.raises(OSError, match="disk full"):
+        cube.save_many({"a": _cube(), "b": _cube(64)}, target)
+    assert _leftovers(tmp_path) == ["paper.nc"] and target.read_bytes() == before
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", real)
+    umask = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(os.stat(cube.save_many({"a": _cube()}, tmp_path / "m.nc")).st_mode) == 0o644
+    finally:
+        os.umask(umask)
+
+
+def test_save_many_and_open_many_reject_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="cubes"):
+        cube.save_many({}, tmp_path / "x.nc")
+    with pytest.raises(ValueError, match="group names"):
+        cube.save_many({"a/b": _cube()}, tmp_path / "x.nc")
+    bad = _cube().drop_attrs()
+    with pytest.raises(ValueError, match=r"cubes\['b'\]"):
+        cube.save_many({"a": _cube(), "b": bad}, tmp_path / "x.nc")
+    with pytest.raises(ValueError, match="Zarr"):
+        cube.save_many({"a": _cube()}, tmp_path / "x.zarr")
+    with pytest.raises(FileNotFoundError):
+        cube.open_many(tmp_path / "missing.nc")
+    (tmp_path / "junk.nc").write_bytes(b"not a netcdf file")
+    with pytest.raises(ValueError, match="corrupted"):
+        cube.open_many(tmp_path / "junk.nc")

@@ -4,8 +4,8 @@ The paper tracks the entropy S and the trace Tr K of the empirical NTK of a fixe
 while networks train, and reads two mechanisms off them: *information compression* (S
 falls; small, shallow networks) and *structure formation* (S ends above its initial value;
 deep networks). This module holds the experiment as configs, the run (through
-:func:`ntkbench.sweep`, so it resumes and runs on dask), one Bokeh figure builder per figure,
-the fitted summary numbers, and notebook widgets.
+:func:`ntkbench.sweep`, so it resumes and runs on dask), the figure data and builder of each
+figure, the fitted summary numbers, and notebook widgets.
 
 Experiments (see :data:`CONFIGS`; all record on a train probe and a test probe of the same
 size, S in nats and Tr K of the traced eNTK, summed over outputs):
@@ -18,23 +18,13 @@ size, S in nats and Tr K of the traced eNTK, summed over outputs):
 
 Quick settings (verified to show the paper's signs with margins over three seeds): digits,
 500 train / 200 test images, probe 200, SGD lr 0.1, softmax cross-entropy, 300 steps of
-batch 64, widths {8, 128} × depths {1, 6}, ReLU and tanh.
+batch 64, widths {8, 128} × depths {1, 6}, ReLU and tanh. What reproduced and where the
+quick run departs from the paper (the tanh nets gain entropy at every size; digits, SGD,
+a 4-token transformer context, ...) is in ``docs/papers/collective.md``; the ``full``
+config uses the paper's grid, 5 seeds and ~500 epochs, sized for a dask cluster.
 
-What the quick run shows, and where it departs from the paper's reading: compression
-(S(end) < S(0)) appears for the narrow shallow **ReLU** net only (ΔS ≈ −0.15 … −0.6 nats
-over the three seeds of the shipped cube); the **tanh** nets gain entropy at every width
-and depth (8×1: ΔS ≈ +0.8, 128×1: +0.5, deep: +1.3 … +1.9), so "narrow shallow nets
-compress" holds for ReLU, not tanh, in this setting. Structure formation (deep nets end
-well above S(0), and above the shallow net of the same width) holds for both activations.
-
-Deviations from the paper (documented, also in ``data/README.md``): scikit-learn *digits*
-(8×8) instead of MNIST (offline); SGD (lr 0.1) instead of Adam (lr 1e-3) -- with Adam the
-compression of narrow ReLU nets was weaker and less consistent in our checks; a
-log-spaced recording schedule instead of every epoch; the transformer has a context of 4
-tokens and a probe of 24 windows (the traced eNTK sums over 4 × 89 outputs, which is what
-makes it expensive on a CPU); the CNN uses global average pooling. The ``full`` config
-uses the paper's width/depth grid, 5 seeds and ~500 epochs; it is sized for a cluster
-(``--workers`` / ``--scheduler``), not for 2 CPU cores.
+Built on :mod:`ntkbench.papers._base`: this module holds only the paper (configs, figure
+data and builders, :data:`FIGURES`, :func:`controls`, :func:`summarize`).
 
 Example
 -------
@@ -47,16 +37,22 @@ Example
 from __future__ import annotations
 
 import copy
+import html
 import json
 import os
-import tempfile
-import threading
-import time
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ntkbench import cube as cube_mod
+from ntkbench import plots
+from ntkbench.papers import _base
+from ntkbench.papers._base import FigureSpec
+from ntkbench.plots import Columns, FigureData
+from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
     "KEY",
@@ -79,19 +75,31 @@ __all__ = [
     "fig_b3_data",
     "fig_b4",
     "fig_b4_data",
+    "build_b1",
+    "build_b2",
+    "build_b3",
+    "build_b4",
+    "b4_seed_fallbacks",
+    "FIGURES",
+    "controls",
+    "defaults",
     "figures",
     "export_figures",
     "summarize",
     "format_summary",
     "Workbench",
     "RerunPanel",
+    "rerun_config",
 ]
 
 KEY = "collective"
 TITLE = "Collective variables of neural networks: empirical time evolution and scaling laws"
 
-#: recorded measures (train probe and test probe; raw and normalized variants)
+#: recorded measures: the train probe's eNTK spectrum (every eigenvalue, so any spectral
+#: measure can be recomputed and the cube opens in ntkbench.widgets.Explorer), and the
+#: scalar measures on the train and test probes (raw and normalized variants)
 MEASURES: list[str] = [
+    "eigenvalues",
     "entropy",
     "entropy_normalized",
     "trace",
@@ -229,9 +237,7 @@ def configs(name: str = "quick") -> dict[str, dict[str, Any]]:
     >>> configs("quick")["mlp"]["grid"]["width"]
     [8, 128]
     """
-    if name not in CONFIGS:
-        raise ValueError(f"config name must be one of {sorted(CONFIGS)}, got {name!r}")
-    return copy.deepcopy(CONFIGS[name])
+    return _base.pick_config(CONFIGS, name)
 
 
 # =========================================================================== run
@@ -257,80 +263,15 @@ def run_cubes(
     share the run folder ``out/runs-mlp`` (a grid point of both runs once); rerunning
     resumes. The transformer's ``layers`` axis is renamed ``depth`` in its cube.
     """
-    from ntkbench import cube as cube_mod
-    from ntkbench.sweep import sweep
-
     cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cubes: dict[str, Any] = {}
-    for name, cfg in cfgs.items():
-        ds = sweep(cfg, out / _folder(name), workers=workers, scheduler=scheduler, client=client, progress=progress)
-        if "layers" in ds.dims:
-            ds = ds.rename({"layers": "depth"})
-            ds["depth"].attrs.update(cube_mod.var_attrs("depth"))
-        ds.attrs["experiment"] = name
-        cube_mod.save(ds, out / f"{name}.nc")
-        cubes[name] = ds
-    return cubes
+    return _base.run_experiments(out, cfgs, folder=_folder, rename={"layers": "depth"}, workers=workers,
+                                 scheduler=scheduler, client=client, progress=progress)
 
 
-def save_cubes(cubes: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write several cubes into ONE netCDF file, atomically: the first (``mlp``) in the root
-    group (so :func:`ntkbench.cube.open` reads it), every cube also in a group of its name.
-
-    >>> save_cubes(cubes, "data/collective_quick.nc")  # doctest: +SKIP
-    """
-    from ntkbench import cube as cube_mod
-
-    if not cubes:
-        raise ValueError("cubes is empty: nothing to save")
-    for name, ds in cubes.items():
-        cube_mod.validate(ds, check_finite=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        names = list(cubes)
-        cubes[names[0]].to_netcdf(tmp, mode="w", engine="netcdf4", format="NETCDF4")
-        for name in names:
-            cubes[name].to_netcdf(tmp, mode="a", group=name, engine="netcdf4", format="NETCDF4")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shipped file must be readable
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def open_cubes(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Open a file written by :func:`save_cubes`: ``{experiment: cube}`` (loaded in memory).
-
-    >>> cubes = open_cubes("data/collective_quick.nc")  # doctest: +SKIP
-    >>> sorted(cubes)                                     # doctest: +SKIP
-    ['cnn', 'mlp', 'scale', 'transformer']
-    """
-    import netCDF4
-    import xarray as xr
-
-    from ntkbench import cube as cube_mod
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no cube file at {str(path)!r}")
-    with netCDF4.Dataset(path) as nc:
-        groups = list(nc.groups)
-    if not groups:
-        return {"mlp": cube_mod.open(path)}
-    cubes = {}
-    for g in groups:
-        with xr.open_dataset(path, group=g, engine="netcdf4") as opened:
-            ds = opened.load()
-        cube_mod.validate(ds, check_finite=False)
-        cubes[g] = ds
-    return cubes
+#: every cube in one netCDF file (``mlp`` also in the root group): ntkbench.cube.save_many
+save_cubes = cube_mod.save_many
+#: ``{experiment: cube}`` of such a file (``data/collective_quick.nc``): ntkbench.cube.open_many
+open_cubes = cube_mod.open_many
 
 
 def run(
@@ -342,31 +283,21 @@ def run(
     config: str | Mapping[str, Mapping[str, Any]] | None = None,
     formats: Sequence[str] = ("png", "svg", "html"),
     progress: bool = True,
-):
+) -> dict[str, Any]:
     """``ntkbench reproduce collective``: run the experiments, export every figure and the
-    summary. Returns the ``mlp`` cube.
+    summary; return ``{experiment: cube}``.
 
     Writes ``out/<experiment>.nc``, ``out/collective.nc`` (all cubes, :func:`save_cubes`),
     ``out/figures/collective-F-b*.{png,svg,html}``, ``out/summary.txt`` and
     ``out/summary.json``. ``config`` overrides ``quick`` (``"quick"``/``"full"``/``"test"``
     or a dict like :data:`CONFIGS` entries).
     """
-    t0 = time.perf_counter()
     name = config if config is not None else ("quick" if quick else "full")
-    cubes = run_cubes(out, name, workers=workers, scheduler=scheduler, progress=progress)
-    wall = time.perf_counter() - t0
-    out = Path(out)
-    save_cubes(cubes, out / "collective.nc")
-    export_figures(cubes, out / "figures", formats=formats)
-    summary = summarize(cubes)
-    summary["config"] = name if isinstance(name, str) else "custom"
-    summary["run_wall_seconds"] = round(wall, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.txt").write_text(format_summary(summary), encoding="utf-8")
-    return cubes["mlp"]
+    return _base.reproduce(sys.modules[__name__], out, name, workers=workers, scheduler=scheduler, formats=formats,
+                           progress=progress)
 
 
-# =========================================================================== data helpers
+# =========================================================================== shared by the figures
 
 
 def _label_act(a: str) -> str:
@@ -377,15 +308,10 @@ def _arch_label(act: str, width: int, depth: int) -> str:
     return f"{_label_act(act)} {int(width)}×{int(depth)}"
 
 
-def _lighten(hex_color: str, amount: float = 0.55) -> str:
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
-    mix = [round(c + (255 - c) * amount) for c in (r, g, b)]
-    return "#" + "".join(f"{c:02x}" for c in mix)
-
-
 _PAIR = ("#1f5fa8", "#c2410c")  # config A (blue), config B (orange-red)
 _DEPTH_COLORS = ("#1f5fa8", "#c2410c", "#2a9d55", "#7b3fa0", "#8c6d1f")
+_COLUMNS = ("loss", "entropy", "trace")
+_ROWS = ("activation", "width", "depth")
 
 
 def _check_variants(entropy: str, trace: str) -> None:
@@ -393,66 +319,6 @@ def _check_variants(entropy: str, trace: str) -> None:
         raise ValueError(f"entropy must be one of {list(ENTROPY_VARIANTS)}, got {entropy!r}")
     if trace not in TRACE_VARIANTS:
         raise ValueError(f"trace must be one of {list(TRACE_VARIANTS)}, got {trace!r}")
-
-
-def _seed_mode(seed: Any, ds: Any) -> Any:
-    if seed in ("mean", "all"):
-        return seed
-    if "seed" in ds.dims and seed not in ds["seed"].values.tolist():
-        raise ValueError(f"seed must be 'mean', 'all' or one of {ds['seed'].values.tolist()}, got {seed!r}")
-    return int(seed)
-
-
-def _traces(da: Any, seed: Any) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(values over step, std or None) per drawn line for a seed mode."""
-    if "seed" not in da.dims:
-        return [(np.asarray(da.values, float), None)]
-    if seed == "mean":
-        std = da.std("seed").values if da.sizes["seed"] > 1 else None
-        return [(np.asarray(da.mean("seed").values, float), None if std is None else np.asarray(std, float))]
-    if seed == "all":
-        return [(np.asarray(da.sel(seed=s).values, float), None) for s in da["seed"].values]
-    return [(np.asarray(da.sel(seed=seed).values, float), None)]
-
-
-def _empty_lines() -> dict[str, list]:
-    return {"xs": [], "ys": [], "color": [], "label": [], "width": [], "alpha": []}
-
-
-def _empty_bands() -> dict[str, list]:
-    return {"xs": [], "ys": [], "color": []}
-
-
-def _add_series(lines, bands, x, ys, color, label, *, light: bool, log_y: bool, log_x: bool = True) -> None:
-    col = _lighten(color) if light else color
-    for y, std in ys:
-        ok = np.isfinite(x) & np.isfinite(y)
-        if log_x:
-            ok &= x > 0
-        if log_y:
-            ok &= y > 0
-        if not ok.any():
-            continue
-        lines["xs"].append(x[ok].tolist())
-        lines["ys"].append(y[ok].tolist())
-        lines["color"].append(col)
-        lines["label"].append(label)
-        lines["width"].append(1.6 if light else 2.4)
-        lines["alpha"].append(0.95)
-        if std is not None and np.any(std[ok] > 0):
-            lo, hi = y[ok] - std[ok], y[ok] + std[ok]
-            if log_y:
-                lo = np.maximum(lo, y[ok] * 1e-3)
-            bands["xs"].append(x[ok].tolist() + x[ok][::-1].tolist())
-            bands["ys"].append(hi.tolist() + lo[::-1].tolist())
-            bands["color"].append(col)
-
-
-# =========================================================================== F-b1
-
-
-_COLUMNS = ("loss", "entropy", "trace")
-_ROWS = ("activation", "width", "depth")
 
 
 def _b1_pairs(ds: Any, width: int | None, depth: int | None, activation: str) -> dict[str, list[tuple[str, int, int]]]:
@@ -485,40 +351,6 @@ def _column_vars(col: str, entropy: str, trace: str) -> tuple[str, str, str]:
     return TRACE_VARIANTS[trace]
 
 
-def fig_b1_data(
-    ds: Any,
-    *,
-    width: int | None = None,
-    depth: int | None = None,
-    activation: str = "relu",
-    seed: Any = "mean",
-    entropy: str = "S",
-    trace: str = "TrK",
-    test: bool = True,
-) -> dict[str, dict[str, list]]:
-    """Columns of :func:`fig_b1`: for each row r and column c the sources
-    ``"b1-{r}-{c}-lines"`` and ``"b1-{r}-{c}-bands"`` (x = step + 1)."""
-    _check_variants(entropy, trace)
-    seed = _seed_mode(seed, ds)
-    pairs = _b1_pairs(ds, width, depth, activation)
-    x = np.asarray(ds["step"].values, float) + 1.0
-    data: dict[str, dict[str, list]] = {}
-    for row, configs_ in pairs.items():
-        for col in _COLUMNS:
-            v_train, v_test, _ = _column_vars(col, entropy, trace)
-            lines, bands = _empty_lines(), _empty_bands()
-            log_y = col in ("loss", "trace")
-            for (act, w, d), color in zip(configs_, _PAIR):
-                sel = ds.sel(activation=act, width=w, depth=d)
-                name = _arch_label(act, w, d)
-                _add_series(lines, bands, x, _traces(sel[v_train], seed), color, f"{name} train", light=False, log_y=log_y)
-                if test:
-                    _add_series(lines, bands, x, _traces(sel[v_test], seed), color, f"{name} test", light=True, log_y=log_y)
-            data[f"b1-{row}-{col}-lines"] = lines
-            data[f"b1-{row}-{col}-bands"] = bands
-    return data
-
-
 def _probe_note(ds: Any) -> str:
     try:
         cfg = json.loads(ds.attrs.get("config", "{}"))
@@ -532,22 +364,6 @@ def _probe_note(ds: Any) -> str:
     if data:
         parts.append(str(data))
     return ", ".join(parts)
-
-
-_SI_LABEL_JS = """
-const a = Math.abs(tick);
-for (const [v, u] of [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
-  if (a >= v) return String(Number((tick / v).toPrecision(3))) + u;
-}
-return String(Number(tick.toPrecision(3)));
-"""
-
-
-def _si_formatter() -> Any:
-    """Compact SI tick labels (``20k``, ``1.5M``) instead of ``2.000e+4``."""
-    from bokeh.models import CustomJSTickFormatter
-
-    return CustomJSTickFormatter(code=_SI_LABEL_JS)
 
 
 def _row_title(figure: str, row: str, a: tuple, b: tuple) -> str:
@@ -580,57 +396,48 @@ def _header(figure: str, ds: Any, entropy: str, trace: str, seed: Any = "mean", 
     return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seed_text}; train dark, test light"
 
 
-def _panel(title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, width: int, height: int) -> Any:
-    from ntkbench import plots
-
-    fig = plots._figure(title, x_label, y_label, log_x, log_y, width=width, height=height)
-    if log_y and "Tr" in y_label:
-        fig.yaxis[0].formatter = _si_formatter()
-    return fig
-
-
-def _style_panel(fig: Any, legend: bool) -> None:
-    from ntkbench import plots
-
-    plots._style(fig)
-    fig.title.text_font_size = "11pt"
-    for ax in (*fig.xaxis, *fig.yaxis):
-        ax.axis_label_text_font_size = "10.5pt"
-        ax.major_label_text_font_size = "9.5pt"
-    if legend and fig.legend:
-        plots._legend_style(fig, "bottom_left")
-        fig.legend[0].label_text_font_size = "8.5pt"
-    elif fig.legend:
-        fig.legend[0].visible = False
+def _train_test(lines: Columns, bands: Columns, x: np.ndarray, sel: Any, names: Sequence[str], mode: Any, color: str,
+                label: str, log_y: bool) -> None:
+    """Series of the train variable ``names[0]`` (dark) and the test one ``names[1]`` (light)."""
+    for var, probe in zip(names, ("train", "test")):
+        plots.add_series(lines, bands, x, plots.seed_traces(sel[var], mode), color, f"{label} {probe}",
+                         light=probe == "test", log_y=log_y)
 
 
-def _lines_and_bands(fig: Any, data: Mapping[str, Mapping[str, list]], key: str, legend: bool) -> Any:
-    from bokeh.models import ColumnDataSource
-
-    bands = ColumnDataSource(dict(data[f"{key}-bands"]), name=f"{key}-bands")
-    lines = ColumnDataSource(dict(data[f"{key}-lines"]), name=f"{key}-lines")
-    fig.patches("xs", "ys", source=bands, fill_color="color", fill_alpha=0.2, line_color=None)
-    kw = {"legend_field": "label"} if legend else {}
-    return fig.multi_line("xs", "ys", source=lines, line_color="color", line_width="width", line_alpha="alpha", **kw)
+def _panel_texts(data: FigureData, key: str, title: str, x_label: str, y_label: str, log_y: bool) -> None:
+    data["titles"][key] = title
+    data["x_labels"][key] = x_label
+    data["y_labels"][key] = y_label
+    data["scales"][key] = [True, log_y]
 
 
-def _marker(fig: Any, name: str, location: float | None) -> None:
-    from bokeh.models import Span
-
-    fig.add_layout(
-        Span(
-            location=float(location) if location is not None else float("nan"),
-            dimension="height",
-            line_color="#888888",
-            line_dash="dashed",
-            line_width=1.2,
-            name=name,
-            visible=location is not None,
-        )
-    )
+def _new_data(name: str, header: str) -> FigureData:
+    return {"layout": name, "header": header, "panels": [], "legend": [], "sources": {}, "titles": {},
+            "x_labels": {}, "y_labels": {}, "scales": {}}
 
 
-def fig_b1(
+def _si_y(data: FigureData) -> Any:
+    # SI tick labels (20k) on log trace axes; their labels all contain "Tr"
+    return lambda key: data["scales"][key][1] and "Tr" in data["y_labels"][key]
+
+
+def _step_lines(data: FigureData, panel_size: tuple[int, int], name: str, markers: bool) -> Any:
+    """F-b1 / F-b4: lines and ± std bands against step + 1 in each panel, the legend in
+    the panels of ``data["legend"]``, and (F-b1) the dashed step markers."""
+    def draw(fig: Any, key: str) -> None:
+        legend = key in data["legend"]
+        plots.lines_and_bands(fig, data, key, legend)
+        if markers:
+            plots.step_marker(fig, f"{key}-marker", data["spans"][f"{key}-marker"])
+        plots.panel_style(fig, legend=legend)
+
+    return plots.panel_grid(data, draw, panel_size=panel_size, name=name, si_y=_si_y(data))
+
+
+# =========================================================================== F-b1
+
+
+def fig_b1_data(
     ds: Any,
     *,
     width: int | None = None,
@@ -641,49 +448,57 @@ def fig_b1(
     trace: str = "TrK",
     test: bool = True,
     step_marker: int | None = None,
-    panel_size: tuple[int, int] = (330, 250),
-) -> Any:
-    """F-b1: the 3×3 time-evolution grid.
+) -> FigureData:
+    """Figure data of :func:`fig_b1`: for each row r and column c the panel ``"b1-{r}-{c}"``
+    with sources ``"b1-{r}-{c}-lines"`` / ``"-bands"`` (x = step + 1), its texts, and the
+    span ``"b1-{r}-{c}-marker"`` at ``step_marker + 1`` (hidden when None)."""
+    _check_variants(entropy, trace)
+    mode = plots.seed_mode(seed, ds)
+    pairs = _b1_pairs(ds, width, depth, activation)
+    x = np.asarray(ds["step"].values, float) + 1.0
+    data = _new_data("F-b1", _header("F-b1", ds, entropy, trace, seed))
+    data["spans"] = {}
+    for row, nets in pairs.items():
+        keys = []
+        for j, col in enumerate(_COLUMNS):
+            key = f"b1-{row}-{col}"
+            v_train, v_test, ylab = _column_vars(col, entropy, trace)
+            lines, bands = plots.empty_lines(), plots.empty_bands()
+            log_y = col in ("loss", "trace")
+            for (act, w, d), color in zip(nets, _PAIR):
+                sel = ds.sel(activation=act, width=w, depth=d)
+                name = _arch_label(act, w, d)
+                _train_test(lines, bands, x, sel, (v_train, v_test) if test else (v_train,), mode, color, name, log_y)
+            data["sources"][f"{key}-lines"] = lines
+            data["sources"][f"{key}-bands"] = bands
+            _panel_texts(data, key, _row_title("F-b1", row, nets[0], nets[-1]) if j == 0 else "", "step + 1", ylab, log_y)
+            data["spans"][f"{key}-marker"] = None if step_marker is None else step_marker + 1
+            keys.append(key)
+        data["panels"].append(keys)
+        data["legend"].append(keys[0])
+    return data
+
+
+def build_b1(data: FigureData, panel_size: tuple[int, int] = (330, 250)) -> Any:
+    """The F-b1 layout of :func:`fig_b1_data`'s figure data."""
+    return _step_lines(data, panel_size, "F-b1", markers=True)
+
+
+def fig_b1(ds: Any, *, panel_size: tuple[int, int] = (330, 250), **settings: Any) -> Any:
+    """F-b1: the 3×3 time-evolution grid; ``settings`` are those of :func:`fig_b1_data`.
 
     Rows compare two MLPs each: **activation** (ReLU vs tanh at ``width`` × ``depth``),
     **width** (narrowest vs widest at ``depth``, ``activation``), **depth** (shallowest vs
     deepest at ``width``, ``activation``). Columns: loss, entropy (``entropy`` variant
     ``"S"`` or ``"S/lnN"``), trace (``"TrK"`` or ``"TrK/N"``) against step + 1 on a log
-    axis. Train probe dark, test probe light; ``seed="mean"`` draws mean ± std bands,
-    ``"all"`` every seed, an int one seed. Defaults: the narrowest width and the smallest
-    depth, ReLU (so each row contains the narrow shallow ReLU net).
-
-    Returns a Bokeh ``GridPlot``; its sources are named as in :func:`fig_b1_data`, the
-    dashed step markers ``"b1-{row}-{col}-marker"``.
+    axis. Train probe dark, test probe light (``test=False`` hides it); ``seed="mean"``
+    draws mean ± std bands, ``"all"`` every seed, an int one seed; ``step_marker`` a dashed
+    line at that step. Defaults: the narrowest width and the smallest depth, ReLU (so each
+    row contains the narrow shallow ReLU net).
 
     >>> fig = fig_b1(cubes["mlp"], seed="all", entropy="S/lnN")  # doctest: +SKIP
     """
-    from bokeh.layouts import column, gridplot
-    from bokeh.models import Div
-
-    data = fig_b1_data(ds, width=width, depth=depth, activation=activation, seed=seed, entropy=entropy, trace=trace, test=test)
-    pairs = _b1_pairs(ds, width, depth, activation)
-    figs = []
-    w, h = panel_size
-    for row in _ROWS:
-        row_title = _row_title("F-b1", row, pairs[row][0], pairs[row][-1])
-        row_figs = []
-        for j, col in enumerate(_COLUMNS):
-            _, _, ylab = _column_vars(col, entropy, trace)
-            title = row_title if j == 0 else ""
-            fig = _panel(title, "step + 1", ylab, True, col in ("loss", "trace"), w, h)
-            _lines_and_bands(fig, data, f"b1-{row}-{col}", legend=(j == 0))
-            _marker(fig, f"b1-{row}-{col}-marker", None if step_marker is None else step_marker + 1)
-            _style_panel(fig, legend=(j == 0))
-            row_figs.append(fig)
-        figs.append(row_figs)
-    head = Div(
-        text=_header("F-b1", ds, entropy, trace, seed),
-        styles={"font-family": "Helvetica, Arial, sans-serif", "font-size": "12pt"},
-        width=3 * w,
-    )
-    grid = gridplot(figs, toolbar_location="right", merge_tools=True)
-    return column(head, grid, name="F-b1")
+    return build_b1(fig_b1_data(ds, **settings), panel_size)
 
 
 # =========================================================================== F-b2
@@ -700,32 +515,32 @@ def fig_b2_data(
     trace: str = "TrK",
     test: bool = True,
     step: int | None = None,
-) -> dict[str, dict[str, list]]:
-    """Columns of :func:`fig_b2`: ``"b2-{row}-{col}-lines"`` (x = loss, y = entropy or
-    trace), ``"b2-{row}-{col}-ends"`` (start circle / end square) and
-    ``"b2-{row}-{col}-marker"`` (the point at ``step``)."""
+) -> FigureData:
+    """Figure data of :func:`fig_b2`: panels ``"b2-{row}-{col}"`` (col entropy or trace)
+    with sources ``"…-lines"`` (x = loss, y = entropy or trace), ``"…-ends"`` (start circle
+    / end square), ``"…-marker"`` (the point at ``step``) and an empty ``"…-bands"``."""
     _check_variants(entropy, trace)
-    seed = _seed_mode(seed, ds)
+    mode = plots.seed_mode(seed, ds)
     pairs = _b1_pairs(ds, width, depth, activation)
     steps = ds["step"].values
     k = None if step is None else int(np.abs(steps - step).argmin())
-    data: dict[str, dict[str, list]] = {}
-    for row, configs_ in pairs.items():
-        for col in ("entropy", "trace"):
-            v_train, v_test, _ = _column_vars(col, entropy, trace)
-            lines = _empty_lines()
+    data = _new_data("F-b2", _header("F-b2", ds, entropy, trace, seed))
+    for row, nets in pairs.items():
+        keys = []
+        for j, col in enumerate(("entropy", "trace")):
+            key = f"b2-{row}-{col}"
+            v_train, v_test, ylab = _column_vars(col, entropy, trace)
+            lines = plots.empty_lines()
             ends: dict[str, list] = {"x": [], "y": [], "color": [], "marker": [], "label": []}
             marker: dict[str, list] = {"x": [], "y": [], "color": []}
-            for (act, w, d), color in zip(configs_, _PAIR):
+            for (act, w, d), color in zip(nets, _PAIR):
                 sel = ds.sel(activation=act, width=w, depth=d)
                 name = _arch_label(act, w, d)
                 probes = [("train", "loss", v_train, False)] + ([("test", "test_loss", v_test, True)] if test else [])
                 for probe, lv, yv, light in probes:
-                    xs = _traces(sel[lv], seed)
-                    ys = _traces(sel[yv], seed)
-                    col_hex = _lighten(color) if light else color
-                    for (xl, _), (yl, _) in zip(xs, ys):
-                        ok = np.isfinite(xl) & np.isfinite(yl) & (xl > 0) & ((yl > 0) if col == "trace" else True)
+                    col_hex = plots.lighten(color) if light else color
+                    for (xl, _), (yl, _) in zip(plots.seed_traces(sel[lv], mode), plots.seed_traces(sel[yv], mode)):
+                        ok = plots.finite_mask(xl, yl, True, col == "trace")
                         if not ok.any():
                             continue
                         lines["xs"].append(xl[ok].tolist())
@@ -745,66 +560,46 @@ def fig_b2_data(
                             marker["x"].append(float(xl[k]))
                             marker["y"].append(float(yl[k]))
                             marker["color"].append(col_hex)
-            data[f"b2-{row}-{col}-lines"] = lines
-            data[f"b2-{row}-{col}-ends"] = ends
-            data[f"b2-{row}-{col}-marker"] = marker
+            data["sources"].update({f"{key}-lines": lines, f"{key}-bands": plots.empty_bands(), f"{key}-ends": ends,
+                                    f"{key}-marker": marker})
+            title = _row_title("F-b2", row, nets[0], nets[-1]) if j == 0 else ""
+            _panel_texts(data, key, title, "loss (log, inverted: time runs →)", ylab, col == "trace")
+            keys.append(key)
+        data["panels"].append(keys)
+        data["legend"].append(keys[1])
     return data
 
 
-def fig_b2(
-    ds: Any,
-    *,
-    width: int | None = None,
-    depth: int | None = None,
-    activation: str = "relu",
-    seed: Any = "mean",
-    entropy: str = "S",
-    trace: str = "TrK",
-    test: bool = True,
-    step: int | None = None,
-    panel_size: tuple[int, int] = (380, 260),
-) -> Any:
+def build_b2(data: FigureData, panel_size: tuple[int, int] = (380, 260)) -> Any:
+    """The F-b2 layout of :func:`fig_b2_data`'s figure data."""
+    from bokeh.models import ColumnDataSource, HoverTool
+
+    def draw(fig: Any, key: str) -> None:
+        legend = key in data["legend"]
+        r = plots.lines_and_bands(fig, data, key, legend)
+        ends = ColumnDataSource(dict(data["sources"][f"{key}-ends"]), name=f"{key}-ends")
+        fig.scatter("x", "y", source=ends, marker="marker", size=7, fill_color="white", line_color="color", line_width=1.5)
+        mk = ColumnDataSource(dict(data["sources"][f"{key}-marker"]), name=f"{key}-marker")
+        fig.scatter("x", "y", source=mk, size=9, color="color", line_color="black")
+        fig.x_range.flipped = True
+        fig.add_tools(HoverTool(renderers=[r], tooltips=[("", "@label")]))
+        plots.panel_style(fig, legend=legend)
+        if legend:  # beside the plot: phase trajectories fill every corner
+            fig.add_layout(fig.legend[0], "right")
+            fig.width += 150
+
+    return plots.panel_grid(data, draw, panel_size=panel_size, name="F-b2", si_y=_si_y(data))
+
+
+def fig_b2(ds: Any, *, panel_size: tuple[int, int] = (380, 260), **settings: Any) -> Any:
     """F-b2: phase plots, entropy against loss and trace against loss, for the rows of
-    :func:`fig_b1`. The loss axis is logarithmic and inverted, so training runs left to
-    right; circles mark step 0, squares the last step, a filled dot the chosen ``step``.
+    :func:`fig_b1` (``settings`` as in :func:`fig_b2_data`). The loss axis is logarithmic
+    and inverted, so training runs left to right; circles mark step 0, squares the last
+    step, a filled dot the chosen ``step``.
 
     >>> fig = fig_b2(cubes["mlp"], step=100)  # doctest: +SKIP
     """
-    from bokeh.layouts import column, gridplot
-    from bokeh.models import ColumnDataSource, Div, HoverTool
-
-    data = fig_b2_data(ds, width=width, depth=depth, activation=activation, seed=seed, entropy=entropy, trace=trace, test=test, step=step)
-    pairs = _b1_pairs(ds, width, depth, activation)
-    w, h = panel_size
-    rows = []
-    for row in _ROWS:
-        a, b = pairs[row][0], pairs[row][-1]
-        row_figs = []
-        for j, col in enumerate(("entropy", "trace")):
-            _, _, ylab = _column_vars(col, entropy, trace)
-            title = _row_title("F-b2", row, a, b) if j == 0 else ""
-            fig = _panel(title, "loss (log, inverted: time runs →)", ylab, True, col == "trace", w, h)
-            key = f"b2-{row}-{col}"
-            legend = j == 1
-            r = _lines_and_bands(fig, {f"{key}-lines": data[f"{key}-lines"], f"{key}-bands": _empty_bands()}, key, legend=legend)
-            ends = ColumnDataSource(dict(data[f"{key}-ends"]), name=f"{key}-ends")
-            fig.scatter("x", "y", source=ends, marker="marker", size=7, fill_color="white", line_color="color", line_width=1.5)
-            mk = ColumnDataSource(dict(data[f"{key}-marker"]), name=f"{key}-marker")
-            fig.scatter("x", "y", source=mk, size=9, color="color", line_color="black")
-            fig.x_range.flipped = True
-            fig.add_tools(HoverTool(renderers=[r], tooltips=[("", "@label")]))
-            _style_panel(fig, legend=legend)
-            if legend:  # beside the plot: phase trajectories fill every corner
-                fig.add_layout(fig.legend[0], "right")
-                fig.width += 150
-            row_figs.append(fig)
-        rows.append(row_figs)
-    head = Div(
-        text=_header("F-b2", ds, entropy, trace, seed),
-        styles={"font-family": "Helvetica, Arial, sans-serif", "font-size": "12pt"},
-        width=2 * w + 150,
-    )
-    return column(head, gridplot(rows, toolbar_location="right", merge_tools=True), name="F-b2")
+    return build_b2(fig_b2_data(ds, **settings), panel_size)
 
 
 # =========================================================================== F-b3
@@ -835,22 +630,9 @@ def _b3_values(ds: Any, quantity: str, step: int | None, entropy: str, trace: st
 
 def _b3_range(ds: Any, quantity: str, entropy: str, trace: str) -> tuple[float, float]:
     """Colour range of a quantity over ALL steps (so the step slider shows motion)."""
-    if quantity in ("S", "dS"):
-        vals = np.concatenate([np.ravel(_b3_values(ds, quantity, int(s), entropy, trace).values) for s in ds["step"].values])
-    else:
-        vals = np.ravel(_b3_values(ds, quantity, None, entropy, trace).values)
-    vals = vals[np.isfinite(vals)]
-    if B3_QUANTITIES[quantity][1]:
-        vals = vals[vals > 0]
-    if not vals.size:
-        return (0.0, 1.0)
-    lo, hi = float(vals.min()), float(vals.max())
-    if quantity == "dS":  # symmetric around 0: the sign is the signal
-        m = max(abs(lo), abs(hi), 1e-6)
-        return (-m, m)
-    if hi <= lo:
-        hi = lo + (abs(lo) * 0.1 or 1.0)
-    return (lo, hi)
+    steps = [int(s) for s in ds["step"].values] if quantity in ("S", "dS") else [None]
+    vals = np.concatenate([np.ravel(_b3_values(ds, quantity, s, entropy, trace).values) for s in steps])
+    return plots.color_range(vals, log=B3_QUANTITIES[quantity][1], symmetric=quantity == "dS")
 
 
 def _b3_title(quantity: str, step: int) -> str:
@@ -863,58 +645,68 @@ def _b3_title(quantity: str, step: int) -> str:
     }[quantity]
 
 
-def _cell_text(v: float, quantity: str) -> str:
-    if not np.isfinite(v):
-        return ""
-    if abs(v) >= 1e6:
-        return f"{v / 1e6:.3g}M"
-    if abs(v) >= 1e3:
-        return f"{v / 1e3:.3g}k"
-    return f"{v:+.2f}" if quantity == "dS" else f"{v:.2f}"
-
-
-def _text_colors(values: list[float], quantity: str, lo: float, hi: float) -> list[str]:
-    """White text on dark cells, dark text on light ones."""
-    out = []
-    log = B3_QUANTITIES[quantity][1]
-    for v in values:
-        if not np.isfinite(v):
-            out.append("#222222")
-            continue
-        if quantity == "dS":
-            dark = abs(v) > 0.55 * max(abs(lo), abs(hi))
-        else:
-            a, b, x = (np.log(lo), np.log(hi), np.log(max(v, 1e-300))) if log else (lo, hi, v)
-            dark = (x - a) / ((b - a) or 1.0) < 0.45
-        out.append("white" if dark else "#222222")
-    return out
-
-
 def fig_b3_data(
-    ds: Any, quantity: str = "dS", *, step: int | None = None, entropy: str = "S", trace: str = "TrK"
-) -> dict[str, dict[str, list]]:
-    """Columns of :func:`fig_b3`: ``"b3-{quantity}-{activation}-cells"`` with
-    ``width_label``, ``depth_label``, ``width``, ``depth``, ``value``, ``text``,
-    ``text_color``."""
+    ds: Any, quantities: str | Sequence[str] = "dS", *, step: int | None = None, entropy: str = "S", trace: str = "TrK"
+) -> FigureData:
+    """Figure data of :func:`fig_b3`: one row per quantity ``q`` with a heat map
+    ``"b3-{q}-{activation}"`` per activation, its source ``"b3-{q}-{activation}-cells"``
+    (``width_label``, ``depth_label``, ``width``, ``depth``, ``value``, ``text``,
+    ``text_color``) and the colour range of mapper ``"b3-{q}-mapper"``."""
     _check_variants(entropy, trace)
-    da = _b3_values(ds, quantity, step, entropy, trace)
-    lo, hi = _b3_range(ds, quantity, entropy, trace)
-    out = {}
-    for act in ds["activation"].values.tolist():
-        cells: dict[str, list] = {k: [] for k in ("width_label", "depth_label", "width", "depth", "value", "text")}
-        sub = da.sel(activation=act)
-        for d in ds["depth"].values.tolist():
-            for w in ds["width"].values.tolist():
-                v = float(sub.sel(width=w, depth=d).values)
-                cells["width_label"].append(str(w))
-                cells["depth_label"].append(str(d))
-                cells["width"].append(int(w))
-                cells["depth"].append(int(d))
-                cells["value"].append(v if np.isfinite(v) else float("nan"))
-                cells["text"].append(_cell_text(v, quantity))
-        cells["text_color"] = _text_colors(cells["value"], quantity, lo, hi)
-        out[f"b3-{quantity}-{act}-cells"] = cells
-    return out
+    qs = [quantities] if isinstance(quantities, str) else list(quantities)
+    for q in qs:
+        if q not in B3_QUANTITIES:
+            raise ValueError(f"quantity must be one of {list(B3_QUANTITIES)}, got {q!r}")
+    steps = ds["step"].values
+    st = int(steps[-1]) if step is None else int(steps[np.abs(steps - step).argmin()])
+    acts = ds["activation"].values.tolist()
+    widths, depths = [int(w) for w in ds["width"].values], [int(d) for d in ds["depth"].values]
+    data = _new_data("F-b3", _header("F-b3", ds, entropy, trace))
+    data.update(layout=["F-b3", qs], ranges={}, factors={"x": [str(w) for w in ds["width"].values.tolist()],
+                                                          "y": [str(d) for d in ds["depth"].values.tolist()]})
+    del data["scales"], data["x_labels"], data["y_labels"]
+    for q in qs:
+        da = _b3_values(ds, q, st, entropy, trace)
+        lo, hi = _b3_range(ds, q, entropy, trace)
+        log, diverging = B3_QUANTITIES[q][1], q == "dS"
+        data["ranges"][f"b3-{q}-mapper"] = [lo, hi]
+        keys = []
+        for act in acts:
+            cells = plots.heatmap_cells(da.sel(activation=act).transpose("depth", "width").values, widths, depths,
+                                        x_name="width", y_name="depth", low=lo, high=hi, log=log, diverging=diverging,
+                                        fmt="{:+.2f}" if q == "dS" else "{:.2f}")
+            key = f"b3-{q}-{act}"
+            data["sources"][f"{key}-cells"] = cells
+            data["titles"][key] = f"{_label_act(act)}: {_b3_title(q, st)}"
+            keys.append(key)
+        data["panels"].append(keys)
+    return data
+
+
+def build_b3(data: FigureData, cell: int = 62) -> Any:
+    """The F-b3 layout of :func:`fig_b3_data`'s figure data: a row of heat maps per
+    quantity, the colour bar beside the last."""
+    from bokeh.layouts import column, row
+
+    rows = []
+    for keys in data["panels"]:
+        q = keys[0].split("-", 1)[1].rsplit("-", 1)[0]
+        log = B3_QUANTITIES[q][1]
+        lo, hi = data["ranges"][f"b3-{q}-mapper"]
+        mapper = plots.color_mapper(lo, hi, log=log, diverging=q == "dS", name=f"b3-{q}-mapper")
+        figs = [
+            plots.category_heatmap(
+                key, data["titles"][key], data["sources"][f"{key}-cells"], mapper,
+                x_factors=data["factors"]["x"], y_factors=data["factors"]["y"], x_label="width",
+                y_label="depth (hidden layers)", x_field="width_label", y_field="depth_label",
+                tooltips=[("width", "@width"), ("depth", "@depth"), (q, "@value{%0.4g}")], cell=cell,
+                colorbar=i == len(keys) - 1, si_colorbar=log,
+            )
+            for i, key in enumerate(keys)
+        ]
+        rows.append(row(*figs))
+    head = plots.header(data["header"], sum(f.width for f in rows[0].children) if rows else 600)
+    return column(head, *rows, name="F-b3")
 
 
 def fig_b3(
@@ -935,68 +727,7 @@ def fig_b3(
 
     >>> fig = fig_b3(cubes["scale"], "dS", step=30)  # doctest: +SKIP
     """
-    import bokeh.palettes as bp
-    from bokeh.layouts import column, row
-    from bokeh.models import ColorBar, ColumnDataSource, Div, HoverTool, LinearColorMapper, LogColorMapper
-    from bokeh.plotting import figure
-
-    from ntkbench import plots
-
-    qs = [quantities] if isinstance(quantities, str) else list(quantities)
-    steps = ds["step"].values
-    st = int(steps[-1]) if step is None else int(steps[np.abs(steps - step).argmin()])
-    acts = ds["activation"].values.tolist()
-    x_f = [str(w) for w in ds["width"].values.tolist()]
-    y_f = [str(d) for d in ds["depth"].values.tolist()]
-    rows = []
-    for q in qs:
-        data = fig_b3_data(ds, q, step=st, entropy=entropy, trace=trace)
-        label, log = B3_QUANTITIES[q]
-        lo, hi = _b3_range(ds, q, entropy, trace)
-        if q == "dS":  # blue = compression (S fell), red = structure formation (S rose)
-            pal = bp.interp_palette(bp.RdBu11, 256)
-        else:
-            pal = bp.Viridis256
-        mapper = (LogColorMapper if log else LinearColorMapper)(palette=pal, low=lo, high=hi, nan_color="#dddddd")
-        figs = []
-        for i, act in enumerate(acts):
-            qlabel = _b3_title(q, st)
-            fig = figure(
-                title=f"{_label_act(act)}: {qlabel}",
-                x_range=x_f,
-                y_range=y_f,
-                x_axis_label="width",
-                y_axis_label="depth (hidden layers)",
-                width=cell * len(x_f) + 110 + (90 if i == len(acts) - 1 else 0),
-                height=cell * len(y_f) + 90,
-                tools="hover,save",
-                name=f"b3-{q}-{act}",
-            )
-            src = ColumnDataSource(data[f"b3-{q}-{act}-cells"], name=f"b3-{q}-{act}-cells")
-            fig.rect("width_label", "depth_label", 1, 1, source=src, fill_color={"field": "value", "transform": mapper}, line_color="white")
-            fig.text("width_label", "depth_label", text="text", source=src, text_align="center", text_baseline="middle",
-                     text_font_size="8.5pt", text_color="text_color")
-            hover = fig.select_one(HoverTool)
-            hover.tooltips = [("width", "@width"), ("depth", "@depth"), (q, "@value{%0.4g}")]
-            hover.formatters = {"@value": "printf"}
-            if i == len(acts) - 1:
-                bar = ColorBar(color_mapper=mapper, width=12, major_label_text_font_size="9pt")
-                if log:
-                    bar.formatter = _si_formatter()
-                fig.add_layout(bar, "right")
-            plots._style(fig)
-            fig.title.text_font_size = "10.5pt"
-            fig.grid.grid_line_color = None
-            fig.axis.axis_line_color = None
-            fig.axis.major_tick_line_color = None
-            figs.append(fig)
-        rows.append(row(*figs))
-    head = Div(
-        text=_header("F-b3", ds, entropy, trace),
-        styles={"font-family": "Helvetica, Arial, sans-serif", "font-size": "12pt"},
-        width=sum(f.width for f in rows[0].children) if rows else 600,
-    )
-    return column(head, *rows, name="F-b3")
+    return build_b3(fig_b3_data(ds, quantities, step=step, entropy=entropy, trace=trace), cell)
 
 
 # =========================================================================== F-b4
@@ -1019,41 +750,6 @@ def b4_seed_fallbacks(cubes: Mapping[str, Any], seed: Any, missing_seed: str = "
     return missing
 
 
-def fig_b4_data(
-    cubes: Mapping[str, Any], *, seed: Any = "mean", entropy: str = "S", trace: str = "TrK", test: bool = True,
-    missing_seed: str = "error",
-) -> dict[str, dict[str, list]]:
-    """Columns of :func:`fig_b4`: ``"b4-{arch}-{col}-lines"`` / ``-bands`` for arch in
-    ``transformer``, ``cnn`` (one line per depth; widths other than the first are dropped).
-
-    A single ``seed`` that an architecture's cube lacks is an error, or, with
-    ``missing_seed="mean"``, shows the mean over that cube's seeds (:func:`b4_seed_fallbacks`)."""
-    _check_variants(entropy, trace)
-    fallback = b4_seed_fallbacks(cubes, seed, missing_seed)
-    data: dict[str, dict[str, list]] = {}
-    for arch in ("transformer", "cnn"):
-        if arch not in cubes:
-            continue
-        ds = cubes[arch]
-        if "width" in ds.dims:
-            ds = ds.isel(width=0)
-        sd = "mean" if arch in fallback else _seed_mode(seed, ds)
-        x = np.asarray(ds["step"].values, float) + 1.0
-        for col in _COLUMNS:
-            v_train, v_test, _ = _column_vars(col, entropy, trace)
-            lines, bands = _empty_lines(), _empty_bands()
-            log_y = col in ("loss", "trace")
-            for d, color in zip(ds["depth"].values.tolist(), _DEPTH_COLORS):
-                sel = ds.sel(depth=d)
-                name = f"{'layers' if arch == 'transformer' else 'depth'} {d}"
-                _add_series(lines, bands, x, _traces(sel[v_train], sd), color, f"{name} train", light=False, log_y=log_y)
-                if test:
-                    _add_series(lines, bands, x, _traces(sel[v_test], sd), color, f"{name} test", light=True, log_y=log_y)
-            data[f"b4-{arch}-{col}-lines"] = lines
-            data[f"b4-{arch}-{col}-bands"] = bands
-    return data
-
-
 def _arch_title(arch: str, ds: Any) -> str:
     try:
         cfg = json.loads(ds.attrs.get("config", "{}"))
@@ -1066,90 +762,132 @@ def _arch_title(arch: str, ds: Any) -> str:
     return f"CNN {w} channels, digits"
 
 
-def fig_b4(
-    cubes: Mapping[str, Any],
-    *,
-    seed: Any = "mean",
-    entropy: str = "S",
-    trace: str = "TrK",
-    test: bool = True,
-    panel_size: tuple[int, int] = (330, 250),
+def fig_b4_data(
+    cubes: Mapping[str, Any], *, seed: Any = "mean", entropy: str = "S", trace: str = "TrK", test: bool = True,
     missing_seed: str = "error",
-) -> Any:
-    """F-b4: other architectures, a TinyTransformer on ``stories`` (next token) and a CNN on
-    ``digits``: loss, entropy and trace against step + 1, one colour per depth, train dark,
-    test light. ``cubes`` holds ``"transformer"`` and/or ``"cnn"``. ``missing_seed``: see
-    :func:`fig_b4_data`; the header says which architectures fell back to the mean.
+) -> FigureData:
+    """Figure data of :func:`fig_b4`: panels ``"b4-{arch}-{col}"`` with sources
+    ``"…-lines"`` / ``"…-bands"`` for arch in ``transformer``, ``cnn`` (one line per
+    depth; widths other than the first are dropped).
 
-    >>> fig = fig_b4(cubes)  # doctest: +SKIP
-    """
-    from bokeh.layouts import column, gridplot
-    from bokeh.models import Div
-
-    data = fig_b4_data(cubes, seed=seed, entropy=entropy, trace=trace, test=test, missing_seed=missing_seed)
-    w, h = panel_size
-    rows = []
+    A single ``seed`` that an architecture's cube lacks is an error, or, with
+    ``missing_seed="mean"``, shows the mean over that cube's seeds (:func:`b4_seed_fallbacks`)."""
+    _check_variants(entropy, trace)
+    fallback = b4_seed_fallbacks(cubes, seed, missing_seed)
+    data = _new_data("F-b4", _header("F-b4", None, entropy, trace, seed, fallback))
     for arch in ("transformer", "cnn"):
         if arch not in cubes:
             continue
-        row_figs = []
+        ds = cubes[arch]
+        if "width" in ds.dims:
+            ds = ds.isel(width=0)
+        mode = "mean" if arch in fallback else plots.seed_mode(seed, ds)
+        x = np.asarray(ds["step"].values, float) + 1.0
+        keys = []
         for j, col in enumerate(_COLUMNS):
-            _, _, ylab = _column_vars(col, entropy, trace)
-            fig = _panel(_arch_title(arch, cubes[arch]) if j == 0 else "", "step + 1", ylab, True, col in ("loss", "trace"), w, h)
-            _lines_and_bands(fig, data, f"b4-{arch}-{col}", legend=(j == 0))
-            _style_panel(fig, legend=(j == 0))
-            row_figs.append(fig)
-        rows.append(row_figs)
-    if not rows:
+            key = f"b4-{arch}-{col}"
+            v_train, v_test, ylab = _column_vars(col, entropy, trace)
+            lines, bands = plots.empty_lines(), plots.empty_bands()
+            log_y = col in ("loss", "trace")
+            for d, color in zip(ds["depth"].values.tolist(), _DEPTH_COLORS):
+                sel = ds.sel(depth=d)
+                name = f"{'layers' if arch == 'transformer' else 'depth'} {d}"
+                _train_test(lines, bands, x, sel, (v_train, v_test) if test else (v_train,), mode, color, name, log_y)
+            data["sources"][f"{key}-lines"] = lines
+            data["sources"][f"{key}-bands"] = bands
+            _panel_texts(data, key, _arch_title(arch, cubes[arch]) if j == 0 else "", "step + 1", ylab, log_y)
+            keys.append(key)
+        data["panels"].append(keys)
+        data["legend"].append(keys[0])
+    if not data["panels"]:
         raise ValueError("cubes holds neither a 'transformer' nor a 'cnn' cube")
-    head = Div(
-        text=_header("F-b4", None, entropy, trace, seed, b4_seed_fallbacks(cubes, seed, missing_seed)),
-        styles={"font-family": "Helvetica, Arial, sans-serif", "font-size": "12pt"},
-        width=3 * w,
-    )
-    return column(head, gridplot(rows, toolbar_location="right", merge_tools=True), name="F-b4")
+    return data
 
 
-# =========================================================================== all figures
+def build_b4(data: FigureData, panel_size: tuple[int, int] = (330, 250)) -> Any:
+    """The F-b4 layout of :func:`fig_b4_data`'s figure data."""
+    return _step_lines(data, panel_size, "F-b4", markers=False)
+
+
+def fig_b4(cubes: Mapping[str, Any], *, panel_size: tuple[int, int] = (330, 250), **settings: Any) -> Any:
+    """F-b4: other architectures, a TinyTransformer on ``stories`` (next token) and a CNN on
+    ``digits``: loss, entropy and trace against step + 1, one colour per depth, train dark,
+    test light. ``cubes`` holds ``"transformer"`` and/or ``"cnn"``; ``settings`` as in
+    :func:`fig_b4_data` (its header says which architectures fell back to the mean).
+
+    >>> fig = fig_b4(cubes)  # doctest: +SKIP
+    """
+    return build_b4(fig_b4_data(cubes, **settings), panel_size)
+
+
+# =========================================================================== figures and controls
+
+
+def controls(cubes: Mapping[str, Any]) -> list[Control]:
+    """The Workbench's controls for these cubes (their defaults are the figures' defaults):
+    ``activation``, ``width``, ``depth`` (the fixed values of the F-b1/F-b2 rows), ``seed``
+    (mean ± std, every seed, one seed), ``test`` (draw the test probe), ``entropy`` (S or
+    S/lnN), ``trace`` (Tr K or Tr K/N), ``step`` (the marker in F-b1, the dot in F-b2),
+    ``b3_step`` (the step of F-b3), ``quantity`` (F-b3's colour)."""
+    mlp = cubes["mlp"]
+    scale = cubes.get("scale", mlp)
+    seeds = [int(s) for s in mlp["seed"].values] if "seed" in mlp.dims else []
+    scale_steps = [int(s) for s in scale["step"].values]
+    return [
+        Control("activation", "toggle", str(mlp["activation"].values[0]),
+                [(_label_act(a), str(a)) for a in mlp["activation"].values], button_width="70px"),
+        Control("width", "dropdown", int(mlp["width"].values[0]), [int(v) for v in mlp["width"].values]),
+        Control("depth", "dropdown", int(mlp["depth"].values[0]), [int(v) for v in mlp["depth"].values]),
+        seed_control(seeds),
+        Control("test", "checkbox", True, description="test probe (light)"),
+        Control("entropy", "toggle", "S", [("S [nat]", "S"), ("S / ln N", "S/lnN")], button_width="80px"),
+        Control("trace", "toggle", "TrK", [("Tr K", "TrK"), ("Tr K / N", "TrK/N")], button_width="80px"),
+        step_control([int(s) for s in mlp["step"].values]),
+        step_control(scale_steps, scale_steps[-1], name="b3_step"),
+        Control("quantity", "dropdown", "dS", [(v[0], k) for k, v in B3_QUANTITIES.items()], description="colour"),
+    ]
+
+
+def _rows_kw(s: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(width=s["width"], depth=s["depth"], activation=s["activation"], seed=s["seed"], entropy=s["entropy"],
+                trace=s["trace"], test=s["test"])
+
+
+_B1_CONTROLS = (("activation", "width", "depth"), ("seed", "test"), ("entropy", "trace"), ("step",))
+
+#: the figures: F-b1 / F-b2 from the ``mlp`` cube, F-b3 from ``scale`` (else ``mlp``),
+#: F-b4 from ``transformer`` and ``cnn`` (a missing seed there shows the mean)
+FIGURES: list[FigureSpec] = [
+    FigureSpec("F-b1", lambda c, s: fig_b1_data(c["mlp"], **_rows_kw(s), step_marker=s["step"]), build_b1, _B1_CONTROLS),
+    FigureSpec("F-b2", lambda c, s: fig_b2_data(c["mlp"], **_rows_kw(s), step=s["step"]), build_b2, _B1_CONTROLS),
+    FigureSpec("F-b3", lambda c, s: fig_b3_data(c.get("scale", c["mlp"]), s["quantity"], step=s["b3_step"],
+                                                entropy=s["entropy"], trace=s["trace"]),
+               build_b3, (("quantity", "entropy", "trace"), ("b3_step",))),
+    FigureSpec("F-b4", lambda c, s: fig_b4_data(c, seed=s["seed"], entropy=s["entropy"], trace=s["trace"], test=s["test"],
+                                                missing_seed="mean"),
+               build_b4, (("seed", "test"), ("entropy", "trace")), available=lambda c: "transformer" in c or "cnn" in c),
+]
+
+
+def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings ``reproduce`` draws the figures at: the controls' defaults, no step
+    marker, and F-b3 with four quantities (S(0), Tr K(0), final test loss, ΔS at the end)."""
+    return {**_base.settings_of(controls(cubes)), "step": None, "b3_step": None,
+            "quantity": ("S0", "TrK0", "final_test_loss", "dS")}
 
 
 def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-    """``{"F-b1": ..., "F-b2": ..., "F-b3": ..., "F-b4": ...}`` with default settings
-    (``kw``: ``entropy``, ``trace``, ``seed`` passed to every builder that takes them)."""
-    seed = kw.get("seed", "mean")
-    ev, tv = kw.get("entropy", "S"), kw.get("trace", "TrK")
-    figs = {
-        "F-b1": fig_b1(cubes["mlp"], seed=seed, entropy=ev, trace=tv),
-        "F-b2": fig_b2(cubes["mlp"], seed=seed, entropy=ev, trace=tv),
-        "F-b3": fig_b3(cubes.get("scale", cubes["mlp"]), entropy=ev, trace=tv),
-    }
-    if "transformer" in cubes or "cnn" in cubes:
-        figs["F-b4"] = fig_b4(cubes, seed=seed, entropy=ev, trace=tv)
-    return figs
+    """``{"F-b1": ..., "F-b2": ..., "F-b3": ..., "F-b4": ...}`` at :func:`defaults`
+    (``kw`` overrides settings, e.g. ``entropy="S/lnN"``, ``trace``, ``seed``)."""
+    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
 
 
 def export_figures(cubes: Mapping[str, Any], folder: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg", "html")) -> list[Path]:
     """Export every figure of :func:`figures` as ``folder/collective-F-b*.{format}``."""
-    from ntkbench import plots
-
-    written = []
-    for name, fig in figures(cubes).items():
-        for fmt in formats:
-            written.append(plots.export(fig, Path(folder) / f"collective-{name}", fmt))
-    return written
+    return _base.export_figures(figures(cubes), folder, KEY, formats)
 
 
 # =========================================================================== summary
-
-
-def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least squares y = a + b x; returns (a, b, R²)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    b, a = np.polyfit(x, y, 1)
-    pred = a + b * x
-    ss = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else 1.0
-    return float(a), float(b), r2
 
 
 def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
@@ -1204,7 +942,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
             if "seed" in tr0.dims:
                 tr0 = tr0.mean("seed")
             widths = scale["width"].values.astype(float)
-            a, b, r2 = _fit_line(np.log(widths), np.log(tr0.values))
+            a, b, r2 = plots.linear_fit(np.log(widths), np.log(tr0.values))
             tw[f"{act} depth {d}"] = {
                 "widths": widths.astype(int).tolist(),
                 "trace0": [float(f"{v:.5g}") for v in tr0.values],
@@ -1216,7 +954,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
             if "seed" in s0.dims:
                 s0 = s0.mean("seed")
             depths = scale["depth"].values.astype(float)
-            a, b, r2 = _fit_line(depths, s0.values)
+            a, b, r2 = plots.linear_fit(depths, s0.values)
             sd[f"{act} width {w}"] = {
                 "depths": depths.astype(int).tolist(),
                 "entropy0": [round(float(v), 4) for v in s0.values],
@@ -1276,421 +1014,82 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
 # =========================================================================== widgets
 
 
-class Workbench:
-    """Notebook controls for the four figures, on cubes from :func:`open_cubes`.
-
-    Controls (ipywidgets, public attributes): ``width``, ``depth``, ``activation`` (the
-    fixed values of the F-b1/F-b2 rows), ``seed`` (mean ± std, every seed, one seed),
-    ``entropy`` (S or S/lnN), ``trace`` (Tr K or Tr K/N), ``test`` (draw the test probe),
-    ``step`` (a slider: the marker in F-b1 and the dot in F-b2), ``b3_step`` (the step of
-    F-b3), ``quantity`` (F-b3 colour), ``export_*``.
-
-    Controls redraw in place: each figure is shown once through a
-    ``jupyter_bokeh.BokehModel``, and a change assigns new columns (from the ``fig_b*_data``
-    functions) to the figure's ``ColumnDataSource``\\ s with the same names and rewrites the
-    titles, axis labels, colour ranges and header text that depend on the controls. Only a
-    change of the figure's layout (its set of source names, or the F-b3 ``quantity``, whose
-    colour mapper differs) builds a new figure; the old ``BokehModel`` is then closed.
-    ``figures`` maps figure names to the Bokeh layouts, ``models`` to the displayed
-    ``BokehModel`` (``models[name]._model is figures[name]``), ``views`` to the ipywidgets
-    box of each figure.
+class Workbench(_base.Workbench):
+    """Notebook controls for the four figures, on cubes from :func:`open_cubes`: a
+    :class:`ntkbench.papers._base.Workbench` with :data:`FIGURES` and :func:`controls`
+    (each control is the attribute of its name: ``wb.width``, ``wb.seed``, ``wb.step``,
+    ``wb.quantity``, ...). Figures redraw in place; only F-b3's ``quantity`` (another
+    colour mapper) rebuilds F-b3. ``wb.export(figure, format)`` writes
+    ``figures_dir/collective-<figure>.<format>`` as shown.
 
     >>> wb = Workbench(open_cubes("../data/collective_quick.nc"))  # doctest: +SKIP
     >>> wb.view("F-b1")                                              # doctest: +SKIP
     """
 
     def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
-        import ipywidgets as w
-
         if "mlp" not in cubes:
             raise ValueError(f"cubes must hold an 'mlp' cube, got {sorted(cubes)}")
-        self.cubes = dict(cubes)
-        self.figures_dir = Path(figures_dir)
-        mlp = self.cubes["mlp"]
-        scale = self.cubes.get("scale", mlp)
-        steps = [int(s) for s in scale["step"].values]
-        seeds = [int(s) for s in mlp["seed"].values] if "seed" in mlp.dims else []
-        self.width = w.Dropdown(options=[int(v) for v in mlp["width"].values], description="width")
-        self.depth = w.Dropdown(options=[int(v) for v in mlp["depth"].values], description="depth")
-        self.activation = w.ToggleButtons(options=[(_label_act(a), str(a)) for a in mlp["activation"].values], description="activation",
-                                          style={"button_width": "70px"})
-        self.seed = w.Dropdown(options=[("mean ± std", "mean"), ("every seed", "all")] + [(f"seed {s}", s) for s in seeds],
-                               value="mean", description="seeds")
-        self.entropy = w.ToggleButtons(options=[("S [nat]", "S"), ("S / ln N", "S/lnN")], description="entropy",
-                                       style={"button_width": "80px"})
-        self.trace = w.ToggleButtons(options=[("Tr K", "TrK"), ("Tr K / N", "TrK/N")], description="trace",
-                                     style={"button_width": "80px"})
-        self.test = w.Checkbox(value=True, description="test probe (light)")
-        mlp_steps = [int(s) for s in mlp["step"].values]
-        self.step = w.SelectionSlider(options=[(str(s), s) for s in mlp_steps], value=mlp_steps[0], description="step",
-                                      continuous_update=True, layout=w.Layout(width="480px"))
-        self.b3_step = w.SelectionSlider(options=[(str(s), s) for s in steps], value=steps[-1], description="step",
-                                         continuous_update=True, layout=w.Layout(width="480px"))
-        self.quantity = w.Dropdown(options=[(v[0], k) for k, v in B3_QUANTITIES.items()], value="dS", description="colour")
-        self.export_figure = w.Dropdown(options=["F-b1", "F-b2", "F-b3", "F-b4"], description="figure", layout=w.Layout(width="200px"))
-        self.export_format = w.Dropdown(options=[("PNG", "png"), ("SVG", "svg"), ("HTML", "html")], description="format",
-                                        layout=w.Layout(width="170px"))
-        self.export_button = w.Button(description="Export", icon="download", button_style="primary")
-        self.export_status = w.HTML(value="")
-        self.figures: dict[str, Any] = {}
-        self.models: dict[str, Any] = {}
-        self._layouts: dict[str, Any] = {}  # figure name -> the layout key it was built with
-        self._index: dict[str, dict[str, Any]] = {}  # figure name -> its named models (see _index_of)
-        self.views = {name: w.Box() for name in ("F-b1", "F-b2", "F-b3", "F-b4")}
-        if "transformer" not in self.cubes and "cnn" not in self.cubes:
-            self.export_figure.options = ["F-b1", "F-b2", "F-b3"]
-        self._build_all()
-        for ctl in (self.width, self.depth, self.activation):
-            ctl.observe(lambda _: self._update("F-b1", "F-b2"), "value")
-        for ctl in (self.seed, self.test):  # F-b3 is a mean over seeds of the train probe
-            ctl.observe(lambda _: self._update("F-b1", "F-b2", "F-b4"), "value")
-        for ctl in (self.entropy, self.trace):
-            ctl.observe(lambda _: self._update("F-b1", "F-b2", "F-b3", "F-b4"), "value")
-        self.step.observe(self._on_step, "value")
-        self.b3_step.observe(self._on_b3_step, "value")
-        self.quantity.observe(lambda _: self._update("F-b3"), "value")
-        self.export_button.on_click(self._on_export)
-        self.controls = w.VBox([
-            w.HBox([self.activation, self.width, self.depth]),
-            w.HBox([self.seed, self.test]),
-            w.HBox([self.entropy, self.trace]),
-        ])
-        self.export_box = w.VBox([w.HBox([self.export_figure, self.export_format, self.export_button]), self.export_status])
-
-    # ------------------------------------------------------------------ building
-
-    def _kw(self) -> dict[str, Any]:
-        return dict(seed=self.seed.value, entropy=self.entropy.value, trace=self.trace.value, test=self.test.value)
-
-    def _rows(self) -> dict[str, Any]:
-        return dict(width=self.width.value, depth=self.depth.value, activation=self.activation.value)
-
-    def _has_b4(self) -> bool:
-        return "transformer" in self.cubes or "cnn" in self.cubes
-
-    def _build(self, name: str) -> Any:
-        mlp = self.cubes["mlp"]
-        if name == "F-b1":
-            return fig_b1(mlp, **self._rows(), **self._kw(), step_marker=self.step.value)
-        if name == "F-b2":
-            return fig_b2(mlp, **self._rows(), **self._kw(), step=self.step.value)
-        if name == "F-b3":
-            return fig_b3(self.cubes.get("scale", mlp), self.quantity.value, step=self.b3_step.value,
-                          entropy=self.entropy.value, trace=self.trace.value)
-        if not self._has_b4():
-            return None
-        return fig_b4(self.cubes, **self._kw(), missing_seed="mean")
-
-    def _layout_key(self, name: str) -> Any:
-        """What fixes a figure's structure beyond its source names: F-b3's quantity picks
-        the colour mapper (linear/log) and palette, which cannot change in place."""
-        return self.quantity.value if name == "F-b3" else None
-
-    def _data(self, name: str) -> dict[str, dict[str, list]]:
-        """The columns of every named source of figure ``name`` at the current settings."""
-        mlp = self.cubes["mlp"]
-        if name == "F-b1":
-            return fig_b1_data(mlp, **self._rows(), **self._kw())
-        if name == "F-b2":
-            data = fig_b2_data(mlp, **self._rows(), **self._kw(), step=self.step.value)
-            # fig_b2 draws its lines with empty band sources beside them
-            data.update({k[: -len("-lines")] + "-bands": _empty_bands() for k in list(data) if k.endswith("-lines")})
-            return data
-        if name == "F-b3":
-            return fig_b3_data(self.cubes.get("scale", mlp), self.quantity.value, step=self.b3_step.value,
-                               entropy=self.entropy.value, trace=self.trace.value)
-        return fig_b4_data(self.cubes, **self._kw(), missing_seed="mean")
-
-    @staticmethod
-    def _index_of(fig: Any) -> dict[str, Any]:
-        """One walk over a built figure: ``sources`` (name -> ColumnDataSource), ``panels``
-        (``"b1-{row}-{col}"`` etc. -> the plot drawing ``"…-lines"``, and F-b3's plots by
-        name), ``mappers`` (colour mappers), ``spans`` (the named step markers). Looking each
-        name up with ``select_one`` walks the whole model graph every time."""
-        from bokeh.models import ColorMapper, ColumnDataSource, GlyphRenderer, Plot, Span
-
-        index: dict[str, Any] = {"sources": {}, "panels": {}, "mappers": [], "spans": []}
-        for m in fig.references():
-            if isinstance(m, ColumnDataSource) and m.name:
-                index["sources"][m.name] = m
-            elif isinstance(m, ColorMapper):
-                index["mappers"].append(m)
-            elif isinstance(m, Span) and str(m.name).startswith("b1-"):
-                index["spans"].append(m)
-            elif isinstance(m, Plot):
-                if m.name:
-                    index["panels"][m.name] = m
-                for r in m.renderers:
-                    name = getattr(r.data_source, "name", None) if isinstance(r, GlyphRenderer) else None
-                    if name and name.endswith("-lines"):
-                        index["panels"][name[: -len("-lines")]] = m
-        return index
-
-    def _assign(self, name: str, data: Mapping[str, Mapping[str, list]]) -> None:
-        """``source.data = columns`` for each named source of figure ``name``."""
-        sources = self._index[name]["sources"]
-        for key, cols in data.items():
-            sources[key].data = dict(cols)
-
-    @staticmethod
-    def _close(model: Any) -> None:
-        """Close a replaced ``BokehModel`` and drop its figure from its document (so the
-        second ``close()`` ipywidgets makes on garbage collection finds nothing to undo)."""
-        doc, fig = model._document, model._model
-        model.close()
-        if doc is not None and fig in doc.roots:
-            doc.remove_root(fig)
-
-    def _rebuild(self, *names: str) -> None:
-        """Build new figures (and models) for ``names``; close the models they replace."""
-        from jupyter_bokeh import BokehModel
-
-        for name in names:
-            fig = self._build(name)
-            if fig is None:
-                continue
-            old = self.models.get(name)
-            self.figures[name] = fig
-            self._layouts[name] = self._layout_key(name)
-            self._index[name] = self._index_of(fig)
-            self.models[name] = BokehModel(fig)
-            self.views[name].children = (self.models[name],)
-            if old is not None:
-                self._close(old)
-
-    def _update(self, *names: str) -> None:
-        """Redraw ``names`` at the current settings in place (same figure, same model):
-        new source columns, titles, axis labels, colour ranges and header text. A figure
-        whose layout no longer fits (source names or layout key differ) is rebuilt."""
-        for name in names:
-            if name == "F-b4" and not self._has_b4():
-                continue
-            fig = self.figures.get(name)
-            data = self._data(name)
-            if fig is None or self._layouts.get(name) != self._layout_key(name) or set(data) != set(self._index[name]["sources"]):
-                self._rebuild(name)
-                continue
-            doc = fig.document
-            if doc is not None:  # one batch of changes for the page
-                doc.hold("combine")
-            try:
-                self._assign(name, data)
-                self._relabel(name, fig)
-            finally:
-                if doc is not None:
-                    doc.unhold()
-
-    def _relabel(self, name: str, fig: Any) -> None:
-        """The texts of figure ``name`` that depend on the controls (as its builder writes them)."""
-        ev, tv, seed = self.entropy.value, self.trace.value, self.seed.value
-        mlp = self.cubes["mlp"]
-        head = fig.children[0]
-        if name in ("F-b1", "F-b2"):
-            pairs = _b1_pairs(mlp, self.width.value, self.depth.value, self.activation.value)
-            panels = self._index[name]["panels"]
-            prefix, cols = ("b1", _COLUMNS) if name == "F-b1" else ("b2", ("entropy", "trace"))
-            for row in _ROWS:
-                title = _row_title(name, row, pairs[row][0], pairs[row][-1])
-                for j, col in enumerate(cols):
-                    panel = panels[f"{prefix}-{row}-{col}"]
-                    panel.title.text = title if j == 0 else ""
-                    panel.yaxis[0].axis_label = _column_vars(col, ev, tv)[2]
-            head.text = _header(name, mlp, ev, tv, seed)
-        elif name == "F-b3":
-            scale = self.cubes.get("scale", mlp)
-            q = self.quantity.value
-            steps = scale["step"].values
-            st = int(steps[np.abs(steps - int(self.b3_step.value)).argmin()])
-            lo, hi = _b3_range(scale, q, ev, tv)
-            self._retitle_b3(scale, q, st)
-            for mapper in self._index[name]["mappers"]:  # one quantity row: one mapper
-                mapper.update(low=lo, high=hi)
-            head.text = _header("F-b3", scale, ev, tv)
-        else:
-            for key, panel in self._index[name]["panels"].items():
-                col = key.rsplit("-", 1)[1]
-                panel.yaxis[0].axis_label = _column_vars(col, ev, tv)[2]
-            head.text = _header("F-b4", None, ev, tv, seed, b4_seed_fallbacks(self.cubes, seed, "mean"))
-
-    def _build_all(self) -> None:
-        self._rebuild("F-b1", "F-b2", "F-b3", "F-b4")
-
-    def _on_step(self, _: Any) -> None:
-        """In place: move the F-b1 markers and the F-b2 points."""
-        st = int(self.step.value)
-        for span in self._index["F-b1"]["spans"]:
-            span.location = float(st + 1)
-            span.visible = True
-        b2 = fig_b2_data(self.cubes["mlp"], **self._rows(), **self._kw(), step=st)
-        self._assign("F-b2", {k: v for k, v in b2.items() if k.endswith("-marker")})
-
-    def _on_b3_step(self, _: Any) -> None:
-        """In place: the F-b3 cells (and titles) at the chosen step."""
-        st = int(self.b3_step.value)
-        q = self.quantity.value
-        if q in ("S", "dS"):
-            scale = self.cubes.get("scale", self.cubes["mlp"])
-            self._assign("F-b3", fig_b3_data(scale, q, step=st, entropy=self.entropy.value, trace=self.trace.value))
-            self._retitle_b3(scale, q, st)
-
-    def _retitle_b3(self, scale: Any, q: str, st: int) -> None:
-        """F-b3's panel titles (as :func:`fig_b3` writes them) for quantity ``q`` at step ``st``."""
-        panels = self._index["F-b3"]["panels"]
-        for act in scale["activation"].values.tolist():
-            if f"b3-{q}-{act}" in panels:
-                panels[f"b3-{q}-{act}"].title.text = f"{_label_act(act)}: {_b3_title(q, st)}"
-
-    # ------------------------------------------------------------------ views
-
-    def view(self, name: str) -> Any:
-        """The widget box of one figure with the controls it reacts to."""
-        import ipywidgets as w
-
-        if name not in self.views:
-            raise ValueError(f"name must be one of {list(self.views)}, got {name!r}")
-        if name in ("F-b1", "F-b2"):
-            return w.VBox([self.controls, self.step, self.views[name]])
-        if name == "F-b3":
-            return w.VBox([w.HBox([self.quantity, self.entropy, self.trace]), self.b3_step, self.views[name]])
-        return w.VBox([w.HBox([self.seed, self.test]), w.HBox([self.entropy, self.trace]), self.views[name]])
-
-    # ------------------------------------------------------------------ export
-
-    def export(self, figure: str | None = None, format: str | None = None) -> Path:
-        """Write one figure as shown (current settings) under ``figures_dir``."""
-        from ntkbench import plots
-
-        figure = figure or self.export_figure.value
-        format = format or self.export_format.value
-        if figure not in self.figures:
-            raise ValueError(f"figure must be one of {list(self.figures)}, got {figure!r}")
-        path = plots.export(self.figures[figure], self.figures_dir / f"collective-{figure}", format)
-        self.export_status.value = f"wrote <code>{path}</code>"
-        return path
-
-    def _on_export(self, _: Any) -> None:
-        import html
-
-        self.export_status.value = "exporting …"
-        try:
-            self.export()
-        except Exception as exc:  # shown in the page, not hidden in a log
-            self.export_status.value = f"<span style='color:#b00020'>export failed: {html.escape(str(exc))}</span>"
+        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
 
 
-class RerunPanel:
-    """Rerun the quick MLP experiment with chosen settings, with a progress bar; show F-b1
-    of the result when done.
+def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweep config of :class:`RerunPanel`'s settings: the quick MLP experiment with
+    the chosen ``widths``, ``depths``, ``seeds`` (comma-separated integers),
+    ``activations``, ``n_train`` (the data budget; the probe is capped by it), ``lr``,
+    ``steps`` and ``probe``."""
+    base = configs("quick")["mlp"]
+    n_train, probe = int(settings["n_train"]), int(settings["probe"])
+    base["train"]["steps"] = int(settings["steps"])
+    base["train"]["lr"] = float(settings["lr"])
+    base["data"]["n_train"] = n_train
+    base["record"]["probe"] = min(probe, n_train)
+    base["data"]["n_test"] = max(probe, base["data"]["n_test"])
+    base["grid"] = {
+        "activation": list(settings["activations"]) or ["relu"],
+        "depth": parse_ints(settings["depths"], "depths"),
+        "width": parse_ints(settings["widths"], "widths"),
+        "seed": parse_ints(settings["seeds"], "seeds", minimum=0),
+    }
+    return base
 
-    Controls: ``widths``, ``depths``, ``seeds`` (comma-separated integers),
-    ``activations``, ``n_train`` (the data budget), ``lr``, ``steps``, ``probe``, ``out``
-    and a Run button; the run is a
-    :class:`ntkbench.widgets.RunPanel` (a background thread, in-process
-    :func:`ntkbench.sweep`, resumable) whose progress bar counts finished runs.
+
+def _show_b1(cube: Any) -> Any:
+    from jupyter_bokeh import BokehModel
+
+    import ipywidgets as w
+
+    if {"activation", "depth", "width"} <= set(cube.dims):
+        return BokehModel(fig_b1(cube, activation=str(cube["activation"].values[0])))
+    return w.HTML(f"no F-b1 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+
+
+class RerunPanel(_base.RerunPanel):
+    """Rerun the quick MLP experiment with chosen settings (:func:`rerun_config`), with a
+    progress bar; show F-b1 of the result when done. One run at a time: a click while a run
+    is in progress is refused (see :class:`ntkbench.papers._base.RerunPanel`).
 
     >>> panel = RerunPanel(out="runs/collective-rerun")  # doctest: +SKIP
     >>> panel.run()                                       # doctest: +SKIP
     """
 
-    def __init__(self, out: str | os.PathLike[str] = "runs/collective-rerun", *, widths: str = "8, 128", depths: str = "1, 6",
-                 seeds: str = "0", activations: Sequence[str] = ("relu",), steps: int = 300, lr: float = 0.1, probe: int = 200,
-                 n_train: int = 500):
-        import ipywidgets as w
-
-        self.out = Path(out)
-        self.widths = w.Text(value=widths, description="widths")
-        self.depths = w.Text(value=depths, description="depths")
-        self.seeds = w.Text(value=seeds, description="seeds")
-        self.activations = w.SelectMultiple(options=[("ReLU", "relu"), ("tanh", "tanh")], value=tuple(activations),
-                                            description="activation", rows=2)
-        self.steps = w.BoundedIntText(value=steps, min=1, max=100_000, description="steps")
-        self.lr = w.BoundedFloatText(value=lr, min=1e-5, max=10.0, step=0.01, description="SGD lr")
-        self.probe = w.BoundedIntText(value=probe, min=2, max=500, description="probe N")
-        self.n_train = w.BoundedIntText(value=n_train, min=2, max=1500, description="train N")
-        self.button = w.Button(description="Run", icon="play", button_style="success")
-        self.status = w.HTML(value="")
-        self.panel_box = w.Box()
-        self.output = w.Box()
-        self.panel: Any = None
-        self.result: Any = None
-        self.button.on_click(lambda _: self.start())
-        self.widget = w.VBox([
-            w.HBox([self.widths, self.depths, self.seeds]),
-            w.HBox([self.activations, w.VBox([self.n_train, self.steps]), w.VBox([self.lr, self.probe])]),
-            w.HBox([self.button, self.status]),
-            self.panel_box,
-            self.output,
-        ])
-
-    @staticmethod
-    def _ints(text: str, name: str) -> list[int]:
-        try:
-            values = [int(t) for t in text.replace(";", ",").split(",") if t.strip()]
-        except ValueError:
-            raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
-        if not values or any(v < (0 if name == "seeds" else 1) for v in values):
-            raise ValueError(f"{name} must be comma-separated {'non-negative' if name == 'seeds' else 'positive'} integers, got {text!r}")
-        return sorted(set(values))
-
-    def config(self) -> dict[str, Any]:
-        """The sweep config of the current settings (validated by the sweep)."""
-        base = configs("quick")["mlp"]
-        base["train"]["steps"] = int(self.steps.value)
-        base["train"]["lr"] = float(self.lr.value)
-        base["data"]["n_train"] = int(self.n_train.value)
-        base["record"]["probe"] = min(int(self.probe.value), int(self.n_train.value))
-        base["data"]["n_test"] = max(int(self.probe.value), base["data"]["n_test"])
-        acts = list(self.activations.value) or ["relu"]
-        base["grid"] = {
-            "activation": acts,
-            "depth": self._ints(self.depths.value, "depths"),
-            "width": self._ints(self.widths.value, "widths"),
-            "seed": self._ints(self.seeds.value, "seeds"),
-        }
-        return base
-
-    def _make_panel(self) -> Any:
-        from ntkbench.widgets import RunPanel
-
-        self.panel = RunPanel(self.config(), self.out, explore=False)
-        self.panel_box.children = (self.panel.widget,)
-        return self.panel
-
-    def _finish(self, panel: Any) -> None:
-        from jupyter_bokeh import BokehModel
-
-        try:
-            cube = panel.run()
-        except BaseException as exc:  # noqa: BLE001 - shown in the panel
-            self.status.value = f"<span style='color:#b00020'>{type(exc).__name__}: {exc}</span>"
-            return
-        self.result = cube
-        if "activation" in cube.dims and "depth" in cube.dims and "width" in cube.dims:
-            fig = fig_b1(cube, activation=str(cube["activation"].values[0]))
-            self.output.children = (BokehModel(fig),)
-        self.status.value = "done"
-
-    def start(self) -> None:
-        """Start the run in the background (the Run button)."""
-        try:
-            panel = self._make_panel()
-        except (ValueError, TypeError) as exc:
-            self.status.value = f"<span style='color:#b00020'>{exc}</span>"
-            return
-        self.status.value = "running …"
-        panel.start()
-        threading.Thread(target=self._finish, args=(panel,), daemon=True, name="collective-rerun").start()
-
-    def run(self, timeout: float | None = None) -> Any:
-        """Run with the current settings and wait; return the cube (raises on failure)."""
-        panel = self._make_panel()
-        cube = panel.run(timeout)
-        self.result = cube
-        self._finish(panel)
-        return cube
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def __init__(self, out: str | os.PathLike[str] = "runs/collective-rerun", *, widths: str = "8, 128",
+                 depths: str = "1, 6", seeds: str = "0", activations: Sequence[str] = ("relu",), steps: int = 300,
+                 lr: float = 0.1, probe: int = 200, n_train: int = 500):
+        ctls = [
+            int_list_control("widths", widths),
+            int_list_control("depths", depths),
+            int_list_control("seeds", seeds),
+            Control("activations", "multiple", tuple(activations), [("ReLU", "relu"), ("tanh", "tanh")],
+                    description="activation", rows=2),
+            Control("n_train", "int", n_train, description="train N", bounds=(2, 1500)),
+            Control("steps", "int", steps, bounds=(1, 100_000)),
+            Control("lr", "float", lr, description="SGD lr", bounds=(1e-5, 10.0)),
+            Control("probe", "int", probe, description="probe N", bounds=(2, 500)),
+        ]
+        layout = [["widths", "depths", "seeds"], ["activations", "n_train", "steps"], ["lr", "probe"]]
+        super().__init__(rerun_config, ctls, out, layout=layout, show=_show_b1)

@@ -1,0 +1,388 @@
+"""The reproduction layer every paper module is written against.
+
+A paper is configs → sweep → cubes → figure data → figures → summary → export:
+
+- **configs**: ``{config name: {experiment: sweep config}}`` (``quick``, ``test``,
+  ``full``); :func:`pick_config` copies one out.
+- **sweep → cubes**: :func:`run_experiments` runs each experiment through
+  :func:`ntkbench.sweep` (resumable, in-process or on dask) into ``out/<folder>`` and
+  returns ``{experiment: cube}``; :func:`ntkbench.cube.save_many` /
+  :func:`ntkbench.cube.open_many` keep all of a paper's cubes in one file.
+- **figures**: one :class:`FigureSpec` per figure: ``data(cubes, settings)`` returns the
+  figure data (every column, title, axis label, header and colour range that depends on
+  the settings; see ``ntkbench.plots``, "paper figures") and ``build(data)`` draws it
+  without reading a cube. ``settings`` are the values of the paper's controls
+  (:class:`ntkbench.widgets.Control`), so the CLI, the notebook and the export draw the
+  same figure from the same settings.
+- **summary**: the paper's ``summarize(cubes)`` (numbers as a JSON-able dict) and
+  ``format_summary(summary)`` (text).
+- :func:`reproduce` chains all of it for ``ntkbench reproduce PAPER``; :class:`Workbench`
+  shows the figures with their controls in a notebook and redraws them in place;
+  :class:`RerunPanel` reruns an experiment with chosen settings, one run at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import html
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ntkbench.widgets import Shown, join_run
+
+__all__ = [
+    "FigureSpec",
+    "pick_config",
+    "run_experiments",
+    "settings_of",
+    "figures",
+    "export_figures",
+    "reproduce",
+    "Workbench",
+    "RerunPanel",
+]
+
+Cubes = Mapping[str, Any]
+FigureData = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSpec:
+    """One figure of a paper.
+
+    ``name``: the paper's figure id (``"F-b1"``). ``data(cubes, settings)``: the figure
+    data at these settings (``settings`` maps control names to values). ``build(data)``:
+    the Bokeh layout of that figure data. ``controls``: rows of control names shown above
+    the figure in a :class:`Workbench`; the figure redraws when one of them changes.
+    ``available(cubes)``: whether the cubes can draw it (e.g. an optional experiment).
+    """
+
+    name: str
+    data: Callable[[Cubes, Mapping[str, Any]], FigureData]
+    build: Callable[[FigureData], Any]
+    controls: Sequence[Sequence[str]] = ()
+    available: Callable[[Cubes], bool] = lambda cubes: True
+
+    @property
+    def control_names(self) -> list[str]:
+        return [name for row in self.controls for name in row]
+
+    def figure(self, cubes: Cubes, settings: Mapping[str, Any]) -> Any:
+        """The Bokeh layout at ``settings``: ``build(data(cubes, settings))``."""
+        return self.build(self.data(cubes, settings))
+
+
+def pick_config(table: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, Any]:
+    """A deep copy of ``table[name]``; ``ValueError`` naming the known names otherwise."""
+    if name not in table:
+        raise ValueError(f"config name must be one of {sorted(table)}, got {name!r}")
+    return copy.deepcopy(dict(table[name]))
+
+
+def run_experiments(
+    out: str | os.PathLike[str],
+    configs: Mapping[str, Mapping[str, Any]],
+    *,
+    folder: Callable[[str], str] = lambda name: f"runs-{name}",
+    rename: Mapping[str, str] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sweep every experiment of ``configs`` (``{experiment: sweep config}``) under ``out``
+    and return ``{experiment: cube}``.
+
+    Experiment ``name`` runs in ``out/<folder(name)>`` (experiments that share a folder
+    share their grid points: each runs once) and its cube is saved as ``out/<name>.nc``,
+    with the attribute ``experiment``. ``rename`` renames dims in every cube (e.g.
+    ``{"layers": "depth"}``), with the new dim's CF attributes. Rerunning resumes.
+    """
+    from ntkbench import cube as cube_mod
+    from ntkbench.sweep import sweep
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cubes: dict[str, Any] = {}
+    for name, cfg in configs.items():
+        ds = sweep(dict(cfg), out / folder(name), workers=workers, scheduler=scheduler, client=client, progress=progress)
+        for old, new in (rename or {}).items():
+            if old in ds.dims:
+                ds = ds.rename({old: new})
+                ds[new].attrs.update(cube_mod.var_attrs(new))
+        ds.attrs["experiment"] = name
+        cube_mod.save(ds, out / f"{name}.nc")
+        cubes[name] = ds
+    return cubes
+
+
+def settings_of(controls: Sequence[Any]) -> dict[str, Any]:
+    """``{name: default value}`` of a list of :class:`ntkbench.widgets.Control`."""
+    return {c.name: c.value for c in controls}
+
+
+def figures(specs: Sequence[FigureSpec], cubes: Cubes, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``{figure name: Bokeh layout}`` of every available spec at ``settings``."""
+    return {s.name: s.figure(cubes, settings) for s in specs if s.available(cubes)}
+
+
+def export_figures(figs: Mapping[str, Any], folder: str | os.PathLike[str], prefix: str,
+                   formats: Sequence[str] = ("png", "svg", "html")) -> list[Path]:
+    """Write each figure as ``folder/<prefix>-<name>.<format>``; return the paths."""
+    from ntkbench import plots
+
+    return [plots.export(fig, Path(folder) / f"{prefix}-{name}", fmt) for name, fig in figs.items() for fmt in formats]
+
+
+def reproduce(
+    paper: ModuleType,
+    out: str | os.PathLike[str],
+    config: str | Mapping[str, Mapping[str, Any]],
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    formats: Sequence[str] = ("png", "svg", "html"),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run a paper end to end and return ``{experiment: cube}``.
+
+    ``paper`` is a paper module (see ``ntkbench.papers``): its ``run_cubes(out, config,
+    ...)`` runs the experiments, then this writes ``out/<KEY>.nc`` (every cube,
+    :func:`ntkbench.cube.save_many`), the figures at the paper's ``defaults(cubes)`` (else
+    its controls' defaults) as
+    ``out/figures/<KEY>-<figure>.<format>``, and ``out/summary.json`` / ``summary.txt``
+    (``summarize`` / ``format_summary``, with the config name and the run's wall time).
+    """
+    from ntkbench import cube as cube_mod
+
+    t0 = time.perf_counter()
+    cubes = paper.run_cubes(out, config, workers=workers, scheduler=scheduler, progress=progress)
+    wall = time.perf_counter() - t0
+    out = Path(out)
+    cube_mod.save_many(cubes, out / f"{paper.KEY}.nc")
+    settings = paper.defaults(cubes) if hasattr(paper, "defaults") else settings_of(paper.controls(cubes))
+    figs = figures(paper.FIGURES, cubes, settings)
+    export_figures(figs, out / "figures", paper.KEY, formats)
+    summary = paper.summarize(cubes)
+    summary["config"] = config if isinstance(config, str) else "custom"
+    summary["run_wall_seconds"] = round(wall, 1)
+    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _write_text(out / "summary.txt", paper.format_summary(summary))
+    return cubes
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _error_html(exc: BaseException) -> str:
+    return f"<span style='color:#b00020'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
+
+
+class _Controls:
+    """Controls as attributes: ``obj.seed`` is the ipywidget of control ``seed``."""
+
+    controls: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        controls = self.__dict__.get("controls", {})
+        if name in controls:
+            return controls[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute or control {name!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """``{control name: current value}``."""
+        return {name: ctl.value for name, ctl in self.controls.items()}
+
+    def _rows(self, rows: Sequence[Sequence[str]]) -> Any:
+        import ipywidgets as w
+
+        return [w.HBox([self.controls[n] for n in row]) if len(row) > 1 else self.controls[row[0]] for row in rows]
+
+
+class Workbench(_Controls):
+    """A paper's figures with their controls in a notebook, redrawn in place.
+
+    ``cubes``: ``{experiment: cube}``; ``specs``: the paper's :class:`FigureSpec` list;
+    ``controls``: its :class:`ntkbench.widgets.Control` list (their ipywidgets are the
+    attributes of the same names, e.g. ``wb.seed``). Each figure is a
+    :class:`ntkbench.widgets.LiveFigure`: a change of a control listed in a spec's
+    ``controls`` applies the spec's new figure data to the figure shown (new columns,
+    titles, labels, colour ranges, header), or rebuilds it when its layout changes.
+
+    Attributes: ``live`` (name -> LiveFigure), ``figures`` / ``models`` / ``views`` (name
+    -> Bokeh layout / BokehModel / ipywidgets Box), ``exporter`` (the export control;
+    ``export_box`` is its widget), ``status`` (an error of the last redraw, if any).
+
+    >>> wb = Workbench(cubes, FIGURES, controls(cubes), name="collective")  # doctest: +SKIP
+    >>> wb.view("F-b1")                                                   # doctest: +SKIP
+    """
+
+    def __init__(self, cubes: Cubes, specs: Sequence[FigureSpec], controls: Sequence[Any], *,
+                 figures_dir: str | os.PathLike[str] = "figures", name: str = "figure"):
+        import ipywidgets as w
+
+        from ntkbench.widgets import ExportControl, LiveFigure
+
+        self.controls = {c.name: c.widget() for c in controls}
+        self.cubes = dict(cubes)
+        self.specs = {s.name: s for s in specs if s.available(self.cubes)}
+        if not self.specs:
+            raise ValueError(f"cubes {sorted(self.cubes)} can draw none of the figures {[s.name for s in specs]}")
+        for spec in self.specs.values():
+            unknown = [n for n in spec.control_names if n not in self.controls]
+            if unknown:
+                raise ValueError(f"figure {spec.name!r} uses unknown controls {unknown}; controls are {list(self.controls)}")
+        self.figures_dir = Path(figures_dir)
+        self.status = w.HTML(value="")
+        settings = self.settings()
+        self.live = {n: LiveFigure(s.build, s.data(self.cubes, settings)) for n, s in self.specs.items()}
+        for cname, ctl in self.controls.items():
+            names = [n for n, s in self.specs.items() if cname in s.control_names]
+            if names:
+                ctl.observe(lambda _, names=tuple(names): self.update(*names), "value")
+        self.exporter = ExportControl(lambda: self.figures, self.figures_dir, name=name, show_name=False)
+        self.export_figure, self.export_format = self.exporter.figure, self.exporter.format
+        self.export_button, self.export_status = self.exporter.button, self.exporter.status
+        self.export_box = self.exporter.widget
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        return {n: live.figure for n, live in self.live.items()}
+
+    @property
+    def models(self) -> dict[str, Any]:
+        return {n: live.model for n, live in self.live.items()}
+
+    @property
+    def views(self) -> dict[str, Any]:
+        return {n: live.view for n, live in self.live.items()}
+
+    def update(self, *names: str) -> None:
+        """Redraw ``names`` (default: all) at the current settings."""
+        settings = self.settings()
+        self.status.value = ""
+        for name in names or tuple(self.live):
+            try:
+                self.live[name].update(self.specs[name].data(self.cubes, settings))
+            except Exception as exc:
+                self.status.value = _error_html(exc)
+                raise
+
+    def view(self, name: str) -> Any:
+        """The figure ``name`` under the controls it reacts to."""
+        import ipywidgets as w
+
+        if name not in self.live:
+            raise ValueError(f"name must be one of {list(self.live)}, got {name!r}")
+        return w.VBox([*self._rows(self.specs[name].controls), self.status, self.live[name].view])
+
+    def export(self, figure: str | None = None, format: str | None = None) -> Path:
+        """Write one figure as shown (current settings) as ``figures_dir/<name>-<figure>``."""
+        return self.exporter.export(figure, format)
+
+    def close(self) -> None:
+        """Close every figure's model."""
+        for live in self.live.values():
+            live.close()
+
+
+class RerunPanel(_Controls, Shown):
+    """Rerun an experiment with chosen settings, one run at a time, with a progress bar.
+
+    ``config(settings)`` turns the control values into a sweep config (raising
+    ``ValueError``/``TypeError`` naming a bad setting); ``controls`` are the
+    :class:`ntkbench.widgets.Control`\\ s (attributes of the same names), laid out in
+    ``layout`` (rows of names; default one per row); ``show(cube)`` returns a widget shown
+    under the panel when the run is done (e.g. a figure of the result).
+
+    One Run button. The run is a :class:`ntkbench.widgets.RunPanel` (in-process
+    :func:`ntkbench.sweep` in a background thread, writing under ``out``, resumable); a
+    click while a run is in progress is refused with a message, and errors are shown
+    HTML-escaped in ``status``.
+    """
+
+    def __init__(self, config: Callable[[Mapping[str, Any]], dict[str, Any]], controls: Sequence[Any],
+                 out: str | os.PathLike[str], *, layout: Sequence[Sequence[str]] | None = None,
+                 show: Callable[[Any], Any] | None = None):
+        import ipywidgets as w
+
+        self.controls = {c.name: c.widget() for c in controls}
+        self._config = config
+        self._show = show
+        self.out = Path(out)
+        self.button = w.Button(description="Run", icon="play", button_style="success")
+        self.status = w.HTML(value="")
+        self.panel_box = w.Box()
+        self.output = w.Box()
+        self.panel: Any = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.button.on_click(lambda _: self.start())
+        rows = self._rows(layout if layout is not None else [[n] for n in self.controls])
+        self.widget = w.VBox([*rows, w.HBox([self.button, self.status]), self.panel_box, self.output])
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def config(self) -> dict[str, Any]:
+        """The sweep config of the current settings."""
+        return self._config(self.settings())
+
+    def start(self) -> bool:
+        """Start a run with the current settings in the background (the Run button).
+        Returns False (and says why in ``status``) if a run is in progress or a setting is
+        invalid."""
+        from ntkbench.widgets import RunPanel
+
+        with self._lock:
+            if self.running:
+                self.status.value = "a run is in progress: wait for it to finish (its progress is below)"
+                return False
+            try:
+                panel = RunPanel(self.config(), self.out, explore=False)
+            except (ValueError, TypeError) as exc:
+                self.status.value = _error_html(exc)
+                return False
+            self.panel, self.error, self.result = panel, None, None
+            self.panel_box.children = (panel.progress, panel.status, panel.output)
+            self.output.children = ()
+            self.status.value = "running …"
+            self.button.disabled = True
+            panel.start()
+            self._thread = threading.Thread(target=self._finish, args=(panel,), daemon=True, name="ntkbench-rerun")
+            self._thread.start()
+            return True
+
+    def _finish(self, panel: Any) -> None:
+        try:
+            cube = panel.run()
+            self.result = cube
+            if self._show is not None:
+                self.output.children = (self._show(cube),)
+            self.status.value = "done"
+        except BaseException as exc:  # noqa: BLE001 - shown in the panel
+            self.error = exc
+            self.status.value = _error_html(exc)
+        finally:
+            self.button.disabled = False
+
+    def run(self, timeout: float | None = None) -> Any:
+        """Run with the current settings (or wait for the run in progress) and return the
+        cube; raises the run's error."""
+        if not self.running and not self.start() and self.error is None and not self.running:
+            raise ValueError(self.status.value)
+        return join_run(self, timeout)

@@ -1,0 +1,209 @@
+"""The shared reproduction layer (ntkbench.papers._base, the paper-figure pieces of
+ntkbench.plots, the controls and live figure of ntkbench.widgets), exercised through a
+tiny paper module written from the skeleton in ntkbench.papers' docstring: reproduce
+runs it end to end, its Workbench redraws in place, its RerunPanel runs one sweep."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from ntkbench import plots
+from ntkbench.papers import _base
+from ntkbench.papers._base import FigureSpec
+from ntkbench.widgets import Control, seed_control, step_control
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+MEASURES = ["eigenvalues", "entropy", "trace", "loss", "test_loss"]
+
+
+def _config(widths=(4, 16), seeds=(0, 1), steps=12):
+    return {
+        "title": "toy paper",
+        "paper": "toy",
+        "seed": 0,
+        "model": {"name": "mlp", "width": 4, "depth": 1},
+        "data": {"name": "digits", "n_train": 48, "n_test": 16, "seed": 0},
+        "train": {"optimizer": "sgd", "lr": 0.05, "steps": steps, "batch_size": 16, "loss": "ce"},
+        "record": {"every": "log", "log_points": 5, "probe": 12, "measures": MEASURES},
+        "grid": {"width": list(widths), "seed": list(seeds)},
+    }
+
+
+def _toy_paper() -> types.ModuleType:
+    """A paper module following the plug-in protocol, as the skeleton shows."""
+    mod = types.ModuleType("toy_paper")
+    mod.KEY, mod.TITLE = "toy", "A toy paper"
+    mod.CONFIGS = {"quick": {"main": _config()}, "test": {"main": _config()}}
+
+    def run_cubes(out, config="quick", **kw):
+        cfgs = _base.pick_config(mod.CONFIGS, config) if isinstance(config, str) else config
+        return _base.run_experiments(out, cfgs, **kw)
+
+    def fig_1_data(ds, *, seed="mean", step=None):
+        key = "f1-main"
+        data = {"header": f"<b>F-1</b> entropy; seeds: {seed}", "panels": [[key]], "legend": [key],
+                "scales": {key: [True, False]}, "titles": {key: f"entropy ({seed})"}, "x_labels": {key: "step + 1"},
+                "y_labels": {key: plots.label(ds, "entropy")}, "spans": {f"{key}-marker": None if step is None else step + 1}}
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        x = np.asarray(ds["step"].values, float) + 1.0
+        for w in ds["width"].values:
+            traces = plots.seed_traces(ds["entropy"].sel(width=w), plots.seed_mode(seed, ds))
+            plots.add_series(lines, bands, x, traces, "#1f5fa8", f"width {int(w)}")
+        data["sources"] = {f"{key}-lines": lines, f"{key}-bands": bands}
+        return data
+
+    def build_1(data):
+        def draw(fig, key):
+            plots.lines_and_bands(fig, data, key, legend=key in data["legend"])
+            plots.step_marker(fig, f"{key}-marker", data["spans"][f"{key}-marker"])
+            plots.panel_style(fig, legend=key in data["legend"])
+
+        return plots.panel_grid(data, draw, panel_size=(420, 300), name="F-1")
+
+    mod.fig_1_data, mod.build_1 = fig_1_data, build_1
+    mod.FIGURES = [FigureSpec("F-1", lambda c, s: fig_1_data(c["main"], seed=s["seed"], step=s["step"]), build_1,
+                              [["seed"], ["step"]])]
+    mod.controls = lambda cubes: [seed_control(cubes["main"]["seed"].values),
+                                  step_control(cubes["main"]["step"].values)]
+    mod.summarize = lambda cubes: {"final_entropy": float(cubes["main"]["entropy"].isel(step=-1).mean())}
+    mod.format_summary = lambda summary: f"final entropy {summary['final_entropy']:.3f}\n"
+    mod.run_cubes = run_cubes
+    return mod
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    paper = _toy_paper()
+    cubes = _base.reproduce(paper, out, "quick", formats=("html",), progress=False)
+    return paper, out, cubes
+
+
+def test_reproduce_writes_every_cube_figure_and_summary(toy_run):
+    from ntkbench import cube
+
+    paper, out, cubes = toy_run
+    assert list(cubes) == ["main"] and cubes["main"].attrs["experiment"] == "main"
+    assert cubes["main"]["eigenvalues"].dims[-2:] == ("step", "eigen_index")
+    back = cube.open_many(out / "toy.nc")
+    assert list(back) == ["main"]
+    np.testing.assert_allclose(back["main"]["entropy"], cubes["main"]["entropy"])
+    assert (out / "figures" / "toy-F-1.html").stat().st_size > 100_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"] == "quick" and summary["run_wall_seconds"] >= 0
+    ref = float(cubes["main"]["entropy"].isel(step=-1).mean())
+    assert summary["final_entropy"] == pytest.approx(ref)
+    assert (out / "summary.txt").read_text() == f"final entropy {ref:.3f}\n"
+    # rerunning resumes: no run file is rewritten
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs-main").glob("run-*.nc")}
+    _base.reproduce(paper, out, "quick", formats=(), progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "runs-main").glob("run-*.nc")}
+
+
+def test_workbench_redraws_in_place_and_matches_a_fresh_build(toy_run, tmp_path):
+    from bokeh.models import Div, Span
+
+    paper, _, cubes = toy_run
+    wb = _base.Workbench(cubes, paper.FIGURES, paper.controls(cubes), figures_dir=tmp_path, name="toy")
+    fig, model = wb.figures["F-1"], wb.models["F-1"]
+    src = fig.select_one({"name": "f1-main-lines"})
+    assert len(src.data["xs"]) == 2  # one line per width, mean over seeds
+    steps = [int(s) for s in cubes["main"]["step"].values]
+    wb.step.value = steps[2]
+    assert fig.select_one({"type": Span}).location == steps[2] + 1
+    wb.seed.value = "all"
+    assert wb.figures["F-1"] is fig and wb.models["F-1"] is model and model._model is fig
+    assert fig.select_one({"name": "f1-main-lines"}) is src and len(src.data["xs"]) == 4
+    fresh = paper.build_1(paper.fig_1_data(cubes["main"], seed="all", step=steps[2]))
+    assert dict(src.data) == dict(fresh.select_one({"name": "f1-main-lines"}).data)
+    assert fig.select_one({"type": Div}).text == fresh.select_one({"type": Div}).text == "<b>F-1</b> entropy; seeds: all"
+    assert wb.export("F-1", "html") == tmp_path / "toy-F-1.html"
+    with pytest.raises(AttributeError, match="no attribute or control"):
+        _ = wb.nonexistent
+    with pytest.raises(ValueError, match="unknown controls"):
+        _base.Workbench(cubes, paper.FIGURES, [seed_control([0, 1])])
+
+
+def test_live_figure_rebuilds_only_when_the_layout_changes(toy_run):
+    from ntkbench.widgets import LiveFigure
+
+    paper, _, cubes = toy_run
+    data = paper.fig_1_data(cubes["main"])
+    live = LiveFigure(paper.build_1, data)
+    fig, model = live.figure, live.model
+    sent = []
+    model.send = lambda content, buffers=None: sent.append(str(content))
+    live.update(paper.fig_1_data(cubes["main"], seed=1))
+    assert live.figure is fig and sent, "an in-place change reaches the page"
+    sent.clear()
+    live.update(paper.fig_1_data(cubes["main"], seed=1))
+    assert sent == [], "applying the same data sends nothing"
+    other = dict(paper.fig_1_data(cubes["main"]), layout="another")
+    live.update(other)
+    assert live.figure is not fig and live.model is not model and model.comm is None
+    assert live.view.children == (live.model,)
+    live.close()
+    assert live.view.children == ()
+
+
+def test_apply_names_what_a_figure_lacks(toy_run):
+    paper, _, cubes = toy_run
+    fig = paper.build_1(paper.fig_1_data(cubes["main"]))
+    with pytest.raises(ValueError, match="no source named 'nope'"):
+        plots.apply(fig, {"sources": {"nope": {}}})
+
+
+def test_generic_rerun_panel_refuses_a_second_click_and_escapes_errors(tmp_path):
+    def config(settings):
+        widths = [int(v) for v in str(settings["widths"]).split(",")]
+        return _config(widths=widths, seeds=(0,), steps=int(settings["steps"]))
+
+    panel = _base.RerunPanel(config, [Control("widths", "text", "4"), Control("steps", "int", 6, bounds=(1, 100))],
+                             tmp_path / "rerun", show=lambda cube: __import__("ipywidgets").HTML(str(dict(cube.sizes))))
+    assert panel.start() is True
+    assert panel.start() is False and "in progress" in panel.status.value
+    cube = panel.run(timeout=240)
+    assert cube.sizes["width"] == 1 and panel.output.children and panel.status.value == "done"
+    panel.widths.value = "<script>"
+    assert panel.start() is False and "&lt;script&gt;" in panel.status.value
+
+
+def test_control_kinds_make_their_widgets():
+    import ipywidgets as w
+
+    made = {
+        "dropdown": Control("a", "dropdown", 2, [1, 2]).widget(),
+        "toggle": Control("b", "toggle", "x", [("X", "x"), ("Y", "y")], button_width="50px").widget(),
+        "checkbox": Control("c", "checkbox", True).widget(),
+        "slider": step_control([0, 5, 10], 5).widget(),
+        "multiple": Control("d", "multiple", ("p",), ["p", "q"]).widget(),
+        "int": Control("e", "int", 3, bounds=(1, 9)).widget(),
+    }
+    kinds = {"dropdown": w.Dropdown, "toggle": w.ToggleButtons, "checkbox": w.Checkbox, "slider": w.SelectionSlider,
+             "multiple": w.SelectMultiple, "int": w.BoundedIntText}
+    for kind, widget in made.items():
+        assert isinstance(widget, kinds[kind]), kind
+    assert made["slider"].value == 5 and made["multiple"].value == ("p",) and made["int"].max == 9
+    with pytest.raises(ValueError, match="kind"):
+        Control("z", "knob", 1)
+
+
+def test_color_range_and_heatmap_cells():
+    assert plots.color_range([np.nan, -0.3, 0.1], symmetric=True) == (-0.3, 0.3)
+    assert plots.color_range([0.0, 10.0, 100.0], log=True) == (10.0, 100.0)
+    assert plots.color_range([]) == (0.0, 1.0)
+    cells = plots.heatmap_cells(np.array([[1.0, 2.0], [np.nan, 4000.0]]), [8, 16], [1, 2], x_name="width",
+                                y_name="depth", low=1.0, high=4000.0)
+    assert cells["width_label"] == ["8", "16", "8", "16"] and cells["depth"] == [1, 1, 2, 2]
+    assert cells["text"] == ["1.00", "2.00", "", "4k"] and np.isnan(cells["value"][2])
+    assert cells["text_color"][0] == "white" and cells["text_color"][3] == "#222222"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -152,6 +152,14 @@ def test_live_figure_rebuilds_only_when_the_layout_changes(toy_run):
     assert live.view.children == ()
 
 
+def test_every_experiment_must_record_the_spectrum(tmp_path):
+    cfg = _config()
+    cfg["record"]["measures"] = ["entropy", "trace"]
+    with pytest.raises(ValueError, match=r"configs\['main'\]\['record'\]\['measures'\] must include 'eigenvalues'"):
+        _base.run_experiments(tmp_path / "out", {"main": cfg}, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_apply_names_what_a_figure_lacks(toy_run):
     paper, _, cubes = toy_run
     fig = paper.build_1(paper.fig_1_data(cubes["main"]))

@@ -102,12 +102,21 @@ def run_experiments(
 
     Experiment ``name`` runs in ``out/<folder(name)>`` (experiments that share a folder
     share their grid points: each runs once) and its cube is saved as ``out/<name>.nc``,
-    with the attribute ``experiment``. ``rename`` renames dims in every cube (e.g.
+    with the attribute ``experiment``. Every experiment must record ``eigenvalues`` (the
+    probe set's spectrum; ``ValueError`` before anything runs otherwise). ``rename``
+    renames dims in every cube (e.g.
     ``{"layers": "depth"}``), with the new dim's CF attributes. Rerunning resumes.
     """
     from ntkbench import cube as cube_mod
     from ntkbench.sweep import sweep
 
+    for name, cfg in configs.items():
+        measures = cfg.get("record", {}).get("measures")
+        if measures is not None and "eigenvalues" not in measures:
+            raise ValueError(
+                f"configs[{name!r}]['record']['measures'] must include 'eigenvalues': every paper cube records "
+                f"the probe set's eNTK spectrum (got {list(measures)})"
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cubes: dict[str, Any] = {}

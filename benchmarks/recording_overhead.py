@@ -44,8 +44,8 @@ def main(argv=None) -> None:
     with open(args.config, "rb") as f:
         cfg = sw.validate_config(tomllib.load(f))
     widths = args.widths or cfg.get("grid", {}).get("width") or [cfg["model"]["width"]]
-    tr = {**sw._TRAIN_DEFAULTS, **cfg.get("train", {})}
-    rec = {**sw._RECORD_DEFAULTS, **cfg.get("record", {})}
+    tr = {**sw.TRAIN_DEFAULTS, **cfg.get("train", {})}
+    rec = {**sw.RECORD_DEFAULTS, **cfg.get("record", {})}
     data = sw._load_for(cfg)
     opt = sw.make_optimizer(tr["optimizer"], float(tr["lr"]), float(tr["momentum"]), float(tr["weight_decay"]))
     batch = None if tr["batch_size"] == "full" else int(tr["batch_size"])

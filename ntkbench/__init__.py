@@ -54,12 +54,13 @@ _EXPORTS: dict[str, str] = {
     "count_params": "models",
     # data.py
     "load": "data",
-    "select": "data",
     "Dataset": "data",
     "from_arrays": "data",
     "load_idx": "data",
     "load_cifar10": "data",
     "load_npz": "data",
+    # selection.py
+    "select": "selection",
     # train.py
     "train": "train",
     "Recorder": "train",

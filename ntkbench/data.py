@@ -1,4 +1,4 @@
-"""Offline data sets, loaders for users' own files, and training-data selection.
+"""Offline data sets and loaders for users' own files.
 
 ``load(name, n_train, n_test, seed)`` returns a :class:`Dataset` for one of
 
@@ -18,8 +18,8 @@ scaling sweeps compare on one test set. Inputs are float32 (int32 tokens for
 File loaders (:func:`load_idx`, :func:`load_cifar10`, :func:`load_npz`) return
 ``(x, y)`` arrays; :func:`from_arrays` turns arrays into a :class:`Dataset`.
 
-:func:`select` picks training subsets from a pool: uniform random, random network
-distillation (RND) or approximate maximum eNTK entropy (papers/data.md).
+Choosing training subsets from a pool (``nb.select``: random, RND, maximum eNTK
+entropy) needs models and kernels, so it lives one layer up, in :mod:`ntkbench.selection`.
 
 Example
 -------
@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from ntkbench._checks import check_float, check_int, check_options
+
 __all__ = [
     "Dataset",
     "DATASETS",
@@ -56,7 +58,6 @@ __all__ = [
     "load_idx",
     "load_cifar10",
     "load_npz",
-    "select",
 ]
 
 TASKS = ("classification", "regression", "next_token")
@@ -140,34 +141,7 @@ class Dataset:
         )
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(value: Any, name: str, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise ValueError(f"{name} must be a finite number{bound}, got {value}")
-    return value
-
-
-def _options(name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for data set {name!r}; allowed: {sorted(defaults)}"
-        )
-    return {**defaults, **given}
+# --------------------------------------------------------------------------- helpers
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -194,7 +168,7 @@ def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _digits(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
-    opts = _options("digits", opts, OPTIONS["digits"])
+    opts = check_options("data set 'digits'", opts, OPTIONS["digits"])
     images, labels = _digits_raw()
     n = len(labels)
     if n_train + n_test > n:
@@ -254,7 +228,7 @@ def _mnist1d_raw(num_samples: int) -> tuple[np.ndarray, ...]:
 
 
 def _mnist1d(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
-    opts = _options("mnist1d", opts, OPTIONS["mnist1d"])
+    opts = check_options("data set 'mnist1d'", opts, OPTIONS["mnist1d"])
     # the package's default arguments: 5000 samples, 4000 train / 1000 test, seed 42.
     # Ask for more and the generator is run with a larger num_samples (a multiple of 10).
     num = max(5000, math.ceil(n_train / 0.8) + 10, math.ceil(n_test / 0.2) + 10)
@@ -290,12 +264,12 @@ _NP_ACT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def _teacher(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
-    opts = _options("teacher", opts, OPTIONS["teacher"])
-    d_in = _check_int(opts["d_in"], "d_in", 1)
-    d_out = _check_int(opts["d_out"], "d_out", 1)
-    width = _check_int(opts["teacher_width"], "teacher_width", 1)
-    depth = _check_int(opts["teacher_depth"], "teacher_depth", 1)
-    noise = _check_float(opts["noise"], "noise", 0.0)
+    opts = check_options("data set 'teacher'", opts, OPTIONS["teacher"])
+    d_in = check_int(opts["d_in"], "d_in", 1)
+    d_out = check_int(opts["d_out"], "d_out", 1)
+    width = check_int(opts["teacher_width"], "teacher_width", 1)
+    depth = check_int(opts["teacher_depth"], "teacher_depth", 1)
+    noise = check_float(opts["noise"], "noise", 0.0)
     if opts["activation"] not in _NP_ACT:
         raise ValueError(
             f"activation must be one of {sorted(_NP_ACT)}, got {opts['activation']!r}"
@@ -336,12 +310,12 @@ def _teacher(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Data
 
 
 def _random_features(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
-    opts = _options("random_features", opts, OPTIONS["random_features"])
-    p = _check_int(opts["n_features"], "n_features", 1)
-    alpha = _check_float(opts["alpha"], "alpha", 0.0)
-    beta = _check_float(opts["beta"], "beta")
-    d_out = _check_int(opts["d_out"], "d_out", 1)
-    noise = _check_float(opts["noise"], "noise", 0.0)
+    opts = check_options("data set 'random_features'", opts, OPTIONS["random_features"])
+    p = check_int(opts["n_features"], "n_features", 1)
+    alpha = check_float(opts["alpha"], "alpha", 0.0)
+    beta = check_float(opts["beta"], "beta")
+    d_out = check_int(opts["d_out"], "d_out", 1)
+    noise = check_float(opts["noise"], "noise", 0.0)
     k = np.arange(1, p + 1, dtype=np.float64)
     variances = k**-alpha
     signs = _rng(seed, 0).choice([-1.0, 1.0], size=(p, d_out))
@@ -446,8 +420,8 @@ def _token_windows(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
 
 
 def _stories(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
-    opts = _options("stories", opts, OPTIONS["stories"])
-    context = _check_int(opts["context"], "context", 2)
+    opts = check_options("data set 'stories'", opts, OPTIONS["stories"])
+    context = check_int(opts["context"], "context", 2)
     train = _token_windows(_rng(seed, 1), n_train, context + 1)
     test = _token_windows(_rng(seed, 2), n_test, context + 1)
     return Dataset(
@@ -516,9 +490,9 @@ def load(name: str, n_train: int, n_test: int, seed: int = 0, **options: Any) ->
     """
     if name not in DATASETS:
         raise ValueError(f"name must be one of {sorted(DATASETS)}, got {name!r}")
-    n_train = _check_int(n_train, "n_train", 1)
-    n_test = _check_int(n_test, "n_test", 0)
-    seed = _check_int(seed, "seed", 0)
+    n_train = check_int(n_train, "n_train", 1)
+    n_test = check_int(n_test, "n_test", 0)
+    seed = check_int(seed, "seed", 0)
     return DATASETS[name](n_train, n_test, seed, options)
 
 
@@ -553,9 +527,9 @@ def from_arrays(
         raise ValueError(f"y must have {len(x)} rows like x, got {len(y)}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    n_train = _check_int(n_train, "n_train", 1)
-    n_test = _check_int(n_test, "n_test", 0)
-    seed = _check_int(seed, "seed", 0)
+    n_train = check_int(n_train, "n_train", 1)
+    n_test = check_int(n_test, "n_test", 0)
+    seed = check_int(seed, "seed", 0)
     if n_train + n_test > len(x):
         raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(x)} rows")
     if task == "classification":
@@ -746,172 +720,3 @@ def load_npz(
     if len(x) != len(y):
         raise ValueError(f"{x_key!r} has {len(x)} rows but {y_key!r} has {len(y)}")
     return x, y
-
-
-# --------------------------------------------------------------------------- selection
-
-
-def _rnd_select(pool: Any, first: Any, predictor: Any, target_out: Any, budget: int,
-                steps: int, lr: float) -> Any:  # fmt: skip
-    """Greedy RND selection, one compiled loop (see :func:`select`)."""
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    n = pool.shape[0]
-    params, static = eqx.partition(predictor, eqx.is_inexact_array)
-    opt = optax.adam(lr)
-    chosen = jnp.zeros(budget, jnp.int32).at[0].set(first)
-    taken = jnp.zeros(n, bool).at[first].set(True)
-
-    def loss(p: Any, xs: Any, ts: Any, w: Any) -> Any:
-        out = jax.vmap(eqx.combine(p, static))(xs)
-        return jnp.sum(w * jnp.mean((out - ts) ** 2, axis=-1)) / jnp.sum(w)
-
-    def add_one(i: Any, carry: Any) -> Any:
-        p, state, chosen, taken = carry
-        # retrain the predictor on the i points chosen so far (not before the first pick)
-        xs, ts = pool[chosen], target_out[chosen]
-        w = (jnp.arange(budget) < i).astype(pool.dtype)
-
-        def step(_: Any, c: Any) -> Any:
-            p, state = c
-            g = jax.grad(loss)(p, xs, ts, w)
-            updates, state = opt.update(g, state, p)
-            return optax.apply_updates(p, updates), state
-
-        p, state = jax.lax.fori_loop(0, jnp.where(i > 1, steps, 0), step, (p, state))
-        pred = jax.vmap(eqx.combine(p, static))(pool)
-        score = jnp.mean((pred - target_out) ** 2, axis=-1)
-        j = jnp.argmax(jnp.where(taken, -jnp.inf, score))
-        return p, state, chosen.at[i].set(j), taken.at[j].set(True)
-
-    carry = (params, opt.init(params), chosen, taken)
-    return jax.lax.fori_loop(1, budget, add_one, carry)[2]
-
-
-@functools.cache
-def _rnd_jit() -> Callable[..., Any]:
-    import equinox as eqx
-
-    return eqx.filter_jit(_rnd_select)
-
-
-def select(
-    pool: Any,
-    budget: int,
-    method: str = "rnd",
-    *,
-    key: Any = None,
-    seed: int | None = None,
-    **options: Any,
-) -> np.ndarray:
-    """Choose ``budget`` distinct training points from ``pool`` (papers/data.md).
-
-    Parameters
-    ----------
-    pool:
-        Candidate inputs, ``(N, ...)`` (flattened per sample for the RND networks).
-    budget:
-        Number of points to choose, ``1 <= budget <= N``.
-    method:
-        - ``"random"``: uniform without replacement.
-        - ``"rnd"``: random network distillation. A fixed random *target* MLP f_T and a
-          trainable *predictor* MLP f_P of the same architecture. Start from one random
-          point; repeat: score every pool point by d(x) = mean_k (f_T(x)_k − f_P(x)_k)²
-          with the current predictor, add the highest-scoring point not yet chosen,
-          retrain f_P (``steps`` Adam steps of MSE on the chosen points, continuing from
-          its current weights and optimizer state). Options: ``width=64, depth=2,
-          out_size=16, activation="relu", steps=50, lr=1e-3``. The whole loop is one
-          compiled function.
-        - ``"max_entropy"``: draw ``m`` random subsets of size ``budget`` and keep the one
-          whose traced eNTK (``nb.entk``) has the largest von Neumann entropy. Options:
-          ``m=20``, ``model=None`` (an Equinox model called on one pool sample; default
-          ``MLP(D, 10, width=64, depth=2)`` from the key).
-    key, seed:
-        A JAX PRNG key or an int seed (at most one; default ``seed=0``).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(budget,)`` int64 indices into ``pool``, distinct, in selection order
-        (``"max_entropy"``: the chosen subset, sorted).
-
-    Example
-    -------
-    >>> import numpy as np
-    >>> pool = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
-    >>> idx = select(pool, 10, "rnd", seed=0, steps=20)
-    >>> idx.shape, len(set(idx.tolist()))
-    ((10,), 10)
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from ntkbench.models import MLP
-
-    methods = ("random", "rnd", "max_entropy")
-    if method not in methods:
-        raise ValueError(f"method must be one of {methods}, got {method!r}")
-    if key is not None and seed is not None:
-        raise ValueError("pass either key or seed, not both")
-    if key is None:
-        key = jax.random.key(_check_int(0 if seed is None else seed, "seed", 0))
-    x = np.asarray(pool)
-    if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"pool must have shape (N, ...) with N >= 1, got {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise TypeError(f"pool must be numeric, got dtype {x.dtype}")
-    x = x.reshape(len(x), -1).astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise ValueError("pool contains NaN or Inf")
-    budget = _check_int(budget, "budget", 1)
-    n, d = x.shape
-    if budget > n:
-        raise ValueError(f"budget={budget} exceeds the pool size {n}")
-
-    if method == "random":
-        _options("random", options, {})
-        idx = jax.random.choice(key, n, (budget,), replace=False)
-        return np.asarray(idx, np.int64)
-
-    if method == "rnd":
-        opts = _options(
-            "rnd",
-            options,
-            {"width": 64, "depth": 2, "out_size": 16, "activation": "relu",
-             "steps": 50, "lr": 1e-3},
-        )  # fmt: skip
-        steps = _check_int(opts["steps"], "steps", 0)
-        lr = _check_float(opts["lr"], "lr", 0.0)
-        k_first, k_target, k_pred = jax.random.split(key, 3)
-        arch = (d, opts["out_size"], opts["width"], opts["depth"], opts["activation"])
-        target = MLP(*arch, key=k_target)
-        predictor = MLP(*arch, key=k_pred)
-        xj = jnp.asarray(x)
-        target_out = jax.vmap(target)(xj)
-        first = jax.random.randint(k_first, (), 0, n)
-        idx = _rnd_jit()(xj, first, predictor, target_out, budget, steps, lr)
-        return np.asarray(idx, np.int64)
-
-    # max_entropy
-    import ntkbench as nb
-
-    opts = _options("max_entropy", options, {"m": 20, "model": None})
-    m = _check_int(opts["m"], "m", 1)
-    k_model, k_sets = jax.random.split(key)
-    model = opts["model"]
-    if model is None:
-        model = MLP(d, 10, 64, 2, key=k_model)
-        samples = x
-    else:
-        samples = np.asarray(pool, np.float32)
-    best, best_s = None, -np.inf
-    for k in jax.random.split(k_sets, m):
-        idx = np.sort(np.asarray(jax.random.choice(k, n, (budget,), replace=False)))
-        K = nb.entk(model, jnp.asarray(samples[idx]))
-        s = float(nb.entropy(nb.spectrum(K)))
-        if s > best_s:
-            best, best_s = idx, s
-    return np.asarray(best, np.int64)

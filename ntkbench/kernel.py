@@ -52,7 +52,7 @@ from jax.custom_batching import custom_vmap
 import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["entk", "entk_diag", "as_model", "costs"]
+__all__ = ["entk", "entk_diag", "as_model", "costs", "structured_features", "check_inputs"]
 
 Outputs = Literal["trace", "full"]
 Method = Literal["auto", "jacobian", "ntvp", "structured"]
@@ -540,11 +540,44 @@ def _conv_jacobian(L: _Layer, layer, xs: list, gs: list, full: bool) -> list[Arr
     return [jw, G.sum(2)] if L.bias else [jw]
 
 
-def _structured_features(model, x_shape, x_dtype, n1: int = 1, n2: int = 1, full: bool = False):
-    """x (one sample) -> [X_l (T, d_in), G_l (K, T, d_out) for each tapped layer] + per-leaf
-    Jacobians (K, p_leaf) of all other parameters. Only layers whose token-Gram route is
-    cheaper than contracting their Jacobian (``_layer_cost``) are tapped; the others go
-    with the rest through the same backward pass. Returns (feature map, tapped layers)."""
+def structured_features(
+    model: eqx.Module, x_shape: tuple[int, ...], x_dtype: Any, n1: int = 1, n2: int = 1, full: bool = False
+) -> tuple[Callable[[Array], list[Array]], list[_Layer]]:
+    """The per-sample feature map of the ``"structured"`` method and the layers it taps.
+
+    Parameters
+    ----------
+    model:
+        An Equinox model called on one sample (``as_model`` applied), K outputs.
+    x_shape, x_dtype:
+        Shape and dtype of ONE sample.
+    n1, n2:
+        Batch sizes of the kernel the features are for; with ``full`` (``outputs="full"``)
+        they steer each layer's route (``_layer_cost``), not the shapes.
+
+    Returns
+    -------
+    (feats, layers)
+        ``feats(x)`` maps one sample ``x`` (``x_shape``) to a list of arrays: first, for
+        each layer in ``layers`` whose ``route == "gram"``, its tokens ``X (T, d_in)`` and
+        cotangents ``G (K, T, d_out)`` (T tokens: calls × positions); then the Jacobian
+        blocks ``(K, p)`` of convolutions on the ``"jac"`` route and of every other
+        parameter leaf. ``layers`` lists the tapped layers (fields ``kind`` "linear" /
+        "conv" / "embedding", ``tokens``, ``d_in`` (vocabulary size for an embedding),
+        ``d_out``, ``bias``, ``route``); only layers whose token-Gram route is cheaper
+        than contracting their Jacobian, and convolutions, are tapped. ``feats`` is
+        traceable and batches with ``jax.vmap`` (a leading (N,) axis on each array).
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp, equinox as eqx
+    >>> model = eqx.nn.MLP(4, 3, 16, 2, key=jax.random.key(0))
+    >>> feats, layers = structured_features(model, (4,), jnp.float32)
+    >>> [(L.kind, L.route, L.d_in, L.d_out) for L in layers]
+    [('linear', 'gram', 4, 16), ('linear', 'gram', 16, 16), ('linear', 'gram', 16, 3)]
+    >>> [f.shape for f in feats(jnp.ones(4))][:2]
+    [(1, 4), (3, 1, 16)]
+    """
     calls = _probe(model, x_shape, x_dtype)
     k = _n_outputs(model, x_shape, x_dtype)
     # convolutions stay tapped on the "jac" route too: a Jacobian from patches is cheaper
@@ -980,14 +1013,27 @@ def _entk_jit(model, x1, x2, outputs: str, method: str, block_size: int | None,
     if method == "structured":
         n1 = x1.shape[0]
         n2 = n1 if x2 is None else x2.shape[0]
-        feats, layers = _structured_features(model, x1.shape[1:], x1.dtype, n1, n2, full)
+        feats, layers = structured_features(model, x1.shape[1:], x1.dtype, n1, n2, full)
         contract = _contract_structured(layers)
     else:
         feats, contract = _jacobian_features(model), _contract_jacobian
     return _feature_kernel(feats, contract, x1, x2, full, block_size, feature_block)
 
 
-def _check_inputs(x1, x2, block_size):
+def check_inputs(
+    x1: Any, x2: Any, block_size: Any
+) -> tuple[Float[Array, "n1 ..."], Float[Array, "n2 ..."] | None, int | None]:
+    """The kernel functions' argument checks: ``x1`` (N1, ...) and ``x2`` (N2, ...) or None
+    as JAX arrays (``x2`` cast to ``x1``'s dtype; N1, N2 >= 1; the same per-sample shape),
+    ``block_size`` a positive int or None. Bad input raises ``TypeError``/``ValueError``
+    naming the argument.
+
+    Example
+    -------
+    >>> x1, x2, block = check_inputs([[1.0, 2.0], [3.0, 4.0]], None, 8)
+    >>> x1.shape, x2, block
+    ((2, 2), None, 8)
+    """
     def as_array(x, name):
         if isinstance(x, (jax.Array, np.ndarray)):
             return jnp.asarray(x)
@@ -1075,7 +1121,7 @@ def entk(
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     model = as_model(model)
-    x1, x2, block_size = _check_inputs(x1, x2, block_size)
+    x1, x2, block_size = check_inputs(x1, x2, block_size)
     method, block_size, feature_block = _resolve_method(
         model, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT, outputs, block_size
     )
@@ -1091,7 +1137,7 @@ def entk(
 @eqx.filter_jit
 def _diag_jit(model, x, method: str, block_size: int | None):
     if method == "structured":
-        feats, layers = _structured_features(model, x.shape[1:], x.dtype)
+        feats, layers = structured_features(model, x.shape[1:], x.dtype)
         contract = _contract_structured(layers)
     else:
         feats, contract = _jacobian_features(model), _contract_jacobian
@@ -1114,6 +1160,6 @@ def entk_diag(model: Any, x: Float[Array, "n ..."], *, block_size: int | None = 
     (3,)
     """
     model = as_model(model)
-    x, _, block_size = _check_inputs(x, None, block_size)
+    x, _, block_size = check_inputs(x, None, block_size)
     method = "structured" if _has_tappable_linear(model, x.shape[1:], x.dtype) else "jacobian"
     return _diag_jit(model, x, method, block_size)

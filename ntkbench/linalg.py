@@ -331,13 +331,13 @@ def _jac_apply(J: Array, mom: Array, full: bool) -> Array:
 
 
 def _feature_layout(model, x: Array, full: bool):
-    """(feature map, gram specs) of ``kernel._structured_features`` for this model; routes
+    """(feature map, gram specs) of ``kernel.structured_features`` for this model; routes
     as for the N × N kernel. None when the model has no structured layer."""
-    from ntkbench.kernel import _structured_features
+    from ntkbench.kernel import structured_features
 
     n = x.shape[0]
     try:
-        feats_fn, layers = _structured_features(model, x.shape[1:], x.dtype, n, n, full)
+        feats_fn, layers = structured_features(model, x.shape[1:], x.dtype, n, n, full)
     except Exception:  # noqa: BLE001 - models the structured rule cannot trace: jvp path
         return None
     if not layers:
@@ -357,9 +357,9 @@ def _feature_bytes(feats_fn, x: Array, n_padded: int) -> int:
 @eqx.filter_jit
 def _features_jit(model, xb, n: int, full: bool):
     """Features of all blocks, (nb, bs, ...) each; routes chosen as in ``_feature_layout``."""
-    from ntkbench.kernel import _structured_features
+    from ntkbench.kernel import structured_features
 
-    feats_fn, _ = _structured_features(model, xb.shape[2:], xb.dtype, n, n, full)
+    feats_fn, _ = structured_features(model, xb.shape[2:], xb.dtype, n, n, full)
     return jax.lax.map(jax.vmap(feats_fn), xb)
 
 

@@ -385,10 +385,10 @@ def lnp(
     """
     import equinox as eqx
 
-    from .kernel import _check_inputs, as_model, entk_diag
+    from .kernel import check_inputs, as_model, entk_diag
 
     model = as_model(model)
-    x, _, _ = _check_inputs(x, None, None)
+    x, _, _ = check_inputs(x, None, None)
     y = jnp.asarray(y)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y: expected a leading axis of length {x.shape[0]}, got shape {y.shape}")

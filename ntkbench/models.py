@@ -86,6 +86,7 @@ __all__ = [
     "CNN",
     "TinyTransformer",
     "make_model",
+    "MODEL_DEFAULTS",
     "count_params",
     "mup_lr_scales",
     "mup_leaf_scales",
@@ -700,7 +701,9 @@ def mup_leaf_scales(model: MLP | CNN | TinyTransformer) -> tuple[float, ...]:
 
 # --------------------------------------------------------------------------- factory
 
-_DEFAULTS: dict[str, dict[str, Any]] = {
+#: Model names of :func:`make_model` -> their hyperparameters and defaults (the keys a
+#: ``[model]`` config section may set besides ``name``).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {
         "width": 64,
         "depth": 2,
@@ -763,11 +766,11 @@ def make_model(
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     name = config.get("name")
-    if name not in _DEFAULTS:
+    if name not in MODEL_DEFAULTS:
         raise ValueError(
-            f"config['name'] must be one of {sorted(_DEFAULTS)}, got {name!r}"
+            f"config['name'] must be one of {sorted(MODEL_DEFAULTS)}, got {name!r}"
         )
-    allowed = _DEFAULTS[name]
+    allowed = MODEL_DEFAULTS[name]
     unknown = sorted(set(config) - set(allowed) - {"name"})
     if unknown:
         raise ValueError(

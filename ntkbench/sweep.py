@@ -65,14 +65,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sweep", "run_one", "validate_config", "check_runs", "expand_grid", "run_name", "make_optimizer"]
+from ntkbench.data import DATASETS, OPTIONS
+
+__all__ = [
+    "sweep",
+    "run_one",
+    "validate_config",
+    "check_runs",
+    "expand_grid",
+    "run_name",
+    "make_optimizer",
+    "TRAIN_DEFAULTS",
+    "RECORD_DEFAULTS",
+]
 
 _SECTIONS = ("model", "data", "train", "record")
 _TOP_KEYS = ("title", "paper", "seed", "model", "data", "train", "record", "grid")
 _OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 _LOSSES = ("mse", "ce")
-_DATA_NAMES = ("digits", "mnist1d", "teacher", "random_features", "stories")
-_TRAIN_DEFAULTS: dict[str, Any] = {
+#: Keys of a config's ``[train]`` section and their defaults.
+TRAIN_DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd",
     "lr": 0.1,
     "steps": 100,
@@ -81,7 +93,8 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "weight_decay": 0.0,
 }
-_RECORD_DEFAULTS: dict[str, Any] = {"every": 10, "probe": 200, "measures": None, "log_points": 30}
+#: Keys of a config's ``[record]`` section and their defaults.
+RECORD_DEFAULTS: dict[str, Any] = {"every": 10, "probe": 200, "measures": None, "log_points": 30}
 _DATA_KEYS = ("name", "n_train", "n_test", "seed")
 
 
@@ -104,27 +117,15 @@ def _need(cond: bool, key: str, allowed: str, value: Any) -> None:
 
 
 def _model_keys(name: str) -> dict[str, Any]:
-    from ntkbench.models import _DEFAULTS
+    from ntkbench.models import MODEL_DEFAULTS
 
-    return _DEFAULTS[name]
+    return MODEL_DEFAULTS[name]
 
 
 def _model_names() -> tuple[str, ...]:
-    from ntkbench.models import _DEFAULTS
+    from ntkbench.models import MODEL_DEFAULTS
 
-    return tuple(sorted(_DEFAULTS))
-
-
-def _data_names() -> tuple[str, ...]:
-    try:
-        from ntkbench import data
-
-        names = getattr(data, "NAMES", None) or getattr(data, "DATASETS", None)
-        if names:
-            return tuple(names)
-    except ImportError:  # pragma: no cover - data module not present yet
-        pass
-    return _DATA_NAMES
+    return tuple(sorted(MODEL_DEFAULTS))
 
 
 def _check_model(model: Mapping[str, Any]) -> None:
@@ -156,8 +157,7 @@ def _check_model(model: Mapping[str, Any]) -> None:
 
 
 def _check_data(data: Mapping[str, Any]) -> None:
-    names = _data_names()
-    _need(data.get("name") in names, "data.name", f"one of {list(names)}", data.get("name"))
+    _need(data.get("name") in DATASETS, "data.name", f"one of {list(DATASETS)}", data.get("name"))
     n_train = data.get("n_train", 512)
     _need(_is_int(n_train) and n_train >= 1, "data.n_train", "a positive integer", n_train)
     n_test = data.get("n_test", 256)
@@ -165,32 +165,19 @@ def _check_data(data: Mapping[str, Any]) -> None:
     if "seed" in data:
         _need(_is_int(data["seed"]) and data["seed"] >= 0, "data.seed", "a non-negative integer", data["seed"])
     options = {k: v for k, v in data.items() if k not in _DATA_KEYS}
-    allowed = _data_options(data["name"])
-    if allowed is not None:
-        for key in options:
-            if key not in allowed:
-                raise ValueError(
-                    f"config key 'data.{key}': unknown option for data set {data['name']!r}; "
-                    f"allowed keys: {[*_DATA_KEYS, *sorted(allowed)]}"
-                )
-
-
-def _data_options(name: str) -> set[str] | None:
-    """Option names data set ``name`` accepts, if the data module says; else None."""
-    try:
-        from ntkbench import data
-    except ImportError:  # pragma: no cover
-        return None
-    table = getattr(data, "OPTIONS", None)
-    if isinstance(table, Mapping) and name in table:
-        return set(table[name])
-    return None
+    allowed = OPTIONS[data["name"]]
+    for key in options:
+        if key not in allowed:
+            raise ValueError(
+                f"config key 'data.{key}': unknown option for data set {data['name']!r}; "
+                f"allowed keys: {[*_DATA_KEYS, *sorted(allowed)]}"
+            )
 
 
 def _check_train(train: Mapping[str, Any]) -> None:
     for key, value in train.items():
-        if key not in _TRAIN_DEFAULTS:
-            raise ValueError(f"config key 'train.{key}': unknown; allowed keys: {list(_TRAIN_DEFAULTS)}")
+        if key not in TRAIN_DEFAULTS:
+            raise ValueError(f"config key 'train.{key}': unknown; allowed keys: {list(TRAIN_DEFAULTS)}")
         if key == "optimizer":
             _need(value in _OPTIMIZERS, "train.optimizer", f"one of {list(_OPTIMIZERS)}", value)
         elif key == "lr":
@@ -216,8 +203,8 @@ def _check_record(record: Mapping[str, Any]) -> None:
     from ntkbench.train import MEASURES
 
     for key, value in record.items():
-        if key not in _RECORD_DEFAULTS:
-            raise ValueError(f"config key 'record.{key}': unknown; allowed keys: {list(_RECORD_DEFAULTS)}")
+        if key not in RECORD_DEFAULTS:
+            raise ValueError(f"config key 'record.{key}': unknown; allowed keys: {list(RECORD_DEFAULTS)}")
         if key == "every":
             ok = (
                 value == "log"
@@ -241,7 +228,7 @@ def _grid_targets(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     keys = {
         "model": model_keys | {"name"},
         "data": {"n_train", "n_test"} | set(_data_options_or_empty(config)),
-        "train": set(_TRAIN_DEFAULTS),
+        "train": set(TRAIN_DEFAULTS),
         "record": {"probe", "every", "log_points"},
     }
     targets: dict[str, tuple[str, ...]] = {"seed": ("seed",)}
@@ -259,7 +246,7 @@ def _grid_targets(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
 def _data_options_or_empty(config: Mapping[str, Any]) -> set[str]:
     data = config.get("data", {})
     if isinstance(data, Mapping) and isinstance(data.get("name"), str):
-        return _data_options(data["name"]) or set()
+        return set(OPTIONS.get(data["name"], {}))
     return set()
 
 
@@ -515,11 +502,11 @@ def run_one(config: Mapping[str, Any]):
         dict(cfg["model"]), key=model_key, in_shape=dataset.in_shape, out_size=dataset.n_outputs
     )
 
-    tr = {**_TRAIN_DEFAULTS, **cfg.get("train", {})}
+    tr = {**TRAIN_DEFAULTS, **cfg.get("train", {})}
     opt = make_optimizer(tr["optimizer"], float(tr["lr"]), float(tr["momentum"]), float(tr["weight_decay"]))
     if tr["optimizer"] in ("adam", "adamw"):
         opt = _mup_scaled(opt, model)
-    rec = {**_RECORD_DEFAULTS, **cfg.get("record", {})}
+    rec = {**RECORD_DEFAULTS, **cfg.get("record", {})}
     recorder = Recorder(
         every=rec["every"], probe=rec["probe"], measures=rec["measures"], log_points=rec["log_points"]
     )
@@ -579,7 +566,7 @@ def check_runs(runs: list[Mapping[str, Any]]) -> None:
         if dkey not in datasets:
             datasets[dkey] = _load_for(run)
         ds = datasets[dkey]
-        loss = {**_TRAIN_DEFAULTS, **run.get("train", {})}["loss"]
+        loss = {**TRAIN_DEFAULTS, **run.get("train", {})}["loss"]
         if loss == "ce" and ds.task == "regression":
             raise ValueError(
                 f"config key 'train.loss': 'ce' needs class labels, but data set {ds.name!r} "

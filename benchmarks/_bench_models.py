@@ -34,24 +34,40 @@ def init_params(name: str, seed: int = 0) -> dict[str, np.ndarray]:
         return (0.1 * rng.standard_normal(n)).astype(np.float32)
 
     if name == "mlp":
-        return {"w0": dense(64, 512), "b0": bias(512), "w1": dense(512, 512), "b1": bias(512),
-                "w2": dense(512, N_OUT), "b2": bias(N_OUT)}
+        return {
+            "w0": dense(64, 512),
+            "b0": bias(512),
+            "w1": dense(512, 512),
+            "b1": bias(512),
+            "w2": dense(512, N_OUT),
+            "b2": bias(N_OUT),
+        }
     if name == "cnn":
         return {
             "c0": (rng.standard_normal((3, 3, 3, 32)) / np.sqrt(27)).astype(np.float32),
             "cb0": bias(32),
             "c1": (rng.standard_normal((3, 3, 32, 64)) / np.sqrt(288)).astype(np.float32),
             "cb1": bias(64),
-            "w": dense(64, N_OUT), "b": bias(N_OUT),
+            "w": dense(64, N_OUT),
+            "b": bias(N_OUT),
         }
     if name == "transformer":
         d = 64
         return {
-            "ln1_g": np.ones(d, np.float32), "ln1_b": np.zeros(d, np.float32),
-            "wq": dense(d, d), "wk": dense(d, d), "wv": dense(d, d), "wo": dense(d, d),
-            "ln2_g": np.ones(d, np.float32), "ln2_b": np.zeros(d, np.float32),
-            "w1": dense(d, 4 * d), "b1": bias(4 * d), "w2": dense(4 * d, d), "b2": bias(d),
-            "wh": dense(d, N_OUT), "bh": bias(N_OUT),
+            "ln1_g": np.ones(d, np.float32),
+            "ln1_b": np.zeros(d, np.float32),
+            "wq": dense(d, d),
+            "wk": dense(d, d),
+            "wv": dense(d, d),
+            "wo": dense(d, d),
+            "ln2_g": np.ones(d, np.float32),
+            "ln2_b": np.zeros(d, np.float32),
+            "w1": dense(d, 4 * d),
+            "b1": bias(4 * d),
+            "w2": dense(4 * d, d),
+            "b2": bias(d),
+            "wh": dense(d, N_OUT),
+            "bh": bias(N_OUT),
         }
     raise ValueError(f"model: expected one of {MODELS}, got {name!r}")
 

@@ -112,12 +112,26 @@ def main() -> None:
         k = k * bm.N_OUT  # NT averages over the traced axis
     if args.save:
         np.save(args.save, k)
-    print(json.dumps({
-        "side": "nt", "method": args.method, "model": args.model, "n": args.n,
-        "outputs": args.outputs, "seconds": best, "first_call_s": first, "repeats": reps,
-        "rss_before": rss0, "rss_peak": peak, "device_memory": bm.device_memory(),
-        "shape": list(k.shape), "jax": jax.__version__, "neural_tangents": nt.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "side": "nt",
+                "method": args.method,
+                "model": args.model,
+                "n": args.n,
+                "outputs": args.outputs,
+                "seconds": best,
+                "first_call_s": first,
+                "repeats": reps,
+                "rss_before": rss0,
+                "rss_peak": peak,
+                "device_memory": bm.device_memory(),
+                "shape": list(k.shape),
+                "jax": jax.__version__,
+                "neural_tangents": nt.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ def main() -> None:
     ap.add_argument("--outputs", choices=("trace", "full"), required=True)
     ap.add_argument("--method", choices=("entk", "naive"), required=True)
     ap.add_argument("--entk-method", default="auto")
-    ap.add_argument("--form", choices=("eqx", "apply"), default="eqx",
-                    help="eqx: the Equinox twin of the model (_eqx_models); apply: (apply_fn, params)")
+    ap.add_argument(
+        "--form",
+        choices=("eqx", "apply"),
+        default="eqx",
+        help="eqx: the Equinox twin of the model (_eqx_models); apply: (apply_fn, params)",
+    )
     ap.add_argument("--save")
     ap.add_argument("--min-total", type=float, default=0.3)
     args = ap.parse_args()
@@ -71,13 +75,26 @@ def main() -> None:
     k = np.asarray(k)
     if args.save:
         np.save(args.save, k)
-    print(json.dumps({
-        "side": "ours", "method": args.method, "model": args.model, "n": args.n,
-        "outputs": args.outputs, "seconds": best, "first_call_s": first, "repeats": reps,
-        "rss_before": rss0, "rss_peak": peak, "device_memory": bm.device_memory(),
-        "shape": list(k.shape), "jax": jax.__version__,
-        "form": args.form if args.method == "entk" else "apply",
-    }))
+    print(
+        json.dumps(
+            {
+                "side": "ours",
+                "method": args.method,
+                "model": args.model,
+                "n": args.n,
+                "outputs": args.outputs,
+                "seconds": best,
+                "first_call_s": first,
+                "repeats": reps,
+                "rss_before": rss0,
+                "rss_peak": peak,
+                "device_memory": bm.device_memory(),
+                "shape": list(k.shape),
+                "jax": jax.__version__,
+                "form": args.form if args.method == "entk" else "apply",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

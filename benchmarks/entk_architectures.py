@@ -84,8 +84,9 @@ print(json.dumps({"method": method, "best_s": min(times), "first_s": first, "cho
 
 def run(name: str, method: str, n: int, outputs: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", WORKER, name, method, str(n), outputs, HERE],
-                         capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, name, method, str(n), outputs, HERE], capture_output=True, text=True, env=env
+    )
     if out.returncode != 0:
         return {"method": method, "error": out.stderr.strip().splitlines()[-1][:200]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -103,11 +104,15 @@ def main(argv=None) -> None:
     import jax
     import numpy as np
 
-    print(f"# entk on architectures, outputs={args.outputs}, float32; {platform.node()} "
-          f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, best of {args.rounds} alternating rounds")
-    print(f"{'model':<12}{'N':>5} {'method':<12}{'time (ms)':>11}{'first (s)':>11}{'RSS +MiB':>10}"
-          f"{'vs naive':>10}{'rel.diff':>10}  auto chose")
+    print(
+        f"# entk on architectures, outputs={args.outputs}, float32; {platform.node()} "
+        f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, best of {args.rounds} alternating rounds"
+    )
+    print(
+        f"{'model':<12}{'N':>5} {'method':<12}{'time (ms)':>11}{'first (s)':>11}{'RSS +MiB':>10}"
+        f"{'vs naive':>10}{'rel.diff':>10}  auto chose"
+    )
     for name in args.models:
         for n in args.n:
             best: dict[str, dict] = {}
@@ -126,10 +131,15 @@ def main(argv=None) -> None:
                     print(f"{name:<12}{n:>5} {m:<12} error: {b['error']}")
                     continue
                 ratio = ref["best_s"] / b["best_s"] if "best_s" in ref else float("nan")
-                diff = (np.max(np.abs(np.subtract(b["K"], ref["K"]))) / np.max(np.abs(ref["K"]))
-                        if "K" in ref else float("nan"))
-                print(f"{name:<12}{n:>5} {m:<12}{1e3 * b['best_s']:>11.1f}{b['first_s']:>11.2f}"
-                      f"{b['peak_rss_delta_mib']:>10.0f}{ratio:>9.2f}x{diff:>10.1e}  {b['chosen']}")
+                diff = (
+                    np.max(np.abs(np.subtract(b["K"], ref["K"]))) / np.max(np.abs(ref["K"]))
+                    if "K" in ref
+                    else float("nan")
+                )
+                print(
+                    f"{name:<12}{n:>5} {m:<12}{1e3 * b['best_s']:>11.1f}{b['first_s']:>11.2f}"
+                    f"{b['peak_rss_delta_mib']:>10.0f}{ratio:>9.2f}x{diff:>10.1e}  {b['chosen']}"
+                )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ def run(method: str, n: int, outputs: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
         [sys.executable, "-c", WORKER, method, str(n), outputs],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if out.returncode != 0:
         raise RuntimeError(f"worker for {method!r} failed:\n{out.stderr[-3000:]}")
@@ -87,13 +89,17 @@ def main(argv=None) -> None:
                 best[m] = res
     naive = best["naive"]["best_s"]
     print(f"# entk methods: MLP 64-512-512-10, N={args.n}, outputs={args.outputs}, float32")
-    print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, best of {args.rounds} alternating rounds")
+    print(
+        f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, best of {args.rounds} alternating rounds"
+    )
     print(f"{'method':<12}{'time (ms)':>12}{'first call (s)':>16}{'peak RSS +MiB':>15}{'speed-up vs naive':>19}")
     for m in methods:
         b = best[m]
-        print(f"{m:<12}{1e3 * b['best_s']:>12.2f}{b['first_s']:>16.2f}{b['peak_rss_delta_mib']:>15.0f}"
-              f"{naive / b['best_s']:>18.{0 if naive / b['best_s'] >= 10 else 2}f}x")
+        print(
+            f"{m:<12}{1e3 * b['best_s']:>12.2f}{b['first_s']:>16.2f}{b['peak_rss_delta_mib']:>15.0f}"
+            f"{naive / b['best_s']:>18.{0 if naive / b['best_s'] >= 10 else 2}f}x"
+        )
     import numpy as np
 
     ref = np.asarray(best["naive"]["K"])

@@ -16,7 +16,6 @@ import time
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 
 def best_time(fn, min_total=0.5, max_calls=50):
@@ -47,18 +46,24 @@ def main(argv=None):
     model = eqx.nn.MLP(64, 10, 512, 2, key=jax.random.key(0))
     peak = matmul_rate()
     print("# structured eNTK FLOP rate vs float32 matmul rate (same process)")
-    print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; matmul 2048² rate {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; matmul 2048² rate {peak / 1e9:.1f} GFLOP/s"
+    )
     print(f"{'N':>6} {'outputs':>8} {'GFLOP (XLA)':>12} {'time (ms)':>10} {'GFLOP/s':>9} {'of matmul':>10}")
     for n in args.n:
         x = jax.random.normal(jax.random.key(1), (n, 64))
         for outputs in ("trace", "full"):
             params, static = eqx.partition(model, eqx.is_array)
-            fn = jax.jit(lambda p, x: _entk_jit(eqx.combine(p, static), x, None, outputs, "structured", None))
+            fn = jax.jit(
+                lambda p, x, static=static, outputs=outputs: _entk_jit(
+                    eqx.combine(p, static), x, None, outputs, "structured", None
+                )
+            )
             cost = fn.lower(params, x).compile().cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             flops = float(cost.get("flops", float("nan")))
-            t = best_time(lambda: fn(params, x))
+            t = best_time(lambda fn=fn, params=params, x=x: fn(params, x))
             rate = flops / t
             print(f"{n:>6} {outputs:>8} {flops / 1e9:>12.3f} {1e3 * t:>10.2f} {rate / 1e9:>9.1f} {rate / peak:>9.0%}")
 

@@ -67,8 +67,14 @@ def run_kernel_free(args) -> dict:
     model, x = _model_and_data(args.one, args.width, args.n_out)
     n_params = sum(a.size for a in jax.tree_util.tree_leaves(model) if hasattr(a, "size"))
     rss0, _ = bm.rss_bytes()
-    out = {"n": args.one, "params": int(n_params), "n_out": args.n_out, "outputs": args.outputs,
-           "matmul_gflops": _matmul_gflops(), "jax": jax.__version__}
+    out = {
+        "n": args.one,
+        "params": int(n_params),
+        "n_out": args.n_out,
+        "outputs": args.outputs,
+        "matmul_gflops": _matmul_gflops(),
+        "jax": jax.__version__,
+    }
 
     kw = {"matvec": args.matvec}
     out["matvec"] = args.matvec
@@ -81,7 +87,8 @@ def run_kernel_free(args) -> dict:
         out["feature_bytes"] = int(sum(a.nbytes for a in op.feats))
     v0 = np.ones(x.shape[0] if args.outputs == "trace" else x.shape[0] * args.n_out, np.float32)
     dyn, static = eqx.partition(op, eqx.is_array)
-    cost = jax.jit(lambda d, v: eqx.combine(d, static)(v)).lower(dyn, v0).compile().cost_analysis()
+    # .lower() traces the lambda here, before the `del static` below
+    cost = jax.jit(lambda d, v: eqx.combine(d, static)(v)).lower(dyn, v0).compile().cost_analysis()  # noqa: F821
     cost = cost[0] if isinstance(cost, list) else cost
     out["matvec_flops"] = float(cost.get("flops", float("nan")))
     del op, dyn, static, cost  # drop every reference to its cached features
@@ -99,18 +106,35 @@ def run_kernel_free(args) -> dict:
         return out
 
     t0 = time.perf_counter()
-    lam, vecs = linalg.top_eigenvalues(model, x, args.k, outputs=args.outputs, method="lanczos",
-                                       vectors=True, block_size=args.block_size, tol=args.tol,
-                                       depth=args.depth, **kw)
+    lam, vecs = linalg.top_eigenvalues(
+        model,
+        x,
+        args.k,
+        outputs=args.outputs,
+        method="lanczos",
+        vectors=True,
+        block_size=args.block_size,
+        tol=args.tol,
+        depth=args.depth,
+        **kw,
+    )
     jax.block_until_ready(vecs)
     out["top_k_s"] = time.perf_counter() - t0
     out["top_k"] = np.asarray(lam, np.float64).tolist()
     _, out["rss_peak_after_top_k"] = bm.rss_bytes()
 
     t0 = time.perf_counter()
-    s, err = linalg.entropy_estimate(model, x, num_probes=args.probes, lanczos_order=args.order,
-                                     outputs=args.outputs, block_size=args.block_size,
-                                     eigenpairs=(lam, vecs), key=jax.random.key(1), **kw)
+    s, err = linalg.entropy_estimate(
+        model,
+        x,
+        num_probes=args.probes,
+        lanczos_order=args.order,
+        outputs=args.outputs,
+        block_size=args.block_size,
+        eigenpairs=(lam, vecs),
+        key=jax.random.key(1),
+        **kw,
+    )
     out["entropy_s"] = time.perf_counter() - t0
     out["entropy"], out["entropy_stderr"] = float(s), float(err)
     _, peak = bm.rss_bytes()
@@ -139,9 +163,14 @@ def run_dense(args) -> dict:
     p = np.clip(eigs, 0, None)
     p = p[p > 0] / p.sum()
     _, peak = bm.rss_bytes()
-    return {"n": args.one, "dense_kernel_s": t_kernel, "dense_eigh_s": t_eigh,
-            "top_k": eigs[: args.k].tolist(), "entropy": float(-np.sum(p * np.log(p))),
-            "rss_peak": peak}
+    return {
+        "n": args.one,
+        "dense_kernel_s": t_kernel,
+        "dense_eigh_s": t_eigh,
+        "top_k": eigs[: args.k].tolist(),
+        "entropy": float(-np.sum(p * np.log(p))),
+        "rss_peak": peak,
+    }
 
 
 def main() -> None:
@@ -170,9 +199,24 @@ def main() -> None:
         return
 
     os.makedirs(WORK, exist_ok=True)
-    passthrough = ["--k", str(args.k), "--width", str(args.width), "--n-out", str(args.n_out),
-                   "--outputs", args.outputs, "--probes", str(args.probes), "--order", str(args.order),
-                   "--tol", str(args.tol), "--matvec", args.matvec]
+    passthrough = [
+        "--k",
+        str(args.k),
+        "--width",
+        str(args.width),
+        "--n-out",
+        str(args.n_out),
+        "--outputs",
+        args.outputs,
+        "--probes",
+        str(args.probes),
+        "--order",
+        str(args.order),
+        "--tol",
+        str(args.tol),
+        "--matvec",
+        args.matvec,
+    ]
     if args.matvec_only:
         passthrough.append("--matvec-only")
     if args.block_size:
@@ -182,15 +226,18 @@ def main() -> None:
     rows = []
     for n in args.n:
         row = {"n": n}
-        for kind in (["kernel_free", "dense"] if n <= args.dense_max else ["kernel_free"]):
+        for kind in ["kernel_free", "dense"] if n <= args.dense_max else ["kernel_free"]:
             cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n), *passthrough]
             if kind == "dense":
                 cmd.append("--dense")
             t0 = time.perf_counter()
             try:
                 res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                row[kind] = (json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0
-                             else {"error": (res.stderr.strip().splitlines() or ["?"])[-1][:300]})
+                row[kind] = (
+                    json.loads(res.stdout.strip().splitlines()[-1])
+                    if res.returncode == 0
+                    else {"error": (res.stderr.strip().splitlines() or ["?"])[-1][:300]}
+                )
             except subprocess.TimeoutExpired:
                 row[kind] = {"error": f"timeout after {args.timeout:.0f} s"}
             row[kind]["wall_s"] = time.perf_counter() - t0
@@ -203,14 +250,18 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row)[:2000])
         sys.stdout.flush()
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
-            "command": " ".join([os.path.relpath(sys.executable), *sys.argv])}
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
+    }
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(json.dumps(meta))
     print()
-    print("| N | P | C | matvec | top-64 time | entropy time | peak RSS | dense kernel+eigh | top-k max rel err | S (kernel-free ± se) | S dense |")
+    print(
+        "| N | P | C | matvec | top-64 time | entropy time | peak RSS | dense kernel+eigh | top-k max rel err | S (kernel-free ± se) | S dense |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         kf, de = r["kernel_free"], r.get("dense", {})
@@ -218,14 +269,18 @@ def main() -> None:
             print(f"| {r['n']} | | | {kf['error']} |")
             continue
         if "top_k_s" not in kf:
-            print(f"| {r['n']} | {kf['params']} | {kf['n_out']} | {kf['matvec_s']:.2f} s ({kf['matvec']}, "
-                  f"{kf['matvec_flops'] / 1e9:.1f} GFLOP) | – | – | {kf['rss_peak'] / 2**30:.2f} GiB | | | | |")
+            print(
+                f"| {r['n']} | {kf['params']} | {kf['n_out']} | {kf['matvec_s']:.2f} s ({kf['matvec']}, "
+                f"{kf['matvec_flops'] / 1e9:.1f} GFLOP) | – | – | {kf['rss_peak'] / 2**30:.2f} GiB | | | | |"
+            )
             continue
         dense_t = f"{de['dense_kernel_s']:.1f} + {de['dense_eigh_s']:.1f} s" if "dense_kernel_s" in de else "–"
-        print(f"| {r['n']} | {kf['params']} | {kf['n_out']} | {kf['matvec_s']:.2f} s | {kf['top_k_s']:.1f} s "
-              f"| {kf['entropy_s']:.1f} s | {kf['rss_peak'] / 2**30:.2f} GiB | {dense_t} "
-              f"| {r.get('top_k_max_rel_err', float('nan')):.1e} | {kf['entropy']:.4f} ± {kf['entropy_stderr']:.4f} "
-              f"| {de.get('entropy', float('nan')):.4f} |")
+        print(
+            f"| {r['n']} | {kf['params']} | {kf['n_out']} | {kf['matvec_s']:.2f} s | {kf['top_k_s']:.1f} s "
+            f"| {kf['entropy_s']:.1f} s | {kf['rss_peak'] / 2**30:.2f} GiB | {dense_t} "
+            f"| {r.get('top_k_max_rel_err', float('nan')):.1e} | {kf['entropy']:.4f} ± {kf['entropy_stderr']:.4f} "
+            f"| {de.get('entropy', float('nan')):.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -44,10 +44,14 @@ def main(argv=None) -> None:
     from ntkbench.kernel import costs
 
     rate = matmul_rate(2048)
-    print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; float32 matmul {rate / 1e9:.0f} GFLOP/s")
-    print("| model | outputs | N | naive | ntkbench | naive / ours | cheapest route | GFLOP (sym.) "
-          "| at matmul rate | ceiling naive / bound |")
+    print(
+        f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; float32 matmul {rate / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        "| model | outputs | N | naive | ntkbench | naive / ours | cheapest route | GFLOP (sym.) "
+        "| at matmul rate | ceiling naive / bound |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         p = bm.init_params(name)
@@ -57,16 +61,19 @@ def main(argv=None) -> None:
         for outputs in args.outputs:
             for n in args.n:
                 x = jnp.asarray(bm.make_inputs(name, n))
-                naive = jax.jit(lambda x, p: bm.naive_kernel(apply, p, x, outputs))
+                naive = jax.jit(lambda x, p, apply=apply, outputs=outputs: bm.naive_kernel(apply, p, x, outputs))
                 t_naive = bm.time_call(naive, x, params, max_seconds=30)[0]
-                t_ours = bm.time_call(lambda x: nb.entk(model, x, outputs=outputs), x)[0]
+                t_ours = bm.time_call(lambda x, model=model, outputs=outputs: nb.entk(model, x, outputs=outputs), x)[0]
                 c = costs(model, x, outputs=outputs)
                 route = min(c, key=lambda m: c[m].flops)
                 flops = c[route].flops / 2  # symmetric kernel: the upper triangle
                 t_bound = flops / rate
-                print(f"| {name} | {outputs} | {n} | {t_naive * 1e3:.1f} ms | {t_ours * 1e3:.1f} ms "
-                      f"| {t_naive / t_ours:.1f}× | {route} | {flops / 1e9:.2f} | {t_bound * 1e3:.2f} ms "
-                      f"| {t_naive / t_bound:.0f}× |", flush=True)
+                print(
+                    f"| {name} | {outputs} | {n} | {t_naive * 1e3:.1f} ms | {t_ours * 1e3:.1f} ms "
+                    f"| {t_naive / t_ours:.1f}× | {route} | {flops / 1e9:.2f} | {t_bound * 1e3:.2f} ms "
+                    f"| {t_naive / t_bound:.0f}× |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

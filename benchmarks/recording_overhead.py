@@ -50,22 +50,40 @@ def main(argv=None) -> None:
     opt = sw.make_optimizer(tr["optimizer"], float(tr["lr"]), float(tr["momentum"]), float(tr["weight_decay"]))
     batch = None if tr["batch_size"] == "full" else int(tr["batch_size"])
 
-    print(f"# recording overhead: {args.config}, data {data.name} n_train={data.n_train}, "
-          f"{tr['steps']} steps of batch {tr['batch_size']}, record every {rec['every']} on probe {rec['probe']}")
-    print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, best of {args.repeats} after one compile run")
-    print(f"{'width':>6}{'bare (s)':>10}{'recorded (s)':>14}{'overhead':>10}{'eNTKs':>7}{'per eNTK (ms)':>15}"
-          f"{'first run (s)':>15}")
+    print(
+        f"# recording overhead: {args.config}, data {data.name} n_train={data.n_train}, "
+        f"{tr['steps']} steps of batch {tr['batch_size']}, record every {rec['every']} on probe {rec['probe']}"
+    )
+    print(
+        f"# {platform.node()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, best of {args.repeats} after one compile run"
+    )
+    print(
+        f"{'width':>6}{'bare (s)':>10}{'recorded (s)':>14}{'overhead':>10}{'eNTKs':>7}{'per eNTK (ms)':>15}"
+        f"{'first run (s)':>15}"
+    )
     for width in widths:
-        model = make_model({**cfg["model"], "width": width}, key=jax.random.key(0),
-                           in_shape=data.in_shape, out_size=data.n_outputs)
+        model = make_model(
+            {**cfg["model"], "width": width}, key=jax.random.key(0), in_shape=data.in_shape, out_size=data.n_outputs
+        )
 
-        def once(recorded: bool):
-            recorder = (Recorder(every=rec["every"], probe=rec["probe"], measures=rec["measures"],
-                                 log_points=rec["log_points"]) if recorded else None)
+        def once(recorded: bool, model=model):
+            recorder = (
+                Recorder(every=rec["every"], probe=rec["probe"], measures=rec["measures"], log_points=rec["log_points"])
+                if recorded
+                else None
+            )
             t0 = time.perf_counter()
-            _, ds = train(model, data, optimizer=opt, steps=int(tr["steps"]), batch_size=batch,
-                          loss=tr["loss"], recorder=recorder, key=jax.random.key(1))
+            _, ds = train(
+                model,
+                data,
+                optimizer=opt,
+                steps=int(tr["steps"]),
+                batch_size=batch,
+                loss=tr["loss"],
+                recorder=recorder,
+                key=jax.random.key(1),
+            )
             jax.block_until_ready(jax.tree_util.tree_leaves(ds))
             return time.perf_counter() - t0, ds
 
@@ -73,12 +91,14 @@ def main(argv=None) -> None:
         once(False)
         best = {True: float("inf"), False: float("inf")}
         for r in range(args.repeats):
-            for side in ((True, False) if r % 2 == 0 else (False, True)):
+            for side in (True, False) if r % 2 == 0 else (False, True):
                 best[side] = min(best[side], once(side)[0])
         n_entk = ds.sizes.get("step", 0)
         per = (best[True] - best[False]) / max(n_entk, 1)
-        print(f"{width:>6}{best[False]:>10.2f}{best[True]:>14.2f}{best[True] / best[False]:>9.2f}x"
-              f"{n_entk:>7}{1e3 * per:>15.1f}{first:>15.2f}")
+        print(
+            f"{width:>6}{best[False]:>10.2f}{best[True]:>14.2f}{best[True] / best[False]:>9.2f}x"
+            f"{n_entk:>7}{1e3 * per:>15.1f}{first:>15.2f}"
+        )
 
 
 if __name__ == "__main__":

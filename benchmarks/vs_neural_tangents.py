@@ -48,16 +48,18 @@ def _run(cmd: list[str], timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     if out.returncode != 0:
-        lines = [ln for ln in (out.stderr or out.stdout).strip().splitlines()
-                 if ln.strip() and not ln.startswith(("For simplicity", "-----", "  "))]
+        lines = [
+            ln
+            for ln in (out.stderr or out.stdout).strip().splitlines()
+            if ln.strip() and not ln.startswith(("For simplicity", "-----", "  "))
+        ]
         return {"error": f"exit {out.returncode}: {(lines or ['?'])[-1][:160]}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _worker(side: str, method: str, model: str, n: int, outputs: str, save: str | None, args) -> dict:
     data = os.path.join(WORK, f"{model}.npz")
-    common = ["--data", data, "--model", model, "--n", str(n), "--outputs", outputs,
-              "--min-total", str(args.min_total)]
+    common = ["--data", data, "--model", model, "--n", str(n), "--outputs", outputs, "--min-total", str(args.min_total)]
     if save:
         common += ["--save", save]
     if side == "nt":
@@ -109,8 +111,11 @@ def main() -> None:
     n_max = max(args.n)
     for model in args.models:
         params = bm.init_params(model)
-        np.savez(os.path.join(WORK, f"{model}.npz"), x=bm.make_inputs(model, n_max),
-                 **{"p_" + k: v for k, v in params.items()})
+        np.savez(
+            os.path.join(WORK, f"{model}.npz"),
+            x=bm.make_inputs(model, n_max),
+            **{"p_" + k: v for k, v in params.items()},
+        )
 
     rows = []
     for model in args.models:
@@ -126,11 +131,14 @@ def main() -> None:
                     order = ["nt", "ours"] if r % 2 == 0 else ["ours", "nt"]
                     for side in order:
                         if side == "nt":
-                            nt_runs.append(_worker("nt", "structured", model, n, outputs, k_nt if r == 0 else None, args))
+                            nt_runs.append(
+                                _worker("nt", "structured", model, n, outputs, k_nt if r == 0 else None, args)
+                            )
                         else:
-                            ours_runs.append(_worker("ours", args.ours_method, model, n, outputs, k_ours if r == 0 else None, args))
-                row = {"model": model, "outputs": outputs, "n": n,
-                       "nt": _best(nt_runs), "ours": _best(ours_runs)}
+                            ours_runs.append(
+                                _worker("ours", args.ours_method, model, n, outputs, k_ours if r == 0 else None, args)
+                            )
+                row = {"model": model, "outputs": outputs, "n": n, "nt": _best(nt_runs), "ours": _best(ours_runs)}
                 if n <= args.naive_max_n:
                     row["nt_naive"] = _worker("nt", "naive", model, n, outputs, None, args)
                     row["ours_naive"] = _worker("ours", "naive", model, n, outputs, k_naive, args)
@@ -143,11 +151,13 @@ def main() -> None:
                 sys.stdout.flush()
 
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
         "cpu": _cpu_name(),
         "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
-        "ours_method": args.ours_method, "entk_method": args.entk_method, "form": args.form,
+        "ours_method": args.ours_method,
+        "entk_method": args.entk_method,
+        "form": args.form,
     }
     for side in ("nt", "ours"):
         for r in rows:
@@ -194,17 +204,21 @@ def _rel_fmt(v) -> str:
     return "–" if v is None else f"{v:.1e}"
 
 
-HEADER = ("| model | outputs | N | NT structured | ntkbench | t_NT / t_ours | NT naive | ours naive "
-          "| naive_NT / NT | naive_ours / ours | rel.diff ours–NT | rel.diff naive–NT | RSS NT / ours (MiB) |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| model | outputs | N | NT structured | ntkbench | t_NT / t_ours | NT naive | ours naive "
+    "| naive_NT / NT | naive_ours / ours | rel.diff ours–NT | rel.diff naive–NT | RSS NT / ours (MiB) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def _line(row: dict) -> str:
-    return (f"| {row['model']} | {row['outputs']} | {row['n']} | {_fmt_t(row['nt'])} | {_fmt_t(row['ours'])} "
-            f"| {_ratio(row['nt'], row['ours'])} | {_fmt_t(row['nt_naive'])} | {_fmt_t(row['ours_naive'])} "
-            f"| {_ratio(row['nt_naive'], row['nt'])} | {_ratio(row['ours_naive'], row['ours'])} "
-            f"| {_rel_fmt(row['rel_diff_ours_vs_nt'])} | {_rel_fmt(row['rel_diff_naive_vs_nt'])} "
-            f"| {_mib(row['nt'])} / {_mib(row['ours'])} |")
+    return (
+        f"| {row['model']} | {row['outputs']} | {row['n']} | {_fmt_t(row['nt'])} | {_fmt_t(row['ours'])} "
+        f"| {_ratio(row['nt'], row['ours'])} | {_fmt_t(row['nt_naive'])} | {_fmt_t(row['ours_naive'])} "
+        f"| {_ratio(row['nt_naive'], row['nt'])} | {_ratio(row['ours_naive'], row['ours'])} "
+        f"| {_rel_fmt(row['rel_diff_ours_vs_nt'])} | {_rel_fmt(row['rel_diff_naive_vs_nt'])} "
+        f"| {_mib(row['nt'])} / {_mib(row['ours'])} |"
+    )
 
 
 _printed_header = False

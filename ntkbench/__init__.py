@@ -79,7 +79,7 @@ _EXPORTS: dict[str, str] = {
     "RunPanel": "widgets",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]  # pyright: ignore[reportUnsupportedDunderAll]  derived from _EXPORTS
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,19 @@ def _versions() -> list[tuple[str, str]]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for dist in ("ntkbench", "jax", "jaxlib", "equinox", "optax", "xarray", "netCDF4", "zarr", "bokeh", "dask", "distributed"):
+    for dist in (
+        "ntkbench",
+        "jax",
+        "jaxlib",
+        "equinox",
+        "optax",
+        "xarray",
+        "netCDF4",
+        "zarr",
+        "bokeh",
+        "dask",
+        "distributed",
+    ):
         try:
             out.append((dist, version(dist)))
         except PackageNotFoundError:
@@ -116,13 +128,23 @@ def _positive_int(text: str) -> int:
 
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="run on a local dask cluster with N worker processes")
-    group.add_argument("--scheduler", default=None, metavar="ADDR", help="run on an existing dask cluster (tcp://host:port)")
+    group.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="run on a local dask cluster with N worker processes",
+    )
+    group.add_argument(
+        "--scheduler", default=None, metavar="ADDR", help="run on an existing dask cluster (tcp://host:port)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ntkbench`` (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(prog="ntkbench", description="eNTK spectra of neural networks: sweeps, paper reproductions, figures.")
+    parser = argparse.ArgumentParser(
+        prog="ntkbench", description="eNTK spectra of neural networks: sweeps, paper reproductions, figures."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="versions and JAX devices")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import itertools
 import math
 import os
 import pickle
@@ -118,13 +119,9 @@ class Dataset:
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if len(x) != len(y):
-                raise ValueError(
-                    f"x_{split} and y_{split} differ in length: {len(x)} vs {len(y)}"
-                )
+                raise ValueError(f"x_{split} and y_{split} differ in length: {len(x)} vs {len(y)}")
             if tuple(x.shape[1:]) != tuple(self.in_shape):
-                raise ValueError(
-                    f"x_{split} has sample shape {x.shape[1:]}, in_shape is {self.in_shape}"
-                )
+                raise ValueError(f"x_{split} has sample shape {x.shape[1:]}, in_shape is {self.in_shape}")
 
     @property
     def n_train(self) -> int:
@@ -164,7 +161,8 @@ def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return d.images.astype(np.float32), d.target.astype(np.int32)
+    # sklearn's inferred return type includes the return_X_y tuple: a Bunch here
+    return d.images.astype(np.float32), d.target.astype(np.int32)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _digits(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
@@ -211,7 +209,7 @@ def _mnist1d_raw(num_samples: int) -> tuple[np.ndarray, ...]:
     import mnist1d.data
 
     args = mnist1d.data.get_dataset_args()
-    args.num_samples = num_samples
+    args.num_samples = num_samples  # pyright: ignore[reportAttributeAccessIssue]  mnist1d is untyped
     # make_dataset seeds the global `random` and `numpy.random` states: restore them.
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
@@ -271,13 +269,11 @@ def _teacher(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Data
     depth = check_int(opts["teacher_depth"], "teacher_depth", 1)
     noise = check_float(opts["noise"], "noise", 0.0)
     if opts["activation"] not in _NP_ACT:
-        raise ValueError(
-            f"activation must be one of {sorted(_NP_ACT)}, got {opts['activation']!r}"
-        )
+        raise ValueError(f"activation must be one of {sorted(_NP_ACT)}, got {opts['activation']!r}")
     act = _NP_ACT[opts["activation"]]
     rng_t = _rng(seed, 0)
     sizes = [d_in] + [width] * depth + [d_out]
-    weights = [rng_t.standard_normal((a, b)) for a, b in zip(sizes[:-1], sizes[1:])]
+    weights = [rng_t.standard_normal((a, b)) for a, b in itertools.pairwise(sizes)]
 
     def teacher(x: np.ndarray) -> np.ndarray:  # NTK parametrization, float64
         h = x
@@ -372,11 +368,7 @@ _FUNCTION = ("<s>", ".", "once", "upon", "a", "time", "there", "was", "were", "n
 
 STORIES_VOCAB: tuple[str, ...] = tuple(
     dict.fromkeys(
-        _FUNCTION
-        + _NAMES
-        + tuple(w for pair in _NOUNS + _THINGS + _VI + _VT for w in pair)
-        + _ADJS
-        + _PLACES
+        _FUNCTION + _NAMES + tuple(w for pair in _NOUNS + _THINGS + _VI + _VT for w in pair) + _ADJS + _PLACES
     )
 )
 
@@ -534,16 +526,13 @@ def from_arrays(
         raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(x)} rows")
     if task == "classification":
         y = y.astype(np.int32)
-        if n_outputs is None:
-            n_outputs = int(y.max()) + 1
+        default_outputs = int(y.max()) + 1
     elif task == "regression":
         y = y.astype(np.float32).reshape(len(y), -1)
-        if n_outputs is None:
-            n_outputs = y.shape[1]
+        default_outputs = y.shape[1]
     else:
         y = y.astype(np.int32)
-        if n_outputs is None:
-            n_outputs = int(max(x.max(), y.max())) + 1
+        default_outputs = int(max(x.max(), y.max())) + 1
     x = x.astype(np.int32 if task == "next_token" else np.float32)
     perm = _rng(seed, 0).permutation(len(x))
     test_idx, train_idx = perm[:n_test], perm[n_test : n_test + n_train]
@@ -553,7 +542,7 @@ def from_arrays(
         x[test_idx],
         y[test_idx],
         task=task,
-        n_outputs=int(n_outputs),
+        n_outputs=int(default_outputs if n_outputs is None else n_outputs),
         name=name,
         in_shape=tuple(x.shape[1:]),
         meta={"seed": seed, "train_indices": train_idx, "test_indices": test_idx},
@@ -595,9 +584,7 @@ def _parse_idx(raw: bytes, path: str | os.PathLike[str], what: str) -> np.ndarra
     return np.frombuffer(raw, dtype, offset=header).reshape(dims)
 
 
-def load_idx(
-    images_path: str | os.PathLike[str], labels_path: str | os.PathLike[str]
-) -> tuple[np.ndarray, np.ndarray]:
+def load_idx(images_path: str | os.PathLike[str], labels_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read MNIST / Fashion-MNIST IDX files (raw or gzip-compressed).
 
     Returns ``(x, y)``: images ``(n, rows, cols)`` float32 (uint8 pixels scaled to
@@ -614,9 +601,7 @@ def load_idx(
     if labels.ndim != 1:
         raise ValueError(f"labels_path: expected (n,) labels, got shape {labels.shape}")
     if len(labels) != len(images):
-        raise ValueError(
-            f"images_path has {len(images)} images but labels_path has {len(labels)} labels"
-        )
+        raise ValueError(f"images_path has {len(images)} images but labels_path has {len(labels)} labels")
     x = images.astype(np.float32)
     if images.dtype == np.uint8:
         x /= 255.0
@@ -657,15 +642,12 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise ValueError(
-            f"path: {str(path)!r} is corrupted: data {data.shape}, labels {labels.shape} "
-            "(expected (n, 3072) and (n,))"
+            f"path: {str(path)!r} is corrupted: data {data.shape}, labels {labels.shape} (expected (n, 3072) and (n,))"
         )
     return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels.astype(np.int32)
 
 
-def load_cifar10(
-    path: str | os.PathLike[str], split: str = "train"
-) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(path: str | os.PathLike[str], split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Read CIFAR-10 "python version" batches.
 
     ``path`` is one batch file (``data_batch_1``, ``test_batch``, ...) or the folder
@@ -695,9 +677,7 @@ def load_cifar10(
     return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
 
 
-def load_npz(
-    path: str | os.PathLike[str], x_key: str = "x", y_key: str = "y"
-) -> tuple[np.ndarray, np.ndarray]:
+def load_npz(path: str | os.PathLike[str], x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
     """Read inputs and targets from a ``.npz`` file (no pickled objects allowed).
 
     Example

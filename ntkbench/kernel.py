@@ -41,15 +41,18 @@ symmetric case ``x2=None`` computes each off-diagonal tile once and mirrors it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from typing import Any, Callable, Literal, NamedTuple
+import operator
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.custom_batching import custom_vmap
 import numpy as np
+from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Float
 
 __all__ = ["entk", "entk_diag", "as_model", "costs", "structured_features", "check_inputs"]
@@ -98,15 +101,12 @@ def as_model(model: Any) -> eqx.Module:
         model = _Applied(model[0], model[1])
     if not callable(model):
         raise TypeError(
-            f"model: expected an Equinox module called on one sample, or (apply_fn, params); "
-            f"got {type(model).__name__}"
+            f"model: expected an Equinox module called on one sample, or (apply_fn, params); got {type(model).__name__}"
         )
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
     if not leaves:
-        raise TypeError(
-            "model: has no inexact (floating-point) array parameters to differentiate"
-        )
-    return model
+        raise TypeError("model: has no inexact (floating-point) array parameters to differentiate")
+    return cast(eqx.Module, model)  # a callable pytree: an Equinox module or _Applied
 
 
 # ---------------------------------------------------------------------------
@@ -327,11 +327,12 @@ def _tap(model, keep: frozenset[int] | None = None):
     is_layer = lambda n: _kind(n) is not None  # noqa: E731
 
     def swap(node):
-        if is_layer(node):
+        kind = _kind(node)
+        if kind is not None:
             i = counter[0]
             counter[0] += 1
             if keep is None or i in keep:
-                return _Tap(node, i, _kind(node))
+                return _Tap(node, i, kind)
         return node
 
     return jax.tree_util.tree_map(swap, model, is_leaf=is_layer), counter[0]
@@ -350,7 +351,7 @@ def _probe(model, x_shape, x_dtype) -> dict[int, tuple[_Call, ...]]:
         params, static = eqx.partition(tapped, eqx.is_inexact_array)
         holder: list[_Tape] = []
 
-        def run(p, x):
+        def run(p, x, static=static, holder=holder):
             tape = _Tape(None, top_trace=getattr(x, "_trace", None))
             _TAPES.append(tape)
             try:
@@ -491,7 +492,7 @@ def _tokens(L: _Layer, layer, xs: list, gs: list) -> list[Array]:
     """Recorded inputs and eps-cotangents of one layer's calls -> X (T, d_in) (token ids
     (T,) for an embedding) and G (K, T, d_out)."""
     X, G = [], []
-    for c, x, g in zip(L.calls, xs, gs):
+    for c, x, g in zip(L.calls, xs, gs, strict=True):
         k = g.shape[0]
         if L.kind == "conv":
             X.append(jnp.moveaxis(_conv_patches(layer, x), 1, -1).reshape(-1, L.d_in))
@@ -526,7 +527,7 @@ def _conv_jacobian(L: _Layer, layer, xs: list, gs: list, full: bool) -> list[Arr
             X = jnp.concatenate([X, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
         return [jnp.einsum("kto,ti->koi", G, X).reshape(G.shape[0], -1)]
     X, G = [], []
-    for x, g in zip(xs, gs):
+    for x, g in zip(xs, gs, strict=True):
         k = g.shape[0]
         patches = _conv_patches(layer, x)  # (size, d_in, *out_spatial)
         if patches.shape[0] == 1:
@@ -582,20 +583,15 @@ def structured_features(
     k = _n_outputs(model, x_shape, x_dtype)
     # convolutions stay tapped on the "jac" route too: a Jacobian from patches is cheaper
     # than the convolution's own weight gradient under vmap
-    layers = [L for L in _with_routes(_layers(model, calls), k, n1, n2, full)
-              if L.route == "gram" or L.kind == "conv"]
+    layers = [L for L in _with_routes(_layers(model, calls), k, n1, n2, full) if L.route == "gram" or L.kind == "conv"]
     calls = {L.idx: L.calls for L in layers}
     model_t, _ = _tap(model, frozenset(calls))
     is_tap = lambda n: isinstance(n, _Tap)  # noqa: E731
     # parameters other than the tapped layers'
-    spec = jax.tree_util.tree_map(
-        lambda n: False if is_tap(n) else eqx.is_inexact_array(n), model_t, is_leaf=is_tap
-    )
+    spec = jax.tree_util.tree_map(lambda n: False if is_tap(n) else eqx.is_inexact_array(n), model_t, is_leaf=is_tap)
     others, static = eqx.partition(model_t, spec)
     taps = {n.idx: n for n in jax.tree_util.tree_leaves(model_t, is_leaf=is_tap) if is_tap(n)}
-    eps0 = {
-        i: [jnp.zeros((c.size, *c.y.shape), c.y.dtype) for c in cs] for i, cs in calls.items()
-    }
+    eps0 = {i: [jnp.zeros((c.size, *c.y.shape), c.y.dtype) for c in cs] for i, cs in calls.items()}
 
     def f(eps, p, x):
         tape = _Tape(eps, calls=calls)
@@ -650,7 +646,7 @@ def _gram_jac(a: Array, b: Array, full: bool) -> Array:
 
 
 def _contract_jacobian(fa: list, fb: list, full: bool) -> Array:
-    return sum(_gram_jac(a, b, full) for a, b in zip(fa, fb))
+    return functools.reduce(operator.add, [_gram_jac(a, b, full) for a, b in zip(fa, fb, strict=True)])
 
 
 def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Array:
@@ -682,14 +678,14 @@ def _contract_structured(layers: list[_Layer]) -> Callable:
     grams = [L for L in layers if L.route == "gram"]  # the others come as Jacobians
 
     def contract(fa: list, fb: list, full: bool) -> Array:
-        total = 0.0
+        terms = []
         for i, L in enumerate(grams):
             xa, ga, xb, gb = fa[2 * i], fa[2 * i + 1], fb[2 * i], fb[2 * i + 1]
-            total = total + _gram_tokens(xa, xb, ga, gb, L.bias, L.kind == "embedding", full)
+            terms.append(_gram_tokens(xa, xb, ga, gb, L.bias, L.kind == "embedding", full))
         m = 2 * len(grams)
         if len(fa) > m:
-            total = total + _contract_jacobian(fa[m:], fb[m:], full)
-        return total
+            terms.append(_contract_jacobian(fa[m:], fb[m:], full))
+        return functools.reduce(operator.add, terms)
 
     return contract
 
@@ -742,13 +738,15 @@ def _triangle(contract: Callable, feats: list, n: int, block: int, full: bool) -
     FLOPs of one n × n product and no dynamic slicing (cf. :func:`_tiles`, which bounds
     memory per tile instead). nb(nb + 1)/2 tiles for nb = ⌈n / block⌉."""
     starts = list(range(0, n, block))
-    rows = [[f[a:a + block] for f in feats] for a in starts]
+    rows = [[f[a : a + block] for f in feats] for a in starts]
     nb = len(starts)
     upper = {(i, j): contract(rows[i], rows[j], full) for i in range(nb) for j in range(i, nb)}
     mirror = (lambda t: t.transpose(1, 0, 3, 2)) if full else (lambda t: t.T)  # noqa: E731
     return jnp.concatenate(
-        [jnp.concatenate([upper[i, j] if j >= i else mirror(upper[j, i]) for j in range(nb)], axis=1)
-         for i in range(nb)],
+        [
+            jnp.concatenate([upper[i, j] if j >= i else mirror(upper[j, i]) for j in range(nb)], axis=1)
+            for i in range(nb)
+        ],
         axis=0,
     )
 
@@ -857,16 +855,14 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
     item = jnp.dtype(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype).itemsize
     layers = _with_routes(_layers(model, _probe(model, shape, dtype)), k, n1, n2, full)
     # forward FLOPs of one sample: 2 per weight use (tokens × weights for the layers)
-    use = {L.idx: 2.0 * L.tokens * L.d_out * (1 if L.kind == "embedding" else L.d_in + L.bias)
-           for L in layers}
+    use = {L.idx: 2.0 * L.tokens * L.d_out * (1 if L.kind == "embedding" else L.d_in + L.bias) for L in layers}
     fwd = sum(use.values()) + 2.0 * (p - sum(L.d_out * (L.d_in + L.bias) for L in layers))
     layers = [L for L in layers if L.route == "gram"]  # the others: Jacobian contraction
     p_tapped = sum(L.d_out * (L.d_in + L.bias) for L in layers)
     fwd_tapped = sum(use[L.idx] for L in layers)
     backprop = 2.0 * fwd * k  # K backward passes: input and weight cotangents
     out = {
-        "jacobian": _Cost(n1 * n2 * (kk if full else k) * p + nfeat * backprop, k * p * item, kk * item,
-                          k * p * item),
+        "jacobian": _Cost(n1 * n2 * (kk if full else k) * p + nfeat * backprop, k * p * item, kk * item, k * p * item),
         # every tile pushes the Jacobian rows of its columns through its rows with jvp
         "ntvp": _Cost(n1 * n2 * k * 2.0 * fwd + nfeat * backprop, k * p * item, kk * item),
     }
@@ -885,7 +881,7 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
     return out
 
 
-def _choose(model, x1, x2, outputs: str, memory_limit: int, block_size: int | None):
+def _choose(model, x1, x2, outputs: Outputs, memory_limit: int, block_size: int | None):
     """(method, block_size, feature_block) for ``method="auto"``: the fewest FLOPs among
     the methods whose features fit ``memory_limit``; a block size (for tiles and feature
     batches) when they would not; a triangle of tiles with one feature batch when that is
@@ -958,8 +954,7 @@ def _symmetrize(K):
 
 
 @eqx.filter_jit
-def _entk_checked(model, x1, x2, outputs: str, method: str, block_size: int | None,
-                  feature_block: int | None = None):
+def _entk_checked(model, x1, x2, outputs: str, method: str, block_size: int | None, feature_block: int | None = None):
     """The kernel (exactly symmetric when ``x2`` is None) and whether it is all finite, in
     one compiled call (no extra dispatches: they cost as much as the kernel at small N)."""
     K = _entk_jit(model, x1, x2, outputs, method, block_size, feature_block)
@@ -971,15 +966,25 @@ def _entk_checked(model, x1, x2, outputs: str, method: str, block_size: int | No
 _CHOICES: dict = {}
 
 
-def _resolve_method(model, x1, x2, method: str, memory_limit: int, outputs: str = "trace",
-                    block_size: int | None = None) -> tuple[str, int | None, int | None]:
+def _resolve_method(
+    model, x1, x2, method: str, memory_limit: int, outputs: Outputs = "trace", block_size: int | None = None
+) -> tuple[str, int | None, int | None]:
     """Check the model applies to one sample of x1 and resolve ``"auto"`` to (method,
     block_size, feature_block); cached per (model structure, shapes), so repeated calls
     (e.g. while training) cost nothing."""
     leaves, treedef = jax.tree_util.tree_flatten(model)
     leaf_shapes = tuple((l.shape, str(l.dtype)) if hasattr(l, "shape") else None for l in leaves)
-    key = (treedef, leaf_shapes, x1.shape, str(x1.dtype), None if x2 is None else x2.shape,
-           method, memory_limit, outputs, block_size)
+    key = (
+        treedef,
+        leaf_shapes,
+        x1.shape,
+        str(x1.dtype),
+        None if x2 is None else x2.shape,
+        method,
+        memory_limit,
+        outputs,
+        block_size,
+    )
     try:
         return _CHOICES[key]
     except KeyError:
@@ -989,9 +994,7 @@ def _resolve_method(model, x1, x2, method: str, memory_limit: int, outputs: str 
     try:
         jax.eval_shape(model, jax.ShapeDtypeStruct(x1.shape[1:], x1.dtype))
     except Exception as e:  # a shape error inside the model: name the input
-        raise ValueError(
-            f"x1: the model cannot be applied to one sample of shape {x1.shape[1:]}: {e}"
-        ) from e
+        raise ValueError(f"x1: the model cannot be applied to one sample of shape {x1.shape[1:]}: {e}") from e
     choice = (method, block_size, block_size)
     if method == "auto":
         choice = _choose(model, x1, x2, outputs, memory_limit, block_size)
@@ -1001,8 +1004,7 @@ def _resolve_method(model, x1, x2, method: str, memory_limit: int, outputs: str 
 
 
 @eqx.filter_jit
-def _entk_jit(model, x1, x2, outputs: str, method: str, block_size: int | None,
-              feature_block: int | None = None):
+def _entk_jit(model, x1, x2, outputs: str, method: str, block_size: int | None, feature_block: int | None = None):
     """The kernel; ``block_size``: tile size; ``feature_block``: samples per batch of
     feature computation (default ``block_size``: the memory bound applies to both)."""
     full = outputs == "full"
@@ -1034,6 +1036,7 @@ def check_inputs(
     >>> x1.shape, x2, block
     ((2, 2), None, 8)
     """
+
     def as_array(x, name):
         if isinstance(x, (jax.Array, np.ndarray)):
             return jnp.asarray(x)
@@ -1052,9 +1055,7 @@ def check_inputs(
         if x2.ndim == 0 or x2.shape[0] == 0:
             raise ValueError(f"x2: expected a non-empty batch (N2, ...), got shape {x2.shape}")
         if x2.shape[1:] != x1.shape[1:]:
-            raise ValueError(
-                f"x2: per-sample shape {x2.shape[1:]} does not match x1's {x1.shape[1:]}"
-            )
+            raise ValueError(f"x2: per-sample shape {x2.shape[1:]} does not match x1's {x1.shape[1:]}")
         if x2.dtype != x1.dtype:
             x2 = x2.astype(x1.dtype)
     if block_size is not None:
@@ -1122,10 +1123,10 @@ def entk(
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     model = as_model(model)
     x1, x2, block_size = check_inputs(x1, x2, block_size)
-    method, block_size, feature_block = _resolve_method(
+    chosen, block_size, feature_block = _resolve_method(
         model, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT, outputs, block_size
     )
-    K, finite = _entk_checked(model, x1, x2, outputs, method, block_size, feature_block)
+    K, finite = _entk_checked(model, x1, x2, outputs, chosen, block_size, feature_block)
     if check_finite and not bool(finite):
         raise ValueError(
             "model: its eNTK on these inputs contains NaN or Inf; check the model's "

@@ -46,9 +46,12 @@ Example
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import warnings
-from typing import Any, Callable, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, cast
 
 import equinox as eqx
 import jax
@@ -99,18 +102,20 @@ def _check_x(x) -> Array:
     return x
 
 
-def _check_outputs(outputs) -> str:
+def _check_outputs(outputs: Any) -> Literal["trace", "full"]:
     if outputs not in _OUTPUTS:
         raise ValueError(f"outputs: expected one of {_OUTPUTS}, got {outputs!r}")
     return outputs
 
 
-def _check_positive_int(value, name: str, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
+def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return value
+
+
+def _check_optional_positive_int(value: Any, name: str) -> int | None:
+    return None if value is None else _check_positive_int(value, name)
 
 
 def _split(model):
@@ -203,7 +208,6 @@ def _kv(model, xb, n: int, outputs: str, n_out: int, v):
     return out.reshape(nb * bs, -1)[:n].reshape(v.shape)
 
 
-
 # ---------------------------------------------------------------------------
 # Kernel operators: K v by jvp/vjp, or from cached per-layer features
 # ---------------------------------------------------------------------------
@@ -259,7 +263,7 @@ class _FeatureOperator(eqx.Module):
         blocks = ([(self.feats[2 * i], self.feats[2 * i + 1]) for i in range(len(self.grams))], self.feats[m:])
 
         def moments(fs, vblk):  # one block's Σ_i v_i ⊗ features_i, per layer / leaf
-            grams = [_gram_moment(s, X, G, vblk, full) for s, (X, G) in zip(self.grams, fs[0])]
+            grams = [_gram_moment(s, X, G, vblk, full) for s, (X, G) in zip(self.grams, fs[0], strict=True)]
             return grams + [_jac_moment(J, vblk, full) for J in fs[1]]
 
         first = jax.tree_util.tree_map(lambda a: a[0], (blocks, vb))
@@ -271,12 +275,10 @@ class _FeatureOperator(eqx.Module):
         acc, _ = jax.lax.scan(step, init, (blocks, vb))
 
         def apply(_, fs):
-            out = 0.0
-            for s, (X, G), mom in zip(self.grams, fs[0], acc[: len(self.grams)]):
-                out = out + _gram_apply(s, X, G, mom, full)
-            for J, mom in zip(fs[1], acc[len(self.grams):]):
-                out = out + _jac_apply(J, mom, full)
-            return None, out
+            grams = zip(self.grams, fs[0], acc[: len(self.grams)], strict=True)
+            terms = [_gram_apply(s, X, G, mom, full) for s, (X, G), mom in grams]
+            terms += [_jac_apply(J, mom, full) for J, mom in zip(fs[1], acc[len(self.grams) :], strict=True)]
+            return None, functools.reduce(operator.add, terms)
 
         _, out = jax.lax.scan(apply, None, blocks)  # (nb, bs) or (nb, bs, K)
         return out.reshape(nb * bs, -1)[: self.n].reshape(v.shape)
@@ -344,7 +346,8 @@ def _feature_layout(model, x: Array, full: bool):
         return None
     grams = tuple(
         _GramSpec(L.kind == "embedding", bool(L.bias), L.d_in if L.kind == "embedding" else 0)
-        for L in layers if L.route == "gram"
+        for L in layers
+        if L.route == "gram"
     )
     return feats_fn, grams
 
@@ -375,8 +378,10 @@ def _operator(model, x: Array, outputs: str, block_size: int | None, matvec: str
     if matvec != "jvp":
         layout = _feature_layout(model, x, outputs == "full")
         if layout is None and matvec == "features":
-            raise ValueError("matvec: 'features' needs a model with structured (linear, conv, "
-                             "embedding) layers the structured eNTK rule can tap")
+            raise ValueError(
+                "matvec: 'features' needs a model with structured (linear, conv, "
+                "embedding) layers the structured eNTK rule can tap"
+            )
         if layout is not None:
             feats_fn, grams = layout
             size = _feature_bytes(feats_fn, x, xb.shape[0] * xb.shape[1])
@@ -436,18 +441,18 @@ def kernel_matvec(
     model = _as_model(model)
     x = _check_x(x)
     outputs = _check_outputs(outputs)
-    block_size = _check_positive_int(block_size, "block_size", allow_none=True)
+    block_size = _check_optional_positive_int(block_size, "block_size")
     n, n_out = x.shape[0], _n_outputs(model, x)
     op = _operator(model, x, outputs, block_size, matvec, memory_limit)
     expected = (n,) if outputs == "trace" else (n, n_out)
 
-    def matvec(v: Array) -> Array:
+    def kv(v: Array) -> Array:
         v = jnp.asarray(v)
         if v.shape != expected:
             raise ValueError(f"v: expected shape {expected} for outputs={outputs!r}, got {v.shape}")
         return _matvec_jit(op, v.reshape(-1)).reshape(expected)
 
-    return matvec
+    return kv
 
 
 # ---------------------------------------------------------------------------
@@ -502,7 +507,7 @@ def gram_matrix(
     model = _as_model(model)
     x = _check_x(x)
     outputs = _check_outputs(outputs)
-    block_size = _check_positive_int(block_size, "block_size", allow_none=True)
+    block_size = _check_optional_positive_int(block_size, "block_size")
     xb, _ = _blocks(x, block_size)
     return _gram_jit(model, xb, x.shape[0], outputs, _n_outputs(model, x))
 
@@ -531,7 +536,7 @@ def _gram_vectors_jit(model, xb, n: int, outputs: str, n_out: int, w, lam):
 
 
 @eqx.filter_jit
-def _lanczos_jit(op, v0, m: int):
+def _lanczos_jit(op, v0, m: int) -> tuple[Array, Array, Array, Array]:
     from matfree import decomp
 
     tridiag = decomp.tridiag_sym(m, materialize=True, reortho="full", custom_vjp=False)
@@ -545,7 +550,7 @@ def _lanczos_jit(op, v0, m: int):
     theta, s = jnp.linalg.eigh(t)
     theta, s = theta[::-1], s[:, ::-1]  # descending
     resid = jnp.linalg.norm(r) * jnp.abs(s[-1, :])  # ‖K y − θ y‖ for each Ritz pair
-    return theta, s, q, resid
+    return theta, s, cast(Array, q), resid  # materialize=True: q is the (m, n) array
 
 
 @eqx.filter_jit
@@ -626,8 +631,8 @@ def top_eigenvalues(
     outputs = _check_outputs(outputs)
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
-    block_size = _check_positive_int(block_size, "block_size", allow_none=True)
-    max_matvecs = _check_positive_int(max_matvecs, "max_matvecs", allow_none=True)
+    block_size = _check_optional_positive_int(block_size, "block_size")
+    max_matvecs = _check_optional_positive_int(max_matvecs, "max_matvecs")
     n, n_out = x.shape[0], _n_outputs(model, x)
     side = n if outputs == "trace" else n * n_out
     k = _check_positive_int(k, "k")
@@ -667,7 +672,7 @@ def top_eigenvalues(
         return (theta, u) if vectors else theta
 
     cap = min(side, max_matvecs or side)
-    depth = _check_positive_int(depth, "depth", allow_none=True)
+    depth = _check_optional_positive_int(depth, "depth")
     if depth is not None and depth < k:
         raise ValueError(f"depth: at least k = {k} Lanczos steps, got {depth}")
     op = _operator(model, x, outputs, block_size, matvec, memory_limit)
@@ -795,7 +800,7 @@ def entropy_estimate(
     model = _as_model(model)
     x = _check_x(x)
     outputs = _check_outputs(outputs)
-    block_size = _check_positive_int(block_size, "block_size", allow_none=True)
+    block_size = _check_optional_positive_int(block_size, "block_size")
     num_probes = _check_positive_int(num_probes, "num_probes")
     if num_probes < 2:
         raise ValueError(f"num_probes: at least 2 for a standard error, got {num_probes}")
@@ -821,8 +826,7 @@ def entropy_estimate(
         raise ValueError(f"deflate: expected a non-negative integer, got {deflate!r}")
     elif deflate + lanczos_order > side:
         raise ValueError(
-            f"deflate: deflate + lanczos_order must be at most the kernel size {side}, "
-            f"got {deflate} + {lanczos_order}"
+            f"deflate: deflate + lanczos_order must be at most the kernel size {side}, got {deflate} + {lanczos_order}"
         )
     dtype = _dtype(model, x)
     key = jax.random.key(0) if key is None else key

@@ -8,11 +8,15 @@ turned into a number.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, NamedTuple
+import functools
+import operator
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, Float
 
 __all__ = [
@@ -48,7 +52,7 @@ def _kernel(K: Any, name: str = "K", *, check_finite: bool = True) -> Array:
         raise ValueError(f"{name}: empty kernel (N = 0)")
     if not jnp.issubdtype(K.dtype, jnp.inexact):
         K = K.astype(jnp.result_type(float))
-    if check_finite and not isinstance(K, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(K))):
+    if check_finite and not isinstance(K, Tracer) and not bool(jnp.all(jnp.isfinite(K))):
         raise ValueError(f"{name}: the kernel contains NaN or Inf")
     return K
 
@@ -59,7 +63,7 @@ def _eigenvalues(eigenvalues: Any, name: str = "eigenvalues") -> Array:
         raise ValueError(f"{name}: expected eigenvalues (..., N) with N ≥ 1, got shape {lam.shape}")
     if not jnp.issubdtype(lam.dtype, jnp.inexact):
         lam = lam.astype(jnp.result_type(float))
-    if not isinstance(lam, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(lam))):
+    if not isinstance(lam, Tracer) and not bool(jnp.all(jnp.isfinite(lam))):
         raise ValueError(f"{name}: contains NaN or Inf")
     return lam
 
@@ -79,6 +83,18 @@ def flatten_full(K: Float[Array, "n1 n2 k k"]) -> Float[Array, "n1*k n2*k"]:
     return K.transpose(0, 2, 1, 3).reshape(n1 * k, n2 * k)
 
 
+@overload
+def spectrum(
+    K: Float[Array, "... n n"], k: int | None = None, vectors: Literal[False] = False
+) -> Float[Array, "... k"]: ...
+@overload
+def spectrum(
+    K: Float[Array, "... n n"], k: int | None = None, *, vectors: Literal[True]
+) -> tuple[Float[Array, "... k"], Float[Array, "... n k"]]: ...
+@overload
+def spectrum(
+    K: Float[Array, "... n n"], k: int | None = None, vectors: bool = False
+) -> Float[Array, "... k"] | tuple[Float[Array, "... k"], Float[Array, "... n k"]]: ...
 def spectrum(
     K: Float[Array, "... n n"], k: int | None = None, vectors: bool = False
 ) -> Float[Array, "... k"] | tuple[Float[Array, "... k"], Float[Array, "... n k"]]:
@@ -231,9 +247,7 @@ def residual_projection(
     if V.ndim != 2:
         raise ValueError(f"eigenvectors: expected (N, k) columns, got shape {V.shape}")
     if r.ndim < 1 or r.shape[0] != V.shape[0]:
-        raise ValueError(
-            f"residual: expected a leading axis of length N = {V.shape[0]}, got shape {r.shape}"
-        )
+        raise ValueError(f"residual: expected a leading axis of length N = {V.shape[0]}, got shape {r.shape}")
     c = jnp.tensordot(V, r, axes=([0], [0]))
     if not weights:
         return c
@@ -253,7 +267,7 @@ def cosine_normalize(K: Float[Array, "... n n"]) -> Float[Array, "... n n"]:
     """
     K = _kernel(K)
     d = jnp.diagonal(K, axis1=-2, axis2=-1)
-    if not isinstance(d, jax.core.Tracer) and bool(jnp.any(d <= 0)):
+    if not isinstance(d, Tracer) and bool(jnp.any(d <= 0)):
         raise ValueError("K: cosine normalisation needs a positive diagonal (K_ii > 0)")
     s = jnp.sqrt(d)
     return K / (s[..., :, None] * s[..., None, :])
@@ -385,7 +399,7 @@ def lnp(
     """
     import equinox as eqx
 
-    from .kernel import check_inputs, as_model, entk_diag
+    from .kernel import as_model, check_inputs, entk_diag
 
     model = as_model(model)
     x, _, _ = check_inputs(x, None, None)
@@ -401,7 +415,7 @@ def lnp(
         return jnp.mean(jax.vmap(lambda xi, yi: lfn(m(xi), yi))(x, y))
 
     grads = jax.grad(mean_loss)(params)
-    grad_sq = sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads))
+    grad_sq = functools.reduce(operator.add, [jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads)])
     f = jax.vmap(model)(x)
     u = jax.vmap(jax.grad(lfn))(f, y)
     chi_loss = jnp.sum(u**2) / B

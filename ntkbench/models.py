@@ -132,9 +132,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 def _check_activation(activation: str) -> str:
     if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
-        )
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     return activation
 
 
@@ -153,32 +151,24 @@ def _zeros(shape: tuple[int, ...]) -> Array:
     return jnp.asarray(np.zeros(shape, np.float32))
 
 
-def _dense(
-    in_size: int, out_size: int | Literal["scalar"], std: float, key: PRNGKeyArray
-) -> eqx.nn.Linear:
+def _dense(in_size: int, out_size: int | Literal["scalar"], std: float, key: PRNGKeyArray) -> eqx.nn.Linear:
     """An ``eqx.nn.Linear`` with weights ~ N(0, std²) and zero bias."""
     # the structure only (no random init of its own), then the weights we want
     layer = eqx.filter_eval_shape(eqx.nn.Linear, in_size, out_size, key=key)
     weight = _normal(key, layer.weight.shape, float(std))
-    return eqx.tree_at(
-        lambda lin: (lin.weight, lin.bias), layer, (weight, _zeros(layer.bias.shape))
-    )
+    return eqx.tree_at(lambda lin: (lin.weight, lin.bias), layer, (weight, _zeros(layer.bias.shape)))
 
 
 def _conv(in_ch: int, out_ch: int, std: float, key: PRNGKeyArray) -> eqx.nn.Conv2d:
     """3×3 'SAME' convolution with weights ~ N(0, std²), zero bias."""
     layer = eqx.filter_eval_shape(eqx.nn.Conv2d, in_ch, out_ch, 3, padding="SAME", key=key)
     weight = _normal(key, layer.weight.shape, float(std))
-    return eqx.tree_at(
-        lambda c: (c.weight, c.bias), layer, (weight, _zeros(layer.bias.shape))
-    )
+    return eqx.tree_at(lambda c: (c.weight, c.bias), layer, (weight, _zeros(layer.bias.shape)))
 
 
 def _check_parametrization(parametrization: Any, base_width: Any) -> tuple[str, int]:
     if parametrization not in PARAMETRIZATIONS:
-        raise ValueError(
-            f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}"
-        )
+        raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
     return parametrization, _check_int(base_width, "base_width", 1)
 
 
@@ -291,15 +281,13 @@ class MLP(eqx.Module):
         self.width = _check_int(width, "width", 1)
         self.depth = _check_int(depth, "depth", 1)
         self.activation = _check_activation(activation)
-        self.parametrization, self.base_width = _check_parametrization(
-            parametrization, base_width
-        )
+        self.parametrization, self.base_width = _check_parametrization(parametrization, base_width)
 
         fan_ins = [self.in_size] + [self.width] * self.depth
         fan_outs: list[Any] = [self.width] * self.depth + [out_size]
         keys = jax.random.split(key, len(fan_ins))
         layers, scales = [], []
-        for i, (n_in, n_out, k) in enumerate(zip(fan_ins, fan_outs, keys)):
+        for i, (n_in, n_out, k) in enumerate(zip(fan_ins, fan_outs, keys, strict=True)):
             std, scale = _init_scale(
                 parametrization,
                 n_in,
@@ -313,13 +301,11 @@ class MLP(eqx.Module):
 
     def __call__(self, x: Float[Array, "..."]) -> Float[Array, " out_size"]:
         if x.size != self.in_size:
-            raise ValueError(
-                f"x must have {self.in_size} elements (in_size), got shape {x.shape}"
-            )
+            raise ValueError(f"x must have {self.in_size} elements (in_size), got shape {x.shape}")
         h = jnp.reshape(x, (self.in_size,))
         act = ACTIVATIONS[self.activation]
         last = len(self.layers) - 1
-        for i, (layer, scale) in enumerate(zip(self.layers, self.in_scales)):
+        for i, (layer, scale) in enumerate(zip(self.layers, self.in_scales, strict=True)):
             h = layer(_scaled(h, scale))
             if i < last:
                 h = act(h)
@@ -401,7 +387,8 @@ class CNN(eqx.Module):
         if shape is None or len(shape) not in (2, 3):
             raise ValueError(f"in_shape must be (C, H, W) or (H, W), got {in_shape!r}")
         shape = tuple(_check_int(s, "in_shape", 1) for s in shape)
-        self.in_shape = shape if len(shape) == 3 else (1, *shape)
+        c, h, w = shape if len(shape) == 3 else (1, *shape)
+        self.in_shape = (c, h, w)
         self.out_size = _check_int(out_size, "out_size", 1)
         self.width = _check_int(width, "width", 1)
         self.depth = _check_int(depth, "depth", 1)
@@ -409,9 +396,7 @@ class CNN(eqx.Module):
         if pool not in ("mean", "flatten"):
             raise ValueError(f"pool must be 'mean' or 'flatten', got {pool!r}")
         self.pool = pool
-        self.parametrization, self.base_width = _check_parametrization(
-            parametrization, base_width
-        )
+        self.parametrization, self.base_width = _check_parametrization(parametrization, base_width)
         keys = jax.random.split(key, self.depth + 1)
         chans = [self.in_shape[0]] + [self.width] * self.depth
         convs, scales = [], []
@@ -435,13 +420,10 @@ class CNN(eqx.Module):
     def __call__(self, x: Float[Array, "..."]) -> Float[Array, " out_size"]:
         n = math.prod(self.in_shape)
         if x.size != n:
-            raise ValueError(
-                f"x must have shape {self.in_shape} (in_shape) or {n} elements, "
-                f"got shape {x.shape}"
-            )
+            raise ValueError(f"x must have shape {self.in_shape} (in_shape) or {n} elements, got shape {x.shape}")
         h = jnp.reshape(x, self.in_shape)
         act = ACTIVATIONS[self.activation]
-        for conv, scale in zip(self.convs, self.in_scales):
+        for conv, scale in zip(self.convs, self.in_scales[:-1], strict=True):  # [-1]: the readout
             h = act(conv(_scaled(h, scale)))
         h = jnp.mean(h, axis=(1, 2)) if self.pool == "mean" else jnp.reshape(h, (-1,))
         return self.readout(_scaled(h, self.in_scales[-1]))
@@ -458,7 +440,7 @@ class _Block(eqx.Module):
     fc1: eqx.nn.Linear
     fc2: eqx.nn.Linear
     heads: int = eqx.field(static=True)
-    in_scales: tuple[float, float, float, float] = eqx.field(static=True)
+    in_scales: tuple[float, ...] = eqx.field(static=True)  # qkv, proj, fc1, fc2
     score_scale: float = eqx.field(static=True)
 
     def __init__(
@@ -583,23 +565,16 @@ class TinyTransformer(eqx.Module):
         self.heads = _check_int(heads, "heads", 1)
         self.mlp_ratio = _check_int(mlp_ratio, "mlp_ratio", 1)
         if self.width % self.heads:
-            raise ValueError(
-                f"width ({self.width}) must be divisible by heads ({self.heads})"
-            )
-        self.parametrization, self.base_width = _check_parametrization(
-            parametrization, base_width
-        )
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        self.parametrization, self.base_width = _check_parametrization(parametrization, base_width)
         k = jax.random.split(key, self.depth + 3)
         self.tok_embed = _embedding(self.vocab_size, self.width, k[0])
         self.pos_embed = _embedding(self.context, self.width, k[1])
         self.blocks = tuple(
-            _Block(self.width, self.heads, self.mlp_ratio, k[3 + i], self.parametrization)
-            for i in range(self.depth)
+            _Block(self.width, self.heads, self.mlp_ratio, k[3 + i], self.parametrization) for i in range(self.depth)
         )
         self.ln_f = _layer_norm(self.width)
-        std, scale = _init_scale(
-            self.parametrization, self.width, readout=True, base_width=self.base_width
-        )
+        std, scale = _init_scale(self.parametrization, self.width, readout=True, base_width=self.base_width)
         self.unembed = _dense(self.width, self.vocab_size, std, k[2])
         self.unembed_scale = float(scale)
 
@@ -635,9 +610,7 @@ def _mup_layers(tree: Any) -> tuple[Any, ...]:
     if isinstance(tree, TinyTransformer):
         hidden = [lay for b in tree.blocks for lay in (b.qkv, b.proj, b.fc1, b.fc2)]
         return (tree.tok_embed, tree.pos_embed, *hidden, tree.unembed)
-    raise TypeError(
-        f"model must be an MLP, CNN or TinyTransformer, got {type(tree).__name__}"
-    )
+    raise TypeError(f"model must be an MLP, CNN or TinyTransformer, got {type(tree).__name__}")
 
 
 def mup_lr_scales(model: MLP | CNN | TinyTransformer) -> tuple[float, ...]:
@@ -693,7 +666,7 @@ def mup_leaf_scales(model: MLP | CNN | TinyTransformer) -> tuple[float, ...]:
         ones,
         replace=tuple(
             jax.tree_util.tree_map(lambda _, f=f: f, layer)
-            for layer, f in zip(layers, mup_lr_scales(model))
+            for layer, f in zip(layers, mup_lr_scales(model), strict=True)
         ),
     )
     return tuple(float(f) for f in jax.tree_util.tree_leaves(factors))
@@ -767,16 +740,11 @@ def make_model(
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     name = config.get("name")
     if name not in MODEL_DEFAULTS:
-        raise ValueError(
-            f"config['name'] must be one of {sorted(MODEL_DEFAULTS)}, got {name!r}"
-        )
+        raise ValueError(f"config['name'] must be one of {sorted(MODEL_DEFAULTS)}, got {name!r}")
     allowed = MODEL_DEFAULTS[name]
     unknown = sorted(set(config) - set(allowed) - {"name"})
     if unknown:
-        raise ValueError(
-            f"unknown key(s) {unknown} in {name!r} model config; allowed keys: "
-            f"{['name', *allowed]}"
-        )
+        raise ValueError(f"unknown key(s) {unknown} in {name!r} model config; allowed keys: {['name', *allowed]}")
     opts = {**allowed, **{k: v for k, v in config.items() if k != "name"}}
     in_shape = tuple(int(s) for s in in_shape)
     if name == "mlp":

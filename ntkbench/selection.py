@@ -151,9 +151,7 @@ def _max_entropy(pool: _Pool, budget: int, key: PRNGKeyArray, opts: dict[str, An
 
 _METHODS: dict[str, _Method] = {
     "random": _Method(_random, {}),
-    "rnd": _Method(
-        _rnd, {"width": 64, "depth": 2, "out_size": 16, "activation": "relu", "steps": 50, "lr": 1e-3}
-    ),
+    "rnd": _Method(_rnd, {"width": 64, "depth": 2, "out_size": 16, "activation": "relu", "steps": 50, "lr": 1e-3}),
     "max_entropy": _Method(_max_entropy, {"m": 20, "model": None}),
 }
 

@@ -63,7 +63,7 @@ import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ntkbench.data import DATASETS, OPTIONS
 
@@ -134,14 +134,13 @@ def _check_model(model: Mapping[str, Any]) -> None:
     names = _model_names()
     name = model.get("name")
     _need(name in names, "model.name", f"one of {list(names)}", name)
-    allowed = _model_keys(name)
+    allowed = _model_keys(cast(str, name))  # _need checked it is a model name
     for key, value in model.items():
         if key == "name":
             continue
         if key not in allowed:
             raise ValueError(
-                f"config key 'model.{key}': unknown for model {name!r}; allowed keys: "
-                f"{['name', *allowed]}"
+                f"config key 'model.{key}': unknown for model {name!r}; allowed keys: {['name', *allowed]}"
             )
         default = allowed[key]
         if key == "activation":
@@ -256,8 +255,7 @@ def _resolve_grid_key(key: str, config: Mapping[str, Any]) -> tuple[tuple[str, .
         section, _, sub = key.partition(".")
         if section not in _SECTIONS or not sub or "." in sub:
             raise ValueError(
-                f"config key 'grid.{key}': a dotted grid key must be 'section.key' with section "
-                f"in {list(_SECTIONS)}"
+                f"config key 'grid.{key}': a dotted grid key must be 'section.key' with section in {list(_SECTIONS)}"
             )
         return (section, sub), key.replace(".", "_")
     targets = _grid_targets(config)
@@ -366,7 +364,7 @@ def expand_grid(config: Mapping[str, Any], *, validate: bool = True) -> list[dic
     for values in itertools.product(*(grid[a] for a in axes)):
         run = copy.deepcopy(base)
         point = {}
-        for axis, value in zip(axes, values):
+        for axis, value in zip(axes, values, strict=True):
             path, _dim = _resolve_grid_key(axis, config)
             _set(run, path, copy.deepcopy(value))
             point[axis] = value
@@ -400,9 +398,7 @@ def run_name(point: Mapping[str, Any]) -> str:
 
 
 @functools.cache
-def make_optimizer(
-    name: str = "sgd", lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0
-):
+def make_optimizer(name: str = "sgd", lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0):
     """An optax optimizer from config values (cached: equal settings give the same
     object, so compiled training steps are reused across runs).
 
@@ -458,10 +454,9 @@ def _mup_scaled(opt, model):
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         if len(leaves) != len(factors):
             raise ValueError(
-                f"µP optimizer: updates have {len(leaves)} array leaves, the model had "
-                f"{len(factors)} parameters"
+                f"µP optimizer: updates have {len(leaves)} array leaves, the model had {len(factors)} parameters"
             )
-        leaves = [u * f if f != 1.0 else u for u, f in zip(leaves, factors)]
+        leaves = [u * f if f != 1.0 else u for u, f in zip(leaves, factors, strict=True)]
         return jax.tree_util.tree_unflatten(treedef, leaves), state
 
     scaled = optax.GradientTransformation(opt.init, update)
@@ -498,18 +493,14 @@ def run_one(config: Mapping[str, Any]):
     dataset = _load_for(cfg)
 
     model_key, train_key = jax.random.split(jax.random.key(seed))
-    model = make_model(
-        dict(cfg["model"]), key=model_key, in_shape=dataset.in_shape, out_size=dataset.n_outputs
-    )
+    model = make_model(dict(cfg["model"]), key=model_key, in_shape=dataset.in_shape, out_size=dataset.n_outputs)
 
     tr = {**TRAIN_DEFAULTS, **cfg.get("train", {})}
     opt = make_optimizer(tr["optimizer"], float(tr["lr"]), float(tr["momentum"]), float(tr["weight_decay"]))
     if tr["optimizer"] in ("adam", "adamw"):
         opt = _mup_scaled(opt, model)
     rec = {**RECORD_DEFAULTS, **cfg.get("record", {})}
-    recorder = Recorder(
-        every=rec["every"], probe=rec["probe"], measures=rec["measures"], log_points=rec["log_points"]
-    )
+    recorder = Recorder(every=rec["every"], probe=rec["probe"], measures=rec["measures"], log_points=rec["log_points"])
     _, ds = train(
         model,
         dataset,
@@ -575,8 +566,9 @@ def check_runs(runs: list[Mapping[str, Any]]) -> None:
         x = jax.ShapeDtypeStruct(ds.x_train.shape[1:], ds.x_train.dtype)
         try:
             model = eqx.filter_eval_shape(
-                lambda: make_model(dict(run["model"]), key=jax.random.key(0),
-                                   in_shape=ds.in_shape, out_size=ds.n_outputs)
+                lambda run=run, ds=ds: make_model(
+                    dict(run["model"]), key=jax.random.key(0), in_shape=ds.in_shape, out_size=ds.n_outputs
+                )
             )
             eqx.filter_eval_shape(lambda m, xi: m(xi), model, x)
         except Exception as exc:
@@ -619,9 +611,7 @@ def _run_to_file(run_config: dict[str, Any], path: str) -> list[str]:
     ds = run_one(run_config)
     cube.save(ds, path)
     return [
-        str(name)
-        for name, var in ds.data_vars.items()
-        if var.dtype.kind == "f" and not np.isfinite(var.values).all()
+        str(name) for name, var in ds.data_vars.items() if var.dtype.kind == "f" and not np.isfinite(var.values).all()
     ]
 
 
@@ -687,7 +677,7 @@ def sweep(
     paths = [out / run_name(r["grid"]) for r in runs]
     if len(set(paths)) != len(paths):  # pragma: no cover - distinct values give distinct names
         raise ValueError("grid: two grid points map to the same file name")
-    pending = [(r, p) for r, p in zip(runs, paths) if not _is_done(p, r)]
+    pending = [(r, p) for r, p in zip(runs, paths, strict=True) if not _is_done(p, r)]
     check_runs([r for r, _ in pending])  # fail before creating folders or clusters
     out.mkdir(parents=True, exist_ok=True)
     # temp files left by a run (or the combined cube) killed mid-write (cube.save's naming)
@@ -725,14 +715,19 @@ def _run_distributed(pending, bar, *, workers, scheduler, client) -> None:
         if client is None:
             if workers is not None:
                 own_cluster = LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,  # pyright: ignore[reportArgumentType]  dask documents None: no dashboard
                 )
                 own_client = Client(own_cluster)
             else:
                 own_client = Client(scheduler)
             client = own_client
         futures = {
-            client.submit(_run_to_file, run, str(path), pure=False, key=f"ntkbench-{path.stem}-{uuid.uuid4().hex[:8]}"): path
+            client.submit(
+                _run_to_file, run, str(path), pure=False, key=f"ntkbench-{path.stem}-{uuid.uuid4().hex[:8]}"
+            ): path
             for run, path in pending
         }
         errors = []

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
 __all__ = ["synthetic_cube"]
+
 
 def _variables() -> dict[str, tuple[str, str]]:
     from ntkbench.cube import VARIABLES
@@ -62,25 +63,25 @@ def synthetic_cube(
     """
     import xarray as xr
 
-    widths = np.asarray(widths, dtype=np.int64)
-    steps = np.asarray(steps, dtype=np.int64)
-    if widths.ndim != 1 or widths.size == 0 or np.any(widths <= 0):
-        raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
-    if steps.ndim != 1 or steps.size == 0 or np.any(steps < 0):
-        raise ValueError(f"steps must be a non-empty sequence of non-negative ints, got {steps!r}")
+    width_values = np.asarray(widths, dtype=np.int64)
+    step_values = np.asarray(steps, dtype=np.int64)
+    if width_values.ndim != 1 or width_values.size == 0 or np.any(width_values <= 0):
+        raise ValueError(f"widths must be a non-empty sequence of positive ints, got {width_values!r}")
+    if step_values.ndim != 1 or step_values.size == 0 or np.any(step_values < 0):
+        raise ValueError(f"steps must be a non-empty sequence of non-negative ints, got {step_values!r}")
     if not isinstance(n_eigen, (int, np.integer)) or n_eigen < 2:
         raise ValueError(f"n_eigen must be an int >= 2, got {n_eigen!r}")
     seed_values = None if seeds is None else np.asarray(seeds, dtype=np.int64)
     rng = np.random.default_rng(seed)
 
     n_seed = 1 if seed_values is None else seed_values.size
-    W = widths[:, None, None].astype(float)
-    S = steps[None, None, :].astype(float)
-    t = np.log1p(S) / np.log1p(max(float(steps.max()), 1.0))  # 0 … 1 along training
-    alpha = 1.0 + 0.6 * t * (64.0 / (W + 64.0)) + 0.02 * rng.standard_normal((len(widths), n_seed, 1))
+    W = width_values[:, None, None].astype(float)
+    S = step_values[None, None, :].astype(float)
+    t = np.log1p(S) / np.log1p(max(float(step_values.max()), 1.0))  # 0 … 1 along training
+    alpha = 1.0 + 0.6 * t * (64.0 / (W + 64.0)) + 0.02 * rng.standard_normal((len(width_values), n_seed, 1))
     scale = 2.0 * np.sqrt(W / 16.0) * (1.0 + 0.5 * t)
     rank = np.arange(1, n_eigen + 1, dtype=float)
-    noise = np.exp(0.05 * rng.standard_normal((len(widths), n_seed, len(steps), n_eigen)))
+    noise = np.exp(0.05 * rng.standard_normal((len(width_values), n_seed, len(step_values), n_eigen)))
     eig = scale[..., None] * rank ** -alpha[..., None] * noise
     eig = -np.sort(-eig, axis=-1)  # descending, eigen_index 0 = largest
 
@@ -88,7 +89,7 @@ def synthetic_cube(
     entropy = -(p * np.log(p)).sum(-1)
     trace = eig.sum(-1)
     rate = 3e-3 * np.sqrt(W / 16.0)
-    jitter = np.exp(0.05 * rng.standard_normal((len(widths), n_seed, len(steps))))
+    jitter = np.exp(0.05 * rng.standard_normal((len(width_values), n_seed, len(step_values))))
     loss = 2.3 * np.exp(-rate * S) * jitter + 0.02
     test_loss = loss * 1.1 + 0.05 * (1 - np.exp(-rate * S))
     accuracy = 1.0 - 0.9 * np.exp(-rate * S) * jitter
@@ -115,16 +116,16 @@ def synthetic_cube(
         long_name, units = table.get(name, (name, "1"))
         data_vars[name] = xr.Variable(d, v.astype(np.float64), {"long_name": long_name, "units": units})
     coords = {
-        "width": ("width", widths, {"long_name": "network width", "units": "1"}),
+        "width": ("width", width_values, {"long_name": "network width", "units": "1"}),
         "seed": ("seed", np.arange(1) if seed_values is None else seed_values, {"long_name": "seed"}),
-        "step": ("step", steps, {"long_name": "optimizer step", "units": "1"}),
+        "step": ("step", step_values, {"long_name": "optimizer step", "units": "1"}),
         "eigen_index": ("eigen_index", np.arange(n_eigen), {"long_name": "eigenvalue index (0 = largest)"}),
     }
     config = {
         "kind": "synthetic",
-        "widths": widths.tolist(),
+        "widths": width_values.tolist(),
         "seeds": None if seed_values is None else seed_values.tolist(),
-        "steps": steps.tolist(),
+        "steps": step_values.tolist(),
         "n_eigen": int(n_eigen),
         "seed": int(seed),
     }
@@ -142,7 +143,7 @@ def synthetic_cube(
         attrs={
             "ntkbench_version": __version__,
             "jax_version": jax_version,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "config": json.dumps(config),
             "paper": "",
             "title": "synthetic eNTK cube",

@@ -45,7 +45,9 @@ def lab(tmp_path_factory):
     # a copy of notebooks/ (and data/, which notebooks open as ../data/...): runs, figures
     # and checkpoints land in tmp, never in the work tree
     root = tmp_path_factory.mktemp("lab-root")
-    shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns("runs", "figures", ".ipynb_checkpoints"))
+    shutil.copytree(
+        ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns("runs", "figures", ".ipynb_checkpoints")
+    )
     if (ROOT / "data").is_dir():
         shutil.copytree(ROOT / "data", root / "data")
     home = tmp_path_factory.mktemp("lab-home")
@@ -111,7 +113,9 @@ def _run_all(page, name: str) -> None:
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click(timeout=10_000)
         except PlaywrightTimeout as exc:  # e.g. the menu item still disabled
             page.keyboard.press("Escape")
-            print(f"{name}: Run All attempt {attempt}/{RUN_ALL_ATTEMPTS}: menu click failed: {exc.message.splitlines()[0]}")
+            print(
+                f"{name}: Run All attempt {attempt}/{RUN_ALL_ATTEMPTS}: menu click failed: {exc.message.splitlines()[0]}"
+            )
             continue
         try:
             _browser.wait_for(
@@ -190,7 +194,7 @@ def test_notebook_in_browser(lab, browser, notebook):
         while time.monotonic() < deadline and changed == 0.0:
             time.sleep(0.5)
             after = [canvases.nth(i).screenshot() for i in range(n)]
-            changed = max(_browser.pixel_diff(a, b) for a, b in zip(before, after))
+            changed = max(_browser.pixel_diff(a, b) for a, b in zip(before, after, strict=True))
         for i, png in enumerate(after):
             (ARTIFACTS / f"{name}-plot{i}-after.png").write_bytes(png)
         assert changed > 0.001, f"{name}: moving the slider did not change any plot"

@@ -36,7 +36,7 @@ def test_load_shapes_dtypes_determinism(name):
     ds = data.load(name, 40, 20, seed=3, **opts)
     again = data.load(name, 40, 20, seed=3, **opts)
     other = data.load(name, 40, 20, seed=4, **opts)
-    for a, b in zip(_arrays(ds), _arrays(again)):
+    for a, b in zip(_arrays(ds), _arrays(again), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(ds.x_train, other.x_train)
     assert (ds.n_train, ds.n_test, ds.name) == (40, 20, name)
@@ -137,7 +137,7 @@ def test_stories_tokens_and_grammar():
     np.testing.assert_array_equal(ds.x_train[:, 1:], ds.y_train[:, :-1])
     # consecutive windows are cut from one stream: the next window starts with the token
     # after the previous window's last target
-    flat = np.concatenate([np.concatenate([x, y[-1:]]) for x, y in zip(ds.x_train, ds.y_train)])
+    flat = np.concatenate([np.concatenate([x, y[-1:]]) for x, y in zip(ds.x_train, ds.y_train, strict=True)])
     words = [vocab[t] for t in flat]
     starts = [i for i, w in enumerate(words) if w == "<s>"]
     assert len(starts) >= 5

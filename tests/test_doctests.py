@@ -5,7 +5,18 @@ import importlib
 
 import pytest
 
-MODULES = ["ntkbench", "ntkbench.kernel", "ntkbench.measures", "ntkbench.models", "ntkbench.data", "ntkbench.selection", "ntkbench.plots", "ntkbench.testing", "ntkbench.widgets", "ntkbench.linalg"]
+MODULES = [
+    "ntkbench",
+    "ntkbench.kernel",
+    "ntkbench.measures",
+    "ntkbench.models",
+    "ntkbench.data",
+    "ntkbench.selection",
+    "ntkbench.plots",
+    "ntkbench.testing",
+    "ntkbench.widgets",
+    "ntkbench.linalg",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

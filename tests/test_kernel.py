@@ -1,6 +1,7 @@
 """ntkbench.entk against independent references: a float64 Jacobian of the raveled
 parameter vector contracted in the test, closed forms, and the infinite-width NTK."""
 
+import itertools
 import math
 
 import equinox as eqx
@@ -72,8 +73,7 @@ class StridedCNN(eqx.Module):
     def __init__(self, key):
         k1, k2, k3 = jax.random.split(key, 3)
         self.conv0 = eqx.nn.Conv2d(1, 3, 3, stride=2, padding="SAME", key=k1, dtype=jnp.float64)
-        self.conv1 = eqx.nn.Conv2d(3, 4, (2, 3), stride=(2, 1), padding=((0, 1), (1, 0)),
-                                   key=k2, dtype=jnp.float64)
+        self.conv1 = eqx.nn.Conv2d(3, 4, (2, 3), stride=(2, 1), padding=((0, 1), (1, 0)), key=k2, dtype=jnp.float64)
         self.head = eqx.nn.Linear(4 * 2 * 2, 2, key=k3, dtype=jnp.float64)
 
     def __call__(self, x):
@@ -109,7 +109,7 @@ def _perturb(model, key):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
-    leaves = [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    leaves = [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys, strict=True)]
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
 
 
@@ -205,9 +205,7 @@ def test_structured_taps_embedding_vmapped_linear_and_head(x64, getkey):
 
 
 def _to64(model):
-    return jax.tree_util.tree_map(
-        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
-    )
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model)
 
 
 @pytest.mark.parametrize("arch", ["transformer", "cnn"])
@@ -217,8 +215,9 @@ def test_structured_on_package_models_matches_float64(arch, x64, getkey):
     from ntkbench.kernel import _probe
 
     if arch == "transformer":
-        model = _perturb(_to64(nb.TinyTransformer(7, 5, width=8, layers=1, heads=2, mlp_ratio=2,
-                                                  key=getkey())), getkey())
+        model = _perturb(
+            _to64(nb.TinyTransformer(7, 5, width=8, layers=1, heads=2, mlp_ratio=2, key=getkey())), getkey()
+        )
         x = jax.random.randint(getkey(), (5, 4), 0, 7)
         x2 = jax.random.randint(getkey(), (3, 4), 0, 7)
         n_tapped = 7  # 2 embeddings, qkv, proj, fc1, fc2, unembed
@@ -242,8 +241,7 @@ def test_both_routes_of_tapped_layers_match(route, x64, getkey, monkeypatch):
     from ntkbench import kernel
 
     orig = kernel._with_routes
-    monkeypatch.setattr(kernel, "_with_routes",
-                        lambda *a: [L._replace(route=route) for L in orig(*a)])
+    monkeypatch.setattr(kernel, "_with_routes", lambda *a: [L._replace(route=route) for L in orig(*a)])
     n = 6 if route == "gram" else 5  # shapes not compiled elsewhere: the forced route is traced
     for case, outputs in (("cnn", "trace"), ("tokens", "full")):
         model, x, x2 = make_case(case, getkey())
@@ -331,8 +329,9 @@ def test_triangle_contracts_each_upper_tile_once(full):
 
     tri = kmod._triangle(contract, feats, n, block, full)
     assert len(shapes) == 10 and sorted(shapes).count((1, 1)) == 1
-    np.testing.assert_allclose(np.asarray(tri), np.asarray(kmod._contract_jacobian(feats, feats, full)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(tri), np.asarray(kmod._contract_jacobian(feats, feats, full)), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_weight_tied_linear_falls_back(x64, getkey):
@@ -393,14 +392,17 @@ class NTKMLP(eqx.Module):
     layers: list
     sigma_w: float = eqx.field(static=True)
 
-    def __init__(self, d_in, width, depth, key, sigma_w=math.sqrt(2.0)):
+    def __init__(self, d_in, width, depth, key, sigma_w=2.0**0.5):
         sizes = [d_in] + [width] * depth + [1]
         keys = jax.random.split(key, 2 * len(sizes))
         layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             lin = eqx.nn.Linear(a, b, key=keys[2 * i])
-            lin = eqx.tree_at(lambda l: (l.weight, l.bias), lin,
-                              (jax.random.normal(keys[2 * i], (b, a)), jax.random.normal(keys[2 * i + 1], (b,))))
+            lin = eqx.tree_at(
+                lambda l: (l.weight, l.bias),
+                lin,
+                (jax.random.normal(keys[2 * i], (b, a)), jax.random.normal(keys[2 * i + 1], (b,))),
+            )
             layers.append(lin)
         self.layers = layers
         self.sigma_w = sigma_w
@@ -414,7 +416,7 @@ class NTKMLP(eqx.Module):
         return h
 
 
-def analytic_relu_ntk(X, depth, sigma_w=math.sqrt(2.0), sigma_b=1.0):
+def analytic_relu_ntk(X, depth, sigma_w=2.0**0.5, sigma_b=1.0):
     """Infinite-width NTK of NTKMLP (Jacot et al. 2018; arc-cosine kernels, Cho & Saul)."""
     d = X.shape[1]
     sigma = sigma_w**2 * (X @ X.T) / d + sigma_b**2
@@ -492,8 +494,9 @@ def test_auto_choice_is_keyed_on_parameter_shapes(getkey):
 
     x = jax.random.normal(getkey(), (5, 3))
     small = {"w": jax.random.normal(getkey(), (2, 3))}
-    np.testing.assert_allclose(nb.entk((apply_fn, small), x), 
-                               np.asarray(nb.entk((apply_fn, small), x, method="jacobian")), rtol=1e-5)
+    np.testing.assert_allclose(
+        nb.entk((apply_fn, small), x), np.asarray(nb.entk((apply_fn, small), x, method="jacobian")), rtol=1e-5
+    )
     wrong = {"w": jax.random.normal(getkey(), (2, 4))}  # cannot take 3 features
     with pytest.raises(ValueError, match="x1"):
         nb.entk((apply_fn, wrong), x)
@@ -554,9 +557,7 @@ def test_compiled_once_per_shape(getkey):
 def test_entk_diag_matches_kernel_diagonal(x64, getkey):
     for case in ("mlp", "tokens"):
         model, x, _ = make_case(case, getkey())
-        np.testing.assert_allclose(
-            nb.kernel.entk_diag(model, x), np.diag(reference_entk(model, x)), rtol=1e-10
-        )
+        np.testing.assert_allclose(nb.kernel.entk_diag(model, x), np.diag(reference_entk(model, x)), rtol=1e-10)
 
 
 @pytest.mark.parametrize(

@@ -147,7 +147,12 @@ def test_entropy_estimate_within_error_bar(setup, outputs):
     exact = _entropy(_eig_desc(k_trace if outputs == "trace" else k_full))
     with jax.enable_x64(True):
         est, err = linalg.entropy_estimate(
-            model, x, num_probes=12, lanczos_order=30, key=jax.random.key(7), outputs=outputs,
+            model,
+            x,
+            num_probes=12,
+            lanczos_order=30,
+            key=jax.random.key(7),
+            outputs=outputs,
             block_size=BLOCK,
         )
     est, err = float(est), float(err)
@@ -160,7 +165,12 @@ def test_entropy_estimate_without_deflation_is_unbiased_but_noisy(setup):
     exact = _entropy(_eig_desc(k_trace))
     with jax.enable_x64(True):
         est, err = linalg.entropy_estimate(
-            model, x, num_probes=12, lanczos_order=30, deflate=0, key=jax.random.key(8),
+            model,
+            x,
+            num_probes=12,
+            lanczos_order=30,
+            deflate=0,
+            key=jax.random.key(8),
             block_size=BLOCK,
         )
     assert abs(float(est) - exact) <= 3 * float(err)
@@ -231,7 +241,12 @@ def test_entropy_estimate_reuses_given_eigenpairs(setup):
     with jax.enable_x64(True):
         pairs = linalg.top_eigenvalues(model, x, 6, method="lanczos", vectors=True, block_size=BLOCK)
         est, err = linalg.entropy_estimate(
-            model, x, num_probes=12, lanczos_order=30, key=jax.random.key(9), eigenpairs=pairs,
+            model,
+            x,
+            num_probes=12,
+            lanczos_order=30,
+            key=jax.random.key(9),
+            eigenpairs=pairs,
             block_size=BLOCK,
         )
         with pytest.raises(ValueError, match="eigenpairs:"):
@@ -342,6 +357,7 @@ def test_top_eigenvalues_and_entropy_both_matvecs(setup, matvec):
     with jax.enable_x64(True):
         lam = np.asarray(linalg.top_eigenvalues(model, x, 5, method="lanczos", block_size=BLOCK, matvec=matvec))
         np.testing.assert_allclose(lam, _eig_desc(k_trace)[:5], rtol=1e-8)
-        s, err = linalg.entropy_estimate(model, x, num_probes=4, lanczos_order=20, block_size=BLOCK,
-                                         matvec=matvec, key=jax.random.key(3))
+        s, err = linalg.entropy_estimate(
+            model, x, num_probes=4, lanczos_order=20, block_size=BLOCK, matvec=matvec, key=jax.random.key(3)
+        )
         assert abs(float(s) - _entropy(_eig_desc(k_trace))) < 4 * float(err) + 1e-3

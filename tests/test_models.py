@@ -27,7 +27,7 @@ def _leaves(model):
 
 def _same(a, b) -> bool:
     la, lb = _leaves(a), _leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb, strict=True))
 
 
 @eqx.filter_jit
@@ -59,8 +59,9 @@ def _entk_scale(make, x, widths, seeds=3):
     import ntkbench as nb
 
     return [
-        np.mean([float(jnp.mean(jnp.diag(nb.entk(make(w, jax.random.key(s)), x, method="jacobian"))))
-                 for s in range(seeds)])  # fmt: skip
+        np.mean(
+            [float(jnp.mean(jnp.diag(nb.entk(make(w, jax.random.key(s)), x, method="jacobian")))) for s in range(seeds)]
+        )  # fmt: skip
         for w in widths
     ]
 
@@ -299,6 +300,7 @@ def test_cnn_parametrizations_agree_at_init():
     key, width = jax.random.key(3), 6
     x = jax.random.normal(jax.random.key(4), (5, 2, 6, 6))
     for pool in ("mean", "flatten"):
+
         def out(param, base=width, pool=pool):
             return _batch(CNN((2, 6, 6), 3, width, 2, "tanh", param, pool=pool,
                               base_width=base, key=key), x)  # fmt: skip
@@ -318,7 +320,7 @@ def test_cnn_parametrization_weights_and_layers():
         assert all(type(c) is eqx.nn.Conv2d for c in m.convs)
         assert type(m.readout) is eqx.nn.Linear
     assert (ntk.parametrization, mup.parametrization, mup.base_width) == ("ntk", "mup", base)
-    for conv, fan_in in zip(std.convs, (4 * 9, w * 9)):
+    for conv, fan_in in zip(std.convs, (4 * 9, w * 9), strict=True):
         assert abs(float(jnp.var(conv.weight)) * fan_in - 1) < 0.1
     for conv in ntk.convs:
         assert abs(float(jnp.var(conv.weight)) - 1) < 0.1

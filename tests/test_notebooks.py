@@ -58,9 +58,7 @@ def test_notebook_runs(notebook, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))  # no user kernelspec shadows ours
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")
     nb = nbformat.read(work / notebook.name, as_version=4)
-    client = NotebookClient(
-        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(work)}}
-    )
+    client = NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(work)}})
     t0 = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - t0

@@ -231,7 +231,7 @@ def test_mup_adam_scales_hidden_and_readout_updates():
     opt = _mup_scaled(make_optimizer("adam", lr), model)
     updates, _ = opt.update(grads, opt.init(params), params)
     expected = [lr, lr / width, lr / width]
-    for layer, e in zip(updates.layers, expected):
+    for layer, e in zip(updates.layers, expected, strict=True):
         np.testing.assert_allclose(np.asarray(layer.weight), -e, rtol=1e-4)
     standard = nb.MLP(4, 3, width, 2, key=jax.random.key(0))
     assert _mup_scaled(make_optimizer("adam", lr), standard) is make_optimizer("adam", lr)

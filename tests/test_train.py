@@ -119,7 +119,7 @@ def test_same_key_same_result_and_recording_does_not_change_training(digits, mod
     m3, ds3 = train(model0, digits, recorder=None, **kw)
     m4, _ = train(model0, digits, recorder=Recorder(every=[7, 13], probe=8, measures=["loss"]), **kw)
     for m in (m2, m3, m4):
-        for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m)):
+        for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert ds3["step"].values.tolist() == [30]
     assert set(ds3.data_vars) == {"loss", "test_loss"}
@@ -136,8 +136,21 @@ def test_full_batch_ce_and_custom_measure(digits, model0):
         def __call__(self, ctx):
             return ctx.eigenvalues[0]
 
-    rec = Recorder(every=5, probe=8, measures=[TopEigenvalue(), "eigenvalues", "loss", "test_entropy", "test_trace", "spectral_position"])
-    _, ds = train(model0, digits, optimizer=optax.adam(1e-2), steps=10, batch_size=None, loss="ce", recorder=rec, key=jax.random.key(0))
+    rec = Recorder(
+        every=5,
+        probe=8,
+        measures=[TopEigenvalue(), "eigenvalues", "loss", "test_entropy", "test_trace", "spectral_position"],
+    )
+    _, ds = train(
+        model0,
+        digits,
+        optimizer=optax.adam(1e-2),
+        steps=10,
+        batch_size=None,
+        loss="ce",
+        recorder=rec,
+        key=jax.random.key(0),
+    )
     np.testing.assert_array_equal(ds["top_eigenvalue"].values, ds["eigenvalues"].values[:, 0])
     assert ds["loss"].values[-1] < ds["loss"].values[0]
     K_test = _reference_kernel(model0, digits.x_test[:8])
@@ -150,10 +163,25 @@ def test_full_batch_ce_and_custom_measure(digits, model0):
 def test_regression_task_defaults_and_errors():
     data = nb.load("teacher", 32, 16, seed=0)
     model = nb.MLP(int(np.prod(data.in_shape)), data.n_outputs, 16, 1, key=jax.random.key(0))
-    _, ds = train(model, data, optimizer=optax.sgd(0.05), steps=10, batch_size=8, recorder=Recorder(every=5, probe=8), key=jax.random.key(0))
+    _, ds = train(
+        model,
+        data,
+        optimizer=optax.sgd(0.05),
+        steps=10,
+        batch_size=8,
+        recorder=Recorder(every=5, probe=8),
+        key=jax.random.key(0),
+    )
     assert "accuracy" not in ds and "test_accuracy" not in ds and "entropy" in ds
     with pytest.raises(ValueError, match="accuracy"):
-        train(model, data, optimizer=optax.sgd(0.05), steps=1, recorder=Recorder(probe=4, measures=["accuracy"]), key=jax.random.key(0))
+        train(
+            model,
+            data,
+            optimizer=optax.sgd(0.05),
+            steps=1,
+            recorder=Recorder(probe=4, measures=["accuracy"]),
+            key=jax.random.key(0),
+        )
     with pytest.raises(ValueError, match="loss"):
         train(model, data, optimizer=optax.sgd(0.05), steps=1, loss="ce", recorder=None, key=jax.random.key(0))
 

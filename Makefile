@@ -75,6 +75,8 @@ bench-env:
 data: $(VENV)/.stamp-test
 	OMP_NUM_THREADS=1 $(VENV)/bin/ntkbench reproduce collective --quick --out runs/collective-quick
 	cp runs/collective-quick/collective.nc data/collective_quick.nc
+	OMP_NUM_THREADS=1 $(VENV)/bin/ntkbench reproduce data --quick --out runs/data-quick
+	cp runs/data-quick/data.nc data/data_quick.nc
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -84,6 +84,8 @@ COORDS: dict[str, tuple[str, str]] = {
     "probe": ("probe set size", "1"),
     "parametrization": ("parametrization", ""),
     "activation": ("activation function", ""),
+    "selection": ("training-data selection method", ""),
+    "budget": ("data budget (selected training samples)", "1"),
 }
 
 #: variables derived from the eNTK: NaN/Inf in them is an error, never plotted silently
@@ -183,7 +185,7 @@ def make_attrs(config: Mapping[str, Any], paper: str = "", title: str = "") -> d
     return {
         "ntkbench_version": _ntkbench_version(),
         "jax_version": jax.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "config": json.dumps(_jsonable(config), sort_keys=False),
         "paper": paper,
         "title": title,
@@ -197,7 +199,9 @@ def validate(ds: Any, *, check_finite: bool = True) -> None:
     and ``config`` is JSON; every dimension has a coordinate of the same name (known
     dims are ``step``, ``eigen_index`` and the swept axes); ``eigenvalues`` (if present)
     has dim ``eigen_index``; every data variable has ``long_name`` and ``units``; with
-    ``check_finite`` no kernel-derived variable (:data:`KERNEL_VARIABLES`) holds NaN/Inf.
+    ``check_finite`` no kernel-derived variable (:data:`KERNEL_VARIABLES`) holds NaN/Inf
+    (except the NaN tail of a spectrum shorter than the cube's ``eigen_index``, which
+    :func:`combine` pads runs of smaller probe sets with).
 
     >>> import xarray as xr
     >>> validate(xr.Dataset())  # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -234,11 +238,18 @@ def validate(ds: Any, *, check_finite: bool = True) -> None:
         for name in sorted(KERNEL_VARIABLES & set(map(str, ds.data_vars))):
             values = np.asarray(ds[name].values)
             if values.dtype.kind in "fc":
-                bad = int(np.size(values) - np.isfinite(values).sum())
+                ok = np.isfinite(values)
+                if "eigen_index" in ds[name].dims:
+                    # spectra shorter than the longest (runs of smaller probe sets, e.g. data
+                    # budgets) end in NaN padding: a NaN tail after a finite head is fine
+                    v = np.moveaxis(values, ds[name].dims.index("eigen_index"), -1)
+                    nan = np.isnan(v)
+                    tail = np.logical_and.accumulate(nan[..., ::-1], axis=-1)[..., ::-1]
+                    padded = tail & ~nan[..., :1]
+                    ok = np.moveaxis(np.isfinite(v) | padded, -1, ds[name].dims.index("eigen_index"))
+                bad = int(np.size(values) - ok.sum())
                 if bad:
-                    problems.append(
-                        f"kernel-derived variable {name!r} holds {bad} NaN/Inf value(s)"
-                    )
+                    problems.append(f"kernel-derived variable {name!r} holds {bad} NaN/Inf value(s)")
     if problems:
         raise ValueError("invalid ntkbench cube: " + "; ".join(problems))
 
@@ -410,11 +421,16 @@ def combine(items: Iterable[Any], *, attrs: Mapping[str, str] | None = None) -> 
         elif isinstance(item, (str, os.PathLike)):
             datasets.append(open(item))
         else:
-            raise TypeError(
-                f"items must hold paths or xarray.Datasets, got {type(item).__name__}"
-            )
+            raise TypeError(f"items must hold paths or xarray.Datasets, got {type(item).__name__}")
     if not datasets:
         raise ValueError("items is empty: nothing to combine")
+    # runs of different probe sizes (e.g. data budgets) have spectra of different lengths:
+    # pad them to the longest with NaN, or combine_by_coords would concatenate along
+    # eigen_index and spread every scalar measure over it
+    sizes = {d.sizes["eigen_index"] for d in datasets if "eigen_index" in d.dims}
+    if len(sizes) > 1:
+        longest = np.arange(max(sizes))
+        datasets = [d.reindex(eigen_index=longest) if "eigen_index" in d.dims else d for d in datasets]
     combined = xr.combine_by_coords(
         datasets,
         compat="no_conflicts",
@@ -435,7 +451,7 @@ def combine(items: Iterable[Any], *, attrs: Mapping[str, str] | None = None) -> 
                 configs.append(d.attrs.get("config"))
         first.update(combined.attrs)
         first["config"] = json.dumps(configs)
-        first["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        first["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         combined.attrs = first
     for name in combined.coords:
         if name in COORDS and "long_name" not in combined[name].attrs:
@@ -463,7 +479,9 @@ def save_many(cubes: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
             raise type(exc)(f"cubes[{name!r}]: {exc}") from exc
     path = Path(path)
     if path.suffix == ".zarr":
-        raise ValueError(f"path must be a netCDF file (*.nc): several cubes in one Zarr store are not supported, got {str(path)!r}")
+        raise ValueError(
+            f"path must be a netCDF file (*.nc): several cubes in one Zarr store are not supported, got {str(path)!r}"
+        )
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     names = list(cubes)

@@ -77,6 +77,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "random_features": {"n_features": 256, "alpha": 1.5, "beta": 1.0, "d_out": 1, "noise": 0.0},
     "stories": {"context": 32},
+    "mnist_idx": {"path": None, "flatten": True},
+    "cifar10": {"path": None, "flatten": False},
+    "npz": {"path": None, "x_key": "x", "y_key": "y", "task": None},
 }
 
 
@@ -442,6 +445,9 @@ DATASETS: dict[str, Callable[[int, int, int, dict[str, Any]], Dataset]] = {
     "teacher": _teacher,
     "random_features": _random_features,
     "stories": _stories,
+    "mnist_idx": lambda n_train, n_test, seed, opts: _mnist_idx(n_train, n_test, seed, opts),
+    "cifar10": lambda n_train, n_test, seed, opts: _cifar10(n_train, n_test, seed, opts),
+    "npz": lambda n_train, n_test, seed, opts: _npz(n_train, n_test, seed, opts),
 }
 
 
@@ -468,6 +474,19 @@ def load(name: str, n_train: int, n_test: int, seed: int = 0, **options: Any) ->
           activation="tanh", noise=0.0``.
         - random_features: ``n_features=256, alpha=1.5, beta=1.0, d_out=1, noise=0.0``.
         - stories: ``context=32``.
+        - mnist_idx: ``path`` (required) a folder with MNIST's four IDX files
+          (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+          ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each raw or ``.gz``; also
+          Fashion-MNIST), ``flatten=True`` (False gives (1, 28, 28) images); ``n_train``
+          samples are drawn from the training files, ``n_test`` from the test files.
+        - cifar10: ``path`` (required) the ``cifar-10-batches-py`` folder,
+          ``flatten=False`` ((3, 32, 32) images; True gives 3072-d vectors); drawn from
+          the training and test batches as for mnist_idx.
+        - npz: ``path`` (required) a ``.npz`` file, ``x_key="x"``, ``y_key="y"``,
+          ``task=None`` (classification for integer labels, else regression); split
+          into train and test as :func:`from_arrays` does.
+
+        A missing or malformed file raises ``ValueError`` naming its path.
 
     Returns
     -------
@@ -547,6 +566,104 @@ def from_arrays(
         in_shape=tuple(x.shape[1:]),
         meta={"seed": seed, "train_indices": train_idx, "test_indices": test_idx},
     )
+
+
+# --------------------------------------------------------------------------- file data sets
+
+
+def _file_path(opts: dict[str, Any], name: str) -> Path:
+    if opts["path"] is None:
+        raise ValueError(f"path: data set {name!r} reads local files: give path = '...' (see ntkbench.load)")
+    return Path(os.path.expanduser(str(opts["path"])))
+
+
+def _draw(
+    x: np.ndarray, y: np.ndarray, n: int, seed: int, stream: int, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if n > len(x):
+        raise ValueError(f"{what}={n} exceeds the {len(x)} samples in the files")
+    idx = np.sort(_rng(seed, stream).permutation(len(x))[:n])
+    return x[idx], y[idx], idx
+
+
+def _split_files(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    n_train: int,
+    n_test: int,
+    seed: int,
+    opts: dict[str, Any],
+    path: Path,
+    flat: tuple[int, ...],
+) -> Dataset:
+    """n_train samples of the training files, n_test of the test files (seeded, sorted)."""
+    x_tr, y_tr, i_tr = _draw(*train, n_train, seed, 0, "n_train")
+    x_te, y_te, i_te = _draw(*test, n_test, seed, 1, "n_test")
+    if opts["flatten"] is True:
+        x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
+    elif opts["flatten"] is not False:
+        raise TypeError(f"flatten must be True or False, got {opts['flatten']!r}")
+    else:
+        x_tr, x_te = x_tr.reshape(len(x_tr), *flat), x_te.reshape(len(x_te), *flat)
+    n_out = int(max(train[1].max(), test[1].max())) + 1
+    return Dataset(
+        x_tr.astype(np.float32),
+        y_tr.astype(np.int32),
+        x_te.astype(np.float32),
+        y_te.astype(np.int32),
+        task="classification",
+        n_outputs=n_out,
+        name=name,
+        in_shape=tuple(x_tr.shape[1:]),
+        meta={"source": str(path), "seed": seed, "options": opts, "train_indices": i_tr, "test_indices": i_te},
+    )
+
+
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for cand in (folder / stem, folder / f"{stem}.gz", folder / stem.replace("-idx", ".idx")):
+        if cand.is_file():
+            return cand
+    raise ValueError(f"path: {str(folder)!r} has no {stem}[.gz] (MNIST's IDX files)")
+
+
+def _mnist_idx(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
+    opts = check_options("data set 'mnist_idx'", opts, OPTIONS["mnist_idx"])
+    folder = _file_path(opts, "mnist_idx")
+    if not folder.is_dir():
+        raise ValueError(f"path: {str(folder)!r} is not a folder (MNIST's four IDX files are expected there)")
+    parts = {}
+    for split, (images, labels) in _MNIST_FILES.items():
+        x, y = load_idx(_find(folder, images), _find(folder, labels))
+        parts[split] = (x, y)
+    shape = (1, *parts["train"][0].shape[1:])
+    return _split_files("mnist_idx", parts["train"], parts["test"], n_train, n_test, seed, opts, folder, shape)
+
+
+def _cifar10(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
+    opts = check_options("data set 'cifar10'", opts, OPTIONS["cifar10"])
+    folder = _file_path(opts, "cifar10")
+    train, test = load_cifar10(folder, "train"), load_cifar10(folder, "test")
+    return _split_files("cifar10", train, test, n_train, n_test, seed, opts, folder, (3, 32, 32))
+
+
+def _npz(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
+    opts = check_options("data set 'npz'", opts, OPTIONS["npz"])
+    path = _file_path(opts, "npz")
+    x, y = load_npz(path, opts["x_key"], opts["y_key"])
+    task = opts["task"] or ("classification" if np.issubdtype(np.asarray(y).dtype, np.integer) else "regression")
+    try:
+        ds = from_arrays(x, y, n_train, n_test, seed, task=task, name="npz")
+    except ValueError as exc:
+        raise ValueError(f"path {str(path)!r}: {exc}") from exc
+    ds.meta["source"] = str(path)
+    return ds
 
 
 # --------------------------------------------------------------------------- file loaders

@@ -61,6 +61,7 @@ __all__ = [
     # building blocks (also for paper figures)
     "check_cube",
     "finite_mask",
+    "palette",
     "new_figure",
     "style",
     "legend_style",
@@ -80,6 +81,10 @@ __all__ = [
     "step_marker",
     "header",
     "panel_grid",
+    "figure_data",
+    "set_panel",
+    "si_trace_axes",
+    "line_grid",
     "color_mapper",
     "text_colors",
     "category_heatmap",
@@ -90,7 +95,7 @@ __all__ = [
     "apply",
 ]
 
-Columns = dict[str, list]
+Columns = dict[str, Any]
 SeedSel = Literal["mean"] | int
 
 CHROMIUM = "/usr/bin/chromium"
@@ -134,7 +139,7 @@ def check_cube(ds: Any, var: str | None = None) -> None:
         raise ValueError(f"variable {var!r} is not in the cube; it has {sorted(map(str, ds.data_vars))}")
 
 
-def _palette(n: int, name: str = "Viridis256") -> list[str]:
+def palette(n: int, name: str = "Viridis256") -> list[str]:
     """``n`` colours sampled evenly from a perceptual 256-colour palette, avoiding the
     palest end (unreadable on white)."""
     import bokeh.palettes as bp
@@ -151,8 +156,8 @@ def _palette(n: int, name: str = "Viridis256") -> list[str]:
 def _colors_for(values: Sequence, all_values: Sequence, name: str) -> list[str]:
     # colours are tied to the position in the full coordinate, so a width keeps its colour
     # when the selection changes
-    pal = _palette(len(all_values), name)
-    lookup = {v: c for v, c in zip(list(all_values), pal)}
+    pal = palette(len(all_values), name)
+    lookup = dict(zip(list(all_values), pal, strict=True))
     return [lookup[v] for v in values]
 
 
@@ -238,6 +243,16 @@ def style(fig: Any) -> Any:
 
 
 _TICKS_125 = [m * 10.0**e for e in range(-3, 7) for m in (1, 2, 5)]
+
+
+def _hover(fig: Any) -> Any:
+    """The figure's HoverTool (made by ``tools="hover,..."``)."""
+    from bokeh.models import HoverTool
+
+    hover = fig.select_one({"type": HoverTool})
+    if not isinstance(hover, HoverTool):
+        raise RuntimeError("figure has no HoverTool")
+    return hover
 
 
 def _fixed_ticks(axis: Any, ticks: Sequence[float]) -> None:
@@ -420,7 +435,9 @@ def spectrum_data(
     if by == "width":
         st = _resolve_step(ds, step if not isinstance(step, Sequence) else step[-1])
         groups = [(w, st) for w in _resolve_widths(ds, width)]
-        colors = _colors_for([g[0] for g in groups], ds["width"].values.tolist(), "Viridis256") if has_width else ["#440154"]
+        colors = (
+            _colors_for([g[0] for g in groups], ds["width"].values.tolist(), "Viridis256") if has_width else ["#440154"]
+        )
     else:
         if has_width:
             w = width if width is not None else ds["width"].values[-1]
@@ -437,7 +454,7 @@ def spectrum_data(
         colors = _colors_for(sts, all_steps, "Plasma256")
     lines: Columns = {"xs": [], "ys": [], "color": [], "label": []}
     points: Columns = {k: [] for k in ("x", "y", "eigen_index", "width", "step", "label", "color")}
-    for (w, s), c in zip(groups, colors):
+    for (w, s), c in zip(groups, colors, strict=True):
         sel = {"step": s}
         if w is not None:
             sel["width"] = w
@@ -557,10 +574,14 @@ def measure_data(
     lines: Columns = {"xs": [], "ys": [], "color": [], "label": []}
     bands: Columns = {"xs": [], "ys": [], "color": []}
     points: Columns = {k: [] for k in ("x", "y", "std", "width", "label", "color")}
-    for w, c in zip(ws, colors):
+    for w, c in zip(ws, colors, strict=True):
         m = mean if w is None else mean.sel(width=w)
         y = np.asarray(m.transpose(x).values, dtype=float)
-        s = None if std is None else np.asarray((std if w is None else std.sel(width=w)).transpose(x).values, dtype=float)
+        s = (
+            None
+            if std is None
+            else np.asarray((std if w is None else std.sel(width=w)).transpose(x).values, dtype=float)
+        )
         ok = finite_mask(xv, y, log_x, log_y)
         name = f"width {w}" if w is not None else measure
         lines["xs"].append(xv[ok].tolist())
@@ -616,7 +637,9 @@ def measure_plot(
     if log_y is None:
         log_y = "loss" in measure
     data = measure_data(ds, measure, widths=widths, seed=seed, x=x, log_x=log_x, log_y=log_y)
-    fig = new_figure(str(ds[measure].attrs.get("long_name", measure)), label(ds, x), label(ds, measure), log_x, log_y, **figure_kw)
+    fig = new_figure(
+        str(ds[measure].attrs.get("long_name", measure)), label(ds, x), label(ds, measure), log_x, log_y, **figure_kw
+    )
     bands = ColumnDataSource(data["bands"], name="bands")
     lines = ColumnDataSource(data["lines"], name="lines")
     points = ColumnDataSource(data["points"], name="points")
@@ -698,7 +721,11 @@ def scaling_data(
     mean = _drop_extra(mean, ("width",))
     x = np.asarray(ws, dtype=float)
     y = np.asarray(mean.transpose("width").values, dtype=float)
-    s = np.zeros_like(y) if std is None else np.asarray(_drop_extra(std, ("width",)).transpose("width").values, dtype=float)
+    s = (
+        np.zeros_like(y)
+        if std is None
+        else np.asarray(_drop_extra(std, ("width",)).transpose("width").values, dtype=float)
+    )
     seeds: Columns = {"x": [], "y": [], "seed": []}
     if "seed" in da.dims and seed == "mean":
         per = _drop_extra(da, ("width", "seed")).transpose("width", "seed")
@@ -748,12 +775,18 @@ def scaling_plot(
     fig = new_figure(f"{name} at step {st}", label(ds, "width"), label(ds, measure), True, True, **figure_kw)
     srcs = {k: ColumnDataSource(v, name=k) for k, v in data.items()}
     fig.scatter("x", "y", source=srcs["seeds"], color="#7f7f7f", alpha=0.45, size=5)
-    whisker = Whisker(base="x", lower="lower", upper="upper", source=srcs["errors"], line_color="#21918c", name="whiskers")
-    whisker.upper_head.line_color = whisker.lower_head.line_color = "#21918c"
+    whisker = Whisker(
+        base="x", lower="lower", upper="upper", source=srcs["errors"], line_color="#21918c", name="whiskers"
+    )
+    for head in (whisker.upper_head, whisker.lower_head):
+        if head is not None:
+            head.line_color = "#21918c"  # pyright: ignore[reportAttributeAccessIssue]  Whisker's heads are TeeHeads
     fig.add_layout(whisker)
     # a real glyph along the error bars, so the auto ranges include them
     fig.segment("x", "lower", "x", "upper", source=srcs["errors"], line_color="#21918c", line_width=1)
-    fig.multi_line("xs", "ys", source=srcs["fit"], line_color="#d1495b", line_width=2, line_dash="dashed", legend_field="label")
+    fig.multi_line(
+        "xs", "ys", source=srcs["fit"], line_color="#d1495b", line_width=2, line_dash="dashed", legend_field="label"
+    )
     r = fig.scatter("x", "y", source=srcs["points"], color="#21918c", size=9, line_color="white")
     fig.add_tools(
         HoverTool(
@@ -784,7 +817,9 @@ def heatmap_data(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean") -
     cells: Columns = {k: [] for k in ("step", "width", "step_label", "width_label", "value")}
     for w in ws:
         m = mean if w is None else mean.sel(width=w)
-        for s, v in zip(ds["step"].values.tolist(), np.asarray(m.transpose("step").values, dtype=float).tolist()):
+        for s, v in zip(
+            ds["step"].values.tolist(), np.asarray(m.transpose("step").values, dtype=float).tolist(), strict=True
+        ):
             cells["step"].append(s)
             cells["width"].append(w if w is not None else -1)
             cells["step_label"].append(str(s))
@@ -793,7 +828,9 @@ def heatmap_data(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean") -
     return {"cells": cells}
 
 
-def heatmap_plot(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean", palette: str = "Viridis256", **figure_kw: Any) -> Any:
+def heatmap_plot(
+    ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean", palette: str = "Viridis256", **figure_kw: Any
+) -> Any:
     """Width × step heatmap of a measure with a colour bar (categorical axes, cube order).
 
     Example
@@ -804,7 +841,7 @@ def heatmap_plot(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean", p
     18
     """
     import bokeh.palettes as bp
-    from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+    from bokeh.models import ColorBar, ColumnDataSource, FactorRange, LinearColorMapper
     from bokeh.plotting import figure
 
     data = heatmap_data(ds, measure, seed=seed)
@@ -812,13 +849,15 @@ def heatmap_plot(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean", p
     vals = np.asarray(cells["value"], dtype=float)
     finite = vals[np.isfinite(vals)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    mapper = LinearColorMapper(palette=getattr(bp, palette), low=lo, high=hi if hi > lo else lo + 1, nan_color="#dddddd")
+    mapper = LinearColorMapper(
+        palette=getattr(bp, palette), low=lo, high=hi if hi > lo else lo + 1, nan_color="#dddddd"
+    )
     x_f = [str(s) for s in ds["step"].values.tolist()]
     y_f = list(dict.fromkeys(cells["width_label"]))
     fig = figure(
         title=str(ds[measure].attrs.get("long_name", measure)),
-        x_range=x_f,
-        y_range=y_f,
+        x_range=FactorRange(factors=x_f),
+        y_range=FactorRange(factors=y_f),
         x_axis_label=label(ds, "step"),
         y_axis_label=label(ds, "width"),
         width=figure_kw.pop("width", 560),
@@ -827,11 +866,26 @@ def heatmap_plot(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean", p
         **figure_kw,
     )
     src = ColumnDataSource(cells, name="cells")
-    fig.rect("step_label", "width_label", 1, 1, source=src, fill_color={"field": "value", "transform": mapper}, line_color="white")
-    hover = fig.select_one(HoverTool)
+    fig.rect(
+        "step_label",
+        "width_label",
+        1,
+        1,
+        source=src,
+        fill_color={"field": "value", "transform": mapper},
+        line_color="white",
+    )
+    hover = _hover(fig)
     hover.tooltips = [("width", "@width"), ("step", "@step"), (measure, "@value{%0.6g}")]
     hover.formatters = {"@value": "printf"}
-    bar = ColorBar(color_mapper=mapper, title=label(ds, measure), title_text_font_style="normal", title_text_font_size="10pt", major_label_text_font_size="10pt", width=14)
+    bar = ColorBar(
+        color_mapper=mapper,
+        title=label(ds, measure),
+        title_text_font_style="normal",
+        title_text_font_size="10pt",
+        major_label_text_font_size="10pt",
+        width=14,
+    )
     fig.add_layout(bar, "right")
     style(fig)
     fig.grid.grid_line_color = None
@@ -872,12 +926,14 @@ def kernel_image(K: Any, *, title: str = "eNTK", palette: str | None = None, **f
         mapper = LinearColorMapper(palette=pal, low=-m, high=m)
     else:
         pal = bp.Viridis256 if palette is None else getattr(bp, palette)
-        mapper = LinearColorMapper(palette=pal, low=float(K.min()), high=float(K.max()) if K.max() > K.min() else float(K.min()) + 1)
+        mapper = LinearColorMapper(
+            palette=pal, low=float(K.min()), high=float(K.max()) if K.max() > K.min() else float(K.min()) + 1
+        )
     side = figure_kw.pop("height", 420)
     fig = figure(
         title=title,
-        x_range=Range1d(-0.5, n2 - 0.5, bounds=(-0.5, n2 - 0.5)),
-        y_range=Range1d(n1 - 0.5, -0.5, bounds=(-0.5, n1 - 0.5)),
+        x_range=Range1d(start=-0.5, end=n2 - 0.5, bounds=(-0.5, n2 - 0.5)),
+        y_range=Range1d(start=n1 - 0.5, end=-0.5, bounds=(-0.5, n1 - 0.5)),
         x_axis_label="sample j",
         y_axis_label="sample i",
         width=figure_kw.pop("width", int(side * n2 / n1) + 90),
@@ -888,8 +944,14 @@ def kernel_image(K: Any, *, title: str = "eNTK", palette: str | None = None, **f
     # Bokeh draws image row 0 at the low end of y; the flipped y range puts it on top.
     # Cells are centred on integer (i, j) so the hover's rounded coordinates are exact.
     src = ColumnDataSource({"image": [K]}, name="image")
-    r = fig.image("image", x=-0.5, y=-0.5, dw=n2, dh=n1, source=src, color_mapper=mapper)
-    fig.add_tools(HoverTool(renderers=[r], tooltips=[("i", "$y{0}"), ("j", "$x{0}"), ("K", "@image{%0.6g}")], formatters={"@image": "printf"}))
+    r = fig.image("image", x=-0.5, y=-0.5, dw=n2, dh=n1, source=src, color_mapper=mapper)  # pyright: ignore[reportCallIssue]  image() takes color_mapper (Bokeh's stub omits it)
+    fig.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[("i", "$y{0}"), ("j", "$x{0}"), ("K", "@image{%0.6g}")],
+            formatters={"@image": "printf"},
+        )
+    )
     fig.add_layout(ColorBar(color_mapper=mapper, width=14, major_label_text_font_size="10pt"), "right")
     style(fig)
     fig.grid.grid_line_color = None
@@ -973,15 +1035,23 @@ def seed_mode(seed: Any, ds: Any) -> Any:
     return int(seed)
 
 
-def seed_traces(da: Any, seed: Any) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """The lines one DataArray over (``seed``, step) draws for a :func:`seed_mode`:
-    ``[(values (S,), std (S,) or None), ...]`` -- one (mean, std) for ``"mean"``, one per
-    seed for ``"all"``, one for a single seed; a cube without ``seed`` gives one line."""
+def seed_traces(da: Any, seed: Any, *, spread: str = "std") -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The lines one DataArray over (``seed``, x) draws for a :func:`seed_mode`:
+    ``[(values (X,), spread (X,) or None), ...]`` -- one (mean, spread) for ``"mean"``, one
+    per seed for ``"all"``, one for a single seed; a cube without ``seed`` gives one line.
+    ``spread``: ``"std"`` (standard deviation over seeds) or ``"se"`` (standard error of
+    the mean, std / sqrt(number of finite seeds)). NaN seeds are left out of the mean."""
+    if spread not in ("std", "se"):
+        raise ValueError(f"spread must be 'std' or 'se', got {spread!r}")
     if "seed" not in da.dims:
         return [(np.asarray(da.values, float), None)]
     if seed == "mean":
-        std = da.std("seed").values if da.sizes["seed"] > 1 else None
-        return [(np.asarray(da.mean("seed").values, float), None if std is None else np.asarray(std, float))]
+        if da.sizes["seed"] <= 1:
+            return [(np.asarray(da.mean("seed").values, float), None)]
+        std = np.asarray(da.std("seed").values, float)
+        if spread == "se":
+            std = std / np.sqrt(np.maximum(np.asarray(da.notnull().sum("seed").values, float), 1.0))
+        return [(np.asarray(da.mean("seed").values, float), std)]
     if seed == "all":
         return [(np.asarray(da.sel(seed=s).values, float), None) for s in da["seed"].values]
     return [(np.asarray(da.sel(seed=seed).values, float), None)]
@@ -1049,8 +1119,18 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return float(a), float(b), r2
 
 
-def panel(name: str, title: str, x_label: str, y_label: str, log_x: bool, log_y: bool, width: int, height: int,
-          *, si_y: bool = False) -> Any:
+def panel(
+    name: str,
+    title: str,
+    x_label: str,
+    y_label: str,
+    log_x: bool,
+    log_y: bool,
+    width: int,
+    height: int,
+    *,
+    si_y: bool = False,
+) -> Any:
     """One plot of a paper figure's grid, named ``name`` (so :func:`apply` finds it), with
     log ticks on log axes and, with ``si_y``, SI labels (``20k``) on the y axis."""
     fig = new_figure(title, x_label, y_label, log_x, log_y, width=width, height=height, name=name)
@@ -1112,8 +1192,14 @@ def header(text: str, width: int) -> Any:
     return Div(text=text, styles={"font-family": FONT, "font-size": "12pt"}, width=width, name="header")
 
 
-def panel_grid(data: FigureData, draw: Callable[[Any, str], None], *, panel_size: tuple[int, int], name: str,
-               si_y: Callable[[str], bool] | None = None) -> Any:
+def panel_grid(
+    data: FigureData,
+    draw: Callable[[Any, str], None],
+    *,
+    panel_size: tuple[int, int],
+    name: str,
+    si_y: Callable[[str], bool] | None = None,
+) -> Any:
     """A header over a grid of panels, all from figure data: ``data["panels"]`` gives the
     grid, ``titles`` / ``x_labels`` / ``y_labels`` / ``scales`` each panel's texts and
     axes; ``draw(fig, panel)`` adds the glyphs (and may widen the panel). Returns a
@@ -1127,8 +1213,17 @@ def panel_grid(data: FigureData, draw: Callable[[Any, str], None], *, panel_size
         for key in row:
             log_x, log_y = data["scales"][key]
             ylab = data["y_labels"][key]
-            fig = panel(key, data["titles"][key], data["x_labels"][key], ylab, log_x, log_y, w, h,
-                        si_y=bool(si_y(key)) if si_y else False)
+            fig = panel(
+                key,
+                data["titles"][key],
+                data["x_labels"][key],
+                ylab,
+                log_x,
+                log_y,
+                w,
+                h,
+                si_y=bool(si_y(key)) if si_y else False,
+            )
             draw(fig, key)
             figs.append(fig)
         rows.append(figs)
@@ -1136,17 +1231,69 @@ def panel_grid(data: FigureData, draw: Callable[[Any, str], None], *, panel_size
     return column(head, gridplot(rows, toolbar_location="right", merge_tools=True), name=name)
 
 
-def color_mapper(low: float, high: float, *, log: bool = False, diverging: bool = False, name: str | None = None) -> Any:
+def figure_data(name: str, header: str = "") -> FigureData:
+    """An empty figure-data dict for figure ``name`` (its ``layout``) with ``header``; fill
+    it with :func:`set_panel` and ``data["sources"][...] = columns``."""
+    return {
+        "layout": name,
+        "header": header,
+        "panels": [],
+        "legend": [],
+        "sources": {},
+        "titles": {},
+        "x_labels": {},
+        "y_labels": {},
+        "scales": {},
+    }
+
+
+def set_panel(data: FigureData, key: str, title: str, x_label: str, y_label: str, *, log_x: bool, log_y: bool) -> None:
+    """The texts and axis scales of panel ``key`` in figure data ``data``."""
+    data["titles"][key], data["x_labels"][key], data["y_labels"][key] = title, x_label, y_label
+    data["scales"][key] = [log_x, log_y]
+
+
+def si_trace_axes(data: FigureData) -> Callable[[str], bool]:
+    """For :func:`panel_grid`'s ``si_y``: SI tick labels (``20k``) on log y axes of traces
+    (labels with ``Tr``)."""
+    return lambda key: bool(data["scales"][key][1]) and "Tr" in data["y_labels"][key]
+
+
+def line_grid(data: FigureData, *, panel_size: tuple[int, int], name: str, legend_location: str = "bottom_left") -> Any:
+    """A :func:`panel_grid` of lines with ± bands: each panel draws its ``"{key}-lines"`` /
+    ``"{key}-bands"`` sources, a dashed marker where ``data["spans"]`` has
+    ``"{key}-marker"``, and a legend when it is in ``data["legend"]``, at
+    ``data["legend_location"]`` if the figure data says where, else ``legend_location``."""
+    spans = data.get("spans", {})
+    legend_location = data.get("legend_location", legend_location)
+
+    def draw(fig: Any, key: str) -> None:
+        legend = key in data["legend"]
+        lines_and_bands(fig, data, key, legend)
+        if f"{key}-marker" in spans:
+            step_marker(fig, f"{key}-marker", spans[f"{key}-marker"])
+        panel_style(fig, legend=legend, location=legend_location)
+
+    return panel_grid(data, draw, panel_size=panel_size, name=name, si_y=si_trace_axes(data))
+
+
+def color_mapper(
+    low: float, high: float, *, log: bool = False, diverging: bool = False, name: str | None = None
+) -> Any:
     """A colour mapper: Viridis (log scale with ``log``), or RdBu centred on the range
     with ``diverging`` (blue low, red high); NaN cells grey."""
     import bokeh.palettes as bp
     from bokeh.models import LinearColorMapper, LogColorMapper
 
     pal = bp.interp_palette(bp.RdBu11, 256) if diverging else bp.Viridis256
-    return (LogColorMapper if log else LinearColorMapper)(palette=pal, low=low, high=high, nan_color="#dddddd", name=name)
+    return (LogColorMapper if log else LinearColorMapper)(
+        palette=pal, low=low, high=high, nan_color="#dddddd", name=name
+    )
 
 
-def text_colors(values: Sequence[float], low: float, high: float, *, log: bool = False, diverging: bool = False) -> list[str]:
+def text_colors(
+    values: Sequence[float], low: float, high: float, *, log: bool = False, diverging: bool = False
+) -> list[str]:
     """Text colour per heat-map cell: white on dark cells, dark on light ones (for the
     palettes of :func:`color_mapper`)."""
     out = []
@@ -1186,8 +1333,19 @@ def color_range(values: Any, *, log: bool = False, symmetric: bool = False) -> t
     return (lo, hi)
 
 
-def heatmap_cells(values: Any, x_values: Sequence[Any], y_values: Sequence[Any], *, x_name: str = "x", y_name: str = "y",
-                  low: float, high: float, log: bool = False, diverging: bool = False, fmt: str = "{:.2f}") -> Columns:
+def heatmap_cells(
+    values: Any,
+    x_values: Sequence[Any],
+    y_values: Sequence[Any],
+    *,
+    x_name: str = "x",
+    y_name: str = "y",
+    low: float,
+    high: float,
+    log: bool = False,
+    diverging: bool = False,
+    fmt: str = "{:.2f}",
+) -> Columns:
     """Cells of :func:`category_heatmap` from ``values`` (len(y_values), len(x_values)),
     row by row: ``{x_name}_label`` / ``{y_name}_label`` (the factors), ``x_name`` /
     ``y_name`` (the values), ``value`` (NaN where not finite), ``text`` (:func:`si_text`
@@ -1207,10 +1365,23 @@ def heatmap_cells(values: Any, x_values: Sequence[Any], y_values: Sequence[Any],
     return cells
 
 
-def category_heatmap(name: str, title: str, cells: Columns, mapper: Any, *, x_factors: Sequence[str],
-                     y_factors: Sequence[str], x_label: str, y_label: str, x_field: str = "x_label",
-                     y_field: str = "y_label", tooltips: Sequence[tuple[str, str]] | None = None, cell: int = 62,
-                     colorbar: bool = False, si_colorbar: bool = False) -> Any:
+def category_heatmap(
+    name: str,
+    title: str,
+    cells: Columns,
+    mapper: Any,
+    *,
+    x_factors: Sequence[str],
+    y_factors: Sequence[str],
+    x_label: str,
+    y_label: str,
+    x_field: str = "x_label",
+    y_field: str = "y_label",
+    tooltips: Sequence[tuple[str, str]] | None = None,
+    cell: int = 62,
+    colorbar: bool = False,
+    si_colorbar: bool = False,
+) -> Any:
     """A heat map over two categorical axes with the value written in each cell.
 
     ``cells`` has the factor columns ``x_field`` / ``y_field`` (strings among
@@ -1219,13 +1390,13 @@ def category_heatmap(name: str, title: str, cells: Columns, mapper: Any, *, x_fa
     source is named ``"{name}-cells"``, the plot ``name``, and each cell is ``cell`` pixels.
     ``colorbar`` adds the mapper's colour bar on the right (SI labels with
     ``si_colorbar``)."""
-    from bokeh.models import ColorBar, ColumnDataSource, HoverTool
+    from bokeh.models import ColorBar, ColumnDataSource, FactorRange
     from bokeh.plotting import figure
 
-    fig = figure(
+    fig: Any = figure(
         title=title,
-        x_range=list(x_factors),
-        y_range=list(y_factors),
+        x_range=FactorRange(factors=list(x_factors)),
+        y_range=FactorRange(factors=list(y_factors)),
         x_axis_label=x_label,
         y_axis_label=y_label,
         width=cell * len(x_factors) + 110 + (90 if colorbar else 0),
@@ -1235,9 +1406,17 @@ def category_heatmap(name: str, title: str, cells: Columns, mapper: Any, *, x_fa
     )
     src = ColumnDataSource(dict(cells), name=f"{name}-cells")
     fig.rect(x_field, y_field, 1, 1, source=src, fill_color={"field": "value", "transform": mapper}, line_color="white")
-    fig.text(x_field, y_field, text="text", source=src, text_align="center", text_baseline="middle",
-             text_font_size="8.5pt", text_color="text_color")
-    hover = fig.select_one(HoverTool)
+    fig.text(
+        x_field,
+        y_field,
+        text="text",
+        source=src,
+        text_align="center",
+        text_baseline="middle",
+        text_font_size="8.5pt",
+        text_color="text_color",
+    )
+    hover = _hover(fig)
     hover.tooltips = list(tooltips) if tooltips is not None else [("value", "@value{%0.4g}")]
     hover.formatters = {"@value": "printf"}
     if colorbar:
@@ -1253,14 +1432,20 @@ def category_heatmap(name: str, title: str, cells: Columns, mapper: Any, *, x_fa
     return fig
 
 
-def layout_key(data: FigureData) -> str:
+def layout_key(data: Mapping[str, Any]) -> str:
     """What a figure built from ``data`` cannot change in place (see the section notes):
     two figure-data dicts with the same key can be applied to the same figure."""
     import json
 
     return json.dumps(
-        [data.get("layout"), data.get("panels"), data.get("scales"), sorted(data.get("sources", {})),
-         sorted(data.get("ranges", {})), sorted(data.get("spans", {}))],
+        [
+            data.get("layout"),
+            data.get("panels"),
+            data.get("scales"),
+            sorted(data.get("sources", {})),
+            sorted(data.get("ranges", {})),
+            sorted(data.get("spans", {})),
+        ],
         sort_keys=True,
         default=str,
     )
@@ -1284,7 +1469,7 @@ def figure_index(fig: Any) -> dict[str, dict[str, Any]]:
     return index
 
 
-def apply(fig: Any, data: FigureData, index: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+def apply(fig: Any, data: Mapping[str, Any], index: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Redraw a figure built from figure data in place from new figure data (same
     :func:`layout_key`): source columns, panel titles and axis labels, the header, colour
     ranges and span positions. Only what differs is assigned, so a browser receives the
@@ -1364,8 +1549,17 @@ def webdriver() -> Any:
     """
     if _DRIVER:
         return _DRIVER[0]
-    chromium = os.environ.get("NTKBENCH_CHROMIUM") or (CHROMIUM if os.path.exists(CHROMIUM) else None) or shutil.which("chromium") or shutil.which("google-chrome")
-    driver = os.environ.get("NTKBENCH_CHROMEDRIVER") or (CHROMEDRIVER if os.path.exists(CHROMEDRIVER) else None) or shutil.which("chromedriver")
+    chromium = (
+        os.environ.get("NTKBENCH_CHROMIUM")
+        or (CHROMIUM if os.path.exists(CHROMIUM) else None)
+        or shutil.which("chromium")
+        or shutil.which("google-chrome")
+    )
+    driver = (
+        os.environ.get("NTKBENCH_CHROMEDRIVER")
+        or (CHROMEDRIVER if os.path.exists(CHROMEDRIVER) else None)
+        or shutil.which("chromedriver")
+    )
     if not chromium or not driver:
         raise RuntimeError(
             "PNG/SVG export needs headless Chromium and chromedriver, which were not found "
@@ -1400,7 +1594,7 @@ def webdriver() -> Any:
     return d
 
 
-def export(fig: Any, path: str | os.PathLike, format: Literal["png", "svg", "html"] | None = None, *, scale: float = 2) -> Path:
+def export(fig: Any, path: str | os.PathLike, format: str | None = None, *, scale: float = 2) -> Path:
     """Write a figure (or layout) to ``path`` as PNG, SVG or standalone HTML.
 
     ``format=None`` takes it from the file suffix; a missing suffix is added. HTML embeds
@@ -1420,7 +1614,7 @@ def export(fig: Any, path: str | os.PathLike, format: Literal["png", "svg", "htm
     path = Path(path)
     if format is None:
         format = path.suffix.lstrip(".").lower() or "png"
-    format = format.lower()  # type: ignore[assignment]
+    format = format.lower()
     if format not in ("png", "svg", "html"):
         raise ValueError(f"format must be 'png', 'svg' or 'html', got {format!r}")
     if path.suffix.lower() != f".{format}":
@@ -1466,7 +1660,7 @@ def _svg_twin(fig: Any) -> Any:
     props = fig.properties_with_values(include_defaults=False)
     props = {k: (list(v) if isinstance(v, list) else v) for k, v in props.items() if k != "id"}
     props["output_backend"] = "svg"
-    return Plot(**props)
+    return Plot(**props)  # pyright: ignore[reportArgumentType]  the figure's own property values
 
 
 def _screenshot(fig: Any, drv: Any, scale: float) -> Any:
@@ -1474,10 +1668,12 @@ def _screenshot(fig: Any, drv: Any, scale: float) -> Any:
 
     if scale != 1:
         # the reused driver renders at device scale 1; emulate hi-dpi for this screenshot
-        drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 0, "height": 0, "deviceScaleFactor": float(scale), "mobile": False})
+        drv.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 0, "height": 0, "deviceScaleFactor": float(scale), "mobile": False},
+        )
     try:
         return get_screenshot_as_png(fig, driver=drv, timeout=30, scale_factor=scale)
     finally:
         if scale != 1:
             drv.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-

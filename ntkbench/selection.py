@@ -39,7 +39,7 @@ from ntkbench.kernel import entk
 from ntkbench.measures import entropy, spectrum
 from ntkbench.models import MLP
 
-__all__ = ["select"]
+__all__ = ["select", "METHODS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +154,10 @@ _METHODS: dict[str, _Method] = {
     "rnd": _Method(_rnd, {"width": 64, "depth": 2, "out_size": 16, "activation": "relu", "steps": 50, "lr": 1e-3}),
     "max_entropy": _Method(_max_entropy, {"m": 20, "model": None}),
 }
+
+
+#: method name -> its options and their defaults (``select(..., method, **options)``)
+METHODS: dict[str, dict[str, Any]] = {name: dict(m.defaults) for name, m in _METHODS.items()}
 
 
 def select(

@@ -16,6 +16,12 @@ A config is a dict (usually read from TOML) with the sections of one experiment 
     n_train = 512
     n_test = 256
 
+    [select]                                   # optional: ntkbench.select from the pool
+    method = "rnd"                             # rnd | random | max_entropy
+    budget = 50                                # training samples chosen of data.n_train
+    # seed = 0                                 # default: the run's seed
+    # options.rnd = {steps = 50}               # options per method
+
     [train]
     optimizer = "sgd"                          # sgd | momentum | adam | adamw
     lr = 0.05
@@ -32,7 +38,12 @@ A config is a dict (usually read from TOML) with the sections of one experiment 
     seed = [0, 1]
 
 Grid keys are ``seed``, a key of one section by its short name (``width``, ``depth``,
-``n_train``, ``lr``, ``batch_size``, ``probe``, ...) or a dotted ``section.key``.
+``n_train``, ``lr``, ``batch_size``, ``probe``, ...) or a dotted ``section.key``. With a
+``[select]`` table the training set is ``select.budget`` samples that ``ntkbench.select``
+chooses from the ``data.n_train`` loaded ones (grid keys ``selection`` -- the method --
+and ``budget`` become cube dims); the test set is unchanged. Data sets include local files: ``name =
+"mnist_idx"`` / ``"cifar10"`` / ``"npz"`` with ``path = "..."`` (checked before any run
+starts).
 
 :func:`sweep` writes ``run-width=64-seed=0.nc`` (one per grid point, atomically) under
 ``out``; a rerun skips runs whose file opens and holds the same config (resume); at the
@@ -52,6 +63,7 @@ Example
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import itertools
 import json
@@ -79,8 +91,9 @@ __all__ = [
     "RECORD_DEFAULTS",
 ]
 
-_SECTIONS = ("model", "data", "train", "record")
-_TOP_KEYS = ("title", "paper", "seed", "model", "data", "train", "record", "grid")
+_SECTIONS = ("model", "data", "select", "train", "record")
+_TOP_KEYS = ("title", "paper", "seed", "model", "data", "select", "train", "record", "grid")
+_SELECT_KEYS = ("method", "budget", "seed", "options")
 _OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 _LOSSES = ("mse", "ce")
 #: Keys of a config's ``[train]`` section and their defaults.
@@ -163,6 +176,11 @@ def _check_data(data: Mapping[str, Any]) -> None:
     _need(_is_int(n_test) and n_test >= 0, "data.n_test", "a non-negative integer", n_test)
     if "seed" in data:
         _need(_is_int(data["seed"]) and data["seed"] >= 0, "data.seed", "a non-negative integer", data["seed"])
+    if "path" in OPTIONS.get(data["name"], {}):
+        path = data.get("path")
+        _need(
+            isinstance(path, str) and path != "", "data.path", f"the path of the local files of {data['name']!r}", path
+        )
     options = {k: v for k, v in data.items() if k not in _DATA_KEYS}
     allowed = OPTIONS[data["name"]]
     for key in options:
@@ -171,6 +189,36 @@ def _check_data(data: Mapping[str, Any]) -> None:
                 f"config key 'data.{key}': unknown option for data set {data['name']!r}; "
                 f"allowed keys: {[*_DATA_KEYS, *sorted(allowed)]}"
             )
+
+
+def _check_select(select: Mapping[str, Any]) -> None:
+    from ntkbench.selection import METHODS
+
+    for key in select:
+        if key not in _SELECT_KEYS:
+            raise ValueError(f"config key 'select.{key}': unknown; allowed keys: {list(_SELECT_KEYS)}")
+    method = select.get("method")
+    _need(method in METHODS, "select.method", f"one of {list(METHODS)}", method)
+    budget = select.get("budget")
+    _need(
+        isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1,
+        "select.budget",
+        "a positive integer",
+        budget,
+    )
+    if "seed" in select:
+        _need(_is_int(select["seed"]) and select["seed"] >= 0, "select.seed", "a non-negative integer", select["seed"])
+    options = select.get("options", {})
+    _need(isinstance(options, Mapping), "select.options", "a table of method -> its options", options)
+    for name, opts in options.items():
+        _need(name in METHODS, f"select.options.{name}", f"a method, one of {list(METHODS)}", name)
+        _need(isinstance(opts, Mapping), f"select.options.{name}", "a table of the method's options", opts)
+        allowed = sorted(k for k in METHODS[name] if k != "model")
+        for key in opts:
+            if key not in allowed:
+                raise ValueError(
+                    f"config key 'select.options.{name}.{key}': unknown option of method {name!r}; allowed keys: {allowed}"
+                )
 
 
 def _check_train(train: Mapping[str, Any]) -> None:
@@ -227,10 +275,13 @@ def _grid_targets(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     keys = {
         "model": model_keys | {"name"},
         "data": {"n_train", "n_test"} | set(_data_options_or_empty(config)),
+        "select": {"budget"},
         "train": set(TRAIN_DEFAULTS),
         "record": {"probe", "every", "log_points"},
     }
-    targets: dict[str, tuple[str, ...]] = {"seed": ("seed",)}
+    # the selection method's axis is "selection", not "method": Dataset.sel(method=...) is
+    # xarray's inexact-match option, so a "method" dim could not be selected by keyword
+    targets: dict[str, tuple[str, ...]] = {"seed": ("seed",), "selection": ("select", "method")}
     counts: dict[str, int] = {}
     for keyset in keys.values():
         for k in keyset:
@@ -286,6 +337,8 @@ def _check_run(config: Mapping[str, Any]) -> None:
         _need(isinstance(value, Mapping), section, "a table (dict)", value)
     _check_model(config.get("model", {}))
     _check_data(config.get("data", {}))
+    if "select" in config:
+        _check_select(config["select"])
     _check_train(config.get("train", {}))
     _check_record(config.get("record", {}))
 
@@ -490,7 +543,7 @@ def run_one(config: Mapping[str, Any]):
     _check_run(cfg)
 
     seed = int(cfg.get("seed", 0))
-    dataset = _load_for(cfg)
+    dataset = _select_for(cfg, _load_for(cfg))
 
     model_key, train_key = jax.random.split(jax.random.key(seed))
     model = make_model(dict(cfg["model"]), key=model_key, in_shape=dataset.in_shape, out_size=dataset.n_outputs)
@@ -535,6 +588,32 @@ def _load_for(run: Mapping[str, Any]):
         raise ValueError(f"config key 'data' ({name!r}): {exc}") from exc
 
 
+def _select_for(run: Mapping[str, Any], dataset: Any) -> Any:
+    """The run's training set: with a ``[select]`` table, ``select.budget`` points of the
+    loaded training set (the pool) chosen by ``ntkbench.select`` (``select.seed``, default
+    the run's ``seed``), in selection order; the test set is unchanged."""
+    if "select" not in run:
+        return dataset
+    from ntkbench.selection import select
+
+    sel = run["select"]
+    budget = int(sel["budget"])
+    if budget > len(dataset.x_train):
+        raise ValueError(
+            f"config key 'select.budget': {budget} exceeds the pool of {len(dataset.x_train)} "
+            "training samples (data.n_train)"
+        )
+    idx = select(
+        dataset.x_train,
+        budget,
+        sel["method"],
+        seed=int(sel.get("seed", run.get("seed", 0))),
+        **dict(sel.get("options", {}).get(sel["method"], {})),
+    )
+    meta = {**dataset.meta, "selected": idx, "select": dict(sel)}
+    return dataclasses.replace(dataset, x_train=dataset.x_train[idx], y_train=dataset.y_train[idx], meta=meta)
+
+
 def check_runs(runs: list[Mapping[str, Any]]) -> None:
     """Pre-flight check of expanded run configs, before any output folder or cluster exists.
 
@@ -557,6 +636,12 @@ def check_runs(runs: list[Mapping[str, Any]]) -> None:
         if dkey not in datasets:
             datasets[dkey] = _load_for(run)
         ds = datasets[dkey]
+        if "select" in run and run["select"]["budget"] > len(ds.x_train):
+            key = "grid.budget" if "budget" in point else "select.budget"
+            raise ValueError(
+                f"config key {key!r}: budget {run['select']['budget']} exceeds the pool of {len(ds.x_train)} "
+                f"training samples (data.n_train){where}"
+            )
         loss = {**TRAIN_DEFAULTS, **run.get("train", {})}["loss"]
         if loss == "ce" and ds.task == "regression":
             raise ValueError(
@@ -703,6 +788,13 @@ def sweep(
 
     attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
     combined = cube.combine([str(p) for p in paths], attrs=attrs)
+    # combine_by_coords sorts coordinates; lay named axes (method, activation) out in the
+    # grid's order, numbers stay ascending
+    for key, values in cfg.get("grid", {}).items():
+        _, dim = _resolve_grid_key(key, cfg)
+        named = dim in combined.dims and combined[dim].dtype.kind in "OUS"
+        if named and sorted(map(str, values)) == sorted(map(str, combined[dim].values.tolist())):
+            combined = combined.reindex({dim: values})
     cube.save(combined, out / "cube.nc")
     return combined
 

@@ -546,7 +546,7 @@ class Recorder:
         elif isinstance(self.every, int):
             s = np.arange(0, total + 1, self.every, dtype=np.int64)
         else:
-            s = np.asarray([x for x in self.every if x <= total], dtype=np.int64)
+            s = np.asarray([int(x) for x in self.every if int(x) <= total], dtype=np.int64)
         return np.unique(np.concatenate([[0], s[s <= total], [total]])).astype(np.int64)
 
     def for_task(self, task: str, has_test: bool) -> tuple[Measure, ...]:
@@ -739,4 +739,3 @@ def train(
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=make_attrs(config))
     return trained, ds
-

@@ -48,6 +48,7 @@ __all__ = [
     "join_run",
 ]
 
+
 def join_run(owner: Any, timeout: float | None = None) -> Any:
     """Wait for ``owner._thread`` (a run in the background) and return ``owner.result``;
     raise ``TimeoutError`` if it is still running after ``timeout`` seconds, or the run's
@@ -70,6 +71,8 @@ class Shown:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
+
+
 #
 # Used by Explorer and by every paper's Workbench / RerunPanel (ntkbench.papers._base).
 
@@ -143,7 +146,12 @@ class Explorer(Shown):
             layout=w.Layout(width="420px"),
         )
         self.play = w.Play(
-            min=0, max=len(steps) - 1, value=0, interval=500, description="play", show_repeat=False,
+            min=0,
+            max=len(steps) - 1,
+            value=0,
+            interval=500,
+            description="play",
+            show_repeat=False,
             layout=w.Layout(width="110px"),
         )
         w.jslink((self.play, "value"), (self.step, "index"))
@@ -174,11 +182,11 @@ class Explorer(Shown):
         self.figures: dict[str, Any] = {}
         if "eigenvalues" in ds:
             self.figures["spectrum"] = plots.spectrum_plot(ds, **self._spectrum_kw())
-        if ms:
+        if measure is not None:
             self.figures["measure"] = plots.measure_plot(
                 ds, measure, **self._measure_kw(), step_marker=self.step.value, width=520, height=380
             )
-        if ms and has_width and len(widths) >= 2:
+        if measure is not None and has_width and len(widths) >= 2:
             self.figures["scaling"] = plots.scaling_plot(ds, measure, **self._scaling_kw())
         self.sources = {
             name: {s: fig.select_one({"name": s}) for s in _SOURCE_NAMES[name]} for name, fig in self.figures.items()
@@ -250,13 +258,13 @@ class Explorer(Shown):
                 data = plots.spectrum_data(self.ds, **self._spectrum_kw())
                 fig.title.text = f"eNTK spectrum at step {int(self.step.value)}"
             elif name == "measure":
-                data = plots.measure_data(self.ds, self.measure.value, **self._measure_kw())
+                data = plots.measure_data(self.ds, str(self.measure.value), **self._measure_kw())
             else:
                 ws = self._selected_widths() or []
                 if len(ws) == 0:
                     data = {k: {c: [] for c in src.data} for k, src in self.sources["scaling"].items()}
                 else:
-                    data = plots.scaling_data(self.ds, self.measure.value, **self._scaling_kw())
+                    data = plots.scaling_data(self.ds, str(self.measure.value), **self._scaling_kw())
                 long_name = self.ds[self.measure.value].attrs.get("long_name", self.measure.value)
                 fig.title.text = f"{long_name} at step {int(self.step.value)}"
             plots.update(fig, data)
@@ -270,7 +278,7 @@ class Explorer(Shown):
         self._redraw("spectrum", "scaling")
 
     def _on_measure(self, _: Any) -> None:
-        name = self.measure.value
+        name = str(self.measure.value)
         for key in ("measure", "scaling"):
             fig = self.figures.get(key)
             if fig is None:
@@ -300,7 +308,6 @@ class Explorer(Shown):
         see :class:`ExportControl`). Returns the written path, also shown in
         ``export_status``."""
         return self.exporter.export(figure, format, name)
-
 
 
 class RunPanel(Shown):
@@ -348,7 +355,9 @@ class RunPanel(Shown):
         title = str(self.config.get("title", "")) or "quick run"
         self.button = w.Button(description="Run", icon="play", button_style="success")
         self.progress = w.IntProgress(value=0, min=0, max=n, description="runs", bar_style="info")
-        self.status = w.HTML(value=f"{html.escape(title)}: {n} run{'s' if n != 1 else ''} → <code>{html.escape(str(self.out))}</code>")
+        self.status = w.HTML(
+            value=f"{html.escape(title)}: {n} run{'s' if n != 1 else ''} → <code>{html.escape(str(self.out))}</code>"
+        )
         self.output = w.Output()
         self.result: Any = None
         self.explorer: Explorer | None = None
@@ -487,14 +496,29 @@ class Control:
             return w.Text(value=str(self.value), **kw)
         lo, hi = self.bounds if self.bounds is not None else (None, None)
         if self.kind == "int":
-            return w.BoundedIntText(value=int(self.value), min=int(lo if lo is not None else 0),
-                                    max=int(hi if hi is not None else 2**31 - 1), **kw)
-        return w.BoundedFloatText(value=float(self.value), min=lo if lo is not None else 0.0,
-                                  max=hi if hi is not None else 1e9, step=0.01, **kw)
+            return w.BoundedIntText(
+                value=int(self.value),
+                min=int(lo if lo is not None else 0),
+                max=int(hi if hi is not None else 2**31 - 1),
+                **kw,
+            )
+        return w.BoundedFloatText(
+            value=float(self.value),
+            min=lo if lo is not None else 0.0,
+            max=hi if hi is not None else 1e9,
+            step=0.01,
+            **kw,
+        )
 
 
-def seed_control(seeds: Sequence[int], *, name: str = "seed", band: str = "mean ± std", every: bool = True,
-                 description: str = "seeds") -> Control:
+def seed_control(
+    seeds: Sequence[int],
+    *,
+    name: str = "seed",
+    band: str = "mean ± std",
+    every: bool = True,
+    description: str = "seeds",
+) -> Control:
     """Seed aggregation: ``"mean"`` (``band``), ``"all"`` (every seed, with ``every``) or
     one seed."""
     options: list[tuple[str, Any]] = [(band, "mean")] + ([("every seed", "all")] if every else [])
@@ -502,11 +526,19 @@ def seed_control(seeds: Sequence[int], *, name: str = "seed", band: str = "mean 
     return Control(name, "dropdown", "mean", options, description=description)
 
 
-def step_control(steps: Sequence[int], value: int | None = None, *, name: str = "step", width: str = "480px") -> Control:
+def step_control(
+    steps: Sequence[int], value: int | None = None, *, name: str = "step", width: str = "480px"
+) -> Control:
     """A step slider over the recorded ``steps`` (default: the first)."""
     steps = [int(s) for s in steps]
-    return Control(name, "slider", steps[0] if value is None else int(value), [(str(s), s) for s in steps],
-                   description="step", width=width)
+    return Control(
+        name,
+        "slider",
+        steps[0] if value is None else int(value),
+        [(str(s), s) for s in steps],
+        description="step",
+        width=width,
+    )
 
 
 def int_list_control(name: str, value: str, *, description: str | None = None) -> Control:
@@ -547,7 +579,7 @@ class LiveFigure:
     >>> live.update(fig_data(cube, seed="all"))                         # doctest: +SKIP
     """
 
-    def __init__(self, build: Callable[[Mapping[str, Any]], Any], data: Mapping[str, Any] | None = None):
+    def __init__(self, build: Callable[[Any], Any], data: Mapping[str, Any] | None = None):
         import ipywidgets as w
 
         self.build = build
@@ -615,17 +647,29 @@ class ExportControl:
     Errors are shown, HTML-escaped, in ``status``.
     """
 
-    def __init__(self, figures: Mapping[str, Any] | Callable[[], Mapping[str, Any]], folder: str | Path = "figures",
-                 *, name: str = "ntkbench", options: Sequence[str] | None = None, show_name: bool = True):
+    def __init__(
+        self,
+        figures: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+        folder: str | Path = "figures",
+        *,
+        name: str = "ntkbench",
+        options: Sequence[str] | None = None,
+        show_name: bool = True,
+    ):
         import ipywidgets as w
 
         self._figures = figures
         self.folder = Path(folder)
         opts = list(options) if options is not None else list(self.figures())
-        self.figure = w.Dropdown(options=opts, value=opts[0] if opts else None, description="figure",
-                                 layout=w.Layout(width="200px"))
-        self.format = w.Dropdown(options=[("PNG", "png"), ("SVG", "svg"), ("HTML", "html")], value="png",
-                                 description="format", layout=w.Layout(width="170px"))
+        self.figure = w.Dropdown(
+            options=opts, value=opts[0] if opts else None, description="figure", layout=w.Layout(width="200px")
+        )
+        self.format = w.Dropdown(
+            options=[("PNG", "png"), ("SVG", "svg"), ("HTML", "html")],
+            value="png",
+            description="format",
+            layout=w.Layout(width="170px"),
+        )
         self.name = w.Text(value=name, description="file name", layout=w.Layout(width="240px"))
         self.button = w.Button(description="Export", icon="download", button_style="primary")
         self.status = w.HTML(value="")
@@ -641,10 +685,10 @@ class ExportControl:
         """Write one figure (defaults: the control's values); return the path, also shown
         in ``status``."""
         figs = self.figures()
-        figure = figure or self.figure.value
+        figure = str(figure or self.figure.value)
         if figure not in figs:
             raise ValueError(f"figure must be one of {list(figs)}, got {figure!r}")
-        format = format or self.format.value
+        format = str(format or self.format.value)
         name = (name or self.name.value or "ntkbench").strip()
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"name must be a plain file name (no folders), got {name!r}")

@@ -67,8 +67,17 @@ def cases(collective, cubes) -> dict:
     mid = steps[len(steps) // 2]
     out = {
         "b1-default": lambda: collective.fig_b1(mlp),
-        "b1-tanh-128x6-all": lambda: collective.fig_b1(mlp, width=128, depth=6, activation="tanh", seed="all",
-                                                       entropy="S/lnN", trace="TrK/N", test=False, step_marker=mid),
+        "b1-tanh-128x6-all": lambda: collective.fig_b1(
+            mlp,
+            width=128,
+            depth=6,
+            activation="tanh",
+            seed="all",
+            entropy="S/lnN",
+            trace="TrK/N",
+            test=False,
+            step_marker=mid,
+        ),
         "b1-seed1": lambda: collective.fig_b1(mlp, seed=1, step_marker=steps[3]),
         "b2-default": lambda: collective.fig_b2(mlp),
         "b2-step-seed": lambda: collective.fig_b2(mlp, step=mid, seed=1, entropy="S/lnN", width=128),

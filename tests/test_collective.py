@@ -177,8 +177,12 @@ def _numpy_initial_entk(ds, act, width, depth, seed):
     cfg = json.loads(ds.attrs["config"])
     data = nb.load("digits", cfg["data"]["n_train"], cfg["data"]["n_test"], seed=cfg["data"]["seed"])
     model_key, _ = jax.random.split(jax.random.key(seed))
-    model = nb.make_model({"name": "mlp", "width": width, "depth": depth, "activation": act},
-                          key=model_key, in_shape=data.in_shape, out_size=data.n_outputs)
+    model = nb.make_model(
+        {"name": "mlp", "width": width, "depth": depth, "activation": act},
+        key=model_key,
+        in_shape=data.in_shape,
+        out_size=data.n_outputs,
+    )
     probe = cfg["record"]["probe"]
     x = jnp.asarray(data.x_train[:probe])
     params = [layer.weight for layer in model.layers] + [layer.bias for layer in model.layers]
@@ -262,13 +266,13 @@ def test_fig_b1_data_are_the_cube_values(shipped_cubes):
     mlp = shipped_cubes["mlp"]
     data = collective.fig_b1_data(mlp, entropy="S/lnN", trace="TrK/N")
     lines = data["sources"]["b1-width-entropy-lines"]
-    got = dict(zip(lines["label"], lines["ys"]))
+    got = dict(zip(lines["label"], lines["ys"], strict=True))
     ref = mlp["entropy_normalized"].sel(activation="relu", width=8, depth=1).mean("seed").values
     np.testing.assert_allclose(got["ReLU 8×1 train"], ref, rtol=1e-6)
     assert np.all(np.asarray(got["ReLU 128×1 test"]) <= 1.0)
     tr = data["sources"]["b1-depth-trace-lines"]
     ref = mlp["test_trace_per_sample"].sel(activation="relu", width=8, depth=6).mean("seed").values
-    np.testing.assert_allclose(dict(zip(tr["label"], tr["ys"]))["ReLU 8×6 test"], ref, rtol=1e-6)
+    np.testing.assert_allclose(dict(zip(tr["label"], tr["ys"], strict=True))["ReLU 8×6 test"], ref, rtol=1e-6)
     # the x axis is step + 1 (log axis)
     np.testing.assert_allclose(lines["xs"][0], mlp["step"].values + 1.0)
     every = collective.fig_b1_data(mlp, seed="all")["sources"]["b1-activation-loss-lines"]
@@ -279,7 +283,7 @@ def test_fig_b3_cells_are_entropy_changes(shipped_cubes):
     scale = shipped_cubes["scale"]
     st = int(scale["step"].values[len(scale["step"]) // 2])
     cells = collective.fig_b3_data(scale, "dS", step=st)["sources"]["b3-dS-relu-cells"]
-    for w, d, v in zip(cells["width"], cells["depth"], cells["value"]):
+    for w, d, v in zip(cells["width"], cells["depth"], cells["value"], strict=True):
         e = scale["entropy"].sel(activation="relu", width=w, depth=d)
         e = e.mean("seed") if "seed" in e.dims else e
         assert v == pytest.approx(float(e.sel(step=st) - e.isel(step=0)), abs=1e-5)  # float32 sums
@@ -330,8 +334,12 @@ def _figure_state(fig):
     panels = {}
     for p in fig.select({"type": Plot}):
         names = sorted(r.data_source.name for r in p.renderers if isinstance(r, GlyphRenderer) and r.data_source.name)
-        panels[names[0]] = (p.title.text, [a.axis_label for a in p.yaxis], [a.axis_label for a in p.xaxis],
-                            type(p.y_scale).__name__)
+        panels[names[0]] = (
+            p.title.text,
+            [a.axis_label for a in p.yaxis],
+            [a.axis_label for a in p.xaxis],
+            type(p.y_scale).__name__,
+        )
     sources = {s.name: dict(s.data) for s in fig.select({"type": ColumnDataSource}) if s.name}
     mappers = sorted((m.low, m.high) for m in fig.select({"type": ColorMapper}))
     return fig.select_one({"type": Div}).text, sources, panels, mappers
@@ -346,8 +354,9 @@ def _fresh_figure(wb, name, cubes):
     if name == "F-b2":
         return collective.fig_b2(cubes["mlp"], **rows, **kw, step=wb.step.value)
     if name == "F-b3":
-        return collective.fig_b3(cubes["scale"], wb.quantity.value, step=wb.b3_step.value, entropy=wb.entropy.value,
-                                 trace=wb.trace.value)
+        return collective.fig_b3(
+            cubes["scale"], wb.quantity.value, step=wb.b3_step.value, entropy=wb.entropy.value, trace=wb.trace.value
+        )
     return collective.fig_b4(cubes, **kw, missing_seed="mean")
 
 
@@ -367,8 +376,15 @@ def test_workbench_controls_redraw_in_place(shipped_cubes, tmp_path):
         src = wb.figures[name].select_one({"name": key})
         from bokeh.models import GlyphRenderer, Plot
 
-        return next(p for p in wb.figures[name].select({"type": Plot})
-                    if any(isinstance(r, GlyphRenderer) and r.data_source is src for r in p.renderers)).yaxis[0].axis_label
+        return (
+            next(
+                p
+                for p in wb.figures[name].select({"type": Plot})
+                if any(isinstance(r, GlyphRenderer) and r.data_source is src for r in p.renderers)
+            )
+            .yaxis[0]
+            .axis_label
+        )
 
     def head(name):
         from bokeh.models import Div
@@ -376,38 +392,105 @@ def test_workbench_controls_redraw_in_place(shipped_cubes, tmp_path):
         return wb.figures[name].select_one({"type": Div}).text
 
     steps = [
-        (wb.width, 128, ("F-b1", "F-b2"), "b1-activation-entropy-lines",
-         lambda: "ReLU 128×1 train" in lines("F-b1", "b1-activation-entropy-lines")["label"]
-         and "128×1" in _figure_state(wb.figures["F-b1"])[2]["b1-activation-loss-bands"][0]
-         and "ReLU 128×1 vs" in _figure_state(wb.figures["F-b2"])[2]["b2-activation-entropy-bands"][0]),
-        (wb.depth, 6, ("F-b1", "F-b2"), "b1-width-loss-lines",
-         lambda: set(lines("F-b1", "b1-width-loss-lines")["label"]) == {"ReLU 8×6 train", "ReLU 8×6 test",
-                                                                       "ReLU 128×6 train", "ReLU 128×6 test"}
-         and "depth 6" in _figure_state(wb.figures["F-b1"])[2]["b1-width-loss-bands"][0]),
-        (wb.activation, "tanh", ("F-b1", "F-b2"), "b1-depth-trace-lines",
-         lambda: all(lb.startswith("tanh ") for lb in lines("F-b1", "b1-depth-trace-lines")["label"])
-         and "(tanh, width 128)" in _figure_state(wb.figures["F-b1"])[2]["b1-depth-loss-bands"][0]),
-        (wb.seed, "all", ("F-b1", "F-b2", "F-b4"), "b1-activation-loss-lines",
-         lambda: len(lines("F-b1", "b1-activation-loss-lines")["xs"]) == 2 * 2 * n_seeds
-         and not any(lines("F-b1", "b1-activation-loss-bands")["xs"])
-         and "every seed" in head("F-b1") and "every seed" in head("F-b2") and "every seed" in head("F-b4")),
-        (wb.seed, single, ("F-b1", "F-b2", "F-b4"), "b1-width-entropy-lines",
-         lambda: np.allclose(dict(zip(lines("F-b1", "b1-width-entropy-lines")["label"],
-                                      lines("F-b1", "b1-width-entropy-lines")["ys"]))["tanh 128×6 train"],
-                             mlp["entropy"].sel(activation="tanh", width=128, depth=6, seed=single).values, rtol=1e-6)
-         and f"seed {single}" in head("F-b1")),
-        (wb.test, False, ("F-b1", "F-b2", "F-b4"), "b2-width-trace-ends",
-         lambda: not any(" test" in lb for lb in lines("F-b1", "b1-width-entropy-lines")["label"])
-         and len(lines("F-b2", "b2-width-trace-ends")["x"]) == 2 * 2  # 2 nets × start/end, train only
-         and not any(" test" in lb for lb in lines("F-b4", "b4-cnn-loss-lines")["label"])),
-        (wb.entropy, "S/lnN", ("F-b1", "F-b2", "F-b3", "F-b4"), "b3-dS-relu-cells",
-         lambda: ylabel("F-b1", "b1-width-entropy-lines") == "S / ln N"
-         and ylabel("F-b2", "b2-width-entropy-lines") == "S / ln N"
-         and ylabel("F-b4", "b4-transformer-entropy-lines") == "S / ln N"
-         and all("S / ln N" in head(n) for n in wb.figures)),
-        (wb.trace, "TrK/N", ("F-b1", "F-b2", "F-b3", "F-b4"), "b1-depth-trace-lines",
-         lambda: ylabel("F-b1", "b1-depth-trace-lines") == "Tr K / N"
-         and ylabel("F-b4", "b4-cnn-trace-lines") == "Tr K / N" and "Tr K / N" in head("F-b3")),
+        (
+            wb.width,
+            128,
+            ("F-b1", "F-b2"),
+            "b1-activation-entropy-lines",
+            lambda: (
+                "ReLU 128×1 train" in lines("F-b1", "b1-activation-entropy-lines")["label"]
+                and "128×1" in _figure_state(wb.figures["F-b1"])[2]["b1-activation-loss-bands"][0]
+                and "ReLU 128×1 vs" in _figure_state(wb.figures["F-b2"])[2]["b2-activation-entropy-bands"][0]
+            ),
+        ),
+        (
+            wb.depth,
+            6,
+            ("F-b1", "F-b2"),
+            "b1-width-loss-lines",
+            lambda: (
+                set(lines("F-b1", "b1-width-loss-lines")["label"])
+                == {"ReLU 8×6 train", "ReLU 8×6 test", "ReLU 128×6 train", "ReLU 128×6 test"}
+                and "depth 6" in _figure_state(wb.figures["F-b1"])[2]["b1-width-loss-bands"][0]
+            ),
+        ),
+        (
+            wb.activation,
+            "tanh",
+            ("F-b1", "F-b2"),
+            "b1-depth-trace-lines",
+            lambda: (
+                all(lb.startswith("tanh ") for lb in lines("F-b1", "b1-depth-trace-lines")["label"])
+                and "(tanh, width 128)" in _figure_state(wb.figures["F-b1"])[2]["b1-depth-loss-bands"][0]
+            ),
+        ),
+        (
+            wb.seed,
+            "all",
+            ("F-b1", "F-b2", "F-b4"),
+            "b1-activation-loss-lines",
+            lambda: (
+                len(lines("F-b1", "b1-activation-loss-lines")["xs"]) == 2 * 2 * n_seeds
+                and not any(lines("F-b1", "b1-activation-loss-bands")["xs"])
+                and "every seed" in head("F-b1")
+                and "every seed" in head("F-b2")
+                and "every seed" in head("F-b4")
+            ),
+        ),
+        (
+            wb.seed,
+            single,
+            ("F-b1", "F-b2", "F-b4"),
+            "b1-width-entropy-lines",
+            lambda: (
+                np.allclose(
+                    dict(
+                        zip(
+                            lines("F-b1", "b1-width-entropy-lines")["label"],
+                            lines("F-b1", "b1-width-entropy-lines")["ys"],
+                            strict=False,
+                        )
+                    )["tanh 128×6 train"],
+                    mlp["entropy"].sel(activation="tanh", width=128, depth=6, seed=single).values,
+                    rtol=1e-6,
+                )
+                and f"seed {single}" in head("F-b1")
+            ),
+        ),
+        (
+            wb.test,
+            False,
+            ("F-b1", "F-b2", "F-b4"),
+            "b2-width-trace-ends",
+            lambda: (
+                not any(" test" in lb for lb in lines("F-b1", "b1-width-entropy-lines")["label"])
+                and len(lines("F-b2", "b2-width-trace-ends")["x"]) == 2 * 2  # 2 nets × start/end, train only
+                and not any(" test" in lb for lb in lines("F-b4", "b4-cnn-loss-lines")["label"])
+            ),
+        ),
+        (
+            wb.entropy,
+            "S/lnN",
+            ("F-b1", "F-b2", "F-b3", "F-b4"),
+            "b3-dS-relu-cells",
+            lambda: (
+                ylabel("F-b1", "b1-width-entropy-lines") == "S / ln N"
+                and ylabel("F-b2", "b2-width-entropy-lines") == "S / ln N"
+                and ylabel("F-b4", "b4-transformer-entropy-lines") == "S / ln N"
+                and all("S / ln N" in head(n) for n in wb.figures)
+            ),
+        ),
+        (
+            wb.trace,
+            "TrK/N",
+            ("F-b1", "F-b2", "F-b3", "F-b4"),
+            "b1-depth-trace-lines",
+            lambda: (
+                ylabel("F-b1", "b1-depth-trace-lines") == "Tr K / N"
+                and ylabel("F-b4", "b4-cnn-trace-lines") == "Tr K / N"
+                and "Tr K / N" in head("F-b3")
+            ),
+        ),
     ]
     for ctl, value, affected, key, check in steps:
         owner = {"b1": "F-b1", "b2": "F-b2", "b3": "F-b3", "b4": "F-b4"}[key[:2]]
@@ -508,7 +591,9 @@ def test_shipped_cube_provenance(shipped_cubes):
         cfg = json.loads(ds.attrs["config"])
         assert cfg["paper"] == "collective", name
     cfg = json.loads(shipped_cubes["mlp"].attrs["config"])
-    assert cfg == collective.CONFIGS["quick"]["mlp"], "data/collective_quick.nc is not the current quick config: run `make data`"
+    assert cfg == collective.CONFIGS["quick"]["mlp"], (
+        "data/collective_quick.nc is not the current quick config: run `make data`"
+    )
 
 
 # --------------------------------------------------------------------------- the shared layer
@@ -549,8 +634,9 @@ def test_figure_data_holds_every_text_and_the_builder_reads_no_cube(shipped_cube
 
 
 def test_rerun_panel_runs_one_sweep_at_a_time(tmp_path):
-    panel = collective.RerunPanel(out=tmp_path / "rerun", widths="8", depths="1", seeds="0", steps=20, probe=16,
-                                  n_train=64)
+    panel = collective.RerunPanel(
+        out=tmp_path / "rerun", widths="8", depths="1", seeds="0", steps=20, probe=16, n_train=64
+    )
     panel.button.click()
     assert panel.running and panel.button.disabled
     first = panel.panel

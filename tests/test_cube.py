@@ -300,3 +300,19 @@ def test_save_many_and_open_many_reject_bad_input(tmp_path):
     (tmp_path / "junk.nc").write_bytes(b"not a netcdf file")
     with pytest.raises(ValueError, match="corrupted"):
         cube.open_many(tmp_path / "junk.nc")
+
+
+def test_combine_pads_spectra_of_different_lengths(tmp_path):
+    # runs with probe sets of different sizes (data budgets): spectra are padded with NaN
+    # along eigen_index, scalar measures keep their dims, and the cube still validates
+    short, long = _cube(16, n_eig=3), _cube(64, n_eig=5)
+    combined = cube.combine([short, long])
+    assert combined["entropy"].dims == short["entropy"].dims
+    assert combined.sizes["eigen_index"] == 5
+    ev = combined["eigenvalues"].sel(width=16)
+    assert np.isnan(ev.isel(eigen_index=slice(3, None))).all() and np.isfinite(ev.isel(eigen_index=slice(0, 3))).all()
+    cube.validate(combined)
+    broken = combined.copy(deep=True)
+    broken["eigenvalues"][{"width": 1, "eigen_index": 2}] = np.nan  # a hole, not a tail
+    with pytest.raises(ValueError, match="eigenvalues"):
+        cube.validate(broken)

@@ -47,9 +47,16 @@ def _toy_paper() -> types.ModuleType:
 
     def fig_1_data(ds, *, seed="mean", step=None):
         key = "f1-main"
-        data = {"header": f"<b>F-1</b> entropy; seeds: {seed}", "panels": [[key]], "legend": [key],
-                "scales": {key: [True, False]}, "titles": {key: f"entropy ({seed})"}, "x_labels": {key: "step + 1"},
-                "y_labels": {key: plots.label(ds, "entropy")}, "spans": {f"{key}-marker": None if step is None else step + 1}}
+        data = {
+            "header": f"<b>F-1</b> entropy; seeds: {seed}",
+            "panels": [[key]],
+            "legend": [key],
+            "scales": {key: [True, False]},
+            "titles": {key: f"entropy ({seed})"},
+            "x_labels": {key: "step + 1"},
+            "y_labels": {key: plots.label(ds, "entropy")},
+            "spans": {f"{key}-marker": None if step is None else step + 1},
+        }
         lines, bands = plots.empty_lines(), plots.empty_bands()
         x = np.asarray(ds["step"].values, float) + 1.0
         for w in ds["width"].values:
@@ -67,10 +74,15 @@ def _toy_paper() -> types.ModuleType:
         return plots.panel_grid(data, draw, panel_size=(420, 300), name="F-1")
 
     mod.fig_1_data, mod.build_1 = fig_1_data, build_1
-    mod.FIGURES = [FigureSpec("F-1", lambda c, s: fig_1_data(c["main"], seed=s["seed"], step=s["step"]), build_1,
-                              [["seed"], ["step"]])]
-    mod.controls = lambda cubes: [seed_control(cubes["main"]["seed"].values),
-                                  step_control(cubes["main"]["step"].values)]
+    mod.FIGURES = [
+        FigureSpec(
+            "F-1", lambda c, s: fig_1_data(c["main"], seed=s["seed"], step=s["step"]), build_1, [["seed"], ["step"]]
+        )
+    ]
+    mod.controls = lambda cubes: [
+        seed_control(cubes["main"]["seed"].values),
+        step_control(cubes["main"]["step"].values),
+    ]
     mod.summarize = lambda cubes: {"final_entropy": float(cubes["main"]["entropy"].isel(step=-1).mean())}
     mod.format_summary = lambda summary: f"final entropy {summary['final_entropy']:.3f}\n"
     mod.run_cubes = run_cubes
@@ -122,7 +134,9 @@ def test_workbench_redraws_in_place_and_matches_a_fresh_build(toy_run, tmp_path)
     assert fig.select_one({"name": "f1-main-lines"}) is src and len(src.data["xs"]) == 4
     fresh = paper.build_1(paper.fig_1_data(cubes["main"], seed="all", step=steps[2]))
     assert dict(src.data) == dict(fresh.select_one({"name": "f1-main-lines"}).data)
-    assert fig.select_one({"type": Div}).text == fresh.select_one({"type": Div}).text == "<b>F-1</b> entropy; seeds: all"
+    assert (
+        fig.select_one({"type": Div}).text == fresh.select_one({"type": Div}).text == "<b>F-1</b> entropy; seeds: all"
+    )
     assert wb.export("F-1", "html") == tmp_path / "toy-F-1.html"
     with pytest.raises(AttributeError, match="no attribute or control"):
         _ = wb.nonexistent
@@ -172,8 +186,12 @@ def test_generic_rerun_panel_refuses_a_second_click_and_escapes_errors(tmp_path)
         widths = [int(v) for v in str(settings["widths"]).split(",")]
         return _config(widths=widths, seeds=(0,), steps=int(settings["steps"]))
 
-    panel = _base.RerunPanel(config, [Control("widths", "text", "4"), Control("steps", "int", 6, bounds=(1, 100))],
-                             tmp_path / "rerun", show=lambda cube: __import__("ipywidgets").HTML(str(dict(cube.sizes))))
+    panel = _base.RerunPanel(
+        config,
+        [Control("widths", "text", "4"), Control("steps", "int", 6, bounds=(1, 100))],
+        tmp_path / "rerun",
+        show=lambda cube: __import__("ipywidgets").HTML(str(dict(cube.sizes))),
+    )
     assert panel.start() is True
     assert panel.start() is False and "in progress" in panel.status.value
     cube = panel.run(timeout=240)
@@ -193,8 +211,14 @@ def test_control_kinds_make_their_widgets():
         "multiple": Control("d", "multiple", ("p",), ["p", "q"]).widget(),
         "int": Control("e", "int", 3, bounds=(1, 9)).widget(),
     }
-    kinds = {"dropdown": w.Dropdown, "toggle": w.ToggleButtons, "checkbox": w.Checkbox, "slider": w.SelectionSlider,
-             "multiple": w.SelectMultiple, "int": w.BoundedIntText}
+    kinds = {
+        "dropdown": w.Dropdown,
+        "toggle": w.ToggleButtons,
+        "checkbox": w.Checkbox,
+        "slider": w.SelectionSlider,
+        "multiple": w.SelectMultiple,
+        "int": w.BoundedIntText,
+    }
     for kind, widget in made.items():
         assert isinstance(widget, kinds[kind]), kind
     assert made["slider"].value == 5 and made["multiple"].value == ("p",) and made["int"].max == 9
@@ -206,8 +230,9 @@ def test_color_range_and_heatmap_cells():
     assert plots.color_range([np.nan, -0.3, 0.1], symmetric=True) == (-0.3, 0.3)
     assert plots.color_range([0.0, 10.0, 100.0], log=True) == (10.0, 100.0)
     assert plots.color_range([]) == (0.0, 1.0)
-    cells = plots.heatmap_cells(np.array([[1.0, 2.0], [np.nan, 4000.0]]), [8, 16], [1, 2], x_name="width",
-                                y_name="depth", low=1.0, high=4000.0)
+    cells = plots.heatmap_cells(
+        np.array([[1.0, 2.0], [np.nan, 4000.0]]), [8, 16], [1, 2], x_name="width", y_name="depth", low=1.0, high=4000.0
+    )
     assert cells["width_label"] == ["8", "16", "8", "16"] and cells["depth"] == [1, 1, 2, 2]
     assert cells["text"] == ["1.00", "2.00", "", "4k"] and np.isnan(cells["value"][2])
     assert cells["text_color"][0] == "white" and cells["text_color"][3] == "#222222"

@@ -192,7 +192,7 @@ def test_heatmap_cells(ds):
     fig = plots.heatmap_plot(ds, "entropy")
     cells = _src(fig, "cells")
     ref = ds.entropy.values.mean(1)  # (width, step)
-    for w, s, v in zip(cells["width"], cells["step"], cells["value"]):
+    for w, s, v in zip(cells["width"], cells["step"], cells["value"], strict=True):
         assert v == pytest.approx(ref[WIDTHS.index(w), STEPS.index(s)], rel=1e-12)
     assert len(cells["value"]) == len(WIDTHS) * len(STEPS)
     assert list(fig.x_range.factors) == [str(s) for s in STEPS]

@@ -244,3 +244,122 @@ def test_diverged_run_is_kept_and_reported(tmp_path, capsys):
     assert "run-width=8-seed=0.nc: NaN/Inf in" in err and "'loss'" in err
     assert not np.isfinite(ds["loss"].values).all()
     assert cube.open(tmp_path / "run-width=8-seed=0.nc")  # kept on disk for inspection
+
+
+# --------------------------------------------------------------------------- selection and file data
+
+
+def test_select_section_picks_the_training_set_and_becomes_dims(tmp_path):
+    import ntkbench as nb
+
+    cfg = _cfg(
+        data={"n_train": 60, "n_test": 20},
+        select={"method": "rnd", "budget": 6, "options": {"rnd": {"steps": 5}}},
+        record={"every": 5, "probe": 200, "measures": ["eigenvalues", "trace", "test_accuracy"]},
+        grid={"selection": ["rnd", "random"], "budget": [4, 6], "seed": [0]},
+    )
+    ds = sweep(cfg, tmp_path / "sel", progress=False)
+    assert ds["selection"].values.tolist() == ["rnd", "random"]  # grid order, not sorted
+    assert ds["budget"].values.tolist() == [4, 6] and ds.sizes["eigen_index"] == 6
+    assert set(ds["trace"].dims) == {"width", "selection", "budget", "seed", "step"}  # TINY's grid sweeps width
+    cube.validate(ds)  # the NaN tail of the 4-point spectra is padding, not a fault
+    # the recorded kernel is that of the points ntkbench.select picks (run seed, options)
+    data = nb.load("digits", 60, 20, seed=0)
+    idx = nb.select(data.x_train, 4, "rnd", seed=0, steps=5)
+    model = nb.make_model(
+        {"name": "mlp", "width": 8, "depth": 1},
+        key=__import__("jax").random.split(__import__("jax").random.key(0))[0],
+        in_shape=data.in_shape,
+        out_size=10,
+    )
+    ref = np.trace(np.asarray(nb.entk(model, data.x_train[idx])))
+    got = float(ds["trace"].sel(width=8, selection="rnd", budget=4, seed=0).isel(step=0))
+    assert got == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "select, key",
+    [
+        ({"method": "bogus", "budget": 4}, "select.method"),
+        ({"method": "rnd", "budget": 0}, "select.budget"),
+        ({"method": "rnd", "budget": 4, "options": {"rnd": {"nope": 1}}}, "select.options.rnd.nope"),
+        ({"method": "rnd", "budget": 4, "options": {"steps": 5}}, "select.options.steps"),
+        ({"method": "rnd", "budget": 4, "extra": 1}, "select.extra"),
+    ],
+)
+def test_select_section_errors_name_the_key(select, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        validate_config(_cfg(select=select))
+
+
+def test_budget_above_the_pool_fails_before_any_run(tmp_path):
+    cfg = _cfg(data={"n_train": 30}, select={"method": "random", "budget": 5}, grid={"budget": [5, 40]})
+    with pytest.raises(ValueError, match=r"'grid\.budget'.*exceeds the pool of 30"):
+        sweep(cfg, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def _write_mnist(folder, n_train=40, n_test=12, gz=False):
+    import gzip
+    import struct
+
+    def idx(arr, code):
+        header = struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+        return header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 6, 6), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
+            raw = idx(arr, 0x08)
+            name = f"{split}-{kind}-ubyte" + (".gz" if gz else "")
+            (folder / name).write_bytes(gzip.compress(raw) if gz else raw)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_files_are_nameable_in_a_sweep(tmp_path, gz):
+    folder = tmp_path / "mnist"
+    _write_mnist(folder, gz=gz)
+    cfg = _cfg(data={"name": "mnist_idx", "path": str(folder), "n_train": 30, "n_test": 10})
+    ds = sweep(cfg, tmp_path / "out", progress=False)
+    assert json.loads(ds.attrs["config"])["data"]["path"] == str(folder)
+    assert np.isfinite(ds["loss"].values).all()
+    import ntkbench as nb
+
+    d = nb.load("mnist_idx", 30, 10, seed=0, path=str(folder))
+    assert d.x_train.shape == (30, 36) and d.n_outputs == 10 and d.x_train.max() <= 1.0
+    assert nb.load("mnist_idx", 30, 10, seed=0, path=str(folder), flatten=False).x_train.shape == (30, 1, 6, 6)
+
+
+def test_missing_or_malformed_data_files_fail_before_any_run_naming_the_path(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(ValueError, match=str(missing)):
+        sweep(_cfg(data={"name": "mnist_idx", "path": str(missing)}), tmp_path / "never", progress=False)
+    broken = tmp_path / "broken"
+    _write_mnist(broken)
+    (broken / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte"):
+        sweep(_cfg(data={"name": "mnist_idx", "path": str(broken)}), tmp_path / "never", progress=False)
+    with pytest.raises(ValueError, match="'data.path'"):
+        validate_config(_cfg(data={"name": "mnist_idx"}))
+    with pytest.raises(ValueError, match="'data.path'"):
+        sweep(_cfg(data={"name": "mnist_idx"}), tmp_path / "never", progress=False)
+    npz = tmp_path / "bad.npz"
+    npz.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz"):
+        sweep(_cfg(data={"name": "npz", "path": str(npz)}), tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_npz_file_data_set(tmp_path):
+    import ntkbench as nb
+
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(50, 5)).astype(np.float32), y=rng.integers(0, 3, 50))
+    d = nb.load("npz", 30, 10, path=str(tmp_path / "d.npz"))
+    assert d.task == "classification" and d.n_outputs == 3 and d.x_train.shape == (30, 5)
+    np.savez(tmp_path / "r.npz", features=rng.normal(size=(20, 4)), target=rng.normal(size=(20, 2)))
+    r = nb.load("npz", 10, 5, path=str(tmp_path / "r.npz"), x_key="features", y_key="target")
+    assert r.task == "regression" and r.y_train.shape == (10, 2)

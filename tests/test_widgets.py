@@ -33,7 +33,7 @@ def _data(ex, fig, src):
 
 
 def _by_label(lines):
-    return {lab: np.asarray(y) for lab, y in zip(lines["label"], lines["ys"])}
+    return {lab: np.asarray(y) for lab, y in zip(lines["label"], lines["ys"], strict=True)}
 
 
 def test_initial_state_and_in_place_sources(ex, ds):

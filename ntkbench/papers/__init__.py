@@ -104,7 +104,7 @@ Example
 -------
 >>> from ntkbench.papers import REGISTRY, get
 >>> sorted(REGISTRY)
-['collective']
+['collective', 'data']
 >>> cubes = get("collective").run("runs/collective", quick=True)  # doctest: +SKIP
 """
 
@@ -119,6 +119,7 @@ __all__ = ["REGISTRY", "get"]
 #: paper key -> module (or module name) implementing the plug-in protocol above.
 REGISTRY: dict[str, Any] = {
     "collective": "ntkbench.papers.collective",
+    "data": "ntkbench.papers.data",
 }
 
 

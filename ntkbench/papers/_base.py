@@ -47,6 +47,8 @@ __all__ = [
     "reproduce",
     "Workbench",
     "RerunPanel",
+    "ranks",
+    "rank_correlation",
 ]
 
 Cubes = Mapping[str, Any]
@@ -121,7 +123,9 @@ def run_experiments(
     out.mkdir(parents=True, exist_ok=True)
     cubes: dict[str, Any] = {}
     for name, cfg in configs.items():
-        ds = sweep(dict(cfg), out / folder(name), workers=workers, scheduler=scheduler, client=client, progress=progress)
+        ds = sweep(
+            dict(cfg), out / folder(name), workers=workers, scheduler=scheduler, client=client, progress=progress
+        )
         for old, new in (rename or {}).items():
             if old in ds.dims:
                 ds = ds.rename({old: new})
@@ -142,8 +146,12 @@ def figures(specs: Sequence[FigureSpec], cubes: Cubes, settings: Mapping[str, An
     return {s.name: s.figure(cubes, settings) for s in specs if s.available(cubes)}
 
 
-def export_figures(figs: Mapping[str, Any], folder: str | os.PathLike[str], prefix: str,
-                   formats: Sequence[str] = ("png", "svg", "html")) -> list[Path]:
+def export_figures(
+    figs: Mapping[str, Any],
+    folder: str | os.PathLike[str],
+    prefix: str,
+    formats: Sequence[str] = ("png", "svg", "html"),
+) -> list[Path]:
     """Write each figure as ``folder/<prefix>-<name>.<format>``; return the paths."""
     from ntkbench import plots
 
@@ -185,6 +193,73 @@ def reproduce(
     _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _write_text(out / "summary.txt", paper.format_summary(summary))
     return cubes
+
+
+def ranks(a: Any) -> Any:
+    """Ranks 0 … n-1 of a 1-D array, ties sharing their average rank.
+
+    >>> ranks([3.0, 1.0, 3.0]).tolist()
+    [1.5, 0.0, 1.5]
+    """
+    import numpy as np
+
+    a = np.asarray(a, dtype=float)
+    order = np.argsort(a, kind="mergesort")
+    r = np.empty(len(a))
+    r[order] = np.arange(len(a))
+    _, inverse = np.unique(a, return_inverse=True)
+    return (np.bincount(inverse, r) / np.bincount(inverse))[inverse]
+
+
+def rank_correlation(
+    x: Any, y: Any, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0, groups: Any = None
+) -> dict[str, Any]:
+    """Spearman's rank correlation of ``x`` and ``y`` with a percentile bootstrap interval.
+
+    ``groups`` (optional, same length): ranks are taken within each group (e.g. each data
+    budget) and pooled, so a correlation that only reflects the group sizes does not count.
+    Resampling is over pairs (within each group when grouped), ``n_boot`` times with a fixed
+    ``seed``. NaN pairs are dropped. Returns ``{"rho", "low", "high", "n", "resolved"}``,
+    ``resolved`` when the interval excludes 0 (``rho`` NaN below 3 pairs).
+
+    >>> r = rank_correlation([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
+    >>> round(r["rho"], 3), r["resolved"]  # six pairs: the interval still holds 0
+    (0.829, False)
+    """
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    g = np.zeros(len(x)) if groups is None else np.asarray(groups)
+    if not (len(x) == len(y) == len(g)):
+        raise ValueError(f"x, y and groups must have the same length, got {len(x)}, {len(y)}, {len(g)}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, g = x[ok], y[ok], g[ok]
+    members = [np.flatnonzero(g == v) for v in np.unique(g)]
+
+    def rho(idx_per_group: list) -> float:
+        rx = np.concatenate([ranks(x[i]) - (len(i) - 1) / 2 for i in idx_per_group])
+        ry = np.concatenate([ranks(y[i]) - (len(i) - 1) / 2 for i in idx_per_group])
+        den = np.sqrt((rx**2).sum() * (ry**2).sum())
+        return float((rx * ry).sum() / den) if den > 0 else float("nan")
+
+    out: dict[str, Any] = {
+        "rho": float("nan"),
+        "low": float("nan"),
+        "high": float("nan"),
+        "n": int(len(x)),
+        "resolved": False,
+    }
+    if len(x) < 3:
+        return out
+    out["rho"] = rho(members)
+    rng = np.random.default_rng(seed)
+    boots = np.array([rho([i[rng.integers(0, len(i), len(i))] for i in members]) for _ in range(n_boot)])
+    boots = boots[np.isfinite(boots)]
+    if boots.size:
+        alpha = (1 - level) / 2
+        out["low"], out["high"] = (float(v) for v in np.quantile(boots, [alpha, 1 - alpha]))
+        out["resolved"] = bool(out["low"] > 0 or out["high"] < 0)
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -236,8 +311,15 @@ class Workbench(_Controls):
     >>> wb.view("F-b1")                                                   # doctest: +SKIP
     """
 
-    def __init__(self, cubes: Cubes, specs: Sequence[FigureSpec], controls: Sequence[Any], *,
-                 figures_dir: str | os.PathLike[str] = "figures", name: str = "figure"):
+    def __init__(
+        self,
+        cubes: Cubes,
+        specs: Sequence[FigureSpec],
+        controls: Sequence[Any],
+        *,
+        figures_dir: str | os.PathLike[str] = "figures",
+        name: str = "figure",
+    ):
         import ipywidgets as w
 
         from ntkbench.widgets import ExportControl, LiveFigure
@@ -250,7 +332,9 @@ class Workbench(_Controls):
         for spec in self.specs.values():
             unknown = [n for n in spec.control_names if n not in self.controls]
             if unknown:
-                raise ValueError(f"figure {spec.name!r} uses unknown controls {unknown}; controls are {list(self.controls)}")
+                raise ValueError(
+                    f"figure {spec.name!r} uses unknown controls {unknown}; controls are {list(self.controls)}"
+                )
         self.figures_dir = Path(figures_dir)
         self.status = w.HTML(value="")
         settings = self.settings()
@@ -320,9 +404,15 @@ class RerunPanel(_Controls, Shown):
     HTML-escaped in ``status``.
     """
 
-    def __init__(self, config: Callable[[Mapping[str, Any]], dict[str, Any]], controls: Sequence[Any],
-                 out: str | os.PathLike[str], *, layout: Sequence[Sequence[str]] | None = None,
-                 show: Callable[[Any], Any] | None = None):
+    def __init__(
+        self,
+        config: Callable[[Mapping[str, Any]], dict[str, Any]],
+        controls: Sequence[Any],
+        out: str | os.PathLike[str],
+        *,
+        layout: Sequence[Sequence[str]] | None = None,
+        show: Callable[[Any], Any] | None = None,
+    ):
         import ipywidgets as w
 
         self.controls = {c.name: c.widget() for c in controls}

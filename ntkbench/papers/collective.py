@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import html
+import itertools
 import json
 import os
 import sys
@@ -160,18 +161,28 @@ def _with_grid(base: dict[str, Any], grid: dict[str, list]) -> dict[str, Any]:
     return cfg
 
 
-def _mlp_pair(base: dict[str, Any], widths: list[int], depths: list[int], seeds: list[int],
-              scale_widths: list[int], scale_depths: list[int], scale_seeds: list[int]) -> dict[str, dict[str, Any]]:
+def _mlp_pair(
+    base: dict[str, Any],
+    widths: list[int],
+    depths: list[int],
+    seeds: list[int],
+    scale_widths: list[int],
+    scale_depths: list[int],
+    scale_seeds: list[int],
+) -> dict[str, dict[str, Any]]:
     # same grid key order in both, so shared grid points map to the same run file
     acts = ["relu", "tanh"]
     return {
         "mlp": _with_grid(base, {"activation": acts, "depth": depths, "width": widths, "seed": seeds}),
-        "scale": _with_grid(base, {"activation": acts, "depth": scale_depths, "width": scale_widths, "seed": scale_seeds}),
+        "scale": _with_grid(
+            base, {"activation": acts, "depth": scale_depths, "width": scale_widths, "seed": scale_seeds}
+        ),
     }
 
 
-def _transformer(width: int, layers: list[int], seeds: list[int], context: int, probe: int,
-                 n_train: int, steps: int) -> dict[str, Any]:
+def _transformer(
+    width: int, layers: list[int], seeds: list[int], context: int, probe: int, n_train: int, steps: int
+) -> dict[str, Any]:
     return {
         "title": "collective: TinyTransformer on stories",
         "paper": KEY,
@@ -184,14 +195,22 @@ def _transformer(width: int, layers: list[int], seeds: list[int], context: int, 
     }
 
 
-def _cnn(widths: list[int], depths: list[int], seeds: list[int], n_train: int, n_test: int, probe: int,
-         steps: int) -> dict[str, Any]:
+def _cnn(
+    widths: list[int], depths: list[int], seeds: list[int], n_train: int, n_test: int, probe: int, steps: int
+) -> dict[str, Any]:
     return {
         "title": "collective: CNN on digits",
         "paper": KEY,
         "seed": 0,
         "model": {"name": "cnn", "width": 8, "depth": 1, "pool": "mean"},
-        "data": {"name": "digits", "n_train": n_train, "n_test": n_test, "seed": 0, "flatten": False, "scale": "standardize"},
+        "data": {
+            "name": "digits",
+            "n_train": n_train,
+            "n_test": n_test,
+            "seed": 0,
+            "flatten": False,
+            "scale": "standardize",
+        },
         "train": {"optimizer": "adam", "lr": 0.01, "steps": steps, "batch_size": 64, "loss": "ce"},
         "record": {"every": "log", "log_points": 15, "probe": probe, "measures": list(MEASURES)},
         "grid": {"depth": depths, "width": widths, "seed": seeds},
@@ -218,7 +237,9 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
             "cnn": _cnn([8], [1, 3], [0], n_train=500, n_test=64, probe=64, steps=150),
         },
         "full": {
-            **_mlp_pair(full_base, full_widths, full_depths, [0, 1, 2, 3, 4], full_widths, full_depths, [0, 1, 2, 3, 4]),
+            **_mlp_pair(
+                full_base, full_widths, full_depths, [0, 1, 2, 3, 4], full_widths, full_depths, [0, 1, 2, 3, 4]
+            ),
             "transformer": _transformer(64, [1, 2, 4], [0, 1, 2, 3, 4], context=8, probe=64, n_train=2048, steps=3000),
             "cnn": _cnn([4, 12, 32, 64], [1, 2, 3], [0, 1, 2, 3, 4], n_train=1000, n_test=797, probe=500, steps=8000),
         },
@@ -264,8 +285,16 @@ def run_cubes(
     resumes. The transformer's ``layers`` axis is renamed ``depth`` in its cube.
     """
     cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
-    return _base.run_experiments(out, cfgs, folder=_folder, rename={"layers": "depth"}, workers=workers,
-                                 scheduler=scheduler, client=client, progress=progress)
+    return _base.run_experiments(
+        out,
+        cfgs,
+        folder=_folder,
+        rename={"layers": "depth"},
+        workers=workers,
+        scheduler=scheduler,
+        client=client,
+        progress=progress,
+    )
 
 
 #: every cube in one netCDF file (``mlp`` also in the root group): ntkbench.cube.save_many
@@ -293,8 +322,9 @@ def run(
     or a dict like :data:`CONFIGS` entries).
     """
     name = config if config is not None else ("quick" if quick else "full")
-    return _base.reproduce(sys.modules[__name__], out, name, workers=workers, scheduler=scheduler, formats=formats,
-                           progress=progress)
+    return _base.reproduce(
+        sys.modules[__name__], out, name, workers=workers, scheduler=scheduler, formats=formats, progress=progress
+    )
 
 
 # =========================================================================== shared by the figures
@@ -396,42 +426,29 @@ def _header(figure: str, ds: Any, entropy: str, trace: str, seed: Any = "mean", 
     return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seed_text}; train dark, test light"
 
 
-def _train_test(lines: Columns, bands: Columns, x: np.ndarray, sel: Any, names: Sequence[str], mode: Any, color: str,
-                label: str, log_y: bool) -> None:
+def _train_test(
+    lines: Columns,
+    bands: Columns,
+    x: np.ndarray,
+    sel: Any,
+    names: Sequence[str],
+    mode: Any,
+    color: str,
+    label: str,
+    log_y: bool,
+) -> None:
     """Series of the train variable ``names[0]`` (dark) and the test one ``names[1]`` (light)."""
-    for var, probe in zip(names, ("train", "test")):
-        plots.add_series(lines, bands, x, plots.seed_traces(sel[var], mode), color, f"{label} {probe}",
-                         light=probe == "test", log_y=log_y)
-
-
-def _panel_texts(data: FigureData, key: str, title: str, x_label: str, y_label: str, log_y: bool) -> None:
-    data["titles"][key] = title
-    data["x_labels"][key] = x_label
-    data["y_labels"][key] = y_label
-    data["scales"][key] = [True, log_y]
-
-
-def _new_data(name: str, header: str) -> FigureData:
-    return {"layout": name, "header": header, "panels": [], "legend": [], "sources": {}, "titles": {},
-            "x_labels": {}, "y_labels": {}, "scales": {}}
-
-
-def _si_y(data: FigureData) -> Any:
-    # SI tick labels (20k) on log trace axes; their labels all contain "Tr"
-    return lambda key: data["scales"][key][1] and "Tr" in data["y_labels"][key]
-
-
-def _step_lines(data: FigureData, panel_size: tuple[int, int], name: str, markers: bool) -> Any:
-    """F-b1 / F-b4: lines and ± std bands against step + 1 in each panel, the legend in
-    the panels of ``data["legend"]``, and (F-b1) the dashed step markers."""
-    def draw(fig: Any, key: str) -> None:
-        legend = key in data["legend"]
-        plots.lines_and_bands(fig, data, key, legend)
-        if markers:
-            plots.step_marker(fig, f"{key}-marker", data["spans"][f"{key}-marker"])
-        plots.panel_style(fig, legend=legend)
-
-    return plots.panel_grid(data, draw, panel_size=panel_size, name=name, si_y=_si_y(data))
+    for var, probe in zip(names, ("train", "test"), strict=False):  # names: train, or train and test
+        plots.add_series(
+            lines,
+            bands,
+            x,
+            plots.seed_traces(sel[var], mode),
+            color,
+            f"{label} {probe}",
+            light=probe == "test",
+            log_y=log_y,
+        )
 
 
 # =========================================================================== F-b1
@@ -456,7 +473,7 @@ def fig_b1_data(
     mode = plots.seed_mode(seed, ds)
     pairs = _b1_pairs(ds, width, depth, activation)
     x = np.asarray(ds["step"].values, float) + 1.0
-    data = _new_data("F-b1", _header("F-b1", ds, entropy, trace, seed))
+    data = plots.figure_data("F-b1", _header("F-b1", ds, entropy, trace, seed))
     data["spans"] = {}
     for row, nets in pairs.items():
         keys = []
@@ -465,13 +482,21 @@ def fig_b1_data(
             v_train, v_test, ylab = _column_vars(col, entropy, trace)
             lines, bands = plots.empty_lines(), plots.empty_bands()
             log_y = col in ("loss", "trace")
-            for (act, w, d), color in zip(nets, _PAIR):
+            for (act, w, d), color in zip(nets, _PAIR, strict=False):  # one or two nets
                 sel = ds.sel(activation=act, width=w, depth=d)
                 name = _arch_label(act, w, d)
                 _train_test(lines, bands, x, sel, (v_train, v_test) if test else (v_train,), mode, color, name, log_y)
             data["sources"][f"{key}-lines"] = lines
             data["sources"][f"{key}-bands"] = bands
-            _panel_texts(data, key, _row_title("F-b1", row, nets[0], nets[-1]) if j == 0 else "", "step + 1", ylab, log_y)
+            plots.set_panel(
+                data,
+                key,
+                _row_title("F-b1", row, nets[0], nets[-1]) if j == 0 else "",
+                "step + 1",
+                ylab,
+                log_x=True,
+                log_y=log_y,
+            )
             data["spans"][f"{key}-marker"] = None if step_marker is None else step_marker + 1
             keys.append(key)
         data["panels"].append(keys)
@@ -481,7 +506,7 @@ def fig_b1_data(
 
 def build_b1(data: FigureData, panel_size: tuple[int, int] = (330, 250)) -> Any:
     """The F-b1 layout of :func:`fig_b1_data`'s figure data."""
-    return _step_lines(data, panel_size, "F-b1", markers=True)
+    return plots.line_grid(data, panel_size=panel_size, name="F-b1")
 
 
 def fig_b1(ds: Any, *, panel_size: tuple[int, int] = (330, 250), **settings: Any) -> Any:
@@ -524,7 +549,7 @@ def fig_b2_data(
     pairs = _b1_pairs(ds, width, depth, activation)
     steps = ds["step"].values
     k = None if step is None else int(np.abs(steps - step).argmin())
-    data = _new_data("F-b2", _header("F-b2", ds, entropy, trace, seed))
+    data = plots.figure_data("F-b2", _header("F-b2", ds, entropy, trace, seed))
     for row, nets in pairs.items():
         keys = []
         for j, col in enumerate(("entropy", "trace")):
@@ -533,13 +558,15 @@ def fig_b2_data(
             lines = plots.empty_lines()
             ends: dict[str, list] = {"x": [], "y": [], "color": [], "marker": [], "label": []}
             marker: dict[str, list] = {"x": [], "y": [], "color": []}
-            for (act, w, d), color in zip(nets, _PAIR):
+            for (act, w, d), color in zip(nets, _PAIR, strict=False):  # one or two nets
                 sel = ds.sel(activation=act, width=w, depth=d)
                 name = _arch_label(act, w, d)
                 probes = [("train", "loss", v_train, False)] + ([("test", "test_loss", v_test, True)] if test else [])
                 for probe, lv, yv, light in probes:
                     col_hex = plots.lighten(color) if light else color
-                    for (xl, _), (yl, _) in zip(plots.seed_traces(sel[lv], mode), plots.seed_traces(sel[yv], mode)):
+                    for (xl, _), (yl, _) in zip(
+                        plots.seed_traces(sel[lv], mode), plots.seed_traces(sel[yv], mode), strict=True
+                    ):
                         ok = plots.finite_mask(xl, yl, True, col == "trace")
                         if not ok.any():
                             continue
@@ -560,10 +587,18 @@ def fig_b2_data(
                             marker["x"].append(float(xl[k]))
                             marker["y"].append(float(yl[k]))
                             marker["color"].append(col_hex)
-            data["sources"].update({f"{key}-lines": lines, f"{key}-bands": plots.empty_bands(), f"{key}-ends": ends,
-                                    f"{key}-marker": marker})
+            data["sources"].update(
+                {
+                    f"{key}-lines": lines,
+                    f"{key}-bands": plots.empty_bands(),
+                    f"{key}-ends": ends,
+                    f"{key}-marker": marker,
+                }
+            )
             title = _row_title("F-b2", row, nets[0], nets[-1]) if j == 0 else ""
-            _panel_texts(data, key, title, "loss (log, inverted: time runs →)", ylab, col == "trace")
+            plots.set_panel(
+                data, key, title, "loss (log, inverted: time runs →)", ylab, log_x=True, log_y=col == "trace"
+            )
             keys.append(key)
         data["panels"].append(keys)
         data["legend"].append(keys[1])
@@ -578,7 +613,9 @@ def build_b2(data: FigureData, panel_size: tuple[int, int] = (380, 260)) -> Any:
         legend = key in data["legend"]
         r = plots.lines_and_bands(fig, data, key, legend)
         ends = ColumnDataSource(dict(data["sources"][f"{key}-ends"]), name=f"{key}-ends")
-        fig.scatter("x", "y", source=ends, marker="marker", size=7, fill_color="white", line_color="color", line_width=1.5)
+        fig.scatter(
+            "x", "y", source=ends, marker="marker", size=7, fill_color="white", line_color="color", line_width=1.5
+        )
         mk = ColumnDataSource(dict(data["sources"][f"{key}-marker"]), name=f"{key}-marker")
         fig.scatter("x", "y", source=mk, size=9, color="color", line_color="black")
         fig.x_range.flipped = True
@@ -588,7 +625,7 @@ def build_b2(data: FigureData, panel_size: tuple[int, int] = (380, 260)) -> Any:
             fig.add_layout(fig.legend[0], "right")
             fig.width += 150
 
-    return plots.panel_grid(data, draw, panel_size=panel_size, name="F-b2", si_y=_si_y(data))
+    return plots.panel_grid(data, draw, panel_size=panel_size, name="F-b2", si_y=plots.si_trace_axes(data))
 
 
 def fig_b2(ds: Any, *, panel_size: tuple[int, int] = (380, 260), **settings: Any) -> Any:
@@ -661,9 +698,15 @@ def fig_b3_data(
     st = int(steps[-1]) if step is None else int(steps[np.abs(steps - step).argmin()])
     acts = ds["activation"].values.tolist()
     widths, depths = [int(w) for w in ds["width"].values], [int(d) for d in ds["depth"].values]
-    data = _new_data("F-b3", _header("F-b3", ds, entropy, trace))
-    data.update(layout=["F-b3", qs], ranges={}, factors={"x": [str(w) for w in ds["width"].values.tolist()],
-                                                          "y": [str(d) for d in ds["depth"].values.tolist()]})
+    data = plots.figure_data("F-b3", _header("F-b3", ds, entropy, trace))
+    data.update(
+        layout=["F-b3", qs],
+        ranges={},
+        factors={
+            "x": [str(w) for w in ds["width"].values.tolist()],
+            "y": [str(d) for d in ds["depth"].values.tolist()],
+        },
+    )
     del data["scales"], data["x_labels"], data["y_labels"]
     for q in qs:
         da = _b3_values(ds, q, st, entropy, trace)
@@ -672,9 +715,18 @@ def fig_b3_data(
         data["ranges"][f"b3-{q}-mapper"] = [lo, hi]
         keys = []
         for act in acts:
-            cells = plots.heatmap_cells(da.sel(activation=act).transpose("depth", "width").values, widths, depths,
-                                        x_name="width", y_name="depth", low=lo, high=hi, log=log, diverging=diverging,
-                                        fmt="{:+.2f}" if q == "dS" else "{:.2f}")
+            cells = plots.heatmap_cells(
+                da.sel(activation=act).transpose("depth", "width").values,
+                widths,
+                depths,
+                x_name="width",
+                y_name="depth",
+                low=lo,
+                high=hi,
+                log=log,
+                diverging=diverging,
+                fmt="{:+.2f}" if q == "dS" else "{:.2f}",
+            )
             key = f"b3-{q}-{act}"
             data["sources"][f"{key}-cells"] = cells
             data["titles"][key] = f"{_label_act(act)}: {_b3_title(q, st)}"
@@ -696,11 +748,20 @@ def build_b3(data: FigureData, cell: int = 62) -> Any:
         mapper = plots.color_mapper(lo, hi, log=log, diverging=q == "dS", name=f"b3-{q}-mapper")
         figs = [
             plots.category_heatmap(
-                key, data["titles"][key], data["sources"][f"{key}-cells"], mapper,
-                x_factors=data["factors"]["x"], y_factors=data["factors"]["y"], x_label="width",
-                y_label="depth (hidden layers)", x_field="width_label", y_field="depth_label",
-                tooltips=[("width", "@width"), ("depth", "@depth"), (q, "@value{%0.4g}")], cell=cell,
-                colorbar=i == len(keys) - 1, si_colorbar=log,
+                key,
+                data["titles"][key],
+                data["sources"][f"{key}-cells"],
+                mapper,
+                x_factors=data["factors"]["x"],
+                y_factors=data["factors"]["y"],
+                x_label="width",
+                y_label="depth (hidden layers)",
+                x_field="width_label",
+                y_field="depth_label",
+                tooltips=[("width", "@width"), ("depth", "@depth"), (q, "@value{%0.4g}")],
+                cell=cell,
+                colorbar=i == len(keys) - 1,
+                si_colorbar=log,
             )
             for i, key in enumerate(keys)
         ]
@@ -763,7 +824,12 @@ def _arch_title(arch: str, ds: Any) -> str:
 
 
 def fig_b4_data(
-    cubes: Mapping[str, Any], *, seed: Any = "mean", entropy: str = "S", trace: str = "TrK", test: bool = True,
+    cubes: Mapping[str, Any],
+    *,
+    seed: Any = "mean",
+    entropy: str = "S",
+    trace: str = "TrK",
+    test: bool = True,
     missing_seed: str = "error",
 ) -> FigureData:
     """Figure data of :func:`fig_b4`: panels ``"b4-{arch}-{col}"`` with sources
@@ -774,7 +840,7 @@ def fig_b4_data(
     ``missing_seed="mean"``, shows the mean over that cube's seeds (:func:`b4_seed_fallbacks`)."""
     _check_variants(entropy, trace)
     fallback = b4_seed_fallbacks(cubes, seed, missing_seed)
-    data = _new_data("F-b4", _header("F-b4", None, entropy, trace, seed, fallback))
+    data = plots.figure_data("F-b4", _header("F-b4", None, entropy, trace, seed, fallback))
     for arch in ("transformer", "cnn"):
         if arch not in cubes:
             continue
@@ -789,13 +855,15 @@ def fig_b4_data(
             v_train, v_test, ylab = _column_vars(col, entropy, trace)
             lines, bands = plots.empty_lines(), plots.empty_bands()
             log_y = col in ("loss", "trace")
-            for d, color in zip(ds["depth"].values.tolist(), _DEPTH_COLORS):
+            for d, color in zip(ds["depth"].values.tolist(), itertools.cycle(_DEPTH_COLORS), strict=False):
                 sel = ds.sel(depth=d)
                 name = f"{'layers' if arch == 'transformer' else 'depth'} {d}"
                 _train_test(lines, bands, x, sel, (v_train, v_test) if test else (v_train,), mode, color, name, log_y)
             data["sources"][f"{key}-lines"] = lines
             data["sources"][f"{key}-bands"] = bands
-            _panel_texts(data, key, _arch_title(arch, cubes[arch]) if j == 0 else "", "step + 1", ylab, log_y)
+            plots.set_panel(
+                data, key, _arch_title(arch, cubes[arch]) if j == 0 else "", "step + 1", ylab, log_x=True, log_y=log_y
+            )
             keys.append(key)
         data["panels"].append(keys)
         data["legend"].append(keys[0])
@@ -806,7 +874,7 @@ def fig_b4_data(
 
 def build_b4(data: FigureData, panel_size: tuple[int, int] = (330, 250)) -> Any:
     """The F-b4 layout of :func:`fig_b4_data`'s figure data."""
-    return _step_lines(data, panel_size, "F-b4", markers=False)
+    return plots.line_grid(data, panel_size=panel_size, name="F-b4")
 
 
 def fig_b4(cubes: Mapping[str, Any], *, panel_size: tuple[int, int] = (330, 250), **settings: Any) -> Any:
@@ -834,8 +902,13 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     seeds = [int(s) for s in mlp["seed"].values] if "seed" in mlp.dims else []
     scale_steps = [int(s) for s in scale["step"].values]
     return [
-        Control("activation", "toggle", str(mlp["activation"].values[0]),
-                [(_label_act(a), str(a)) for a in mlp["activation"].values], button_width="70px"),
+        Control(
+            "activation",
+            "toggle",
+            str(mlp["activation"].values[0]),
+            [(_label_act(a), str(a)) for a in mlp["activation"].values],
+            button_width="70px",
+        ),
         Control("width", "dropdown", int(mlp["width"].values[0]), [int(v) for v in mlp["width"].values]),
         Control("depth", "dropdown", int(mlp["depth"].values[0]), [int(v) for v in mlp["depth"].values]),
         seed_control(seeds),
@@ -849,8 +922,15 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
 
 
 def _rows_kw(s: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(width=s["width"], depth=s["depth"], activation=s["activation"], seed=s["seed"], entropy=s["entropy"],
-                trace=s["trace"], test=s["test"])
+    return dict(
+        width=s["width"],
+        depth=s["depth"],
+        activation=s["activation"],
+        seed=s["seed"],
+        entropy=s["entropy"],
+        trace=s["trace"],
+        test=s["test"],
+    )
 
 
 _B1_CONTROLS = (("activation", "width", "depth"), ("seed", "test"), ("entropy", "trace"), ("step",))
@@ -858,22 +938,39 @@ _B1_CONTROLS = (("activation", "width", "depth"), ("seed", "test"), ("entropy", 
 #: the figures: F-b1 / F-b2 from the ``mlp`` cube, F-b3 from ``scale`` (else ``mlp``),
 #: F-b4 from ``transformer`` and ``cnn`` (a missing seed there shows the mean)
 FIGURES: list[FigureSpec] = [
-    FigureSpec("F-b1", lambda c, s: fig_b1_data(c["mlp"], **_rows_kw(s), step_marker=s["step"]), build_b1, _B1_CONTROLS),
+    FigureSpec(
+        "F-b1", lambda c, s: fig_b1_data(c["mlp"], **_rows_kw(s), step_marker=s["step"]), build_b1, _B1_CONTROLS
+    ),
     FigureSpec("F-b2", lambda c, s: fig_b2_data(c["mlp"], **_rows_kw(s), step=s["step"]), build_b2, _B1_CONTROLS),
-    FigureSpec("F-b3", lambda c, s: fig_b3_data(c.get("scale", c["mlp"]), s["quantity"], step=s["b3_step"],
-                                                entropy=s["entropy"], trace=s["trace"]),
-               build_b3, (("quantity", "entropy", "trace"), ("b3_step",))),
-    FigureSpec("F-b4", lambda c, s: fig_b4_data(c, seed=s["seed"], entropy=s["entropy"], trace=s["trace"], test=s["test"],
-                                                missing_seed="mean"),
-               build_b4, (("seed", "test"), ("entropy", "trace")), available=lambda c: "transformer" in c or "cnn" in c),
+    FigureSpec(
+        "F-b3",
+        lambda c, s: fig_b3_data(
+            c.get("scale", c["mlp"]), s["quantity"], step=s["b3_step"], entropy=s["entropy"], trace=s["trace"]
+        ),
+        build_b3,
+        (("quantity", "entropy", "trace"), ("b3_step",)),
+    ),
+    FigureSpec(
+        "F-b4",
+        lambda c, s: fig_b4_data(
+            c, seed=s["seed"], entropy=s["entropy"], trace=s["trace"], test=s["test"], missing_seed="mean"
+        ),
+        build_b4,
+        (("seed", "test"), ("entropy", "trace")),
+        available=lambda c: "transformer" in c or "cnn" in c,
+    ),
 ]
 
 
 def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
     """The settings ``reproduce`` draws the figures at: the controls' defaults, no step
     marker, and F-b3 with four quantities (S(0), Tr K(0), final test loss, ΔS at the end)."""
-    return {**_base.settings_of(controls(cubes)), "step": None, "b3_step": None,
-            "quantity": ("S0", "TrK0", "final_test_loss", "dS")}
+    return {
+        **_base.settings_of(controls(cubes)),
+        "step": None,
+        "b3_step": None,
+        "quantity": ("S0", "TrK0", "final_test_loss", "dS"),
+    }
 
 
 def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
@@ -882,7 +979,9 @@ def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
     return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
 
 
-def export_figures(cubes: Mapping[str, Any], folder: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg", "html")) -> list[Path]:
+def export_figures(
+    cubes: Mapping[str, Any], folder: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg", "html")
+) -> list[Path]:
     """Export every figure of :func:`figures` as ``folder/collective-F-b*.{format}``."""
     return _base.export_figures(figures(cubes), folder, KEY, formats)
 
@@ -995,7 +1094,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     for key, v in summary["entropy_change"].items():
         t = summary["test_entropy_change"][key]
         kc = summary["kernel_change"][key]
-        verdict = "compression" if v["n_fell"] > v["n_seeds"] / 2 else "structure formation" if v["n_rose"] > v["n_seeds"] / 2 else "mixed"
+        verdict = (
+            "compression"
+            if v["n_fell"] > v["n_seeds"] / 2
+            else "structure formation"
+            if v["n_rose"] > v["n_seeds"] / 2
+            else "mixed"
+        )
         lines.append(
             f"  {key:<12} dS mean {v['mean']:+.3f} (test {t['mean']:+.3f}); fell in {v['n_fell']}/{v['n_seeds']} seeds, "
             f"rose in {v['n_rose']}/{v['n_seeds']} -> {verdict}; kernel distance {kc['kernel_distance_init']:.4f}, "
@@ -1003,17 +1108,21 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         )
     lines += ["", "Tr K(0) vs width (log-log fit, seed mean):"]
     for key, v in summary["trace0_vs_width"].items():
-        lines.append(f"  {key:<16} slope {v['loglog_slope']:.3f}, R^2 {v['r2']:.3f}  (widths {v['widths']}, Tr K(0) {v['trace0']})")
+        lines.append(
+            f"  {key:<16} slope {v['loglog_slope']:.3f}, R^2 {v['r2']:.3f}  (widths {v['widths']}, Tr K(0) {v['trace0']})"
+        )
     lines += ["", "Initial entropy S(0) vs depth (line fit; shown, not assumed):"]
     for key, v in summary["entropy0_vs_depth"].items():
-        lines.append(f"  {key:<16} S(0) = {v['entropy0']} at depths {v['depths']}; slope {v['slope_per_layer']:+.3f} per layer (R^2 {v['r2']:.2f})")
+        lines.append(
+            f"  {key:<16} S(0) = {v['entropy0']} at depths {v['depths']}; slope {v['slope_per_layer']:+.3f} per layer (R^2 {v['r2']:.2f})"
+        )
     if summary.get("architectures"):
         lines += ["", "Other architectures (entropy change per seed, train probe):"]
         for key, v in summary["architectures"].items():
-            lines.append(f"  {key:<20} dS {v['entropy_change_per_seed']}, rose in {v['n_rose']}/{v['n_seeds']}; loss ratio <= {v['loss_ratio_max']:.3f}")
+            lines.append(
+                f"  {key:<20} dS {v['entropy_change_per_seed']}, rose in {v['n_rose']}/{v['n_seeds']}; loss ratio <= {v['loss_ratio_max']:.3f}"
+            )
     return "\n".join(lines) + "\n"
-
-
 
 
 # =========================================================================== widgets
@@ -1059,9 +1168,8 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_b1(cube: Any) -> Any:
-    from jupyter_bokeh import BokehModel
-
     import ipywidgets as w
+    from jupyter_bokeh import BokehModel
 
     if {"activation", "depth", "width"} <= set(cube.dims):
         return BokehModel(fig_b1(cube, activation=str(cube["activation"].values[0])))
@@ -1077,15 +1185,31 @@ class RerunPanel(_base.RerunPanel):
     >>> panel.run()                                       # doctest: +SKIP
     """
 
-    def __init__(self, out: str | os.PathLike[str] = "runs/collective-rerun", *, widths: str = "8, 128",
-                 depths: str = "1, 6", seeds: str = "0", activations: Sequence[str] = ("relu",), steps: int = 300,
-                 lr: float = 0.1, probe: int = 200, n_train: int = 500):
+    def __init__(
+        self,
+        out: str | os.PathLike[str] = "runs/collective-rerun",
+        *,
+        widths: str = "8, 128",
+        depths: str = "1, 6",
+        seeds: str = "0",
+        activations: Sequence[str] = ("relu",),
+        steps: int = 300,
+        lr: float = 0.1,
+        probe: int = 200,
+        n_train: int = 500,
+    ):
         ctls = [
             int_list_control("widths", widths),
             int_list_control("depths", depths),
             int_list_control("seeds", seeds),
-            Control("activations", "multiple", tuple(activations), [("ReLU", "relu"), ("tanh", "tanh")],
-                    description="activation", rows=2),
+            Control(
+                "activations",
+                "multiple",
+                tuple(activations),
+                [("ReLU", "relu"), ("tanh", "tanh")],
+                description="activation",
+                rows=2,
+            ),
             Control("n_train", "int", n_train, description="train N", bounds=(2, 1500)),
             Control("steps", "int", steps, bounds=(1, 100_000)),
             Control("lr", "float", lr, description="SGD lr", bounds=(1e-5, 10.0)),

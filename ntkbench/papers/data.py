@@ -1,0 +1,849 @@
+"""Towards a Phenomenological Understanding of Neural Networks: Data (2023).
+
+The paper reads two collective variables off the eNTK of the *training set at
+initialization*, its entropy S (S/ln N) and its trace Tr K, relates them to how well the
+trained network generalizes, and selects training data by random network distillation
+(RND), which picks sets of larger entropy and trace than random selection and, at small
+budgets, better test accuracy.
+
+Experiments (see :data:`CONFIGS`; every run selects its training set from a pool with
+``ntkbench.select`` inside the sweep, trains an MLP and records the eNTK of the whole
+selected set -- its spectrum, S, S/ln N, Tr K, Tr K/N -- and the losses and accuracies):
+
+- ``selection``: mnist1d, method {RND, random, approximate max-entropy} × budget × repeat
+  (figures F-a2, F-a3, F-a4); ``selection_digits``: the same on scikit-learn's digits;
+- ``subsets``: digits, 40 random subsets per budget (F-a1: accuracy against S/ln N and
+  Tr K at initialization, rank correlations within each budget with bootstrap intervals);
+- ``small``: a small net (MLP 8×1, SGD, cross-entropy) on 30 random points (F-a5: S/ln N
+  during training).
+
+The quick run, what reproduced and what did not, and how to run the ``full`` config on real
+MNIST files are in ``docs/papers/data.md``. Built on :mod:`ntkbench.papers._base`.
+
+Example
+-------
+>>> from ntkbench.papers import data
+>>> cubes = data.run("runs/data", quick=True)                   # doctest: +SKIP
+>>> data.summarize(cubes)["selection"]["mnist1d"]["10"]["rnd"]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ntkbench import cube as cube_mod
+from ntkbench import plots
+from ntkbench.papers import _base
+from ntkbench.papers._base import FigureSpec
+from ntkbench.plots import FigureData
+from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
+
+__all__ = [
+    "KEY",
+    "TITLE",
+    "CONFIGS",
+    "MEASURES",
+    "METHODS",
+    "configs",
+    "run",
+    "run_cubes",
+    "open_cubes",
+    "fig_a1_data",
+    "fig_a2_data",
+    "fig_a3_data",
+    "fig_a4_data",
+    "fig_a5_data",
+    "build_a1",
+    "build_lines",
+    "FIGURES",
+    "controls",
+    "defaults",
+    "figures",
+    "summarize",
+    "format_summary",
+    "Workbench",
+    "RerunPanel",
+    "rerun_config",
+]
+
+KEY = "data"
+TITLE = "Towards a Phenomenological Understanding of Neural Networks: Data"
+
+#: recorded on the whole selected training set (the probe is the training set)
+MEASURES: list[str] = [
+    "eigenvalues",
+    "entropy",
+    "entropy_normalized",
+    "trace",
+    "trace_per_sample",
+    "loss",
+    "test_loss",
+    "accuracy",
+    "test_accuracy",
+]
+
+#: selection method -> (label, colour)
+METHODS: dict[str, tuple[str, str]] = {
+    "rnd": ("RND", "#c2410c"),
+    "random": ("random", "#1f5fa8"),
+    "max_entropy": ("max-entropy (m = 20)", "#2a9d55"),
+}
+ENTROPY_VARIANTS = {"S/lnN": ("entropy_normalized", "S / ln N"), "S": ("entropy", "S [nat]")}
+TRACE_VARIANTS = {"TrK": ("trace", "Tr K"), "TrK/N": ("trace_per_sample", "Tr K / N")}
+ACCURACY_VARIANTS = {"test_accuracy": "test accuracy", "test_loss": "test loss (MSE)", "accuracy": "train accuracy"}
+#: F-a2..F-a4 data sets -> experiment
+DATA_SETS = {"mnist1d": "selection", "digits": "selection_digits"}
+_KERNEL = "traced eNTK of the whole selected set, sum over outputs"
+
+
+# =========================================================================== configs
+
+
+def _cfg(
+    data: str,
+    *,
+    pool: int,
+    n_test: int,
+    grid: dict[str, list],
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    log_points: int = 8,
+    title: str,
+) -> dict[str, Any]:
+    return {
+        "title": f"data: {title}",
+        "paper": KEY,
+        "seed": 0,
+        "model": model or {"name": "mlp", "width": 128, "depth": 2, "activation": "relu"},
+        "data": {"name": data, "n_train": pool, "n_test": n_test, "seed": 0},
+        "select": {"method": "random", "budget": 10},
+        "train": train or {"optimizer": "adam", "lr": 1e-3, "steps": 300, "batch_size": "full", "loss": "mse"},
+        "record": {"every": "log", "log_points": log_points, "probe": 200, "measures": list(MEASURES)},
+        "grid": grid,
+    }
+
+
+_SMALL_MODEL = {"name": "mlp", "width": 8, "depth": 1, "activation": "relu"}
+_SMALL_TRAIN = {"optimizer": "sgd", "lr": 0.1, "steps": 500, "batch_size": "full", "loss": "ce"}
+
+
+def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
+    methods = list(METHODS)
+    sel = lambda data, budgets, seeds, pool=1000, n_test=500: _cfg(  # noqa: E731
+        data,
+        pool=pool,
+        n_test=n_test,
+        title=f"RND vs random vs max-entropy on {data}",
+        grid={"selection": methods, "budget": budgets, "seed": seeds},
+    )
+    subsets = lambda budgets, seeds, pool=1000, n_test=500: _cfg(  # noqa: E731
+        "digits", pool=pool, n_test=n_test, title="random subsets on digits", grid={"budget": budgets, "seed": seeds}
+    )
+    small = lambda seeds, budget=30: _cfg(  # noqa: E731
+        "mnist1d",
+        pool=1000,
+        n_test=500,
+        title="a small net on a small set",
+        model=_SMALL_MODEL,
+        train=_SMALL_TRAIN,
+        log_points=15,
+        grid={"budget": [budget], "seed": seeds},
+    )
+    quick_budgets = [10, 20, 30, 50, 80]
+    return {
+        "quick": {
+            "selection": sel("mnist1d", quick_budgets, list(range(5))),
+            "selection_digits": sel("digits", quick_budgets, list(range(5))),
+            "subsets": subsets([20, 40, 80, 160], list(range(40))),
+            "small": small(list(range(6))),
+        },
+        # the test suite's size: the smallest budgets, fewer repeats
+        "test": {
+            "selection": sel("mnist1d", [10, 30], [0, 1, 2], pool=400, n_test=300),
+            "subsets": subsets([20, 60], list(range(6)), pool=400, n_test=300),
+            "small": small([0, 1]),
+        },
+        # as close to the paper as offline data allow: budgets 10..90, 10 repeats; point
+        # `data` at real MNIST with configs("full", data={"name": "mnist_idx", "path": ...})
+        "full": {
+            "selection": sel("mnist1d", [10, 20, 30, 40, 50, 60, 70, 80, 90], list(range(10)), pool=4000, n_test=1000),
+            "selection_digits": sel("digits", [10, 20, 30, 50, 80], list(range(10)), pool=1000, n_test=797),
+            "subsets": subsets([20, 40, 80, 160, 320], list(range(100)), pool=1000, n_test=797),
+            "small": small(list(range(10))),
+        },
+    }
+
+
+#: name -> experiment -> sweep config (``quick``, ``test`` and ``full``)
+CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
+
+
+def configs(name: str = "quick", *, data: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """A deep copy of the sweep configs of ``name`` (``"quick"``, ``"test"``, ``"full"``).
+
+    ``data`` replaces the data set of ``selection``, ``subsets`` and ``small`` (mnist1d,
+    digits, mnist1d by default), e.g. ``{"name": "mnist_idx", "path": "~/data/mnist"}`` for real MNIST IDX
+    files (the MLPs then see 784 inputs); ``n_train`` (the pool) and ``n_test`` are kept
+    unless given.
+
+    >>> sorted(configs("quick"))
+    ['selection', 'selection_digits', 'small', 'subsets']
+    >>> configs("quick")["selection"]["grid"]["selection"]
+    ['rnd', 'random', 'max_entropy']
+    """
+    cfgs = _base.pick_config(CONFIGS, name)
+    if data is not None:
+        for exp in ("selection", "subsets", "small"):
+            if exp in cfgs:
+                keep = {k: cfgs[exp]["data"][k] for k in ("n_train", "n_test", "seed")}
+                cfgs[exp]["data"] = {**keep, **copy.deepcopy(dict(data))}
+                cfgs[exp]["title"] = cfgs[exp]["title"].replace("mnist1d", str(data.get("name")))
+    return cfgs
+
+
+# =========================================================================== run
+
+
+def run_cubes(
+    out: str | os.PathLike[str],
+    config: str | Mapping[str, Mapping[str, Any]] = "quick",
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the experiments of ``config`` (a name of :data:`CONFIGS` or such a dict) under
+    ``out`` (``out/runs-<experiment>``, resumable) and return ``{experiment: cube}``."""
+    cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
+    return _base.run_experiments(out, cfgs, workers=workers, scheduler=scheduler, client=client, progress=progress)
+
+
+#: ``{experiment: cube}`` of ``out/data.nc`` or ``data/data_quick.nc``
+open_cubes = cube_mod.open_many
+
+
+def run(
+    out: str | os.PathLike[str],
+    quick: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    *,
+    config: str | Mapping[str, Mapping[str, Any]] | None = None,
+    formats: Sequence[str] = ("png", "svg", "html"),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``ntkbench reproduce data``: run the experiments, export every figure and the
+    summary; return ``{experiment: cube}`` (files as in :func:`ntkbench.papers._base.reproduce`)."""
+    name = config if config is not None else ("quick" if quick else "full")
+    return _base.reproduce(
+        sys.modules[__name__], out, name, workers=workers, scheduler=scheduler, formats=formats, progress=progress
+    )
+
+
+# =========================================================================== shared by the figures
+
+
+def _check(name: str, value: Any, table: Mapping[str, Any]) -> None:
+    if value not in table:
+        raise ValueError(f"{name} must be one of {list(table)}, got {value!r}")
+
+
+def _selection(cubes: Mapping[str, Any], data_set: str) -> Any:
+    _check("data_set", data_set, DATA_SETS)
+    exp = DATA_SETS[data_set]
+    if exp not in cubes:
+        raise ValueError(f"data_set {data_set!r} needs the {exp!r} cube; cubes are {sorted(cubes)}")
+    return cubes[exp]
+
+
+def _data_note(ds: Any) -> str:
+    import json
+
+    try:
+        cfg = json.loads(ds.attrs.get("config", "{}"))
+        d, m = cfg.get("data", {}), cfg.get("model", {})
+        return (
+            f"{d.get('name')}, pool {d.get('n_train')}, test {d.get('n_test')}; MLP {m.get('width')}×{m.get('depth')}"
+        )
+    except (TypeError, ValueError, AttributeError):
+        return ""
+
+
+def _at(da: Any, step: int | None) -> Any:
+    """``da`` at the recorded step nearest ``step`` (None: the last recorded step)."""
+    if step is None:
+        return da.isel(step=-1)
+    steps = da["step"].values
+    return da.sel(step=steps[np.abs(steps - step).argmin()])
+
+
+def _vs_budget(data: FigureData, key: str, ds: Any, var: str, step: int | None, seed: Any, log_y: bool) -> None:
+    """Lines over budget, one per method, mean ± standard error over repeats."""
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    x = np.asarray(ds["budget"].values, float)
+    mode = plots.seed_mode(seed, ds)
+    for method in ds["selection"].values.tolist():
+        label, color = METHODS.get(method, (method, "#555555"))
+        traces = plots.seed_traces(_at(ds[var].sel(selection=method), step).transpose(..., "budget"), mode, spread="se")
+        plots.add_series(lines, bands, x, traces, color, label, log_x=False, log_y=log_y)
+    data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+
+
+def _seed_text(seed: Any, band: str = "mean ± standard error over repeats") -> str:
+    return {"mean": band, "all": "every repeat"}.get(seed, f"repeat {seed}")
+
+
+# =========================================================================== F-a1
+
+
+def fig_a1_data(
+    ds: Any, *, entropy: str = "S/lnN", trace: str = "TrK", budget: Any = "all", accuracy: str = "test_accuracy"
+) -> FigureData:
+    """Figure data of F-a1 from the ``subsets`` cube: panels ``"a1-entropy"`` and
+    ``"a1-trace"`` (sources ``"…-points"``: x = S/ln N or Tr K at initialization, y = the
+    final ``accuracy``, one point per subset, coloured by budget), for every budget or one."""
+    _check("entropy", entropy, ENTROPY_VARIANTS)
+    _check("trace", trace, TRACE_VARIANTS)
+    _check("accuracy", accuracy, ACCURACY_VARIANTS)
+    budgets = [int(b) for b in ds["budget"].values]
+    if budget != "all" and int(budget) not in budgets:
+        raise ValueError(f"budget must be 'all' or one of {budgets}, got {budget!r}")
+    shown = budgets if budget == "all" else [int(budget)]
+    colors = dict(zip(budgets, plots.palette(len(budgets), "Viridis256"), strict=True))
+    y_all = _at(ds[accuracy], None)
+    corr = {}
+    data = plots.figure_data("F-a1", "")
+    for col, (var, label), log_x in (
+        ("entropy", ENTROPY_VARIANTS[entropy], False),
+        ("trace", TRACE_VARIANTS[trace], True),
+    ):
+        x_all = ds[var].isel(step=0)
+        pts: dict[str, list] = {k: [] for k in ("x", "y", "budget", "seed", "color", "label")}
+        for b in shown:
+            xs, ys = np.asarray(x_all.sel(budget=b).values, float), np.asarray(y_all.sel(budget=b).values, float)
+            r = _base.rank_correlation(xs, ys, seed=b)
+            corr[(col, b)] = r
+            ok = np.isfinite(xs) & np.isfinite(ys) & ((xs > 0) if log_x else True)
+            pts["x"] += xs[ok].tolist()
+            pts["y"] += ys[ok].tolist()
+            pts["budget"] += [b] * int(ok.sum())
+            pts["seed"] += [int(s) for s in ds["seed"].values[ok]]
+            pts["color"] += [colors[b]] * int(ok.sum())
+            pts["label"] += [f"N = {b}: ρ = {r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"] * int(ok.sum())
+        key = f"a1-{col}"
+        data["sources"][f"{key}-points"] = pts
+        plots.set_panel(
+            data,
+            key,
+            f"{ACCURACY_VARIANTS[accuracy]} vs {label} at initialization",
+            f"{label} (step 0)",
+            ACCURACY_VARIANTS[accuracy],
+            log_x=log_x,
+            log_y=False,
+        )
+    data["panels"] = [["a1-entropy", "a1-trace"]]
+    data["legend"] = ["a1-entropy", "a1-trace"]
+    n_subsets = ds.sizes["seed"]
+    data["header"] = (
+        f"<b>F-a1 generalization vs collective variables</b> — {n_subsets} random subsets per budget; "
+        f"{_data_note(ds)}; {_KERNEL}; ρ: Spearman within each budget, 95 % bootstrap interval"
+    )
+    return data
+
+
+def build_a1(data: FigureData, panel_size: tuple[int, int] = (400, 360)) -> Any:
+    """The F-a1 layout: scatter panels with the correlations in their legends."""
+    from bokeh.models import ColumnDataSource, HoverTool
+
+    def draw(fig: Any, key: str) -> None:
+        src = ColumnDataSource(dict(data["sources"][f"{key}-points"]), name=f"{key}-points")
+        r = fig.scatter(
+            "x", "y", source=src, color="color", size=7, alpha=0.75, line_color="white", legend_field="label"
+        )
+        fig.add_tools(
+            HoverTool(
+                renderers=[r],
+                tooltips=[("budget", "@budget"), ("subset", "@seed"), ("x", "@x{%0.4g}"), ("y", "@y{%0.3f}")],
+                formatters={"@x": "printf", "@y": "printf"},
+            )
+        )
+        plots.panel_style(fig, legend=True)
+        fig.add_layout(fig.legend[0], "right")  # beside the plot: the points fill every corner
+        fig.width += 240
+
+    return plots.panel_grid(data, draw, panel_size=panel_size, name="F-a1", si_y=None)
+
+
+# =========================================================================== F-a2, F-a3, F-a5 (lines)
+
+
+def fig_a2_data(
+    cubes: Mapping[str, Any],
+    *,
+    data_set: str = "mnist1d",
+    accuracy: str = "test_accuracy",
+    seed: Any = "mean",
+    step: int | None = None,
+) -> FigureData:
+    """Figure data of F-a2: ``accuracy`` (final, or at ``step``) against the data budget,
+    one line per selection method, mean ± standard error over repeats (panel ``"a2-main"``)."""
+    _check("accuracy", accuracy, ACCURACY_VARIANTS)
+    ds = _selection(cubes, data_set)
+    data = plots.figure_data(
+        "F-a2",
+        f"<b>F-a2 accuracy vs data budget</b> — {_data_note(ds)}; {'final step' if step is None else f'step {step}'}; {_seed_text(seed)}",
+    )
+    _vs_budget(data, "a2-main", ds, accuracy, step, seed, log_y=False)
+    plots.set_panel(
+        data,
+        "a2-main",
+        f"{ACCURACY_VARIANTS[accuracy]} by selection method",
+        "data budget N",
+        ACCURACY_VARIANTS[accuracy],
+        log_x=False,
+        log_y=False,
+    )
+    data["panels"], data["legend"] = [["a2-main"]], ["a2-main"]
+    return data
+
+
+def fig_a3_data(
+    cubes: Mapping[str, Any],
+    *,
+    data_set: str = "mnist1d",
+    entropy: str = "S/lnN",
+    trace: str = "TrK",
+    seed: Any = "mean",
+) -> FigureData:
+    """Figure data of F-a3: the entropy and the trace of the eNTK of the selected sets at
+    initialization against the budget, per method (panels ``"a3-entropy"``, ``"a3-trace"``)."""
+    _check("entropy", entropy, ENTROPY_VARIANTS)
+    _check("trace", trace, TRACE_VARIANTS)
+    ds = _selection(cubes, data_set)
+    data = plots.figure_data(
+        "F-a3",
+        f"<b>F-a3 collective variables of the selected sets</b> — at initialization; {_KERNEL}; {_data_note(ds)}; {_seed_text(seed)}",
+    )
+    for col, (var, label), log_y in (
+        ("entropy", ENTROPY_VARIANTS[entropy], False),
+        ("trace", TRACE_VARIANTS[trace], True),
+    ):
+        key = f"a3-{col}"
+        _vs_budget(data, key, ds, var, 0, seed, log_y=log_y)
+        plots.set_panel(data, key, f"{label} of the selected set", "data budget N", label, log_x=False, log_y=log_y)
+    data["panels"], data["legend"] = [["a3-entropy", "a3-trace"]], ["a3-entropy"]
+    data["legend_location"] = "top_right"  # both quantities fall or rise away from it
+    return data
+
+
+def fig_a5_data(ds: Any, *, entropy: str = "S/lnN", seed: Any = "mean", step_marker: int | None = None) -> FigureData:
+    """Figure data of F-a5 from the ``small`` cube: the entropy of the training set's eNTK
+    and the training loss against step + 1 (panels ``"a5-entropy"``, ``"a5-loss"``)."""
+    _check("entropy", entropy, ENTROPY_VARIANTS)
+    mode = plots.seed_mode(seed, ds)
+    sub = ds.isel(budget=0) if "budget" in ds.dims else ds
+    n = int(sub["budget"].values) if "budget" in sub.coords else None
+    x = np.asarray(ds["step"].values, float) + 1.0
+    data = plots.figure_data(
+        "F-a5",
+        f"<b>F-a5 entropy during training</b> — {_data_note(ds)}, N = {n}; {_KERNEL}; {_seed_text(seed, 'mean ± std over seeds')}",
+    )
+    data["spans"] = {}
+    for col, (var, label), log_y in (
+        ("entropy", ENTROPY_VARIANTS[entropy], False),
+        ("loss", ("loss", "training loss (cross-entropy)"), True),
+    ):
+        key = f"a5-{col}"
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        plots.add_series(lines, bands, x, plots.seed_traces(sub[var], mode), "#7b3fa0", label, log_y=log_y)
+        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+        data["spans"][f"{key}-marker"] = None if step_marker is None else step_marker + 1
+        plots.set_panel(
+            data,
+            key,
+            f"{label} of the training set" if col == "entropy" else label,
+            "step + 1",
+            label,
+            log_x=True,
+            log_y=log_y,
+        )
+    data["panels"], data["legend"] = [["a5-entropy", "a5-loss"]], []
+    return data
+
+
+def build_lines(data: FigureData, panel_size: tuple[int, int] = (470, 360)) -> Any:
+    """F-a2 / F-a3 / F-a4 / F-a5 layouts: lines with bands in each panel (markers where the
+    figure data has spans), legends in ``data["legend"]``."""
+    return plots.line_grid(data, panel_size=panel_size, name=str(data["layout"]), legend_location="bottom_right")
+
+
+# =========================================================================== F-a4
+
+
+def fig_a4_data(
+    cubes: Mapping[str, Any],
+    *,
+    data_set: str = "mnist1d",
+    budget: int | None = None,
+    step: int = 0,
+    seed: Any = "mean",
+    normalize: bool = True,
+) -> FigureData:
+    """Figure data of F-a4: the eNTK spectrum of the selected sets at ``step`` (default:
+    initialization) against the rank, per method, at one ``budget`` (default the largest);
+    ``normalize`` divides by Tr K, so sets compare in shape (panel ``"a4-main"``)."""
+    ds = _selection(cubes, data_set)
+    budgets = [int(b) for b in ds["budget"].values]
+    budget = budgets[-1] if budget is None else int(budget)
+    if budget not in budgets:
+        raise ValueError(f"budget must be one of {budgets}, got {budget!r}")
+    sub = _at(ds.sel(budget=budget), step)
+    ev = sub["eigenvalues"].isel(eigen_index=slice(0, budget))
+    if normalize:
+        ev = ev / ev.sum("eigen_index")
+    x = np.arange(1, budget + 1, dtype=float)
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    mode = plots.seed_mode(seed, ds)
+    for method in ds["selection"].values.tolist():
+        label, color = METHODS.get(method, (method, "#555555"))
+        plots.add_series(
+            lines,
+            bands,
+            x,
+            plots.seed_traces(ev.sel(selection=method).transpose(..., "eigen_index"), mode),
+            color,
+            label,
+            log_y=True,
+        )
+    st = int(sub["step"].values) if "step" in sub.coords and sub["step"].ndim == 0 else step
+    ylab = "λ_i / Tr K" if normalize else "eigenvalue λ_i"
+    data = plots.figure_data(
+        "F-a4",
+        f"<b>F-a4 spectra</b> — N = {budget}, step {st}; {_KERNEL}; {_data_note(ds)}; {_seed_text(seed, 'mean ± std over repeats')}",
+    )
+    data["sources"] = {"a4-main-lines": lines, "a4-main-bands": bands}
+    plots.set_panel(
+        data, "a4-main", f"eNTK spectrum of the selected sets (N = {budget})", "rank i", ylab, log_x=True, log_y=True
+    )
+    data["panels"], data["legend"] = [["a4-main"]], ["a4-main"]
+    data["legend_location"] = "top_right"  # a spectrum falls from the top left
+    return data
+
+
+# =========================================================================== figures and controls
+
+
+def controls(cubes: Mapping[str, Any]) -> list[Control]:
+    """The Workbench's controls: ``data_set`` (mnist1d or digits for F-a2..F-a4),
+    ``accuracy``, ``entropy`` / ``trace`` variants, ``seed`` (mean ± SE, every repeat, one),
+    ``budget`` (F-a4's set size), ``a1_budget`` (F-a1: every budget or one),
+    ``normalize`` (F-a4), ``step`` (F-a5's marker)."""
+    sel_sets = [k for k, exp in DATA_SETS.items() if exp in cubes]
+    first = cubes[DATA_SETS[sel_sets[0]]] if sel_sets else None
+    ctls = [
+        Control(
+            "data_set",
+            "toggle",
+            sel_sets[0] if sel_sets else "mnist1d",
+            sel_sets or ["mnist1d"],
+            description="data",
+            button_width="80px",
+        ),
+        Control("accuracy", "dropdown", "test_accuracy", [(v, k) for k, v in ACCURACY_VARIANTS.items()]),
+        Control("entropy", "toggle", "S/lnN", [("S / ln N", "S/lnN"), ("S [nat]", "S")], button_width="80px"),
+        Control("trace", "toggle", "TrK", [("Tr K", "TrK"), ("Tr K / N", "TrK/N")], button_width="80px"),
+        seed_control(
+            [int(s) for s in first["seed"].values] if first is not None else [], band="mean ± SE", description="repeats"
+        ),
+        Control("normalize", "checkbox", True, description="spectrum / Tr K"),
+    ]
+    if first is not None:
+        budgets = [int(b) for b in first["budget"].values]
+        ctls.append(Control("budget", "dropdown", budgets[-1], budgets, description="F-a4 N"))
+    if "subsets" in cubes:
+        ctls.append(
+            Control(
+                "a1_budget",
+                "dropdown",
+                "all",
+                [("every N", "all")] + [(f"N = {int(b)}", int(b)) for b in cubes["subsets"]["budget"].values],
+                description="subsets",
+            )
+        )
+    if "small" in cubes:
+        ctls.append(step_control([int(s) for s in cubes["small"]["step"].values]))
+    return ctls
+
+
+def _has(*names: str) -> Any:
+    return lambda cubes: all(n in cubes for n in names)
+
+
+def _any_selection(cubes: Mapping[str, Any]) -> bool:
+    return any(exp in cubes for exp in DATA_SETS.values())
+
+
+#: the figures, each drawn when its experiment's cube is there
+FIGURES: list[FigureSpec] = [
+    FigureSpec(
+        "F-a1",
+        lambda c, s: fig_a1_data(
+            c["subsets"], entropy=s["entropy"], trace=s["trace"], budget=s["a1_budget"], accuracy=s["accuracy"]
+        ),
+        build_a1,
+        (("a1_budget", "accuracy"), ("entropy", "trace")),
+        available=_has("subsets"),
+    ),
+    FigureSpec(
+        "F-a2",
+        lambda c, s: fig_a2_data(c, data_set=s["data_set"], accuracy=s["accuracy"], seed=s["seed"]),
+        build_lines,
+        (("data_set", "accuracy", "seed"),),
+        available=_any_selection,
+    ),
+    FigureSpec(
+        "F-a3",
+        lambda c, s: fig_a3_data(c, data_set=s["data_set"], entropy=s["entropy"], trace=s["trace"], seed=s["seed"]),
+        build_lines,
+        (("data_set", "seed"), ("entropy", "trace")),
+        available=_any_selection,
+    ),
+    FigureSpec(
+        "F-a4",
+        lambda c, s: fig_a4_data(
+            c, data_set=s["data_set"], budget=s["budget"], seed=s["seed"], normalize=s["normalize"]
+        ),
+        build_lines,
+        (("data_set", "budget"), ("seed", "normalize")),
+        available=_any_selection,
+    ),
+    FigureSpec(
+        "F-a5",
+        lambda c, s: fig_a5_data(
+            c["small"],
+            entropy=s["entropy"],
+            seed=s["seed"] if s["seed"] in ("mean", "all") else "mean",
+            step_marker=s.get("step"),
+        ),
+        build_lines,
+        (("entropy", "seed"), ("step",)),
+        available=_has("small"),
+    ),
+]
+
+
+def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings ``reproduce`` draws the figures at: the controls' defaults without a
+    step marker."""
+    return {**_base.settings_of(controls(cubes)), "step": None}
+
+
+def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+    """``{"F-a1": ..., ..., "F-a5": ...}`` at :func:`defaults` (``kw`` overrides settings)."""
+    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
+
+
+# =========================================================================== summary
+
+
+def _mean_se(a: Any) -> dict[str, float]:
+    a = np.asarray(a, float)
+    a = a[np.isfinite(a)]
+    se = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else float("nan")
+    return {"mean": round(float(a.mean()), 5) if a.size else float("nan"), "se": round(se, 5), "n": int(a.size)}
+
+
+def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers the claims rest on, as a JSON-able dict.
+
+    - ``selection[data_set][budget][method]``: S/ln N, Tr K (initialization) and final
+      test accuracy of the selected sets, mean ± standard error over repeats; and
+      ``rnd_minus_random`` per budget: the differences of the means with their standard
+      errors;
+    - ``entropy_accuracy`` / ``trace_accuracy``: per budget of ``subsets`` and pooled
+      within budgets, Spearman's ρ of the initial S/ln N (Tr K) and the final test
+      accuracy with a 95 % bootstrap interval and whether it excludes 0 (``resolved``);
+    - ``small_net``: S/ln N at the start and the end and its change, per seed.
+    """
+    out: dict[str, Any] = {"note": f"{_KERNEL}; S/ln N and Tr K at initialization; accuracy at the last step"}
+    sel: dict[str, Any] = {}
+    for data_set, exp in DATA_SETS.items():
+        if exp not in cubes:
+            continue
+        ds = cubes[exp]
+        per: dict[str, Any] = {}
+        for b in ds["budget"].values.tolist():
+            row: dict[str, Any] = {}
+            for m in ds["selection"].values.tolist():
+                s = ds.sel(budget=b, selection=m)
+                row[m] = {
+                    "entropy_normalized": _mean_se(s["entropy_normalized"].isel(step=0)),
+                    "trace": _mean_se(s["trace"].isel(step=0)),
+                    "test_accuracy": _mean_se(_at(s["test_accuracy"], None)),
+                }
+            if "rnd" in row and "random" in row:
+                row["rnd_minus_random"] = {
+                    k: {
+                        "diff": round(row["rnd"][k]["mean"] - row["random"][k]["mean"], 5),
+                        "se": round(float(np.hypot(row["rnd"][k]["se"], row["random"][k]["se"])), 5),
+                    }
+                    for k in ("entropy_normalized", "trace", "test_accuracy")
+                }
+            per[str(int(b))] = row
+        sel[data_set] = per
+    out["selection"] = sel
+    if "subsets" in cubes:
+        ds = cubes["subsets"]
+        acc = _at(ds["test_accuracy"], None)
+        for name, var in (("entropy_accuracy", "entropy_normalized"), ("trace_accuracy", "trace")):
+            x0 = ds[var].isel(step=0)
+            res = {
+                str(int(b)): _rounded(
+                    _base.rank_correlation(x0.sel(budget=b).values, acc.sel(budget=b).values, seed=int(b))
+                )
+                for b in ds["budget"].values
+            }
+            xb, yb = x0.transpose("budget", "seed").values, acc.transpose("budget", "seed").values
+            groups = np.repeat(ds["budget"].values, ds.sizes["seed"])
+            res["pooled_within_budget"] = _rounded(_base.rank_correlation(xb.ravel(), yb.ravel(), groups=groups))
+            out[name] = res
+    if "small" in cubes:
+        s = cubes["small"]["entropy_normalized"]
+        s = s.isel(budget=0) if "budget" in s.dims else s
+        start, end = np.atleast_1d(s.isel(step=0).values), np.atleast_1d(_at(s, None).values)
+        out["small_net"] = {
+            "start": [round(float(v), 4) for v in start],
+            "end": [round(float(v), 4) for v in end],
+            "change": [round(float(v), 4) for v in end - start],
+            "n_fell": int((end < start).sum()),
+            "n_seeds": int(start.size),
+        }
+    return out
+
+
+def _rounded(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short plain-text report of :func:`summarize`'s numbers."""
+    lines = [TITLE, f"({summary.get('note', '')})", ""]
+    if "run_wall_seconds" in summary:
+        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    for data_set, per in summary.get("selection", {}).items():
+        lines.append(f"Selected sets on {data_set} (mean ± SE over repeats): S/ln N, Tr K at init; final test accuracy")
+        for b, row in per.items():
+            parts = [
+                f"{METHODS[m][0]} {v['entropy_normalized']['mean']:.3f}, {v['trace']['mean']:.4g}, "
+                f"{v['test_accuracy']['mean']:.3f}±{v['test_accuracy']['se']:.3f}"
+                for m, v in row.items()
+                if m in METHODS
+            ]
+            lines.append(f"  N = {b:>4}: " + " | ".join(parts))
+            d = row.get("rnd_minus_random")
+            if d:
+                lines.append(
+                    f"           RND − random: S/ln N {d['entropy_normalized']['diff']:+.3f}±{d['entropy_normalized']['se']:.3f}, "
+                    f"Tr K {d['trace']['diff']:+.4g}±{d['trace']['se']:.3g}, "
+                    f"accuracy {d['test_accuracy']['diff']:+.3f}±{d['test_accuracy']['se']:.3f}"
+                )
+        lines.append("")
+    for name, label in (("entropy_accuracy", "S/ln N"), ("trace_accuracy", "Tr K")):
+        if name in summary:
+            lines.append(
+                f"Rank correlation of initial {label} with final test accuracy over random subsets (95 % bootstrap):"
+            )
+            for b, r in summary[name].items():
+                verdict = "resolved" if r["resolved"] else "not resolved at this scale"
+                lines.append(
+                    f"  {'N = ' + b if b.isdigit() else b:<22} ρ = {r['rho']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] "
+                    f"(n = {r['n']}) {verdict}"
+                )
+            lines.append("")
+    if "small_net" in summary:
+        s = summary["small_net"]
+        lines.append(
+            f"Small net: S/ln N change over training {s['change']} (fell in {s['n_fell']}/{s['n_seeds']} seeds)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# =========================================================================== widgets
+
+
+class Workbench(_base.Workbench):
+    """Notebook controls for the five figures, on cubes from :func:`open_cubes` (see
+    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
+
+    >>> wb = Workbench(open_cubes("../data/data_quick.nc"))  # doctest: +SKIP
+    >>> wb.view("F-a2")                                        # doctest: +SKIP
+    """
+
+    def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
+        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+
+
+def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweep config of :class:`RerunPanel`'s settings: the quick ``selection``
+    experiment on ``data_set`` with the chosen ``methods``, ``budgets``, ``repeats`` (the
+    seeds 0 … repeats-1), ``pool``, ``width`` and training ``steps``."""
+    cfg = configs("quick")["selection" if settings["data_set"] == "mnist1d" else "selection_digits"]
+    methods = list(settings["methods"])
+    if not methods:
+        raise ValueError("methods must name at least one selection method")
+    budgets = parse_ints(settings["budgets"], "budgets")
+    pool = int(settings["pool"])
+    if max(budgets) > pool:
+        raise ValueError(f"budgets must not exceed the pool ({pool}), got {budgets}")
+    cfg["data"]["n_train"] = pool
+    cfg["model"]["width"] = int(settings["width"])
+    cfg["train"]["steps"] = int(settings["steps"])
+    cfg["grid"] = {"selection": methods, "budget": budgets, "seed": list(range(int(settings["repeats"])))}
+    return cfg
+
+
+def _show_a2(cube: Any) -> Any:
+    import ipywidgets as w
+    from jupyter_bokeh import BokehModel
+
+    name = "digits" if "digits" in str(cube.attrs.get("title", "")) else "mnist1d"
+    if {"selection", "budget"} <= set(cube.dims):
+        return BokehModel(build_lines(fig_a2_data({DATA_SETS[name]: cube}, data_set=name)))
+    return w.HTML(f"no F-a2 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+
+
+class RerunPanel(_base.RerunPanel):
+    """Rerun the quick selection experiment with chosen settings (:func:`rerun_config`),
+    with a progress bar, and show F-a2 of the result; one run at a time."""
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str] = "runs/data-rerun",
+        *,
+        data_set: str = "mnist1d",
+        methods: Sequence[str] = ("rnd", "random"),
+        budgets: str = "10, 30",
+        repeats: int = 2,
+        pool: int = 1000,
+        width: int = 128,
+        steps: int = 300,
+    ):
+        ctls = [
+            Control("data_set", "toggle", data_set, list(DATA_SETS), description="data", button_width="80px"),
+            Control("methods", "multiple", tuple(methods), [(v[0], k) for k, v in METHODS.items()], rows=3),
+            int_list_control("budgets", budgets),
+            Control("repeats", "int", repeats, bounds=(1, 50)),
+            Control("pool", "int", pool, bounds=(10, 1797)),
+            Control("width", "int", width, bounds=(1, 4096)),
+            Control("steps", "int", steps, bounds=(1, 100_000)),
+        ]
+        layout = [["data_set"], ["methods", "budgets", "repeats"], ["pool", "width", "steps"]]
+        super().__init__(rerun_config, ctls, out, layout=layout, show=_show_a2)

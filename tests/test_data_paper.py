@@ -1,0 +1,242 @@
+"""Paper `data`: the test-sized run has the expected structure and matches independent
+recomputations (the selected set's eNTK rebuilt from the run's own selection); the paper's
+qualitative claims hold on the shipped quick cube (``data/data_quick.nc``, the quick
+config: 5 repeats per method and budget, 40 random digits subsets per budget, 6 small
+nets);
+figures, summary, CLI resume and notebook widgets work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkbench.papers import data as paper
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "data_quick.nc"
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data-paper")
+    paper.run(out, config="test", progress=False, formats=("png", "html"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_cubes(run_out):
+    return paper.open_cubes(run_out / "data.nc")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not SHIPPED.exists():
+        pytest.fail(f"{SHIPPED} is missing: run `make data`")
+    return paper.open_cubes(SHIPPED)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_cubes_have_the_selection_dims_and_the_spectrum(test_cubes, shipped):
+    from ntkbench import cube
+
+    for cubes in (test_cubes, shipped):
+        sel = cubes["selection"]
+        assert set(sel.dims) == {"selection", "budget", "seed", "step", "eigen_index"}
+        assert sel["selection"].values.tolist() == ["rnd", "random", "max_entropy"]
+        assert sel["selection"].attrs["long_name"] == "training-data selection method"
+        assert sel["eigenvalues"].dims[-2:] == ("step", "eigen_index")
+        assert sel.sizes["eigen_index"] == max(sel["budget"].values)  # the whole selected set
+        for name in paper.MEASURES:
+            assert name in sel.data_vars, name
+        assert set(cubes["subsets"].dims) == {"budget", "seed", "step", "eigen_index"}
+        for ds in cubes.values():
+            cube.validate(ds)
+            assert json.loads(ds.attrs["config"])["paper"] == "data"
+    assert set(shipped) == {"selection", "selection_digits", "subsets", "small"}
+
+
+def test_recorded_kernel_is_that_of_the_selected_set(test_cubes):
+    """Rebuild one run's training set with ntkbench.select (the sweep's seed convention: the
+    run seed), its model at initialization, and the eNTK from float64 per-sample Jacobians."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    import ntkbench as nb
+
+    ds = test_cubes["selection"]
+    cfg = json.loads(ds.attrs["config"])
+    data = nb.load(cfg["data"]["name"], cfg["data"]["n_train"], cfg["data"]["n_test"], seed=cfg["data"]["seed"])
+    idx = nb.select(data.x_train, 10, "rnd", seed=1)
+    model_key, _ = jax.random.split(jax.random.key(1))
+    model = nb.make_model(cfg["model"], key=model_key, in_shape=data.in_shape, out_size=data.n_outputs)
+    with jax.enable_x64(True):
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+        jac = jax.vmap(jax.jacrev(lambda p, xi: eqx.combine(p, static)(xi)), in_axes=(None, 0))
+        leaves = jax.tree_util.tree_leaves(jac(params, jnp.asarray(data.x_train[idx], jnp.float64)))
+        J = np.concatenate([np.asarray(j).reshape(10, data.n_outputs, -1) for j in leaves], axis=-1)
+    K = np.einsum("ncp,mcp->nm", J, J)
+    lam = np.clip(np.linalg.eigvalsh(K), 0, None)[::-1]
+    rec = ds.sel(selection="rnd", budget=10, seed=1).isel(step=0)
+    np.testing.assert_allclose(rec["eigenvalues"].values[:10], lam, rtol=2e-4, atol=1e-4 * lam[0])
+    assert np.all(np.isnan(rec["eigenvalues"].values[10:]))  # padding beyond the set size
+    np.testing.assert_allclose(float(rec["trace"]), np.trace(K), rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- claims (shipped quick cube)
+
+
+def _init(ds, var):
+    return ds[var].isel(step=0)
+
+
+def _rnd_minus_random(ds, var):
+    """Per budget: mean over repeats of RND minus random, and its standard error."""
+    a, b = ds[var].sel(selection="rnd"), ds[var].sel(selection="random")
+    d = (a.mean("seed") - b.mean("seed")).values
+    se = (np.hypot(a.std("seed", ddof=1), b.std("seed", ddof=1)) / np.sqrt(ds.sizes["seed"])).values
+    return d, se
+
+
+def test_rnd_sets_have_higher_trace_at_every_budget(shipped):
+    for exp in ("selection", "selection_digits"):
+        d, se = _rnd_minus_random(shipped[exp].isel(step=0), "trace")
+        assert np.all(d > 0), (exp, d)
+    d, se = _rnd_minus_random(shipped["selection"].isel(step=0), "trace")
+    assert np.all(d > 3 * se), (d, se)  # on mnist1d RND's sets have far larger Tr K
+
+
+def test_rnd_sets_have_higher_entropy_on_digits_and_at_small_budgets_on_mnist1d(shipped):
+    # digits: higher S/ln N at every budget, and over all budgets by several standard errors
+    d, se = _rnd_minus_random(shipped["selection_digits"].isel(step=0), "entropy_normalized")
+    assert np.all(d > 0), d
+    assert d.mean() / (np.sqrt((se**2).sum()) / len(se)) > 2, (d, se)
+    # mnist1d: higher at the two smallest budgets only (documented departure: from N = 30
+    # on, RND's sets are no more diverse than random ones, though their trace is far higher)
+    d, _ = _rnd_minus_random(shipped["selection"].isel(step=0), "entropy_normalized")
+    assert np.all(d[:2] > 0), d
+
+
+def test_rnd_accuracy_at_least_random_at_the_smallest_budgets_on_mnist1d(shipped):
+    d, se = _rnd_minus_random(shipped["selection"].isel(step=-1), "test_accuracy")
+    assert np.all(d[:2] >= 0), (d, se)
+    assert np.all(d[:2] > se[:2]), (d, se)  # by more than a standard error
+    # on digits the methods tie at small budgets (documented departure): |diff| < 2.5 SE
+    d, se = _rnd_minus_random(shipped["selection_digits"].isel(step=-1), "test_accuracy")
+    assert np.all(np.abs(d[:2]) < 2.5 * se[:2]), (d, se)
+
+
+def test_entropy_accuracy_correlation_sign_when_resolved(shipped):
+    s = paper.summarize(shipped)
+    for key, r in s["entropy_accuracy"].items():
+        assert -1 <= r["rho"] <= 1 and r["low"] <= r["rho"] <= r["high"], key
+        if r["resolved"]:
+            assert r["rho"] > 0, (key, r)
+    text = paper.format_summary(s)
+    assert "not resolved at this scale" in text or "resolved" in text
+
+
+def test_small_net_entropy_decreases_during_training(shipped):
+    s = shipped["small"]["entropy_normalized"].isel(budget=0)
+    delta = (s.isel(step=-1) - s.isel(step=0)).values
+    assert (delta < 0).sum() >= len(delta) - 1 and delta.mean() < -0.02, delta  # fell in 6 of 6 seeds
+
+
+# --------------------------------------------------------------------------- summary, figures, CLI
+
+
+def test_summary_numbers_are_the_cube_means(run_out, test_cubes):
+    summary = json.loads((run_out / "summary.json").read_text())
+    ds = test_cubes["selection"]
+    got = summary["selection"]["mnist1d"]["10"]["rnd"]["entropy_normalized"]["mean"]
+    assert got == pytest.approx(
+        float(ds["entropy_normalized"].sel(selection="rnd", budget=10).isel(step=0).mean()), abs=1e-4
+    )
+    from scipy.stats import spearmanr
+
+    sub = test_cubes["subsets"]
+    b = int(sub["budget"].values[0])
+    ref = spearmanr(
+        sub["entropy_normalized"].sel(budget=b).isel(step=0).values,
+        sub["test_accuracy"].sel(budget=b).isel(step=-1).values,
+    ).statistic
+    assert summary["entropy_accuracy"][str(b)]["rho"] == pytest.approx(ref, abs=1e-3)
+    assert "Rank correlation" in (run_out / "summary.txt").read_text()
+
+
+def test_every_figure_is_exported_and_not_blank(run_out):
+    import io
+
+    from PIL import Image, ImageStat
+
+    for name in ("F-a1", "F-a2", "F-a3", "F-a4", "F-a5"):
+        png = run_out / "figures" / f"data-{name}.png"
+        with Image.open(io.BytesIO(png.read_bytes())) as im:
+            assert im.size[0] > 500 and im.size[1] > 350, (name, im.size)
+            assert ImageStat.Stat(im.convert("L")).stddev[0] > 10, f"{png.name} looks blank"
+        assert "Bokeh" in (run_out / "figures" / f"data-{name}.html").read_text()[:200_000]
+
+
+def test_figure_data_are_the_cube_values(shipped):
+    d = paper.fig_a3_data(shipped, entropy="S/lnN")["sources"]["a3-entropy-lines"]
+    got = dict(zip(d["label"], d["ys"], strict=True))
+    ref = shipped["selection"]["entropy_normalized"].sel(selection="rnd").isel(step=0).mean("seed").values
+    np.testing.assert_allclose(got["RND"], ref, rtol=1e-6)
+    a4 = paper.fig_a4_data(shipped, budget=30, normalize=True)["sources"]["a4-main-lines"]
+    assert all(abs(sum(y) - 1) < 1e-3 for y in a4["ys"])  # λ / Tr K sums to 1 for the mean spectrum
+    with pytest.raises(ValueError, match="data_set"):
+        paper.fig_a2_data(shipped, data_set="cifar")
+    with pytest.raises(ValueError, match="budget"):
+        paper.fig_a4_data(shipped, budget=7)
+
+
+def test_workbench_every_control_redraws_in_place(shipped, tmp_path):
+    wb = paper.Workbench(shipped, figures_dir=tmp_path)
+    figs = dict(wb.figures)
+    for ctl in wb.controls.values():
+        options = getattr(ctl, "options", None)
+        values = [o[1] if isinstance(o, tuple) else o for o in options] if options else [not ctl.value]
+        for value in values:
+            ctl.value = value
+    assert all(wb.figures[n] is figs[n] for n in figs), "every control redraws in place"
+    wb.data_set.value = "digits"
+    lines = wb.figures["F-a2"].select_one({"name": "a2-main-lines"}).data
+    ref = paper.fig_a2_data(shipped, data_set="digits", accuracy=wb.accuracy.value, seed=wb.seed.value)
+    assert dict(lines) == dict(ref["sources"]["a2-main-lines"])
+    assert wb.export("F-a4", "html").name == "data-F-a4.html"
+
+
+def test_rerun_panel_config_and_one_small_run(tmp_path):
+    panel = paper.RerunPanel(out=tmp_path / "rerun", budgets="8", repeats=1, pool=60, width=16, steps=10)
+    cfg = panel.config()
+    assert cfg["grid"] == {"selection": ["rnd", "random"], "budget": [8], "seed": [0]} and cfg["data"]["n_train"] == 60
+    cube = panel.run(timeout=300)
+    assert dict(cube.sizes)["selection"] == 2 and panel.output.children
+    panel.budgets.value = "100"
+    with pytest.raises(ValueError, match="pool"):
+        panel.config()
+
+
+def test_cli_reproduce_resumes(run_out, monkeypatch, capsys):
+    from ntkbench import cli
+
+    monkeypatch.setitem(paper.CONFIGS, "quick", paper.CONFIGS["test"])
+    before = {p: p.stat().st_mtime_ns for p in run_out.glob("runs-*/run-*.nc")}
+    assert cli.main(["reproduce", "data", "--quick", "--out", str(run_out)]) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in run_out.glob("runs-*/run-*.nc")}
+    assert "data: results in" in capsys.readouterr().out
+
+
+def test_shipped_cube_is_the_quick_config(shipped):
+    for name, ds in shipped.items():
+        assert json.loads(ds.attrs["config"]) == paper.CONFIGS["quick"][name], (
+            f"{name}: data/data_quick.nc is not the current quick config: run `make data`"
+        )

@@ -76,13 +76,20 @@ def _rnd_select(
     budget: int,
     steps: int,
     lr: float,
+    batch: int,
+    key: PRNGKeyArray,
 ) -> Int[Array, " budget"]:
-    """Greedy RND selection, one compiled loop (see :func:`select`)."""
+    """Greedy RND selection, one compiled loop (see :func:`select`).
+
+    The predictor trains on ``batch`` rows: all chosen points (padded and masked) while at
+    most ``batch`` are chosen, then a uniform draw of ``batch`` of them per Adam step, so
+    an addition costs O(batch) rows instead of O(budget)."""
     n = pool.shape[0]
     params, static = eqx.partition(predictor, eqx.is_inexact_array)
     opt = optax.adam(lr)
     chosen = jnp.zeros(budget, jnp.int32).at[0].set(first)
     taken = jnp.zeros(n, bool).at[first].set(True)
+    rows = jnp.arange(batch)
 
     def loss(p: Any, xs: Any, ts: Any, w: Any) -> Any:
         out = jax.vmap(eqx.combine(p, static))(xs)
@@ -90,12 +97,15 @@ def _rnd_select(
 
     def add_one(i: Any, carry: Any) -> Any:
         p, state, chosen, taken = carry
-        # retrain the predictor on the i points chosen so far (not before the first pick)
-        xs, ts = pool[chosen], target_out[chosen]
-        w = (jnp.arange(budget) < i).astype(pool.dtype)
+        keys = jax.random.split(jax.random.fold_in(key, i), steps if steps > 0 else 1)
 
-        def step(_: Any, c: Any) -> Any:
+        # retrain the predictor on the i points chosen so far (not before the first pick)
+        def step(t: Any, c: Any) -> Any:
             p, state = c
+            drawn = jax.random.randint(keys[t], (batch,), 0, i)
+            take = jnp.where(i <= batch, jnp.minimum(rows, budget - 1), drawn)
+            w = jnp.where(i <= batch, rows < i, True).astype(pool.dtype)
+            xs, ts = pool[chosen[take]], target_out[chosen[take]]
             g = jax.grad(loss)(p, xs, ts, w)
             updates, state = opt.update(g, state, p)
             return optax.apply_updates(p, updates), state
@@ -113,6 +123,7 @@ def _rnd_select(
 def _rnd(pool: _Pool, budget: int, key: PRNGKeyArray, opts: dict[str, Any]) -> np.ndarray:
     steps = check_int(opts["steps"], "steps", 0)
     lr = check_float(opts["lr"], "lr", 0.0)
+    batch = min(check_int(opts["batch_size"], "batch_size", 1), budget)
     n, d = pool.x.shape
     k_first, k_target, k_pred = jax.random.split(key, 3)
     arch = (d, opts["out_size"], opts["width"], opts["depth"], opts["activation"])
@@ -121,7 +132,7 @@ def _rnd(pool: _Pool, budget: int, key: PRNGKeyArray, opts: dict[str, Any]) -> n
     xj = jnp.asarray(pool.x)
     target_out = jax.vmap(target)(xj)
     first = jax.random.randint(k_first, (), 0, n)
-    idx = _rnd_select(xj, first, predictor, target_out, budget, steps, lr)
+    idx = _rnd_select(xj, first, predictor, target_out, budget, steps, lr, batch, jax.random.fold_in(key, 7))
     return np.asarray(idx, np.int64)
 
 
@@ -151,7 +162,10 @@ def _max_entropy(pool: _Pool, budget: int, key: PRNGKeyArray, opts: dict[str, An
 
 _METHODS: dict[str, _Method] = {
     "random": _Method(_random, {}),
-    "rnd": _Method(_rnd, {"width": 64, "depth": 2, "out_size": 16, "activation": "relu", "steps": 50, "lr": 1e-3}),
+    "rnd": _Method(
+        _rnd,
+        {"width": 64, "depth": 2, "out_size": 16, "activation": "relu", "steps": 50, "lr": 1e-3, "batch_size": 128},
+    ),
     "max_entropy": _Method(_max_entropy, {"m": 20, "model": None}),
 }
 
@@ -184,9 +198,11 @@ def select(
           point; repeat: score every pool point by d(x) = mean_k (f_T(x)_k − f_P(x)_k)²
           with the current predictor, add the highest-scoring point not yet chosen,
           retrain f_P (``steps`` Adam steps of MSE on the chosen points, continuing from
-          its current weights and optimizer state). Options: ``width=64, depth=2,
-          out_size=16, activation="relu", steps=50, lr=1e-3``. The whole loop is one
-          compiled function.
+          its current weights and optimizer state; once more than ``batch_size`` points
+          are chosen, each step uses ``batch_size`` of them drawn uniformly, so a large
+          budget costs O(budget · batch_size) per step instead of O(budget²)). Options:
+          ``width=64, depth=2, out_size=16, activation="relu", steps=50, lr=1e-3,
+          batch_size=128``. The whole loop is one compiled function.
         - ``"max_entropy"``: draw ``m`` random subsets of size ``budget`` and keep the one
           whose traced eNTK (``nb.entk``) has the largest von Neumann entropy. Options:
           ``m=20``, ``model=None`` (an Equinox model called on one pool sample; default

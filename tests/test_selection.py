@@ -113,3 +113,48 @@ def test_select_bad_pool():
         select(np.zeros(5), 2, "random")
     with pytest.raises(ValueError, match="NaN"):
         select(np.full((5, 2), np.nan), 2, "random")
+
+
+def _rnd_reference(pool, budget, seed, *, width=64, depth=2, out_size=16, steps=5, lr=1e-3):
+    """The greedy RND rule written plainly (Python loop, full batch of the chosen points,
+    optax Adam): start from the first random point, score by the predictor's squared error
+    against the target, add the best unchosen point, retrain."""
+    import optax
+
+    x = jnp.asarray(pool, jnp.float32)
+    k_first, k_target, k_pred = jax.random.split(jax.random.key(seed), 3)
+    target = MLP(x.shape[1], out_size, width, depth, key=k_target)
+    predictor = MLP(x.shape[1], out_size, width, depth, key=k_pred)
+    t_out = jax.vmap(target)(x)
+    params, static = eqx.partition(predictor, eqx.is_inexact_array)
+    opt = optax.adam(lr)
+    state = opt.init(params)
+
+    def loss(p, xs, ts):
+        return jnp.mean(jnp.mean((jax.vmap(eqx.combine(p, static))(xs) - ts) ** 2, axis=-1))
+
+    chosen = [int(jax.random.randint(k_first, (), 0, len(x)))]
+    for i in range(1, budget):
+        if i > 1:
+            for _ in range(steps):
+                g = jax.grad(loss)(params, x[np.asarray(chosen)], t_out[np.asarray(chosen)])
+                updates, state = opt.update(g, state, params)
+                params = optax.apply_updates(params, updates)
+        score = np.array(jnp.mean((jax.vmap(eqx.combine(params, static))(x) - t_out) ** 2, axis=-1))
+        score[chosen] = -np.inf
+        chosen.append(int(np.argmax(score)))
+    return np.asarray(chosen)
+
+
+def test_rnd_matches_a_plain_reference_and_minibatches_above_batch_size(pool):
+    x, _ = pool
+    ref = _rnd_reference(x[:150], 12, seed=4, steps=5)
+    np.testing.assert_array_equal(select(x[:150], 12, "rnd", seed=4, steps=5), ref)
+    # at most batch_size chosen points: the full batch, so the same picks as a larger batch
+    np.testing.assert_array_equal(select(x[:150], 12, "rnd", seed=4, steps=5, batch_size=12), ref)
+    # above it, mini-batches: still valid, deterministic, and more novel than random picks
+    idx = select(x, 60, "rnd", seed=4, steps=5, batch_size=16)
+    _valid(idx, len(x), 60)
+    np.testing.assert_array_equal(idx, select(x, 60, "rnd", seed=4, steps=5, batch_size=16))
+    with pytest.raises(ValueError, match="batch_size"):
+        select(x, 5, "rnd", batch_size=0)

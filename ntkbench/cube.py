@@ -477,6 +477,14 @@ def save_many(cubes: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
             validate(ds, check_finite=False)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"cubes[{name!r}]: {exc}") from exc
+    first = next(iter(cubes))
+    taken = set(map(str, cubes[first].variables)) | set(map(str, cubes[first].dims))
+    for name in list(cubes)[1:]:
+        if name in taken:
+            raise ValueError(
+                f"cubes[{name!r}]: the name is also a variable or dimension of the first cube {first!r}, "
+                "which netCDF cannot store beside a group of that name; rename the cube"
+            )
     path = Path(path)
     if path.suffix == ".zarr":
         raise ValueError(

@@ -1039,8 +1039,9 @@ def seed_traces(da: Any, seed: Any, *, spread: str = "std") -> list[tuple[np.nda
     """The lines one DataArray over (``seed``, x) draws for a :func:`seed_mode`:
     ``[(values (X,), spread (X,) or None), ...]`` -- one (mean, spread) for ``"mean"``, one
     per seed for ``"all"``, one for a single seed; a cube without ``seed`` gives one line.
-    ``spread``: ``"std"`` (standard deviation over seeds) or ``"se"`` (standard error of
-    the mean, std / sqrt(number of finite seeds)). NaN seeds are left out of the mean."""
+    ``spread``: ``"std"`` (standard deviation over seeds, ddof 0) or ``"se"`` (standard
+    error of the mean: the sample standard deviation, ddof 1, / sqrt(number of finite
+    seeds)). NaN seeds are left out of the mean."""
     if spread not in ("std", "se"):
         raise ValueError(f"spread must be 'std' or 'se', got {spread!r}")
     if "seed" not in da.dims:
@@ -1048,9 +1049,11 @@ def seed_traces(da: Any, seed: Any, *, spread: str = "std") -> list[tuple[np.nda
     if seed == "mean":
         if da.sizes["seed"] <= 1:
             return [(np.asarray(da.mean("seed").values, float), None)]
-        std = np.asarray(da.std("seed").values, float)
-        if spread == "se":
-            std = std / np.sqrt(np.maximum(np.asarray(da.notnull().sum("seed").values, float), 1.0))
+        if spread == "se":  # the sample standard deviation over the seeds, / sqrt(n)
+            n = np.maximum(np.asarray(da.notnull().sum("seed").values, float), 1.0)
+            std = np.asarray(da.std("seed", ddof=1).values, float) / np.sqrt(n)
+        else:
+            std = np.asarray(da.std("seed").values, float)
         return [(np.asarray(da.mean("seed").values, float), std)]
     if seed == "all":
         return [(np.asarray(da.sel(seed=s).values, float), None) for s in da["seed"].values]

@@ -73,7 +73,7 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -614,7 +614,7 @@ def _select_for(run: Mapping[str, Any], dataset: Any) -> Any:
     return dataclasses.replace(dataset, x_train=dataset.x_train[idx], y_train=dataset.y_train[idx], meta=meta)
 
 
-def check_runs(runs: list[Mapping[str, Any]]) -> None:
+def check_runs(runs: Sequence[Mapping[str, Any]]) -> None:
     """Pre-flight check of expanded run configs, before any output folder or cluster exists.
 
     Beyond :func:`validate_config` (keys and value types), each distinct ``[data]`` table

@@ -4,7 +4,10 @@ file (``tests/data/collective_v1.nc``, the shipped quick cube of that version).
 
 ``python tests/_collective_golden.py`` writes ``tests/data/collective_golden.json``; it
 was run once on the pre-framework code (commit 6d4d354) and the test compares the
-current code against that file.
+current code against that file. One deliberate change since: the four ``b3-*-mid-lnN``
+digests were retaken after F-b3's panel titles started naming the entropy / trace variant
+they show ("initial entropy S(0) / ln N" where they read "initial entropy S(0)" over
+S / ln N values); only those titles differ from the pre-framework figures.
 """
 
 from __future__ import annotations

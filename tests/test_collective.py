@@ -603,7 +603,7 @@ def test_figures_and_summary_are_those_of_the_pre_framework_code():
     """Every figure (sources, titles, labels, scales, sizes, colour ranges, markers,
     header) at 20 settings, and the summary, equal what the collective module drew before
     it was rebuilt on ntkbench.papers._base (digests taken from that code on the same
-    input file; see tests/_collective_golden.py)."""
+    input file; see tests/_collective_golden.py for the one deliberate title fix)."""
     import _collective_golden as golden
 
     cubes = collective.open_cubes(golden.CUBES)

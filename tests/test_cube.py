@@ -295,6 +295,9 @@ def test_save_many_and_open_many_reject_bad_input(tmp_path):
         cube.save_many({"a": _cube(), "b": bad}, tmp_path / "x.nc")
     with pytest.raises(ValueError, match="Zarr"):
         cube.save_many({"a": _cube()}, tmp_path / "x.zarr")
+    with pytest.raises(ValueError, match=r"cubes\['entropy'\]: the name is also a variable"):
+        cube.save_many({"a": _cube(), "entropy": _cube(64)}, tmp_path / "x.nc")
+    assert not (tmp_path / "x.nc").exists()
     with pytest.raises(FileNotFoundError):
         cube.open_many(tmp_path / "missing.nc")
     (tmp_path / "junk.nc").write_bytes(b"not a netcdf file")

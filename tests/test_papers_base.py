@@ -196,8 +196,15 @@ def test_generic_rerun_panel_refuses_a_second_click_and_escapes_errors(tmp_path)
     assert panel.start() is False and "in progress" in panel.status.value
     cube = panel.run(timeout=240)
     assert cube.sizes["width"] == 1 and panel.output.children and panel.status.value == "done"
+    shown, progress = panel.output.children[0], panel.panel_box.children[0]
     panel.widths.value = "<script>"
     assert panel.start() is False and "&lt;script&gt;" in panel.status.value
+    with pytest.raises(ValueError, match="invalid literal"):  # the setting's own error, plain text
+        panel.run(timeout=60)
+    # a second run closes what the first one showed (nothing stays open in the kernel)
+    panel.widths.value = "4"
+    panel.run(timeout=240)
+    assert shown.comm is None and progress.comm is None and panel.output.children[0] is not shown
 
 
 def test_control_kinds_make_their_widgets():

@@ -361,15 +361,19 @@ class Workbench(_Controls):
         return {n: live.view for n, live in self.live.items()}
 
     def update(self, *names: str) -> None:
-        """Redraw ``names`` (default: all) at the current settings."""
+        """Redraw ``names`` (default: all) at the current settings. Every figure is
+        redrawn even if one fails; the first error is shown in ``status`` and raised."""
         settings = self.settings()
         self.status.value = ""
+        first: Exception | None = None
         for name in names or tuple(self.live):
             try:
                 self.live[name].update(self.specs[name].data(self.cubes, settings))
             except Exception as exc:
-                self.status.value = _error_html(exc)
-                raise
+                self.status.value += _error_html(exc) + "<br>"
+                first = first or exc
+        if first is not None:
+            raise first
 
     def view(self, name: str) -> Any:
         """The figure ``name`` under the controls it reacts to."""
@@ -426,6 +430,7 @@ class RerunPanel(_Controls, Shown):
         self.panel: Any = None
         self.result: Any = None
         self.error: BaseException | None = None
+        self.refused: BaseException | None = None  # the setting error of the last refused start
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.button.on_click(lambda _: self.start())
@@ -451,14 +456,21 @@ class RerunPanel(_Controls, Shown):
             if self.running:
                 self.status.value = "a run is in progress: wait for it to finish (its progress is below)"
                 return False
+            self.refused = None
             try:
-                panel = RunPanel(self.config(), self.out, explore=False)
+                from ntkbench.sweep import check_runs, expand_grid
+
+                cfg = self.config()
+                check_runs(expand_grid(cfg))  # data sizes, options, model vs data: refused here, not in the thread
+                panel = RunPanel(cfg, self.out, explore=False)
             except (ValueError, TypeError) as exc:
+                self.refused, self.error = exc, None
                 self.status.value = _error_html(exc)
                 return False
             self.panel, self.error, self.result = panel, None, None
+            _close_children(self.panel_box)
+            _close_children(self.output)
             self.panel_box.children = (panel.progress, panel.status, panel.output)
-            self.output.children = ()
             self.status.value = "running …"
             self.button.disabled = True
             panel.start()
@@ -481,7 +493,20 @@ class RerunPanel(_Controls, Shown):
 
     def run(self, timeout: float | None = None) -> Any:
         """Run with the current settings (or wait for the run in progress) and return the
-        cube; raises the run's error."""
-        if not self.running and not self.start() and self.error is None and not self.running:
-            raise ValueError(self.status.value)
+        cube; raises the run's error, or the error of a setting that kept it from starting."""
+        if not self.running and not self.start() and self.refused is not None:
+            raise self.refused
         return join_run(self, timeout)
+
+
+def _close_children(box: Any) -> None:
+    """Close what a box shows (a finished run's progress widgets, a result figure's
+    BokehModel) before it shows something new, so nothing stays open in the kernel."""
+    from ntkbench.widgets import LiveFigure
+
+    for child in box.children:
+        if hasattr(child, "_document") and hasattr(child, "_model"):  # a jupyter_bokeh BokehModel
+            LiveFigure._close_model(child)
+        else:
+            child.close()
+    box.children = ()

@@ -672,13 +672,15 @@ def _b3_range(ds: Any, quantity: str, entropy: str, trace: str) -> tuple[float, 
     return plots.color_range(vals, log=B3_QUANTITIES[quantity][1], symmetric=quantity == "dS")
 
 
-def _b3_title(quantity: str, step: int) -> str:
+def _b3_title(quantity: str, step: int, entropy: str = "S", trace: str = "TrK") -> str:
+    """F-b3 panel title of ``quantity``, naming the entropy / trace variant it shows."""
+    per_n = " / ln N" if entropy == "S/lnN" else ""
     return {
-        "S0": "initial entropy S(0)",
-        "TrK0": "initial trace Tr K(0)",
+        "S0": f"initial entropy S(0){per_n}",
+        "TrK0": "initial trace Tr K(0)" + (" / N" if trace == "TrK/N" else ""),
         "final_test_loss": "final test loss",
-        "S": f"entropy S(t), t = {step}",
-        "dS": f"ΔS = S(t) − S(0), t = {step}",
+        "S": f"entropy S(t){per_n}, t = {step}",
+        "dS": f"ΔS{per_n} = (S(t) − S(0)){per_n}, t = {step}" if per_n else f"ΔS = S(t) − S(0), t = {step}",
     }[quantity]
 
 
@@ -729,7 +731,7 @@ def fig_b3_data(
             )
             key = f"b3-{q}-{act}"
             data["sources"][f"{key}-cells"] = cells
-            data["titles"][key] = f"{_label_act(act)}: {_b3_title(q, st)}"
+            data["titles"][key] = f"{_label_act(act)}: {_b3_title(q, st, entropy, trace)}"
             keys.append(key)
         data["panels"].append(keys)
     return data
@@ -1158,8 +1160,10 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
     base["data"]["n_train"] = n_train
     base["record"]["probe"] = min(probe, n_train)
     base["data"]["n_test"] = max(probe, base["data"]["n_test"])
+    if not list(settings["activations"]):
+        raise ValueError("activations must name at least one activation (ReLU, tanh)")
     base["grid"] = {
-        "activation": list(settings["activations"]) or ["relu"],
+        "activation": list(settings["activations"]),
         "depth": parse_ints(settings["depths"], "depths"),
         "width": parse_ints(settings["widths"], "widths"),
         "seed": parse_ints(settings["seeds"], "seeds", minimum=0),

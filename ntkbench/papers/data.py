@@ -125,7 +125,13 @@ def _cfg(
         "data": {"name": data, "n_train": pool, "n_test": n_test, "seed": 0},
         "select": {"method": "random", "budget": 10},
         "train": train or {"optimizer": "adam", "lr": 1e-3, "steps": 300, "batch_size": "full", "loss": "mse"},
-        "record": {"every": "log", "log_points": log_points, "probe": 200, "measures": list(MEASURES)},
+        # the probe is the whole selected set: at least the largest budget
+        "record": {
+            "every": "log",
+            "log_points": log_points,
+            "probe": max(200, *grid["budget"]),
+            "measures": list(MEASURES),
+        },
         "grid": grid,
     }
 
@@ -254,6 +260,17 @@ def run(
 def _check(name: str, value: Any, table: Mapping[str, Any]) -> None:
     if value not in table:
         raise ValueError(f"{name} must be one of {list(table)}, got {value!r}")
+
+
+def data_name(ds: Any) -> str:
+    """The data set a cube's runs used (``mnist1d``, ``digits``, ``mnist_idx``, ...), from
+    its config; ``"?"`` if the config does not say."""
+    import json
+
+    try:
+        return str(json.loads(ds.attrs.get("config", "{}")).get("data", {}).get("name", "?"))
+    except (TypeError, ValueError, AttributeError):
+        return "?"
 
 
 def _selection(cubes: Mapping[str, Any], data_set: str) -> Any:
@@ -548,12 +565,13 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     ``normalize`` (F-a4), ``step`` (F-a5's marker)."""
     sel_sets = [k for k, exp in DATA_SETS.items() if exp in cubes]
     first = cubes[DATA_SETS[sel_sets[0]]] if sel_sets else None
+    labels = [(data_name(cubes[DATA_SETS[k]]), k) for k in sel_sets]  # the data the runs used
     ctls = [
         Control(
             "data_set",
             "toggle",
             sel_sets[0] if sel_sets else "mnist1d",
-            sel_sets or ["mnist1d"],
+            labels or ["mnist1d"],
             description="data",
             button_width="80px",
         ),
@@ -561,12 +579,12 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
         Control("entropy", "toggle", "S/lnN", [("S / ln N", "S/lnN"), ("S [nat]", "S")], button_width="80px"),
         Control("trace", "toggle", "TrK", [("Tr K", "TrK"), ("Tr K / N", "TrK/N")], button_width="80px"),
         seed_control(
-            [int(s) for s in first["seed"].values] if first is not None else [], band="mean ± SE", description="repeats"
+            [int(s) for s in first["seed"].values] if first is not None else [], band="mean", description="repeats"
         ),
         Control("normalize", "checkbox", True, description="spectrum / Tr K"),
     ]
-    if first is not None:
-        budgets = [int(b) for b in first["budget"].values]
+    if first is not None:  # every data set's budgets; F-a4 shows the nearest one its data set has
+        budgets = sorted({int(b) for k in sel_sets for b in cubes[DATA_SETS[k]]["budget"].values})
         ctls.append(Control("budget", "dropdown", budgets[-1], budgets, description="F-a4 N"))
     if "subsets" in cubes:
         ctls.append(
@@ -581,6 +599,12 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     if "small" in cubes:
         ctls.append(step_control([int(s) for s in cubes["small"]["step"].values]))
     return ctls
+
+
+def _nearest_budget(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> int:
+    """The budget of the chosen data set's selection cube nearest the ``budget`` setting."""
+    budgets = np.asarray(_selection(cubes, s["data_set"])["budget"].values)
+    return int(budgets[np.abs(budgets - int(s["budget"])).argmin()])
 
 
 def _has(*names: str) -> Any:
@@ -619,7 +643,7 @@ FIGURES: list[FigureSpec] = [
     FigureSpec(
         "F-a4",
         lambda c, s: fig_a4_data(
-            c, data_set=s["data_set"], budget=s["budget"], seed=s["seed"], normalize=s["normalize"]
+            c, data_set=s["data_set"], budget=_nearest_budget(c, s), seed=s["seed"], normalize=s["normalize"]
         ),
         build_lines,
         (("data_set", "budget"), ("seed", "normalize")),
@@ -630,7 +654,7 @@ FIGURES: list[FigureSpec] = [
         lambda c, s: fig_a5_data(
             c["small"],
             entropy=s["entropy"],
-            seed=s["seed"] if s["seed"] in ("mean", "all") else "mean",
+            seed=s["seed"] if s["seed"] in ("mean", "all", *c["small"]["seed"].values.tolist()) else "mean",
             step_marker=s.get("step"),
         ),
         build_lines,
@@ -675,10 +699,11 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"note": f"{_KERNEL}; S/ln N and Tr K at initialization; accuracy at the last step"}
     sel: dict[str, Any] = {}
-    for data_set, exp in DATA_SETS.items():
+    for key, exp in DATA_SETS.items():
         if exp not in cubes:
             continue
         ds = cubes[exp]
+        data_set = data_name(ds) if data_name(ds) not in sel else f"{data_name(ds)} ({key})"
         per: dict[str, Any] = {}
         for b in ds["budget"].values.tolist():
             row: dict[str, Any] = {}
@@ -804,6 +829,7 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
     if max(budgets) > pool:
         raise ValueError(f"budgets must not exceed the pool ({pool}), got {budgets}")
     cfg["data"]["n_train"] = pool
+    cfg["record"]["probe"] = max(200, max(budgets))  # the whole selected set
     cfg["model"]["width"] = int(settings["width"])
     cfg["train"]["steps"] = int(settings["steps"])
     cfg["grid"] = {"selection": methods, "budget": budgets, "seed": list(range(int(settings["repeats"])))}
@@ -814,7 +840,7 @@ def _show_a2(cube: Any) -> Any:
     import ipywidgets as w
     from jupyter_bokeh import BokehModel
 
-    name = "digits" if "digits" in str(cube.attrs.get("title", "")) else "mnist1d"
+    name = "digits" if data_name(cube) == "digits" else "mnist1d"
     if {"selection", "budget"} <= set(cube.dims):
         return BokehModel(build_lines(fig_a2_data({DATA_SETS[name]: cube}, data_set=name)))
     return w.HTML(f"no F-a2 for a cube with dims {html.escape(str(tuple(cube.dims)))}")

@@ -86,7 +86,12 @@ def obvious_rnd(
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the digits workload")
-    ap.add_argument("--skip-obvious-above", type=int, default=200, help="skip the obvious RND above this budget (it takes minutes at 1000)")
+    ap.add_argument(
+        "--skip-obvious-above",
+        type=int,
+        default=200,
+        help="skip the obvious RND above this budget (it takes minutes at 1000)",
+    )
     args = ap.parse_args(argv)
     workloads = [("digits", 1000, 80)] + ([] if args.quick else [("mnist1d", 10_000, 1000)])
     print(

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="run a paper's experiments (resumes)")
     p.add_argument("paper", metavar="PAPER")
-    p.add_argument("--quick", action="store_true", help="small configuration (about a minute)")
+    p.add_argument("--quick", action="store_true", help="small configuration (a few minutes on 2 cores)")
     p.add_argument("--out", required=True, metavar="DIR")
     _add_cluster(p)
     p.set_defaults(func=_cmd_reproduce)

@@ -632,7 +632,7 @@ def measure_plot(
     >>> fig.select_one({"name": "lines"}).data["label"]
     ['width 16', 'width 256']
     """
-    from bokeh.models import ColumnDataSource, HoverTool, Span
+    from bokeh.models import ColumnDataSource, HoverTool
 
     if log_y is None:
         log_y = "loss" in measure
@@ -653,16 +653,7 @@ def measure_plot(
             formatters={"@x": "printf", "@y": "printf", "@std": "printf"},
         )
     )
-    marker = Span(
-        location=float(step_marker) if step_marker is not None else float("nan"),
-        dimension="height",
-        line_color="#999999",
-        line_dash="dashed",
-        line_width=1.5,
-        name="step_marker",
-        visible=step_marker is not None,
-    )
-    fig.add_layout(marker)
+    _dashed_span(fig, "step_marker", step_marker, color="#999999", width=1.5)
     style(fig)
     legend_style(fig, "top_right")
     return fig
@@ -1173,14 +1164,19 @@ def lines_and_bands(fig: Any, data: FigureData, key: str, legend: bool, *, band_
 
 def step_marker(fig: Any, name: str, location: float | None) -> Any:
     """A dashed vertical line named ``name`` at x = ``location`` (hidden when None)."""
+    return _dashed_span(fig, name, location, color="#888888", width=1.2)
+
+
+def _dashed_span(fig: Any, name: str, location: float | None, *, color: str, width: float) -> Any:
+    """The dashed vertical ``Span`` of :func:`step_marker` and :func:`measure_plot`."""
     from bokeh.models import Span
 
     span = Span(
         location=float(location) if location is not None else float("nan"),
         dimension="height",
-        line_color="#888888",
+        line_color=color,
         line_dash="dashed",
-        line_width=1.2,
+        line_width=width,
         name=name,
         visible=location is not None,
     )

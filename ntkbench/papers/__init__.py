@@ -60,9 +60,8 @@ A new paper module, in outline (see ``collective.py`` for a complete one)::
         return _base.run_experiments(out, cfgs, **kw)
 
     def run(out, quick=False, workers=None, scheduler=None, *, config=None, **kw):
-        name = config or ("quick" if quick else "full")
-        return _base.reproduce(sys.modules[__name__], out, name, workers=workers,
-                               scheduler=scheduler, **kw)
+        return _base.reproduce(sys.modules[__name__], out, config, quick=quick,
+                               workers=workers, scheduler=scheduler, **kw)
 
     def fig_1_data(ds, *, seed="mean", step=None) -> plots.FigureData:
         # everything that depends on the settings: columns, titles, labels, header

@@ -161,14 +161,18 @@ def export_figures(
 def reproduce(
     paper: ModuleType,
     out: str | os.PathLike[str],
-    config: str | Mapping[str, Mapping[str, Any]],
+    config: str | Mapping[str, Mapping[str, Any]] | None = None,
     *,
+    quick: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
     formats: Sequence[str] = ("png", "svg", "html"),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run a paper end to end and return ``{experiment: cube}``.
+
+    ``config`` is a config name of the paper or a dict of sweep configs; None picks
+    ``"quick"`` with ``quick``, else ``"full"`` (what ``ntkbench reproduce [--quick]`` runs).
 
     ``paper`` is a paper module (see ``ntkbench.papers``): its ``run_cubes(out, config,
     ...)`` runs the experiments, then this writes ``out/<KEY>.nc`` (every cube,
@@ -179,6 +183,8 @@ def reproduce(
     """
     from ntkbench import cube as cube_mod
 
+    if config is None:
+        config = "quick" if quick else "full"
     t0 = time.perf_counter()
     cubes = paper.run_cubes(out, config, workers=workers, scheduler=scheduler, progress=progress)
     wall = time.perf_counter() - t0

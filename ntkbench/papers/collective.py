@@ -52,7 +52,7 @@ from ntkbench import cube as cube_mod
 from ntkbench import plots
 from ntkbench.papers import _base
 from ntkbench.papers._base import FigureSpec
-from ntkbench.plots import Columns, FigureData
+from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
@@ -321,9 +321,15 @@ def run(
     ``out/summary.json``. ``config`` overrides ``quick`` (``"quick"``/``"full"``/``"test"``
     or a dict like :data:`CONFIGS` entries).
     """
-    name = config if config is not None else ("quick" if quick else "full")
     return _base.reproduce(
-        sys.modules[__name__], out, name, workers=workers, scheduler=scheduler, formats=formats, progress=progress
+        sys.modules[__name__],
+        out,
+        config,
+        quick=quick,
+        workers=workers,
+        scheduler=scheduler,
+        formats=formats,
+        progress=progress,
     )
 
 
@@ -426,29 +432,37 @@ def _header(figure: str, ds: Any, entropy: str, trace: str, seed: Any = "mean", 
     return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seed_text}; train dark, test light"
 
 
-def _train_test(
-    lines: Columns,
-    bands: Columns,
+def _step_row(
+    data: FigureData,
+    prefix: str,
+    title: str,
     x: np.ndarray,
-    sel: Any,
-    names: Sequence[str],
+    nets: Sequence[tuple[Any, str, str]],
+    *,
+    entropy: str,
+    trace: str,
+    test: bool,
     mode: Any,
-    color: str,
-    label: str,
-    log_y: bool,
-) -> None:
-    """Series of the train variable ``names[0]`` (dark) and the test one ``names[1]`` (light)."""
-    for var, probe in zip(names, ("train", "test"), strict=False):  # names: train, or train and test
-        plots.add_series(
-            lines,
-            bands,
-            x,
-            plots.seed_traces(sel[var], mode),
-            color,
-            f"{label} {probe}",
-            light=probe == "test",
-            log_y=log_y,
-        )
+) -> list[str]:
+    """One row of F-b1 / F-b4: the panels ``"{prefix}-{col}"`` for loss, entropy and
+    trace against step + 1, each with a line (and band) per net of ``nets`` -- (cube
+    selection, colour, label) -- for the train probe (dark) and, with ``test``, the test
+    probe (light); ``title`` on the first panel. Returns the panel names."""
+    keys = []
+    for j, col in enumerate(_COLUMNS):
+        key = f"{prefix}-{col}"
+        v_train, v_test, ylab = _column_vars(col, entropy, trace)
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        log_y = col in ("loss", "trace")
+        for sel, color, label in nets:
+            for var, probe in ((v_train, "train"), (v_test, "test"))[: 2 if test else 1]:
+                traces = plots.seed_traces(sel[var], mode)
+                plots.add_series(lines, bands, x, traces, color, f"{label} {probe}", light=probe == "test", log_y=log_y)
+        data["sources"][f"{key}-lines"] = lines
+        data["sources"][f"{key}-bands"] = bands
+        plots.set_panel(data, key, title if j == 0 else "", "step + 1", ylab, log_x=True, log_y=log_y)
+        keys.append(key)
+    return keys
 
 
 # =========================================================================== F-b1
@@ -476,29 +490,14 @@ def fig_b1_data(
     data = plots.figure_data("F-b1", _header("F-b1", ds, entropy, trace, seed))
     data["spans"] = {}
     for row, nets in pairs.items():
-        keys = []
-        for j, col in enumerate(_COLUMNS):
-            key = f"b1-{row}-{col}"
-            v_train, v_test, ylab = _column_vars(col, entropy, trace)
-            lines, bands = plots.empty_lines(), plots.empty_bands()
-            log_y = col in ("loss", "trace")
-            for (act, w, d), color in zip(nets, _PAIR, strict=False):  # one or two nets
-                sel = ds.sel(activation=act, width=w, depth=d)
-                name = _arch_label(act, w, d)
-                _train_test(lines, bands, x, sel, (v_train, v_test) if test else (v_train,), mode, color, name, log_y)
-            data["sources"][f"{key}-lines"] = lines
-            data["sources"][f"{key}-bands"] = bands
-            plots.set_panel(
-                data,
-                key,
-                _row_title("F-b1", row, nets[0], nets[-1]) if j == 0 else "",
-                "step + 1",
-                ylab,
-                log_x=True,
-                log_y=log_y,
-            )
+        series = [
+            (ds.sel(activation=a, width=w, depth=d), color, _arch_label(a, w, d))
+            for (a, w, d), color in zip(nets, _PAIR, strict=False)
+        ]  # one or two nets
+        title = _row_title("F-b1", row, nets[0], nets[-1])
+        keys = _step_row(data, f"b1-{row}", title, x, series, entropy=entropy, trace=trace, test=test, mode=mode)
+        for key in keys:
             data["spans"][f"{key}-marker"] = None if step_marker is None else step_marker + 1
-            keys.append(key)
         data["panels"].append(keys)
         data["legend"].append(keys[0])
     return data
@@ -851,22 +850,14 @@ def fig_b4_data(
             ds = ds.isel(width=0)
         mode = "mean" if arch in fallback else plots.seed_mode(seed, ds)
         x = np.asarray(ds["step"].values, float) + 1.0
-        keys = []
-        for j, col in enumerate(_COLUMNS):
-            key = f"b4-{arch}-{col}"
-            v_train, v_test, ylab = _column_vars(col, entropy, trace)
-            lines, bands = plots.empty_lines(), plots.empty_bands()
-            log_y = col in ("loss", "trace")
-            for d, color in zip(ds["depth"].values.tolist(), itertools.cycle(_DEPTH_COLORS), strict=False):
-                sel = ds.sel(depth=d)
-                name = f"{'layers' if arch == 'transformer' else 'depth'} {d}"
-                _train_test(lines, bands, x, sel, (v_train, v_test) if test else (v_train,), mode, color, name, log_y)
-            data["sources"][f"{key}-lines"] = lines
-            data["sources"][f"{key}-bands"] = bands
-            plots.set_panel(
-                data, key, _arch_title(arch, cubes[arch]) if j == 0 else "", "step + 1", ylab, log_x=True, log_y=log_y
-            )
-            keys.append(key)
+        kind = "layers" if arch == "transformer" else "depth"
+        depths = ds["depth"].values.tolist()
+        series = [
+            (ds.sel(depth=d), color, f"{kind} {d}")
+            for d, color in zip(depths, itertools.cycle(_DEPTH_COLORS), strict=False)
+        ]
+        title = _arch_title(arch, cubes[arch])
+        keys = _step_row(data, f"b4-{arch}", title, x, series, entropy=entropy, trace=trace, test=test, mode=mode)
         data["panels"].append(keys)
         data["legend"].append(keys[0])
     if not data["panels"]:

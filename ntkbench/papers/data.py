@@ -248,9 +248,15 @@ def run(
 ) -> dict[str, Any]:
     """``ntkbench reproduce data``: run the experiments, export every figure and the
     summary; return ``{experiment: cube}`` (files as in :func:`ntkbench.papers._base.reproduce`)."""
-    name = config if config is not None else ("quick" if quick else "full")
     return _base.reproduce(
-        sys.modules[__name__], out, name, workers=workers, scheduler=scheduler, formats=formats, progress=progress
+        sys.modules[__name__],
+        out,
+        config,
+        quick=quick,
+        workers=workers,
+        scheduler=scheduler,
+        formats=formats,
+        progress=progress,
     )
 
 
@@ -703,7 +709,8 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
         if exp not in cubes:
             continue
         ds = cubes[exp]
-        data_set = data_name(ds) if data_name(ds) not in sel else f"{data_name(ds)} ({key})"
+        name = data_name(ds)
+        data_set = name if name not in sel else f"{name} ({key})"
         per: dict[str, Any] = {}
         for b in ds["budget"].values.tolist():
             row: dict[str, Any] = {}

@@ -78,6 +78,8 @@ data: $(VENV)/.stamp-test
 	cp runs/collective-quick/collective.nc data/collective_quick.nc
 	OMP_NUM_THREADS=1 $(VENV)/bin/ntkbench reproduce data --quick --out runs/data-quick
 	cp runs/data-quick/data.nc data/data_quick.nc
+	OMP_NUM_THREADS=1 $(VENV)/bin/ntkbench reproduce scaling --quick --out runs/scaling-quick
+	cp runs/scaling-quick/scaling.nc data/scaling_quick.nc
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

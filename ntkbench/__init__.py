@@ -65,6 +65,7 @@ _EXPORTS: dict[str, str] = {
     "train": "train",
     "Recorder": "train",
     "Measure": "train",
+    "linearized_test_predictions": "train",
     # cube.py
     "save": "cube",
     "open_cube": "cube",

@@ -119,6 +119,7 @@ __all__ = ["REGISTRY", "get"]
 REGISTRY: dict[str, Any] = {
     "collective": "ntkbench.papers.collective",
     "data": "ntkbench.papers.data",
+    "scaling": "ntkbench.papers.scaling",
 }
 
 

@@ -1,0 +1,959 @@
+"""Beyond Scaling Curves: Internal Dynamics of Neural Networks Through the NTK Lens (2025).
+
+The paper's claims: test loss follows power laws in the data size D and in width; two
+setups can share a scaling exponent while their eNTK moves in *opposite* directions during
+training (so loss curves alone do not tell the dynamics apart); and as width grows the
+network approaches its kernel limit and loses feature learning.
+
+Experiments (see :data:`CONFIGS`):
+
+- ``data_mse`` / ``data_ce``: an MLP (128 × 2, Adam, full batch) on scikit-learn's digits
+  trained with MSE or with cross-entropy, D ∈ {32 … 1024} × seeds; the eNTK of a *fixed*
+  probe set (the first 32 training samples, the same for every D) at every recorded step
+  (F-c1 data scaling, F-c2 same exponent, opposite dynamics);
+- ``width_ntk``: an MLP of depth 2 in NTK parametrization trained by full-batch gradient
+  descent at a constant learning rate on a teacher regression, widths 32 … 1024 × seeds;
+  the eNTK of the whole training set, its change from initialization and the test loss of
+  kernel regression with the initial eNTK (F-c3 lazy limit, F-c4 kernel vs network);
+- ``width_mup``: the same widths in µP (``base_width`` = the smallest width) with µP Adam,
+  where feature learning should survive the width.
+
+What reproduced at this scale and what did not is in ``docs/papers/scaling.md``. Built on
+:mod:`ntkbench.papers._base`.
+
+Example
+-------
+>>> from ntkbench.papers import scaling
+>>> cubes = scaling.run("runs/scaling", quick=True)                  # doctest: +SKIP
+>>> scaling.summarize(cubes)["width"]["width_ntk"]["slope"]          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ntkbench import cube as cube_mod
+from ntkbench import plots
+from ntkbench.papers import _base
+from ntkbench.papers._base import FigureSpec
+from ntkbench.plots import FigureData
+from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
+
+__all__ = [
+    "KEY",
+    "TITLE",
+    "CONFIGS",
+    "SETUPS",
+    "PARAMETRIZATIONS",
+    "CHANGES",
+    "configs",
+    "run",
+    "run_cubes",
+    "open_cubes",
+    "data_fit",
+    "width_fit",
+    "critical_width",
+    "change",
+    "fig_c1_data",
+    "fig_c2_data",
+    "fig_c3_data",
+    "fig_c4_data",
+    "build_lines",
+    "FIGURES",
+    "controls",
+    "defaults",
+    "figures",
+    "summarize",
+    "format_summary",
+    "Workbench",
+    "RerunPanel",
+    "rerun_config",
+]
+
+KEY = "scaling"
+TITLE = "Beyond Scaling Curves: Internal Dynamics of Neural Networks Through the NTK Lens"
+
+DATA_MEASURES: list[str] = [
+    "eigenvalues",
+    "entropy",
+    "entropy_normalized",
+    "magnitude_entropy",
+    "trace",
+    "trace_per_sample",
+    "loss",
+    "test_loss",
+    "test_accuracy",
+]
+WIDTH_MEASURES: list[str] = [
+    "eigenvalues",
+    "entropy",
+    "entropy_normalized",
+    "trace",
+    "trace_per_sample",
+    "relative_change_init",
+    "kernel_distance_init",
+    "loss",
+    "test_loss",
+    "kernel_test_loss",
+]
+
+#: data-scaling experiment -> (label, colour)
+SETUPS: dict[str, tuple[str, str]] = {"data_mse": ("MSE", "#1f5fa8"), "data_ce": ("cross-entropy", "#c2410c")}
+#: width experiment -> (label, colour)
+PARAMETRIZATIONS: dict[str, tuple[str, str]] = {
+    "width_ntk": ("NTK param., GD", "#1f5fa8"),
+    "width_mup": ("µP, µP-Adam", "#c2410c"),
+}
+ENTROPY_VARIANTS = {
+    "S": ("entropy", "S [nat]"),
+    "S/lnN": ("entropy_normalized", "S / ln N"),
+    "S_mag": ("magnitude_entropy", "magnitude entropy [nat]"),
+}
+TRACE_VARIANTS = {"TrK/NC": "Tr K / (N·C)", "TrK/N": "Tr K / N", "TrK": "Tr K"}
+#: feature-learning measure -> label (all relative to the kernel at initialization)
+CHANGES: dict[str, str] = {
+    "relative_change": "‖K_T − K_0‖_F / ‖K_0‖_F",
+    "kernel_distance": "1 − alignment(K_T, K_0)",
+    "trace_change": "|Tr K_T − Tr K_0| / Tr K_0",
+    "entropy_change": "|S_T − S_0| [nat]",
+}
+TOLERANCES = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+_PROBE_NOTE = "traced eNTK (sum over the C outputs)"
+
+
+# =========================================================================== configs
+
+
+def _data_cfg(loss: str, n_trains: list[int], seeds: list[int], *, steps: int = 300, data: str = "digits"):
+    label = SETUPS[f"data_{loss}"][0]
+    return {
+        "title": f"scaling: test loss vs data size D, MLP 128×2 trained with {label}",
+        "paper": KEY,
+        "seed": 0,
+        "model": {"name": "mlp", "width": 128, "depth": 2, "activation": "relu"},
+        "data": {"name": data, "n_train": max(n_trains), "n_test": 500, "seed": 0},
+        "train": {"optimizer": "adam", "lr": 1e-3, "steps": steps, "batch_size": "full", "loss": loss},
+        # a fixed probe set: the first 32 training samples are the same for every D
+        "record": {"every": "log", "log_points": 10, "probe": min(32, *n_trains), "measures": list(DATA_MEASURES)},
+        "grid": {"n_train": list(n_trains), "seed": list(seeds)},
+    }
+
+
+def _width_cfg(par: str, widths: list[int], seeds: list[int], *, n: int = 256, steps: int | None = None):
+    ntk = par == "ntk"
+    model = {"name": "mlp", "width": min(widths), "depth": 2, "activation": "relu", "parametrization": par}
+    if not ntk:
+        model["base_width"] = min(widths)  # µP equals standard parametrization at the smallest width
+    return {
+        "title": f"scaling: width toward the kernel limit, {PARAMETRIZATIONS['width_' + par][0]}",
+        "paper": KEY,
+        "seed": 0,
+        "model": model,
+        "data": {"name": "teacher", "n_train": n, "n_test": 500, "seed": 0},
+        # NTK parametrization: a learning rate constant in width, full-batch gradient
+        # descent (lr·λ_max/N ≈ 1.6 < 2 at initialization for every width)
+        "train": {"optimizer": "sgd", "lr": 1.0, "steps": steps or 1000, "batch_size": "full", "loss": "mse"}
+        if ntk
+        else {"optimizer": "adam", "lr": 0.01, "steps": steps or 250, "batch_size": "full", "loss": "mse"},
+        "record": {"every": "log", "log_points": 12, "probe": n, "measures": list(WIDTH_MEASURES)},
+        "grid": {"width": list(widths), "seed": list(seeds)},
+    }
+
+
+def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
+    ds_quick = [32, 64, 128, 256, 512, 1024]
+    w_quick = [32, 64, 128, 256, 512, 1024]
+    return {
+        "quick": {
+            "data_mse": _data_cfg("mse", ds_quick, [0, 1, 2]),
+            "data_ce": _data_cfg("ce", ds_quick, [0, 1, 2]),
+            "width_ntk": _width_cfg("ntk", w_quick, [0, 1, 2]),
+            "width_mup": _width_cfg("mup", w_quick, [0, 1, 2]),
+        },
+        # the test suite's size
+        "test": {
+            "data_mse": _data_cfg("mse", [32, 128, 512], [0, 1], steps=200),
+            "data_ce": _data_cfg("ce", [32, 128, 512], [0, 1], steps=200),
+            "width_ntk": _width_cfg("ntk", [32, 128, 512], [0, 1], n=128, steps=500),
+        },
+        # the paper's ranges as far as this machine goes: 8 widths 16 … 2048, 5 seeds
+        "full": {
+            "data_mse": _data_cfg("mse", [32, 64, 128, 256, 512, 1024], list(range(5)), steps=500),
+            "data_ce": _data_cfg("ce", [32, 64, 128, 256, 512, 1024], list(range(5)), steps=500),
+            "width_ntk": _width_cfg("ntk", [16, 32, 64, 128, 256, 512, 1024, 2048], list(range(5))),
+            "width_mup": _width_cfg("mup", [16, 32, 64, 128, 256, 512, 1024, 2048], list(range(5))),
+        },
+    }
+
+
+#: name -> experiment -> sweep config (``quick``, ``test`` and ``full``)
+CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
+
+
+def configs(name: str = "quick") -> dict[str, dict[str, Any]]:
+    """A deep copy of the sweep configs of ``name`` (``"quick"``, ``"test"``, ``"full"``).
+
+    >>> sorted(configs("quick"))
+    ['data_ce', 'data_mse', 'width_mup', 'width_ntk']
+    >>> configs("quick")["width_ntk"]["grid"]["width"]
+    [32, 64, 128, 256, 512, 1024]
+    """
+    return _base.pick_config(CONFIGS, name)
+
+
+# =========================================================================== run
+
+
+def run_cubes(
+    out: str | os.PathLike[str],
+    config: str | Mapping[str, Mapping[str, Any]] = "quick",
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the experiments of ``config`` (a name of :data:`CONFIGS` or such a dict) under
+    ``out`` (``out/runs-<experiment>``, resumable) and return ``{experiment: cube}``."""
+    cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
+    return _base.run_experiments(out, cfgs, workers=workers, scheduler=scheduler, client=client, progress=progress)
+
+
+#: ``{experiment: cube}`` of ``out/scaling.nc`` or ``data/scaling_quick.nc``
+open_cubes = cube_mod.open_many
+
+
+def run(
+    out: str | os.PathLike[str],
+    quick: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    *,
+    config: str | Mapping[str, Mapping[str, Any]] | None = None,
+    formats: Sequence[str] = ("png", "svg", "html"),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``ntkbench reproduce scaling``: run the experiments, export every figure and the
+    summary; return ``{experiment: cube}`` (files as in :func:`ntkbench.papers._base.reproduce`)."""
+    return _base.reproduce(
+        sys.modules[__name__],
+        out,
+        config,
+        quick=quick,
+        workers=workers,
+        scheduler=scheduler,
+        formats=formats,
+        progress=progress,
+    )
+
+
+# =========================================================================== measures and fits
+
+
+def _check(name: str, value: Any, table: Mapping[str, Any]) -> None:
+    if value not in table:
+        raise ValueError(f"{name} must be one of {list(table)}, got {value!r}")
+
+
+def _need(cubes: Mapping[str, Any], exp: str) -> Any:
+    if exp not in cubes:
+        raise ValueError(f"this figure needs the {exp!r} cube; cubes are {sorted(cubes)}")
+    return cubes[exp]
+
+
+def _config(ds: Any) -> dict[str, Any]:
+    try:
+        return dict(json.loads(ds.attrs.get("config", "{}")))
+    except (TypeError, ValueError):
+        return {}
+
+
+def _n_outputs(ds: Any) -> int:
+    """C, the number of network outputs of a cube's runs (10 for digits, d_out for a teacher)."""
+    data = _config(ds).get("data", {})
+    if data.get("name") == "teacher":
+        return int(data.get("d_out", 1))
+    return 10
+
+
+def entropy_of(ds: Any, variant: str) -> Any:
+    """The entropy ``variant`` of :data:`ENTROPY_VARIANTS` of a cube, as a DataArray."""
+    _check("entropy", variant, ENTROPY_VARIANTS)
+    return ds[ENTROPY_VARIANTS[variant][0]]
+
+
+def trace_of(ds: Any, variant: str) -> Any:
+    """Tr K (``"TrK"``), Tr K / N or Tr K / (N·C) (the paper's normalisation) of a cube."""
+    _check("trace", variant, TRACE_VARIANTS)
+    if variant == "TrK":
+        return ds["trace"]
+    per = ds["trace_per_sample"]
+    return per / _n_outputs(ds) if variant == "TrK/NC" else per
+
+
+def change(ds: Any, measure: str = "relative_change") -> Any:
+    """A feature-learning measure of :data:`CHANGES` at every recorded step (0 at step 0):
+    the relative change ‖K_t − K_0‖_F/‖K_0‖_F, the kernel distance 1 − alignment, the
+    relative trace change or the absolute entropy change from initialization."""
+    _check("measure", measure, CHANGES)
+    if measure == "relative_change":
+        return ds["relative_change_init"]
+    if measure == "kernel_distance":
+        return ds["kernel_distance_init"]
+    if measure == "trace_change":
+        tr = ds["trace"]
+        return abs(tr - tr.isel(step=0)) / tr.isel(step=0)
+    s = ds["entropy"]
+    return abs(s - s.isel(step=0))
+
+
+def _at(da: Any, step: int | None) -> Any:
+    """``da`` at the recorded step nearest ``step`` (None: the last recorded step)."""
+    if step is None:
+        return da.isel(step=-1)
+    steps = da["step"].values
+    return da.sel(step=steps[np.abs(steps - step).argmin()])
+
+
+def _fit(x: Any, y: Any) -> dict[str, float]:
+    try:
+        a, b, r2 = plots.power_law_fit(np.asarray(x, float), np.asarray(y, float))
+    except ValueError:
+        return {"prefactor": float("nan"), "exponent": float("nan"), "r2": float("nan")}
+    return {"prefactor": a, "exponent": b, "r2": r2}
+
+
+def data_fit(ds: Any, var: str = "test_loss") -> dict[str, float]:
+    """Power-law fit ``var(D) = a · D^b`` of the final ``var`` (mean over seeds) of a
+    data-scaling cube: ``{"prefactor", "exponent", "r2"}``."""
+    y = ds[var].isel(step=-1)
+    y = y.mean("seed") if "seed" in y.dims else y
+    return _fit(ds["n_train"].values, y.values)
+
+
+def width_fit(ds: Any, measure: str = "relative_change") -> dict[str, float]:
+    """Power-law fit of the final feature-learning ``measure`` (mean over seeds) against
+    width: ``{"prefactor", "exponent" (the log–log slope), "r2"}``."""
+    y = change(ds, measure).isel(step=-1)
+    y = y.mean("seed") if "seed" in y.dims else y
+    return _fit(ds["width"].values, y.values)
+
+
+def critical_width(fit: Mapping[str, float], tolerance: float) -> float:
+    """The width at which the fitted change ``a · w^b`` falls to ``tolerance`` (NaN when the
+    fit does not fall).
+
+    >>> round(critical_width({"prefactor": 1.0, "exponent": -0.5, "r2": 1.0}, 0.1), 6)
+    100.0
+    """
+    a, b = fit["prefactor"], fit["exponent"]
+    if not (np.isfinite(a) and np.isfinite(b)) or b >= 0 or a <= 0 or tolerance <= 0:
+        return float("nan")
+    return float((tolerance / a) ** (1.0 / b))
+
+
+def _seed_text(seed: Any) -> str:
+    return {"mean": "mean ± standard error over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
+
+
+def _fit_line(lines: dict, bands: dict, x: np.ndarray, fit: Mapping[str, float], color: str, label: str) -> None:
+    if np.isfinite(fit["exponent"]):
+        xf = np.geomspace(x.min(), x.max(), 30)
+        plots.add_series(lines, bands, xf, [(fit["prefactor"] * xf ** fit["exponent"], None)], color, label, light=True)
+
+
+def _over(
+    lines: dict, bands: dict, x: np.ndarray, da: Any, seed: Any, color: str, label: str, *, log_y: bool = True
+) -> None:
+    """Lines of ``da`` over the x dim (``seed`` aggregated), standard-error bands."""
+    mode = plots.seed_mode(seed, da)
+    plots.add_series(lines, bands, x, plots.seed_traces(da, mode, spread="se"), color, label, log_y=log_y)
+
+
+def _put(data: FigureData, key: str, lines: dict, bands: dict) -> None:
+    data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+
+
+# =========================================================================== F-c1
+
+
+def fig_c1_data(
+    cubes: Mapping[str, Any], *, setup: str = "data_mse", entropy: str = "S", trace: str = "TrK/NC", seed: Any = "mean"
+) -> FigureData:
+    """Figure data of F-c1 (data scaling) for one ``setup`` of :data:`SETUPS`: the final
+    test loss against D with its power-law fit (panel ``"c1-loss"``), and the entropy and
+    trace of the fixed probe set's eNTK at initialization and at the end of training
+    against D (``"c1-entropy"``, ``"c1-trace"``)."""
+    _check("setup", setup, SETUPS)
+    ds = _need(cubes, setup)
+    label, color = SETUPS[setup]
+    x = np.asarray(ds["n_train"].values, float)
+    fit = data_fit(ds)
+    data = plots.figure_data(
+        "F-c1",
+        f"<b>F-c1 data scaling</b> — MLP 128×2 trained with {label} on digits; probe: the first "
+        f"{int(_config(ds).get('record', {}).get('probe', 32))} training samples (the same for every D), "
+        f"{_PROBE_NOTE}; {_seed_text(seed)}",
+    )
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    _over(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"test loss ({label})")
+    _fit_line(lines, bands, x, fit, color, f"fit D^{fit['exponent']:.2f}, R² {fit['r2']:.3f}")
+    _put(data, "c1-loss", lines, bands)
+    plots.set_panel(
+        data,
+        "c1-loss",
+        f"test loss ∝ D^{fit['exponent']:.2f} (R² {fit['r2']:.3f})",
+        "training set size D",
+        f"test loss ({label})",
+        log_x=True,
+        log_y=True,
+    )
+    for key, da, ylab, log_y in (
+        ("c1-entropy", entropy_of(ds, entropy), ENTROPY_VARIANTS[entropy][1], False),
+        ("c1-trace", trace_of(ds, trace), TRACE_VARIANTS[trace], True),
+    ):
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        _over(lines, bands, x, da.isel(step=0), seed, "#777777", "initialization", log_y=log_y)
+        _over(lines, bands, x, da.isel(step=-1), seed, color, "end of training", log_y=log_y)
+        _put(data, key, lines, bands)
+        plots.set_panel(data, key, f"{ylab} of the probe set", "training set size D", ylab, log_x=True, log_y=log_y)
+    data["panels"], data["legend"] = [["c1-loss", "c1-entropy", "c1-trace"]], ["c1-loss", "c1-entropy"]
+    data["legend_location"] = "bottom_left"
+    return data
+
+
+# =========================================================================== F-c2
+
+
+def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: Any = "mean") -> FigureData:
+    """Figure data of F-c2 (same exponent, opposite dynamics): the test loss against D of
+    both setups with their fits (``"c2-loss"``), and per setup the change of the probe
+    set's eNTK entropy S(t) − S(0) (``quantity="entropy"``) or trace ratio Tr K(t)/Tr K(0)
+    (``"trace"``) over training, one line per D (``"c2-data_mse"``, ``"c2-data_ce"``)."""
+    _check("quantity", quantity, {"entropy": 0, "trace": 0})
+    setups = [s for s in SETUPS if s in cubes]
+    if not setups:
+        raise ValueError(f"F-c2 needs the cubes {list(SETUPS)}; cubes are {sorted(cubes)}")
+    data = plots.figure_data(
+        "F-c2",
+        f"<b>F-c2 similar exponents, opposite internal dynamics</b> — the same MLP on the same data, trained "
+        f"with MSE or with cross-entropy; {_PROBE_NOTE} of a fixed probe set; {_seed_text(seed)}",
+    )
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    for s in setups:
+        ds = cubes[s]
+        label, color = SETUPS[s]
+        x = np.asarray(ds["n_train"].values, float)
+        fit = data_fit(ds)
+        _over(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"{label}: D^{fit['exponent']:.2f}")
+        _fit_line(lines, bands, x, fit, color, f"{label} fit (R² {fit['r2']:.3f})")
+    _put(data, "c2-loss", lines, bands)
+    plots.set_panel(
+        data,
+        "c2-loss",
+        "test loss vs D (each in its own loss)",
+        "training set size D",
+        "test loss",
+        log_x=True,
+        log_y=True,
+    )
+    for s in setups:
+        ds = cubes[s]
+        key = f"c2-{s}"
+        if quantity == "entropy":
+            da, ylab, log_y = ds["entropy"] - ds["entropy"].isel(step=0), "S(t) − S(0) [nat]", False
+        else:
+            da, ylab, log_y = ds["trace"] / ds["trace"].isel(step=0), "Tr K(t) / Tr K(0)", True
+        end = da.isel(step=-1)
+        end_mean = float(end.mean())
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        x = np.asarray(ds["step"].values, float) + 1.0
+        n_trains = [int(v) for v in ds["n_train"].values]
+        for n, col in zip(n_trains, plots.palette(len(n_trains), "Viridis256"), strict=True):
+            _over(lines, bands, x, da.sel(n_train=n).transpose(..., "step"), seed, col, f"D = {n}", log_y=log_y)
+        _put(data, key, lines, bands)
+        verb = "rises" if end_mean > (0 if quantity == "entropy" else 1) else "falls"
+        what = "entropy" if quantity == "entropy" else "trace"
+        plots.set_panel(
+            data, key, f"{SETUPS[s][0]}: the {what} {verb} ({end_mean:+.3g} at the end)" if quantity == "entropy"
+            else f"{SETUPS[s][0]}: the {what} {verb} (×{end_mean:.3g} at the end)",
+            "step + 1", ylab, log_x=True, log_y=log_y,
+        )  # fmt: skip
+    data["panels"] = [["c2-loss", *[f"c2-{s}" for s in setups]]]
+    data["legend"] = ["c2-loss", f"c2-{setups[0]}"]
+    data["legend_location"] = "bottom_left" if quantity == "trace" else "top_left"
+    return data
+
+
+# =========================================================================== F-c3
+
+
+def fig_c3_data(
+    cubes: Mapping[str, Any],
+    *,
+    measure: str = "relative_change",
+    tolerance: float = 0.05,
+    parametrization: str = "width_ntk",
+    step: int | None = None,
+    seed: Any = "mean",
+) -> FigureData:
+    """Figure data of F-c3 (toward the lazy limit): the final feature-learning ``measure``
+    against width for every parametrization, with power-law fits, the ``tolerance`` line
+    and the critical width where the NTK fit falls below it (``"c3-change"``); for one
+    ``parametrization``, the measure over training per width with a marker at ``step``
+    (``"c3-time"``) and the spectrum at ``step`` relative to initialization,
+    λ_i(t)/λ_i(0) for the 64 largest (``"c3-spectrum"``: flat at 1 is a frozen kernel)."""
+    _check("measure", measure, CHANGES)
+    _check("parametrization", parametrization, PARAMETRIZATIONS)
+    if tolerance <= 0:
+        raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+    pars = [p for p in PARAMETRIZATIONS if p in cubes]
+    ds = _need(cubes, parametrization)
+    data = plots.figure_data("F-c3", "")
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    fits = {}
+    for p in pars:
+        c = cubes[p]
+        label, color = PARAMETRIZATIONS[p]
+        x = np.asarray(c["width"].values, float)
+        fits[p] = fit = width_fit(c, measure)
+        _over(lines, bands, x, change(c, measure).isel(step=-1), seed, color, f"{label}: slope {fit['exponent']:.2f}")
+        _fit_line(lines, bands, x, fit, color, f"{label} fit (R² {fit['r2']:.2f})")
+    xs = np.asarray(sorted({float(w) for p in pars for w in cubes[p]["width"].values}))
+    plots.add_series(lines, bands, xs, [(np.full(xs.shape, float(tolerance)), None)], "#999999", "tolerance")
+    _put(data, "c3-change", lines, bands)
+    wc = critical_width(fits.get("width_ntk", {"prefactor": np.nan, "exponent": np.nan}), tolerance)
+    in_range = bool(np.isfinite(wc) and xs.min() <= wc <= xs.max())
+    data["spans"] = {"c3-change-marker": wc if in_range else None}
+    if in_range:
+        wc_text = f"critical width ≈ {wc:.0f}"
+    elif np.isfinite(wc):
+        wc_text = f"critical width ≈ {wc:.0f}, extrapolated"
+    else:
+        wc_text = "no critical width"
+    plots.set_panel(
+        data,
+        "c3-change",
+        f"final change vs width; NTK: {wc_text} (tol {tolerance:g})",
+        "width",
+        CHANGES[measure],
+        log_x=True,
+        log_y=True,
+    )
+    widths = [int(w) for w in ds["width"].values]
+    cols = plots.palette(len(widths), "Viridis256")
+    x = np.asarray(ds["step"].values, float) + 1.0
+    chg = change(ds, measure)
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    for w, col in zip(widths, cols, strict=True):
+        _over(lines, bands, x, chg.sel(width=w).transpose(..., "step"), seed, col, f"width {w}")
+    _put(data, "c3-time", lines, bands)
+    data["spans"]["c3-time-marker"] = None if step is None else float(_at(ds["step"], step)) + 1.0
+    plots.set_panel(
+        data,
+        "c3-time",
+        f"{PARAMETRIZATIONS[parametrization][0]}: change during training",
+        "step + 1",
+        CHANGES[measure],
+        log_x=True,
+        log_y=True,
+    )
+    ev = ds["eigenvalues"]
+    k = min(64, ev.sizes["eigen_index"])
+    ev = ev.isel(eigen_index=slice(0, k))
+    ratio = _at(ev, step) / ev.isel(step=0)
+    st = int(_at(ds["step"], step))
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    rank = np.arange(1, k + 1, dtype=float)
+    for w, col in zip(widths, cols, strict=True):
+        _over(lines, bands, rank, ratio.sel(width=w).transpose(..., "eigen_index"), seed, col, f"width {w}")
+    _put(data, "c3-spectrum", lines, bands)
+    plots.set_panel(
+        data,
+        "c3-spectrum",
+        f"spectrum at step {st} / at initialization",
+        "rank i",
+        "λ_i(t) / λ_i(0)",
+        log_x=True,
+        log_y=True,
+    )
+    n = int(_config(ds).get("data", {}).get("n_train", ds["eigenvalues"].sizes["eigen_index"]))
+    data["header"] = (
+        f"<b>F-c3 width scaling toward the lazy limit</b> — MLP depth 2 on a teacher regression (N = {n}); "
+        f"eNTK of the whole training set; NTK parametrization: full-batch GD at a constant learning rate "
+        f"(lazy theory: slope −1/2); {_seed_text(seed)}"
+    )
+    data["panels"] = [["c3-change", "c3-time", "c3-spectrum"]]
+    data["legend"] = ["c3-change", "c3-time"]
+    data["legend_location"] = "bottom_left"
+    return data
+
+
+# =========================================================================== F-c4
+
+
+def fig_c4_data(cubes: Mapping[str, Any], *, seed: Any = "mean") -> FigureData:
+    """Figure data of F-c4 (kernel vs feature regime): per parametrization, the trained
+    network's test loss and the test loss of kernel regression with the initial eNTK K_0
+    (the linearized network trained to convergence) against width (``"c4-width_ntk"``,
+    ``"c4-width_mup"``), and the benefit of feature learning, kernel − network, for both
+    (``"c4-gap"``)."""
+    pars = [p for p in PARAMETRIZATIONS if p in cubes]
+    if not pars:
+        raise ValueError(f"F-c4 needs the cubes {list(PARAMETRIZATIONS)}; cubes are {sorted(cubes)}")
+    data = plots.figure_data(
+        "F-c4",
+        "<b>F-c4 kernel regime vs feature learning</b> — trained network vs kernel regression with the initial "
+        f"eNTK K_0 (full kernel over samples and outputs, on the whole training set); {_seed_text(seed)}",
+    )
+    gap_lines, gap_bands = plots.empty_lines(), plots.empty_bands()
+    for p in pars:
+        ds = cubes[p]
+        label, color = PARAMETRIZATIONS[p]
+        x = np.asarray(ds["width"].values, float)
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        _over(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, "trained network")
+        _over(lines, bands, x, ds["kernel_test_loss"].isel(step=-1), seed, "#777777", "kernel regression with K_0")
+        _put(data, f"c4-{p}", lines, bands)
+        plots.set_panel(data, f"c4-{p}", f"{label}: test loss", "width", "test loss (MSE)", log_x=True, log_y=True)
+        gap = (ds["kernel_test_loss"] - ds["test_loss"]).isel(step=-1)
+        _over(gap_lines, gap_bands, x, gap, seed, color, label, log_y=False)
+    xs = np.asarray(sorted({float(w) for p in pars for w in cubes[p]["width"].values}))
+    plots.add_series(gap_lines, gap_bands, xs, [(np.zeros(xs.shape), None)], "#888888", "no benefit", light=True)
+    _put(data, "c4-gap", gap_lines, gap_bands)
+    plots.set_panel(
+        data,
+        "c4-gap",
+        "benefit of feature learning",
+        "width",
+        "kernel − network test loss",
+        log_x=True,
+        log_y=False,
+    )
+    data["panels"] = [[*[f"c4-{p}" for p in pars], "c4-gap"]]
+    data["legend"] = [f"c4-{pars[0]}", "c4-gap"]
+    data["legend_location"] = "top_right"
+    return data
+
+
+def build_lines(data: FigureData, panel_size: tuple[int, int] = (430, 340)) -> Any:
+    """Every figure's layout: lines with standard-error bands per panel, fits in lighter
+    colour, markers where the figure data has spans."""
+    return plots.line_grid(data, panel_size=panel_size, name=str(data["layout"]))
+
+
+# =========================================================================== figures and controls
+
+
+def controls(cubes: Mapping[str, Any]) -> list[Control]:
+    """The Workbench's controls: ``setup`` (F-c1: MSE or cross-entropy), ``entropy`` /
+    ``trace`` variants, ``quantity`` (F-c2: entropy or trace), ``measure`` (F-c3's
+    feature-learning measure), ``tolerance`` (the critical width's), ``parametrization``
+    (F-c3's time and spectrum panels), ``step`` and ``seed`` (mean ± SE, every seed, one)."""
+    setups = [s for s in SETUPS if s in cubes] or list(SETUPS)
+    pars = [p for p in PARAMETRIZATIONS if p in cubes] or list(PARAMETRIZATIONS)
+    first = next((cubes[e] for e in (*SETUPS, *PARAMETRIZATIONS) if e in cubes), None)
+    seeds = [int(s) for s in first["seed"].values] if first is not None and "seed" in first.dims else []
+    ctls = [
+        Control("setup", "toggle", setups[0], [(SETUPS[s][0], s) for s in setups], button_width="110px"),
+        Control("entropy", "toggle", "S", [("S", "S"), ("S / ln N", "S/lnN"), ("magnitude", "S_mag")]),
+        Control("trace", "toggle", "TrK/NC", [("Tr K/(N·C)", "TrK/NC"), ("Tr K/N", "TrK/N"), ("Tr K", "TrK")]),
+        Control("quantity", "toggle", "entropy", ["entropy", "trace"], description="F-c2"),
+        Control("measure", "dropdown", "relative_change", [(v, k) for k, v in CHANGES.items()], width="360px"),
+        Control("tolerance", "slider", 0.05, TOLERANCES),
+        Control(
+            "parametrization", "toggle", pars[0], [(PARAMETRIZATIONS[p][0], p) for p in pars], button_width="140px"
+        ),
+        seed_control(seeds, band="mean"),
+    ]
+    if pars[0] in cubes:
+        ctls.append(step_control([int(s) for s in cubes[pars[0]]["step"].values]))
+    return ctls
+
+
+def _has(*names: str) -> Any:
+    return lambda cubes: all(n in cubes for n in names)
+
+
+def _any(names: Sequence[str]) -> Any:
+    return lambda cubes: any(n in cubes for n in names)
+
+
+def _seed_for(cubes: Mapping[str, Any], exp: str, seed: Any) -> Any:
+    """``seed`` if the cube ``exp`` has it, else the mean (experiments may differ in seeds)."""
+    return seed if seed in ("mean", "all") or seed in cubes[exp]["seed"].values.tolist() else "mean"
+
+
+def _c3_par(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> str:
+    return s["parametrization"] if s["parametrization"] in cubes else next(p for p in PARAMETRIZATIONS if p in cubes)
+
+
+#: the figures, each drawn when its experiments' cubes are there
+FIGURES: list[FigureSpec] = [
+    FigureSpec(
+        "F-c1",
+        lambda c, s: fig_c1_data(
+            c,
+            setup=s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c),
+            entropy=s["entropy"],
+            trace=s["trace"],
+            seed=_seed_for(c, s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c), s["seed"]),
+        ),
+        build_lines,
+        (("setup", "seed"), ("entropy", "trace")),
+        available=_any(list(SETUPS)),
+    ),
+    FigureSpec(
+        "F-c2",
+        lambda c, s: fig_c2_data(c, quantity=s["quantity"], seed=s["seed"] if s["seed"] in ("mean", "all") else "mean"),
+        build_lines,
+        (("quantity", "seed"),),
+        available=_has(*SETUPS),
+    ),
+    FigureSpec(
+        "F-c3",
+        lambda c, s: fig_c3_data(
+            c,
+            measure=s["measure"],
+            tolerance=float(s["tolerance"]),
+            parametrization=_c3_par(c, s),
+            step=s.get("step"),
+            seed=_seed_for(c, _c3_par(c, s), s["seed"]),
+        ),
+        build_lines,
+        (("measure", "tolerance"), ("parametrization", "seed"), ("step",)),
+        available=_any(list(PARAMETRIZATIONS)),
+    ),
+    FigureSpec(
+        "F-c4",
+        lambda c, s: fig_c4_data(c, seed=s["seed"] if s["seed"] in ("mean", "all") else "mean"),
+        build_lines,
+        (("seed",),),
+        available=_any(list(PARAMETRIZATIONS)),
+    ),
+]
+
+
+def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings ``reproduce`` draws the figures at: the controls' defaults, the
+    spectrum of F-c3 at the last step."""
+    return {**_base.settings_of(controls(cubes)), "step": None}
+
+
+def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+    """``{"F-c1": ..., ..., "F-c4": ...}`` at :func:`defaults` (``kw`` overrides settings)."""
+    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
+
+
+# =========================================================================== summary
+
+
+def _r(v: Any, nd: int = 4) -> float:
+    return round(float(v), nd) if np.isfinite(float(v)) else float("nan")
+
+
+def _mean_se(a: Any) -> dict[str, float]:
+    a = np.asarray(a, float).ravel()
+    a = a[np.isfinite(a)]
+    se = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else float("nan")
+    return {"mean": _r(a.mean(), 5) if a.size else float("nan"), "se": _r(se, 5), "n": int(a.size)}
+
+
+def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers the claims rest on, as a JSON-able dict.
+
+    - ``data[setup]``: the power-law fit of the final test loss against D (exponent,
+      prefactor, R²; also per seed), and the change of the probe set's entropy S and trace
+      ratio over training per D (mean ± SE over seeds) with the fraction of (D, seed) runs
+      whose entropy rose; ``opposite_entropy_change``: whether the setups' mean entropy
+      changes have opposite signs;
+    - ``width[parametrization]``: the final relative kernel change per width (mean ± SE),
+      its log–log slope and R², whether it falls monotonically, the critical width at a
+      tolerance of 0.05, the entropy change, and the test losses of the network and of
+      kernel regression with K_0 and their gap per width.
+    """
+    out: dict[str, Any] = {"note": f"{_PROBE_NOTE}; fits on the mean over seeds of the last recorded step"}
+    data: dict[str, Any] = {}
+    for s in SETUPS:
+        if s not in cubes:
+            continue
+        ds = cubes[s]
+        fit = data_fit(ds)
+        per_seed = [_r(data_fit(ds.sel(seed=sd))["exponent"]) for sd in ds["seed"].values]  # robustness of the exponent
+        ds_change = ds["entropy"].isel(step=-1) - ds["entropy"].isel(step=0)
+        tr_ratio = ds["trace"].isel(step=-1) / ds["trace"].isel(step=0)
+        data[s] = {
+            "label": SETUPS[s][0],
+            "exponent": _r(fit["exponent"]),
+            "prefactor": _r(fit["prefactor"]),
+            "r2": _r(fit["r2"]),
+            "exponent_per_seed": per_seed,
+            "entropy_change": {str(int(n)): _mean_se(ds_change.sel(n_train=n).values) for n in ds["n_train"].values},
+            "entropy_change_mean": _r(ds_change.mean()),
+            "entropy_rose_fraction": _r(float((ds_change > 0).mean())),
+            "trace_ratio": {str(int(n)): _mean_se(tr_ratio.sel(n_train=n).values) for n in ds["n_train"].values},
+        }
+    if len(data) == 2:
+        a, b = (data[s]["entropy_change_mean"] for s in SETUPS)
+        ea, eb = (data[s]["exponent"] for s in SETUPS)
+        out["opposite_entropy_change"] = bool(a * b < 0)
+        out["exponent_difference"] = _r(abs(ea - eb))
+    out["data"] = data
+    width: dict[str, Any] = {}
+    for p in PARAMETRIZATIONS:
+        if p not in cubes:
+            continue
+        ds = cubes[p]
+        rel = change(ds).isel(step=-1)
+        means = rel.mean("seed").values
+        fit = width_fit(ds)
+        gap = (ds["kernel_test_loss"] - ds["test_loss"]).isel(step=-1)
+        d_s = ds["entropy"].isel(step=-1) - ds["entropy"].isel(step=0)
+        widths = [str(int(w)) for w in ds["width"].values]
+        width[p] = {
+            "label": PARAMETRIZATIONS[p][0],
+            "relative_change": dict(zip(widths, (_mean_se(rel.sel(width=int(w)).values) for w in widths), strict=True)),
+            "slope": _r(fit["exponent"]),
+            "slope_r2": _r(fit["r2"]),
+            "monotone": bool(np.all(np.diff(means) < 0)),
+            "critical_width_tol_0.05": _r(critical_width(fit, 0.05), 1),
+            "entropy_change": dict(zip(widths, (_mean_se(d_s.sel(width=int(w)).values) for w in widths), strict=True)),
+            "test_loss": dict(
+                zip(widths, (_mean_se(ds["test_loss"].isel(step=-1).sel(width=int(w))) for w in widths), strict=True)
+            ),
+            "kernel_test_loss": dict(
+                zip(
+                    widths,
+                    (_mean_se(ds["kernel_test_loss"].isel(step=-1).sel(width=int(w))) for w in widths),
+                    strict=True,
+                )
+            ),
+            "gap": dict(zip(widths, (_mean_se(gap.sel(width=int(w)).values) for w in widths), strict=True)),
+        }
+    out["width"] = width
+    return out
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short plain-text report of :func:`summarize`'s numbers."""
+    lines = [TITLE, f"({summary.get('note', '')})", ""]
+    if "run_wall_seconds" in summary:
+        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    for d in summary.get("data", {}).values():
+        lines.append(
+            f"Data scaling, {d['label']}: test loss ∝ D^{d['exponent']:.3f} (R² {d['r2']:.3f}; per seed "
+            f"{d['exponent_per_seed']})"
+        )
+        lines.append(
+            f"  entropy change S_T − S_0, mean {d['entropy_change_mean']:+.3f} nat, rose in "
+            f"{100 * d['entropy_rose_fraction']:.0f} % of runs; per D: "
+            + ", ".join(f"{n}: {v['mean']:+.3f}" for n, v in d["entropy_change"].items())
+        )
+        lines.append(
+            "  trace ratio Tr K_T / Tr K_0 per D: "
+            + ", ".join(f"{n}: ×{v['mean']:.3g}" for n, v in d["trace_ratio"].items())
+        )
+    if "opposite_entropy_change" in summary:
+        lines.append(
+            f"Opposite entropy changes: {summary['opposite_entropy_change']}; exponents differ by "
+            f"{summary['exponent_difference']:.3f}"
+        )
+    lines.append("")
+    for d in summary.get("width", {}).values():
+        lines.append(
+            f"Width scaling, {d['label']}: relative kernel change ∝ width^{d['slope']:.3f} (R² {d['slope_r2']:.3f}), "
+            f"monotone {d['monotone']}, critical width (tol 0.05) ≈ {d['critical_width_tol_0.05']}"
+        )
+        lines.append(
+            "  relative change: " + ", ".join(f"{w}: {v['mean']:.4f}" for w, v in d["relative_change"].items())
+        )
+        lines.append(
+            "  test loss network / kernel(K_0): "
+            + ", ".join(
+                f"{w}: {d['test_loss'][w]['mean']:.4f} / {d['kernel_test_loss'][w]['mean']:.4f}" for w in d["test_loss"]
+            )
+        )
+        lines.append(
+            "  benefit of feature learning (kernel − network): "
+            + ", ".join(f"{w}: {v['mean']:+.4f}±{v['se']:.4f}" for w, v in d["gap"].items())
+        )
+    return "\n".join(lines) + "\n"
+
+
+# =========================================================================== widgets
+
+
+class Workbench(_base.Workbench):
+    """Notebook controls for the four figures, on cubes from :func:`open_cubes` (see
+    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
+
+    >>> wb = Workbench(open_cubes("../data/scaling_quick.nc"))  # doctest: +SKIP
+    >>> wb.view("F-c3")                                           # doctest: +SKIP
+    """
+
+    def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
+        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+
+
+def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweep config of :class:`RerunPanel`'s settings: the quick width experiment in
+    ``parametrization`` (``"ntk"`` or ``"mup"``) at the chosen ``widths``, ``seeds`` (0 …
+    seeds-1), training set size ``n_train``, ``steps`` and learning rate ``lr``."""
+    par = settings["parametrization"]
+    if par not in ("ntk", "mup"):
+        raise ValueError(f"parametrization must be 'ntk' or 'mup', got {par!r}")
+    widths = parse_ints(settings["widths"], "widths")
+    if min(widths) < 1:
+        raise ValueError(f"widths must be positive, got {widths}")
+    lr = float(settings["lr"])
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    cfg = _width_cfg(par, sorted(set(widths)), list(range(int(settings["seeds"]))), n=int(settings["n_train"]))
+    cfg["train"]["steps"] = int(settings["steps"])
+    cfg["train"]["lr"] = lr
+    return cfg
+
+
+def _show_c3(cube: Any) -> Any:
+    import ipywidgets as w
+    from jupyter_bokeh import BokehModel
+
+    if {"width", "seed"} <= set(cube.dims):
+        par = "width_mup" if _config(cube).get("model", {}).get("parametrization") == "mup" else "width_ntk"
+        return BokehModel(build_lines(fig_c3_data({par: cube}, parametrization=par)))
+    return w.HTML(f"no F-c3 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+
+
+class RerunPanel(_base.RerunPanel):
+    """Rerun the quick width experiment with chosen settings (:func:`rerun_config`), with
+    a progress bar, and show F-c3 of the result; one run at a time."""
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str] = "runs/scaling-rerun",
+        *,
+        parametrization: str = "ntk",
+        widths: str = "32, 128, 512",
+        seeds: int = 2,
+        n_train: int = 128,
+        steps: int = 500,
+        lr: float = 1.0,
+    ):
+        ctls = [
+            Control("parametrization", "toggle", parametrization, [("NTK", "ntk"), ("µP", "mup")], button_width="80px"),
+            int_list_control("widths", widths),
+            Control("seeds", "int", seeds, bounds=(1, 20)),
+            Control("n_train", "int", n_train, bounds=(2, 4096)),
+            Control("steps", "int", steps, bounds=(1, 100_000)),
+            Control("lr", "float", lr, bounds=(1e-6, 100.0)),
+        ]
+        layout = [["parametrization"], ["widths", "seeds", "n_train"], ["steps", "lr"]]
+        super().__init__(rerun_config, ctls, out, layout=layout, show=_show_c3)

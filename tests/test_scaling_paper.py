@@ -1,0 +1,280 @@
+"""Paper `scaling`: the test-sized run (2 seeds: 3 data sizes per loss, 3 NTK widths) has the
+expected cubes and the paper's qualitative claims hold on it, with margins; the shipped
+quick cube (``data/scaling_quick.nc``, 3 seeds, 6 data sizes, 6 widths in NTK
+parametrization and µP) holds them too and is the current quick config; kernel regression
+with K_0 is checked against the closed form of a linear model, where the trained network
+*is* kernel regression; figures, summary, CLI resume and notebook widgets work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkbench.papers import scaling as paper
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "scaling_quick.nc"
+
+pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scaling-paper")
+    paper.run(out, config="test", progress=False, formats=("png", "html"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_cubes(run_out):
+    return paper.open_cubes(run_out / "scaling.nc")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not SHIPPED.exists():
+        pytest.fail(f"{SHIPPED} is missing: run `make data`")
+    return paper.open_cubes(SHIPPED)
+
+
+@pytest.fixture(scope="module", params=["test", "shipped"])
+def cubes(request, test_cubes, shipped):
+    return test_cubes if request.param == "test" else shipped
+
+
+# --------------------------------------------------------------------------- the linear closed form
+
+
+def test_kernel_regression_with_k0_is_the_trained_linear_model():
+    """A linear model f(x) = W x + b trained by gradient descent on MSE converges to the
+    solution nearest its initialization: f_0 + [X, 1]⁺ (Y − f_0(X)) applied to the test
+    inputs (float64 closed form). ``linearized_test_predictions`` (the full eNTK of the
+    model, here [x·x' + 1] ⊗ I_C) and ``kernel_test_loss`` must give it, and so must the
+    trained network."""
+    import equinox as eqx
+    import jax
+    import optax
+
+    from ntkbench.data import Dataset
+    from ntkbench.train import Recorder, linearized_test_predictions, train
+
+    n, d, c, m = 12, 20, 3, 7  # fewer samples than inputs: the least-squares fit is exact
+    rng = np.random.default_rng(0)
+    x, xt = rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal((m, d)).astype(np.float32)
+    y, yt = rng.standard_normal((n, c)).astype(np.float32), rng.standard_normal((m, c)).astype(np.float32)
+    model = eqx.nn.Linear(d, c, key=jax.random.key(1))
+    W0, b0 = np.asarray(model.weight, np.float64), np.asarray(model.bias, np.float64)
+    A, At = np.hstack([x, np.ones((n, 1))]).astype(np.float64), np.hstack([xt, np.ones((m, 1))]).astype(np.float64)
+    f0, f0t = x @ W0.T + b0, xt @ W0.T + b0
+    ref = f0t + At @ (np.linalg.pinv(A) @ (y - f0))
+
+    got = np.asarray(linearized_test_predictions(model, x, y, xt), np.float64)
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3)
+    assert np.abs(ref - f0t).max() > 0.5  # the fit moves the predictions: the check can fail
+
+    data = Dataset(x, y, xt, yt, task="regression", n_outputs=c, name="linear", in_shape=(d,), meta={})
+    trained, ds = train(
+        model,
+        data,
+        optimizer=optax.sgd(0.05),
+        steps=3000,
+        loss="mse",
+        recorder=Recorder(every=1000, probe=n, measures=["eigenvalues", "test_loss", "kernel_test_loss"]),
+        key=jax.random.key(0),
+    )
+    ref_loss = float(np.mean(0.5 * np.sum((ref - yt) ** 2, axis=1)))
+    assert ds["kernel_test_loss"].attrs["long_name"].startswith("test loss of kernel regression")
+    np.testing.assert_allclose(ds["kernel_test_loss"].values, ref_loss, rtol=2e-3)  # every record: a constant
+    np.testing.assert_allclose(float(ds["test_loss"].isel(step=-1)), ref_loss, rtol=5e-3)
+    preds = np.asarray(jax.vmap(trained)(xt), np.float64)
+    np.testing.assert_allclose(preds, ref, atol=5e-3)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_cubes_have_the_scaling_dims_and_the_spectrum(cubes):
+    from ntkbench import cube
+
+    assert {"data_mse", "data_ce", "width_ntk"} <= set(cubes)
+    for exp in ("data_mse", "data_ce"):
+        ds = cubes[exp]
+        assert set(ds.dims) == {"n_train", "seed", "step", "eigen_index"}
+        assert ds.sizes["eigen_index"] == 32  # the fixed probe set
+        for name in paper.DATA_MEASURES:
+            assert name in ds.data_vars, (exp, name)
+    ds = cubes["width_ntk"]
+    assert set(ds.dims) == {"width", "seed", "step", "eigen_index"}
+    assert ds.sizes["eigen_index"] == json.loads(ds.attrs["config"])["data"]["n_train"]  # the whole training set
+    for name in paper.WIDTH_MEASURES:
+        assert name in ds.data_vars, name
+    for ds in cubes.values():
+        cube.validate(ds)
+        assert json.loads(ds.attrs["config"])["paper"] == "scaling"
+        assert ds.sizes["seed"] >= 2
+
+
+def test_probe_set_is_fixed_across_data_sizes(cubes):
+    """At initialization the probe eNTK is the same for every D (same samples, same init)."""
+    for exp in ("data_mse", "data_ce"):
+        ev0 = cubes[exp]["eigenvalues"].isel(step=0)
+        spread = (ev0.max("n_train") - ev0.min("n_train")) / ev0.max("n_train").max()
+        assert float(spread.max()) < 1e-5, exp
+
+
+# --------------------------------------------------------------------------- the claims
+
+
+def test_data_scaling_exponent_is_negative_with_a_good_fit(cubes):
+    for exp in ("data_mse", "data_ce"):
+        fit = paper.data_fit(cubes[exp])
+        assert fit["exponent"] < -0.2 and fit["r2"] > 0.9, (exp, fit)
+        for s in cubes[exp]["seed"].values:  # every seed on its own, too
+            assert paper.data_fit(cubes[exp].sel(seed=s))["exponent"] < -0.2, (exp, int(s))
+
+
+def test_mse_and_ce_have_similar_exponents_and_opposite_entropy_changes(cubes):
+    fits = {e: paper.data_fit(cubes[e])["exponent"] for e in ("data_mse", "data_ce")}
+    assert abs(fits["data_mse"] - fits["data_ce"]) < 0.25, fits
+    d_mse = (cubes["data_mse"]["entropy"].isel(step=-1) - cubes["data_mse"]["entropy"].isel(step=0)).values
+    d_ce = (cubes["data_ce"]["entropy"].isel(step=-1) - cubes["data_ce"]["entropy"].isel(step=0)).values
+    assert (d_mse > 0.1).all(), d_mse  # every data size and seed: the entropy rises under MSE ...
+    assert (d_ce < 0).all() and d_ce.mean() < -0.02, d_ce  # ... and falls under cross-entropy
+
+
+def test_ntk_kernel_change_falls_with_width_at_the_lazy_rate(cubes):
+    ds = cubes["width_ntk"]
+    rel = paper.change(ds).isel(step=-1)
+    means = rel.mean("seed").values
+    assert np.all(np.diff(means) < 0), means
+    for s in ds["seed"].values:  # monotone in every seed
+        assert np.all(np.diff(rel.sel(seed=s).values) < 0), (int(s), rel.sel(seed=s).values)
+    fit = paper.width_fit(ds)
+    assert -1.1 <= fit["exponent"] <= -0.4 and fit["r2"] > 0.9, fit
+    d_s = abs(ds["entropy"].isel(step=-1) - ds["entropy"].isel(step=0)).mean("seed").values
+    assert d_s[-1] < d_s[0], d_s  # S_T − S_0 → 0 with width
+
+
+def test_ntk_gap_to_kernel_regression_shrinks_with_width(cubes):
+    ds = cubes["width_ntk"]
+    gap = (ds["kernel_test_loss"] - ds["test_loss"]).isel(step=-1)
+    g = np.abs(gap.mean("seed").values)
+    assert g[-1] < 0.5 * g[0], g
+    assert np.all(np.abs(gap.isel(width=-1).values) < np.abs(gap.isel(width=0).values)), gap.values  # every seed
+
+
+def test_critical_width_is_where_the_fit_crosses_the_tolerance(shipped):
+    fit = paper.width_fit(shipped["width_ntk"])
+    tol = 0.05
+    wc = paper.critical_width(fit, tol)
+    assert fit["prefactor"] * wc ** fit["exponent"] == pytest.approx(tol)
+    data = paper.fig_c3_data(shipped, tolerance=0.2)
+    assert data["spans"]["c3-change-marker"] == pytest.approx(paper.critical_width(fit, 0.2))
+
+
+# --------------------------------------------------------------------------- summary, figures, CLI
+
+
+def test_summary_numbers_are_the_cube_values(run_out, test_cubes):
+    summary = json.loads((run_out / "summary.json").read_text())
+    assert summary["data"]["data_mse"]["exponent"] == pytest.approx(
+        paper.data_fit(test_cubes["data_mse"])["exponent"], abs=1e-4
+    )
+    w = summary["width"]["width_ntk"]
+    ds = test_cubes["width_ntk"]
+    first = str(int(ds["width"].values[0]))
+    assert w["relative_change"][first]["mean"] == pytest.approx(
+        float(ds["relative_change_init"].isel(step=-1, width=0).mean()), abs=1e-4
+    )
+    assert w["monotone"] is True and summary["opposite_entropy_change"] is True
+    text = (run_out / "summary.txt").read_text()
+    assert "Width scaling" in text and "Data scaling" in text
+
+
+def test_every_figure_is_exported_and_not_blank(run_out):
+    import io
+
+    from PIL import Image, ImageStat
+
+    for name in ("F-c1", "F-c2", "F-c3", "F-c4"):
+        png = run_out / "figures" / f"scaling-{name}.png"
+        with Image.open(io.BytesIO(png.read_bytes())) as im:
+            assert im.size[0] > 500 and im.size[1] > 350, (name, im.size)
+            assert ImageStat.Stat(im.convert("L")).stddev[0] > 10, f"{png.name} looks blank"
+        assert "Bokeh" in (run_out / "figures" / f"scaling-{name}.html").read_text()[:200_000]
+
+
+def test_figure_data_are_the_cube_values(shipped):
+    d = paper.fig_c1_data(shipped, setup="data_ce", entropy="S")["sources"]["c1-entropy-lines"]
+    got = dict(zip(d["label"], d["ys"], strict=True))
+    ref = shipped["data_ce"]["entropy"].isel(step=-1).mean("seed").values
+    np.testing.assert_allclose(got["end of training"], ref, rtol=1e-6)
+    tr = paper.fig_c1_data(shipped, trace="TrK/NC")["sources"]["c1-trace-lines"]
+    ref = (shipped["data_mse"]["trace"].isel(step=0) / 32 / 10).mean("seed").values  # Tr K / (N·C)
+    np.testing.assert_allclose(tr["ys"][0], ref, rtol=1e-5)
+    c4 = paper.fig_c4_data(shipped)["sources"]["c4-gap-lines"]
+    gap = (shipped["width_mup"]["kernel_test_loss"] - shipped["width_mup"]["test_loss"]).isel(step=-1).mean("seed")
+    np.testing.assert_allclose(dict(zip(c4["label"], c4["ys"], strict=True))["µP, µP-Adam"], gap.values, rtol=1e-5)
+    with pytest.raises(ValueError, match="setup"):
+        paper.fig_c1_data(shipped, setup="data_hinge")
+    with pytest.raises(ValueError, match="measure"):
+        paper.fig_c3_data(shipped, measure="cka")
+    with pytest.raises(ValueError, match="tolerance"):
+        paper.fig_c3_data(shipped, tolerance=0)
+
+
+def test_workbench_every_control_redraws_in_place(shipped, tmp_path):
+    wb = paper.Workbench(shipped, figures_dir=tmp_path)
+    figs = dict(wb.figures)
+    for ctl in wb.controls.values():
+        options = getattr(ctl, "options", None)
+        values = [o[1] if isinstance(o, tuple) else o for o in options] if options else [not ctl.value]
+        for value in values:
+            ctl.value = value
+    assert all(wb.figures[n] is figs[n] for n in figs), "every control redraws in place"
+    wb.parametrization.value = "width_mup"
+    wb.measure.value = "kernel_distance"
+    lines = wb.figures["F-c3"].select_one({"name": "c3-time-lines"}).data
+    ref = paper.fig_c3_data(
+        shipped,
+        measure="kernel_distance",
+        tolerance=wb.tolerance.value,
+        parametrization="width_mup",
+        step=wb.step.value,
+        seed=wb.seed.value,
+    )
+    assert dict(lines) == dict(ref["sources"]["c3-time-lines"])
+    assert wb.export("F-c2", "html").name == "scaling-F-c2.html"
+
+
+def test_rerun_panel_config_and_one_small_run(tmp_path):
+    panel = paper.RerunPanel(out=tmp_path / "rerun", widths="8, 16", seeds=1, n_train=16, steps=5)
+    cfg = panel.config()
+    assert cfg["grid"] == {"width": [8, 16], "seed": [0]} and cfg["model"]["parametrization"] == "ntk"
+    cube = panel.run(timeout=300)
+    assert dict(cube.sizes)["width"] == 2 and panel.output.children
+    panel.lr.value = 0.0
+    with pytest.raises(ValueError, match="lr"):
+        panel.config()
+
+
+def test_cli_reproduce_resumes(run_out, monkeypatch, capsys):
+    from ntkbench import cli
+
+    monkeypatch.setitem(paper.CONFIGS, "quick", paper.CONFIGS["test"])
+    before = {p: p.stat().st_mtime_ns for p in run_out.glob("runs-*/run-*.nc")}
+    assert before
+    assert cli.main(["reproduce", "scaling", "--quick", "--out", str(run_out)]) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in run_out.glob("runs-*/run-*.nc")}
+    assert "scaling: results in" in capsys.readouterr().out
+
+
+def test_shipped_cube_is_the_quick_config(shipped):
+    assert set(shipped) == set(paper.CONFIGS["quick"])
+    for name, ds in shipped.items():
+        assert json.loads(ds.attrs["config"]) == paper.CONFIGS["quick"][name], (
+            f"{name}: data/scaling_quick.nc is not the current quick config: run `make data`"
+        )

@@ -7,7 +7,8 @@
   (``mnist1d.data.make_dataset`` with its default arguments; never downloaded);
 - ``teacher``: teacher–student regression, Gaussian inputs, a random wide teacher MLP;
 - ``random_features``: linear regression on features with a power-law spectrum;
-- ``stories``: next-token prediction on a small procedurally generated story corpus.
+- ``stories``: next-token prediction on a small procedurally generated story corpus;
+- ``digits_pixels``: next-pixel prediction on the digits as sequences of quantized pixels.
 
 Conventions for every data set: the same arguments give identical arrays; train and test
 are disjoint; the test set does not depend on ``n_train`` and the training sets are nested
@@ -77,6 +78,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "random_features": {"n_features": 256, "alpha": 1.5, "beta": 1.0, "d_out": 1, "noise": 0.0},
     "stories": {"context": 32},
+    "digits_pixels": {"levels": 8},
     "mnist_idx": {"path": None, "flatten": True},
     "cifar10": {"path": None, "flatten": False},
     "npz": {"path": None, "x_key": "x", "y_key": "y", "task": None},
@@ -439,12 +441,47 @@ def _stories(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Data
     )
 
 
+def _digits_pixels(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
+    opts = check_options("data set 'digits_pixels'", opts, OPTIONS["digits_pixels"])
+    levels = check_int(opts["levels"], "levels", 2)
+    if levels > 17:
+        raise ValueError(f"levels must be <= 17 (the digits have 17 grey values), got {levels}")
+    images, _ = _digits_raw()
+    n = len(images)
+    if n_train + n_test > n:
+        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {n} digits")
+    # grey values 0..16 -> levels equal bins, pixels in row-major order
+    seq = np.minimum((images.reshape(n, 64) * levels / 17.0).astype(np.int32), levels - 1)
+    perm = _rng(seed, 0).permutation(n)
+    test_idx, train_idx = perm[:n_test], perm[n_test : n_test + n_train]
+    return Dataset(
+        seq[train_idx, :-1],
+        seq[train_idx, 1:],
+        seq[test_idx, :-1],
+        seq[test_idx, 1:],
+        task="next_token",
+        n_outputs=levels,
+        name="digits_pixels",
+        in_shape=(63,),
+        meta={
+            "source": "sklearn.datasets.load_digits",
+            "seed": seed,
+            "options": opts,
+            "train_indices": train_idx,
+            "test_indices": test_idx,
+            "description": "each 8x8 digit as a sequence of its 64 pixels (row-major), grey values 0..16 "
+            "quantized to `levels` equal bins; x = pixels 0..62, y = pixels 1..63 (the next pixel)",
+        },
+    )
+
+
 DATASETS: dict[str, Callable[[int, int, int, dict[str, Any]], Dataset]] = {
     "digits": _digits,
     "mnist1d": _mnist1d,
     "teacher": _teacher,
     "random_features": _random_features,
     "stories": _stories,
+    "digits_pixels": _digits_pixels,
     "mnist_idx": lambda n_train, n_test, seed, opts: _mnist_idx(n_train, n_test, seed, opts),
     "cifar10": lambda n_train, n_test, seed, opts: _cifar10(n_train, n_test, seed, opts),
     "npz": lambda n_train, n_test, seed, opts: _npz(n_train, n_test, seed, opts),
@@ -458,7 +495,7 @@ def load(name: str, n_train: int, n_test: int, seed: int = 0, **options: Any) ->
     ----------
     name:
         ``"digits"``, ``"mnist1d"``, ``"teacher"``, ``"random_features"`` or
-        ``"stories"``.
+        ``"stories"``, ``"digits_pixels"``.
     n_train, n_test:
         Number of training / test samples (windows for ``stories``).
     seed:
@@ -474,6 +511,8 @@ def load(name: str, n_train: int, n_test: int, seed: int = 0, **options: Any) ->
           activation="tanh", noise=0.0``.
         - random_features: ``n_features=256, alpha=1.5, beta=1.0, d_out=1, noise=0.0``.
         - stories: ``context=32``.
+        - digits_pixels: ``levels=8`` grey levels (2..17); 63 input pixels, the next 63
+          as targets, ``levels`` token ids (next-pixel prediction of the 8×8 digits).
         - mnist_idx: ``path`` (required) a folder with MNIST's four IDX files
           (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
           ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each raw or ``.gz``; also

@@ -20,6 +20,7 @@ SMALL = {  # name -> options that keep generation cheap
     "teacher": {"teacher_width": 64},
     "random_features": {"n_features": 32},
     "stories": {"context": 16},
+    "digits_pixels": {},
 }
 
 
@@ -145,6 +146,20 @@ def test_stories_tokens_and_grammar():
         assert words[i + 1 : i + 5] == ["once", "upon", "a", "time"]
     text = " ".join(words)
     assert "the end ." in text
+
+
+def test_digits_pixels_are_the_quantized_digits_shifted_by_one():
+    ds = data.load("digits_pixels", 30, 10, seed=0, levels=4)
+    images, _ = data._digits_raw()
+    seq = np.minimum(images.reshape(-1, 64) // (17 / 4), 3).astype(np.int32)
+    idx = ds.meta["train_indices"]
+    np.testing.assert_array_equal(ds.x_train, seq[idx, :-1])
+    np.testing.assert_array_equal(ds.y_train, seq[idx, 1:])
+    np.testing.assert_array_equal(ds.x_train[:, 1:], ds.y_train[:, :-1])
+    assert (ds.task, ds.n_outputs, ds.in_shape) == ("next_token", 4, (63,))
+    assert set(np.unique(ds.x_train)) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="levels"):
+        data.load("digits_pixels", 10, 5, levels=18)
 
 
 @pytest.mark.parametrize(

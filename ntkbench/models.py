@@ -85,6 +85,7 @@ __all__ = [
     "MLP",
     "CNN",
     "TinyTransformer",
+    "RandomFeatures",
     "make_model",
     "MODEL_DEFAULTS",
     "count_params",
@@ -597,6 +598,86 @@ class TinyTransformer(eqx.Module):
         return jax.vmap(self.unembed)(_scaled(jax.vmap(self.ln_f)(h), self.unembed_scale))
 
 
+# --------------------------------------------------------------------------- random features
+
+
+class RandomFeatures(eqx.Module):
+    """Two-layer random-feature model ``f(x) = a · act(W x) + b`` whose features are frozen
+    or trained.
+
+    ``W`` (``width × in_size``, N(0, 1/in_size), no bias) draws the random features;
+    the readout ``a``, ``b`` is an ``eqx.nn.Linear`` (N(0, 1/width) weights, zero bias).
+    ``features="frozen"``: ``W`` is NOT a parameter (it is redrawn from a stored key, an
+    integer array, at every call), so only the readout trains and the eNTK is the fixed
+    feature kernel φ(x)·φ(x') + 1 (the kernel regime). ``features="trained"``: ``W`` is an
+    ``eqx.nn.Linear`` (same initial weights, zero bias) trained with the readout, i.e. a
+    one-hidden-layer MLP. With the same key both compute the same function at
+    initialization.
+
+    Shapes: ``(in_size,)`` (or anything with ``in_size`` elements) → ``(out_size,)``.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> frozen = RandomFeatures(8, 1, width=32, features="frozen", key=jax.random.key(0))
+    >>> trained = RandomFeatures(8, 1, width=32, features="trained", key=jax.random.key(0))
+    >>> bool(jnp.allclose(frozen(jnp.ones(8)), trained(jnp.ones(8))))
+    True
+    >>> count_params(frozen), count_params(trained)  # the readout only vs W too
+    (33, 321)
+    """
+
+    hidden: eqx.nn.Linear | None
+    feature_key: Array | None
+    readout: eqx.nn.Linear
+    in_size: int = eqx.field(static=True)
+    out_size: int | str = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    features: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_size: int,
+        out_size: int | Literal["scalar"],
+        width: int,
+        activation: str = "relu",
+        features: str = "frozen",
+        *,
+        key: PRNGKeyArray,
+    ):
+        _check_key(key)
+        self.in_size = _check_int(in_size, "in_size", 1)
+        if out_size != "scalar":
+            out_size = _check_int(out_size, "out_size", 1)
+        self.out_size = out_size
+        self.width = _check_int(width, "width", 1)
+        self.activation = _check_activation(activation)
+        if features not in ("frozen", "trained"):
+            raise ValueError(f"features must be 'frozen' or 'trained', got {features!r}")
+        self.features = features
+        k_w, k_a = jax.random.split(key)
+        if features == "trained":
+            self.hidden, self.feature_key = _dense(self.in_size, self.width, 1 / math.sqrt(self.in_size), k_w), None
+        else:  # not an inexact array: no parameter, no gradient, no eNTK block
+            self.hidden, self.feature_key = None, jax.random.key_data(k_w)
+        self.readout = _dense(self.width, out_size, 1 / math.sqrt(self.width), k_a)
+
+    def __call__(self, x: Float[Array, "..."]) -> Float[Array, " out_size"]:
+        if x.size != self.in_size:
+            raise ValueError(f"x must have {self.in_size} elements (in_size), got shape {x.shape}")
+        h = jnp.reshape(x, (self.in_size,))
+        if self.hidden is not None:
+            h = self.hidden(h)
+        else:
+            assert self.feature_key is not None
+            w = _normal(
+                jax.random.wrap_key_data(self.feature_key), (self.width, self.in_size), 1 / math.sqrt(self.in_size)
+            )
+            h = w @ h
+        return self.readout(ACTIVATIONS[self.activation](h))
+
+
 # --------------------------------------------------------------------------- µP optimizer
 
 
@@ -692,6 +773,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "parametrization": "standard",
         "base_width": 1,
     },
+    "random_features": {"width": 256, "activation": "relu", "features": "frozen"},
     "transformer": {
         "width": 64,
         "layers": 2,
@@ -714,13 +796,15 @@ def make_model(
 ) -> eqx.Module:
     """Build a model from a config dict.
 
-    ``config["name"]`` is ``"mlp"``, ``"cnn"`` or ``"transformer"``; the other keys are
+    ``config["name"]`` is ``"mlp"``, ``"cnn"``, ``"random_features"`` or ``"transformer"``; the other keys are
     the model's hyperparameters (missing ones take defaults):
 
     - mlp: ``width=64, depth=2, activation="relu", parametrization="standard",
       base_width=1`` (``in_size = prod(in_shape)``)
     - cnn: ``width=16, depth=2, activation="relu", pool="mean",
       parametrization="standard", base_width=1``
+    - random_features: ``width=256, activation="relu", features="frozen"`` (or
+      ``"trained"``; :class:`RandomFeatures`)
     - transformer: ``width=64, layers=2, heads=4, mlp_ratio=4,
       parametrization="standard", base_width=1``; ``vocab_size`` defaults to
       ``out_size`` and ``context`` to ``in_shape[0]``.
@@ -757,6 +841,10 @@ def make_model(
             opts["parametrization"],
             base_width=opts["base_width"],
             key=key,
+        )
+    if name == "random_features":
+        return RandomFeatures(
+            math.prod(in_shape), out_size, opts["width"], opts["activation"], opts["features"], key=key
         )
     if name == "cnn":
         return CNN(

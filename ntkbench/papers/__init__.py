@@ -119,6 +119,7 @@ __all__ = ["REGISTRY", "get"]
 REGISTRY: dict[str, Any] = {
     "collective": "ntkbench.papers.collective",
     "data": "ntkbench.papers.data",
+    "reach": "ntkbench.papers.reach",
     "scaling": "ntkbench.papers.scaling",
 }
 

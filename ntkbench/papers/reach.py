@@ -1,0 +1,1049 @@
+"""Spectral Reach: Understanding Neural Scaling as Progress into the Spectral Tail (2026).
+
+The paper splits the squared gradient norm of a batch into three factors, the
+loss–network–position (LNP) decomposition ``‖∇L‖² = χ_loss · χ_net · χ_pos``
+(:func:`ntkbench.lnp`): the loss term ‖u‖²/B, the network term Tr K/B and the spectral
+position χ_pos = uᵀKu/(‖u‖² Tr K), the residual-weighted mean of the eNTK's
+trace-normalised eigenvalues. It claims that χ_pos falls during training (learning moves
+from the dominant eigen-directions into the spectral tail), that larger models reach
+further into the tail and lower loss, and that feature learning raises χ_net and keeps
+progress going where frozen features stall.
+
+Experiments (see :data:`CONFIGS`; every run records the probe batch's eNTK spectrum and
+the LNP terms on a log-spaced step schedule):
+
+- ``stories``: TinyTransformers of several widths on next-token prediction of the
+  generated ``stories`` corpus (F-d1: loss and χ_pos against compute 6·N·D; F-d2);
+- ``pixels``: the same widths on next-pixel prediction of the 8×8 digits as sequences of
+  quantized grey levels (``digits_pixels``; F-d1, F-d2);
+- ``rf``: the controlled random-feature model (:class:`ntkbench.models.RandomFeatures`)
+  on regression with a power-law feature spectrum (``random_features``), features frozen
+  (only the readout trains: the kernel regime) or trained (a two-layer network), two
+  model sizes, full batch on a small training set that is also the probe (F-d3; F-d4: the
+  residual's spectral weights w_k over step × eigen-index and χ_pos from the
+  eigendecomposition against the kernel-free χ_pos; F-d2 with the independent check).
+
+What reproduced at toy scale and what departed is in ``docs/papers/reach.md``. Built on
+:mod:`ntkbench.papers._base`.
+
+Example
+-------
+>>> from ntkbench.papers import reach
+>>> cubes = reach.run("runs/reach", quick=True)              # doctest: +SKIP
+>>> reach.summarize(cubes)["scaling"]["stories"]["frontier"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ntkbench import cube as cube_mod
+from ntkbench import plots
+from ntkbench.papers import _base
+from ntkbench.papers._base import FigureSpec
+from ntkbench.plots import FigureData
+from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
+
+__all__ = [
+    "KEY",
+    "TITLE",
+    "CONFIGS",
+    "LM_MEASURES",
+    "RF_MEASURES",
+    "configs",
+    "run",
+    "run_cubes",
+    "open_cubes",
+    "compute",
+    "median_index",
+    "fig_d1_data",
+    "fig_d2_data",
+    "fig_d3_data",
+    "fig_d4_data",
+    "build_d1",
+    "build_lines",
+    "build_d4",
+    "FIGURES",
+    "controls",
+    "defaults",
+    "figures",
+    "summarize",
+    "format_summary",
+    "Workbench",
+    "RerunPanel",
+    "rerun_config",
+]
+
+KEY = "reach"
+TITLE = "Spectral Reach: Understanding Neural Scaling as Progress into the Spectral Tail"
+
+#: recorded by the language-model runs (probe batch: LNP terms with Hutchinson χ_net)
+LM_MEASURES: list[str] = [
+    "eigenvalues",
+    "loss",
+    "test_loss",
+    "spectral_position",
+    "chi_loss",
+    "chi_net",
+    "chi_net_se",
+    "grad_norm_sq",
+]
+#: recorded by the random-feature runs (one output: exact χ_net and the eigen-view)
+RF_MEASURES: list[str] = [
+    "eigenvalues",
+    "loss",
+    "test_loss",
+    "spectral_position",
+    "chi_loss",
+    "chi_net",
+    "grad_norm_sq",
+    "residual_weights",
+    "spectral_position_eig",
+]
+#: language-model data set -> (experiment, label)
+LM_SETS: dict[str, str] = {"stories": "stories (next token)", "pixels": "digits as pixel sequences (next pixel)"}
+#: features -> (label, colour)
+FEATURES: dict[str, tuple[str, str]] = {
+    "frozen": ("frozen features", "#1f5fa8"),
+    "trained": ("trained features", "#c2410c"),
+}
+LNP_TERMS: dict[str, str] = {
+    "chi_loss": "χ_loss = ‖u‖²/B",
+    "chi_net": "χ_net = Tr K/B",
+    "spectral_position": "χ_pos",
+    "grad_norm_sq": "‖∇L‖²",
+}
+
+
+# =========================================================================== configs
+
+
+def _lm(
+    data: dict[str, Any], widths: list[int], seeds: list[int], *, steps: int, probe: int, title: str
+) -> dict[str, Any]:
+    return {
+        "title": f"reach: {title}",
+        "paper": KEY,
+        "seed": 0,
+        "model": {"name": "transformer", "width": widths[0], "layers": 1, "heads": 4},
+        "data": data,
+        "train": {"optimizer": "adam", "lr": 3e-3, "steps": steps, "batch_size": 32, "loss": "ce"},
+        "record": {"every": "log", "log_points": 9, "probe": probe, "measures": list(LM_MEASURES), "lnp_probes": 4},
+        "grid": {"width": widths, "seed": seeds},
+    }
+
+
+def _rf(widths: list[int], seeds: list[int], *, n: int, steps: int, n_features: int = 64) -> dict[str, Any]:
+    return {
+        "title": "reach: random-feature model, frozen vs trained features",
+        "paper": KEY,
+        "seed": 0,
+        "model": {"name": "random_features", "width": widths[0], "activation": "relu", "features": "frozen"},
+        "data": {"name": "random_features", "n_train": n, "n_test": 128, "seed": 0, "n_features": n_features},
+        "train": {"optimizer": "sgd", "lr": 0.2, "steps": steps, "batch_size": "full", "loss": "mse"},
+        # the probe is the whole training set: the batch the LNP terms and w_k are measured on
+        "record": {"every": "log", "log_points": 14, "probe": n, "measures": list(RF_MEASURES), "lnp_probes": "exact"},
+        "grid": {"features": ["frozen", "trained"], "width": widths, "seed": seeds},
+    }
+
+
+def _stories(n_train: int, context: int) -> dict[str, Any]:
+    return {"name": "stories", "n_train": n_train, "n_test": 64, "seed": 0, "context": context}
+
+
+def _pixels(n_train: int, levels: int) -> dict[str, Any]:
+    return {"name": "digits_pixels", "n_train": n_train, "n_test": 64, "seed": 0, "levels": levels}
+
+
+def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
+    return {
+        "quick": {
+            "stories": _lm(_stories(2048, 8), [16, 32, 64], [0, 1], steps=300, probe=8, title="TinyTransformer on stories"),
+            "pixels": _lm(_pixels(1200, 4), [16, 32, 64], [0, 1], steps=300, probe=4, title="TinyTransformer on digit pixels"),
+            "rf": _rf([16, 128], [0, 1, 2, 3], n=128, steps=2000),
+        },
+        # the test suite's size
+        "test": {
+            "stories": _lm(_stories(256, 4), [8, 16], [0], steps=40, probe=4, title="TinyTransformer on stories"),
+            "rf": _rf([16, 64], [0, 1], n=64, steps=300),
+        },
+        # as close to the paper as 2 CPU cores allow (see docs/papers/reach.md)
+        "full": {
+            "stories": _lm(_stories(8192, 16), [16, 32, 64, 128], [0, 1, 2], steps=3000, probe=16, title="TinyTransformer on stories"),
+            "pixels": _lm(_pixels(1500, 8), [16, 32, 64, 128], [0, 1, 2], steps=3000, probe=8, title="TinyTransformer on digit pixels"),
+            "rf": _rf([16, 64, 256, 1024], list(range(5)), n=256, steps=10000),
+        },
+    }  # fmt: skip
+
+
+#: name -> experiment -> sweep config (``quick``, ``test`` and ``full``)
+CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
+
+
+def configs(name: str = "quick") -> dict[str, dict[str, Any]]:
+    """A deep copy of the sweep configs of ``name`` (``"quick"``, ``"test"``, ``"full"``).
+
+    >>> sorted(configs("quick"))
+    ['pixels', 'rf', 'stories']
+    >>> configs("quick")["rf"]["grid"]["features"]
+    ['frozen', 'trained']
+    """
+    return _base.pick_config(CONFIGS, name)
+
+
+# =========================================================================== run
+
+
+def run_cubes(
+    out: str | os.PathLike[str],
+    config: str | Mapping[str, Mapping[str, Any]] = "quick",
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the experiments of ``config`` (a name of :data:`CONFIGS` or such a dict) under
+    ``out`` (``out/runs-<experiment>``, resumable) and return ``{experiment: cube}``."""
+    cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
+    return _base.run_experiments(out, cfgs, workers=workers, scheduler=scheduler, client=client, progress=progress)
+
+
+#: ``{experiment: cube}`` of ``out/reach.nc`` or ``data/reach_quick.nc``
+open_cubes = cube_mod.open_many
+
+
+def run(
+    out: str | os.PathLike[str],
+    quick: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    *,
+    config: str | Mapping[str, Mapping[str, Any]] | None = None,
+    formats: Sequence[str] = ("png", "svg", "html"),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``ntkbench reproduce reach``: run the experiments, export every figure and the
+    summary; return ``{experiment: cube}`` (files as in :func:`ntkbench.papers._base.reproduce`)."""
+    return _base.reproduce(
+        sys.modules[__name__],
+        out,
+        config,
+        quick=quick,
+        workers=workers,
+        scheduler=scheduler,
+        formats=formats,
+        progress=progress,
+    )
+
+
+# =========================================================================== shared by the figures
+
+
+def _config(ds: Any) -> dict[str, Any]:
+    try:
+        return json.loads(ds.attrs.get("config", "{}"))
+    except (TypeError, ValueError):
+        return {}
+
+
+@functools.cache
+def _model_info(model_json: str, data_json: str) -> tuple[int, int]:
+    """(parameters, sequence length) of the model and data a run config builds (shapes
+    only, no random draws)."""
+    import equinox as eqx
+    import jax
+
+    from ntkbench.data import load
+    from ntkbench.models import make_model
+
+    data = json.loads(data_json)
+    options = {k: v for k, v in data.items() if k not in ("name", "n_train", "n_test", "seed")}
+    ds = load(data["name"], 1, 0, seed=0, **options)
+    model = eqx.filter_eval_shape(
+        lambda: make_model(json.loads(model_json), key=jax.random.key(0), in_shape=ds.in_shape, out_size=ds.n_outputs)
+    )
+    leaves = [x for x in jax.tree_util.tree_leaves(model) if np.issubdtype(x.dtype, np.inexact)]
+    return int(sum(np.prod(x.shape) for x in leaves)), int(ds.in_shape[0]) if ds.task == "next_token" else 1
+
+
+def _info(ds: Any, width: int) -> tuple[int, int]:
+    cfg = _config(ds)
+    model = {**cfg.get("model", {}), "width": int(width)}
+    return _model_info(json.dumps(model, sort_keys=True), json.dumps(cfg.get("data", {}), sort_keys=True))
+
+
+def n_params(ds: Any, width: int) -> int:
+    """Parameters of the cube's model at ``width`` (every parameter: embeddings included)."""
+    return _info(ds, width)[0]
+
+
+def tokens_per_step(ds: Any, width: int) -> int:
+    """Training tokens per optimizer step: batch size × sequence length."""
+    batch = _config(ds).get("train", {}).get("batch_size", 1)
+    return int(batch) * _info(ds, width)[1]
+
+
+def compute(ds: Any, width: int) -> np.ndarray:
+    """Training compute 6·N·D (FLOPs) at every recorded step of width ``width``: N the
+    model's parameters, D the tokens seen (step × batch × sequence length)."""
+    return 6.0 * n_params(ds, width) * tokens_per_step(ds, width) * np.asarray(ds["step"].values, float)
+
+
+def median_index(weights: Any) -> np.ndarray:
+    """The median eigen-index of spectral weights w_k (last axis, index 0 = largest
+    eigenvalue): the first k with Σ_{j≤k} w_j ≥ ½ of Σ w (NaN where the weights are NaN).
+
+    >>> median_index(np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])).tolist()
+    [0.0, 2.0]
+    """
+    w = np.asarray(weights, float)
+    total = np.sum(w, axis=-1, keepdims=True)
+    cum = np.cumsum(w, axis=-1) / np.where(total > 0, total, np.nan)
+    out = np.sum(cum < 0.5, axis=-1).astype(float)
+    return np.where(np.isfinite(total[..., 0]) & (total[..., 0] > 0), out, np.nan)
+
+
+def _data_note(ds: Any) -> str:
+    cfg = _config(ds)
+    d, m, t = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
+    rec = cfg.get("record", {})
+    if m.get("name") == "transformer":
+        extra = f"context {d.get('context')}" if d.get("name") == "stories" else f"{d.get('levels')} grey levels"
+        return (
+            f"{d.get('name')}, {d.get('n_train')} sequences, {extra}; TinyTransformer {m.get('layers')} layer; "
+            f"{t.get('optimizer')} lr {t.get('lr')}, batch {t.get('batch_size')}; probe batch {rec.get('probe')}"
+        )
+    return (
+        f"{d.get('name')} ({d.get('n_features')} features), N = {d.get('n_train')}; {t.get('optimizer')} "
+        f"lr {t.get('lr')}, full batch; probe = training set"
+    )
+
+
+def _seed_text(seed: Any) -> str:
+    return {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
+
+
+def _check(name: str, value: Any, table: Mapping[str, Any] | Sequence[Any]) -> None:
+    if value not in table:
+        raise ValueError(f"{name} must be one of {list(table)}, got {value!r}")
+
+
+def _need(cubes: Mapping[str, Any], exp: str) -> Any:
+    if exp not in cubes:
+        raise ValueError(f"this figure needs the {exp!r} cube; cubes are {sorted(cubes)}")
+    return cubes[exp]
+
+
+def _width_colors(widths: Sequence[int]) -> dict[int, str]:
+    cols = plots.palette(max(len(widths), 2), "Viridis256")
+    return {int(w): c for w, c in zip(widths, cols[: len(widths)], strict=True)}
+
+
+def _fit_mask(steps: np.ndarray, fit_from: float) -> np.ndarray:
+    """Recorded steps a fit uses: step ≥ ``fit_from`` × the last step (and step ≥ 1)."""
+    return (steps >= max(1.0, fit_from * float(steps.max()))) & (steps >= 1)
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if ok.sum() < 3:
+        return None
+    return plots.power_law_fit(x[ok], y[ok])
+
+
+def _frontier(points: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The lower envelope of (compute, loss) curves: at each compute the lowest loss any
+    model reached by then."""
+    x = np.concatenate([p[0] for p in points])
+    y = np.concatenate([p[1] for p in points])
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    if not ok.any():
+        return np.array([]), np.array([])
+    order = np.argsort(x[ok])
+    xs, ys = x[ok][order], np.minimum.accumulate(y[ok][order])
+    keep = np.concatenate([[True], np.diff(ys) < 0])  # the points where the envelope drops
+    return xs[keep], ys[keep]
+
+
+# =========================================================================== F-d1
+
+
+def fig_d1_data(
+    cubes: Mapping[str, Any], *, data_set: str = "stories", seed: Any = "mean", fit_from: float = 0.1
+) -> FigureData:
+    """Figure data of F-d1: panel ``"d1-loss"`` (training loss against compute 6·N·D per
+    width, with power-law fits L = a·C^b per width and of the compute frontier, dashed) and
+    panel ``"d1-pos"`` (χ_pos against compute per width). Fits use the recorded steps ≥
+    ``fit_from`` × the last step, on the seed mean."""
+    _check("data_set", data_set, LM_SETS)
+    ds = _need(cubes, data_set)
+    mode = plots.seed_mode(seed, ds)
+    widths = [int(w) for w in ds["width"].values]
+    colors = _width_colors(widths)
+    steps = np.asarray(ds["step"].values, float)
+    fit_at = _fit_mask(steps, fit_from)
+    data = plots.figure_data(
+        "F-d1",
+        f"<b>F-d1 scaling laws and spectral position</b> — {LM_SETS[data_set]}; {_data_note(ds)}; "
+        f"{_seed_text(seed)}; dashed: power-law fits L = a·C^b (steps ≥ {fit_from:g} × last), black: the compute frontier",
+    )
+    fits: dict[str, list] = {"xs": [], "ys": [], "color": [], "label": []}
+    curves = []
+    for key, var, log_y in (("d1-loss", "loss", True), ("d1-pos", "spectral_position", True)):
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        for w in widths:
+            c = compute(ds, w)
+            da = ds[var].sel(width=w)
+            traces = plots.seed_traces(da, mode)
+            label = f"width {w} ({plots.si_text(n_params(ds, w), '{:.0f}')} params)"
+            if key == "d1-loss":
+                mean = np.asarray(da.mean("seed").values if "seed" in da.dims else da.values, float)
+                curves.append((c[fit_at], mean[fit_at]))
+                f = _fit(c[fit_at], mean[fit_at])
+                if f is not None:
+                    a, b, r2 = f
+                    label += f": b = {b:+.3f}, R² {r2:.2f}"
+                    xf = c[fit_at]
+                    fits["xs"].append(xf.tolist())
+                    fits["ys"].append((a * xf**b).tolist())
+                    fits["color"].append(colors[w])
+                    fits["label"].append(label)
+            plots.add_series(lines, bands, c, traces, colors[w], label, log_y=log_y)
+        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+    fx, fy = _frontier(curves) if curves else (np.array([]), np.array([]))
+    f = _fit(fx, fy)
+    if f is not None:
+        a, b, r2 = f
+        fits["xs"].append(fx.tolist())
+        fits["ys"].append((a * fx**b).tolist())
+        fits["color"].append("#111111")
+        fits["label"].append(f"frontier: b = {b:+.3f}, R² {r2:.2f}")
+    data["sources"]["d1-loss-fits"] = fits
+    plots.set_panel(
+        data,
+        "d1-loss",
+        f"training loss vs compute ({fits['label'][-1] if f is not None else 'no frontier fit'})",
+        "compute 6·N·D [FLOP]",
+        "training loss (cross-entropy)",
+        log_x=True,
+        log_y=True,
+    )
+    plots.set_panel(
+        data,
+        "d1-pos",
+        "spectral position vs compute",
+        "compute 6·N·D [FLOP]",
+        "χ_pos (probe batch)",
+        log_x=True,
+        log_y=True,
+    )
+    data["panels"], data["legend"] = [["d1-loss"], ["d1-pos"]], ["d1-loss", "d1-pos"]
+    return data
+
+
+def build_d1(data: FigureData, panel_size: tuple[int, int] = (720, 330)) -> Any:
+    """The F-d1 layout: lines with seed bands, dashed fit lines on the loss panel."""
+    from bokeh.models import ColumnDataSource
+
+    def draw(fig: Any, key: str) -> None:
+        plots.lines_and_bands(fig, data, key, legend=True)
+        if key == "d1-loss":
+            src = ColumnDataSource(dict(data["sources"]["d1-loss-fits"]), name="d1-loss-fits")
+            fig.multi_line("xs", "ys", source=src, line_color="color", line_dash="dashed", line_width=1.6)
+        plots.panel_style(fig, legend=True, location="bottom_left")
+        fig.add_layout(fig.legend[0], "right")
+        fig.width += 300
+
+    return plots.panel_grid(data, draw, panel_size=panel_size, name="F-d1")
+
+
+# =========================================================================== F-d2
+
+
+def _rf_series(ds: Any) -> list[tuple[str, int, str, bool]]:
+    """(features, width, label, light) of every random-feature series: trained dark,
+    frozen light; small width thin."""
+    out = []
+    for feat in ds["features"].values.tolist():
+        for w in ds["width"].values.tolist():
+            out.append((feat, int(w), f"{FEATURES.get(feat, (feat,))[0]}, width {int(w)}", False))
+    return out
+
+
+def _rf_colors(ds: Any) -> dict[tuple[str, int], str]:
+    widths = [int(w) for w in ds["width"].values]
+    out = {}
+    for feat in ds["features"].values.tolist():
+        base = FEATURES.get(feat, (feat, "#555555"))[1]
+        for i, w in enumerate(widths):
+            amount = 0.6 * (1 - i / max(len(widths) - 1, 1))  # the smallest model lightest
+            out[(feat, w)] = plots.lighten(base, amount)
+    return out
+
+
+def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: Any = "mean") -> FigureData:
+    """Figure data of F-d2: the LNP terms χ_loss, χ_net, χ_pos, ‖∇L‖² against step + 1
+    (panels ``"d2-chi_loss"`` ...), one line per model size, and ``"d2-identity"``: the
+    product χ_loss·χ_net·χ_pos over the measured ‖∇L‖² (1 = the identity holds). On
+    ``lnp_data="rf"`` the product uses χ_pos from the eigendecomposition, an independent
+    check; on the language models χ_pos is the kernel-free ratio and the product checks
+    round-off only."""
+    _check("lnp_data", lnp_data, [*LM_SETS, "rf"])
+    ds = _need(cubes, lnp_data)
+    mode = plots.seed_mode(seed, ds)
+    x = np.asarray(ds["step"].values, float) + 1.0
+    if lnp_data == "rf":
+        colors = _rf_colors(ds)
+        series = [(ds.sel(features=f, width=w), colors[(f, w)], lab) for f, w, lab, _ in _rf_series(ds)]
+        pos_var = "spectral_position_eig" if "spectral_position_eig" in ds else "spectral_position"
+        name = "random-feature model"
+    else:
+        colors_w = _width_colors([int(w) for w in ds["width"].values])
+        series = [(ds.sel(width=w), colors_w[int(w)], f"width {int(w)}") for w in ds["width"].values]
+        pos_var = "spectral_position"
+        name = LM_SETS[lnp_data]
+    check = (
+        "χ_pos from the eigendecomposition (independent)"
+        if pos_var == "spectral_position_eig"
+        else "kernel-free χ_pos (round-off check)"
+    )
+    se = ""
+    if "chi_net_se" in ds and float(ds["chi_net_se"].max()) > 0:
+        rel = float(np.nanmax((ds["chi_net_se"] / ds["chi_net"]).values))
+        se = f"; χ_net by Hutchinson, relative standard error ≤ {100 * rel:.0f} %"
+    data = plots.figure_data(
+        "F-d2",
+        f"<b>F-d2 the LNP terms</b> — {name}; {_data_note(ds)}; {_seed_text(seed)}; identity panel: "
+        f"χ_loss·χ_net·χ_pos / ‖∇L‖² with {check}{se}",
+    )
+    keys = []
+    for var, label in (*LNP_TERMS.items(), ("identity", "χ_loss·χ_net·χ_pos / ‖∇L‖²")):
+        key = f"d2-{var}"
+        keys.append(key)
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        log_y = var != "identity"
+        for sub, color, lab in series:
+            if var == "identity":
+                da = sub["chi_loss"] * sub["chi_net"] * sub[pos_var] / sub["grad_norm_sq"]
+            else:
+                da = sub[var]
+            plots.add_series(lines, bands, x, plots.seed_traces(da, mode), color, lab, log_y=log_y)
+        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+        plots.set_panel(data, key, label, "step + 1", label, log_x=True, log_y=log_y)
+    data["panels"] = [keys[:3], keys[3:]]
+    data["legend"] = ["d2-chi_loss"]
+    data["legend_location"] = "bottom_left"
+    return data
+
+
+def build_lines(data: FigureData, panel_size: tuple[int, int] = (400, 300)) -> Any:
+    """F-d2 / F-d3 layouts: lines with bands in each panel, markers where the figure data
+    has spans, legends in ``data["legend"]``."""
+    return plots.line_grid(data, panel_size=panel_size, name=str(data["layout"]), legend_location="bottom_left")
+
+
+# =========================================================================== F-d3
+
+
+def fig_d3_data(
+    cubes: Mapping[str, Any], *, seed: Any = "mean", width: Any = "all", step: int | None = None
+) -> FigureData:
+    """Figure data of F-d3 from the ``rf`` cube: training loss, χ_net and χ_pos against
+    step + 1 (panels ``"d3-loss"``, ``"d3-chi_net"``, ``"d3-pos"``), frozen features
+    (blue) and trained features (orange) side by side, every model size or one ``width``;
+    a dashed marker at ``step``."""
+    ds = _need(cubes, "rf")
+    mode = plots.seed_mode(seed, ds)
+    widths = [int(w) for w in ds["width"].values]
+    if width != "all":
+        _check("width", int(width), widths)
+    colors = _rf_colors(ds)
+    x = np.asarray(ds["step"].values, float) + 1.0
+    data = plots.figure_data(
+        "F-d3",
+        f"<b>F-d3 frozen vs trained features</b> — same data, same initial features, same steps; {_data_note(ds)}; "
+        f"{_seed_text(seed)}; darker = more random features",
+    )
+    data["spans"] = {}
+    for key, var, label in (
+        ("d3-loss", "loss", "training loss (MSE)"),
+        ("d3-chi_net", "chi_net", "χ_net = Tr K/B"),
+        ("d3-pos", "spectral_position", "χ_pos"),
+    ):
+        lines, bands = plots.empty_lines(), plots.empty_bands()
+        for feat, w, lab, _ in _rf_series(ds):
+            if width != "all" and w != int(width):
+                continue
+            plots.add_series(
+                lines,
+                bands,
+                x,
+                plots.seed_traces(ds[var].sel(features=feat, width=w), mode),
+                colors[(feat, w)],
+                lab,
+                log_y=True,
+            )
+        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+        data["spans"][f"{key}-marker"] = None if step is None else step + 1
+        plots.set_panel(data, key, label, "step + 1", label, log_x=True, log_y=True)
+    data["panels"], data["legend"] = [["d3-loss", "d3-chi_net", "d3-pos"]], ["d3-loss"]
+    return data
+
+
+# =========================================================================== F-d4
+
+
+def fig_d4_data(
+    cubes: Mapping[str, Any],
+    *,
+    width: int | None = None,
+    features: str = "frozen",
+    seed: Any = "mean",
+    step: int | None = None,
+) -> FigureData:
+    """Figure data of F-d4 from the ``rf`` cube at one ``width`` (default the smallest) and
+    ``features``: panel ``"d4-weights"``, the residual's spectral weights w_k as a heat map
+    over eigen-index k (x) × recorded step (y; source ``"d4-weights-cells"``, colour
+    mapper ``"d4-mapper"``, log scale), with the median eigen-index of w_k per step
+    (``"d4-weights-median"``); panel ``"d4-pos"``: χ_pos from the eigendecomposition
+    Σ_k (λ_k/Tr K)·w_k (markers) over the kernel-free χ_pos (line) against step + 1.
+    ``seed="mean"`` averages w_k over seeds ("all" shows the mean too)."""
+    ds = _need(cubes, "rf")
+    _check("features", features, ds["features"].values.tolist())
+    widths = [int(w) for w in ds["width"].values]
+    width = widths[0] if width is None else int(width)
+    _check("width", width, widths)
+    mode = plots.seed_mode(seed, ds)
+    sub = ds.sel(width=width, features=features)
+    wk = sub["residual_weights"]
+    wk = (
+        wk.mean("seed")
+        if mode in ("mean", "all") and "seed" in wk.dims
+        else (wk.sel(seed=mode) if "seed" in wk.dims else wk)
+    )
+    steps = [int(s) for s in ds["step"].values]
+    vals = np.asarray(wk.transpose("step", "eigen_index").values, float)
+    n_eig = vals.shape[1]
+    vals = np.where(vals > 0, vals, np.nan)
+    low, high = plots.color_range(vals, log=True)
+    low = max(low, high * 1e-8)  # the floor of round-off weights
+    cells: dict[str, list] = {"x": [], "step": [], "step_label": [], "value": []}
+    for i, s in enumerate(steps):
+        for k in range(n_eig):
+            cells["x"].append(k + 1)
+            cells["step"].append(s)
+            cells["step_label"].append(str(s))
+            cells["value"].append(float(vals[i, k]))
+    med = median_index(np.nan_to_num(np.asarray(wk.transpose("step", "eigen_index").values, float)))
+    data = plots.figure_data(
+        "F-d4",
+        f"<b>F-d4 the spectrum behind the position</b> — {FEATURES[features][0]}, width {width}; {_data_note(ds)}; "
+        f"{'w_k averaged over seeds' if mode in ('mean', 'all') else f'seed {mode}'}; white: the median eigen-index of w_k",
+    )
+    data["sources"]["d4-weights-cells"] = cells
+    data["sources"]["d4-weights-median"] = {"x": (med + 1).tolist(), "step_label": [str(s) for s in steps]}
+    data["ranges"] = {"d4-mapper": [low, high]}
+    data["layout"] = {"name": "F-d4", "steps": [str(s) for s in steps], "n_eig": n_eig}
+    x = np.asarray(steps, float) + 1.0
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    plots.add_series(
+        lines, bands, x, plots.seed_traces(sub["spectral_position"], mode), "#444444", "kernel-free χ_pos", log_y=True
+    )
+    pos_eig = sub["spectral_position_eig"]
+    pts: dict[str, list] = {"x": [], "y": []}
+    for y, _ in plots.seed_traces(pos_eig, mode):
+        ok = plots.finite_mask(x, y, True, True)
+        pts["x"] += x[ok].tolist()
+        pts["y"] += y[ok].tolist()
+    data["sources"]["d4-pos-lines"], data["sources"]["d4-pos-bands"] = lines, bands
+    data["sources"]["d4-pos-points"] = pts
+    data["spans"] = {"d4-pos-marker": None if step is None else step + 1}
+    plots.set_panel(
+        data,
+        "d4-weights",
+        "residual spectral weights w_k = (v_k·u)²/‖u‖²",
+        "eigen-index k (1 = largest λ)",
+        "step",
+        log_x=False,
+        log_y=False,
+    )
+    plots.set_panel(
+        data, "d4-pos", "χ_pos: eigenpairs (dots) vs kernel-free (line)", "step + 1", "χ_pos", log_x=True, log_y=True
+    )
+    data["panels"], data["legend"] = [["d4-weights", "d4-pos"]], ["d4-pos"]
+    return data
+
+
+def build_d4(data: FigureData) -> Any:
+    """The F-d4 layout: the w_k heat map with its colour bar and median line, and the χ_pos
+    panel."""
+    from bokeh.layouts import column, row
+    from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool
+    from bokeh.plotting import figure
+
+    steps = list(data["layout"]["steps"])
+    n_eig = int(data["layout"]["n_eig"])
+    lo, hi = data["ranges"]["d4-mapper"]
+    mapper = plots.color_mapper(lo, hi, log=True, name="d4-mapper")
+    fig: Any = figure(
+        title=data["titles"]["d4-weights"],
+        x_range=(0.5, n_eig + 0.5),
+        y_range=FactorRange(factors=steps),
+        x_axis_label=data["x_labels"]["d4-weights"],
+        y_axis_label=data["y_labels"]["d4-weights"],
+        width=560,
+        height=380,
+        tools="save,pan,wheel_zoom,reset",
+        name="d4-weights",
+    )
+    cells = ColumnDataSource(dict(data["sources"]["d4-weights-cells"]), name="d4-weights-cells")
+    heat = fig.rect(
+        "x", "step_label", 1, 1, source=cells, fill_color={"field": "value", "transform": mapper}, line_color=None
+    )
+    med = ColumnDataSource(dict(data["sources"]["d4-weights-median"]), name="d4-weights-median")
+    fig.line("x", "step_label", source=med, line_color="white", line_width=2)
+    fig.scatter("x", "step_label", source=med, color="white", size=6, line_color="black")
+    fig.add_tools(
+        HoverTool(
+            renderers=[heat],
+            tooltips=[("k", "@x"), ("step", "@step_label"), ("w_k", "@value{%0.3g}")],
+            formatters={"@value": "printf"},
+        )
+    )
+    fig.add_layout(ColorBar(color_mapper=mapper, width=12, title="w_k"), "right")
+    plots.style(fig)
+    fig.title.text_font_size = "11pt"
+    fig.grid.grid_line_color = None
+    log_x, log_y = data["scales"]["d4-pos"]
+    pos = plots.panel(
+        "d4-pos",
+        data["titles"]["d4-pos"],
+        data["x_labels"]["d4-pos"],
+        data["y_labels"]["d4-pos"],
+        log_x,
+        log_y,
+        440,
+        380,
+    )
+    plots.lines_and_bands(pos, data, "d4-pos", legend=True)
+    pts = ColumnDataSource(dict(data["sources"]["d4-pos-points"]), name="d4-pos-points")
+    pos.scatter("x", "y", source=pts, color="#c2410c", size=7, legend_label="χ_pos from eigenpairs")
+    plots.step_marker(pos, "d4-pos-marker", data["spans"]["d4-pos-marker"])
+    plots.panel_style(pos, legend=True, location="bottom_left")
+    head = plots.header(data["header"], fig.width + pos.width)
+    return column(head, row(fig, pos), name="F-d4")
+
+
+# =========================================================================== figures and controls
+
+
+def controls(cubes: Mapping[str, Any]) -> list[Control]:
+    """The Workbench's controls: ``data_set`` (F-d1's language-model data), ``lnp_data``
+    (F-d2: a language model or the random-feature model), ``seed`` (mean ± std, every seed,
+    one), ``fit_from`` (F-d1's fit range), ``rf_width`` (F-d3: every size or one),
+    ``width`` and ``features`` (F-d4), ``step`` (F-d3/F-d4 marker)."""
+    lm = [k for k in LM_SETS if k in cubes]
+    first = cubes[lm[0]] if lm else cubes.get("rf")
+    seeds = [int(s) for s in first["seed"].values] if first is not None and "seed" in first.dims else []
+    ctls = [
+        Control("data_set", "toggle", lm[0] if lm else "stories", [(k, k) for k in lm] or ["stories"], description="data", button_width="90px"),
+        Control("lnp_data", "toggle", lm[0] if lm else "rf", [*lm, *(["rf"] if "rf" in cubes else [])], description="F-d2", button_width="90px"),
+        seed_control(seeds),
+        Control("fit_from", "dropdown", 0.1, [("fit: steps ≥ 1", 0.0), ("fit: ≥ 1 % of last", 0.01), ("fit: ≥ 10 % of last", 0.1), ("fit: ≥ 30 % of last", 0.3)], description="fit"),
+    ]  # fmt: skip
+    if "rf" in cubes:
+        rf = cubes["rf"]
+        widths = [int(w) for w in rf["width"].values]
+        ctls += [
+            Control("rf_width", "dropdown", "all", [("every size", "all")] + [(f"width {w}", w) for w in widths], description="F-d3"),
+            Control("width", "dropdown", widths[0], [(f"width {w}", w) for w in widths], description="F-d4"),
+            Control("features", "toggle", "frozen", [(FEATURES[f][0], f) for f in rf["features"].values.tolist()], button_width="120px"),
+            step_control([int(s) for s in rf["step"].values]),
+        ]  # fmt: skip
+    return ctls
+
+
+def _has(*names: str) -> Any:
+    return lambda cubes: all(n in cubes for n in names)
+
+
+def _any_lm(cubes: Mapping[str, Any]) -> bool:
+    return any(k in cubes for k in LM_SETS)
+
+
+def _seed(cubes: Mapping[str, Any], exp: str, seed: Any) -> Any:
+    """The seed setting where the cube has it, else the mean (experiments differ in seeds)."""
+    if seed in ("mean", "all") or exp not in cubes or "seed" not in cubes[exp].dims:
+        return seed
+    return seed if seed in cubes[exp]["seed"].values.tolist() else "mean"
+
+
+#: the figures, each drawn when its experiment's cube is there
+FIGURES: list[FigureSpec] = [
+    FigureSpec(
+        "F-d1",
+        lambda c, s: fig_d1_data(c, data_set=s["data_set"], seed=_seed(c, s["data_set"], s["seed"]), fit_from=s["fit_from"]),
+        build_d1,
+        (("data_set", "seed", "fit_from"),),
+        available=_any_lm,
+    ),
+    FigureSpec(
+        "F-d2",
+        lambda c, s: fig_d2_data(c, lnp_data=s["lnp_data"], seed=_seed(c, s["lnp_data"], s["seed"])),
+        build_lines,
+        (("lnp_data", "seed"),),
+        available=lambda c: _any_lm(c) or "rf" in c,
+    ),
+    FigureSpec(
+        "F-d3",
+        lambda c, s: fig_d3_data(c, seed=_seed(c, "rf", s["seed"]), width=s["rf_width"], step=s.get("step")),
+        build_lines,
+        (("rf_width", "seed"), ("step",)),
+        available=_has("rf"),
+    ),
+    FigureSpec(
+        "F-d4",
+        lambda c, s: fig_d4_data(c, width=s["width"], features=s["features"], seed=_seed(c, "rf", s["seed"]), step=s.get("step")),
+        build_d4,
+        (("width", "features", "seed"), ("step",)),
+        available=_has("rf"),
+    ),
+]  # fmt: skip
+
+
+def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings ``reproduce`` draws the figures at: the controls' defaults without a
+    step marker."""
+    return {**_base.settings_of(controls(cubes)), "step": None}
+
+
+def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+    """``{"F-d1": ..., ..., "F-d4": ...}`` at :func:`defaults` (``kw`` overrides settings)."""
+    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
+
+
+# =========================================================================== summary
+
+
+def _r(v: Any, nd: int = 5) -> Any:
+    v = float(v)
+    return round(v, nd) if np.isfinite(v) else None
+
+
+def _sig(v: Any, digits: int = 4) -> Any:
+    v = float(v)
+    return float(f"{v:.{digits}g}") if np.isfinite(v) else None
+
+
+def _per_seed(da: Any) -> list[float]:
+    return [_sig(v) for v in np.atleast_1d(np.asarray(da.values, float))]
+
+
+def _early_index(steps: np.ndarray) -> int:
+    """The "early" record: the first recorded step ≥ 1 (step 0 is the initialization)."""
+    idx = np.flatnonzero(steps >= 1)
+    return int(idx[0]) if idx.size else 0
+
+
+def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]:
+    """The numbers the claims rest on, as a JSON-able dict.
+
+    - ``scaling[data_set]``: per width the parameter count, the final loss per seed, the
+      power-law fit of the seed-mean loss against compute (exponent ``b``, ``r2``; steps ≥
+      ``fit_from`` × last), χ_pos early (first step ≥ 1) and at the end per seed; the fit of
+      the compute frontier; whether the largest model ends with lower loss than the
+      smallest (``largest_lower_loss``) and lower χ_pos (``largest_lower_pos``, reported);
+      the identity's largest relative error;
+    - ``rf``: per features and width, the loss ratio end / at 10 % of the steps (per
+      seed; near 1 = a plateau), χ_net at the start and the end, χ_pos early and at the
+      end, the median eigen-index of w_k early and at the end, and the largest relative
+      difference of χ_pos from the eigenpairs and the kernel-free χ_pos.
+    """
+    out: dict[str, Any] = {
+        "note": "compute C = 6·N·D (N every parameter, D tokens seen); early = first recorded step ≥ 1"
+    }
+    scaling: dict[str, Any] = {}
+    for key in LM_SETS:
+        if key not in cubes:
+            continue
+        ds = cubes[key]
+        steps = np.asarray(ds["step"].values, float)
+        early = _early_index(steps)
+        fit_at = _fit_mask(steps, fit_from)
+        per: dict[str, Any] = {}
+        curves = []
+        for w in ds["width"].values.tolist():
+            sub = ds.sel(width=w)
+            c = compute(ds, w)
+            mean = np.asarray(sub["loss"].mean("seed").values if "seed" in sub.dims else sub["loss"].values, float)
+            curves.append((c[fit_at], mean[fit_at]))
+            f = _fit(c[fit_at], mean[fit_at])
+            pos = sub["spectral_position"]
+            per[str(int(w))] = {
+                "n_params": n_params(ds, w),
+                "final_loss": _per_seed(sub["loss"].isel(step=-1)),
+                "fit": None if f is None else {"a": _sig(f[0]), "b": _r(f[1], 4), "r2": _r(f[2], 4)},
+                "pos_early": _per_seed(pos.isel(step=early)),
+                "pos_end": _per_seed(pos.isel(step=-1)),
+                "pos_fell": int(np.sum(np.asarray(pos.isel(step=-1).values) < np.asarray(pos.isel(step=early).values))),
+                "n_seeds": int(sub.sizes.get("seed", 1)),
+            }
+        fx, fy = _frontier(curves)
+        f = _fit(fx, fy)
+        widths = [str(int(w)) for w in ds["width"].values]
+        small, large = per[widths[0]], per[widths[-1]]
+        ident = ds["chi_loss"] * ds["chi_net"] * ds["spectral_position"] / ds["grad_norm_sq"] - 1
+        scaling[key] = {
+            "widths": per,
+            "frontier": None if f is None else {"a": _sig(f[0]), "b": _r(f[1], 4), "r2": _r(f[2], 4)},
+            "largest_lower_loss": bool(np.mean(large["final_loss"]) < np.mean(small["final_loss"])),
+            "largest_lower_pos": bool(np.mean(large["pos_end"]) < np.mean(small["pos_end"])),
+            "identity_max_rel_error": _sig(float(np.nanmax(np.abs(ident.values)))),
+            "chi_net_rel_se_max": _sig(float(np.nanmax((ds["chi_net_se"] / ds["chi_net"]).values)))
+            if "chi_net_se" in ds
+            else None,
+        }
+    out["scaling"] = scaling
+    if "rf" in cubes:
+        ds = cubes["rf"]
+        steps = np.asarray(ds["step"].values, float)
+        early = _early_index(steps)
+        i10 = int(np.abs(steps - 0.1 * steps.max()).argmin())
+        rf: dict[str, Any] = {}
+        for feat in ds["features"].values.tolist():
+            row: dict[str, Any] = {}
+            for w in ds["width"].values.tolist():
+                sub = ds.sel(features=feat, width=w)
+                loss = sub["loss"]
+                wk = sub["residual_weights"]
+                wk = wk if "seed" in wk.dims else wk.expand_dims("seed")
+                med = median_index(wk.transpose("seed", "step", "eigen_index").values)  # (seed, step)
+                eig_diff = np.abs(sub["spectral_position_eig"] / sub["spectral_position"] - 1)
+                row[str(int(w))] = {
+                    "loss_ratio_late": _per_seed(loss.isel(step=-1) / loss.isel(step=i10)),
+                    "final_loss": _per_seed(loss.isel(step=-1)),
+                    "chi_net_start": _per_seed(sub["chi_net"].isel(step=0)),
+                    "chi_net_end": _per_seed(sub["chi_net"].isel(step=-1)),
+                    "pos_early": _per_seed(sub["spectral_position"].isel(step=early)),
+                    "pos_end": _per_seed(sub["spectral_position"].isel(step=-1)),
+                    "median_k_early": [int(v) for v in med[:, early]],
+                    "median_k_end": [int(v) for v in med[:, -1]],
+                    "pos_eig_max_rel_diff": _sig(float(np.nanmax(eig_diff.values))),
+                }
+            rf[feat] = row
+        out["rf"] = {"steps": int(steps.max()), "loss_ratio_from_step": int(steps[i10]), "runs": rf}
+    return out
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short plain-text report of :func:`summarize`'s numbers."""
+    lines = [TITLE, f"({summary.get('note', '')})", ""]
+    if "run_wall_seconds" in summary:
+        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    for key, s in summary.get("scaling", {}).items():
+        lines.append(f"F-d1 {LM_SETS.get(key, key)}: loss vs compute, power-law fits L = a·C^b")
+        for w, v in s["widths"].items():
+            fit = v["fit"] or {}
+            lines.append(
+                f"  width {w:>4} ({v['n_params']:>7} params): b = {fit.get('b')}, R² = {fit.get('r2')}; final loss "
+                f"{np.mean(v['final_loss']):.4f}; χ_pos early {np.mean(v['pos_early']):.3g} -> end {np.mean(v['pos_end']):.3g} "
+                f"(fell in {v['pos_fell']}/{v['n_seeds']} seeds)"
+            )
+        fr = s["frontier"] or {}
+        lines.append(f"  compute frontier: b = {fr.get('b')}, R² = {fr.get('r2')}")
+        lines.append(
+            f"  largest model ends with lower loss: {s['largest_lower_loss']}; with lower χ_pos (reported, not claimed "
+            f"at this scale): {s['largest_lower_pos']}"
+        )
+        lines.append(
+            f"  identity ‖∇L‖² = χ_loss·χ_net·χ_pos: largest relative error {s['identity_max_rel_error']}; "
+            f"Hutchinson χ_net relative standard error up to {s['chi_net_rel_se_max']}"
+        )
+        lines.append("")
+    if "rf" in summary:
+        r = summary["rf"]
+        lines.append(
+            f"F-d3/F-d4 random-feature model ({r['steps']} steps; loss ratio = loss at the end / at step {r['loss_ratio_from_step']})"
+        )
+        for feat, row in r["runs"].items():
+            for w, v in row.items():
+                lines.append(
+                    f"  {feat:>7} width {w:>4}: loss ratio {np.mean(v['loss_ratio_late']):.3f}, final loss "
+                    f"{np.mean(v['final_loss']):.3g}; χ_net {np.mean(v['chi_net_start']):.3g} -> {np.mean(v['chi_net_end']):.3g}; "
+                    f"χ_pos {np.mean(v['pos_early']):.3g} -> {np.mean(v['pos_end']):.3g}; median k of w_k "
+                    f"{v['median_k_early']} -> {v['median_k_end']}; eigenpair vs kernel-free χ_pos: {v['pos_eig_max_rel_diff']}"
+                )
+    return "\n".join(lines) + "\n"
+
+
+# =========================================================================== widgets
+
+
+class Workbench(_base.Workbench):
+    """Notebook controls for the four figures, on cubes from :func:`open_cubes` (see
+    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
+
+    >>> wb = Workbench(open_cubes("../data/reach_quick.nc"))  # doctest: +SKIP
+    >>> wb.view("F-d1")                                         # doctest: +SKIP
+    """
+
+    def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
+        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+
+
+def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweep config of :class:`RerunPanel`'s settings: the quick ``stories`` or
+    ``pixels`` experiment (``data_set``) with the chosen ``widths`` (multiples of 4: four
+    heads), ``seeds`` (0 … seeds-1), training ``steps`` and learning rate ``lr``."""
+    _check("data_set", settings["data_set"], LM_SETS)
+    cfg = configs("quick")[settings["data_set"]]
+    widths = parse_ints(settings["widths"], "widths")
+    bad = [w for w in widths if w % 4]
+    if bad:
+        raise ValueError(f"widths must be multiples of 4 (four attention heads), got {bad}")
+    cfg["grid"] = {"width": widths, "seed": list(range(int(settings["seeds"])))}
+    cfg["train"]["steps"] = int(settings["steps"])
+    cfg["train"]["lr"] = float(settings["lr"])
+    return cfg
+
+
+def _show_d1(cube: Any) -> Any:
+    from jupyter_bokeh import BokehModel
+
+    key = "pixels" if _config(cube).get("data", {}).get("name") == "digits_pixels" else "stories"
+    return BokehModel(build_d1(fig_d1_data({key: cube}, data_set=key)))
+
+
+class RerunPanel(_base.RerunPanel):
+    """Rerun the quick language-model experiment with chosen settings
+    (:func:`rerun_config`), with a progress bar, and show F-d1 of the result; one run at a
+    time."""
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str] = "runs/reach-rerun",
+        *,
+        data_set: str = "stories",
+        widths: str = "16, 32",
+        seeds: int = 1,
+        steps: int = 200,
+        lr: float = 3e-3,
+    ):
+        ctls = [
+            Control("data_set", "toggle", data_set, list(LM_SETS), description="data", button_width="80px"),
+            int_list_control("widths", widths),
+            Control("seeds", "int", seeds, bounds=(1, 20)),
+            Control("steps", "int", steps, bounds=(1, 100_000)),
+            Control("lr", "float", lr, bounds=(1e-6, 10.0)),
+        ]
+        layout = [["data_set"], ["widths", "seeds"], ["steps", "lr"]]
+        super().__init__(rerun_config, ctls, out, layout=layout, show=_show_d1)

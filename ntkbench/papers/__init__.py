@@ -103,7 +103,7 @@ Example
 -------
 >>> from ntkbench.papers import REGISTRY, get
 >>> sorted(REGISTRY)
-['collective', 'data', 'scaling']
+['collective', 'data', 'reach', 'scaling']
 >>> cubes = get("collective").run("runs/collective", quick=True)  # doctest: +SKIP
 """
 

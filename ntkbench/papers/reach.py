@@ -687,7 +687,7 @@ def build_d4(data: FigureData) -> Any:
     """The F-d4 layout: the w_k heat map with its colour bar and median line, and the χ_pos
     panel."""
     from bokeh.layouts import column, row
-    from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool
+    from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, Range1d
     from bokeh.plotting import figure
 
     steps = list(data["layout"]["steps"])
@@ -696,7 +696,7 @@ def build_d4(data: FigureData) -> Any:
     mapper = plots.color_mapper(lo, hi, log=True, name="d4-mapper")
     fig: Any = figure(
         title=data["titles"]["d4-weights"],
-        x_range=(0.5, n_eig + 0.5),
+        x_range=Range1d(start=0.5, end=n_eig + 0.5),
         y_range=FactorRange(factors=steps),
         x_axis_label=data["x_labels"]["d4-weights"],
         y_axis_label=data["y_labels"]["d4-weights"],

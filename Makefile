@@ -80,6 +80,8 @@ data: $(VENV)/.stamp-test
 	cp runs/data-quick/data.nc data/data_quick.nc
 	OMP_NUM_THREADS=1 $(VENV)/bin/ntkbench reproduce scaling --quick --out runs/scaling-quick
 	cp runs/scaling-quick/scaling.nc data/scaling_quick.nc
+	OMP_NUM_THREADS=1 $(VENV)/bin/ntkbench reproduce reach --quick --out runs/reach-quick
+	cp runs/reach-quick/reach.nc data/reach_quick.nc
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

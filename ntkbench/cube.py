@@ -456,6 +456,8 @@ def combine(items: Iterable[Any], *, attrs: Mapping[str, str] | None = None) -> 
     for name in combined.coords:
         if name in COORDS and "long_name" not in combined[name].attrs:
             combined[name].attrs.update(var_attrs(str(name)))
+        if combined[name].dtype.kind in "US":  # one run's string width (e.g. <U6) would truncate longer labels on save
+            combined[name].encoding.pop("dtype", None)
     return combined
 
 

@@ -522,23 +522,26 @@ def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: An
         se = f"; χ_net by Hutchinson, relative standard error ≤ {100 * rel:.0f} %"
     data = plots.figure_data(
         "F-d2",
-        f"<b>F-d2 the LNP terms</b> — {name}; {_data_note(ds)}; {_seed_text(seed)}; identity panel: "
-        f"χ_loss·χ_net·χ_pos / ‖∇L‖² with {check}{se}",
+        f"<b>F-d2 the LNP terms</b> — {name}; {_data_note(ds)}; {_seed_text(seed)}; identity panel with {check}{se}",
     )
     keys = []
-    for var, label in (*LNP_TERMS.items(), ("identity", "χ_loss·χ_net·χ_pos / ‖∇L‖²")):
+    identity = "|χ_loss·χ_net·χ_pos / ‖∇L‖² − 1|"
+    for var, label in (*LNP_TERMS.items(), ("identity", identity)):
         key = f"d2-{var}"
         keys.append(key)
         lines, bands = plots.empty_lines(), plots.empty_bands()
-        log_y = var != "identity"
         for sub, color, lab in series:
-            if var == "identity":
-                da = sub["chi_loss"] * sub["chi_net"] * sub[pos_var] / sub["grad_norm_sq"]
+            if var == "identity":  # the relative error of the identity, floored where it is exactly 0
+                da = abs(sub["chi_loss"] * sub["chi_net"] * sub[pos_var] / sub["grad_norm_sq"] - 1).clip(min=1e-9)
+                traces = [(y, None) for y, _ in plots.seed_traces(da, mode)]  # round-off has no meaningful band
             else:
-                da = sub[var]
-            plots.add_series(lines, bands, x, plots.seed_traces(da, mode), color, lab, log_y=log_y)
+                traces = plots.seed_traces(sub[var], mode)
+            plots.add_series(lines, bands, x, traces, color, lab, log_y=True)
         data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
-        plots.set_panel(data, key, label, "step + 1", label, log_x=True, log_y=log_y)
+        title = f"identity: {identity} (floor 1e-9)" if var == "identity" else label
+        plots.set_panel(
+            data, key, title, "step + 1", "relative error" if var == "identity" else label, log_x=True, log_y=True
+        )
     data["panels"] = [keys[:3], keys[3:]]
     data["legend"] = ["d2-chi_loss"]
     data["legend_location"] = "bottom_left"

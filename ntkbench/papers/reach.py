@@ -538,9 +538,15 @@ def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: An
                 traces = plots.seed_traces(sub[var], mode)
             plots.add_series(lines, bands, x, traces, color, lab, log_y=True)
         data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
-        title = f"identity: {identity} (floor 1e-9)" if var == "identity" else label
+        title = f"identity {identity}" if var == "identity" else label
         plots.set_panel(
-            data, key, title, "step + 1", "relative error" if var == "identity" else label, log_x=True, log_y=True
+            data,
+            key,
+            title,
+            "step + 1",
+            "relative error (floor 1e-9)" if var == "identity" else label,
+            log_x=True,
+            log_y=True,
         )
     data["panels"] = [keys[:3], keys[3:]]
     data["legend"] = ["d2-chi_loss"]

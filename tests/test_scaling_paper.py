@@ -167,6 +167,21 @@ def test_ntk_gap_to_kernel_regression_shrinks_with_width(cubes):
     assert np.all(np.abs(gap.isel(width=-1).values) < np.abs(gap.isel(width=0).values)), gap.values  # every seed
 
 
+def test_mup_keeps_its_benefit_over_the_kernel_limit_while_ntk_loses_it(shipped):
+    """Against kernel regression with the NTK-parametrization K_0 of the same width and seed
+    (the architecture's kernel limit), µP's benefit stays while NTK parametrization's closes."""
+    ntk = paper.benefit(shipped, "width_ntk", "lazy")
+    mup = paper.benefit(shipped, "width_mup", "lazy")
+    np.testing.assert_array_equal(ntk.values, paper.benefit(shipped, "width_ntk", "own").values)
+    n_wide, m_wide = float(ntk.isel(width=-1).mean()), float(mup.isel(width=-1).mean())
+    assert m_wide > 0.005 and m_wide > 3 * n_wide, (m_wide, n_wide)
+    assert (mup.isel(width=-1) > ntk.isel(width=-1)).all(), (mup.values, ntk.values)  # every seed
+    m = mup.mean("seed").values
+    assert m[-1] > 0.5 * m[0], m  # µP: no more than halved from the narrowest width ...
+    n = ntk.mean("seed").values
+    assert n[-1] < 0.2 * n[0], n  # ... NTK: falls by more than 5×
+
+
 def test_critical_width_is_where_the_fit_crosses_the_tolerance(shipped):
     fit = paper.width_fit(shipped["width_ntk"])
     tol = 0.05
@@ -216,7 +231,7 @@ def test_figure_data_are_the_cube_values(shipped):
     tr = paper.fig_c1_data(shipped, trace="TrK/NC")["sources"]["c1-trace-lines"]
     ref = (shipped["data_mse"]["trace"].isel(step=0) / 32 / 10).mean("seed").values  # Tr K / (N·C)
     np.testing.assert_allclose(tr["ys"][0], ref, rtol=1e-5)
-    c4 = paper.fig_c4_data(shipped)["sources"]["c4-gap-lines"]
+    c4 = paper.fig_c4_data(shipped, baseline="own")["sources"]["c4-gap-lines"]
     gap = (shipped["width_mup"]["kernel_test_loss"] - shipped["width_mup"]["test_loss"]).isel(step=-1).mean("seed")
     np.testing.assert_allclose(dict(zip(c4["label"], c4["ys"], strict=True))["µP, µP-Adam"], gap.values, rtol=1e-5)
     with pytest.raises(ValueError, match="setup"):

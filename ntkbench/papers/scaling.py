@@ -54,6 +54,8 @@ __all__ = [
     "SETUPS",
     "PARAMETRIZATIONS",
     "CHANGES",
+    "BASELINES",
+    "benefit",
     "configs",
     "run",
     "run_cubes",
@@ -126,6 +128,11 @@ CHANGES: dict[str, str] = {
     "entropy_change": "|S_T − S_0| [nat]",
 }
 TOLERANCES = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+#: F-c4's kernel baseline -> what it is
+BASELINES: dict[str, str] = {
+    "lazy": "kernel regression with the NTK-parametrization K_0 (the kernel limit)",
+    "own": "kernel regression with each network's own K_0",
+}
 _PROBE_NOTE = "traced eNTK (sum over the C outputs)"
 
 
@@ -600,19 +607,39 @@ def fig_c3_data(
 # =========================================================================== F-c4
 
 
-def fig_c4_data(cubes: Mapping[str, Any], *, seed: Any = "mean") -> FigureData:
+def _kernel_baseline(cubes: Mapping[str, Any], p: str, baseline: str) -> Any:
+    """The final kernel-regression test loss that experiment ``p``'s networks are compared
+    with: ``"lazy"`` -- kernel regression with the NTK-parametrization K_0 of the same
+    width and seed (the kernel limit of the architecture; from ``width_ntk``), ``"own"`` --
+    with the network's own initial eNTK."""
+    if baseline == "lazy" and "width_ntk" in cubes:
+        return cubes["width_ntk"]["kernel_test_loss"].isel(step=-1)
+    return cubes[p]["kernel_test_loss"].isel(step=-1)
+
+
+def benefit(cubes: Mapping[str, Any], p: str, baseline: str = "lazy") -> Any:
+    """Benefit of feature learning of experiment ``p`` at the last step: kernel regression's
+    test loss (:func:`_kernel_baseline`) minus the trained network's, over (width, seed)."""
+    _check("baseline", baseline, BASELINES)
+    return _kernel_baseline(cubes, p, baseline) - cubes[p]["test_loss"].isel(step=-1)
+
+
+def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any = "mean") -> FigureData:
     """Figure data of F-c4 (kernel vs feature regime): per parametrization, the trained
-    network's test loss and the test loss of kernel regression with the initial eNTK K_0
-    (the linearized network trained to convergence) against width (``"c4-width_ntk"``,
-    ``"c4-width_mup"``), and the benefit of feature learning, kernel − network, for both
-    (``"c4-gap"``)."""
+    network's test loss and the test loss of kernel regression with an initial eNTK (the
+    linearized network trained to convergence) against width (``"c4-width_ntk"``,
+    ``"c4-width_mup"``: the NTK-parametrization K_0, the kernel limit, and for µP also its
+    own K_0), and the benefit of feature learning, kernel − network, against the chosen
+    ``baseline`` of :data:`BASELINES` (``"c4-gap"``)."""
+    _check("baseline", baseline, BASELINES)
     pars = [p for p in PARAMETRIZATIONS if p in cubes]
     if not pars:
         raise ValueError(f"F-c4 needs the cubes {list(PARAMETRIZATIONS)}; cubes are {sorted(cubes)}")
     data = plots.figure_data(
         "F-c4",
-        "<b>F-c4 kernel regime vs feature learning</b> — trained network vs kernel regression with the initial "
-        f"eNTK K_0 (full kernel over samples and outputs, on the whole training set); {_seed_text(seed)}",
+        "<b>F-c4 kernel regime vs feature learning</b> — trained network vs kernel regression with an initial "
+        "eNTK K_0 (full kernel over samples and outputs, whole training set); benefit against "
+        f"{BASELINES[baseline]}; {_seed_text(seed)}",
     )
     gap_lines, gap_bands = plots.empty_lines(), plots.empty_bands()
     for p in pars:
@@ -621,25 +648,28 @@ def fig_c4_data(cubes: Mapping[str, Any], *, seed: Any = "mean") -> FigureData:
         x = np.asarray(ds["width"].values, float)
         lines, bands = plots.empty_lines(), plots.empty_bands()
         _over(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, "trained network")
-        _over(lines, bands, x, ds["kernel_test_loss"].isel(step=-1), seed, "#777777", "kernel regression with K_0")
+        lazy = _kernel_baseline(cubes, p, "lazy")
+        _over(lines, bands, x, lazy.sel(width=ds["width"]), seed, "#777777", "kernel regression, NTK-param. K_0")
+        if p != "width_ntk":
+            own = ds["kernel_test_loss"].isel(step=-1)
+            _over(lines, bands, x, own, seed, "#bbbbbb", "kernel regression, own K_0")
         _put(data, f"c4-{p}", lines, bands)
         plots.set_panel(data, f"c4-{p}", f"{label}: test loss", "width", "test loss (MSE)", log_x=True, log_y=True)
-        gap = (ds["kernel_test_loss"] - ds["test_loss"]).isel(step=-1)
-        _over(gap_lines, gap_bands, x, gap, seed, color, label, log_y=False)
+        _over(gap_lines, gap_bands, x, benefit(cubes, p, baseline), seed, color, label, log_y=False)
     xs = np.asarray(sorted({float(w) for p in pars for w in cubes[p]["width"].values}))
     plots.add_series(gap_lines, gap_bands, xs, [(np.zeros(xs.shape), None)], "#888888", "no benefit", light=True)
     _put(data, "c4-gap", gap_lines, gap_bands)
     plots.set_panel(
         data,
         "c4-gap",
-        "benefit of feature learning",
+        f"benefit of feature learning ({'vs the kernel limit' if baseline == 'lazy' else 'vs own K_0'})",
         "width",
         "kernel − network test loss",
         log_x=True,
         log_y=False,
     )
     data["panels"] = [[*[f"c4-{p}" for p in pars], "c4-gap"]]
-    data["legend"] = [f"c4-{pars[0]}", "c4-gap"]
+    data["legend"] = [f"c4-{pars[-1]}", "c4-gap"]
     data["legend_location"] = "top_right"
     return data
 
@@ -657,7 +687,8 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     """The Workbench's controls: ``setup`` (F-c1: MSE or cross-entropy), ``entropy`` /
     ``trace`` variants, ``quantity`` (F-c2: entropy or trace), ``measure`` (F-c3's
     feature-learning measure), ``tolerance`` (the critical width's), ``parametrization``
-    (F-c3's time and spectrum panels), ``step`` and ``seed`` (mean ± SE, every seed, one)."""
+    (F-c3's time and spectrum panels), ``baseline`` (F-c4's kernel: the kernel limit or each
+    network's own K_0), ``step`` and ``seed`` (mean ± SE, every seed, one)."""
     setups = [s for s in SETUPS if s in cubes] or list(SETUPS)
     pars = [p for p in PARAMETRIZATIONS if p in cubes] or list(PARAMETRIZATIONS)
     first = next((cubes[e] for e in (*SETUPS, *PARAMETRIZATIONS) if e in cubes), None)
@@ -672,6 +703,7 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
         Control(
             "parametrization", "toggle", pars[0], [(PARAMETRIZATIONS[p][0], p) for p in pars], button_width="140px"
         ),
+        Control("baseline", "toggle", "lazy", [("kernel limit", "lazy"), ("own K_0", "own")], description="F-c4"),
         seed_control(seeds, band="mean"),
     ]
     if pars[0] in cubes:
@@ -734,9 +766,9 @@ FIGURES: list[FigureSpec] = [
     ),
     FigureSpec(
         "F-c4",
-        lambda c, s: fig_c4_data(c, seed=s["seed"] if s["seed"] in ("mean", "all") else "mean"),
+        lambda c, s: fig_c4_data(c, baseline=s["baseline"], seed=s["seed"] if s["seed"] in ("mean", "all") else "mean"),
         build_lines,
-        (("seed",),),
+        (("baseline", "seed"),),
         available=_any(list(PARAMETRIZATIONS)),
     ),
 ]
@@ -778,7 +810,9 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     - ``width[parametrization]``: the final relative kernel change per width (mean ± SE),
       its log–log slope and R², whether it falls monotonically, the critical width at a
       tolerance of 0.05, the entropy change, and the test losses of the network and of
-      kernel regression with K_0 and their gap per width.
+      kernel regression with its own K_0 and their gap per width (``gap``), and the
+      benefit over the kernel limit, kernel regression with the NTK-parametrization K_0
+      of the same width and seed minus the network (``benefit_vs_kernel_limit``).
     """
     out: dict[str, Any] = {"note": f"{_PROBE_NOTE}; fits on the mean over seeds of the last recorded step"}
     data: dict[str, Any] = {}
@@ -815,7 +849,8 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
         rel = change(ds).isel(step=-1)
         means = rel.mean("seed").values
         fit = width_fit(ds)
-        gap = (ds["kernel_test_loss"] - ds["test_loss"]).isel(step=-1)
+        gap = benefit(cubes, p, "own")
+        lazy_gap = benefit(cubes, p, "lazy")
         d_s = ds["entropy"].isel(step=-1) - ds["entropy"].isel(step=0)
         widths = [str(int(w)) for w in ds["width"].values]
         width[p] = {
@@ -837,6 +872,9 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
                 )
             ),
             "gap": dict(zip(widths, (_mean_se(gap.sel(width=int(w)).values) for w in widths), strict=True)),
+            "benefit_vs_kernel_limit": dict(
+                zip(widths, (_mean_se(lazy_gap.sel(width=int(w)).values) for w in widths), strict=True)
+            ),
         }
     out["width"] = width
     return out
@@ -882,8 +920,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             )
         )
         lines.append(
-            "  benefit of feature learning (kernel − network): "
+            "  benefit of feature learning (kernel with own K_0 − network): "
             + ", ".join(f"{w}: {v['mean']:+.4f}±{v['se']:.4f}" for w, v in d["gap"].items())
+        )
+        lines.append(
+            "  benefit over the kernel limit (kernel with NTK-param. K_0 − network): "
+            + ", ".join(f"{w}: {v['mean']:+.4f}±{v['se']:.4f}" for w, v in d["benefit_vs_kernel_limit"].items())
         )
     return "\n".join(lines) + "\n"
 

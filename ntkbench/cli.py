@@ -5,7 +5,7 @@
     ntkbench info
     ntkbench sweep CONFIG.toml --out DIR [--workers N | --scheduler ADDR] [--no-progress]
     ntkbench reproduce PAPER [--quick] --out DIR [--workers N | --scheduler ADDR]
-    ntkbench export CUBE --figure NAME --format png|svg|html [--out DIR]
+    ntkbench export CUBE --figure NAME --format png|svg|pdf|html [--out DIR]
 
 Rerunning ``sweep`` or ``reproduce`` with the same ``--out`` resumes: finished runs are
 skipped. Errors in the input (a bad config key, an unknown paper or figure) print one
@@ -167,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a figure of a cube")
     p.add_argument("cube", metavar="CUBE")
     p.add_argument("--figure", required=True, metavar="NAME")
-    p.add_argument("--format", required=True, choices=("png", "svg", "html"))
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("png", "svg", "pdf", "html"),
+        help="png (raster), svg or pdf (vector: paths and text, for journals), html (standalone)",
+    )
     p.add_argument("--out", default="figures", metavar="DIR", help="output folder (default: figures)")
     p.set_defaults(func=_cmd_export)
     return parser

@@ -638,7 +638,7 @@ class LiveFigure:
 
 
 class ExportControl:
-    """Figure picker, format (PNG / SVG / standalone HTML), file name and an Export button
+    """Figure picker, format (PNG / SVG / PDF / standalone HTML), file name and an Export button
     writing ``folder/<name>-<figure>.<format>`` through :func:`ntkbench.plots.export`.
 
     ``figures`` is a mapping or a function returning one (``{figure name: Bokeh layout}``,
@@ -665,7 +665,7 @@ class ExportControl:
             options=opts, value=opts[0] if opts else None, description="figure", layout=w.Layout(width="200px")
         )
         self.format = w.Dropdown(
-            options=[("PNG", "png"), ("SVG", "svg"), ("HTML", "html")],
+            options=[("PNG", "png"), ("SVG", "svg"), ("PDF", "pdf"), ("HTML", "html")],
             value="png",
             description="format",
             layout=w.Layout(width="170px"),

@@ -172,7 +172,7 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
         },
         # the test suite's size
         "test": {
-            "stories": _lm(_stories(256, 4), [8, 16], [0], steps=40, probe=4, title="TinyTransformer on stories"),
+            "stories": _lm(_stories(256, 4), [8], [0, 1], steps=40, probe=4, title="TinyTransformer on stories"),
             "rf": _rf([16, 64], [0, 1], n=64, steps=300),
         },
         # as close to the paper as 2 CPU cores allow (see docs/papers/reach.md)

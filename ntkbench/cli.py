@@ -3,13 +3,16 @@
 ::
 
     ntkbench info
-    ntkbench sweep CONFIG.toml --out DIR [--workers N | --scheduler ADDR] [--no-progress]
+    ntkbench sweep CONFIG.toml --out DIR [--workers N | --scheduler ADDR] [--no-progress] [--overwrite]
     ntkbench reproduce PAPER [--quick] --out DIR [--workers N | --scheduler ADDR]
     ntkbench export CUBE --figure NAME --format png|svg|pdf|html [--out DIR]
 
 Rerunning ``sweep`` or ``reproduce`` with the same ``--out`` resumes: finished runs are
-skipped. Errors in the input (a bad config key, an unknown paper or figure) print one
-line naming the problem and exit with status 2.
+skipped; Ctrl-C stops a sweep after its current run. A ``--out`` folder holding runs of a
+different config is refused (the message names the differing keys) unless ``--overwrite``;
+two sweeps on one folder share the work through per-run lock files. Errors in the input
+(a bad config key, an unknown paper or figure) print one line naming the problem and exit
+with status 2.
 
 Example
 -------
@@ -83,7 +86,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from ntkbench.sweep import sweep
 
     config = _load_toml(args.config)
-    ds = sweep(config, args.out, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
+    ds = sweep(
+        config,
+        args.out,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
     print(f"cube: {Path(args.out) / 'cube.nc'} ({sizes})")
     return 0
@@ -155,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (run files + cube.nc)")
     _add_cluster(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over where --out holds runs of a different config (without it such a folder is refused)",
+    )
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("reproduce", help="run a paper's experiments (resumes)")
@@ -187,8 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"ntkbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # pragma: no cover
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a sweep's own message says what finished and how to resume
+        print(str(exc) or "interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:
         print(f"ntkbench {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)

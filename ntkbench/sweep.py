@@ -62,6 +62,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -71,7 +72,11 @@ import math
 import os
 import re
 import shutil
+import signal
+import socket
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -81,6 +86,7 @@ from ntkbench.data import DATASETS, OPTIONS
 
 __all__ = [
     "sweep",
+    "SweepInterrupted",
     "run_one",
     "validate_config",
     "check_runs",
@@ -670,18 +676,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _is_done(path: Path, run_config: Mapping[str, Any]) -> bool:
     """A run is finished if its file opens as a cube made from the same config."""
-    from ntkbench import cube
-
-    if not path.exists():
-        return False
-    try:
-        ds = cube.open(path)
-    except (ValueError, OSError):
-        return False
-    try:
-        return json.loads(ds.attrs["config"]) == _jsonable(run_config)
-    except (KeyError, ValueError):
-        return False
+    return _run_state(path, run_config)[0] == "done"
 
 
 def _run_to_file(run_config: dict[str, Any], path: str) -> list[str]:
@@ -709,6 +704,269 @@ def _report(bar: Any, path: Path, bad: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Folder safety: foreign configs, run locks, Ctrl-C
+# ---------------------------------------------------------------------------
+
+#: Seconds without a heartbeat after which a run lock counts as stale (abandoned). A lock of
+#: a process on this host is stale as soon as that process is gone; one of another host
+#: (a shared file system) only by this age. Holders refresh their locks every
+#: ``LOCK_HEARTBEAT`` seconds.
+LOCK_STALE_AFTER = 600.0
+LOCK_HEARTBEAT = 30.0
+_POLL = 0.25  # seconds between looks at locks another sweep holds
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C after its current run; the message says how to resume."""
+
+
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _MISSING else json.dumps(value)
+
+
+def _config_diff(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old value, new value) of every leaf where two configs differ."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        diff: dict[str, tuple[Any, Any]] = {}
+        for key in sorted(set(old) | set(new), key=str):
+            a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+            if isinstance(a, Mapping) and isinstance(b, Mapping):
+                diff.update(_config_diff(a, b, f"{prefix}{key}."))
+            elif a != b:
+                diff[f"{prefix}{key}"] = (a, b)
+        return diff
+    return {} if old == new else {prefix.rstrip(".") or "config": (old, new)}
+
+
+def _run_state(path: Path, run_config: Mapping[str, Any]) -> tuple[str, Any]:
+    """``("missing" | "unreadable" | "done" | "foreign", the file's config or None)``.
+
+    ``done``: the file opens as a cube of the same config; ``foreign``: it opens but holds
+    another config (written by a different sweep); ``unreadable``: a corrupted or
+    truncated file (recomputed without asking)."""
+    from ntkbench import cube
+
+    if not path.exists():
+        return "missing", None
+    try:
+        ds = cube.open(path)
+    except (ValueError, OSError):
+        return "unreadable", None
+    try:
+        stored = json.loads(ds.attrs["config"])
+    except (KeyError, ValueError, TypeError):
+        return "unreadable", None
+    return ("done" if stored == _jsonable(run_config) else "foreign"), stored
+
+
+def _foreign_error(out: Path, foreign: Sequence[tuple[Path, Any, Mapping[str, Any]]]) -> ValueError:
+    diff: dict[str, tuple[Any, Any]] = {}
+    for _path, stored, run in foreign:
+        for key, values in _config_diff(stored, _jsonable(run)).items():
+            diff.setdefault(key, values)
+    keys = "; ".join(f"{k} (folder: {_show(a)}, this config: {_show(b)})" for k, (a, b) in diff.items())
+    names = ", ".join(p.name for p, _, _ in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return ValueError(
+        f"out folder {str(out)!r} holds {len(foreign)} run file(s) of a different config ({names}); "
+        f"differing keys: {keys}. Use another out folder, or overwrite=True (CLI: --overwrite) to start over "
+        "and recompute them"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _read_lock(lock: Path) -> dict[str, Any] | None:
+    """The lock's holder (``pid``, ``host``, ``token``, ``started``, ``age`` in seconds);
+    None when there is no lock."""
+    try:
+        text = lock.read_text()
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {"pid": None, "host": None, "token": None, "age": 0.0}
+    info: dict[str, Any] = {"pid": None, "host": None, "token": None}
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(text)
+        if isinstance(parsed, dict):
+            info = parsed
+    info["age"] = max(age, 0.0)
+    return info
+
+
+def _holder(info: Mapping[str, Any]) -> str:
+    return f"pid {info.get('pid')} on {info.get('host')}"
+
+
+class _RunLocks:
+    """One lock file per run, ``.<run file>.lock`` beside it: JSON of the holder's pid,
+    host and a token, created atomically (``os.link`` of a complete file, so nobody reads a
+    half-written lock) and refreshed by a heartbeat thread while held."""
+
+    def __init__(self) -> None:
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        # names this process's scratch files (.new, .stale) so a later sweep can remove
+        # those a killed process left: <host hash>-<pid>
+        self.tag = f"{_host_hash(self.host)}-{self.pid}"
+        self.held: dict[Path, str] = {}
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def path(target: Path) -> Path:
+        return target.with_name(f".{target.name}.lock")
+
+    def stale(self, info: Mapping[str, Any]) -> bool:
+        pid = info.get("pid")
+        if info.get("host") == self.host and isinstance(pid, int) and not _pid_alive(pid):
+            return True
+        return float(info.get("age", 0.0)) > LOCK_STALE_AFTER
+
+    def acquire(self, target: Path) -> dict[str, Any] | None:
+        """Take the lock of ``target``; None if taken, else the holder's info. A stale
+        lock (its process is gone, or no heartbeat for ``LOCK_STALE_AFTER`` s) is taken over."""
+        lock = self.path(target)
+        token = uuid.uuid4().hex
+        body = json.dumps({"pid": self.pid, "host": self.host, "token": token, "started": time.time()})
+        new = lock.with_name(f"{lock.name}.{self.tag}-{token[:8]}.new")
+        new.write_text(body)
+        try:
+            for _ in range(5):
+                try:
+                    os.link(new, lock)
+                except FileExistsError:
+                    info = _read_lock(lock)
+                    if info is None:
+                        continue  # released meanwhile: try again
+                    if not self.stale(info):
+                        return info
+                    self._take_over(lock, info)
+                    continue
+                with self._mutex:
+                    self.held[lock] = token
+                self._beat()
+                return None
+            return _read_lock(lock) or {"pid": None, "host": None}
+        finally:
+            new.unlink(missing_ok=True)
+
+    def _take_over(self, lock: Path, info: Mapping[str, Any]) -> None:
+        """Remove a stale lock, unless another process replaced it meanwhile."""
+        aside = lock.with_name(f"{lock.name}.{self.tag}-{uuid.uuid4().hex[:8]}.stale")
+        try:
+            os.rename(lock, aside)
+        except FileNotFoundError:
+            return
+        moved = _read_lock(aside) or {}
+        if moved.get("token") != info.get("token"):  # a fresh lock: put it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, lock)
+        aside.unlink(missing_ok=True)
+
+    def clear_stale(self, target: Path) -> None:
+        """Remove ``target``'s lock if stale (e.g. left by a process killed after writing
+        the run), and lock scratch files of dead processes."""
+        lock = self.path(target)
+        info = _read_lock(lock)
+        if info is not None and self.stale(info):
+            self._take_over(lock, info)
+        _remove_lock_scratch(target)
+
+    def release(self, target: Path) -> None:
+        lock = self.path(target)
+        with self._mutex:
+            token = self.held.pop(lock, None)
+        if token is not None and (_read_lock(lock) or {}).get("token") == token:
+            lock.unlink(missing_ok=True)
+
+    def _beat(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._heartbeat, daemon=True, name="ntkbench-sweep-locks")
+            self._thread.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT):
+            with self._mutex:
+                locks = list(self.held)
+            for lock in locks:
+                with contextlib.suppress(OSError):
+                    os.utime(lock)
+
+    def close(self) -> None:
+        for lock in list(self.held):
+            self.release(lock.with_name(lock.name[1 : -len(".lock")]))
+        self._stop.set()
+
+
+def _host_hash(host: str) -> str:
+    return uuid.uuid5(uuid.NAMESPACE_DNS, host).hex[:6]
+
+
+def _remove_temp_files(target: Path) -> None:
+    """Temp files of ``target`` left by a process killed mid-write (cube.save's naming),
+    and lock scratch files of dead processes of this host; call only while holding
+    ``target``'s lock."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    _remove_lock_scratch(target)
+
+
+def _remove_lock_scratch(target: Path) -> None:
+    """Lock scratch files (``.new``, ``.stale``) of dead processes of this host."""
+    mine = _host_hash(socket.gethostname())
+    for pattern in ("*.new", "*.stale"):
+        for scratch in target.parent.glob(f".{target.name}.lock.{pattern}"):
+            tag = scratch.name.split(".")[-2].split("-")
+            if len(tag) == 3 and tag[0] == mine and tag[1].isdigit() and not _pid_alive(int(tag[1])):
+                scratch.unlink(missing_ok=True)
+
+
+class _CtrlC:
+    """In the main thread: the first SIGINT asks the sweep to stop after its current run,
+    a second one stops at once (KeyboardInterrupt)."""
+
+    def __init__(self, say: Any) -> None:
+        self.requested = False
+        self._say = say
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._say("interrupt: stopping after the current run (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# ---------------------------------------------------------------------------
 # Sweep
 # ---------------------------------------------------------------------------
 
@@ -721,6 +979,7 @@ def sweep(
     scheduler: str | None = None,
     client: Any = None,
     progress: bool = True,
+    overwrite: bool = False,
 ):
     """Run every grid point of ``config``, one file per run under ``out``; combine them.
 
@@ -734,17 +993,34 @@ def sweep(
     client : an existing ``dask.distributed.Client``. At most one of ``workers``,
         ``scheduler`` and ``client``; none runs in-process.
     progress : show a ``tqdm.auto`` progress bar (terminal or notebook).
+    overwrite : start over where ``out`` holds run files of a different config. Without it
+        such a folder is refused (``ValueError`` naming the differing config keys) before
+        anything runs; with it those runs are recomputed and their files replaced. Runs of
+        the same config are reused either way.
 
     Returns
     -------
     The combined cube (``xarray.Dataset``) with the grid axes as dims, also written to
     ``out/cube.nc``. Rerunning skips finished runs (resume).
 
+    Safety
+    ------
+    - Every file is written atomically (a killed sweep leaves complete files or none), and
+      a corrupted or truncated run file is recomputed.
+    - Each run is locked while it runs (``.<run file>.lock``: pid, host; refreshed every
+      ``LOCK_HEARTBEAT`` s), so two sweeps on one folder (two terminals, a terminal and a
+      notebook, two dask clients) never run the same run: the second skips the runs the
+      first holds, saying so, runs the others, then waits for the held ones and picks up
+      their results; the final cube equals a single sweep's. A lock whose process is gone
+      (same host) or without a heartbeat for ``LOCK_STALE_AFTER`` s (another host) is
+      stale and taken over; a run left unfinished by the other sweep is run here.
+    - In-process, in the main thread: Ctrl-C stops after the current run and raises
+      :class:`SweepInterrupted` (a ``KeyboardInterrupt``) saying how to resume; a second
+      Ctrl-C stops at once.
+
     >>> cube = sweep(cfg, "runs/demo", workers=2)  # doctest: +SKIP
     """
     from tqdm.auto import tqdm
-
-    from ntkbench import cube
 
     cfg = validate_config(config)
     given = [name for name, v in (("workers", workers), ("scheduler", scheduler), ("client", client)) if v is not None]
@@ -754,54 +1030,171 @@ def sweep(
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if scheduler is not None and not isinstance(scheduler, str):
         raise TypeError(f"scheduler must be an address string like 'tcp://host:port', got {scheduler!r}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
     # Absolute: dask workers on an existing cluster have their own working directory (the
     # folder must be on a file system the workers share).
     out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {str(out)!r} is a file; expected a folder (new or of this sweep)")
 
     runs = expand_grid(cfg, validate=False)
     paths = [out / run_name(r["grid"]) for r in runs]
     if len(set(paths)) != len(paths):  # pragma: no cover - distinct values give distinct names
         raise ValueError("grid: two grid points map to the same file name")
-    pending = [(r, p) for r, p in zip(runs, paths, strict=True) if not _is_done(p, r)]
+    states = [_run_state(p, r) for r, p in zip(runs, paths, strict=True)]
+    foreign = [(p, st[1], r) for r, p, st in zip(runs, paths, states, strict=True) if st[0] == "foreign"]
+    if foreign and not overwrite:
+        raise _foreign_error(out, foreign)
+    pending = [(r, p) for r, p, st in zip(runs, paths, states, strict=True) if st[0] != "done"]
     check_runs([r for r, _ in pending])  # fail before creating folders or clusters
     out.mkdir(parents=True, exist_ok=True)
-    # temp files left by a run (or the combined cube) killed mid-write (cube.save's naming)
-    for p in [p for _, p in pending] + [out / "cube.nc"]:
-        for stale in out.glob(f".{p.name}.*.tmp"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
 
+    in_process = client is None and workers is None and scheduler is None
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", unit="run", disable=not progress)
+    state = _Progress(bar, out, len(runs), len(runs) - len(pending))
+    locks = _RunLocks()
+    for path in [*paths, out / "cube.nc"]:
+        locks.clear_stale(path)
     try:
-        if pending:
-            if client is None and workers is None and scheduler is None:
-                for run, path in pending:
-                    bar.set_postfix_str(path.stem[4:] or "run", refresh=True)
-                    _report(bar, path, _run_to_file(run, str(path)))
-                    bar.update()
-            else:
-                _run_distributed(pending, bar, workers=workers, scheduler=scheduler, client=client)
+        with _CtrlC(state.say) as ctrl_c:
+            state.ctrl_c = ctrl_c if in_process else None
+            todo = pending
+            while todo:
+                if in_process:
+                    held = _run_in_process(todo, locks, state)
+                else:
+                    held = _run_distributed(todo, locks, state, workers=workers, scheduler=scheduler, client=client)
+                if not held:
+                    break
+                todo = _wait_for_others(held, locks, state)
+        combined = _combine(cfg, paths, out / "cube.nc", locks, state)
     finally:
         bar.close()
-
-    attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
-    combined = cube.combine([str(p) for p in paths], attrs=attrs)
-    # combine_by_coords sorts coordinates; lay named axes (method, activation) out in the
-    # grid's order, numbers stay ascending
-    for key, values in cfg.get("grid", {}).items():
-        _, dim = _resolve_grid_key(key, cfg)
-        named = dim in combined.dims and combined[dim].dtype.kind in "OUS"
-        if named and sorted(map(str, values)) == sorted(map(str, combined[dim].values.tolist())):
-            combined = combined.reindex({dim: values})
-    cube.save(combined, out / "cube.nc")
+        locks.close()
     return combined
 
 
-def _run_distributed(pending, bar, *, workers, scheduler, client) -> None:
+@dataclasses.dataclass
+class _Progress:
+    """What the run loops share: the bar, counts, messages, Ctrl-C."""
+
+    bar: Any
+    out: Path
+    total: int
+    done: int
+    ctrl_c: Any = None
+    announced: set = dataclasses.field(default_factory=set)
+
+    def say(self, message: str) -> None:
+        self.bar.write(f"sweep: {message}", file=sys.stderr)
+
+    def advance(self, path: Path | None = None) -> None:
+        self.done += 1
+        if path is not None:
+            self.bar.set_postfix_str(path.stem[4:] or "run", refresh=False)
+        self.bar.update()
+
+    def held_by_other(self, path: Path, info: Mapping[str, Any]) -> None:
+        if path not in self.announced:
+            self.announced.add(path)
+            self.say(
+                f"{path.name} is being run by another sweep ({_holder(info)}); skipping it for now, "
+                "its result is picked up at the end"
+            )
+
+    def check_interrupt(self) -> None:
+        if self.ctrl_c is not None and self.ctrl_c.requested:
+            raise SweepInterrupted(
+                f"sweep interrupted: {self.done} of {self.total} runs finished in {str(self.out)!r}; "
+                "rerun the same command (or ntkbench.sweep with the same config and out) to resume"
+            )
+
+
+def _run_in_process(todo: list, locks: _RunLocks, state: _Progress) -> list:
+    """Run ``todo`` one by one, each under its lock; return the runs another sweep holds."""
+    held = []
+    for run, path in todo:
+        state.check_interrupt()
+        if _run_state(path, run)[0] == "done":  # finished by another sweep meanwhile
+            state.advance(path)
+            continue
+        info = locks.acquire(path)
+        if info is not None:
+            state.held_by_other(path, info)
+            held.append((run, path))
+            continue
+        try:
+            if _run_state(path, run)[0] != "done":
+                _remove_temp_files(path)
+                state.bar.set_postfix_str(path.stem[4:] or "run", refresh=True)
+                _report(state.bar, path, _run_to_file(run, str(path)))
+            state.advance(path)
+        finally:
+            locks.release(path)
+    return held
+
+
+def _wait_for_others(held: list, locks: _RunLocks, state: _Progress) -> list:
+    """Wait until a run another sweep holds is released (or its lock goes stale)."""
+    names = ", ".join(p.name for _, p in held)
+    state.say(f"waiting for {len(held)} run(s) another sweep is running: {names}")
+    while True:
+        for _run, path in held:
+            info = _read_lock(locks.path(path))
+            if info is None or locks.stale(info):
+                return held
+        state.check_interrupt()
+        time.sleep(_POLL)
+
+
+def _combine(cfg: Mapping[str, Any], paths: list[Path], target: Path, locks: _RunLocks, state: _Progress):
+    """Combine the run files into ``target`` (under its lock: one writer at a time)."""
+    from ntkbench import cube
+
+    while (info := locks.acquire(target)) is not None:
+        if target not in state.announced:
+            state.announced.add(target)
+            state.say(f"waiting for another sweep ({_holder(info)}) to finish writing {target.name}")
+        time.sleep(_POLL)
+    try:
+        _remove_temp_files(target)
+        attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
+        combined = cube.combine([str(p) for p in paths], attrs=attrs)
+        # combine_by_coords sorts coordinates; lay named axes (method, activation) out in the
+        # grid's order, numbers stay ascending
+        for key, values in cfg.get("grid", {}).items():
+            _, dim = _resolve_grid_key(key, cfg)
+            named = dim in combined.dims and combined[dim].dtype.kind in "OUS"
+            if named and sorted(map(str, values)) == sorted(map(str, combined[dim].values.tolist())):
+                combined = combined.reindex({dim: values})
+        cube.save(combined, target)
+    finally:
+        locks.release(target)
+    return combined
+
+
+def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers, scheduler, client) -> list:
+    """Run the runs of ``todo`` this sweep can lock on dask; return those another holds."""
     from dask.distributed import Client, LocalCluster, as_completed
 
+    mine, held = [], []
+    for run, path in todo:
+        if _run_state(path, run)[0] == "done":
+            state.advance(path)
+            continue
+        info = locks.acquire(path)
+        if info is not None:
+            state.held_by_other(path, info)
+            held.append((run, path))
+        elif _run_state(path, run)[0] == "done":
+            locks.release(path)
+            state.advance(path)
+        else:
+            _remove_temp_files(path)
+            mine.append((run, path))
+    if not mine:
+        return held
     own_cluster = own_client = None
     try:
         if client is None:
@@ -820,23 +1213,28 @@ def _run_distributed(pending, bar, *, workers, scheduler, client) -> None:
             client.submit(
                 _run_to_file, run, str(path), pure=False, key=f"ntkbench-{path.stem}-{uuid.uuid4().hex[:8]}"
             ): path
-            for run, path in pending
+            for run, path in mine
         }
         errors = []
         for fut in as_completed(futures):
+            path = futures[fut]
             try:
                 bad = fut.result()
             except Exception as exc:  # keep going: finished runs stay on disk for resume
-                errors.append((futures[fut], exc))
+                errors.append((path, exc))
             else:
-                _report(bar, futures[fut], bad)
-                bar.set_postfix_str(futures[fut].stem[4:], refresh=False)
-                bar.update()
+                _report(state.bar, path, bad)
+                state.advance(path)
+            finally:
+                locks.release(path)
         if errors:
             path, exc = errors[0]
             raise RuntimeError(f"{len(errors)} run(s) failed; first: {path.name}: {exc!r}") from exc
     finally:
+        for _, path in mine:
+            locks.release(path)
         if own_client is not None:
             own_client.close()
         if own_cluster is not None:
             own_cluster.close()
+    return held

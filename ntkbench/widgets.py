@@ -319,7 +319,9 @@ class RunPanel(Shown):
     ``out``; the progress bar counts finished run files, so a rerun with the same ``out``
     resumes. ``runner`` replaces the sweep (``runner(config, out) -> cube``), e.g. for
     tests. With ``explore`` (default) an :class:`Explorer` on the result appears under
-    the progress bar.
+    the progress bar. A folder holding runs of another config is refused (the error shows
+    in the panel) unless ``overwrite`` (then those runs are recomputed; see
+    :func:`ntkbench.sweep.sweep`).
 
     Attributes
     ----------
@@ -340,6 +342,7 @@ class RunPanel(Shown):
         runner: Callable[[Mapping[str, Any], Path], Any] | None = None,
         explore: bool = True,
         poll: float = 0.2,
+        overwrite: bool = False,
     ):
         import ipywidgets as w
 
@@ -349,6 +352,7 @@ class RunPanel(Shown):
         self.out = Path(out)
         self.poll = float(poll)
         self.explore = bool(explore)
+        self.overwrite = bool(overwrite)
         self._runner = runner
         self._files = self._run_files()
         n = max(len(self._files), 1)
@@ -386,7 +390,7 @@ class RunPanel(Shown):
             else:
                 from ntkbench.sweep import sweep
 
-                self.result = sweep(self.config, self.out, progress=False)
+                self.result = sweep(self.config, self.out, progress=False, overwrite=self.overwrite)
         except BaseException as exc:  # noqa: BLE001 - reported in the panel
             with self._lock:
                 self._running = False

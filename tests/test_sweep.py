@@ -174,8 +174,13 @@ def test_corrupted_or_stale_run_is_recomputed(tmp_path):
     bad.write_bytes(b"truncated")
     stale = tmp_path / "run-width=8-seed=0.nc"
     old_stale = stale.read_bytes()
-    cfg = _cfg(train={"lr": 0.05})  # another config: the old files no longer count
-    ds = sweep(cfg, tmp_path, progress=False)
+    cfg = _cfg(train={"lr": 0.05})  # another config: refused unless told to start over
+    with pytest.raises(
+        ValueError, match=r"different config .*train\.lr \(folder: 0\.1, this config: 0\.05\).*overwrite"
+    ):
+        sweep(cfg, tmp_path, progress=False)
+    assert stale.read_bytes() == old_stale
+    ds = sweep(cfg, tmp_path, progress=False, overwrite=True)
     assert cube.open(bad).attrs["config"] == json.dumps(expand_grid(cfg)[1])
     assert stale.read_bytes() != old_stale
     assert json.loads(ds.attrs["config"])["train"]["lr"] == 0.05

@@ -409,7 +409,8 @@ class RerunPanel(_Controls, Shown):
     under the panel when the run is done (e.g. a figure of the result).
 
     One Run button. The run is a :class:`ntkbench.widgets.RunPanel` (in-process
-    :func:`ntkbench.sweep` in a background thread, writing under ``out``, resumable); a
+    :func:`ntkbench.sweep` in a background thread, writing under ``out``, resumable;
+    settings that changed since the last run replace its run files: ``overwrite``); a
     click while a run is in progress is refused with a message, and errors are shown
     HTML-escaped in ``status``.
     """
@@ -468,7 +469,7 @@ class RerunPanel(_Controls, Shown):
 
                 cfg = self.config()
                 check_runs(expand_grid(cfg))  # data sizes, options, model vs data: refused here, not in the thread
-                panel = RunPanel(cfg, self.out, explore=False)
+                panel = RunPanel(cfg, self.out, explore=False, overwrite=True)  # new settings replace the last run
             except (ValueError, TypeError) as exc:
                 self.refused, self.error = exc, None
                 self.status.value = _error_html(exc)

@@ -1,0 +1,360 @@
+"""Reliability of sweeps (issue 16): folders of another config, run locks shared by two
+processes, stale locks, Ctrl-C, and SIGKILL at many moments followed by a resume.
+
+Every wait is on a condition (a file appears, a process exits) with an explicit deadline;
+there is no bare sleep. Sizes are tiny (MLP width 4, 16 digits, 2 steps) so the whole file
+runs in about a minute on 2 cores; most of it is starting Python + JAX in subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from ntkbench import cube
+from ntkbench.cli import main
+from ntkbench.sweep import _RunLocks, expand_grid, run_name, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "title": "reliability",
+    "seed": 0,
+    "model": {"name": "mlp", "width": 4, "depth": 1},
+    "data": {"name": "digits", "n_train": 16, "n_test": 8},
+    "train": {"steps": 2},
+    "record": {"every": 1, "probe": 8, "measures": ["loss", "entropy", "eigenvalues"]},
+    "grid": {"seed": [0, 1, 2, 3, 4, 5]},
+}
+NAMES = [run_name(r["grid"]) for r in expand_grid(TINY)]
+
+
+def _env(tmp_cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    # one compilation cache for this file's subprocesses: each starts faster
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_cache)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return env
+
+
+def _strip(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.copy()
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != "created"}
+    return ds
+
+
+def _wait(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 180.0, poll: float = 0.002):
+    """Wait until ``cond()`` is true; fail naming ``what`` after ``timeout`` s or if
+    ``proc`` exits first. Returns ``cond()``'s value."""
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        if proc is not None and proc.poll() is not None:
+            return None
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)  # a poll interval, not a wait for time to pass
+    return value
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted in-process sweep: the run cubes and the combined cube."""
+    out = tmp_path_factory.mktemp("reference")
+    combined = sweep(TINY, out, progress=False)
+    return {n: cube.open(out / n) for n in NAMES}, combined
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+def _config_file(tmp_path: Path, config=TINY) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+# A sweep in a subprocess, optionally instrumented: every run it starts is logged (so a
+# test can count how often each run ran), and hooks hold it at chosen points until a file
+# exists (so two processes overlap deterministically).
+DRIVER = r"""
+import json, os, sys, time
+from pathlib import Path
+import ntkbench.sweep as sw
+from ntkbench.cli import main
+
+config, out, log, role = sys.argv[1:5]
+
+def wait_for(path, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            sys.exit(f"{role}: timed out waiting for {path}")
+        time.sleep(0.005)
+
+run_to_file = sw._run_to_file
+count = [0]
+def logged(run, path):
+    count[0] += 1
+    with open(log, "a") as f:
+        f.write(f"{role} {Path(path).name}\n")
+    if role == "first" and count[0] == 1:        # hold the first run until the second sweep saw it held
+        wait_for(out + ".second-saw-held")
+    if role == "interrupted" and count[0] == 2:  # hold the second run until the test sent Ctrl-C
+        Path(out + ".in-run-2").touch()
+        wait_for(out + ".sigint-sent")
+    return run_to_file(run, path)
+sw._run_to_file = logged
+
+held_by_other = sw._Progress.held_by_other
+def saw_held(self, path, info):
+    held_by_other(self, path, info)
+    Path(out + ".second-saw-held").touch()
+sw._Progress.held_by_other = saw_held
+
+cfg = json.loads(Path(config).read_text())
+toml = Path(config).with_suffix(".toml")
+if role == "interrupted":
+    sys.exit(main(["sweep", str(toml), "--out", out, "--no-progress"]))
+sw.sweep(cfg, out, progress=False)
+print("done", flush=True)
+"""
+
+
+def _driver(tmp_path: Path, out: Path, role: str, env: dict[str, str]) -> subprocess.Popen:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(_config_file(tmp_path)), str(out), str(tmp_path / "runs.log"), role],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _toml(config) -> str:
+    lines = [f'title = "{config["title"]}"', f"seed = {config['seed']}"]
+    for section in ("model", "data", "train", "record", "grid"):
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in config[section].items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- foreign
+
+
+def test_folder_of_another_config_is_refused_naming_the_keys(tmp_path, reference, capsys):
+    runs, ref = reference
+    out = tmp_path / "out"
+    other = {**TINY, "train": {"steps": 2, "lr": 0.05}, "grid": {"seed": [0, 1]}}
+    sweep(other, out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError) as err:
+        sweep(TINY, out, progress=False)
+    msg = str(err.value)
+    assert "2 run file(s) of a different config" in msg and "run-seed=0.nc" in msg
+    assert "train.lr (folder: 0.05, this config: (absent))" in msg and "overwrite=True" in msg
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(_toml(TINY))
+    assert main(["sweep", str(toml), "--out", str(out), "--no-progress"]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.count("\n") == 1 and "train.lr" in err_text and "--overwrite" in err_text
+    assert main(["sweep", str(toml), "--out", str(out), "--no-progress", "--overwrite"]) == 0
+    xr.testing.assert_identical(_strip(cube.open(out / "cube.nc")), _strip(ref))
+    for name in NAMES:
+        xr.testing.assert_identical(_strip(cube.open(out / name)), _strip(runs[name]))
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="out: .* is a file; expected a folder"):
+        sweep(TINY, path, progress=False)
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        sweep(TINY, tmp_path / "o", overwrite="yes")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- locks
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, reference, capsys):
+    runs, ref = reference
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / f".{NAMES[2]}.lock"
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "token": "dead"}))
+    ds = sweep(TINY, out, progress=False)
+    xr.testing.assert_identical(_strip(ds), _strip(ref))
+    xr.testing.assert_identical(_strip(cube.open(out / NAMES[2])), _strip(runs[NAMES[2]]))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert "another sweep" not in capsys.readouterr().err
+
+
+def test_locks_of_other_hosts_go_stale_by_age_only(tmp_path):
+    target = tmp_path / "run.nc"
+    lock = _RunLocks.path(target)
+    locks = _RunLocks()
+    # another host, pid 1: alive or not, we cannot tell; fresh means held
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.invalid", "token": "x"}))
+    info = locks.acquire(target)
+    assert info is not None and info["host"] == "elsewhere.invalid"
+    old = time.time() - 2 * 600.0
+    os.utime(lock, (old, old))  # no heartbeat for 20 minutes: stale
+    assert locks.acquire(target) is None
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    # ours now: a second acquirer (same process, another sweep) is refused, we release
+    assert _RunLocks().acquire(target) is not None
+    locks.close()
+    assert not lock.exists()
+
+
+def test_two_processes_on_one_folder_share_the_runs(tmp_path, reference, jax_cache):
+    """Two sweep processes on one folder: the first holds its first run until the second
+    has seen it held; each run runs exactly once, both end with the uninterrupted cube."""
+    runs, ref = reference
+    out = tmp_path / "out"
+    env = _env(jax_cache)
+    first = _driver(tmp_path, out, "first", env)
+    try:
+        assert _wait(lambda: (tmp_path / "runs.log").exists(), "the first sweep's first run", first), (
+            first.communicate()
+        )
+        second = _driver(tmp_path, out, "second", env)
+        try:
+            out2, err2 = second.communicate(timeout=240)
+        finally:
+            if second.poll() is None:
+                second.kill()
+        out1, err1 = first.communicate(timeout=240)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0 and second.returncode == 0, (err1, err2)
+    assert "done" in out1 and "done" in out2
+    assert "is being run by another sweep" in err2 and "waiting for" in err2, err2
+    log = (tmp_path / "runs.log").read_text().split("\n")[:-1]
+    ran = sorted(line.split()[1] for line in log)
+    assert ran == sorted(NAMES), log  # every run exactly once, across both processes
+    assert {line.split()[0] for line in log} == {"first", "second"}
+    xr.testing.assert_identical(_strip(cube.open(out / "cube.nc")), _strip(ref))
+    for name in NAMES:
+        xr.testing.assert_identical(_strip(cube.open(out / name)), _strip(runs[name]))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_stops_after_the_current_run_and_says_how_to_resume(tmp_path, reference, jax_cache):
+    runs, ref = reference
+    out = tmp_path / "out"
+    _config_file(tmp_path).with_suffix(".toml").write_text(_toml(TINY))
+    proc = _driver(tmp_path, out, "interrupted", _env(jax_cache))
+    try:
+        assert _wait(lambda: Path(f"{out}.in-run-2").exists(), "the second run", proc), proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        Path(f"{out}.sigint-sent").touch()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "stopping after the current run" in err
+    assert "sweep interrupted: 2 of 6 runs finished" in err and "to resume" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.glob("run-*.nc")) == sorted(NAMES[:2])
+    assert not (out / "cube.nc").exists()
+    ds = sweep(TINY, out, progress=False)  # resume
+    xr.testing.assert_identical(_strip(ds), _strip(ref))
+
+
+# ---------------------------------------------------------------------------- SIGKILL
+
+
+def _files_ok(out: Path, runs, ref) -> int:
+    """Every file in ``out`` (temp files too) that cube.open accepts holds complete,
+    correct values: a run file equals the reference run, cube.nc the reference cube.
+    Returns how many files cube.open refused (partial temp files)."""
+    refused = 0
+    for path in out.iterdir():
+        if path.name.endswith(".lock") or ".lock." in path.name:
+            continue
+        try:
+            ds = cube.open(path)
+        except ValueError:
+            refused += 1
+            continue
+        name = path.name if not path.name.startswith(".") else path.name[1:].split(".nc.")[0] + ".nc"
+        expected = ref if name == "cube.nc" else runs[name]
+        xr.testing.assert_identical(_strip(ds), _strip(expected))
+    return refused
+
+
+def test_sigkill_at_many_moments_then_resume_gives_the_uninterrupted_results(tmp_path, reference, jax_cache):
+    """SIGKILL the CLI sweep at 5 moments (while compiling its first run, as soon as a run's
+    temp file appears, after 2 and 4 runs, while combining), each kill resuming the last."""
+    runs, ref = reference
+    out = tmp_path / "out"
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(_toml(TINY))
+    env = _env(jax_cache)
+
+    def n_runs() -> int:
+        return sum((out / n).exists() for n in NAMES)
+
+    def temp_file() -> bool:
+        return out.exists() and any(p.name.endswith(".tmp") for p in out.iterdir())
+
+    moments = [
+        ("compiling the first run", lambda: n_runs() == 0 and (out / f".{NAMES[0]}.lock").exists()),
+        ("a run file being written", lambda: temp_file() or n_runs() >= 1),
+        ("after 2 runs", lambda: n_runs() >= 2),
+        ("after 4 runs", lambda: n_runs() >= 4),
+        ("combining", lambda: n_runs() == len(NAMES) or (out / "cube.nc").exists()),
+    ]
+    kills = []
+    for label, cond in moments:
+        before = n_runs()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ntkbench.cli", "sweep", str(toml), "--out", str(out), "--no-progress"],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            hit = _wait(cond, label, proc)
+            if hit:
+                proc.send_signal(signal.SIGKILL)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if proc.returncode != -signal.SIGKILL:  # it finished first: only the last moment may be missed so
+            assert proc.returncode == 0 and label == "combining", (label, err)
+        kills.append((label, before, n_runs(), temp_file(), proc.returncode))
+        _files_ok(out, runs, ref)
+    assert sum(rc == -signal.SIGKILL for *_, rc in kills) >= 4, kills
+    assert kills[0][2] == 0  # killed before any run finished
+
+    res = subprocess.run(
+        [sys.executable, "-m", "ntkbench.cli", "sweep", str(toml), "--out", str(out), "--no-progress"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    _files_ok(out, runs, ref)
+    xr.testing.assert_identical(_strip(cube.open(out / "cube.nc")), _strip(ref))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

@@ -486,3 +486,25 @@ def test_make_model_errors():
         make_model({"width": 4}, key=key, in_shape=(4,), out_size=2)
     with pytest.raises(TypeError, match="config"):
         make_model([("name", "mlp")], key=key, in_shape=(4,), out_size=2)
+
+
+def test_random_features_frozen_kernel_is_the_feature_gram_and_only_the_readout_trains():
+    import ntkbench as nb
+    from ntkbench.models import RandomFeatures
+
+    key = jax.random.key(0)
+    x = jax.random.normal(jax.random.key(1), (6, 5))
+    frozen = make_model({"name": "random_features", "width": 12}, key=key, in_shape=(5,), out_size=1)
+    trained = make_model(
+        {"name": "random_features", "width": 12, "features": "trained"}, key=key, in_shape=(5,), out_size=1
+    )
+    assert isinstance(frozen, RandomFeatures) and frozen.features == "frozen"
+    np.testing.assert_allclose(jax.vmap(frozen)(x), jax.vmap(trained)(x), rtol=1e-6)
+    # the frozen W is the trained model's initial W; its eNTK is phi phi^T + 1 (readout weights and bias)
+    assert trained.hidden is not None
+    phi = jax.nn.relu(x @ trained.hidden.weight.T)
+    np.testing.assert_allclose(nb.entk(frozen, x, method="jacobian"), phi @ phi.T + 1, rtol=1e-5)
+    grads = eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x) ** 2))(frozen)
+    assert [g.shape for g in jax.tree_util.tree_leaves(grads)] == [(1, 12), (1,)]  # the readout only
+    with pytest.raises(ValueError, match="features"):
+        RandomFeatures(5, 1, 12, features="learned", key=key)

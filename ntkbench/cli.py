@@ -11,8 +11,9 @@ Rerunning ``sweep`` or ``reproduce`` with the same ``--out`` resumes: finished r
 skipped; Ctrl-C stops a sweep after its current run. A ``--out`` folder holding runs of a
 different config is refused (the message names the differing keys) unless ``--overwrite``;
 two sweeps on one folder share the work through per-run lock files. Errors in the input
-(a bad config key, an unknown paper or figure) print one line naming the problem and exit
-with status 2.
+(a bad config key, an unknown paper or figure, a missing or malformed file, a bad option)
+print one line naming the argument and what was expected and exit with status 2; ``--debug``
+(before or after the command) adds the traceback.
 
 Example
 -------
@@ -24,7 +25,9 @@ ntkbench 0.1.0
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,8 +76,10 @@ def _load_toml(path: str) -> dict:
     import tomllib
 
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"argument CONFIG.toml: {path!r} is a folder; expected a TOML file")
     if not p.is_file():
-        raise FileNotFoundError(f"config file {path!r} does not exist")
+        raise FileNotFoundError(f"argument CONFIG.toml: config file {path!r} does not exist")
     try:
         with p.open("rb") as f:
             return tomllib.load(f)
@@ -82,10 +87,25 @@ def _load_toml(path: str) -> dict:
         raise ValueError(f"{path}: not valid TOML: {exc}") from exc
 
 
+def _check_out(path: str, argument: str = "--out") -> None:
+    """A folder that exists, or can be made: not a file, not under a file, writable."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"argument {argument}: {path!r} is a file; expected a folder")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"argument {argument}: {path!r} lies under the file {str(parent)!r}; expected a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"argument {argument}: cannot write under {str(parent)!r} (permission denied)")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ntkbench.sweep import sweep
 
     config = _load_toml(args.config)
+    _check_out(args.out)
     ds = sweep(
         config,
         args.out,
@@ -103,6 +123,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from ntkbench.papers import get
 
     module = get(args.paper)
+    _check_out(args.out)
     module.run(args.out, quick=args.quick, workers=args.workers, scheduler=args.scheduler)
     print(f"{args.paper}: results in {args.out}")
     return 0
@@ -118,6 +139,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     figures = getattr(plots, "FIGURES", {})
     if args.figure not in figures:
         raise ValueError(f"unknown figure {args.figure!r}; known figures: {sorted(figures)}")
+    if Path(args.cube).is_dir() and Path(args.cube).suffix != ".zarr":
+        raise ValueError(f"argument CUBE: {args.cube!r} is a folder; expected a cube file (.nc) or a .zarr store")
+    _check_out(args.out)
     ds = cube.open(args.cube)
     fig = figures[args.figure](ds)
     target = Path(args.out) / f"{Path(args.cube).stem}-{args.figure}.{args.format}"
@@ -150,17 +174,32 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block) naming the argument, and
+    exits with status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ntkbench`` (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ntkbench", description="eNTK spectra of neural networks: sweeps, paper reproductions, figures."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    debug = _Parser(add_help=False)  # --debug after the command too
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
 
-    p = sub.add_parser("info", help="versions and JAX devices")
+    p = sub.add_parser("info", parents=[debug], help="versions and JAX devices")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("sweep", help="run a sweep from a TOML config (resumes)")
+    p = sub.add_parser("sweep", parents=[debug], help="run a sweep from a TOML config (resumes)")
     p.add_argument("config", metavar="CONFIG.toml")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (run files + cube.nc)")
     _add_cluster(p)
@@ -172,14 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("reproduce", help="run a paper's experiments (resumes)")
+    p = sub.add_parser("reproduce", parents=[debug], help="run a paper's experiments (resumes)")
     p.add_argument("paper", metavar="PAPER")
     p.add_argument("--quick", action="store_true", help="small configuration (a few minutes on 2 cores)")
     p.add_argument("--out", required=True, metavar="DIR")
     _add_cluster(p)
     p.set_defaults(func=_cmd_reproduce)
 
-    p = sub.add_parser("export", help="export a figure of a cube")
+    p = sub.add_parser("export", parents=[debug], help="export a figure of a cube")
     p.add_argument("cube", metavar="CUBE")
     p.add_argument("--figure", required=True, metavar="NAME")
     p.add_argument(
@@ -199,14 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"ntkbench {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"ntkbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # a sweep's own message says what finished and how to resume
         print(str(exc) or "interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:
-        print(f"ntkbench {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"ntkbench {args.command}: failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 1
 
 

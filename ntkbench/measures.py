@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, overload
 
@@ -139,11 +140,31 @@ def _shannon(p: Array) -> Array:
     return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
 
 
+def _undefined_where_zero(S: Array, total: Array, what: str) -> Array:
+    """NaN where the distribution has no mass (``total`` ≤ 0: an all-zero spectrum, a kernel
+    without gradient), with a ``RuntimeWarning`` when the values are concrete (not traced):
+    such an entropy is undefined, and a silent 0 would read as "one direction dominates"."""
+    empty = total <= 0
+    if not isinstance(empty, Tracer) and bool(jnp.any(empty)):
+        warnings.warn(
+            f"{what}: the spectrum is all zero (a kernel without gradient, e.g. a dead network); "
+            "its entropy is undefined and returned as NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return jnp.where(empty, jnp.nan, S)
+
+
 def entropy(eigenvalues: Float[Array, "... n"], normalize: bool = False) -> Float[Array, "..."]:
     """Von Neumann entropy S = −Σ p_i ln p_i of p_i = λ_i / Σλ (natural log).
 
-    Eigenvalues below 1e-14 × the largest (round-off, including tiny negatives) count as 0.
-    ``normalize=True`` divides by ln N (N = number of eigenvalues), giving S / ln N ∈ [0, 1].
+    Eigenvalues below 1e-14 × the largest (round-off, including tiny negatives) count as 0,
+    so round-off never makes it NaN. ``normalize=True`` divides by ln N (N = number of
+    eigenvalues), giving S / ln N ∈ [0, 1].
+
+    An all-zero spectrum (nothing above round-off: a kernel without gradient, e.g. a dead
+    network) has no distribution p: the entropy is NaN, with a ``RuntimeWarning`` when
+    called outside ``jit`` -- never a silent 0. NaN or Inf eigenvalues raise ``ValueError``.
 
     Example
     -------
@@ -151,7 +172,9 @@ def entropy(eigenvalues: Float[Array, "... n"], normalize: bool = False) -> Floa
     1.0
     """
     lam = _eigenvalues(eigenvalues)
-    S = _shannon(_probabilities(lam))
+    top = jnp.max(jnp.abs(lam), axis=-1)
+    total = jnp.sum(jnp.where(lam > _CLIP * top[..., None], lam, 0.0), axis=-1)
+    S = _undefined_where_zero(_shannon(_probabilities(lam)), total, "entropy")
     if normalize:
         n = lam.shape[-1]
         S = S / jnp.log(n) if n > 1 else jnp.zeros_like(S)
@@ -275,7 +298,9 @@ def cosine_normalize(K: Float[Array, "... n n"]) -> Float[Array, "... n n"]:
 
 def magnitude_entropy(K: Float[Array, "... n n"], normalize: bool = False) -> Float[Array, "..."]:
     """Shannon entropy of q_i = sqrt(K_ii) / Σ_j sqrt(K_jj) (how evenly gradient norms are
-    spread over samples); ``normalize=True`` divides by ln N.
+    spread over samples); ``normalize=True`` divides by ln N. Round-off negatives on the
+    diagonal count as 0; an all-zero diagonal gives NaN with a ``RuntimeWarning`` (see
+    :func:`entropy`).
 
     Example
     -------
@@ -284,8 +309,9 @@ def magnitude_entropy(K: Float[Array, "... n n"], normalize: bool = False) -> Fl
     """
     K = _kernel(K)
     s = jnp.sqrt(jnp.clip(jnp.diagonal(K, axis1=-2, axis2=-1), 0.0))
-    q = s / jnp.sum(s, axis=-1, keepdims=True)
-    S = _shannon(q)
+    total = jnp.sum(s, axis=-1, keepdims=True)
+    q = s / jnp.where(total > 0, total, 1.0)
+    S = _undefined_where_zero(_shannon(q), total[..., 0], "magnitude_entropy")
     n = K.shape[-1]
     return S / jnp.log(n) if normalize and n > 1 else S
 

@@ -15,8 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 
@@ -358,3 +360,59 @@ def test_sigkill_at_many_moments_then_resume_gives_the_uninterrupted_results(tmp
     _files_ok(out, runs, ref)
     xr.testing.assert_identical(_strip(cube.open(out / "cube.nc")), _strip(ref))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------------------- numerical faults
+
+
+def test_entropy_of_an_all_zero_spectrum_is_nan_with_a_warning():
+    import jax
+    import jax.numpy as jnp
+
+    import ntkbench as nb
+
+    for measure in (nb.entropy, nb.effective_rank, lambda lam: nb.entropy(lam, normalize=True)):
+        with pytest.warns(RuntimeWarning, match="all zero .* undefined"):
+            assert bool(jnp.isnan(measure(jnp.zeros(5))))
+    with pytest.warns(RuntimeWarning, match="all zero"):  # only round-off negatives: still undefined
+        assert bool(jnp.isnan(nb.entropy(jnp.array([0.0, -1e-30, -1e-31]))))
+    with pytest.warns(RuntimeWarning, match="all zero"):  # batched: only the dead row is NaN
+        S = nb.entropy(jnp.array([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+    assert bool(jnp.isnan(S[0])) and float(S[1]) == pytest.approx(np.log(2.0))
+    with pytest.warns(RuntimeWarning, match="magnitude_entropy"):
+        assert bool(jnp.isnan(nb.magnitude_entropy(jnp.zeros((4, 4)))))
+    assert bool(jnp.isnan(jax.jit(nb.entropy)(jnp.zeros(3))))  # traced: NaN, no warning possible
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nb.entropy(jnp.array([1.0, jnp.nan]))
+
+
+def test_round_off_negatives_never_make_a_measure_nan():
+    """A rank-3 kernel of 12 points in float32: eigvalsh gives tiny negative eigenvalues.
+    Every spectral measure stays finite and matches float64 on the exact spectrum."""
+    import jax.numpy as jnp
+
+    import ntkbench as nb
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 3))
+    K64 = X @ X.T
+    K32 = jnp.asarray(K64, dtype=jnp.float32)
+    lam = nb.spectrum(K32)
+    assert float(lam.min()) < 0  # the round-off this test is about
+    exact = np.clip(np.linalg.eigvalsh(K64), 0, None)
+    p = exact[exact > 1e-9] / exact.sum()
+    S_exact = float(-(p * np.log(p)).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for value in (
+            nb.entropy(lam),
+            nb.entropy(lam, normalize=True),
+            nb.effective_rank(lam),
+            nb.magnitude_entropy(K32.at[0, 0].set(-1e-7)),
+            nb.kernel_alignment(K32, K32 + 1e-7),
+            nb.relative_change(K32, K32),
+            nb.trace(K32),
+        ):
+            assert bool(jnp.all(jnp.isfinite(value)))
+    assert float(nb.entropy(lam)) == pytest.approx(S_exact, rel=1e-4)
+    assert float(nb.effective_rank(lam)) == pytest.approx(np.exp(S_exact), rel=1e-4)

@@ -653,10 +653,18 @@ def fig_d4_data(
             cells["step_label"].append(str(s))
             cells["value"].append(float(vals[i, k]))
     med = median_index(np.nan_to_num(np.asarray(wk.transpose("step", "eigen_index").values, float)))
+    lam = sub["eigenvalues"].isel(step=-1)
+    lam = np.asarray((lam.mean("seed") if "seed" in lam.dims else lam).values, float)
+    rank = int(np.sum(lam > 1e-6 * lam[0]))  # the frozen small model's kernel has rank width + 1 < N
     data = plots.figure_data(
         "F-d4",
         f"<b>F-d4 the spectrum behind the position</b> — {FEATURES[features][0]}, width {width}; {_data_note(ds)}; "
-        f"{'w_k averaged over seeds' if mode in ('mean', 'all') else f'seed {mode}'}; white: the median eigen-index of w_k",
+        f"{'w_k averaged over seeds' if mode in ('mean', 'all') else f'seed {mode}'}; white: the median eigen-index of w_k"
+        + (
+            "; orange dashes: the kernel's numerical rank (λ_k > 10⁻⁶ λ_1 at the last step): beyond it w_k cannot be learned"
+            if rank < n_eig
+            else ""
+        ),
     )
     data["sources"]["d4-weights-cells"] = cells
     data["sources"]["d4-weights-median"] = {"x": (med + 1).tolist(), "step_label": [str(s) for s in steps]}
@@ -675,7 +683,10 @@ def fig_d4_data(
         pts["y"] += y[ok].tolist()
     data["sources"]["d4-pos-lines"], data["sources"]["d4-pos-bands"] = lines, bands
     data["sources"]["d4-pos-points"] = pts
-    data["spans"] = {"d4-pos-marker": None if step is None else step + 1}
+    data["spans"] = {
+        "d4-pos-marker": None if step is None else step + 1,
+        "d4-weights-rank": rank + 0.5 if rank < n_eig else None,
+    }
     plots.set_panel(
         data,
         "d4-weights",
@@ -696,7 +707,7 @@ def build_d4(data: FigureData) -> Any:
     """The F-d4 layout: the w_k heat map with its colour bar and median line, and the χ_pos
     panel."""
     from bokeh.layouts import column, row
-    from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, Range1d
+    from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, Range1d, Span
     from bokeh.plotting import figure
 
     steps = list(data["layout"]["steps"])
@@ -726,6 +737,18 @@ def build_d4(data: FigureData) -> Any:
             renderers=[heat],
             tooltips=[("k", "@x"), ("step", "@step_label"), ("w_k", "@value{%0.3g}")],
             formatters={"@value": "printf"},
+        )
+    )
+    rank = data["spans"]["d4-weights-rank"]
+    fig.add_layout(
+        Span(
+            location=float(rank) if rank is not None else float("nan"),
+            dimension="height",
+            line_color="#ff7f0e",
+            line_dash="dashed",
+            line_width=2.5,
+            name="d4-weights-rank",
+            visible=rank is not None,
         )
     )
     fig.add_layout(ColorBar(color_mapper=mapper, width=12, title="w_k"), "right")
@@ -775,7 +798,7 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
         ctls += [
             Control("rf_width", "dropdown", "all", [("every size", "all")] + [(f"width {w}", w) for w in widths], description="F-d3"),
             Control("width", "dropdown", widths[0], [(f"width {w}", w) for w in widths], description="F-d4"),
-            Control("features", "toggle", "frozen", [(FEATURES[f][0], f) for f in rf["features"].values.tolist()], button_width="120px"),
+            Control("features", "toggle", "trained", [(FEATURES[f][0], f) for f in rf["features"].values.tolist()], button_width="120px"),
             step_control([int(s) for s in rf["step"].values]),
         ]  # fmt: skip
     return ctls

@@ -108,7 +108,7 @@ RF_MEASURES: list[str] = [
     "residual_weights",
     "spectral_position_eig",
 ]
-#: language-model data set -> (experiment, label)
+#: language-model experiment (= the F-d1 data_set setting) -> its label
 LM_SETS: dict[str, str] = {"stories": "stories (next token)", "pixels": "digits as pixel sequences (next pixel)"}
 #: features -> (label, colour)
 FEATURES: dict[str, tuple[str, str]] = {
@@ -460,8 +460,9 @@ def build_d1(data: FigureData, panel_size: tuple[int, int] = (720, 330)) -> Any:
             src = ColumnDataSource(dict(data["sources"]["d1-loss-fits"]), name="d1-loss-fits")
             fig.multi_line("xs", "ys", source=src, line_color="color", line_dash="dashed", line_width=1.6)
         plots.panel_style(fig, legend=True, location="bottom_left")
-        fig.add_layout(fig.legend[0], "right")
-        fig.width += 300
+        if fig.legend:  # beside the plot: the curves fill the corners
+            fig.add_layout(fig.legend[0], "right")
+            fig.width += 300
 
     return plots.panel_grid(data, draw, panel_size=panel_size, name="F-d1")
 
@@ -469,14 +470,13 @@ def build_d1(data: FigureData, panel_size: tuple[int, int] = (720, 330)) -> Any:
 # =========================================================================== F-d2
 
 
-def _rf_series(ds: Any) -> list[tuple[str, int, str, bool]]:
-    """(features, width, label, light) of every random-feature series: trained dark,
-    frozen light; small width thin."""
-    out = []
-    for feat in ds["features"].values.tolist():
-        for w in ds["width"].values.tolist():
-            out.append((feat, int(w), f"{FEATURES.get(feat, (feat,))[0]}, width {int(w)}", False))
-    return out
+def _rf_series(ds: Any) -> list[tuple[str, int, str]]:
+    """(features, width, label) of every random-feature series, frozen first."""
+    return [
+        (feat, int(w), f"{FEATURES.get(feat, (feat,))[0]}, width {int(w)}")
+        for feat in ds["features"].values.tolist()
+        for w in ds["width"].values.tolist()
+    ]
 
 
 def _rf_colors(ds: Any) -> dict[tuple[str, int], str]:
@@ -503,7 +503,7 @@ def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: An
     x = np.asarray(ds["step"].values, float) + 1.0
     if lnp_data == "rf":
         colors = _rf_colors(ds)
-        series = [(ds.sel(features=f, width=w), colors[(f, w)], lab) for f, w, lab, _ in _rf_series(ds)]
+        series = [(ds.sel(features=f, width=w), colors[(f, w)], lab) for f, w, lab in _rf_series(ds)]
         pos_var = "spectral_position_eig" if "spectral_position_eig" in ds else "spectral_position"
         name = "random-feature model"
     else:
@@ -589,7 +589,7 @@ def fig_d3_data(
         ("d3-pos", "spectral_position", "χ_pos"),
     ):
         lines, bands = plots.empty_lines(), plots.empty_bands()
-        for feat, w, lab, _ in _rf_series(ds):
+        for feat, w, lab in _rf_series(ds):
             if width != "all" and w != int(width):
                 continue
             plots.add_series(

@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "MLP": "models",
     "CNN": "models",
     "TinyTransformer": "models",
+    "RandomFeatures": "models",
     "make_model": "models",
     "count_params": "models",
     # data.py

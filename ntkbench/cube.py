@@ -63,8 +63,16 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "test_trace": ("eNTK trace Tr K (test probe)", "1"),
     "test_trace_per_sample": ("eNTK trace per sample Tr K / N (test probe)", "1"),
     "spectral_position": ("spectral position chi_pos", "1"),
+    "chi_loss": ("LNP loss term chi_loss = ||u||^2 / B (probe batch)", "1"),
+    "chi_net": ("LNP network term chi_net = Tr K / B (probe batch)", "1"),
+    "chi_net_se": ("standard error of the Hutchinson chi_net (0 = exact)", "1"),
+    "grad_norm_sq": ("squared gradient norm ||grad L||^2 (probe batch)", "1"),
+    "residual_weights": ("residual spectral weight w_k = (v_k . u)^2 / ||u||^2", "1"),
+    "spectral_position_eig": ("spectral position chi_pos from the eNTK eigenpairs", "1"),
     "loss": ("training loss", "1"),
     "test_loss": ("test loss", "1"),
+    "kernel_test_loss": ("test loss of kernel regression with the initial eNTK", "1"),
+    "kernel_test_accuracy": ("test accuracy of kernel regression with the initial eNTK", "1"),
     "accuracy": ("training accuracy", "1"),
     "test_accuracy": ("test accuracy", "1"),
 }
@@ -105,6 +113,10 @@ KERNEL_VARIABLES: frozenset[str] = frozenset(
         "test_trace",
         "test_trace_per_sample",
         "spectral_position",
+        "chi_net",
+        "chi_net_se",
+        "residual_weights",
+        "spectral_position_eig",
     }
 )
 

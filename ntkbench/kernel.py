@@ -55,7 +55,7 @@ import numpy as np
 from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Float
 
-__all__ = ["entk", "entk_diag", "as_model", "costs", "structured_features", "check_inputs"]
+__all__ = ["entk", "entk_diag", "as_model", "costs", "structured_features", "structured_vjp", "check_inputs"]
 
 Outputs = Literal["trace", "full"]
 Method = Literal["auto", "jacobian", "ntvp", "structured"]
@@ -579,8 +579,61 @@ def structured_features(
     >>> [f.shape for f in feats(jnp.ones(4))][:2]
     [(1, 4), (3, 1, 16)]
     """
-    calls = _probe(model, x_shape, x_dtype)
     k = _n_outputs(model, x_shape, x_dtype)
+    forward, layers = _structured_vjp(model, x_shape, x_dtype, k, n1, n2, full)
+
+    def feats(x):
+        out, backward = forward(x)
+        return backward(jnp.eye(out.shape[0], dtype=out.dtype))
+
+    return feats, layers
+
+
+def structured_vjp(
+    model: eqx.Module, x_shape: tuple[int, ...], x_dtype: Any, cotangents: int
+) -> tuple[Callable[[Array], tuple[Array, Callable[[Array], list[Array]]]], list[_Layer]]:
+    """The structured features of :func:`structured_features` for ANY cotangents of the
+    output, not only the K basis vectors: what per-sample gradient norms along given
+    output directions need (Hutchinson probes, the loss residual).
+
+    Parameters
+    ----------
+    model, x_shape, x_dtype:
+        As for :func:`structured_features`.
+    cotangents:
+        M, the number of cotangent vectors per sample; each layer's route (token Grams or
+        Jacobian blocks) is chosen for the diagonal of M cotangents.
+
+    Returns
+    -------
+    (forward, layers)
+        ``forward(x)`` maps one sample to ``(out, backward)``: ``out`` (K,) the flattened
+        output, ``backward(V)`` with V (M, K) returns the feature list of
+        :func:`structured_features` with M in place of K (tokens ``X (T, d_in)`` and
+        cotangents ``G (M, T, d_out)`` for each ``"gram"`` layer, then the blocks
+        ``(M, p)`` of the others). The gradient of V_m·f(x) has the squared norm
+        Σ_{t,s} (x_t·x_s [+ 1 for a bias])(g_mt·g_ms) on a ``"gram"`` layer (the token-Gram
+        or "ghost norm" identity; x_t·x_s = [id_t == id_s] for an embedding) plus
+        ‖block_m‖² on the rest. Traceable; batches with ``jax.vmap``.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp, equinox as eqx
+    >>> model = eqx.nn.MLP(4, 3, 16, 2, key=jax.random.key(0))
+    >>> forward, layers = structured_vjp(model, (4,), jnp.float32, cotangents=2)
+    >>> out, backward = forward(jnp.ones(4))
+    >>> [f.shape for f in backward(jnp.ones((2, 3)))][:2]
+    [(1, 4), (2, 1, 16)]
+    """
+    if isinstance(cotangents, bool) or not isinstance(cotangents, (int, np.integer)) or cotangents < 1:
+        raise ValueError(f"cotangents: expected a positive integer, got {cotangents!r}")
+    return _structured_vjp(model, x_shape, x_dtype, int(cotangents), 1, 1, False)
+
+
+def _structured_vjp(model, x_shape, x_dtype, k: int, n1: int, n2: int, full: bool):
+    """(forward, layers) of :func:`structured_vjp`, routes chosen for k cotangents per
+    sample over an n1 × n2 kernel (``full``: all k × k output pairs)."""
+    calls = _probe(model, x_shape, x_dtype)
     # convolutions stay tapped on the "jac" route too: a Jacobian from patches is cheaper
     # than the convolution's own weight gradient under vmap
     layers = [L for L in _with_routes(_layers(model, calls), k, n1, n2, full) if L.route == "gram" or L.kind == "conv"]
@@ -602,21 +655,24 @@ def structured_features(
             _TAPES.pop()
         return out, {i: [tape.inputs[(i, c)] for c in range(len(cs))] for i, cs in calls.items()}
 
-    def feats(x):
+    def forward(x):
         out, vjp_fn, xs = jax.vjp(lambda e, p: f(e, p, x), eps0, others, has_aux=True)
-        basis = jnp.eye(out.shape[0], dtype=out.dtype)
-        g_eps, g_other = jax.vmap(vjp_fn)(basis)
-        grams, rest = [], []
-        for L in layers:
-            layer = taps[L.idx].layer
-            if L.route == "gram":
-                grams += _tokens(L, layer, xs[L.idx], g_eps[L.idx])
-            else:
-                rest += _conv_jacobian(L, layer, xs[L.idx], g_eps[L.idx], full)
-        rest += [j.reshape(j.shape[0], -1) for j in jax.tree_util.tree_leaves(g_other)]
-        return grams + rest
 
-    return feats, layers
+        def backward(V):
+            g_eps, g_other = jax.vmap(vjp_fn)(V)
+            grams, rest = [], []
+            for L in layers:
+                layer = taps[L.idx].layer
+                if L.route == "gram":
+                    grams += _tokens(L, layer, xs[L.idx], g_eps[L.idx])
+                else:
+                    rest += _conv_jacobian(L, layer, xs[L.idx], g_eps[L.idx], full)
+            rest += [j.reshape(j.shape[0], -1) for j in jax.tree_util.tree_leaves(g_other)]
+            return grams + rest
+
+        return out, backward
+
+    return forward, layers
 
 
 def _batched(feats: Callable, x: Array, block: int) -> list[Array]:

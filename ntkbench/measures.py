@@ -9,6 +9,7 @@ turned into a number.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import warnings
 from collections.abc import Callable
@@ -357,42 +358,185 @@ def kernel_regression(
 
 
 class LNP(NamedTuple):
-    """The loss–network–position decomposition ‖∇_θ L‖² = χ_loss · χ_net · χ_pos.
+    """The loss–network–position decomposition ‖∇_θ L‖² = χ_loss · χ_net · χ_pos of one
+    batch of B samples with K outputs each (all fields scalar arrays).
 
     chi_loss: ‖u‖² / B with u_i = ∂l_i/∂f(x_i) (the generalized residual).
-    chi_net: Tr K / B, the mean per-sample squared gradient norm Σ_c ‖∇_θ f_c(x_i)‖².
-    chi_pos: uᵀ K u / (‖u‖² Tr K), the spectral position (residual-weighted mean of λ/Tr K).
-    grad_sq: ‖∇_θ L‖² of the mean loss L = (1/B) Σ_i l_i.
+    chi_net: Tr K / B, the mean per-sample squared gradient norm Σ_c ‖∇_θ f_c(x_i)‖² (exact,
+        or a Hutchinson estimate).
+    chi_pos: ‖∇_θ L‖² / (χ_loss χ_net) = uᵀ K u / (‖u‖² Tr K), the spectral position (the
+        residual-weighted mean of λ/Tr K); carries the Hutchinson error of χ_net.
+    grad_sq: ‖∇_θ L‖² of the mean loss L = (1/B) Σ_i l_i (exact: one backward pass).
+    chi_net_se: standard error of the Hutchinson χ_net over its probes (0 when exact).
     """
 
     chi_loss: Array
     chi_net: Array
     chi_pos: Array
     grad_sq: Array
+    chi_net_se: Array
+
+
+#: ``probes="auto"`` computes χ_net exactly for models with at most this many outputs per
+#: sample (K backward passes per sample), else by Hutchinson with ``_AUTO_PROBES`` probes
+_EXACT_MAX_OUTPUTS = 64
+_AUTO_PROBES = 4
+_LNP_MEMORY = 2 * 1024**3  # bytes of per-sample features one block of samples may hold
+
+
+def _lnp_mse(f, y):
+    """½‖f − y‖² of one sample (integer y one-hot encoded)."""
+    y = jnp.asarray(y)
+    if jnp.issubdtype(y.dtype, jnp.integer) and y.shape != f.shape:
+        y = jax.nn.one_hot(y, f.shape[-1], dtype=f.dtype)
+    return 0.5 * jnp.sum((f - jnp.reshape(y, f.shape)) ** 2)
+
+
+def _lnp_ce(f, y):
+    """Softmax cross-entropy with integer labels, averaged over the positions of (T, V)."""
+    logits = f.reshape(-1, f.shape[-1]) if f.ndim > 0 else f[None, None]
+    labels = jnp.reshape(y, (-1,))
+    lp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(lp, labels[:, None], axis=-1))
 
 
 def _per_sample_loss(loss: str | Callable) -> Callable:
     if callable(loss):
         return loss
     if loss == "mse":
-
-        def mse(f, y):
-            y = jnp.asarray(y)
-            if jnp.issubdtype(y.dtype, jnp.integer) and y.shape != f.shape:
-                y = jax.nn.one_hot(y, f.shape[-1], dtype=f.dtype)
-            return 0.5 * jnp.sum((f - y) ** 2)
-
-        return mse
+        return _lnp_mse
     if loss == "ce":
-
-        def ce(f, y):
-            logits = f.reshape(-1, f.shape[-1]) if f.ndim > 0 else f[None, None]
-            labels = jnp.reshape(y, (-1,))
-            lp = jax.nn.log_softmax(logits, axis=-1)
-            return -jnp.mean(jnp.take_along_axis(lp, labels[:, None], axis=-1))
-
-        return ce
+        return _lnp_ce
     raise ValueError(f"loss: expected 'mse', 'ce' or a callable loss(f_i, y_i) -> scalar, got {loss!r}")
+
+
+def _resolve_probes(probes: Any, n_outputs: int) -> int | None:
+    """``probes`` of :func:`lnp` as None (exact) or the number of Hutchinson probes."""
+    if probes == "auto":
+        return None if n_outputs <= _EXACT_MAX_OUTPUTS else _AUTO_PROBES
+    if probes is None:
+        return None
+    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 2:
+        raise ValueError(
+            f"probes: expected None (exact), 'auto' or an integer ≥ 2 (the standard error needs two), got {probes!r}"
+        )
+    return int(probes)
+
+
+def _ghost_sq_norms(feats: list[Array], layers: list) -> Array:
+    """Squared norms (M,) of the gradients of V_m·f(x) from one sample's structured
+    features (:func:`ntkbench.kernel.structured_vjp`), never forming a weight gradient of
+    a "gram" layer: Σ_{t,s} (x_t·x_s [+ 1])(g_mt·g_ms) (ids equal for an embedding), plus
+    ‖block_m‖² of the Jacobian blocks of every other parameter."""
+    grams = [L for L in layers if L.route == "gram"]
+    total = None
+    for i, L in enumerate(grams):
+        X, G = feats[2 * i], feats[2 * i + 1]  # (T, d_in) or ids (T,); (M, T, d_out)
+        if L.kind == "embedding":
+            xx = (X[:, None] == X[None, :]).astype(G.dtype)
+        else:
+            xx = X @ X.T
+        if L.bias:
+            xx = xx + 1.0
+        if G.shape[1] == 1:
+            term = xx[0, 0] * jnp.sum(G[:, 0] ** 2, axis=-1)
+        else:
+            # cotangent Grams first (one batched matmul), then the elementwise product:
+            # 1.5-4x faster than a three-operand einsum (T = 64, d = 144..576, M = 4)
+            term = jnp.sum(jnp.einsum("mto,mso->mts", G, G) * xx, axis=(1, 2))
+        total = term if total is None else total + term
+    for b in feats[2 * len(grams) :]:
+        term = jnp.sum(b**2, axis=1)
+        total = term if total is None else total + term
+    assert total is not None  # a model always has parameters (as_model checks)
+    return total
+
+
+def _sample_block(forward: Callable, backward_m: int, x: Array, n_outputs: int, dtype) -> int:
+    """Samples per block of the per-sample pass whose features fit ``_LNP_MEMORY``."""
+    V = jax.ShapeDtypeStruct((backward_m, n_outputs), dtype)
+
+    def one(xi, v):
+        _, backward = forward(xi)
+        return backward(v)
+
+    shapes = jax.eval_shape(one, jax.ShapeDtypeStruct(x.shape[1:], x.dtype), V)
+    per = sum(math.prod(s.shape) * jnp.dtype(s.dtype).itemsize for s in jax.tree_util.tree_leaves(shapes))
+    return max(1, min(x.shape[0], int(_LNP_MEMORY // max(4 * per, 1))))
+
+
+def _lnp_impl(model, x, y, key, lfn: Callable, probes: Any, block_size: int | None) -> LNP:
+    import equinox as eqx
+
+    from .kernel import structured_vjp
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    B = x.shape[0]
+    # ‖∇L‖² and the residual from ONE forward and ONE backward pass of the batch
+    f, vjp_fn = jax.vjp(lambda p: jax.vmap(eqx.combine(p, static))(x), params)
+    K = math.prod(f.shape[1:])
+    auto, probes = probes == "auto", _resolve_probes(probes, K)
+    if probes is not None and key is None:
+        why = f" ('auto' chose {probes}: the model has {K} > {_EXACT_MAX_OUTPUTS} outputs per sample)"
+        raise ValueError(
+            "key: a PRNG key is required for the Hutchinson estimate of chi_net"
+            + (why if auto else "")
+            + "; or pass probes=None for the exact value"
+        )
+    u = jax.vmap(jax.grad(lfn))(f, y)
+    grads = vjp_fn(u / B)[0]
+    grad_sq = functools.reduce(operator.add, [jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads)])
+    chi_loss = jnp.sum(u**2) / B
+
+    # One backward sweep per cotangent (lax.map), each batched over the samples: with the
+    # cotangents as a second vmap axis, XLA:CPU (jax 0.10.2) miscomputes the LayerNorm
+    # backward of every cotangent after the third (B >= 16, T = 64, d = 144: off by 1-6 %;
+    # tests/test_lnp.py::test_many_probes_batched_layernorm_backward checks it).
+    forward, layers = structured_vjp(model, x.shape[1:], x.dtype, cotangents=1)
+
+    def sweep(backward, vs):  # vs (M, K) -> squared norms (M,)
+        return jax.lax.map(lambda v: _ghost_sq_norms(backward(v[None]), layers)[0], vs)
+
+    basis = jnp.eye(K, dtype=f.dtype)
+
+    def per_sample(xi, vi):  # exact: the K basis vectors; else the sample's probes
+        _, backward = forward(xi)
+        return jnp.sum(sweep(backward, basis))[None] if probes is None else sweep(backward, vi)
+
+    if probes is None:
+        V = jnp.zeros((B, 0), f.dtype)
+    else:  # Rademacher probes over each sample's K outputs
+        V = jax.random.rademacher(key, (B, probes, K), dtype=f.dtype)
+
+    block = block_size or _sample_block(forward, 1, x, K, f.dtype)
+    if block >= B:
+        norms = jax.vmap(per_sample)(x, V)  # (B, probes) or (B, 1)
+    else:
+        nb = -(-B // block)
+
+        def pad(a):
+            return jnp.concatenate([a, jnp.zeros((nb * block - B, *a.shape[1:]), a.dtype)]).reshape(
+                nb, block, *a.shape[1:]
+            )
+
+        norms = jax.lax.map(lambda xv: jax.vmap(per_sample)(*xv), (pad(x), pad(V)))
+        norms = norms.reshape(nb * block, -1)[:B]
+    if probes is None:
+        chi_net = jnp.sum(norms) / B
+        se = jnp.zeros((), chi_net.dtype)
+    else:
+        per_probe = jnp.sum(norms, axis=0) / B  # (probes,) independent estimates of Tr K / B
+        chi_net = jnp.mean(per_probe)
+        se = jnp.std(per_probe, ddof=1) / jnp.sqrt(probes)
+    chi_pos = grad_sq / (chi_loss * chi_net)
+    return LNP(chi_loss, chi_net, chi_pos, grad_sq, se)
+
+
+@functools.cache
+def _lnp_jit() -> Callable:
+    import equinox as eqx
+
+    return eqx.filter_jit(_lnp_impl)
 
 
 def lnp(
@@ -400,19 +544,53 @@ def lnp(
     x: Float[Array, "b ..."],
     y: Array,
     loss: Literal["mse", "ce"] | Callable = "mse",
-    probes: int | None = None,
+    probes: int | Literal["auto"] | None = "auto",
     *,
     key: Array | None = None,
+    block_size: int | None = None,
 ) -> LNP:
     """Loss–network–position decomposition of one batch, without forming the kernel.
 
-    Per-sample losses: ``"mse"`` l_i = ½‖f(x_i) − y_i‖² (integer y is one-hot encoded);
-    ``"ce"`` softmax cross-entropy with integer labels, averaged over the positions of a
-    sequence output (T, V); or a callable ``loss(f_i, y_i) -> scalar``. L = mean_i l_i.
+    ‖∇_θ L‖² = χ_loss · χ_net · χ_pos (``../papers/reach.md``) for B samples with K
+    outputs each (a sequence model's (T, V) logits are K = T·V outputs).
 
-    χ_net is exact (per-sample gradient norms via the structured eNTK diagonal) when
-    ``probes`` is None, else a Hutchinson estimate with ``probes`` Rademacher vectors
-    per sample (``key`` required).
+    Parameters
+    ----------
+    model
+        An Equinox module called on ONE sample, or ``(apply_fn, params)``.
+    x
+        (B, ...) inputs (token ids (B, T) for a language model).
+    y
+        (B, ...) targets: same shape as the outputs, or integer labels (B,) / (B, T).
+    loss
+        ``"mse"`` l_i = ½‖f(x_i) − y_i‖² (integer y is one-hot encoded); ``"ce"`` softmax
+        cross-entropy with integer labels, averaged over the positions of a sequence
+        output (T, V); or a callable ``loss(f_i, y_i) -> scalar`` on one sample.
+        L = mean_i l_i.
+    probes
+        None: χ_net exact, Σ_c ‖∇_θ f_c(x_i)‖² from K backward sweeps (one per basis
+        cotangent, each over the whole batch); an integer ≥ 2: a Hutchinson estimate, E_v ‖J_iᵀ v‖² =
+        Tr(J_i J_iᵀ) with ``probes`` Rademacher vectors v (K,) per sample (``key``
+        required) and its standard error over the probes; ``"auto"`` (default): exact for
+        K ≤ 64, else 4 probes.
+    key
+        PRNG key of the Hutchinson probes.
+    block_size
+        Samples per batch of the per-sample pass (default: as many as keep its features
+        under 2 GiB).
+
+    Returns
+    -------
+    :class:`LNP` of scalars (chi_loss, chi_net, chi_pos, grad_sq, chi_net_se).
+
+    How: ‖∇_θ L‖² and u from one forward and one backward pass of the batch. Per-sample
+    squared gradient norms along the probes (or basis vectors) come from ONE forward pass
+    and one backward sweep per probe over the batch, with cotangents taken only at the
+    outputs of the tapped layers (Linear, Embedding, convolutions: see
+    :func:`ntkbench.kernel.structured_vjp`): their squared weight-gradient norms by the
+    token-Gram ("ghost norm") identity ‖Σ_t g_t a_tᵀ‖²_F = Σ_{t,s} (a_t·a_s)(g_t·g_s),
+    never a per-sample weight gradient; every other parameter (LayerNorm gains and biases,
+    layers read in ways the tap cannot follow) by its per-sample gradient.
 
     Example
     -------
@@ -422,44 +600,17 @@ def lnp(
     >>> r = lnp(m, x, y)
     >>> bool(jnp.allclose(r.grad_sq, r.chi_loss * r.chi_net * r.chi_pos, rtol=1e-4))
     True
+    >>> float(r.chi_net_se)
+    0.0
     """
-    import equinox as eqx
 
-    from .kernel import as_model, check_inputs, entk_diag
+    from .kernel import as_model, check_inputs
 
     model = as_model(model)
-    x, _, _ = check_inputs(x, None, None)
+    x, _, block_size = check_inputs(x, None, block_size)
     y = jnp.asarray(y)
-    if y.shape[0] != x.shape[0]:
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y: expected a leading axis of length {x.shape[0]}, got shape {y.shape}")
     lfn = _per_sample_loss(loss)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    B = x.shape[0]
-
-    def mean_loss(p):
-        m = eqx.combine(p, static)
-        return jnp.mean(jax.vmap(lambda xi, yi: lfn(m(xi), yi))(x, y))
-
-    grads = jax.grad(mean_loss)(params)
-    grad_sq = functools.reduce(operator.add, [jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads)])
-    f = jax.vmap(model)(x)
-    u = jax.vmap(jax.grad(lfn))(f, y)
-    chi_loss = jnp.sum(u**2) / B
-    if probes is None:
-        tr = jnp.sum(entk_diag(model, x))
-    else:
-        if key is None:
-            raise ValueError("key: a PRNG key is required when probes is given")
-        if probes < 1:
-            raise ValueError(f"probes: expected a positive integer, got {probes}")
-
-        def sample_norm(xi, k):
-            out, vjp = jax.vjp(lambda p: eqx.combine(p, static)(xi), params)
-            v = jax.random.rademacher(k, (probes, *out.shape), dtype=out.dtype)
-            g = jax.vmap(vjp)(v)[0]
-            return sum(jnp.sum(a**2) for a in jax.tree_util.tree_leaves(g)) / probes
-
-        tr = jnp.sum(jax.vmap(sample_norm)(x, jax.random.split(key, B)))
-    chi_net = tr / B
-    chi_pos = grad_sq / (chi_loss * chi_net)
-    return LNP(chi_loss, chi_net, chi_pos, grad_sq)
+    _resolve_probes(probes, 0)  # argument check; "auto" is resolved on the output shape
+    return _lnp_jit()(model, x, y, key, lfn, probes, block_size)

@@ -32,6 +32,7 @@ A config is a dict (usually read from TOML) with the sections of one experiment 
     [record]                                   # ntkbench.Recorder
     every = 25                                 # int | "log" | [steps]
     probe = 128
+    # lnp_probes = 4                           # LNP measures: Hutchinson probes | "exact" | "auto"
 
     [grid]                                     # swept axes -> values; they become cube dims
     width = [16, 64, 256, 1024]
@@ -113,7 +114,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
 }
 #: Keys of a config's ``[record]`` section and their defaults.
-RECORD_DEFAULTS: dict[str, Any] = {"every": 10, "probe": 200, "measures": None, "log_points": 30}
+RECORD_DEFAULTS: dict[str, Any] = {"every": 10, "probe": 200, "measures": None, "log_points": 30, "lnp_probes": "auto"}
 _DATA_KEYS = ("name", "n_train", "n_test", "seed")
 
 
@@ -267,6 +268,9 @@ def _check_record(record: Mapping[str, Any]) -> None:
             _need(ok, "record.every", "a positive integer, 'log' or a list of steps", value)
         elif key in ("probe", "log_points"):
             _need(_is_int(value) and value >= 1, f"record.{key}", "a positive integer", value)
+        elif key == "lnp_probes":
+            ok = value in ("auto", "exact") or (_is_int(value) and value >= 2)
+            _need(ok, "record.lnp_probes", "an integer >= 2 (Hutchinson probes), 'exact' or 'auto'", value)
         elif key == "measures":
             _need(isinstance(value, list), "record.measures", f"a list of names from {sorted(MEASURES)}", value)
             for m in value:
@@ -559,7 +563,13 @@ def run_one(config: Mapping[str, Any]):
     if tr["optimizer"] in ("adam", "adamw"):
         opt = _mup_scaled(opt, model)
     rec = {**RECORD_DEFAULTS, **cfg.get("record", {})}
-    recorder = Recorder(every=rec["every"], probe=rec["probe"], measures=rec["measures"], log_points=rec["log_points"])
+    recorder = Recorder(
+        every=rec["every"],
+        probe=rec["probe"],
+        measures=rec["measures"],
+        log_points=rec["log_points"],
+        lnp_probes=None if rec["lnp_probes"] == "exact" else rec["lnp_probes"],
+    )
     _, ds = train(
         model,
         dataset,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import equinox as eqx
 import jax
@@ -47,9 +47,12 @@ __all__ = [
     "DEFAULT_MEASURES",
     "Context",
     "make_loss",
+    "linearized_test_predictions",
 ]
 
 _TASKS = ("classification", "regression", "next_token")
+LNPProbes: TypeAlias = int | Literal["auto"] | None  # Hutchinson probes of the LNP measures; None: exact
+_LNP_KEY_SALT = 0x4C4E50  # "LNP": the Hutchinson probes' key is fold_in(key, salt) then the step
 _EVAL_BATCH = 512
 
 
@@ -116,16 +119,22 @@ class Context:
     (while tracing), so a recording pays only for what its measures need.
 
     Attributes (all traced arrays): ``model``; ``kernel`` (N, N) eNTK of the probe set;
-    ``eigenvalues`` (N,) descending; ``kernel0`` the probe eNTK at step 0;
+    ``eigenvalues`` (N,) descending; ``eigenpairs`` (eigenvalues (N,), eigenvectors
+    (N, N) as columns); ``residual`` (N, C) the probe batch's u_i = ∂l_i/∂f(x_i);
+    ``lnp`` the loss–network–position decomposition of the probe batch
+    (:func:`ntkbench.lnp`, computed once per record with ``lnp_probes`` Hutchinson probes,
+    None = exact, keyed by ``inputs["lnp_key"]`` folded with ``inputs["step"]``);
+    ``kernel0`` the probe eNTK at step 0;
     ``test_kernel`` / ``test_eigenvalues`` on the test probe; ``loss``, ``test_loss``,
     ``accuracy``, ``test_accuracy`` on the full train / test sets; ``inputs`` the dict
     of arrays (``probe_x``, ``probe_y``, ``test_probe_x``, ``x_train``, ...).
     """
 
-    def __init__(self, model, inputs: dict[str, Any], loss_fn: Callable):
+    def __init__(self, model, inputs: dict[str, Any], loss_fn: Callable, lnp_probes: LNPProbes = "auto"):
         self.model = model
         self.inputs = inputs
         self.loss_fn = loss_fn
+        self.lnp_probes: LNPProbes = lnp_probes
 
     @functools.cached_property
     def kernel(self):
@@ -138,6 +147,28 @@ class Context:
         from ntkbench.measures import spectrum
 
         return spectrum(self.kernel)
+
+    @functools.cached_property
+    def eigenpairs(self):
+        from ntkbench.measures import spectrum
+
+        return spectrum(self.kernel, vectors=True)
+
+    @functools.cached_property
+    def residual(self):
+        x, y = self.inputs["probe_x"], self.inputs["probe_y"]
+        u = jax.vmap(jax.grad(self.loss_fn))(jax.vmap(self.model)(x), y)
+        return u.reshape(u.shape[0], -1)
+
+    @functools.cached_property
+    def lnp(self):
+        from ntkbench.measures import lnp
+
+        key = None
+        if "lnp_key" in self.inputs:
+            key = jax.random.fold_in(self.inputs["lnp_key"], self.inputs.get("step", 0))
+        x, y = self.inputs["probe_x"], self.inputs["probe_y"]
+        return lnp(self.model, x, y, self.loss_fn, probes=self.lnp_probes, key=key)
 
     @property
     def kernel0(self):
@@ -369,14 +400,93 @@ class TestTracePerSample(Measure):
 
 
 class SpectralPosition(Measure):
-    """Spectral position χ_pos of the probe batch (``ntkbench.lnp``; no kernel formed)."""
+    """Spectral position χ_pos = ‖∇L‖² / (χ_loss χ_net) of the probe batch
+    (:func:`ntkbench.lnp`, no kernel formed; Hutchinson when the recorder's ``lnp_probes``
+    says so). The LNP measures share one computation per record."""
 
     name = "spectral_position"
 
     def __call__(self, ctx):
-        from ntkbench.measures import lnp
+        return ctx.lnp.chi_pos
 
-        return lnp(ctx.model, ctx.inputs["probe_x"], ctx.inputs["probe_y"], ctx.loss_fn).chi_pos
+
+class ChiLoss(Measure):
+    """Loss term χ_loss = ‖u‖² / B of the probe batch (u_i = ∂l_i/∂f(x_i))."""
+
+    name = "chi_loss"
+
+    def __call__(self, ctx):
+        return ctx.lnp.chi_loss
+
+
+class ChiNet(Measure):
+    """Network term χ_net = Tr K / B of the probe batch (exact or Hutchinson)."""
+
+    name = "chi_net"
+
+    def __call__(self, ctx):
+        return ctx.lnp.chi_net
+
+
+class ChiNetSE(Measure):
+    """Standard error of the Hutchinson χ_net over its probes (0 when exact)."""
+
+    name = "chi_net_se"
+
+    def __call__(self, ctx):
+        return ctx.lnp.chi_net_se
+
+
+class GradNormSq(Measure):
+    """‖∇_θ L‖² of the probe batch's mean loss (one backward pass); equals
+    χ_loss · χ_net · χ_pos."""
+
+    name = "grad_norm_sq"
+
+    def __call__(self, ctx):
+        return ctx.lnp.grad_sq
+
+
+def _residual_weights(ctx: Context, name: str):
+    """w_k = (v_k·u)² / ‖u‖² over the probe eNTK's eigenvectors (descending), C = 1 only."""
+    from ntkbench.measures import residual_projection
+
+    u = ctx.residual
+    if u.shape[1] != 1:
+        raise ValueError(
+            f"measures: {name!r} needs a model with one output per sample (C = 1, where the traced "
+            f"probe eNTK is the full one); this model has C = {u.shape[1]} outputs"
+        )
+    return residual_projection(ctx.eigenpairs[1], u[:, 0], weights=True)
+
+
+class ResidualWeights(Measure):
+    """Residual spectral weights w_k = (v_k·u)² / ‖u‖² (Σ_k w_k = 1) on the probe eNTK's
+    eigenvectors, dims ("eigen_index",) paired with ``eigenvalues`` (descending).
+
+    Only for models with ONE output (C = 1): there the traced kernel is the full
+    (B·C) × (B·C) one. For C > 1 the weights would live on B·C full-kernel eigen-indices,
+    not on the N of ``eigenvalues``; recording them is refused with a ``ValueError``
+    naming this measure (at the first record, before any training step).
+    """
+
+    name = "residual_weights"
+    dims = ("eigen_index",)
+
+    def __call__(self, ctx):
+        return _residual_weights(ctx, self.name)
+
+
+class SpectralPositionEig(Measure):
+    """χ_pos from the eigendecomposition, Σ_k (λ_k / Tr K) w_k: equals the kernel-free
+    ``spectral_position`` (exact χ_net) to round-off. C = 1 only, as ``residual_weights``."""
+
+    name = "spectral_position_eig"
+
+    def __call__(self, ctx):
+        w = _residual_weights(ctx, self.name)
+        lam = ctx.eigenpairs[0]
+        return jnp.sum(lam / jnp.sum(lam) * w)
 
 
 class Loss(Measure):
@@ -418,6 +528,65 @@ class TestAccuracy(Measure):
         return ctx.test_accuracy
 
 
+class KernelTestLoss(Measure):
+    """Test loss of kernel regression with the initial eNTK: the linearized network trained
+    to convergence on the whole training set (see :func:`linearized_test_predictions`).
+    A constant of the run, repeated at every record so it sits in the cube beside
+    ``test_loss``; the trained network's ``test_loss`` minus it is the benefit of feature
+    learning."""
+
+    name = "kernel_test_loss"
+    needs = frozenset({"test", "kernel_regression"})
+
+    def __call__(self, ctx):
+        return ctx._loss(ctx.inputs["kernel_test_preds"], ctx.inputs["y_test"])
+
+
+class KernelTestAccuracy(Measure):
+    """Test accuracy of kernel regression with the initial eNTK (as ``kernel_test_loss``)."""
+
+    name = "kernel_test_accuracy"
+    needs = frozenset({"test", "labels", "kernel_regression"})
+
+    def __call__(self, ctx):
+        return ctx._accuracy(ctx.inputs["kernel_test_preds"], ctx.inputs["y_test"])
+
+
+def linearized_test_predictions(
+    model: Any, x_train: jax.Array, y_train: jax.Array, x_test: jax.Array, *, ridge: float = 0.0
+) -> jax.Array:
+    """Test predictions of the network linearized at ``model`` and trained to convergence
+    by gradient flow on ½‖f − y‖² over the whole training set:
+
+        f_lin(X*) = f_0(X*) + Θ(X*, X) Θ(X, X)⁺ (Y − f_0(X)),
+
+    with Θ the *full* initial eNTK over samples and outputs, (N·C) × (N·C), and ⁺ the
+    least-squares (pseudo-)inverse (``ridge > 0``: (Θ + ridge·I)⁻¹). Integer labels are
+    one-hot targets. Shapes: x_train (N, ...), y_train (N,) labels or (N, C) / (N, ...)
+    targets, x_test (M, ...) → (M, *output_shape). Cost O((N·C)³): meant for N·C up to a
+    few thousand.
+
+    For a linear model f(x) = W x this is exactly what gradient descent on MSE converges
+    to from W_0 (tests/test_train.py checks it).
+    """
+    from ntkbench.kernel import entk
+    from ntkbench.measures import kernel_regression
+
+    f0_train, f0_test = _predict(model, x_train), _predict(model, x_test)
+    n, m = f0_train.shape[0], f0_test.shape[0]
+    out_shape = f0_train.shape[1:]
+    c = int(np.prod(out_shape))
+    y = jnp.asarray(y_train)
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        y = jax.nn.one_hot(y, out_shape[-1], dtype=f0_train.dtype)
+    resid = jnp.reshape(y.astype(f0_train.dtype), (n * c,)) - jnp.reshape(f0_train, (n * c,))
+    flat = lambda K, a, b: jnp.transpose(K, (0, 2, 1, 3)).reshape(a * c, b * c)  # noqa: E731
+    k_train = flat(entk(model, x_train, outputs="full", check_finite=False), n, n)
+    k_test = flat(entk(model, x_test, x_train, outputs="full", check_finite=False), m, n)
+    preds = jnp.reshape(f0_test, (m * c,)) + kernel_regression(k_train, resid, k_test, ridge=ridge)
+    return jnp.reshape(preds, (m, *out_shape))
+
+
 #: measure name -> class; ``Recorder(measures=[...])`` accepts these names
 MEASURES: dict[str, type[Measure]] = {
     cls.name: cls
@@ -436,10 +605,18 @@ MEASURES: dict[str, type[Measure]] = {
         TestTrace,
         TestTracePerSample,
         SpectralPosition,
+        ChiLoss,
+        ChiNet,
+        ChiNetSE,
+        GradNormSq,
+        ResidualWeights,
+        SpectralPositionEig,
         Loss,
         TestLoss,
         Accuracy,
         TestAccuracy,
+        KernelTestLoss,
+        KernelTestAccuracy,
     )
 }
 
@@ -478,6 +655,10 @@ class Recorder:
     measures : names from :data:`MEASURES` or :class:`Measure` instances; None records
         :data:`DEFAULT_MEASURES` minus those the task cannot provide.
     log_points : number of points of the ``"log"`` schedule.
+    lnp_probes : χ_net of the LNP measures (``spectral_position``, ``chi_net``, ...): None
+        exact, an integer ≥ 2 the number of Hutchinson probes, ``"auto"`` exact for models
+        with ≤ 64 outputs per sample, else 4 probes (:func:`ntkbench.lnp`). The probes'
+        key is derived from :func:`train`'s ``key`` and the step.
 
     >>> Recorder(every=25, probe=64).steps(100).tolist()
     [0, 25, 50, 75, 100]
@@ -492,6 +673,7 @@ class Recorder:
         measures: Sequence[str | Measure] | None = None,
         *,
         log_points: int = 30,
+        lnp_probes: LNPProbes = "auto",
     ):
         if isinstance(every, str):
             if every != "log":
@@ -513,9 +695,16 @@ class Recorder:
             raise ValueError(f"probe must be a positive int, got {probe!r}")
         if isinstance(log_points, bool) or not isinstance(log_points, (int, np.integer)) or log_points < 1:
             raise ValueError(f"log_points must be a positive int, got {log_points!r}")
+        if not (
+            lnp_probes is None
+            or lnp_probes == "auto"
+            or (isinstance(lnp_probes, (int, np.integer)) and not isinstance(lnp_probes, bool) and lnp_probes >= 2)
+        ):
+            raise ValueError(f"lnp_probes must be None (exact), 'auto' or an integer >= 2, got {lnp_probes!r}")
         self.every = every
         self.probe = int(probe)
         self.log_points = int(log_points)
+        self.lnp_probes: LNPProbes = "auto" if lnp_probes == "auto" else None if lnp_probes is None else int(lnp_probes)
         self._explicit = measures is not None
         names = DEFAULT_MEASURES if measures is None else measures
         if isinstance(names, str):
@@ -596,8 +785,8 @@ def _run_steps(params, static, opt_state, x, y, key, start, stop, optimizer, los
 
 
 @eqx.filter_jit
-def _record(model, inputs, measures, loss_fn):
-    ctx = Context(model, inputs, loss_fn)
+def _record(model, inputs, measures, loss_fn, lnp_probes: LNPProbes = "auto"):
+    ctx = Context(model, inputs, loss_fn, lnp_probes)
     return {m.name: jnp.asarray(m(ctx)) for m in measures}
 
 
@@ -689,8 +878,11 @@ def train(
         n_probe = min(recorder.probe, n_train)
         inputs["probe_x"] = x[:n_probe]
         inputs["probe_y"] = y[:n_probe]
+        inputs["lnp_key"] = jax.random.fold_in(key, _LNP_KEY_SALT)  # Hutchinson probes: fold in the step
         if any("test" in m.needs for m in measures) and has_test:
             inputs["test_probe_x"] = inputs["x_test"][: min(recorder.probe, len(data.x_test))]
+        if any("kernel_regression" in m.needs for m in measures) and has_test:
+            inputs["kernel_test_preds"] = linearized_test_predictions(model, x, y, inputs["x_test"])
         if any("kernel0" in m.needs for m in measures):
             from ntkbench.kernel import entk
 
@@ -709,7 +901,9 @@ def train(
                 optimizer, loss_fn, batch_size,
             )  # fmt: skip
             done = s
-        records.append(_record(eqx.combine(params, static), inputs, measures, loss_fn))
+        step_inputs = {**inputs, "step": jnp.asarray(s, jnp.int32)}
+        lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
+        records.append(_record(eqx.combine(params, static), step_inputs, measures, loss_fn, lnp_probes))
     trained = eqx.combine(params, static)
 
     host = jax.device_get(records)  # one transfer at the end
@@ -735,6 +929,7 @@ def train(
             "every": list(recorder.every) if isinstance(recorder.every, tuple) else recorder.every,
             "probe": recorder.probe,
             "measures": [m.name for m in measures],
+            "lnp_probes": recorder.lnp_probes,
         },
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=make_attrs(config))

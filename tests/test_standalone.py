@@ -1,0 +1,225 @@
+"""Standalone interactive HTML (ntkbench.standalone): the explorer and paper figures in a
+plain browser, from a file:// page, with no Jupyter server and no Python kernel.
+
+Headless Chromium (Playwright) loads the written file; every wait is on a condition (a
+model value, a title, the canvas pixels) with an explicit timeout, never a sleep. The data
+shown after each control change is compared with what the live ``Explorer`` shows for the
+same settings, read from the page's Bokeh document by source name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkbench import standalone
+from ntkbench.testing import synthetic_cube
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _browser  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP = os.environ.get("NTKBENCH_SKIP_BROWSER") == "1"
+browser_only = pytest.mark.skipif(SKIP, reason="NTKBENCH_SKIP_BROWSER=1")
+TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def ds():
+    # the quickstart sweep's shape: 3 widths × 2 seeds, 11 recordings, probe of 48
+    return synthetic_cube(widths=(32, 128, 512), seeds=(0, 1), steps=tuple(range(0, 151, 15)), n_eigen=48)
+
+
+def test_explorer_html_is_self_contained_and_small(ds, tmp_path):
+    path = standalone.explorer_html(ds, tmp_path / "explorer")
+    assert path.name == "explorer.html"
+    text = path.read_text()
+    assert re.findall(r"<script[^>]*\ssrc=", text) == [] and re.findall(r"<link[^>]*\shref=", text) == []
+    assert "cdn.bokeh.org" not in text
+    assert path.stat().st_size < 3_000_000
+
+
+def _same(a, b, where="") -> None:
+    """``a`` (Python columns) equals ``b`` (read from the page): numbers to 1e-9 relative,
+    NaN equal to NaN, strings exactly, lists element by element."""
+    if isinstance(a, dict):
+        assert set(a) <= set(b), f"{where}: columns {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple, np.ndarray)):
+        a, b = list(a), list(b)
+        assert len(a) == len(b), f"{where}: length {len(a)} vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, str):
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+    else:
+        x, y = float(a), float(b)
+        if math.isnan(x):
+            assert y is None or math.isnan(y), f"{where}: NaN vs {y!r}"
+        else:
+            assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {x!r} vs {y!r}"
+
+
+_READ = """(name) => {
+  const m = Bokeh.documents[0].get_model_by_name(name);
+  const plain = (v) => (Array.isArray(v) || ArrayBuffer.isView(v)) ? Array.from(v, plain) : v;
+  return Object.fromEntries(Object.entries(m.data).map(([k, v]) => [k, plain(v)]));
+}"""
+_VALUE = "([name, attr]) => Bokeh.documents[0].get_model_by_name(name)[attr]"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=_browser.CHROMIUM, headless=True, args=_browser.CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _open(browser, path: Path):
+    page = browser.new_page(viewport={"width": 1150, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_function(
+        "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle", timeout=TIMEOUT_MS
+    )
+    page.locator(".bk-Canvas").first.wait_for(timeout=TIMEOUT_MS)
+    return page, errors
+
+
+def _changed(page, before: bytes) -> bytes:
+    """Wait until the page's pixels differ from ``before``; return the new screenshot."""
+    shot = _browser.wait_for(
+        lambda: page.screenshot(), lambda s: _browser.pixel_diff(before, s) > 0.0005, 10, "canvas pixels change"
+    )
+    return shot
+
+
+_READ_ALL = """(names) => {
+  const doc = Bokeh.documents[0];
+  const plain = (v) => (Array.isArray(v) || ArrayBuffer.isView(v)) ? Array.from(v, plain) : v;
+  const out = {};
+  for (const name of names) {
+    const m = doc.get_model_by_name(name);
+    out[name] = m.data !== undefined ? Object.fromEntries(Object.entries(m.data).map(([k, v]) => [k, plain(v)]))
+                                     : m.title.text;
+  }
+  return out;
+}"""
+
+
+def _check(page, ex) -> None:
+    """Every source and title of the page equals the live explorer's (one read of the page)."""
+    names = [f"{fig}:{s}" for fig, sources in ex.sources.items() for s in sources] + [f"figure:{f}" for f in ex.figures]
+    shown = page.evaluate(_READ_ALL, names)
+    for fig, sources in ex.sources.items():
+        for name, src in sources.items():
+            _same(dict(src.data), shown[f"{fig}:{name}"], f"{fig}:{name}")
+        assert shown[f"figure:{fig}"] == ex.figures[fig].title.text
+
+
+@browser_only
+def test_explorer_controls_work_in_a_plain_browser(ds, browser, tmp_path):
+    from ntkbench.widgets import Explorer
+
+    path = standalone.explorer_html(ds, tmp_path / "explorer.html")
+    page, errors = _open(browser, path)
+    ex = Explorer(ds)
+    _check(page, ex)  # the starting state
+    shot = page.screenshot()
+
+    # step slider: focus its handle and press the right arrow key
+    page.locator(".noUi-handle").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('step').value === 1", timeout=TIMEOUT_MS)
+    shot = _changed(page, shot)
+    ex.step.value = 15
+    _check(page, ex)
+
+    # measure selector
+    page.locator("select").nth(0).select_option("trace")
+    page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('figure:measure').title.text.includes('trace')",
+        timeout=TIMEOUT_MS,
+    )
+    shot = _changed(page, shot)
+    ex.measure.value = "trace"
+    _check(page, ex)
+
+    # seed aggregation, width selection, log/linear
+    page.locator("select").nth(1).select_option(label="seed 1")
+    page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('seed').value === '1'", timeout=TIMEOUT_MS)
+    ex.seed.value = 1
+    shot = _changed(page, shot)
+    _check(page, ex)
+    page.locator("input[type=checkbox]").nth(0).click()
+    page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('widths').active.length === 2", timeout=TIMEOUT_MS
+    )
+    ex.widths.value = (128, 512)
+    shot = _changed(page, shot)
+    _check(page, ex)
+    page.get_by_text("linear", exact=True).first.click()  # the spectrum's switch
+    page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('spectrum_scale').active === 1", timeout=TIMEOUT_MS
+    )
+    ex.spectrum_scale.value = "linear"
+    shot = _changed(page, shot)
+    _check(page, ex)
+    assert page.evaluate("() => Bokeh.documents[0].get_model_by_name('figure:spectrum').x_scale.type") == "LinearScale"
+
+    # play runs the step slider forward by itself; a second click pauses it
+    page.get_by_text("▶ play").click()
+    page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('step').value >= 3", timeout=TIMEOUT_MS)
+    page.get_by_text("❚❚ pause").click()
+    page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('play').label.includes('play')", timeout=TIMEOUT_MS
+    )
+    ex.step.value = ds["step"].values[page.evaluate(_VALUE, ["step", "value"])]
+    _check(page, ex)
+    assert errors == []
+    page.close()
+
+
+@browser_only
+def test_paper_figure_step_slider(browser, tmp_path):
+    from ntkbench.papers import collective
+
+    cubes = collective.open_cubes(ROOT / "data" / "collective_quick.nc")
+    controls = collective.controls(cubes)
+    settings = {**{c.name: c.value for c in controls}, **collective.defaults(cubes)}
+    spec = next(
+        s for s in collective.FIGURES if any(c.kind == "slider" and c.name in s.control_names for c in controls)
+    )
+    ctl = next(c for c in controls if c.kind == "slider" and c.name in spec.control_names)
+    path = standalone.paper_html(spec, cubes, settings, tmp_path / "paper.html", controls)
+    page, errors = _open(browser, path)
+    shot = page.screenshot()
+    start = page.evaluate(_VALUE, [ctl.name, "value"])
+    page.locator(".noUi-handle").first.focus()
+    page.keyboard.press("ArrowLeft" if start > 0 else "ArrowRight")
+    index = start - 1 if start > 0 else start + 1
+    page.wait_for_function(
+        f"() => Bokeh.documents[0].get_model_by_name('{ctl.name}').value === {index}", timeout=TIMEOUT_MS
+    )
+    _changed(page, shot)
+    value = [o[1] if isinstance(o, (tuple, list)) else o for o in ctl.options][index]
+    expected = spec.data(cubes, {**settings, ctl.name: value})
+    for name, cols in expected["sources"].items():
+        _same(dict(cols), page.evaluate(_READ, name), name)
+    assert errors == []
+    page.close()

@@ -7,6 +7,10 @@
     ntkbench reproduce PAPER [--quick] --out DIR [--workers N | --scheduler ADDR]
     ntkbench export CUBE --figure NAME --format png|svg|pdf|html [--out DIR]
 
+``--figure explorer --format html`` writes the cube's explorer as one standalone HTML file
+whose controls (step slider with play, widths, eigen range, measure, seed, log/linear)
+work in a plain browser, offline.
+
 Rerunning ``sweep`` or ``reproduce`` with the same ``--out`` resumes: finished runs are
 skipped; Ctrl-C stops a sweep after its current run. A ``--out`` folder holding runs of a
 different config is refused (the message names the differing keys) unless ``--overwrite``;
@@ -136,7 +140,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from ntkbench import plots
     except ImportError as exc:  # pragma: no cover - plots ships with the package
         raise RuntimeError(f"figure export needs ntkbench.plots (and bokeh): {exc}") from exc
-    figures = getattr(plots, "FIGURES", {})
+    from ntkbench import standalone
+
+    # "explorer": the whole explorer; as html its controls work in a plain browser
+    figures = {**getattr(plots, "FIGURES", {}), "explorer": standalone.explorer_layout}
     if args.figure not in figures:
         raise ValueError(f"unknown figure {args.figure!r}; known figures: {sorted(figures)}")
     if Path(args.cube).is_dir() and Path(args.cube).suffix != ".zarr":
@@ -220,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[debug], help="export a figure of a cube")
     p.add_argument("cube", metavar="CUBE")
-    p.add_argument("--figure", required=True, metavar="NAME")
+    p.add_argument(
+        "--figure",
+        required=True,
+        metavar="NAME",
+        help="spectrum, measure, scaling, heatmap, or explorer (with --format html: interactive in a plain browser)",
+    )
     p.add_argument(
         "--format",
         required=True,

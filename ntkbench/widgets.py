@@ -191,7 +191,13 @@ class Explorer(Shown):
         self.sources = {
             name: {s: fig.select_one({"name": s}) for s in _SOURCE_NAMES[name]} for name, fig in self.figures.items()
         }
-        self.exporter = ExportControl(self.figures, self.figures_dir, name="ntkbench")
+        self.exporter = ExportControl(
+            self.figures,
+            self.figures_dir,
+            name="ntkbench",
+            interactive=lambda _: self.standalone(),
+            interactive_name="explorer",
+        )
         self.export_figure, self.export_format = self.exporter.figure, self.exporter.format
         self.export_name, self.export_button = self.exporter.name, self.exporter.button
         self.export_status = self.exporter.status
@@ -306,8 +312,17 @@ class Explorer(Shown):
     def export(self, figure: str | None = None, format: str | None = None, name: str | None = None) -> Path:
         """Write a figure under ``figures_dir`` (defaults: the export control's values;
         see :class:`ExportControl`). Returns the written path, also shown in
-        ``export_status``."""
+        ``export_status``. ``format="interactive"`` writes the whole explorer as one
+        standalone interactive HTML file, ``<name>-explorer.html`` (:meth:`standalone`)."""
         return self.exporter.export(figure, format, name)
+
+    def standalone(self) -> Any:
+        """This explorer, at its current settings, as a Bokeh layout whose controls work in
+        a plain browser (:func:`ntkbench.standalone.explorer_layout`); write it with
+        :func:`ntkbench.standalone.write_html` or ``export(format="interactive")``."""
+        from ntkbench import standalone
+
+        return standalone.explorer_layout(self)
 
 
 class RunPanel(Shown):
@@ -645,6 +660,11 @@ class ExportControl:
     """Figure picker, format (PNG / SVG / PDF / standalone HTML), file name and an Export button
     writing ``folder/<name>-<figure>.<format>`` through :func:`ntkbench.plots.export`.
 
+    With ``interactive`` (``interactive(figure) -> Bokeh layout`` whose controls work in a
+    plain browser, see :mod:`ntkbench.standalone`) the format menu also offers "interactive
+    HTML" (format ``"interactive"``), written as ``folder/<name>-<interactive_name>.html``
+    (default ``<figure>-interactive``).
+
     ``figures`` is a mapping or a function returning one (``{figure name: Bokeh layout}``,
     read at export time, so the figure is written as currently shown). Attributes:
     ``figure``, ``format``, ``name``, ``button``, ``status`` (ipywidgets) and ``widget``.
@@ -659,17 +679,22 @@ class ExportControl:
         name: str = "ntkbench",
         options: Sequence[str] | None = None,
         show_name: bool = True,
+        interactive: Callable[[str], Any] | None = None,
+        interactive_name: str | None = None,
     ):
         import ipywidgets as w
 
         self._figures = figures
+        self.interactive = interactive
+        self.interactive_name = interactive_name
         self.folder = Path(folder)
         opts = list(options) if options is not None else list(self.figures())
         self.figure = w.Dropdown(
             options=opts, value=opts[0] if opts else None, description="figure", layout=w.Layout(width="200px")
         )
         self.format = w.Dropdown(
-            options=[("PNG", "png"), ("SVG", "svg"), ("PDF", "pdf"), ("HTML", "html")],
+            options=[("PNG", "png"), ("SVG", "svg"), ("PDF", "pdf"), ("HTML", "html")]
+            + ([("interactive HTML", "interactive")] if interactive is not None else []),
             value="png",
             description="format",
             layout=w.Layout(width="170px"),
@@ -696,6 +721,17 @@ class ExportControl:
         name = (name or self.name.value or "ntkbench").strip()
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"name must be a plain file name (no folders), got {name!r}")
+        if format == "interactive":
+            if self.interactive is None:
+                raise ValueError("format 'interactive' needs an interactive export; this control has none")
+            from ntkbench import standalone
+
+            stem = (
+                name if name.lower().endswith(".html") else f"{name}-{self.interactive_name or figure + '-interactive'}"
+            )
+            path = standalone.write_html(self.interactive(figure), self.folder / stem, title=f"{name} {figure}")
+            self.status.value = f"wrote <code>{html.escape(str(path))}</code>"
+            return path
         stem = name if name.lower().endswith(f".{format}") else f"{name}-{figure}"
         path = plots.export(figs[figure], self.folder / stem, format)
         self.status.value = f"wrote <code>{html.escape(str(path))}</code>"

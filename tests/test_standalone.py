@@ -223,3 +223,31 @@ def test_paper_figure_step_slider(browser, tmp_path):
         _same(dict(cols), page.evaluate(_READ, name), name)
     assert errors == []
     page.close()
+
+
+def test_export_control_code_and_cli_offer_interactive_html(ds, tmp_path):
+    from ntkbench import cube
+    from ntkbench.cli import main
+    from ntkbench.papers import scaling
+    from ntkbench.widgets import Explorer
+
+    ex = Explorer(ds, figures_dir=tmp_path / "figs")
+    assert ("interactive HTML", "interactive") in ex.export_format.options
+    ex.export_format.value = "interactive"
+    ex.export_button.click()
+    assert "wrote" in ex.export_status.value, ex.export_status.value
+    page = (tmp_path / "figs" / "ntkbench-explorer.html").read_text()
+    assert "CustomJS" in page and "figure:spectrum" in page
+    assert ex.export(format="interactive", name="mine").name == "mine-explorer.html"
+
+    cubes = scaling.open_cubes(ROOT / "data" / "scaling_quick.nc")
+    wb = scaling.Workbench(cubes, figures_dir=tmp_path / "paper")
+    name = next(iter(wb.figures))
+    path = wb.export(name, "interactive")
+    assert path.name == f"scaling-{name}-interactive.html" and "Bokeh" in path.read_text()[:100_000]
+
+    cpath = cube.save(ds, tmp_path / "c.nc")
+    out = tmp_path / "cli"
+    assert main(["export", str(cpath), "--figure", "explorer", "--format", "html", "--out", str(out)]) == 0
+    (written,) = out.iterdir()
+    assert written.name == "c-explorer.html" and "CustomJS" in written.read_text()

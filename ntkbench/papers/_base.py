@@ -331,6 +331,7 @@ class Workbench(_Controls):
         from ntkbench.widgets import ExportControl, LiveFigure
 
         self.controls = {c.name: c.widget() for c in controls}
+        self.control_specs = list(controls)
         self.cubes = dict(cubes)
         self.specs = {s.name: s for s in specs if s.available(self.cubes)}
         if not self.specs:
@@ -349,7 +350,9 @@ class Workbench(_Controls):
             names = [n for n, s in self.specs.items() if cname in s.control_names]
             if names:
                 ctl.observe(lambda _, names=tuple(names): self.update(*names), "value")
-        self.exporter = ExportControl(lambda: self.figures, self.figures_dir, name=name, show_name=False)
+        self.exporter = ExportControl(
+            lambda: self.figures, self.figures_dir, name=name, show_name=False, interactive=self.standalone
+        )
         self.export_figure, self.export_format = self.exporter.figure, self.exporter.format
         self.export_button, self.export_status = self.exporter.button, self.exporter.status
         self.export_box = self.exporter.widget
@@ -392,6 +395,16 @@ class Workbench(_Controls):
     def export(self, figure: str | None = None, format: str | None = None) -> Path:
         """Write one figure as shown (current settings) as ``figures_dir/<name>-<figure>``."""
         return self.exporter.export(figure, format)
+
+    def standalone(self, name: str) -> Any:
+        """Figure ``name`` at the current settings for a plain browser: hover tools and, when
+        the figure has a step slider, that slider (:func:`ntkbench.standalone.paper_layout`);
+        ``export(name, "interactive")`` writes it as ``<paper>-<name>-interactive.html``."""
+        from ntkbench import standalone
+
+        if name not in self.specs:
+            raise ValueError(f"name must be one of {list(self.specs)}, got {name!r}")
+        return standalone.paper_layout(self.specs[name], self.cubes, self.settings(), self.control_specs)
 
     def close(self) -> None:
         """Close every figure's model."""

@@ -486,9 +486,12 @@ def test_bad_input_names_the_argument(getkey):
         nb.entk(nan_model, x)
 
 
-def test_auto_choice_is_keyed_on_parameter_shapes(getkey):
-    # Same pytree structure, different parameter shapes: the cached "auto" choice and the
-    # input check must not leak from one to the other.
+def test_wiring_auto_choice_is_keyed_on_parameter_shapes(getkey):
+    # A wiring test, not a correctness test: "auto" resolves to "jacobian" for this model,
+    # so comparing the two checks the dispatch and its cache, not the kernel (the methods
+    # are checked against reference_entk above). Same pytree structure, different
+    # parameter shapes: the cached "auto" choice and the input check must not leak from
+    # one to the other.
     def apply_fn(p, x):
         return jnp.tanh(p["w"] @ x)
 

@@ -167,8 +167,18 @@ def test_structured_entk_sees_parametrization_scales():
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_activations_run(activation):
+    """Finite outputs that depend on the input, through a nonlinearity (except identity):
+    f(a + b) − f(a) − f(b) + f(0) vanishes for an affine network only."""
     m = MLP(3, 2, 8, 2, activation, key=jax.random.key(0))
     assert bool(jnp.all(jnp.isfinite(_call(m, jnp.ones(3)))))
+    a, b = 2 * jax.random.normal(jax.random.key(1), (2, 3))
+    fa, fb = _call(m, a), _call(m, b)
+    assert float(jnp.max(jnp.abs(fa - fb))) > 1e-3
+    defect = float(jnp.max(jnp.abs(_call(m, a + b) - fa - fb + _call(m, jnp.zeros(3)))))
+    if activation == "identity":
+        assert defect < 1e-5
+    else:
+        assert defect > 1e-3, defect
 
 
 def test_identity_mlp_is_linear():
@@ -284,6 +294,20 @@ def test_cnn_shapes_and_determinism():
         CNN((8,), 10, 4, 1, key=key)
 
 
+@pytest.mark.parametrize("pool", ["mean", "flatten"])
+def test_cnn_output_depends_on_its_input(pool):
+    """A CNN that ignored its input (a constant output) would pass the shape, determinism
+    and translation tests: different images must give different outputs, and the output's
+    gradient with respect to the image must be nonzero."""
+    m = CNN((8, 8), 3, 4, 2, pool=pool, key=jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (4, 8, 8))
+    out = np.asarray(jax.vmap(m)(xs))
+    gaps = [np.abs(out[i] - out[j]).max() for i in range(4) for j in range(i)]
+    assert min(gaps) > 1e-4 * np.abs(out).max(), out
+    grad = jax.grad(lambda x: jnp.sum(_call(m, x) ** 2))(xs[0])
+    assert float(jnp.linalg.norm(grad)) > 1e-4
+
+
 def test_cnn_translation_equivariant_pool():
     # with mean pooling and circular-free interior shift, a zero-padded image shifted
     # inside the frame gives the same output (conv + global mean are shift invariant
@@ -292,6 +316,7 @@ def test_cnn_translation_equivariant_pool():
     img = jnp.zeros((12, 12)).at[3:6, 3:6].set(jax.random.normal(jax.random.key(1), (3, 3)))
     shifted = jnp.roll(img, (2, 3), axis=(0, 1))
     np.testing.assert_allclose(_call(m, img), _call(m, shifted), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(_call(m, img), _call(m, jnp.zeros((12, 12))), rtol=1e-3)  # it does see the content
 
 
 def test_cnn_parametrizations_agree_at_init():

@@ -78,14 +78,17 @@ def test_rnd_budget_80_from_1000():
 
 
 def test_max_entropy_beats_typical_random_subset(pool):
+    """The best of m = 64 random subsets must beat the 90th percentile of 32 other random
+    subsets (a random selector would pass about 1 time in 10; beating a median, as this
+    test once did, half the time)."""
     x, _ = pool
     model = MLP(64, 10, 32, 1, key=jax.random.key(7))
-    idx = select(x, 12, "max_entropy", seed=0, m=8, model=model)
+    idx = select(x, 12, "max_entropy", seed=0, m=64, model=model)
     _valid(idx, len(x), 12)
     np.testing.assert_array_equal(idx, np.sort(idx))
     best = _entk_entropy(model, x[idx])
-    others = [_entk_entropy(model, x[select(x, 12, "random", seed=s)]) for s in range(50, 58)]
-    assert best >= np.median(others)
+    others = [_entk_entropy(model, x[select(x, 12, "random", seed=s)]) for s in range(50, 82)]
+    assert best > np.quantile(others, 0.9), (best, sorted(others)[-5:])
     # the default model path runs too
     _valid(select(x, 5, "max_entropy", seed=0, m=2), len(x), 5)
 

@@ -206,16 +206,28 @@ def test_sequence_outputs_exact_and_hutchinson_vs_per_sample_jacobians(x64):
     assert abs(float(est.chi_net) - tr) < 4 * float(est.chi_net_se)
 
 
-@pytest.mark.parametrize("case", ["mlp", "cnn", "transformer"])
-def test_ghost_norms_equal_brute_force_per_sample_gradient_norms(case, x64):
+@pytest.mark.parametrize(
+    "case, route", [("mlp", None), ("cnn", None), ("transformer", None), ("transformer", "gram"), ("cnn", "gram")]
+)
+def test_ghost_norms_equal_brute_force_per_sample_gradient_norms(case, route, x64, monkeypatch):
     """For arbitrary cotangents v (here Gaussian, 3 per sample), the per-sample squared
     norms from tokens and cotangents equal ‖∇_θ (v·f(x_i))‖² from the per-sample gradient
-    of every parameter (embeddings, biases, LayerNorm gains/biases, convolutions)."""
+    of every parameter (embeddings, biases, LayerNorm gains/biases, convolutions). With
+    ``route="gram"`` every tapped layer takes the token-Gram rule (the cost model leaves
+    small embeddings and convolutions on their Jacobian route)."""
+    from ntkbench import kernel
+
+    if route is not None:
+        orig = kernel._with_routes
+        monkeypatch.setattr(kernel, "_with_routes", lambda *a: [L._replace(route=route) for L in orig(*a)])
     model, x, _, _ = _cases(case)
     K = jnp.size(model(x[0]))
     V = jax.random.normal(jax.random.key(3), (x.shape[0], 3, K), jnp.float64)
     forward, layers = structured_vjp(model, x.shape[1:], x.dtype, cotangents=3)
     assert any(L.route == "gram" for L in layers)
+    if route == "gram":
+        kinds = {L.kind for L in layers if L.route == "gram"}
+        assert kinds == ({"linear", "embedding"} if case == "transformer" else {"linear", "conv"})
 
     def ghost(xi, vi):
         _, backward = forward(xi)

@@ -526,6 +526,13 @@ def paper_layout(spec: Any, cubes: Mapping[str, Any], settings: Mapping[str, Any
         if plots.layout_key(d) != key0:
             return fig  # a step changes the layout: no slider (the figure alone)
         payload.append(_figure_payload(d))
+    # embed only what the slider changes: a source equal at every value is left out (the
+    # figure was built with it)
+    for name in list(payload[0].get("sources", {})):
+        first = _js_literal(payload[0]["sources"][name])
+        if all(_js_literal(p["sources"].get(name)) == first for p in payload[1:]):
+            for p in payload:
+                del p["sources"][name]
     index = plots.figure_index(fig)
     current = values.index(settings[ctl.name]) if settings.get(ctl.name) in values else 0
     slider = Slider(start=0, end=max(len(values) - 1, 1), value=current, step=1, show_value=False, width=480,

@@ -347,7 +347,9 @@ def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Pa
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
         old: Path | None = None
         try:
-            ds.to_zarr(tmp, mode="w", **_zarr_kwargs())
+            # every chunk on disk, even one equal to the fill value, so that open() can tell
+            # a missing chunk (a partial copy) from an empty one
+            ds.to_zarr(tmp, mode="w", write_empty_chunks=True, **_zarr_kwargs())
             os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes 0700
             for root, _dirs, files in os.walk(tmp):
                 for f in files:
@@ -372,12 +374,26 @@ def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Pa
     return path
 
 
+def _check_zarr_chunks(path: Path) -> None:
+    """Zarr reads a missing chunk as the fill value, silently: a store that lost a chunk
+    file (a partial copy, a full disk) would plot wrong numbers. :func:`save` writes every
+    chunk, so any missing one is an error naming the variable."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    for name, array in group.arrays():
+        have, need = array.nchunks_initialized, array.nchunks
+        if have < need:
+            raise ValueError(f"variable {name!r} is missing {need - have} of its {need} chunk(s)")
+
+
 def open(path: str | os.PathLike[str]) -> Any:  # noqa: A001 - module-level name by design
     """Open a cube written by :func:`save`, loaded fully into memory.
 
-    Raises ``FileNotFoundError`` if ``path`` does not exist and ``ValueError`` if it is
-    corrupted or not an ntkbench cube (wrong format, missing provenance attributes,
-    unlabelled dims or variables). Exported as ``ntkbench.open_cube``.
+    Raises ``FileNotFoundError`` if ``path`` does not exist and ``ValueError`` naming the
+    file if it is corrupted (a truncated netCDF file, a Zarr store missing a chunk) or not
+    an ntkbench cube (another program's file, missing provenance attributes, unlabelled
+    dims or variables). Exported as ``ntkbench.open_cube``.
 
     >>> ds = open("runs/demo/cube.nc")  # doctest: +SKIP
     >>> ds.entropy.sel(width=64, seed=0)  # doctest: +SKIP
@@ -395,6 +411,8 @@ def open(path: str | os.PathLike[str]) -> Any:  # noqa: A001 - module-level name
             opened = xr.open_dataset(path, engine="netcdf4", chunks=None)
         with opened:
             ds = opened.load()
+        if is_zarr:
+            _check_zarr_chunks(path)
     except Exception as exc:  # corrupted or foreign file: one clear message
         kind = "Zarr store" if is_zarr else "netCDF file"
         raise ValueError(

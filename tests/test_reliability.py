@@ -416,3 +416,33 @@ def test_round_off_negatives_never_make_a_measure_nan():
             assert bool(jnp.all(jnp.isfinite(value)))
     assert float(nb.entropy(lam)) == pytest.approx(S_exact, rel=1e-4)
     assert float(nb.effective_rank(lam)) == pytest.approx(np.exp(S_exact), rel=1e-4)
+
+
+# ---------------------------------------------------------------------------- corrupted files
+
+
+def test_corrupted_or_foreign_files_are_refused_naming_the_file(tmp_path, capsys):
+    from ntkbench.testing import synthetic_cube
+
+    ds = synthetic_cube(widths=(16, 64), seeds=(0,), steps=(0, 10), n_eigen=4)
+    good = cube.save(ds, tmp_path / "good.nc")
+    data = good.read_bytes()
+    for frac in (0.1, 0.5, 0.9):  # truncated netCDF (a copy cut short)
+        cut = tmp_path / f"cut-{frac}.nc"
+        cut.write_bytes(data[: int(len(data) * frac)])
+        with pytest.raises(ValueError, match=f"cut-{frac}.nc.*not a readable netCDF"):
+            cube.open(cut)
+    other = tmp_path / "other-program.nc"  # a valid netCDF file, not a cube
+    xr.Dataset({"temperature": ("time", np.arange(3.0))}, attrs={"source": "a climate model"}).to_netcdf(other)
+    with pytest.raises(ValueError, match="other-program.nc.*not an ntkbench cube"):
+        cube.open(other)
+
+    store = cube.save(ds, tmp_path / "run.zarr")  # every chunk written, even all-zero ones
+    xr.testing.assert_identical(cube.open(store), cube.open(good))
+    chunk = next(p for p in (store / "entropy").iterdir() if not p.name.startswith("."))
+    chunk.unlink()  # Zarr would read the lost chunk as fill values: a wrong plot
+    with pytest.raises(ValueError, match=r"run.zarr.*variable 'entropy' is missing 1 of its 1 chunk"):
+        cube.open(store)
+    assert main(["export", str(store), "--figure", "spectrum", "--format", "html", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run.zarr" in err and "missing 1 of its 1 chunk" in err

@@ -998,8 +998,10 @@ def sweep(
     config : the sweep config (see the module docs); validated first.
     out : output folder; gets ``run-<axis>=<value>-....nc`` files and ``cube.nc``.
     workers : run on a ``dask.distributed.LocalCluster`` with this many single-threaded
-        worker processes.
-    scheduler : address of an existing dask scheduler (``"tcp://host:port"``).
+        worker processes, listening on 127.0.0.1 only (:func:`local_cluster`).
+    scheduler : address of an existing dask scheduler (``"tcp://host:port"``), e.g. a
+        cluster over several machines (``dask scheduler`` and ``dask worker ADDRESS`` on
+        each; the output folder must be on a file system they all share).
     client : an existing ``dask.distributed.Client``. At most one of ``workers``,
         ``scheduler`` and ``client``; none runs in-process.
     progress : show a ``tqdm.auto`` progress bar (terminal or notebook).
@@ -1184,9 +1186,26 @@ def _combine(cfg: Mapping[str, Any], paths: list[Path], target: Path, locks: _Ru
     return combined
 
 
+def local_cluster(workers: int):
+    """The ``dask.distributed.LocalCluster`` of ``sweep(workers=N)``: N single-threaded
+    worker processes; scheduler and workers listen on 127.0.0.1 only, no dashboard. For
+    several machines start a cluster yourself and pass ``scheduler="tcp://host:port"``
+    (``dask scheduler`` / ``dask worker`` on a network you trust: dask has no
+    authentication unless you configure TLS)."""
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,  # pyright: ignore[reportArgumentType]  dask documents None: no dashboard
+    )
+
+
 def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers, scheduler, client) -> list:
     """Run the runs of ``todo`` this sweep can lock on dask; return those another holds."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
     mine, held = [], []
     for run, path in todo:
@@ -1209,12 +1228,7 @@ def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers,
     try:
         if client is None:
             if workers is not None:
-                own_cluster = LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,  # pyright: ignore[reportArgumentType]  dask documents None: no dashboard
-                )
+                own_cluster = local_cluster(workers)
                 own_client = Client(own_cluster)
             else:
                 own_client = Client(scheduler)

@@ -446,3 +446,28 @@ def test_corrupted_or_foreign_files_are_refused_naming_the_file(tmp_path, capsys
     assert main(["export", str(store), "--figure", "spectrum", "--format", "html", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run.zarr" in err and "missing 1 of its 1 chunk" in err
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+def test_servers_listen_on_localhost_only():
+    """``make lab``: JupyterLab on 127.0.0.1 with a token; ``--workers``: the dask
+    scheduler and workers on 127.0.0.1."""
+    pytest.importorskip("distributed")
+    from dask.distributed import Client
+
+    from ntkbench.sweep import local_cluster
+
+    env = {**os.environ, "JUPYTER_TOKEN": "", "JUPYTER_PORT": "18888"}
+    recipe = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    lab = recipe.stdout[recipe.stdout.find("token=") :]  # the lab recipe (after any stamp rebuild's)
+    assert recipe.returncode == 0 and "jupyter lab" in lab, recipe.stdout + recipe.stderr
+    assert "--ServerApp.ip=127.0.0.1" in lab and '--IdentityProvider.token="$token"' in lab
+    assert "secrets.token_hex" in lab  # a random token when JUPYTER_TOKEN is unset or empty
+    assert "0.0.0.0" not in lab and "--ServerApp.ip=*" not in lab
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        workers = list(client.scheduler_info()["workers"])
+        assert workers and all(w.startswith("tcp://127.0.0.1:") for w in workers), workers

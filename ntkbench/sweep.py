@@ -585,7 +585,10 @@ def run_one(config: Mapping[str, Any]):
         value = point[axis]
         ds = ds.expand_dims({dim: np.asarray([value])})
         ds[dim].attrs.update(cube.var_attrs(dim))
+    diverged = ds.attrs.get("diverged_step")
     ds.attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
+    if diverged is not None:  # training stopped there (ntkbench.train); later records are NaN
+        ds.attrs["diverged_step"] = int(diverged)
     return ds
 
 
@@ -689,26 +692,36 @@ def _is_done(path: Path, run_config: Mapping[str, Any]) -> bool:
     return _run_state(path, run_config)[0] == "done"
 
 
-def _run_to_file(run_config: dict[str, Any], path: str) -> list[str]:
+def _run_to_file(run_config: dict[str, Any], path: str) -> dict[str, Any]:
     """Run one grid point and save its cube atomically (executed on dask workers too).
 
-    Returns the names of variables holding NaN/Inf (a diverged run is kept on disk, and
-    reported by the driver rather than silently plotted)."""
+    Returns ``{"bad": names of variables holding NaN/Inf, "diverged_step": step or None}``
+    (a diverged run is kept on disk, and reported by the driver rather than silently
+    plotted)."""
     import numpy as np
 
     from ntkbench import cube
 
     ds = run_one(run_config)
     cube.save(ds, path)
-    return [
+    bad = [
         str(name) for name, var in ds.data_vars.items() if var.dtype.kind == "f" and not np.isfinite(var.values).all()
     ]
+    return {"bad": bad, "diverged_step": ds.attrs.get("diverged_step")}
 
 
-def _report(bar: Any, path: Path, bad: list[str]) -> None:
-    if bad:
+def _report(bar: Any, path: Path, result: Mapping[str, Any]) -> None:
+    step = result.get("diverged_step")
+    if step is not None:
         bar.write(
-            f"warning: {path.name}: NaN/Inf in {bad} (did training diverge? try a smaller lr)",
+            f"warning: {path.name}: training diverged at step {step} (NaN/Inf parameters, loss or kernel) and "
+            f"stopped; its later values are NaN, and the combined cube lists it in attribute 'diverged_runs' "
+            "(try a smaller lr)",
+            file=sys.stderr,
+        )
+    elif result.get("bad"):
+        bar.write(
+            f"warning: {path.name}: NaN/Inf in {result['bad']} (undefined values, e.g. a zero kernel's entropy)",
             file=sys.stderr,
         )
 
@@ -1160,6 +1173,18 @@ def _wait_for_others(held: list, locks: _RunLocks, state: _Progress) -> list:
         time.sleep(_POLL)
 
 
+def _diverged_runs(paths: list[Path]) -> dict[str, int]:
+    """``{run file name: diverged step}`` of the runs whose training diverged."""
+    import xarray as xr
+
+    out = {}
+    for p in paths:
+        with xr.open_dataset(p, engine="netcdf4") as ds:
+            if "diverged_step" in ds.attrs:
+                out[p.name] = int(ds.attrs["diverged_step"])
+    return out
+
+
 def _combine(cfg: Mapping[str, Any], paths: list[Path], target: Path, locks: _RunLocks, state: _Progress):
     """Combine the run files into ``target`` (under its lock: one writer at a time)."""
     from ntkbench import cube
@@ -1173,6 +1198,9 @@ def _combine(cfg: Mapping[str, Any], paths: list[Path], target: Path, locks: _Ru
         _remove_temp_files(target)
         attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
         combined = cube.combine([str(p) for p in paths], attrs=attrs)
+        diverged = _diverged_runs(paths)
+        if diverged:
+            combined.attrs["diverged_runs"] = json.dumps(diverged)
         # combine_by_coords sorts coordinates; lay named axes (method, activation) out in the
         # grid's order, numbers stay ascending
         for key, values in cfg.get("grid", {}).items():
@@ -1243,11 +1271,11 @@ def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers,
         for fut in as_completed(futures):
             path = futures[fut]
             try:
-                bad = fut.result()
+                result = fut.result()
             except Exception as exc:  # keep going: finished runs stay on disk for resume
                 errors.append((path, exc))
             else:
-                _report(state.bar, path, bad)
+                _report(state.bar, path, result)
                 state.advance(path)
             finally:
                 locks.release(path)

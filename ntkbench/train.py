@@ -785,6 +785,25 @@ def _run_steps(params, static, opt_state, x, y, key, start, stop, optimizer, los
 
 
 @eqx.filter_jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+#: recorded measures whose NaN/Inf means the run diverged (the loss or the kernel); an
+#: undefined entropy alone (a kernel without gradient) does not
+_DIVERGENCE_MEASURES = ("loss", "test_loss", "trace", "test_trace", "eigenvalues")
+
+
+def _nan_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record of NaN in the shapes of ``record`` (the steps after a divergence)."""
+    return {
+        k: jnp.full_like(v, jnp.nan) if jnp.issubdtype(jnp.asarray(v).dtype, jnp.inexact) else v
+        for k, v in record.items()
+    }
+
+
+@eqx.filter_jit
 def _record(model, inputs, measures, loss_fn, lnp_probes: LNPProbes = "auto"):
     ctx = Context(model, inputs, loss_fn, lnp_probes)
     return {m.name: jnp.asarray(m(ctx)) for m in measures}
@@ -835,6 +854,12 @@ def train(
     -------
     (trained_model, xarray.Dataset) with dims ``step`` (and ``eigen_index`` for
     ``eigenvalues``); each variable carries ``long_name`` and ``units``.
+
+    Divergence: when the parameters, or a recorded loss or kernel (``loss``, ``test_loss``,
+    ``trace``, ``test_trace``, ``eigenvalues``), become NaN/Inf, training stops; the
+    dataset's attribute ``diverged_step`` is the first step whose parameters (or record)
+    are non-finite, the records from there on are NaN, and the model returned is the
+    non-finite one. (An all-zero kernel's NaN entropy is not a divergence.)
 
     Example
     -------
@@ -892,18 +917,37 @@ def train(
     opt_state = optimizer.init(params)
     records = []
     done = 0
+    diverged: int | None = None
+
+    def advance(params, opt_state, start: int, stop: int):
+        return _run_steps(
+            params, static, opt_state, x, y, key,
+            jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32),
+            optimizer, loss_fn, batch_size,
+        )  # fmt: skip
+
+    watched = [m.name for m in measures if m.name in _DIVERGENCE_MEASURES]
     for s in record_steps:
         s = int(s)
+        if diverged is not None:  # stopped: the later records are NaN
+            records.append(_nan_record(records[-1]))
+            continue
         if s > done:
-            params, opt_state = _run_steps(
-                params, static, opt_state, x, y, key,
-                jnp.asarray(done, jnp.int32), jnp.asarray(s, jnp.int32),
-                optimizer, loss_fn, batch_size,
-            )  # fmt: skip
+            before = (params, opt_state)
+            params, opt_state = advance(params, opt_state, done, s)
+            if not bool(_all_finite(params)):  # find the first non-finite step, one at a time
+                params, opt_state = before
+                for i in range(done, s):
+                    params, opt_state = advance(params, opt_state, i, i + 1)
+                    if not bool(_all_finite(params)):
+                        diverged = i + 1
+                        break
             done = s
         step_inputs = {**inputs, "step": jnp.asarray(s, jnp.int32)}
         lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
         records.append(_record(eqx.combine(params, static), step_inputs, measures, loss_fn, lnp_probes))
+        if diverged is None and watched and not bool(_all_finite({k: records[-1][k] for k in watched})):
+            diverged = s
     trained = eqx.combine(params, static)
 
     host = jax.device_get(records)  # one transfer at the end
@@ -933,4 +977,6 @@ def train(
         },
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=make_attrs(config))
+    if diverged is not None:
+        ds.attrs["diverged_step"] = int(diverged)
     return trained, ds

@@ -471,3 +471,59 @@ def test_servers_listen_on_localhost_only():
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         workers = list(client.scheduler_info()["workers"])
         assert workers and all(w.startswith("tcp://127.0.0.1:") for w in workers), workers
+
+
+# ---------------------------------------------------------------------------- divergence
+
+
+def test_training_stops_at_the_first_non_finite_step_and_says_which():
+    """lr = 1e6 on 16 digits: training stops at the first step whose parameters are
+    non-finite (found here by a plain optax loop), records NaN from there on, and keeps
+    the finite records before it."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import ntkbench as nb
+    from ntkbench.train import train
+
+    data = nb.load("digits", 16, 8, seed=0)
+    model = nb.MLP(64, 10, 4, 1, key=jax.random.key(0))
+    opt = optax.sgd(1e6)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    targets = jax.nn.one_hot(data.y_train, 10)
+
+    def loss(p):
+        f = jax.vmap(eqx.combine(p, static))(jnp.asarray(data.x_train))
+        return jnp.mean(0.5 * jnp.sum((f - targets) ** 2, axis=-1))
+
+    # reference: a plain optax loop; the first step with non-finite parameters, and the
+    # steps whose loss is non-finite (the loss overflows before the parameters do)
+    state, params_bad, loss_bad = opt.init(params), None, set()
+    for i in range(0, 21):
+        if i > 0:
+            updates, state = opt.update(jax.grad(loss)(params), state, params)
+            params = optax.apply_updates(params, updates)
+        if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(params)):
+            params_bad = i
+            break
+        if not bool(jnp.isfinite(loss(params))):
+            loss_bad.add(i)
+    assert params_bad is not None and params_bad < 20
+
+    for every in (5, 20):  # records every 5 steps: the loss is seen first; every 20: the parameters
+        _, ds = train(
+            model, data, optimizer=opt, steps=20, recorder=nb.Recorder(every=every, probe=8, measures=["loss", "trace"]),
+            key=jax.random.key(1),
+        )  # fmt: skip
+        steps = ds["step"].values
+        first = min([params_bad, *(int(s) for s in steps if s in loss_bad)])
+        assert ds.attrs["diverged_step"] == first, (every, params_bad, loss_bad)
+        at = steps[steps >= first][0]  # the first record at or after the divergence
+        assert not np.isfinite(ds["loss"].values[steps == at]).any()
+        assert np.isnan(ds["loss"].values[steps > at]).all() and np.isnan(ds["trace"].values[steps > at]).all()
+        assert np.isfinite(ds["loss"].values[steps < first]).all()
+    assert ds.attrs["diverged_step"] == params_bad  # every=20: found step by step between records
+    _, calm = train(model, data, optimizer=optax.sgd(0.01), steps=5, key=jax.random.key(1))
+    assert "diverged_step" not in calm.attrs

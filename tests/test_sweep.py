@@ -246,8 +246,10 @@ def test_diverged_run_is_kept_and_reported(tmp_path, capsys):
     cfg = _cfg(train={"lr": 1e6}, grid={"width": [8], "seed": [0]})
     ds = sweep(cfg, tmp_path, progress=True)
     err = capsys.readouterr().err
-    assert "run-width=8-seed=0.nc: NaN/Inf in" in err and "'loss'" in err
+    assert "run-width=8-seed=0.nc: training diverged at step" in err and "smaller lr" in err
     assert not np.isfinite(ds["loss"].values).all()
+    step = cube.open(tmp_path / "run-width=8-seed=0.nc").attrs["diverged_step"]
+    assert json.loads(ds.attrs["diverged_runs"]) == {"run-width=8-seed=0.nc": step}
     assert cube.open(tmp_path / "run-width=8-seed=0.nc")  # kept on disk for inspection
 
 

@@ -88,6 +88,7 @@ from ntkbench.data import DATASETS, OPTIONS
 __all__ = [
     "sweep",
     "SweepInterrupted",
+    "local_cluster",
     "run_one",
     "validate_config",
     "check_runs",

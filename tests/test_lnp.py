@@ -167,7 +167,7 @@ def test_invariant_to_rescaling_the_residual(scale, x64):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["mlp", "transformer"])
+@pytest.mark.parametrize("case", ["mlp", "cnn"])
 def test_hutchinson_within_its_error_bar(case, x64):
     """Rademacher estimates of χ_net lie within 4 standard errors of the exact value, for
     several keys, and the error bar is informative (< 20 % of the value at 16 probes)."""
@@ -210,17 +210,18 @@ def test_sequence_outputs_exact_and_hutchinson_vs_per_sample_jacobians(x64):
     per_probe = np.sum(per_probe**2, axis=(0, 2)) / B
     assert float(est.chi_net) == pytest.approx(per_probe.mean(), rel=1e-10)
     assert float(est.chi_net_se) == pytest.approx(per_probe.std(ddof=1) / np.sqrt(P), rel=1e-8)
+    assert 0 < float(est.chi_net_se) < 0.2 * tr
     assert abs(float(est.chi_net) - tr) < 4 * float(est.chi_net_se)
 
 
-@pytest.mark.parametrize("case, route", [("transformer", None), ("transformer", "gram"), ("cnn", "gram")])
+@pytest.mark.parametrize("case, route", [("transformer", "gram"), ("cnn", "gram")])
 def test_ghost_norms_equal_brute_force_per_sample_gradient_norms(case, route, x64, monkeypatch):
     """For arbitrary cotangents v (here Gaussian, 3 per sample), the per-sample squared
     norms from tokens and cotangents equal ‖∇_θ (v·f(x_i))‖² from the per-sample gradient
     of every parameter (embeddings, biases, LayerNorm gains/biases, convolutions). With
     ``route="gram"`` every tapped layer takes the token-Gram rule (the cost model leaves
-    small embeddings and convolutions on their Jacobian route; the MLP and the CNN's
-    default routes are checked exactly against the full kernel above)."""
+    small embeddings and convolutions on their Jacobian route; the default routes are
+    checked exactly against full kernels and per-sample Jacobians in the tests above)."""
     from ntkbench import kernel
 
     if route is not None:

@@ -50,6 +50,19 @@ def cubes(request):
     return request.getfixturevalue("test_cubes" if request.param == "test-run" else "shipped_cubes")
 
 
+def test_test_run_reproduces_the_shipped_cube(test_cubes, shipped_cubes):
+    """The ``[shipped]`` claim tests re-check a frozen file; this ties it to the code: the
+    test config's MLP grid is the quick config's, so the test run must reproduce the
+    shipped ``mlp`` cube exactly and the shipped ``scale`` plane at its corners (a code
+    change that moves the numbers fails here, and `make data` must be rerun)."""
+    import xarray as xr
+
+    xr.testing.assert_equal(test_cubes["mlp"], shipped_cubes["mlp"])
+    run = test_cubes["scale"]
+    corners = shipped_cubes["scale"].sel({d: run[d].values for d in ("width", "depth")})
+    xr.testing.assert_equal(run, corners)
+
+
 def _delta(ds, var="entropy"):
     """S(end) - S(0) as a (… , seed) DataArray."""
     return ds[var].isel(step=-1) - ds[var].isel(step=0)

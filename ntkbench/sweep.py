@@ -132,6 +132,11 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_name(value: Any, names: Any) -> bool:
+    """``value`` is one of ``names`` (a string; an unhashable value is simply not one)."""
+    return isinstance(value, str) and value in names
+
+
 def _need(cond: bool, key: str, allowed: str, value: Any) -> None:
     if not cond:
         raise ValueError(f"config key {key!r}: expected {allowed}, got {value!r}")
@@ -165,9 +170,9 @@ def _check_model(model: Mapping[str, Any]) -> None:
             )
         default = allowed[key]
         if key == "activation":
-            _need(value in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", value)
+            _need(_is_name(value, ACTIVATIONS), "model.activation", f"one of {sorted(ACTIVATIONS)}", value)
         elif key == "parametrization":
-            _need(value in PARAMETRIZATIONS, "model.parametrization", f"one of {list(PARAMETRIZATIONS)}", value)
+            _need(_is_name(value, PARAMETRIZATIONS), "model.parametrization", f"one of {list(PARAMETRIZATIONS)}", value)
         elif key == "pool":
             _need(value in ("mean", "flatten"), "model.pool", "'mean' or 'flatten'", value)
         elif _is_int(default) or default is None:
@@ -177,7 +182,7 @@ def _check_model(model: Mapping[str, Any]) -> None:
 
 
 def _check_data(data: Mapping[str, Any]) -> None:
-    _need(data.get("name") in DATASETS, "data.name", f"one of {list(DATASETS)}", data.get("name"))
+    _need(_is_name(data.get("name"), DATASETS), "data.name", f"one of {list(DATASETS)}", data.get("name"))
     n_train = data.get("n_train", 512)
     _need(_is_int(n_train) and n_train >= 1, "data.n_train", "a positive integer", n_train)
     n_test = data.get("n_test", 256)
@@ -206,7 +211,7 @@ def _check_select(select: Mapping[str, Any]) -> None:
         if key not in _SELECT_KEYS:
             raise ValueError(f"config key 'select.{key}': unknown; allowed keys: {list(_SELECT_KEYS)}")
     method = select.get("method")
-    _need(method in METHODS, "select.method", f"one of {list(METHODS)}", method)
+    _need(_is_name(method, METHODS), "select.method", f"one of {list(METHODS)}", method)
     budget = select.get("budget")
     _need(
         isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1,
@@ -275,7 +280,7 @@ def _check_record(record: Mapping[str, Any]) -> None:
         elif key == "measures":
             _need(isinstance(value, list), "record.measures", f"a list of names from {sorted(MEASURES)}", value)
             for m in value:
-                _need(m in MEASURES, "record.measures", f"names from {sorted(MEASURES)}", m)
+                _need(_is_name(m, MEASURES), "record.measures", f"names from {sorted(MEASURES)}", m)
 
 
 def _grid_targets(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:

@@ -1285,6 +1285,7 @@ def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers,
                 state.advance(path)
             finally:
                 locks.release(path)
+                fut.release()  # done: the cluster may forget it (a lost worker does not rerun it)
         if errors:
             path, exc = errors[0]
             raise RuntimeError(f"{len(errors)} run(s) failed; first: {path.name}: {exc!r}") from exc

@@ -530,3 +530,49 @@ def test_training_stops_at_the_first_non_finite_step_and_says_which():
     assert ds.attrs["diverged_step"] == params_bad  # every=20: found step by step between records
     _, calm = train(model, data, optimizer=optax.sgd(0.01), steps=5, key=jax.random.key(1))
     assert "diverged_step" not in calm.attrs
+
+
+# ---------------------------------------------------------------------------- load
+
+
+@pytest.mark.skipif(
+    os.environ.get("NTKBENCH_LOAD") != "1", reason="about a minute on 2 cores: NTKBENCH_LOAD=1 to run it"
+)
+def test_200_runs_on_two_workers_survive_a_killed_worker(tmp_path, reference):
+    """200 runs on a LocalCluster of 2 workers; one worker is SIGKILLed after 40 run files
+    exist (its nanny restarts it, the scheduler reruns its tasks): every run ends in the
+    cube exactly once, and runs equal the in-process ones."""
+    pytest.importorskip("distributed")
+    import threading
+
+    from dask.distributed import Client
+
+    from ntkbench.sweep import local_cluster
+
+    runs, _ = reference
+    config = {**TINY, "grid": {"seed": list(range(200))}}
+    out = tmp_path / "out"
+    killed: dict = {}
+    with local_cluster(2) as cluster, Client(cluster) as client:
+
+        def kill_a_worker():
+            deadline = time.monotonic() + 300
+            while sum(1 for _ in out.glob("run-*.nc")) < 40 if out.exists() else True:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.005)  # a poll interval
+            addr = next(iter(client.scheduler_info()["workers"]))
+            pid = client.run(os.getpid, workers=[addr])[addr]
+            os.kill(pid, signal.SIGKILL)
+            killed["after"] = sum(1 for _ in out.glob("run-*.nc"))
+
+        thread = threading.Thread(target=kill_a_worker, daemon=True)
+        thread.start()
+        ds = sweep(config, out, client=client, progress=False)
+        thread.join(timeout=30)
+    assert 40 <= killed.get("after", 0) < 200, killed  # the kill landed mid-sweep
+    assert sorted(p.name for p in out.glob("run-*.nc")) == sorted(run_name({"seed": s}) for s in range(200))
+    assert ds.sizes["seed"] == 200 and list(ds["seed"].values) == list(range(200))
+    assert np.isfinite(ds["loss"].values).all() and np.isfinite(ds["entropy"].values).all()
+    for name in NAMES:  # seeds 0..5: the same run configs as the reference sweep
+        xr.testing.assert_identical(_strip(cube.open(out / name)), _strip(runs[name]))

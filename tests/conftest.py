@@ -24,3 +24,16 @@ def x64():
     """Run the test body with 64-bit JAX (float64 references)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module. XLA:CPU maps every compiled
+    program's code into memory; one process running the whole suite reached Linux's
+    ``vm.max_map_count`` (65 530 mappings: ``test_kernel.py`` alone leaves 26 000), after
+    which a compilation segfaulted. ``jax.clear_caches`` releases them (26 000 -> 740)."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()

@@ -49,6 +49,10 @@ __all__ = [
     "RerunPanel",
     "ranks",
     "rank_correlation",
+    "check_choice",
+    "need_cube",
+    "config_of",
+    "at_step",
 ]
 
 Cubes = Mapping[str, Any]
@@ -199,6 +203,38 @@ def reproduce(
     _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _write_text(out / "summary.txt", paper.format_summary(summary))
     return cubes
+
+
+def check_choice(name: str, value: Any, table: Mapping[str, Any] | Sequence[Any]) -> None:
+    """``ValueError`` naming setting ``name`` unless ``value`` is one of ``table``'s keys
+    (or items)."""
+    if value not in table:
+        raise ValueError(f"{name} must be one of {list(table)}, got {value!r}")
+
+
+def need_cube(cubes: Cubes, exp: str) -> Any:
+    """``cubes[exp]``; ``ValueError`` naming the experiment and the cubes there otherwise."""
+    if exp not in cubes:
+        raise ValueError(f"this figure needs the {exp!r} cube; cubes are {sorted(cubes)}")
+    return cubes[exp]
+
+
+def config_of(ds: Any) -> dict[str, Any]:
+    """The sweep config a cube's ``config`` attribute holds (``{}`` if it holds none)."""
+    try:
+        return dict(json.loads(ds.attrs.get("config", "{}")))
+    except (TypeError, ValueError):
+        return {}
+
+
+def at_step(da: Any, step: int | None) -> Any:
+    """``da`` at the recorded step nearest ``step`` (None: the last recorded step)."""
+    import numpy as np
+
+    if step is None:
+        return da.isel(step=-1)
+    steps = da["step"].values
+    return da.sel(step=steps[np.abs(steps - step).argmin()])
 
 
 def ranks(a: Any) -> Any:

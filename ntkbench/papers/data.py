@@ -263,9 +263,7 @@ def run(
 # =========================================================================== shared by the figures
 
 
-def _check(name: str, value: Any, table: Mapping[str, Any]) -> None:
-    if value not in table:
-        raise ValueError(f"{name} must be one of {list(table)}, got {value!r}")
+_check = _base.check_choice
 
 
 def data_name(ds: Any) -> str:
@@ -300,12 +298,7 @@ def _data_note(ds: Any) -> str:
         return ""
 
 
-def _at(da: Any, step: int | None) -> Any:
-    """``da`` at the recorded step nearest ``step`` (None: the last recorded step)."""
-    if step is None:
-        return da.isel(step=-1)
-    steps = da["step"].values
-    return da.sel(step=steps[np.abs(steps - step).argmin()])
+_at = _base.at_step
 
 
 def _vs_budget(data: FigureData, key: str, ds: Any, var: str, step: int | None, seed: Any, log_y: bool) -> None:

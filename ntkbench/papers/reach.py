@@ -248,11 +248,7 @@ def run(
 # =========================================================================== shared by the figures
 
 
-def _config(ds: Any) -> dict[str, Any]:
-    try:
-        return json.loads(ds.attrs.get("config", "{}"))
-    except (TypeError, ValueError):
-        return {}
+_config = _base.config_of
 
 
 @functools.cache
@@ -332,15 +328,10 @@ def _seed_text(seed: Any) -> str:
     return {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
 
 
-def _check(name: str, value: Any, table: Mapping[str, Any] | Sequence[Any]) -> None:
-    if value not in table:
-        raise ValueError(f"{name} must be one of {list(table)}, got {value!r}")
+_check = _base.check_choice
 
 
-def _need(cubes: Mapping[str, Any], exp: str) -> Any:
-    if exp not in cubes:
-        raise ValueError(f"this figure needs the {exp!r} cube; cubes are {sorted(cubes)}")
-    return cubes[exp]
+_need = _base.need_cube
 
 
 def _width_colors(widths: Sequence[int]) -> dict[int, str]:

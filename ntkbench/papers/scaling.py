@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import html
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -265,22 +264,13 @@ def run(
 # =========================================================================== measures and fits
 
 
-def _check(name: str, value: Any, table: Mapping[str, Any]) -> None:
-    if value not in table:
-        raise ValueError(f"{name} must be one of {list(table)}, got {value!r}")
+_check = _base.check_choice
 
 
-def _need(cubes: Mapping[str, Any], exp: str) -> Any:
-    if exp not in cubes:
-        raise ValueError(f"this figure needs the {exp!r} cube; cubes are {sorted(cubes)}")
-    return cubes[exp]
+_need = _base.need_cube
 
 
-def _config(ds: Any) -> dict[str, Any]:
-    try:
-        return dict(json.loads(ds.attrs.get("config", "{}")))
-    except (TypeError, ValueError):
-        return {}
+_config = _base.config_of
 
 
 def _n_outputs(ds: Any) -> int:
@@ -322,12 +312,7 @@ def change(ds: Any, measure: str = "relative_change") -> Any:
     return abs(s - s.isel(step=0))
 
 
-def _at(da: Any, step: int | None) -> Any:
-    """``da`` at the recorded step nearest ``step`` (None: the last recorded step)."""
-    if step is None:
-        return da.isel(step=-1)
-    steps = da["step"].values
-    return da.sel(step=steps[np.abs(steps - step).argmin()])
+_at = _base.at_step
 
 
 def _fit(x: Any, y: Any) -> dict[str, float]:

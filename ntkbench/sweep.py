@@ -805,6 +805,45 @@ def _foreign_error(out: Path, foreign: Sequence[tuple[Path, Any, Mapping[str, An
     )
 
 
+def _check_combined_cube(target: Path, cfg: Mapping[str, Any], paths: Sequence[Path]) -> None:
+    """Refuse a folder whose ``cube.nc`` this sweep would replace with a cube that loses
+    runs: one combined from another config (other non-grid keys), or from grid points this
+    config leaves out (two sweeps with disjoint grids in one folder). A larger grid of the
+    same config (more seeds) only adds runs and is accepted; an unreadable file is rewritten."""
+    from ntkbench import cube
+
+    if not target.is_file():
+        return
+    try:
+        with cube.open(target) as ds:
+            stored = json.loads(ds.attrs["config"])
+    except (ValueError, OSError, KeyError, TypeError):
+        return
+    new = _jsonable(cfg)
+    if not isinstance(stored, dict):
+        return
+    diff = _config_diff({k: v for k, v in stored.items() if k != "grid"}, {k: v for k, v in new.items() if k != "grid"})
+    if diff:
+        keys = "; ".join(f"{k} (cube.nc: {_show(a)}, this config: {_show(b)})" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"out folder {str(target.parent)!r} holds a cube.nc of a different config; differing keys: {keys}. "
+            "Use another out folder, or overwrite=True (CLI: --overwrite) to replace it"
+        )
+    try:
+        old_names = {run_name(r["grid"]) for r in expand_grid(stored, validate=False)}
+    except Exception:  # noqa: BLE001 - a config this version cannot expand: treat as foreign
+        old_names = {"?"}
+    lost = sorted(old_names - {p.name for p in paths})
+    if lost:
+        names = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+        raise ValueError(
+            f"out folder {str(target.parent)!r} holds a cube.nc combining {len(lost)} run(s) this config's grid "
+            f"leaves out ({names}; cube.nc grid: {_show(stored.get('grid', _MISSING))}, this config: "
+            f"{_show(new.get('grid', _MISSING))}); rewriting it would drop them. Use another out folder, a grid "
+            "that includes them, or overwrite=True (CLI: --overwrite) to replace it"
+        )
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -1045,9 +1084,12 @@ def sweep(
       their results; the final cube equals a single sweep's. A lock whose process is gone
       (same host) or without a heartbeat for ``LOCK_STALE_AFTER`` s (another host) is
       stale and taken over; a run left unfinished by the other sweep is run here.
-    - In-process, in the main thread: Ctrl-C stops after the current run and raises
-      :class:`SweepInterrupted` (a ``KeyboardInterrupt``) saying how to resume; a second
-      Ctrl-C stops at once.
+    - In the main thread (in-process or on dask): Ctrl-C stops after the run(s) in progress
+      (queued dask runs are cancelled) and raises :class:`SweepInterrupted` (a
+      ``KeyboardInterrupt``) saying how to resume; a second Ctrl-C stops at once.
+    - A folder whose ``cube.nc`` combines another config, or grid points this config
+      leaves out (two sweeps with disjoint grids), is refused unless ``overwrite``: the
+      new cube would replace it and lose runs. A larger grid of the same config is fine.
 
     >>> cube = sweep(cfg, "runs/demo", workers=2)  # doctest: +SKIP
     """
@@ -1077,6 +1119,8 @@ def sweep(
     foreign = [(p, st[1], r) for r, p, st in zip(runs, paths, states, strict=True) if st[0] == "foreign"]
     if foreign and not overwrite:
         raise _foreign_error(out, foreign)
+    if not overwrite:
+        _check_combined_cube(out / "cube.nc", cfg, paths)
     pending = [(r, p) for r, p, st in zip(runs, paths, states, strict=True) if st[0] != "done"]
     check_runs([r for r, _ in pending])  # fail before creating folders or clusters
     out.mkdir(parents=True, exist_ok=True)
@@ -1089,7 +1133,7 @@ def sweep(
         locks.clear_stale(path)
     try:
         with _CtrlC(state.say) as ctrl_c:
-            state.ctrl_c = ctrl_c if in_process else None
+            state.ctrl_c = ctrl_c
             todo = pending
             while todo:
                 if in_process:
@@ -1237,6 +1281,18 @@ def local_cluster(workers: int):
     )
 
 
+def _executing_keys(client: Any) -> set:
+    """Keys of the tasks the workers are executing now (not those queued on them)."""
+
+    def executing(dask_worker: Any) -> list:
+        return [ts.key for ts in dask_worker.state.executing]
+
+    try:
+        return {key for keys in client.run(executing).values() for key in keys}
+    except Exception:  # noqa: BLE001 - an older worker API: count everything assigned as running
+        return {key for keys in client.processing().values() for key in keys}
+
+
 def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers, scheduler, client) -> list:
     """Run the runs of ``todo`` this sweep can lock on dask; return those another holds."""
     from dask.distributed import Client, as_completed
@@ -1274,18 +1330,35 @@ def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers,
             for run, path in mine
         }
         errors = []
-        for fut in as_completed(futures):
-            path = futures[fut]
-            try:
-                result = fut.result()
-            except Exception as exc:  # keep going: finished runs stay on disk for resume
-                errors.append((path, exc))
-            else:
-                _report(state.bar, path, result)
-                state.advance(path)
-            finally:
-                locks.release(path)
-                fut.release()  # done: the cluster may forget it (a lost worker does not rerun it)
+        finished = as_completed(futures)
+        stopping = False
+        while not finished.is_empty():
+            if not stopping and state.ctrl_c is not None and state.ctrl_c.requested:
+                stopping = True  # Ctrl-C: let the runs in progress finish, drop the queued ones
+                running = _executing_keys(client)
+                for fut, path in futures.items():
+                    if not fut.done() and fut.key not in running:
+                        fut.cancel()
+                        locks.release(path)
+                state.say(f"waiting for the {len(running)} run(s) in progress on the workers")
+            if not finished.has_ready():
+                time.sleep(0.02)  # a poll interval: Ctrl-C is looked at between completions
+                continue
+            for fut in finished.next_batch(block=False):
+                path = futures[fut]
+                try:
+                    if fut.cancelled():
+                        continue
+                    result = fut.result()
+                except Exception as exc:  # keep going: finished runs stay on disk for resume
+                    errors.append((path, exc))
+                else:
+                    _report(state.bar, path, result)
+                    state.advance(path)
+                finally:
+                    locks.release(path)
+                    fut.release()  # done: the cluster may forget it (a lost worker does not rerun it)
+        state.check_interrupt()
         if errors:
             path, exc = errors[0]
             raise RuntimeError(f"{len(errors)} run(s) failed; first: {path.name}: {exc!r}") from exc

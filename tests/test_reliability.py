@@ -178,6 +178,75 @@ def test_folder_of_another_config_is_refused_naming_the_keys(tmp_path, reference
         xr.testing.assert_identical(_strip(cube.open(out / name)), _strip(runs[name]))
 
 
+def test_folder_whose_cube_a_disjoint_grid_would_replace_is_refused(tmp_path, reference):
+    runs, ref = reference
+    out = tmp_path / "out"
+    sweep({**TINY, "grid": {"seed": [0, 1]}}, out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError) as err:  # same config, disjoint seeds: its cube.nc would lose seeds 0 and 1
+        sweep({**TINY, "grid": {"seed": [4, 5]}}, out, progress=False)
+    msg = str(err.value)
+    assert "cube.nc combining 2 run(s) this config's grid leaves out (run-seed=0.nc, run-seed=1.nc" in msg
+    assert '"seed": [0, 1]' in msg and "overwrite=True" in msg
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    with pytest.raises(ValueError, match=r"cube.nc of a different config; differing keys: title \(cube.nc"):
+        sweep({**TINY, "title": "another", "grid": {"seed": [4, 5]}}, out, progress=False)
+    # a larger grid of the same config only adds runs: accepted, and equals the full sweep
+    xr.testing.assert_identical(_strip(sweep(TINY, out, progress=False)), _strip(ref))
+
+
+# State of the dask Ctrl-C test, at module level: dask pickles the task function, and a
+# module-level function pickles by reference (its worker runs in this process).
+_HOLD: dict = {}
+
+
+def _held_run_to_file(run, path):
+    """``_run_to_file`` that holds the second run until the test has sent SIGINT."""
+
+    _HOLD["calls"].append(path)
+    if len(_HOLD["calls"]) == 2:
+        _HOLD["started"].set()
+        assert _HOLD["sent"].wait(120), "the test never sent SIGINT"
+    return _HOLD["run_to_file"](run, path)
+
+
+def test_ctrl_c_on_dask_stops_after_the_runs_in_progress(tmp_path, reference, monkeypatch):
+    """Ctrl-C during a dask sweep: the run in progress finishes, the queued ones are
+    cancelled, SweepInterrupted says how to resume, and the resumed sweep equals the
+    uninterrupted one. One in-process worker thread, so the test holds the second run until
+    the signal was sent (no timing guesses)."""
+    import threading
+
+    import distributed
+
+    import ntkbench.sweep as sw
+
+    runs, ref = reference
+    out = tmp_path / "out"
+    _HOLD.update(calls=[], started=threading.Event(), sent=threading.Event(), run_to_file=sw._run_to_file)
+
+    def interrupt():
+        if _HOLD["started"].wait(120):
+            os.kill(os.getpid(), signal.SIGINT)
+            _HOLD["sent"].set()
+
+    monkeypatch.setattr(sw, "_run_to_file", _held_run_to_file)
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc,  # pyright: ignore[reportArgumentType]
+        distributed.Client(lc) as client,
+    ):
+        thread = threading.Thread(target=interrupt, daemon=True)
+        thread.start()
+        with pytest.raises(sw.SweepInterrupted, match="sweep interrupted: 2 of 6 runs finished .* to resume"):
+            sweep(TINY, out, client=client, progress=False)
+        thread.join(10)
+    assert len(_HOLD["calls"]) == 2  # the queued runs never started
+    assert len(list(out.glob("run-*.nc"))) == 2 and not (out / "cube.nc").exists()
+    assert not list(out.glob(".*.lock"))
+    monkeypatch.setattr(sw, "_run_to_file", _HOLD["run_to_file"])
+    xr.testing.assert_identical(_strip(sweep(TINY, out, progress=False)), _strip(ref))
+
+
 def test_out_that_is_a_file_is_refused(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")

@@ -45,6 +45,11 @@ __all__ = [
     "combine",
     "save_many",
     "open_many",
+    "run_status",
+    "diverged",
+    "finished",
+    "FINISHED",
+    "DIVERGED",
 ]
 
 #: data variable name -> (long_name, units). Units follow CF: "1" is dimensionless.
@@ -75,7 +80,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "kernel_test_accuracy": ("test accuracy of kernel regression with the initial eNTK", "1"),
     "accuracy": ("training accuracy", "1"),
     "test_accuracy": ("test accuracy", "1"),
+    "status": ("run status (0 finished, 1 diverged)", "1"),
+    "diverged_step": ("step at which training diverged (-1: it did not)", "1"),
 }
+
+#: values of the ``status`` variable (CF flags: ``flag_values`` / ``flag_meanings``)
+FINISHED, DIVERGED = 0, 1
 
 #: coordinate name -> (long_name, units)
 COORDS: dict[str, tuple[str, str]] = {
@@ -141,6 +151,67 @@ def var_attrs(name: str) -> dict[str, str]:
     """
     long_name, units = VARIABLES.get(name) or COORDS.get(name) or (name, "1")
     return {"long_name": long_name, "units": units}
+
+
+def run_status(diverged_step: int | None) -> dict[str, Any]:
+    """The per-run status variables of a run's cube (scalars; a sweep's grid axes become
+    their dims): ``status`` (``FINISHED`` or ``DIVERGED``, with CF ``flag_values`` and
+    ``flag_meanings``) and ``diverged_step`` (the first non-finite step, -1 if none).
+
+    >>> run_status(12)["status"].values.item(), run_status(None)["diverged_step"].values.item()
+    (1, -1)
+    """
+    import xarray as xr
+
+    status = xr.Variable(
+        (),
+        np.int8(FINISHED if diverged_step is None else DIVERGED),
+        {
+            **var_attrs("status"),
+            "flag_values": np.array([FINISHED, DIVERGED], np.int8),
+            "flag_meanings": "finished diverged",
+        },
+    )
+    step = xr.Variable((), np.int64(-1 if diverged_step is None else int(diverged_step)), var_attrs("diverged_step"))
+    return {"status": status, "diverged_step": step}
+
+
+def diverged(ds: Any) -> Any:
+    """Boolean ``DataArray`` over the cube's grid dims: True for runs whose training
+    diverged (``status == DIVERGED``). A cube without a ``status`` variable (written
+    before it existed, or by ``train`` alone) has no diverged runs.
+
+    >>> from ntkbench.testing import synthetic_cube
+    >>> bool(diverged(synthetic_cube()).any())
+    False
+    """
+    import xarray as xr
+
+    if "status" not in ds.data_vars:
+        return xr.DataArray(False)
+    return ds["status"] == DIVERGED
+
+
+def finished(ds: Any) -> Any:
+    """The cube with every value of its diverged runs set to NaN, so that means over
+    seeds, fits and summaries leave them out; attribute ``diverged_left_out`` counts them.
+    Returns ``ds`` itself when no run diverged. The ``status`` and ``diverged_step``
+    variables are kept, so plots can still draw the diverged runs apart (from the
+    original cube).
+    """
+    if "diverged_left_out" in ds.attrs:  # already done
+        return ds
+    bad = diverged(ds)
+    n = int(bad.sum())
+    if n == 0:
+        return ds
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        if name in ("status", "diverged_step") or var.dtype.kind != "f":
+            continue
+        out[name] = var.where(~bad)
+    out.attrs["diverged_left_out"] = n
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

@@ -423,6 +423,7 @@ def spectrum_data(
     label, color}}``.
     """
     check_cube(ds, "eigenvalues")
+    ds = _finished(ds)
     if by not in ("step", "width"):
         raise ValueError(f"by must be 'step' or 'width', got {by!r}")
     da = ds["eigenvalues"]
@@ -559,10 +560,17 @@ def measure_data(
     """Columns of :func:`measure_plot`: a measure vs ``x`` (default ``step``), one line
     per width; with ``seed="mean"`` the mean over seeds and a ± std band.
 
+    Runs whose training diverged (``status`` variable, :func:`ntkbench.cube.finished`)
+    are left out of the lines, bands and points, and drawn apart in ``"diverged"``: one
+    line per diverged run up to where it became non-finite, labelled as left out.
+
     Returns ``{"lines": {xs, ys, color, label}, "bands": {xs, ys, color},
-    "points": {x, y, std, width, label, color}}``.
+    "points": {x, y, std, width, label, color}, "diverged": {xs, ys, color, run},
+    "diverged_end": {x, y, color, run}}`` (the last finite point of each diverged run,
+    drawn as a cross; the legend column is ``run``, a field apart from the lines' ``label``).
     """
     check_cube(ds, measure)
+    raw, ds = ds, _finished(ds)
     da = ds[measure]
     if x not in da.dims:
         raise ValueError(f"x must be a dim of {measure!r} {tuple(da.dims)}, got {x!r}")
@@ -587,6 +595,8 @@ def measure_data(
         )
         ok = finite_mask(xv, y, log_x, log_y)
         name = f"width {w}" if w is not None else measure
+        if not ok.any() and ds.attrs.get("diverged_left_out"):
+            name += " (no finished run)"
         lines["xs"].append(xv[ok].tolist())
         lines["ys"].append(y[ok].tolist())
         lines["color"].append(c)
@@ -605,7 +615,57 @@ def measure_data(
         points["width"] += [w if w is not None else -1] * n
         points["label"] += [name] * n
         points["color"] += [c] * n
-    return {"lines": lines, "bands": bands, "points": points}
+    diverged = _diverged_lines(raw, measure, ws, colors, seed, x, log_x, log_y)
+    ends: Columns = {
+        "x": [xs[-1] for xs in diverged["xs"]],
+        "y": [ys[-1] for ys in diverged["ys"]],
+        "color": list(diverged["color"]),
+        "run": list(diverged["run"]),
+    }
+    return {"lines": lines, "bands": bands, "points": points, "diverged": diverged, "diverged_end": ends}
+
+
+def _finished(ds: Any) -> Any:
+    from ntkbench.cube import finished
+
+    return finished(ds)
+
+
+def _diverged_lines(
+    ds: Any, measure: str, ws: list, colors: list[str], seed: SeedSel, x: str, log_x: bool, log_y: bool
+) -> Columns:
+    """One line per diverged run (of the widths ``ws`` and the seed selection) of
+    ``measure`` vs ``x``, up to where it became non-finite."""
+    from ntkbench.cube import diverged
+
+    out: Columns = {"xs": [], "ys": [], "color": [], "run": []}
+    bad = diverged(ds)
+    if not bool(bad.any()) or x not in ds[measure].dims:
+        return out
+    da = _drop_extra(ds[measure], ("width", "seed", x))
+    bad = _drop_extra(bad, ("width", "seed"))
+    xv = np.asarray(ds[x].values, dtype=float)
+    for w, c in zip(ws, colors, strict=True):
+        dw, bw = (da, bad) if w is None else (da.sel(width=w), bad.sel(width=w) if "width" in bad.dims else bad)
+        seeds = dw["seed"].values.tolist() if "seed" in dw.dims else [None]
+        for sv in seeds:
+            if not isinstance(seed, str) and sv is not None and sv != seed:
+                continue
+            flag = bw if sv is None or "seed" not in bw.dims else bw.sel(seed=sv)
+            if not bool(flag):
+                continue
+            y = np.asarray((dw if sv is None else dw.sel(seed=sv)).transpose(x).values, dtype=float)
+            ok = finite_mask(xv, y, log_x, log_y)
+            if not ok.any():
+                continue
+            run = ", ".join(
+                t for t in (f"width {w}" if w is not None else "", f"seed {sv}" if sv is not None else "") if t
+            )
+            out["xs"].append(xv[ok].tolist())
+            out["ys"].append(y[ok].tolist())
+            out["color"].append(c)
+            out["run"].append(f"diverged, left out ({run})" if run else "diverged, left out")
+    return out
 
 
 def measure_plot(
@@ -626,7 +686,9 @@ def measure_plot(
     vertical line at that step (the Explorer moves it with its step slider); the marker is
     the ``Span`` named ``"step_marker"``.
 
-    Returns a figure with sources ``"lines"``, ``"bands"`` and ``"points"``.
+    Returns a figure with sources ``"lines"``, ``"bands"``, ``"points"``, ``"diverged"`` and
+    ``"diverged_end"`` (runs whose training diverged: dashed, a cross where they ended, left
+    out of the mean).
 
     Example
     -------
@@ -646,9 +708,19 @@ def measure_plot(
     bands = ColumnDataSource(data["bands"], name="bands")
     lines = ColumnDataSource(data["lines"], name="lines")
     points = ColumnDataSource(data["points"], name="points")
-    fig.patches("xs", "ys", source=bands, fill_color="color", fill_alpha=0.18, line_color=None)
-    fig.multi_line("xs", "ys", source=lines, line_color="color", line_width=2, legend_field="label")
+    diverged = ColumnDataSource(data["diverged"], name="diverged")
+    band_r = fig.patches("xs", "ys", source=bands, fill_color="color", fill_alpha=0.18, line_color=None)
+    line_r = fig.multi_line("xs", "ys", source=lines, line_color="color", line_width=2, legend_field="label")
+    fig.multi_line(
+        "xs", "ys", source=diverged, line_color="color", line_width=1.5, line_dash="dashed", legend_field="run"
+    )
+    diverged_end = ColumnDataSource(data["diverged_end"], name="diverged_end")
+    fig.scatter("x", "y", source=diverged_end, color="color", marker="x", size=11, line_width=2)
     r = fig.scatter("x", "y", source=points, color="color", size=5)
+    if data["diverged"]["xs"] and any(data["lines"]["xs"]):
+        # the finished runs set the y range: a diverged run's blow-up leaves the top of the
+        # plot (dashed, its cross where it ended) instead of flattening every other line
+        fig.y_range.renderers = [band_r, line_r, r]  # pyright: ignore[reportAttributeAccessIssue]  a DataRange1d
     fig.add_tools(
         HoverTool(
             renderers=[r],
@@ -704,10 +776,14 @@ def scaling_data(
 
     Returns ``{"points": {x, y, std, step}, "seeds": {x, y, seed}, "errors": {x, lower,
     upper}, "fit": {xs, ys, label}}``; the fit label reads ``∝ width^b (R² = r2)``.
+    Diverged runs (:func:`ntkbench.cube.finished`) are left out of the points and the fit,
+    and the label says how many.
     """
     check_cube(ds, measure)
     if "width" not in ds[measure].dims:
         raise ValueError(f"scaling plots need a width dim; {measure!r} has {tuple(ds[measure].dims)}")
+    ds = _finished(ds)
+    left_out = int(ds.attrs.get("diverged_left_out", 0))
     st = _resolve_step(ds, step)
     ws = _resolve_widths(ds, widths)
     da = ds[measure].sel(step=st, width=ws)
@@ -732,7 +808,8 @@ def scaling_data(
     if ok.sum() >= 2:
         a, b, r2 = power_law_fit(x[ok], y[ok])
         xf = np.geomspace(x[ok].min(), x[ok].max(), 50)
-        fit = {"xs": [xf.tolist()], "ys": [(a * xf**b).tolist()], "label": [f"∝ width^{b:.3f}  (R² = {r2:.3f})"]}
+        note = f"; {left_out} diverged run{'s' if left_out != 1 else ''} left out" if left_out else ""
+        fit = {"xs": [xf.tolist()], "ys": [(a * xf**b).tolist()], "label": [f"∝ width^{b:.3f}  (R² = {r2:.3f}{note})"]}
     lower = np.where(y[ok] - s[ok] > 0, y[ok] - s[ok], y[ok] * 1e-3)
     return {
         "points": {"x": x[ok].tolist(), "y": y[ok].tolist(), "std": s[ok].tolist(), "step": [st] * int(ok.sum())},
@@ -805,6 +882,7 @@ def heatmap_data(ds: Any, measure: str = "entropy", *, seed: SeedSel = "mean") -
     columns are the categorical axis factors.
     """
     check_cube(ds, measure)
+    ds = _finished(ds)
     mean, _ = _select_seed(ds[measure], seed)
     ws = _resolve_widths(ds, None)
     mean = _drop_extra(mean, ("width", "step"))

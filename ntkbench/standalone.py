@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ntkbench import plots
+from ntkbench.cube import finished
 
 __all__ = ["explorer_layout", "explorer_html", "paper_layout", "paper_html", "write_html"]
 
@@ -218,7 +219,7 @@ if (figs.scaling) {
 
 _SOURCE_NAMES = {  # the explorer figures' data sources (as in ntkbench.widgets)
     "spectrum": ("lines", "points"),
-    "measure": ("lines", "bands", "points"),
+    "measure": ("lines", "bands", "points", "diverged", "diverged_end"),
     "scaling": ("points", "seeds", "errors", "fit"),
 }
 
@@ -321,6 +322,7 @@ def explorer_layout(ds_or_explorer: Any, *, measure: str | None = None) -> Any:
     ds = getattr(ds_or_explorer, "ds", ds_or_explorer)
     ex = ds_or_explorer if hasattr(ds_or_explorer, "ds") else None
     plots.check_cube(ds)
+    ds = finished(ds)  # diverged runs left out (the page does not draw them apart)
     if "step" not in ds.dims:
         raise ValueError(f"ds must have a 'step' dim, it has {tuple(ds.dims)}")
     ms = plots.measures(ds)

@@ -586,12 +586,13 @@ def run_one(config: Mapping[str, Any]):
         recorder=recorder,
         key=train_key,
     )
+    diverged = ds.attrs.get("diverged_step")
+    ds = ds.assign(cube.run_status(diverged))  # before the grid dims: they get them too
     for axis in reversed(list(point)):
         _, dim = _resolve_grid_key(axis, cfg)
         value = point[axis]
         ds = ds.expand_dims({dim: np.asarray([value])})
         ds[dim].attrs.update(cube.var_attrs(dim))
-    diverged = ds.attrs.get("diverged_step")
     ds.attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
     if diverged is not None:  # training stopped there (ntkbench.train); later records are NaN
         ds.attrs["diverged_step"] = int(diverged)

@@ -79,7 +79,7 @@ class Shown:
 
 _SOURCE_NAMES = {
     "spectrum": ("lines", "points"),
-    "measure": ("lines", "bands", "points"),
+    "measure": ("lines", "bands", "points", "diverged", "diverged_end"),
     "scaling": ("points", "seeds", "errors", "fit"),
 }
 

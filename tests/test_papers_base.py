@@ -247,3 +247,40 @@ def test_color_range_and_heatmap_cells():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_diverged_runs_are_left_out_of_figures_and_summary(toy_run, tmp_path):
+    """A run marked diverged (status variable, NaN from its divergence on, blown-up
+    values before) is left out of the figures and the summary's mean, and the summary
+    and the Workbench say which run."""
+    from ntkbench import cube
+
+    paper, _, cubes = toy_run
+    bad = cubes["main"].copy(deep=True)
+    status = np.zeros((bad.sizes["width"], bad.sizes["seed"]), np.int8)
+    step = np.full(status.shape, -1, np.int64)
+    status[1, 1], step[1, 1] = cube.DIVERGED, int(bad["step"].values[2])
+    bad["status"] = (("width", "seed"), status, cube.var_attrs("status"))
+    bad["diverged_step"] = (("width", "seed"), step, cube.var_attrs("diverged_step"))
+    ent = bad["entropy"].transpose("width", "seed", "step").values
+    ent[1, 1, 2:] = np.nan
+    ent[1, 1, :2] *= 1e9
+    bad["entropy"] = (("width", "seed", "step"), ent, bad["entropy"].attrs)
+
+    other = _toy_paper()
+    other.run_cubes = lambda out, config, **kw: {"main": bad}
+    _base.reproduce(other, tmp_path, "quick", formats=(), progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    finished = np.delete(ent[:, :, -1].ravel(), 3)  # (width 16, seed 1) is index 3
+    assert summary["final_entropy"] == pytest.approx(float(finished.mean()))
+    run = f"width=16, seed=1 (step {step[1, 1]})"
+    assert summary["diverged_runs_left_out"] == {"main": [run]}
+    assert (
+        f"1 diverged run left out of every figure, mean and fit (main: {run})" in (tmp_path / "summary.txt").read_text()
+    )
+
+    wb = _base.Workbench({"main": bad}, other.FIGURES, other.controls({"main": bad}), figures_dir=tmp_path / "f")
+    assert "1 diverged run left out" in wb.status.value
+    lines = plots.figure_index(wb.figures["F-1"])["sources"]["f1-main-lines"].data
+    np.testing.assert_allclose(lines["ys"][1], ent[1, 0], rtol=1e-6)  # width 16: seed 0's alone
+    wb.close()

@@ -262,3 +262,57 @@ def test_export_without_chromium_says_how_to_install(ds, tmp_path, monkeypatch):
         plots.export(plots.measure_plot(ds), tmp_path / "x.png")
     with pytest.raises(ValueError, match="format"):
         plots.export(plots.measure_plot(ds), tmp_path / "x", "jpeg")
+
+
+# --------------------------------------------------------------------------- diverged runs
+
+
+def _with_diverged(ds, width: int, seed: int, at: int):
+    """``ds`` with the run (width, seed) marked diverged at step ``at``: its values blow up
+    before ``at`` and are NaN from there on, as ``ntkbench.train`` leaves them."""
+    from ntkbench import cube
+
+    bad = ds.copy(deep=True)
+    status = np.zeros((len(WIDTHS), len(SEEDS)), np.int8)
+    step = np.full(status.shape, -1, np.int64)
+    i, j = WIDTHS.index(width), SEEDS.index(seed)
+    status[i, j], step[i, j] = cube.DIVERGED, at
+    bad["status"] = (("width", "seed"), status, cube.var_attrs("status"))
+    bad["diverged_step"] = (("width", "seed"), step, cube.var_attrs("diverged_step"))
+    for name in ("trace", "entropy", "eigenvalues"):
+        v = bad[name].values
+        later = np.asarray(STEPS) >= at
+        v[i, j, ~later] *= 1e12
+        v[i, j, later] = np.nan
+    return bad, i, j
+
+
+def test_diverged_runs_are_left_out_and_drawn_apart(ds):
+    """A diverged run is left out of the mean, band, fit and spectrum (each computed here
+    from the finished seeds with NumPy), drawn dashed in its own source with a cross at its
+    last finite value, and the fit label says it was left out."""
+    from ntkbench import cube
+
+    bad, i, j = _with_diverged(ds, 64, 1, at=30)
+    keep = [k for k in range(len(SEEDS)) if k != j]
+    assert cube.diverged(bad).values.sum() == 1 and cube.finished(ds) is ds
+    fig = plots.measure_plot(bad, "trace")
+    lines, div, end = _src(fig, "lines"), _src(fig, "diverged"), _src(fig, "diverged_end")
+    tr = ds.trace.values
+    np.testing.assert_allclose(lines["ys"][i], tr[i][keep].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(lines["ys"][0], tr[0].mean(0), rtol=1e-12)  # other widths: every seed
+    assert div["run"] == ["diverged, left out (width 64, seed 1)"]
+    np.testing.assert_array_equal(div["xs"][0], [0, 10])  # finite until the divergence
+    np.testing.assert_allclose(div["ys"][0], tr[i, j, :2] * 1e12, rtol=1e-6)
+    assert end["x"] == [10] and end["y"] == [div["ys"][0][-1]]
+    assert fig.y_range.renderers, "the finished runs set the y range"
+    one = plots.measure_data(bad, "trace", seed=1)  # that seed alone: no finished line at width 64
+    assert one["lines"]["ys"][i] == [] and one["lines"]["label"][i] == "width 64 (no finished run)"
+    assert len(one["diverged"]["xs"]) == 1 and plots.measure_data(bad, "trace", seed=0)["diverged"]["xs"] == []
+
+    sc = plots.scaling_data(bad, "trace", step=0)
+    ref = tr[:, :, 0].copy()
+    np.testing.assert_allclose(sc["points"]["y"][i], ref[i][keep].mean(), rtol=1e-12)
+    assert sc["fit"]["label"][0].endswith("; 1 diverged run left out)")
+    sp = plots.spectrum_data(bad, step=0)
+    np.testing.assert_allclose(sp["lines"]["ys"][i], ds.eigenvalues.values[i][keep][:, 0].mean(0), rtol=1e-6)

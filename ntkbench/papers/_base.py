@@ -51,6 +51,9 @@ __all__ = [
     "rank_correlation",
     "check_choice",
     "need_cube",
+    "diverged_runs",
+    "left_out_note",
+    "finished_cubes",
     "config_of",
     "at_step",
 ]
@@ -194,15 +197,59 @@ def reproduce(
     wall = time.perf_counter() - t0
     out = Path(out)
     cube_mod.save_many(cubes, out / f"{paper.KEY}.nc")
-    settings = paper.defaults(cubes) if hasattr(paper, "defaults") else settings_of(paper.controls(cubes))
-    figs = figures(paper.FIGURES, cubes, settings)
+    shown = finished_cubes(cubes)  # diverged runs left out of every figure, mean and fit
+    settings = paper.defaults(shown) if hasattr(paper, "defaults") else settings_of(paper.controls(shown))
+    figs = figures(paper.FIGURES, shown, settings)
     export_figures(figs, out / "figures", paper.KEY, formats)
-    summary = paper.summarize(cubes)
+    summary = paper.summarize(shown)
     summary["config"] = config if isinstance(config, str) else "custom"
     summary["run_wall_seconds"] = round(wall, 1)
+    text = paper.format_summary(summary)
+    left_out = diverged_runs(cubes)
+    if left_out:
+        summary["diverged_runs_left_out"] = left_out
+        text += f"\n{left_out_note(left_out)}\n"
     _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_text(out / "summary.txt", paper.format_summary(summary))
+    _write_text(out / "summary.txt", text)
     return cubes
+
+
+def diverged_runs(cubes: Cubes) -> dict[str, list[str]]:
+    """``{experiment: ["width=64, seed=1 (step 30)", ...]}`` of the runs whose training
+    diverged (the cube's ``status`` variable); experiments without any are absent."""
+    import numpy as np
+
+    from ntkbench import cube
+
+    out: dict[str, list[str]] = {}
+    for name, ds in cubes.items():
+        bad = cube.diverged(ds)
+        if not bool(bad.any()):
+            continue
+        flat = bad.stack(run=list(bad.dims)) if bad.dims else bad.expand_dims(run=[0])
+        steps = ds["diverged_step"].stack(run=list(bad.dims)) if bad.dims else None
+        runs = []
+        for k in np.flatnonzero(flat.values):
+            point = ", ".join(f"{d}={flat[d].values[k]}" for d in bad.dims)
+            at = f" (step {int(steps.values[k])})" if steps is not None else ""
+            runs.append(f"{point}{at}".strip())
+        out[str(name)] = runs
+    return out
+
+
+def left_out_note(left_out: Mapping[str, Sequence[str]]) -> str:
+    """One line saying which diverged runs every figure, mean and fit leaves out."""
+    n = sum(len(v) for v in left_out.values())
+    runs = "; ".join(f"{exp}: {', '.join(v)}" for exp, v in left_out.items())
+    return f"{n} diverged run{'s' if n != 1 else ''} left out of every figure, mean and fit ({runs})"
+
+
+def finished_cubes(cubes: Cubes) -> dict[str, Any]:
+    """Each cube with its diverged runs' values set to NaN (:func:`ntkbench.cube.finished`):
+    the papers' means over seeds, fits and summaries leave them out."""
+    from ntkbench import cube
+
+    return {k: cube.finished(v) for k, v in cubes.items()}
 
 
 def check_choice(name: str, value: Any, table: Mapping[str, Any] | Sequence[Any]) -> None:
@@ -368,7 +415,8 @@ class Workbench(_Controls):
 
         self.controls = {c.name: c.widget() for c in controls}
         self.control_specs = list(controls)
-        self.cubes = dict(cubes)
+        self.left_out = diverged_runs(cubes)
+        self.cubes = finished_cubes(cubes)
         self.specs = {s.name: s for s in specs if s.available(self.cubes)}
         if not self.specs:
             raise ValueError(f"cubes {sorted(self.cubes)} can draw none of the figures {[s.name for s in specs]}")
@@ -379,7 +427,7 @@ class Workbench(_Controls):
                     f"figure {spec.name!r} uses unknown controls {unknown}; controls are {list(self.controls)}"
                 )
         self.figures_dir = Path(figures_dir)
-        self.status = w.HTML(value="")
+        self.status = w.HTML(value=html.escape(left_out_note(self.left_out)) if self.left_out else "")
         settings = self.settings()
         self.live = {n: LiveFigure(s.build, s.data(self.cubes, settings)) for n, s in self.specs.items()}
         for cname, ctl in self.controls.items():
@@ -409,7 +457,7 @@ class Workbench(_Controls):
         """Redraw ``names`` (default: all) at the current settings. Every figure is
         redrawn even if one fails; the first error is shown in ``status`` and raised."""
         settings = self.settings()
-        self.status.value = ""
+        self.status.value = html.escape(left_out_note(self.left_out)) + "<br>" if self.left_out else ""
         first: Exception | None = None
         for name in names or tuple(self.live):
             try:

@@ -46,6 +46,7 @@ __all__ = [
     "save_many",
     "open_many",
     "run_status",
+    "with_status",
     "diverged",
     "finished",
     "FINISHED",
@@ -174,6 +175,16 @@ def run_status(diverged_step: int | None) -> dict[str, Any]:
     )
     step = xr.Variable((), np.int64(-1 if diverged_step is None else int(diverged_step)), var_attrs("diverged_step"))
     return {"status": status, "diverged_step": step}
+
+
+def with_status(ds: Any) -> Any:
+    """A run's cube with its :func:`run_status` variables over its grid dims (every dim but
+    ``step`` and ``eigen_index``), taken from its ``diverged_step`` attribute; unchanged if
+    it has them. Run files written before the variables existed get them this way."""
+    if "status" in ds.data_vars:
+        return ds
+    dims = {d: ds.sizes[d] for d in ds.dims if d not in ("step", "eigen_index")}
+    return ds.assign({n: v.set_dims(dims).copy() for n, v in run_status(ds.attrs.get("diverged_step")).items()})
 
 
 def diverged(ds: Any) -> Any:

@@ -1248,7 +1248,8 @@ def _combine(cfg: Mapping[str, Any], paths: list[Path], target: Path, locks: _Ru
     try:
         _remove_temp_files(target)
         attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
-        combined = cube.combine([str(p) for p in paths], attrs=attrs)
+        # run files written before the status variables existed get them from their attrs
+        combined = cube.combine([cube.with_status(cube.open(p)) for p in paths], attrs=attrs)
         diverged = _diverged_runs(paths)
         if diverged:
             combined.attrs["diverged_runs"] = json.dumps(diverged)

@@ -319,3 +319,20 @@ def test_combine_pads_spectra_of_different_lengths(tmp_path):
     broken["eigenvalues"][{"width": 1, "eigen_index": 2}] = np.nan  # a hole, not a tail
     with pytest.raises(ValueError, match="eigenvalues"):
         cube.validate(broken)
+
+
+def test_status_variables_of_runs_written_before_them():
+    """A run cube without ``status`` (written before it existed) gets it over its grid
+    dims from its ``diverged_step`` attribute; cubes that have it are left alone."""
+    from ntkbench import cube
+    from ntkbench.testing import synthetic_cube
+
+    ds = synthetic_cube(widths=(16,), seeds=(3,), steps=(0, 10), n_eigen=4)
+    ok = cube.with_status(ds)
+    assert ok["status"].dims == ("width", "seed") and int(ok["status"].item()) == cube.FINISHED
+    assert int(ok["diverged_step"].item()) == -1 and cube.with_status(ok) is ok
+    ds.attrs["diverged_step"] = 10
+    bad = cube.with_status(ds)
+    assert int(bad["status"].item()) == cube.DIVERGED and int(bad["diverged_step"].item()) == 10
+    assert bool(cube.diverged(bad).all()) and np.isnan(cube.finished(bad)["entropy"]).all()
+    assert cube.finished(bad)["status"].equals(bad["status"])  # the flags survive

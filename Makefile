@@ -51,8 +51,11 @@ format: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
+# The test files run on TEST_WORKERS processes (pytest-xdist; a file stays on one worker,
+# so its module fixtures run once): the suite is mostly single-threaded compilation.
+TEST_WORKERS ?= 2
 test: $(VENV)/.stamp-test lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 # Benchmarks print ratios measured in one run (not part of `make test`).

@@ -604,9 +604,7 @@ def test_training_stops_at_the_first_non_finite_step_and_says_which():
 # ---------------------------------------------------------------------------- load
 
 
-@pytest.mark.skipif(
-    os.environ.get("NTKBENCH_LOAD") != "1", reason="about a minute on 2 cores: NTKBENCH_LOAD=1 to run it"
-)
+@pytest.mark.slow
 def test_200_runs_on_two_workers_survive_a_killed_worker(tmp_path, reference):
     """200 runs on a LocalCluster of 2 workers; one worker is SIGKILLed after 40 run files
     exist (its nanny restarts it, the scheduler reruns its tasks): every run ends in the

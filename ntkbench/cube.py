@@ -5,6 +5,12 @@ swept axis (``width``, ``seed``, ``depth``, ``n_train``, ``lr``, ...), every dim
 labelled by a coordinate, every data variable carrying CF-style ``long_name`` and
 ``units`` attributes, and the provenance attributes of :data:`REQUIRED_ATTRS`.
 
+A sweep's cube also holds, over its swept axes, ``status`` (:data:`FINISHED` or
+:data:`DIVERGED`, CF ``flag_values`` / ``flag_meanings``) and ``diverged_step`` (-1 or the
+first non-finite step) of every run, and the attribute ``diverged_runs`` (JSON ``{run
+file: step}``) when any diverged. :func:`finished` leaves diverged runs out (NaN) of
+means and fits; the plots and paper summaries use it and say so.
+
 Example
 -------
 >>> import numpy as np, xarray as xr

@@ -127,6 +127,29 @@ class Dataset:
                 raise ValueError(f"x_{split} and y_{split} differ in length: {len(x)} vs {len(y)}")
             if tuple(x.shape[1:]) != tuple(self.in_shape):
                 raise ValueError(f"x_{split} has sample shape {x.shape[1:]}, in_shape is {self.in_shape}")
+            self._check_values(split, np.asarray(x), np.asarray(y))
+
+    def _check_values(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
+        """Dtypes and values: real numeric inputs, finite floats, labels/tokens in range."""
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise TypeError(f"x_{split} must hold real numbers (float or int), got dtype {x.dtype}")
+        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+            raise ValueError(f"x_{split} contains NaN or Inf; expected finite inputs")
+        if self.task == "regression":
+            if not np.issubdtype(y.dtype, np.floating) and not np.issubdtype(y.dtype, np.integer):
+                raise TypeError(f"y_{split} must hold real regression targets, got dtype {y.dtype}")
+            if y.ndim != 2 or y.shape[1] != self.n_outputs:
+                raise ValueError(f"y_{split} must have shape (n, n_outputs={self.n_outputs}), got {y.shape}")
+            if not np.all(np.isfinite(y)):
+                raise ValueError(f"y_{split} contains NaN or Inf; expected finite targets")
+            return
+        what = "labels" if self.task == "classification" else "tokens"
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"y_{split} must hold integer {what}, got dtype {y.dtype}")
+        if self.task == "classification" and y.ndim != 1:
+            raise ValueError(f"y_{split} must be a vector of labels (n,), got shape {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= self.n_outputs):
+            raise ValueError(f"y_{split} {what} must lie in [0, n_outputs={self.n_outputs}), got {y.min()}..{y.max()}")
 
     @property
     def n_train(self) -> int:

@@ -132,7 +132,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def _check_activation(activation: str) -> str:
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     return activation
 
@@ -140,6 +140,10 @@ def _check_activation(activation: str) -> str:
 def _check_key(key: Any) -> None:
     if key is None:
         raise TypeError("key must be a JAX PRNG key (jax.random.key(seed)), got None")
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape[-1:] == (2,)  # PRNGKey(seed)
+    if not (typed or raw):
+        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__} {key!r}")
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -823,14 +827,16 @@ def make_model(
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     name = config.get("name")
-    if name not in MODEL_DEFAULTS:
+    if not isinstance(name, str) or name not in MODEL_DEFAULTS:
         raise ValueError(f"config['name'] must be one of {sorted(MODEL_DEFAULTS)}, got {name!r}")
     allowed = MODEL_DEFAULTS[name]
     unknown = sorted(set(config) - set(allowed) - {"name"})
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {name!r} model config; allowed keys: {['name', *allowed]}")
     opts = {**allowed, **{k: v for k, v in config.items() if k != "name"}}
-    in_shape = tuple(int(s) for s in in_shape)
+    if isinstance(in_shape, str | bytes) or not isinstance(in_shape, Sequence | np.ndarray):
+        raise TypeError(f"in_shape must be a sequence of positive ints (the shape of one input), got {in_shape!r}")
+    in_shape = tuple(_check_int(s, "in_shape entry", 1) for s in in_shape)
     if name == "mlp":
         return MLP(
             math.prod(in_shape),

@@ -1106,11 +1106,16 @@ def sweep(
         raise TypeError(f"scheduler must be an address string like 'tcp://host:port', got {scheduler!r}")
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
     # Absolute: dask workers on an existing cluster have their own working directory (the
     # folder must be on a file system the workers share).
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {str(out)!r} is a file; expected a folder (new or of this sweep)")
+    above = next(p for p in out.parents if p.exists())
+    if not out.exists() and not above.is_dir():
+        raise ValueError(f"out: {str(out)!r} lies under the file {str(above)!r}; expected a folder")
 
     runs = expand_grid(cfg, validate=False)
     paths = [out / run_name(r["grid"]) for r in runs]
@@ -1124,7 +1129,12 @@ def sweep(
         _check_combined_cube(out / "cube.nc", cfg, paths)
     pending = [(r, p) for r, p, st in zip(runs, paths, states, strict=True) if st[0] != "done"]
     check_runs([r for r, _ in pending])  # fail before creating folders or clusters
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"out: cannot create the folder {str(out)!r} ({exc.strerror}); expected a writable folder"
+        ) from exc
 
     in_process = client is None and workers is None and scheduler is None
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", unit="run", disable=not progress)

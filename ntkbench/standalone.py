@@ -483,9 +483,18 @@ def explorer_html(ds_or_explorer: Any, path: str | os.PathLike, *, measure: str 
 _APPLY_JS = r"""
 const cache = (window.__ntkbench ??= {});
 const D = (cache[key] ??= (() => (DATA))());
-const d = D.values[slider.value];
-slider.title = label + " " + D.labels[slider.value];
-for (const [name, cols] of Object.entries(d.sources ?? {})) if (sources[name]) sources[name].data = cols;
+let idx = 0;
+for (let k = 0; k < widgets.length; k++) {
+  const w = widgets[k], kind = D.kinds[k];
+  const pos = kind === "slider" ? w.value
+    : kind === "dropdown" ? parseInt(w.value)
+    : kind === "toggle" ? w.active
+    : (w.active.length > 0 ? 1 : 0);
+  if (kind === "slider") w.title = D.names[k] + " " + D.labels[k][pos];
+  idx = idx * D.sizes[k] + pos;
+}
+const d = D.values[idx];
+for (const [name, i] of Object.entries(d.sources ?? {})) if (sources[name]) sources[name].data = {...D.table[i]};
 for (const [name, text] of Object.entries(d.titles ?? {})) if (plots[name] && plots[name].title.text !== text) plots[name].title.text = text;
 for (const [name, text] of Object.entries(d.x_labels ?? {})) if (xaxes[name] && xaxes[name].axis_label !== text) xaxes[name].axis_label = text;
 for (const [name, text] of Object.entries(d.y_labels ?? {})) if (yaxes[name] && yaxes[name].axis_label !== text) yaxes[name].axis_label = text;
@@ -498,55 +507,144 @@ for (const [name, loc] of Object.entries(d.spans ?? {})) {
 }
 """
 
+#: control kinds a standalone paper figure can offer (each value's figure data embedded)
+PAPER_CONTROL_KINDS = ("slider", "dropdown", "toggle", "checkbox")
+#: at most this many combinations of control values are embedded in one paper figure ...
+MAX_COMBINATIONS = 128
+#: ... and at most about this many bytes of figure data; controls past either are frozen
+MAX_EMBEDDED_BYTES = 8_000_000
+
 
 def _figure_payload(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: data[k] for k in ("sources", "titles", "x_labels", "y_labels", "header", "ranges", "spans") if k in data}
 
 
+def _control_options(ctl: Any) -> tuple[list[Any], list[str]]:
+    if ctl.kind == "checkbox":
+        return [False, True], ["off", "on"]
+    values = [o[1] if isinstance(o, (tuple, list)) else o for o in ctl.options]
+    labels = [str(o[0]) if isinstance(o, (tuple, list)) else str(o) for o in ctl.options]
+    return values, labels
+
+
+def _embedded(chosen: list, data_at: Any) -> dict[str, Any]:
+    """The page's data for every combination of the ``chosen`` controls' values: each
+    distinct source once in ``table``, each combination's payload naming table rows;
+    sources equal in every combination are left out (the figure was built with them)."""
+    import itertools
+
+    table: list[Any] = []
+    rows: dict[str, int] = {}
+    values = []
+    for combo in itertools.product(*(range(len(v)) for _, v, _ in chosen)):
+        payload = _figure_payload(data_at(combo))
+        refs = {}
+        for name, cols in payload.get("sources", {}).items():
+            text = _js_literal(cols)
+            if text not in rows:
+                rows[text] = len(table)
+                table.append(cols)
+            refs[name] = rows[text]
+        payload["sources"] = refs
+        values.append(payload)
+    for name in list(values[0]["sources"]):
+        if all(v["sources"].get(name) == values[0]["sources"][name] for v in values[1:]):
+            for v in values:
+                del v["sources"][name]
+    used = sorted({i for v in values for i in v["sources"].values()})
+    renumber = {old: new for new, old in enumerate(used)}
+    for v in values:
+        v["sources"] = {n: renumber[i] for n, i in v["sources"].items()}
+    return {
+        "table": [table[i] for i in used],
+        "values": values,
+        "kinds": [c.kind for c, _, _ in chosen],
+        "names": [str(c.description or c.name) for c, _, _ in chosen],
+        "labels": [labels for _, _, labels in chosen],
+        "sizes": [len(v) for _, v, _ in chosen],
+    }
+
+
 def paper_layout(spec: Any, cubes: Mapping[str, Any], settings: Mapping[str, Any], controls: Sequence[Any] = ()) -> Any:
     """A paper figure (a :class:`ntkbench.papers._base.FigureSpec` at ``settings``) for a
-    plain browser: the figure with its hover tools and, when one of the figure's controls
-    is a step slider (a ``"slider"`` :class:`ntkbench.widgets.Control` among ``controls``)
-    whose values all keep the figure's layout, a Bokeh slider over those values (the figure
-    data of each is embedded and applied as :func:`ntkbench.plots.apply` does). Returns the
-    layout."""
-    from bokeh.layouts import column
-    from bokeh.models import CustomJS, Slider
+    plain browser: the figure with its hover tools and Bokeh widgets for its controls
+    (``controls``: :class:`ntkbench.widgets.Control`; the step slider first, then its
+    dropdowns, toggles and checkboxes). The figure data of every combination of their
+    values is embedded (each distinct data source once) and applied as
+    :func:`ntkbench.plots.apply` does. A control is left out, frozen at ``settings``, when
+    one of its values changes the figure's layout (another panel grid), when its current
+    value is not among its options (None, e.g. no step marker, is added as "none"), or when
+    it would pass :data:`MAX_COMBINATIONS`
+    combinations or about :data:`MAX_EMBEDDED_BYTES` of data. Returns the layout."""
+    import itertools
+
+    from bokeh.layouts import column, row
+    from bokeh.models import CheckboxGroup, CustomJS, Div, RadioButtonGroup, Select, Slider
 
     data0 = spec.data(cubes, settings)
     fig = spec.build(data0)
-    sliders = [c for c in controls if c.kind == "slider" and c.name in spec.control_names]
-    if not sliders:
-        return fig
-    ctl = sliders[0]
-    values = [o[1] if isinstance(o, (tuple, list)) else o for o in ctl.options]
-    labels = [str(o[0]) if isinstance(o, (tuple, list)) else str(o) for o in ctl.options]
     key0 = plots.layout_key(data0)
-    payload = []
-    for v in values:
-        d = data0 if v == settings.get(ctl.name) else spec.data(cubes, {**settings, ctl.name: v})
-        if plots.layout_key(d) != key0:
-            return fig  # a step changes the layout: no slider (the figure alone)
-        payload.append(_figure_payload(d))
-    # embed only what the slider changes: a source equal at every value is left out (the
-    # figure was built with it)
-    for name in list(payload[0].get("sources", {})):
-        first = _js_literal(payload[0]["sources"][name])
-        if all(_js_literal(p["sources"].get(name)) == first for p in payload[1:]):
-            for p in payload:
-                del p["sources"][name]
+    candidates = [c for c in controls if c.kind in PAPER_CONTROL_KINDS and c.name in spec.control_names]
+    candidates.sort(key=lambda c: c.kind != "slider")  # stable: the step slider first
+
+    chosen: list[tuple[Any, list[Any], list[str]]] = []
+    computed: dict[str, Any] = {}
+
+    def data_for(trial: list, combo: tuple) -> Any:
+        at = {**settings, **{c.name: vals[i] for (c, vals, _), i in zip(trial, combo, strict=True)}}
+        k = repr(sorted((n, repr(v)) for n, v in at.items()))
+        if k not in computed:
+            computed[k] = data0 if at == dict(settings) else spec.data(cubes, at)
+        return computed[k]
+
+    for ctl in candidates:
+        values, labels = _control_options(ctl)
+        current = bool(settings.get(ctl.name)) if ctl.kind == "checkbox" else settings.get(ctl.name)
+        if current is None and None not in values:  # e.g. a step slider's "no step marker"
+            values, labels = [None, *values], ["none", *labels]
+        if len(values) < 2 or current not in values:
+            continue
+        trial = [*chosen, (ctl, values, labels)]
+        if np.prod([len(v) for _, v, _ in trial]) > MAX_COMBINATIONS:
+            continue
+        combos = itertools.product(*(range(len(v)) for _, v, _ in trial))
+        if all(plots.layout_key(data_for(trial, combo)) == key0 for combo in combos):
+            chosen = trial
+    text = ""
+    while chosen:
+        embedded = _embedded(chosen, lambda combo, trial=chosen: data_for(trial, combo))
+        text = _js_literal(embedded)
+        if len(text) <= MAX_EMBEDDED_BYTES or len(chosen) == 1:
+            break
+        chosen = chosen[:-1]
+    if not chosen:
+        return fig
+
+    widgets, boxes = [], []
+    for ctl, values, labels in chosen:
+        current = values.index(bool(settings.get(ctl.name)) if ctl.kind == "checkbox" else settings.get(ctl.name))  # noqa: E501
+        name = str(ctl.description or ctl.name)
+        if ctl.kind == "slider":
+            w = Slider(start=0, end=len(values) - 1, value=current, step=1, show_value=False, width=480,
+                       title=f"{name} {labels[current]}", name=ctl.name)  # fmt: skip
+            boxes.append(w)
+        elif ctl.kind == "dropdown":
+            w = Select(options=[(str(i), lab) for i, lab in enumerate(labels)], value=str(current), title=name,
+                       name=ctl.name, width=360)  # fmt: skip
+            boxes.append(w)
+        elif ctl.kind == "toggle":
+            w = RadioButtonGroup(labels=labels, active=current, name=ctl.name)
+            boxes.append(row(Div(text=_escape(name), width=110), w))
+        else:
+            w = CheckboxGroup(labels=[name], active=[0] if current else [], name=ctl.name)
+            boxes.append(w)
+        widgets.append(w)
     index = plots.figure_index(fig)
-    current = values.index(settings[ctl.name]) if settings.get(ctl.name) in values else 0
-    slider = Slider(start=0, end=max(len(values) - 1, 1), value=current, step=1, show_value=False, width=480,
-                    title=f"{ctl.description or ctl.name} {labels[current]}", name=ctl.name,
-                    disabled=len(values) < 2)  # fmt: skip
     plots_ = index["plots"]
-    code = _APPLY_JS.replace("DATA", _js_literal({"values": payload, "labels": labels}), 1)
     cb = CustomJS(
         args=dict(
             key=uuid.uuid4().hex,
-            slider=slider,
-            label=str(ctl.description or ctl.name),
+            widgets=widgets,
             sources=index["sources"],
             plots=plots_,
             xaxes={n: p.xaxis[0] for n, p in plots_.items() if p.xaxis},
@@ -555,10 +653,11 @@ def paper_layout(spec: Any, cubes: Mapping[str, Any], settings: Mapping[str, Any
             mappers=index["mappers"],
             spans=index["spans"],
         ),
-        code=code,
+        code=_APPLY_JS.replace("DATA", text, 1),
     )
-    slider.js_on_change("value", cb)
-    return column(slider, fig, name=f"{getattr(fig, 'name', None) or spec.name}-interactive")
+    for w, (ctl, _, _) in zip(widgets, chosen, strict=True):
+        w.js_on_change("active" if ctl.kind in ("toggle", "checkbox") else "value", cb)
+    return column(*boxes, fig, name=f"{getattr(fig, 'name', None) or spec.name}-interactive")
 
 
 def paper_html(

@@ -198,29 +198,48 @@ def test_explorer_controls_work_in_a_plain_browser(ds, browser, tmp_path):
 
 
 @browser_only
-def test_paper_figure_step_slider(browser, tmp_path):
+def test_paper_figure_controls_work_in_a_plain_browser(browser, tmp_path):
+    """collective's F-b1 offers its step slider (with "none": no step marker, the default),
+    activation toggle and width dropdown. Moving the slider by keyboard changes the pixels,
+    then switching the toggle and the dropdown shows what the live figure data show for
+    those settings (every source compared)."""
+    from bokeh.models import RadioButtonGroup, Select, Slider
+
     from ntkbench.papers import collective
 
     cubes = collective.open_cubes(ROOT / "data" / "collective_quick.nc")
     controls = collective.controls(cubes)
     settings = {**{c.name: c.value for c in controls}, **collective.defaults(cubes)}
-    spec = next(
-        s for s in collective.FIGURES if any(c.kind == "slider" and c.name in s.control_names for c in controls)
-    )
-    ctl = next(c for c in controls if c.kind == "slider" and c.name in spec.control_names)
-    path = standalone.paper_html(spec, cubes, settings, tmp_path / "paper.html", controls)
+    spec = next(s for s in collective.FIGURES if s.name == "F-b1")
+    by_name = {c.name: c for c in controls}
+    layout = standalone.paper_layout(spec, cubes, settings, controls)
+    offered = {m.name: type(m) for kind in (Slider, Select, RadioButtonGroup) for m in layout.select({"type": kind})}
+    assert offered == {"step": Slider, "activation": RadioButtonGroup, "width": Select}, offered
+    path = standalone.write_html(layout, tmp_path / "paper.html")
     page, errors = _open(browser, path)
     shot = page.screenshot()
-    start = page.evaluate(_VALUE, [ctl.name, "value"])
+
+    steps = [None, *(o[1] if isinstance(o, (tuple, list)) else o for o in by_name["step"].options)]
+    assert settings["step"] is None and page.evaluate(_VALUE, ["step", "value"]) == 0
     page.locator(".noUi-handle").first.focus()
-    page.keyboard.press("ArrowLeft" if start > 0 else "ArrowRight")
-    index = start - 1 if start > 0 else start + 1
-    page.wait_for_function(
-        f"() => Bokeh.documents[0].get_model_by_name('{ctl.name}').value === {index}", timeout=TIMEOUT_MS
-    )
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('step').value === 1", timeout=TIMEOUT_MS)
     _changed(page, shot)
-    value = [o[1] if isinstance(o, (tuple, list)) else o for o in ctl.options][index]
-    expected = spec.data(cubes, {**settings, ctl.name: value})
+    at = {**settings, "step": steps[1]}
+    for name, cols in spec.data(cubes, at)["sources"].items():
+        _same(dict(cols), page.evaluate(_READ, name), name)
+
+    # the toggle and the dropdown, as a click sets them (their js_on_change callbacks run)
+    activations = [o[1] if isinstance(o, (tuple, list)) else o for o in by_name["activation"].options]
+    widths = [o[1] if isinstance(o, (tuple, list)) else o for o in by_name["width"].options]
+    a, w = 1 - activations.index(settings["activation"]), 1 - widths.index(settings["width"])
+    page.evaluate(
+        f"() => {{ const d = Bokeh.documents[0]; d.get_model_by_name('activation').active = {a};"
+        f" d.get_model_by_name('width').value = '{w}'; }}"
+    )
+    at = {**at, "activation": activations[a], "width": widths[w]}
+    expected = spec.data(cubes, at)
+    assert expected["sources"] != spec.data(cubes, {**at, "activation": settings["activation"]})["sources"]
     for name, cols in expected["sources"].items():
         _same(dict(cols), page.evaluate(_READ, name), name)
     assert errors == []

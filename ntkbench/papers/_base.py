@@ -481,8 +481,8 @@ class Workbench(_Controls):
         return self.exporter.export(figure, format)
 
     def standalone(self, name: str) -> Any:
-        """Figure ``name`` at the current settings for a plain browser: hover tools and, when
-        the figure has a step slider, that slider (:func:`ntkbench.standalone.paper_layout`);
+        """Figure ``name`` at the current settings for a plain browser: hover tools and its
+        step slider, dropdowns, toggles and checkboxes (:func:`ntkbench.standalone.paper_layout`);
         ``export(name, "interactive")`` writes it as ``<paper>-<name>-interactive.html``."""
         from ntkbench import standalone
 

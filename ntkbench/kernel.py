@@ -231,6 +231,7 @@ class _Tap(eqx.Module):
             y = _strided_conv(self.layer, x)
         else:
             y = self.layer(x)
+        x = _promoted(x, self.layer)  # the recorded input: int8/bool/float16 Grams would overflow or round
         if tape.eps is None:  # probing
             found: list = []
             _vmap_levels(found)(x)
@@ -248,6 +249,18 @@ class _Tap(eqx.Module):
             tape.inputs[(self.idx, c)] = jnp.asarray(x)[None]
             return y + eps[0]
         return _token_io(tape, (self.idx, c), x, y, eps)
+
+
+def _promoted(x, layer):
+    """``x`` in the dtype the layer computes in (that of ``x`` with the layer's weight), so
+    the layer input recorded for the structured kernel is never narrower than the layer's
+    arithmetic."""
+    weight = getattr(layer, "weight", None)
+    x = jnp.asarray(x)
+    if weight is None:
+        return x
+    dtype = jnp.result_type(x, weight)
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
 def _phase_transpose_applies(layer) -> bool:
@@ -1094,12 +1107,16 @@ def check_inputs(
     """
 
     def as_array(x, name):
-        if isinstance(x, (jax.Array, np.ndarray)):
-            return jnp.asarray(x)
-        try:
-            return jnp.asarray(x)
-        except TypeError as e:
-            raise TypeError(f"{name}: expected an array (N, ...), got {type(x).__name__}") from e
+        if not isinstance(x, jax.Array):
+            if isinstance(x, np.ndarray) and x.dtype.kind not in "biuf":
+                raise TypeError(f"{name}: expected real (float, int or bool) inputs, got dtype {x.dtype}")
+            try:
+                x = jnp.asarray(x)
+            except TypeError as e:
+                raise TypeError(f"{name}: expected an array (N, ...), got {type(x).__name__}") from e
+        if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == bool):
+            raise TypeError(f"{name}: expected real (float, int or bool) inputs, got dtype {x.dtype}")
+        return x
 
     x1 = as_array(x1, "x1")
     if x1.ndim == 0:
@@ -1177,6 +1194,12 @@ def entk(
         raise ValueError(f"outputs: expected one of {_OUTPUTS}, got {outputs!r}")
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
+    if memory_limit is not None and (
+        isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)) or memory_limit < 1
+    ):
+        raise ValueError(f"memory_limit: expected a positive number of bytes or None, got {memory_limit!r}")
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite: expected True or False, got {check_finite!r}")
     model = as_model(model)
     x1, x2, block_size = check_inputs(x1, x2, block_size)
     chosen, block_size, feature_block = _resolve_method(
@@ -1184,6 +1207,12 @@ def entk(
     )
     K, finite = _entk_checked(model, x1, x2, outputs, chosen, block_size, feature_block)
     if check_finite and not bool(finite):
+        for name, x in (("x1", x1), ("x2", x2)):  # blame the inputs when they are the cause
+            if x is not None and jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x))):
+                raise ValueError(
+                    f"{name}: contains NaN or Inf; expected finite inputs (pass check_finite=False to get "
+                    "the kernel anyway)"
+                )
         raise ValueError(
             "model: its eNTK on these inputs contains NaN or Inf; check the model's "
             "parameters and outputs (pass check_finite=False to get the kernel anyway)"

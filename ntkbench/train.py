@@ -102,6 +102,8 @@ def make_loss(loss: str, task: str) -> Callable:
 def _resolve_loss(loss: Any, task: str) -> Callable:
     if callable(loss):
         return loss
+    if not isinstance(loss, str):
+        raise TypeError(f"loss must be 'mse', 'ce' or a callable, got {loss!r}")
     return make_loss(loss, task)
 
 
@@ -819,6 +821,13 @@ def _check_data(data) -> None:
         raise ValueError("data has no training samples")
     if len(data.x_train) != len(data.y_train):
         raise ValueError(f"data: x_train has {len(data.x_train)} samples but y_train has {len(data.y_train)}")
+    x_test, y_test = getattr(data, "x_test", None), getattr(data, "y_test", None)
+    if x_test is not None and len(x_test) > 0:
+        if y_test is None or len(x_test) != len(y_test):
+            n = "no" if y_test is None else len(y_test)
+            raise ValueError(f"data: x_test has {len(x_test)} samples but y_test has {n}")
+        if not np.isfinite(np.asarray(x_test, dtype=float)).all():
+            raise ValueError("data: x_test contains NaN or Inf; expected finite inputs")
 
 
 def train(
@@ -869,8 +878,12 @@ def train(
     import xarray as xr
 
     from ntkbench.cube import make_attrs, var_attrs
+    from ntkbench.kernel import as_model
 
+    model = as_model(model)
     _check_data(data)
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {key!r}")
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:

@@ -231,7 +231,8 @@ class _Tap(eqx.Module):
             y = _strided_conv(self.layer, x)
         else:
             y = self.layer(x)
-        x = _promoted(x, self.layer)  # the recorded input: int8/bool/float16 Grams would overflow or round
+        if self.kind != "embedding":  # the recorded input: int8/bool/float16 Grams would overflow or round
+            x = _promoted(x, self.layer)
         if tape.eps is None:  # probing
             found: list = []
             _vmap_levels(found)(x)

@@ -45,6 +45,7 @@ import functools
 import itertools
 import math
 import operator
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, cast
 
@@ -1036,6 +1037,66 @@ def _entk_checked(model, x1, x2, outputs: str, method: str, block_size: int | No
 _CHOICES: dict = {}
 
 
+class _Static:
+    """A model's non-array part as a ``jax.jit`` static argument, its hash computed once
+    (equal structures share one compiled kernel; a repeated call hashes nothing)."""
+
+    __slots__ = ("value", "_hash")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, _Static) and self._hash == other._hash and self.value == other.value)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
+def _entk_params(params, static: _Static, x1, x2, outputs: str, method: str, block_size, feature_block):
+    """:func:`_entk_checked` with the model as (array leaves, static part): dispatched by
+    ``jax.jit`` alone, without partitioning the model on every call."""
+    return _entk_checked(eqx.combine(params, static.value), x1, x2, outputs, method, block_size, feature_block)
+
+
+#: (id(model), shapes, options) -> (weakref to the model, params, _Static, method, block
+#: sizes): the steady-state plan of :func:`entk` for a model object called again (checks,
+#: method choice and partition done once; an Equinox model is immutable).
+_PLANS: dict = {}
+_PLANS_MAX = 256
+
+
+def _plan_key(model: Any, x1: Any, x2: Any, outputs: Any, method: Any, block_size: Any, memory_limit: Any):
+    """The plan key of a call whose inputs are JAX arrays (``x2`` None or of ``x1``'s
+    dtype), else None."""
+    if not isinstance(x1, jax.Array) or (x2 is not None and not (isinstance(x2, jax.Array) and x2.dtype == x1.dtype)):
+        return None
+    return (id(model), x1.shape, x1.dtype, None if x2 is None else x2.shape, outputs, method, block_size, memory_limit)
+
+
+def _store_plan(key: Any, model: Any, checked: Any, choice: tuple) -> tuple | None:
+    """Make (and, for a weak-referenceable concrete model, remember) the plan of a call."""
+    params, static = eqx.partition(checked, eqx.is_array)
+    try:
+        plan_static = _Static(static)
+    except TypeError:  # unhashable static fields: the plain filter_jit path
+        return None
+    plan = (None, params, plan_static, *choice)
+    if key is None or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params)):
+        return plan
+    try:
+        ref = weakref.ref(model)
+    except TypeError:  # e.g. an (apply_fn, params) tuple: rebuilt every call anyway
+        return plan
+    if len(_PLANS) >= _PLANS_MAX:
+        for k in [k for k, v in _PLANS.items() if v[0]() is None] or list(_PLANS):
+            del _PLANS[k]
+    _PLANS[key] = plan = (ref, *plan[1:])
+    return plan
+
+
 def _resolve_method(
     model, x1, x2, method: str, memory_limit: int, outputs: Outputs = "trace", block_size: int | None = None
 ) -> tuple[str, int | None, int | None]:
@@ -1191,6 +1252,16 @@ def entk(
     >>> nb.entk(model, x).shape, nb.entk(model, x[:4], x, outputs="full").shape
     ((10, 10), (4, 10, 3, 3))
     """
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite: expected True or False, got {check_finite!r}")
+    key = _plan_key(model, x1, x2, outputs, method, block_size, memory_limit)
+    try:
+        plan = _PLANS.get(key) if key is not None else None
+    except TypeError:  # an unhashable argument: the checks below name it
+        plan = key = None
+    if plan is not None and plan[0]() is model:  # the same model and shapes again: no checks, no partition
+        K, finite = _entk_params(plan[1], plan[2], x1, x2, outputs, *plan[3:])
+        return _finite_or_raise(K, finite, check_finite, x1, x2)
     if outputs not in _OUTPUTS:
         raise ValueError(f"outputs: expected one of {_OUTPUTS}, got {outputs!r}")
     if method not in _METHODS:
@@ -1199,14 +1270,20 @@ def entk(
         isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)) or memory_limit < 1
     ):
         raise ValueError(f"memory_limit: expected a positive number of bytes or None, got {memory_limit!r}")
-    if not isinstance(check_finite, (bool, np.bool_)):
-        raise TypeError(f"check_finite: expected True or False, got {check_finite!r}")
-    model = as_model(model)
+    checked = as_model(model)
     x1, x2, block_size = check_inputs(x1, x2, block_size)
-    chosen, block_size, feature_block = _resolve_method(
-        model, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT, outputs, block_size
-    )
-    K, finite = _entk_checked(model, x1, x2, outputs, chosen, block_size, feature_block)
+    choice = _resolve_method(checked, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT, outputs, block_size)
+    plan = _store_plan(key, model, checked, choice)
+    if plan is None:
+        K, finite = _entk_checked(checked, x1, x2, outputs, *choice)
+    else:
+        K, finite = _entk_params(plan[1], plan[2], x1, x2, outputs, *plan[3:])
+    return _finite_or_raise(K, finite, check_finite, x1, x2)
+
+
+def _finite_or_raise(K: Any, finite: Any, check_finite: bool, x1: Any, x2: Any) -> Any:
+    """``K``, or ``ValueError`` when ``check_finite`` and it holds NaN/Inf (naming a
+    non-finite input, else the model)."""
     if check_finite and not bool(finite):
         for name, x in (("x1", x1), ("x2", x2)):  # blame the inputs when they are the cause
             if x is not None and jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x))):

@@ -588,3 +588,28 @@ def test_phase_transpose_is_the_convolutions_input_cotangent(x64, spatial, kerne
     g = jnp.asarray(rng.normal(size=y.shape))
     ours = km._phase_transpose(w, g, spatial, stride, pads)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(vjp(g)[0]), rtol=1e-12, atol=1e-12)
+
+
+def test_repeated_calls_reuse_a_plan_without_stale_results(getkey):
+    """The steady-state path (a plan per model object and shapes: no checks, no partition)
+    gives the kernel of the slow path; another model object, or the same structure with
+    other parameters, never gets a stale kernel; the plan does not keep a model alive."""
+    import gc
+
+    from ntkbench import kernel as kmod
+
+    model = eqx.nn.MLP(6, 3, 16, 2, key=getkey())
+    x = jax.random.normal(getkey(), (7, 6))
+    first = nb.entk(model, x)  # slow path, stores the plan
+    key = kmod._plan_key(model, x, None, "trace", "auto", None, None)
+    assert kmod._PLANS[key][0]() is model
+    np.testing.assert_array_equal(nb.entk(model, x), first)  # steady-state path
+    np.testing.assert_allclose(nb.entk(model, np.asarray(x)), first, rtol=1e-6)  # numpy input: slow path
+    other = eqx.tree_at(lambda m: m.layers[0].weight, model, 2.0 * model.layers[0].weight)
+    np.testing.assert_allclose(nb.entk(other, x), nb.entk(other, x, method="jacobian"), rtol=2e-5, atol=1e-5)
+    assert not np.allclose(nb.entk(other, x), first)
+    with pytest.raises(ValueError, match="x1: contains NaN"):  # the fast path still checks the result
+        nb.entk(model, x.at[0, 0].set(jnp.nan))
+    del model, other
+    gc.collect()
+    assert kmod._PLANS[key][0]() is None

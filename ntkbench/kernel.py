@@ -53,6 +53,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Float
 
@@ -1084,7 +1085,7 @@ def _store_plan(key: Any, model: Any, checked: Any, choice: tuple) -> tuple | No
     except TypeError:  # unhashable static fields: the plain filter_jit path
         return None
     plan = (None, params, plan_static, *choice)
-    if key is None or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params)):
+    if key is None or any(isinstance(leaf, Tracer) for leaf in jax.tree_util.tree_leaves(params)):
         return plan
     try:
         ref = weakref.ref(model)

@@ -117,6 +117,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        live=args.live,
     )
     sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
     print(f"cube: {Path(args.out) / 'cube.nc'} ({sizes})")
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="start over where --out holds runs of a different config (without it such a folder is refused)",
+    )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="show the latest recorded measures of the runs in progress in the progress display "
+        "(each run writes a small progress file after every recording)",
     )
     p.set_defaults(func=_cmd_sweep)
 

@@ -534,7 +534,7 @@ def _mup_scaled(opt, model):
     return scaled
 
 
-def run_one(config: Mapping[str, Any]):
+def run_one(config: Mapping[str, Any], *, on_record: Any = None):
     """Run one experiment (a run config from :func:`expand_grid`, or a config without a
     grid) and return its cube; grid values become length-1 dims (``width``, ``seed``, ...).
 
@@ -585,6 +585,7 @@ def run_one(config: Mapping[str, Any]):
         loss=tr["loss"],
         recorder=recorder,
         key=train_key,
+        on_record=on_record,
     )
     diverged = ds.attrs.get("diverged_step")
     ds = ds.assign(cube.run_status(diverged))  # before the grid dims: they get them too
@@ -699,8 +700,148 @@ def _is_done(path: Path, run_config: Mapping[str, Any]) -> bool:
     return _run_state(path, run_config)[0] == "done"
 
 
-def _run_to_file(run_config: dict[str, Any], path: str) -> dict[str, Any]:
+#: a file in the output folder that asks the runs of a live sweep to stop after their
+#: current recording (:func:`request_stop`; seen by dask workers on a shared file system too)
+STOP_FILE = ".ntkbench-stop"
+
+
+class RunStopped(Exception):
+    """A run stopped after a recording because its sweep was asked to stop."""
+
+
+def request_stop(out: str | os.PathLike[str]) -> None:
+    """Ask a live sweep writing to ``out`` (in this process, another one, or on dask
+    workers) to stop after the current recording of each run in progress; finished runs
+    stay, a rerun resumes."""
+    folder = Path(out)
+    if folder.is_dir():
+        (folder / STOP_FILE).touch()
+
+
+def live_path(path: Path) -> Path:
+    """The progress file of run file ``path`` while it runs live: ``.<name>.live.json``."""
+    return path.with_name(f".{path.name}.live.json")
+
+
+def _live_writer(run_config: Mapping[str, Any], path: Path):
+    """``on_record`` of a live run: after each recording, atomically rewrite the run's
+    progress file (its grid point, the steps so far and every measure's values), then stop
+    the run if its folder holds the stop file."""
+    import numpy as np
+
+    point = {}
+    for axis, value in (run_config.get("grid") or {}).items():
+        point[_resolve_grid_key(axis, run_config)[1]] = value
+    live, stop = live_path(path), path.parent / STOP_FILE
+    record: dict[str, Any] = {"point": point, "steps": [], "values": {}}
+
+    def on_record(step: int, values: Mapping[str, Any]) -> None:
+        record["steps"].append(int(step))
+        for name, v in values.items():
+            record["values"].setdefault(name, []).append(np.asarray(v, dtype=float).tolist())
+        tmp = live.with_name(f"{live.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, allow_nan=True))
+        os.replace(tmp, live)
+        if stop.exists():
+            raise RunStopped(f"{path.name}: stopped after step {step}")
+
+    return on_record
+
+
+def _record_steps(run: Mapping[str, Any]) -> list[int]:
+    """The steps at which a run records (its Recorder's schedule)."""
+    from ntkbench.train import Recorder
+
+    tr = {**TRAIN_DEFAULTS, **run.get("train", {})}
+    rec = {**RECORD_DEFAULTS, **run.get("record", {})}
+    every = rec["every"]
+    recorder = Recorder(every=tuple(every) if isinstance(every, list) else every, log_points=rec["log_points"])
+    return [int(v) for v in recorder.steps(int(tr["steps"]))]
+
+
+_LIVE_FILES: dict = {}  # finished run file -> (mtime, its values): live_cube reads each once
+
+
+def live_cube(config: Mapping[str, Any], out: str | os.PathLike[str]) -> Any:
+    """The sweep of ``config`` in ``out`` so far, as one cube on its full grid and record
+    schedule: finished run files, and the progress files of runs in progress (a sweep run
+    with ``live=True``); what has not been recorded yet is NaN. None before the first
+    recording. Cheap enough to poll (a finished run file is read once).
+    """
+    import numpy as np
+    import xarray as xr
+
+    from ntkbench import cube
+
+    cfg = validate_config(config)
+    runs = expand_grid(cfg, validate=False)
+    folder = Path(out)
+    grid: dict[str, list[Any]] = {}
+    for axis, values in (cfg.get("grid") or {}).items():
+        grid[_resolve_grid_key(axis, cfg)[1]] = list(values)
+    steps = sorted({s for run in runs for s in _record_steps(run)})
+    pieces = []  # (grid point, steps, {name: values (n_steps, ...)})
+    for run in runs:
+        path = folder / run_name(run["grid"])
+        point = {_resolve_grid_key(a, cfg)[1]: v for a, v in (run.get("grid") or {}).items()}
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime is not None:
+            hit = _LIVE_FILES.get(path)
+            if hit is None or hit[0] != mtime:
+                try:
+                    ds = cube.open(path).isel({d: 0 for d in point})
+                except (ValueError, OSError):
+                    continue
+                values = {
+                    str(k): np.asarray(v.values, dtype=float) for k, v in ds.data_vars.items() if "step" in v.dims
+                }
+                _LIVE_FILES[path] = hit = (mtime, ([int(v) for v in ds["step"].values], values))
+            pieces.append((point, *hit[1]))
+            continue
+        try:
+            record = json.loads(live_path(path).read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+        values = {k: np.asarray(v, dtype=float) for k, v in record["values"].items()}
+        pieces.append((point, record["steps"], values))
+    if not pieces:
+        return None
+    index = {s: i for i, s in enumerate(steps)}
+    n_eig = max((v.shape[1] for _, _, vals in pieces for v in vals.values() if v.ndim == 2), default=0)
+    names = list(dict.fromkeys(k for _, _, vals in pieces for k in vals))
+    shape = tuple(len(v) for v in grid.values())
+    data_vars = {}
+    for name in names:
+        eig = any(vals.get(name, np.zeros((0, 0))).ndim == 2 for _, _, vals in pieces)
+        arr = np.full((*shape, len(steps), *((n_eig,) if eig else ())), np.nan)
+        for point, got_steps, vals in pieces:
+            if name not in vals:
+                continue
+            at = tuple(grid[d].index(point[d]) for d in grid)
+            v = vals[name]
+            for j, st in enumerate(got_steps):
+                if st in index:
+                    if eig:
+                        arr[at + (index[st], slice(0, v.shape[1]))] = v[j]
+                    else:
+                        arr[at + (index[st],)] = v[j]
+        dims = (*grid, "step", *(("eigen_index",) if eig else ()))
+        data_vars[name] = (dims, arr.astype(np.float32), cube.var_attrs(name))
+    coords: dict[str, Any] = {d: (d, np.asarray(v), cube.var_attrs(d)) for d, v in grid.items()}
+    coords["step"] = ("step", np.asarray(steps, dtype=np.int64), cube.var_attrs("step"))
+    if n_eig:
+        coords["eigen_index"] = ("eigen_index", np.arange(n_eig, dtype=np.int64), cube.var_attrs("eigen_index"))
+    attrs = cube.make_attrs(cfg, paper=cfg.get("paper", ""), title=cfg.get("title", ""))
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _run_to_file(run_config: dict[str, Any], path: str, live: bool = False) -> dict[str, Any]:
     """Run one grid point and save its cube atomically (executed on dask workers too).
+    With ``live`` the run writes its progress file after each recording and stops (raising
+    :class:`RunStopped`, no run file) when its sweep is asked to stop.
 
     Returns ``{"bad": names of variables holding NaN/Inf, "diverged_step": step or None}``
     (a diverged run is kept on disk, and reported by the driver rather than silently
@@ -709,8 +850,13 @@ def _run_to_file(run_config: dict[str, Any], path: str) -> dict[str, Any]:
 
     from ntkbench import cube
 
-    ds = run_one(run_config)
-    cube.save(ds, path)
+    on_record = _live_writer(run_config, Path(path)) if live else None
+    try:
+        ds = run_one(run_config, on_record=on_record)
+        cube.save(ds, path)
+    finally:
+        if live:
+            live_path(Path(path)).unlink(missing_ok=True)
     bad = [
         str(name) for name, var in ds.data_vars.items() if var.dtype.kind == "f" and not np.isfinite(var.values).all()
     ]
@@ -1049,6 +1195,7 @@ def sweep(
     client: Any = None,
     progress: bool = True,
     overwrite: bool = False,
+    live: bool = False,
 ):
     """Run every grid point of ``config``, one file per run under ``out``; combine them.
 
@@ -1064,6 +1211,10 @@ def sweep(
     client : an existing ``dask.distributed.Client``. At most one of ``workers``,
         ``scheduler`` and ``client``; none runs in-process.
     progress : show a ``tqdm.auto`` progress bar (terminal or notebook).
+    live : each run writes a progress file after every recording (:func:`live_cube` reads
+        the sweep so far, e.g. for a notebook's live Explorer or ``ntkbench sweep --live``)
+        and stops after its current recording when :func:`request_stop` is called; the
+        sweep then raises :class:`SweepInterrupted` and a rerun resumes.
     overwrite : start over where ``out`` holds run files of a different config. Without it
         such a folder is refused (``ValueError`` naming the differing config keys) before
         anything runs; with it those runs are recomputed and their files replaced. Runs of
@@ -1106,6 +1257,8 @@ def sweep(
         raise TypeError(f"scheduler must be an address string like 'tcp://host:port', got {scheduler!r}")
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    if not isinstance(live, bool):
+        raise TypeError(f"live must be True or False, got {live!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
     # Absolute: dask workers on an existing cluster have their own working directory (the
@@ -1138,10 +1291,12 @@ def sweep(
 
     in_process = client is None and workers is None and scheduler is None
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", unit="run", disable=not progress)
-    state = _Progress(bar, out, len(runs), len(runs) - len(pending))
+    state = _Progress(bar, out, len(runs), len(runs) - len(pending), live=live)
+    (out / STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier sweep
     locks = _RunLocks()
     for path in [*paths, out / "cube.nc"]:
         locks.clear_stale(path)
+    shown = _LiveStatus(state, out) if live and progress else None
     try:
         with _CtrlC(state.say) as ctrl_c:
             state.ctrl_c = ctrl_c
@@ -1156,8 +1311,12 @@ def sweep(
                 todo = _wait_for_others(held, locks, state)
         combined = _combine(cfg, paths, out / "cube.nc", locks, state)
     finally:
+        if shown is not None:
+            shown.close()
         bar.close()
         locks.close()
+        if live:
+            (out / STOP_FILE).unlink(missing_ok=True)
     return combined
 
 
@@ -1171,6 +1330,7 @@ class _Progress:
     done: int
     ctrl_c: Any = None
     announced: set = dataclasses.field(default_factory=set)
+    live: bool = False
 
     def say(self, message: str) -> None:
         self.bar.write(f"sweep: {message}", file=sys.stderr)
@@ -1189,12 +1349,65 @@ class _Progress:
                 "its result is picked up at the end"
             )
 
+    @property
+    def live_args(self) -> tuple:
+        """``_run_to_file``'s extra arguments: ``(True,)`` when live (none otherwise)."""
+        return (True,) if self.live else ()
+
+    def stop_requested(self) -> bool:
+        return self.live and (self.out / STOP_FILE).exists()
+
     def check_interrupt(self) -> None:
+        if self.stop_requested():
+            raise SweepInterrupted(
+                f"sweep stopped: {self.done} of {self.total} runs finished in {str(self.out)!r}; "
+                "run again (the same config and out) to resume"
+            )
         if self.ctrl_c is not None and self.ctrl_c.requested:
             raise SweepInterrupted(
                 f"sweep interrupted: {self.done} of {self.total} runs finished in {str(self.out)!r}; "
                 "rerun the same command (or ntkbench.sweep with the same config and out) to resume"
             )
+
+
+class _LiveStatus:
+    """``--live``: every ``every`` seconds, the progress bar's postfix shows the latest
+    recording of each run in progress (read from the progress files, so dask workers'
+    runs show too): ``width=64-seed=1 step 30: loss 0.41 entropy 2.31 | ...``."""
+
+    SHOW = ("loss", "test_loss", "entropy", "trace", "chi_pos")
+
+    def __init__(self, state: _Progress, out: Path, every: float = 0.5) -> None:
+        self.state, self.out, self.every = state, out, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="ntkbench-sweep-live")
+        self._thread.start()
+
+    def line(self) -> str:
+        parts = []
+        for live in sorted(self.out.glob(".run-*.live.json")):
+            try:
+                record = json.loads(live.read_text())
+            except (OSError, ValueError):
+                continue
+            if not record.get("steps"):
+                continue
+            values = record["values"]
+            shown = [
+                f"{k} {values[k][-1]:.4g}" for k in self.SHOW if k in values and not isinstance(values[k][-1], list)
+            ]
+            parts.append(f"{live.name[5 : -len('.nc.live.json')]} step {record['steps'][-1]}: {' '.join(shown)}")
+        return " | ".join(parts)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            text = self.line()
+            if text:
+                self.state.bar.set_postfix_str(text, refresh=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def _run_in_process(todo: list, locks: _RunLocks, state: _Progress) -> list:
@@ -1214,7 +1427,11 @@ def _run_in_process(todo: list, locks: _RunLocks, state: _Progress) -> list:
             if _run_state(path, run)[0] != "done":
                 _remove_temp_files(path)
                 state.bar.set_postfix_str(path.stem[4:] or "run", refresh=True)
-                _report(state.bar, path, _run_to_file(run, str(path)))
+                try:
+                    _report(state.bar, path, _run_to_file(run, str(path), *state.live_args))
+                except RunStopped:
+                    state.check_interrupt()  # raises SweepInterrupted
+                    raise
             state.advance(path)
         finally:
             locks.release(path)
@@ -1337,7 +1554,12 @@ def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers,
             client = own_client
         futures = {
             client.submit(
-                _run_to_file, run, str(path), pure=False, key=f"ntkbench-{path.stem}-{uuid.uuid4().hex[:8]}"
+                _run_to_file,
+                run,
+                str(path),
+                *state.live_args,
+                pure=False,
+                key=f"ntkbench-{path.stem}-{uuid.uuid4().hex[:8]}",
             ): path
             for run, path in mine
         }
@@ -1345,7 +1567,7 @@ def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers,
         finished = as_completed(futures)
         stopping = False
         while not finished.is_empty():
-            if not stopping and state.ctrl_c is not None and state.ctrl_c.requested:
+            if not stopping and (state.stop_requested() or (state.ctrl_c is not None and state.ctrl_c.requested)):
                 stopping = True  # Ctrl-C: let the runs in progress finish, drop the queued ones
                 running = _executing_keys(client)
                 for fut, path in futures.items():
@@ -1362,6 +1584,8 @@ def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers,
                     if fut.cancelled():
                         continue
                     result = fut.result()
+                except RunStopped:  # asked to stop: not an error
+                    pass
                 except Exception as exc:  # keep going: finished runs stay on disk for resume
                     errors.append((path, exc))
                 else:

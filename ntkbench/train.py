@@ -840,6 +840,7 @@ def train(
     loss: str | Callable = "mse",
     recorder: Recorder | None = None,
     key: jax.Array,
+    on_record: Callable[[int, dict[str, np.ndarray]], Any] | None = None,
 ):
     """Train ``model`` on ``data`` with an optax optimizer; record eNTK measures.
 
@@ -858,6 +859,9 @@ def train(
         on one sample. The batch loss is the mean; next-token tasks average over positions.
     recorder : what to record and when; None records only the final train/test loss.
     key : PRNG key for the mini-batches.
+    on_record : called after each recording with the step and ``{measure: host value}``
+        (a live view; costs one device-to-host transfer per recording, none without it).
+        An exception it raises stops training there and propagates.
 
     Returns
     -------
@@ -894,6 +898,8 @@ def train(
     elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     batch_size = int(min(batch_size, n_train))
+    if on_record is not None and not callable(on_record):
+        raise TypeError(f"on_record must be a callable (step, values) or None, got {type(on_record).__name__}")
     if recorder is not None and not isinstance(recorder, Recorder):
         raise TypeError(f"recorder must be a Recorder or None, got {type(recorder).__name__}")
     loss_fn = _resolve_loss(loss, data.task)
@@ -959,6 +965,8 @@ def train(
         step_inputs = {**inputs, "step": jnp.asarray(s, jnp.int32)}
         lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
         records.append(_record(eqx.combine(params, static), step_inputs, measures, loss_fn, lnp_probes))
+        if on_record is not None:
+            on_record(s, {k: np.asarray(v) for k, v in jax.device_get(records[-1]).items()})
         if diverged is None and watched and not bool(_all_finite({k: records[-1][k] for k in watched})):
             diverged = s
     trained = eqx.combine(params, static)

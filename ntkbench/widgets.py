@@ -115,6 +115,7 @@ class Explorer(Shown):
         if "step" not in ds.dims:
             raise ValueError(f"ds must have a 'step' dim, it has {tuple(ds.dims)}")
         self.ds = ds
+        self._draw_lock = threading.RLock()
         self.figures_dir = Path(figures_dir)
         ms = plots.measures(ds)
         if not ms and "eigenvalues" not in ds:
@@ -255,7 +256,21 @@ class Explorer(Shown):
 
     # ------------------------------------------------------------------ redraw
 
+    def set_data(self, ds: Any) -> None:
+        """Show ``ds`` in place (more of a live sweep: the same grid, steps and measures);
+        every figure redraws, the controls keep their values, nothing is re-displayed."""
+        plots.check_cube(ds)
+        if dict(ds.sizes) != dict(self.ds.sizes):
+            raise ValueError(f"ds must have the explorer's dims {dict(self.ds.sizes)}, got {dict(ds.sizes)}")
+        with self._draw_lock:
+            self.ds = ds
+            self._redraw(*self.figures)
+
     def _redraw(self, *names: str) -> None:
+        with self._draw_lock:  # a live run's updates and the controls redraw from two threads
+            self._redraw_now(*names)
+
+    def _redraw_now(self, *names: str) -> None:
         for name in names:
             fig = self.figures.get(name)
             if fig is None:
@@ -338,10 +353,17 @@ class RunPanel(Shown):
     in the panel) unless ``overwrite`` (then those runs are recomputed; see
     :func:`ntkbench.sweep.sweep`).
 
+    Live (default, with ``explore``): the sweep runs with ``live=True`` and the Explorer
+    appears at the first recording, on the sweep's full grid and record schedule, then
+    fills in place every ``poll`` seconds as runs record (:func:`ntkbench.sweep.live_cube`);
+    Stop asks every run in progress to stop after its current recording (finished runs
+    stay; Run again resumes).
+
     Attributes
     ----------
-    button, progress, status, output : the widgets; ``result`` (the cube) and
-    ``explorer`` once done; ``error`` (the exception) if the run failed.
+    button, stop_button, progress, status, output : the widgets; ``result`` (the cube) and
+    ``explorer`` (from the first recording when live, else once done); ``error`` (the
+    exception) if the run failed; ``updates``: how many live updates the Explorer got.
 
     Example
     -------
@@ -358,6 +380,7 @@ class RunPanel(Shown):
         explore: bool = True,
         poll: float = 0.2,
         overwrite: bool = False,
+        live: bool = True,
     ):
         import ipywidgets as w
 
@@ -368,6 +391,8 @@ class RunPanel(Shown):
         self.poll = float(poll)
         self.explore = bool(explore)
         self.overwrite = bool(overwrite)
+        self.live = bool(live) and self.explore and runner is None
+        self.updates = 0
         self._runner = runner
         self._files = self._run_files()
         n = max(len(self._files), 1)
@@ -384,8 +409,12 @@ class RunPanel(Shown):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._running = False
+        self.stop_button = w.Button(
+            description="Stop", icon="stop", disabled=True, tooltip="stop after the current recording"
+        )
         self.button.on_click(lambda _: self.start())
-        self.widget = w.VBox([w.HBox([self.button, self.progress]), self.status, self.output])
+        self.stop_button.on_click(lambda _: self.stop())
+        self.widget = w.VBox([w.HBox([self.button, self.stop_button, self.progress]), self.status, self.output])
 
     def _run_files(self) -> list[Path]:
         if self._runner is not None:
@@ -405,10 +434,17 @@ class RunPanel(Shown):
             else:
                 from ntkbench.sweep import sweep
 
-                self.result = sweep(self.config, self.out, progress=False, overwrite=self.overwrite)
+                self.result = sweep(self.config, self.out, progress=False, overwrite=self.overwrite, live=self.live)
         except BaseException as exc:  # noqa: BLE001 - reported in the panel
+            from ntkbench.sweep import SweepInterrupted
+
             with self._lock:
                 self._running = False
+            if isinstance(exc, SweepInterrupted):  # Stop: not a failure
+                self._show_live()
+                self.progress.bar_style = "warning"
+                self.status.value = f"{html.escape(str(exc))} (click Run)"
+                return
             self.error = exc
             self.progress.bar_style = "danger"
             self.status.value = f"<span style='color:#b00020'>run failed: {html.escape(repr(exc))}</span>"
@@ -416,16 +452,46 @@ class RunPanel(Shown):
             return
         finally:
             self.button.disabled = False
+            self.stop_button.disabled = True
         with self._lock:
             self._running = False
         self.progress.value = self.progress.max
         self.progress.bar_style = "success"
         self.status.value = f"done in {time.perf_counter() - t0:.1f} s → <code>{html.escape(str(self.out))}</code>"
         if self.explore:
-            self.explorer = Explorer(self.result)
-            # set the Output's outputs directly: works from this thread, unlike `with output:`
-            bundle = self.explorer.widget._repr_mimebundle_()
-            self.output.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+            if self.explorer is not None and dict(self.explorer.ds.sizes) == dict(self.result.sizes):
+                self.explorer.set_data(self.result)  # the live explorer, in place
+            else:
+                self._show_explorer(self.result)
+
+    def _show_explorer(self, ds: Any) -> None:
+        self.explorer = Explorer(ds)
+        # set the Output's outputs directly: works from this thread, unlike `with output:`
+        bundle = self.explorer.widget._repr_mimebundle_()
+        self.output.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+    def _show_live(self) -> None:
+        """Show the sweep so far: the Explorer at the first recording, then in place."""
+        from ntkbench.sweep import live_cube
+
+        ds = live_cube(self.config, self.out)
+        if ds is None:
+            return
+        with self._lock:
+            if self.explorer is None:
+                self._show_explorer(ds)
+            elif dict(self.explorer.ds.sizes) == dict(ds.sizes):
+                self.explorer.set_data(ds)
+            self.updates += 1
+
+    def stop(self) -> None:
+        """Ask the run to stop after the current recording of each run in progress (the
+        Stop button); finished runs stay and Run resumes."""
+        from ntkbench.sweep import request_stop
+
+        if self._thread is not None and self._thread.is_alive() and self.live:
+            request_stop(self.out)
+            self.status.value = "stopping after the current recording …"
 
     def start(self) -> None:
         """Start the run in a background thread (the button's action); returns at once."""
@@ -437,6 +503,8 @@ class RunPanel(Shown):
         self.progress.bar_style = "info"
         self.status.value = "running …"
         self.output.outputs = ()
+        self.explorer = None
+        self.stop_button.disabled = not self.live
         self._running = True
         self._thread = threading.Thread(target=self._work, name="ntkbench-runpanel", daemon=True)
         self._thread.start()
@@ -449,6 +517,11 @@ class RunPanel(Shown):
                 if not self._running:
                     return
                 self.progress.value = n
+            if self.live:
+                try:
+                    self._show_live()
+                except Exception as exc:  # noqa: BLE001 - a live view error must not stop the run
+                    self.status.value = f"running … (live view: {html.escape(repr(exc))})"
             time.sleep(self.poll)
 
     def run(self, timeout: float | None = None) -> Any:

@@ -505,7 +505,8 @@ class RerunPanel(_Controls, Shown):
     ``layout`` (rows of names; default one per row); ``show(cube)`` returns a widget shown
     under the panel when the run is done (e.g. a figure of the result).
 
-    One Run button. The run is a :class:`ntkbench.widgets.RunPanel` (in-process
+    One Run button. The run is a live :class:`ntkbench.widgets.RunPanel` (its Explorer
+    fills in as the runs record, with a Stop button; in-process
     :func:`ntkbench.sweep` in a background thread, writing under ``out``, resumable;
     settings that changed since the last run replace its run files: ``overwrite``); a
     click while a run is in progress is refused with a message, and errors are shown
@@ -566,7 +567,9 @@ class RerunPanel(_Controls, Shown):
 
                 cfg = self.config()
                 check_runs(expand_grid(cfg))  # data sizes, options, model vs data: refused here, not in the thread
-                panel = RunPanel(cfg, self.out, explore=False, overwrite=True)  # new settings replace the last run
+                # live: the run's Explorer appears at its first recording and fills in (Stop
+                # stops after the current recording); new settings replace the last run
+                panel = RunPanel(cfg, self.out, overwrite=True)
             except (ValueError, TypeError) as exc:
                 self.refused, self.error = exc, None
                 self.status.value = _error_html(exc)
@@ -574,7 +577,7 @@ class RerunPanel(_Controls, Shown):
             self.panel, self.error, self.result = panel, None, None
             _close_children(self.panel_box)
             _close_children(self.output)
-            self.panel_box.children = (panel.progress, panel.status, panel.output)
+            self.panel_box.children = (panel.stop_button, panel.progress, panel.status, panel.output)
             self.status.value = "running …"
             self.button.disabled = True
             panel.start()
@@ -585,6 +588,9 @@ class RerunPanel(_Controls, Shown):
     def _finish(self, panel: Any) -> None:
         try:
             cube = panel.run()
+            if cube is None:  # stopped: the panel says how far it got
+                self.status.value = "stopped (Run again resumes)"
+                return
             self.result = cube
             if self._show is not None:
                 self.output.children = (self._show(cube),)

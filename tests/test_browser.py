@@ -50,11 +50,12 @@ def lab(tmp_path_factory):
     )
     if (ROOT / "data").is_dir():
         shutil.copytree(ROOT / "data", root / "data")
+    _write_live_notebook(root / "live-test" / "live.ipynb")
     home = tmp_path_factory.mktemp("lab-home")
     token = secrets.token_hex(16)
     ARTIFACTS.mkdir(exist_ok=True)
     with _browser.jupyterlab(root, home, token, ARTIFACTS / "jupyterlab.log") as url:
-        yield url, token
+        yield url, token, root
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def _run_all(page, name: str) -> None:
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_in_browser(lab, browser, notebook):
-    url, token = lab
+    url, token, _ = lab
     name = notebook.stem
     path = f"notebooks/{notebook.name}"  # the session path, relative to the server root
     context = browser.new_context(viewport={"width": 1500, "height": 1100})
@@ -206,3 +207,112 @@ def test_notebook_in_browser(lab, browser, notebook):
         page.screenshot(path=str(ARTIFACTS / f"{name}-final.png"), full_page=True)
         context.close()
         _browser.shutdown_sessions(url, token, path)  # its kernel stops; the next notebook gets the CPUs
+
+
+# A live run held at chosen recordings: the notebook wraps the sweep's progress writer so
+# the run waits at its 2nd and 4th recordings until the test creates a gate file; the
+# canvas is compared between the two holds, while the run is still in progress.
+LIVE_SETUP = """import pathlib, threading
+from bokeh.io import output_notebook
+from bokeh.resources import INLINE
+import ntkbench.sweep as sw
+from ntkbench.widgets import RunPanel
+
+output_notebook(INLINE, hide_banner=True)  # BokehJS inline, as the notebooks load it
+
+writer, count = sw._live_writer, [0]
+def held(run, path):
+    on_record = writer(run, path)
+    def record(step, values):
+        on_record(step, values)
+        count[0] += 1
+        if count[0] in (2, 4):
+            gate = pathlib.Path(f"gate-{count[0]}")
+            pathlib.Path(f"held-{count[0]}").touch()
+            while not gate.exists():
+                threading.Event().wait(0.05)
+    return record
+sw._live_writer = held
+config = {
+    "title": "live", "seed": 0, "model": {"name": "mlp", "width": 8, "depth": 1},
+    "data": {"name": "digits", "n_train": 32, "n_test": 16},
+    "train": {"optimizer": "sgd", "lr": 0.05, "steps": 8},
+    "record": {"every": 1, "probe": 12, "measures": ["loss", "entropy", "trace", "eigenvalues"]},
+    "grid": {"width": [8, 16]},
+}
+panel = RunPanel(config, out="runs/live", poll=0.1)
+display(panel)
+panel.start()
+"""
+
+
+def _write_live_notebook(path: Path) -> None:
+    import nbformat
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(LIVE_SETUP)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+def _changed(before: list, now: list) -> float:
+    """The largest pixel change between two sets of canvas screenshots (0 if they differ in number)."""
+    if len(before) != len(now):
+        return 0.0
+    return max((_browser.pixel_diff(a, b) for a, b in zip(before, now, strict=True)), default=0.0)
+
+
+def _settled(pair: tuple) -> bool:
+    """Two looks in a row at the canvases agree (the figures are drawn)."""
+    first, second = pair
+    return len(first) == len(second) and all(_browser.pixel_diff(a, b) == 0 for a, b in zip(first, second, strict=True))
+
+
+def test_live_explorer_canvas_changes_while_a_run_is_in_progress(lab, browser):
+    """RunPanel in JupyterLab: the Explorer appears at the run's first recordings and its
+    canvas changes between two recordings of the same run, while the run is held in
+    progress (the gates are files the test creates; no timing)."""
+    url, token, root = lab
+    name, path = "live", "live-test/live.ipynb"
+    folder = root / "live-test"
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    try:
+        page.goto(f"{url}/lab/workspaces/test-live-{secrets.token_hex(4)}/tree/{path}?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        _browser.wait_for(
+            lambda: _kernel_status(page, url, token, path), lambda st: st == ("idle", "idle"), 120, "kernel idle"
+        )
+        _run_all(page, name)
+        _browser.wait_for(lambda: (folder / "held-2").exists(), bool, 120, "the run held at its 2nd recording")
+        canvases = page.locator(".bk-Canvas")
+        _browser.wait_for(canvases.count, lambda n: n >= 2, 60, "the live explorer's figures")
+
+        def shots():
+            return [canvases.nth(i).screenshot() for i in range(canvases.count())]
+
+        # the explorer has drawn the 2 recordings once two looks in a row agree
+        before = _browser.wait_for(
+            lambda: (shots(), shots()),
+            _settled,
+            60,
+            "the explorer settled at the 2nd recording",
+        )[1]
+        (folder / "gate-2").touch()  # release: the run records twice more and holds again
+        _browser.wait_for(lambda: (folder / "held-4").exists(), bool, 120, "the run held at its 4th recording")
+        after = _browser.wait_for(
+            shots,
+            lambda now: _changed(before, now) > 0.001,
+            60,
+            "a canvas changes while the run is in progress",
+        )
+        for i, png in enumerate(after):
+            (ARTIFACTS / f"live-plot{i}-held.png").write_bytes(png)
+        assert not (folder / "runs" / "live" / "cube.nc").exists(), "the run must still be in progress"
+    finally:
+        (folder / "gate-2").touch()
+        (folder / "gate-4").touch()
+        page.screenshot(path=str(ARTIFACTS / "live-final.png"), full_page=True)
+        context.close()
+        _browser.shutdown_sessions(url, token, path)

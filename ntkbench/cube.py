@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -407,6 +409,22 @@ def _replace_file(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+#: one cube file read or written at a time in this process: the HDF5 library under netCDF
+#: is not thread-safe, and a live view reads run files while the sweep's thread writes
+#: others (without it, a live RunPanel crashed the interpreter about one run in six)
+IO_LOCK = threading.RLock()
+
+
+def _serialized(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with IO_LOCK:
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+@_serialized
 def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Path:
     """Write a cube atomically; return its path.
 
@@ -475,6 +493,7 @@ def _check_zarr_chunks(path: Path) -> None:
             raise ValueError(f"variable {name!r} is missing {need - have} of its {need} chunk(s)")
 
 
+@_serialized
 def open(path: str | os.PathLike[str]) -> Any:  # noqa: A001 - module-level name by design
     """Open a cube written by :func:`save`, loaded fully into memory.
 
@@ -579,6 +598,7 @@ def combine(items: Iterable[Any], *, attrs: Mapping[str, str] | None = None) -> 
     return combined
 
 
+@_serialized
 def save_many(cubes: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write several cubes into ONE netCDF file, atomically (as :func:`save`): the first
     cube in the root group (its ``experiment`` attribute set to its name), every other in
@@ -629,6 +649,7 @@ def save_many(cubes: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     return path
 
 
+@_serialized
 def open_many(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Open a file written by :func:`save_many`: ``{name: cube}`` in the order written,
     each loaded into memory and validated. A file without groups (written by :func:`save`)

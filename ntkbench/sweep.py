@@ -1455,9 +1455,11 @@ def _diverged_runs(paths: list[Path]) -> dict[str, int]:
     """``{run file name: diverged step}`` of the runs whose training diverged."""
     import xarray as xr
 
+    from ntkbench import cube
+
     out = {}
     for p in paths:
-        with xr.open_dataset(p, engine="netcdf4") as ds:
+        with cube.IO_LOCK, xr.open_dataset(p, engine="netcdf4") as ds:
             if "diverged_step" in ds.attrs:
                 out[p.name] = int(ds.attrs["diverged_step"])
     return out

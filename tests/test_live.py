@@ -131,3 +131,37 @@ def test_cli_live_shows_the_latest_measures(tmp_path, capsys):
     live.close()
     assert main(["sweep", str(toml), "--out", str(tmp_path / "o"), "--live"]) == 0
     assert "cube:" in capsys.readouterr().out
+
+
+def test_live_sweep_on_dask_writes_progress_and_stops(tmp_path, plain, monkeypatch):
+    """On dask (in-process worker threads, so the test can hold a run) the runs write the
+    same progress files, live_cube reads them, Stop cancels the queued runs and stops the
+    one in progress after its recording, and the rerun gives the plain sweep's cube."""
+    import distributed
+
+    reached, go = _hold(monkeypatch, at=2)
+    out = tmp_path / "dask"
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc,  # pyright: ignore[reportArgumentType]
+        distributed.Client(lc) as client,
+    ):
+        error: dict = {}
+
+        def run():
+            try:
+                sw.sweep(CONFIG, out, client=client, progress=False, live=True)
+            except sw.SweepInterrupted as exc:
+                error["stopped"] = str(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert reached.wait(120)
+        partial = sw.live_cube(CONFIG, out)
+        assert partial is not None and int(np.isfinite(partial["entropy"].values).sum()) == 2
+        sw.request_stop(out)
+        go.set()
+        thread.join(240)
+        assert "sweep stopped: 0 of 4 runs finished" in error["stopped"]
+        assert not list(out.glob("run-*.nc")) and not list(out.glob(".*.live.json"))
+        again = sw.sweep(CONFIG, out, client=client, progress=False, live=True)
+    xr.testing.assert_equal(again.drop_vars(STATUS), plain.drop_vars(STATUS))

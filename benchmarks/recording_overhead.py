@@ -12,7 +12,7 @@ Each side runs once to compile, then ``--repeats`` times; the best time is kept.
 the time per run with and without recording and the overhead ratio measured in the same
 run, plus the number of eNTK evaluations and the time per eNTK.
 
-    python benchmarks/recording_overhead.py [--config examples/width_sweep.toml] [--repeats 2]
+    python benchmarks/recording_overhead.py [--config examples/width_sweep.toml] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ import platform
 import time
 import tomllib
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="examples/width_sweep.toml")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--widths", type=int, nargs="*", help="default: the config's grid widths")
     args = ap.parse_args(argv)
 

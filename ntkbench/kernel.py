@@ -31,7 +31,10 @@ fit ``memory_limit`` and picks a ``block_size`` when the tiles would not; when n
 fit, ``ntvp`` tile by tile. A symmetric kernel (``x2=None``) whose features fit is
 contracted as the upper triangle of static tiles, mirrored (:func:`_triangle`), where
 that measured faster than one product (:func:`_triangle_block`): full outputs of at least
-320 Jacobian rows (N·K), and traced outputs of wide per-sample Jacobians.
+320 Jacobian rows (N·K), traced outputs of wide per-sample Jacobians, and traced outputs of
+models whose parameters are all on the Gram route (an MLP) from N = 256. A full kernel of
+2²⁴ entries or more ((N·K)², 64 MB in float32) has these tiles written into it in place
+by a loop rather than concatenated (one copy of the output fewer).
 
 Everything is compiled once per (model structure, shapes, options) with ``eqx.filter_jit``.
 With ``block_size`` the kernel is assembled from (block_size × block_size) tiles inside one
@@ -707,24 +710,36 @@ def _batched(feats: Callable, x: Array, block: int) -> list[Array]:
 # ---------------------------------------------------------------------------
 
 
-def _gram_jac(a: Array, b: Array, full: bool) -> Array:
-    """a (n1, K, p), b (n2, K, p) -> (n1, n2) traced or (n1, n2, K, K) full."""
+def _gram_jac_akbl(a: Array, b: Array, full: bool) -> Array:
+    """a (n1, K, p), b (n2, K, p) -> (n1, n2) traced or (n1, K, n2, K) full: the
+    product's own layout, transposed once per kernel by :func:`_abkl`, not per term."""
     n1, k, _ = a.shape
     n2 = b.shape[0]
     if not full:
         return a.reshape(n1, -1) @ b.reshape(n2, -1).T
-    g = a.reshape(n1 * k, -1) @ b.reshape(n2 * k, -1).T
-    return g.reshape(n1, k, n2, k).transpose(0, 2, 1, 3)
+    return (a.reshape(n1 * k, -1) @ b.reshape(n2 * k, -1).T).reshape(n1, k, n2, k)
+
+
+def _abkl(kernel: Array, full: bool) -> Array:
+    """(n1, K, n2, K) -> (n1, n2, K, K) for a full kernel; a traced one as it is."""
+    return kernel.transpose(0, 2, 1, 3) if full else kernel
+
+
+def _gram_jac(a: Array, b: Array, full: bool) -> Array:
+    """a (n1, K, p), b (n2, K, p) -> (n1, n2) traced or (n1, n2, K, K) full."""
+    return _abkl(_gram_jac_akbl(a, b, full), full)
 
 
 def _contract_jacobian(fa: list, fb: list, full: bool) -> Array:
-    return functools.reduce(operator.add, [_gram_jac(a, b, full) for a, b in zip(fa, fb, strict=True)])
+    terms = [_gram_jac_akbl(a, b, full) for a, b in zip(fa, fb, strict=True)]
+    return _abkl(functools.reduce(operator.add, terms), full)
 
 
 def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Array:
     """Kernel block of one tapped layer from tokens and cotangents of two sample blocks:
     Σ_{t,s} (x_t·x'_s + bias)(g_t·g'_s); for an embedding x_t·x'_s = [id_t == id'_s].
-    xa (n1, T, d_in) or ids (n1, T); ga (n1, K, T, d_out)."""
+    xa (n1, T, d_in) or ids (n1, T); ga (n1, K, T, d_out). Returns (n1, n2) traced or
+    (n1, K, n2, K) full (see :func:`_abkl`)."""
     n1, k, t1, o = ga.shape
     n2, t2 = gb.shape[0], gb.shape[2]
     if embedding:
@@ -734,8 +749,8 @@ def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Arr
     if bias:
         xx = xx + 1.0
     if t1 == 1 and t2 == 1:
-        xx, gg = xx[:, :, 0, 0], _gram_jac(ga[:, :, 0], gb[:, :, 0], full)
-        return xx[:, :, None, None] * gg if full else xx * gg
+        xx, gg = xx[:, :, 0, 0], _gram_jac_akbl(ga[:, :, 0], gb[:, :, 0], full)
+        return xx[:, None, :, None] * gg if full else xx * gg
     if not full:
         ra = ga.transpose(0, 2, 1, 3).reshape(n1 * t1, k * o)
         rb = gb.transpose(0, 2, 1, 3).reshape(n2 * t2, k * o)
@@ -743,7 +758,7 @@ def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Arr
         return jnp.einsum("atbs,abts->ab", gg, xx)
     # H[a,b,t,l,o] = Σ_s xx[a,b,t,s] g'[b,l,s,o]; K[a,b,k,l] = Σ_{t,o} g[a,k,t,o] H[a,b,t,l,o]
     h = jnp.einsum("abts,blso->abtlo", xx, gb)
-    return jnp.einsum("akto,abtlo->abkl", ga, h)
+    return jnp.einsum("akto,abtlo->akbl", ga, h)
 
 
 def _contract_structured(layers: list[_Layer]) -> Callable:
@@ -756,8 +771,8 @@ def _contract_structured(layers: list[_Layer]) -> Callable:
             terms.append(_gram_tokens(xa, xb, ga, gb, L.bias, L.kind == "embedding", full))
         m = 2 * len(grams)
         if len(fa) > m:
-            terms.append(_contract_jacobian(fa[m:], fb[m:], full))
-        return functools.reduce(operator.add, terms)
+            terms += [_gram_jac_akbl(a, b, full) for a, b in zip(fa[m:], fb[m:], strict=True)]
+        return _abkl(functools.reduce(operator.add, terms), full)
 
     return contract
 
@@ -834,12 +849,14 @@ def _feature_kernel(feats_fn, contract, x1, x2, full, block, feature_block=None)
     f2 = f1 if symmetric else _batched(feats_fn, x2, fb)
     if block is None or block >= max(n1, n2):
         return contract(f1, f2, full)
-    if symmetric and fb >= n1:  # features held anyway: a static triangle of tiles
-        return _triangle(contract, f1, n1, block, full)
+    k = f1[-1].shape[1]
+    if symmetric and fb >= n1 and not (full and (n1 * k) ** 2 >= _IN_PLACE_ELEMENTS):
+        return _triangle(contract, f1, n1, block, full)  # features held anyway: static tiles
+    # a large full kernel: tiles written in place by a loop (a concatenation of static
+    # tiles copies the output again: 1.23 vs 0.97 s for MLP 64-512-512-10 at N = 1024)
     nb1, nb2 = -(-n1 // block), -(-n2 // block)
     f1p = [_pad(f, nb1 * block) for f in f1]
     f2p = f1p if symmetric else [_pad(f, nb2 * block) for f in f2]
-    k = f1[-1].shape[1]
     dtype = f1[-1].dtype
     tile = lambda i, j: contract(_slice_rows(f1p, i, block), _slice_rows(f2p, j, block), full)  # noqa: E731
     return _tiles(tile, n1, n2, block, symmetric, full, k, dtype)
@@ -989,6 +1006,10 @@ def _choose(model, x1, x2, outputs: Outputs, memory_limit: int, block_size: int 
     raise AssertionError("unreachable: ntvp always fits")
 
 
+#: a full kernel of at least this many entries ((N·K)², 64 MB in float32) is assembled in
+#: place by :func:`_tiles` rather than concatenated by :func:`_triangle`
+_IN_PLACE_ELEMENTS = 2**24
+_GRAM_TILE = 128  # traced, Gram-route layers only (an MLP): samples per triangle tile ...
 _JAC_ROW_BYTES = 2**20  # traced: per-sample Jacobian bytes above which a triangle pays
 _TILE_MIN_N = 256  # ... and the smallest N where it does
 _TRIANGLE_ROWS = 640  # full outputs: Jacobian rows (samples × outputs) per triangle tile
@@ -1011,12 +1032,20 @@ def _triangle_block(n: int, k: int, full: bool, cost: _Cost) -> int | None:
     - traced outputs: only for wide per-sample Jacobians (``cost.jac_row`` above
       ``_JAC_ROW_BYTES``, e.g. a transformer block with K·P = 5·10⁵ floats) at N ≥ 256,
       in 2 × 2 tiles: transformer N = 512: 2.0 vs 4.6 s. A CNN's 0.8 MB rows are faster
-      in one product (1.6 vs 1.9 s at N = 512), and so are Gram-route layers (an MLP).
+      in one product (1.6 vs 1.9 s at N = 512). Models whose every parameter is on the
+      Gram route (an MLP; ``cost.jac_row == 0``) at N ≥ 256: tiles of 128 samples. MLP
+      64-512-512-10 contraction alone, N = 256: 8.0-8.7 vs 9.5 ms; N = 512: 25-27 vs
+      32-34 ms; N = 1024: 102 vs 143-148 ms.
+
+    Full kernels of at least ``_IN_PLACE_ELEMENTS`` entries write these tiles in place
+    (:func:`_tiles`) instead of concatenating them (:func:`_feature_kernel`).
     """
     if full:
         return min(-(-_TRIANGLE_ROWS // k), -(-n // 2)) if n * k >= 2 * _TRIANGLE_MIN_ROWS else None
     if n >= _TILE_MIN_N and cost.jac_row > _JAC_ROW_BYTES:
         return -(-n // 2)
+    if n >= 2 * _GRAM_TILE and cost.jac_row == 0:
+        return _GRAM_TILE
     return None
 
 

@@ -29,6 +29,7 @@ Frozen({'step': 5})
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, TypeAlias
@@ -761,8 +762,7 @@ class Recorder:
 # ---------------------------------------------------------------------------
 
 
-@eqx.filter_jit
-def _run_steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size):
+def _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size):
     """Steps ``start .. stop-1`` in one ``fori_loop``; the batch of step i is drawn from
     ``fold_in(key, i)``."""
     n = x.shape[0]
@@ -786,15 +786,68 @@ def _run_steps(params, static, opt_state, x, y, key, start, stop, optimizer, los
     return jax.lax.fori_loop(start, stop, body, (params, opt_state))
 
 
-@eqx.filter_jit
-def _all_finite(tree) -> jax.Array:
+def _finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+class _Run:
+    """What stays fixed through one :func:`train` call, a ``jax.jit`` static argument
+    hashed once: the model's static part, optimizer, loss, batch size, measures, LNP
+    probes and the measures watched for divergence."""
+
+    __slots__ = ("value", "_hash")
+
+    def __init__(self, *value: Any) -> None:
+        self.value = value
+        try:
+            self._hash = hash(value)
+        except TypeError:  # an unhashable static field: compiled for this call only
+            self._hash = id(self)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, _Run) and self._hash == other._hash and self.value == other.value)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _advance_and_record(run: _Run, params, opt_state, x, y, key, start, stop, inputs):
+    """Steps ``start .. stop-1``, then the record at ``stop``, in ONE compiled call: the
+    new parameters and optimizer state, the record, whether the parameters and whether
+    the watched measures are all finite. Nothing here syncs with the host, so the next
+    segment is dispatched while this one runs."""
+    static, optimizer, loss_fn, batch_size, measures, lnp_probes, watched = run.value
+    params, opt_state = _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size)
+    record = _record_values(eqx.combine(params, static), inputs, measures, loss_fn, lnp_probes)
+    return params, opt_state, record, _finite(params), _finite([record[k] for k in watched])
 
 
 #: recorded measures whose NaN/Inf means the run diverged (the loss or the kernel); an
 #: undefined entropy alone (a kernel without gradient) does not
 _DIVERGENCE_MEASURES = ("loss", "test_loss", "trace", "test_trace", "eigenvalues")
+
+
+#: probes up to this size get their spectra from single-threaded LAPACK while training
+_ONE_THREAD_PROBE = 512
+
+
+def _lapack_one_thread(probe: int) -> contextlib.AbstractContextManager:
+    """Single-threaded BLAS/LAPACK while a run with a probe of at most
+    ``_ONE_THREAD_PROBE`` samples trains (the previous limits restored after).
+
+    The eigenvalues of each recording come from LAPACK (jaxlib calls the OpenBLAS that
+    scipy bundles). Its worker threads spin for a while after every call, taking a core
+    from XLA's next kernels: MLP 64-1024-1024-10, the probe's eNTK and its spectrum at
+    N = 128 took 31-35 ms against 22 ms single-threaded (the eNTK alone: 22 ms). A
+    single-threaded 128 × 128 spectrum costs nothing extra; at N = 2048 it is 1.7× slower
+    (555 vs 328 ms), hence the bound."""
+    if probe < 1 or probe > _ONE_THREAD_PROBE:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _nan_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -805,8 +858,7 @@ def _nan_record(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@eqx.filter_jit
-def _record(model, inputs, measures, loss_fn, lnp_probes: LNPProbes = "auto"):
+def _record_values(model, inputs, measures, loss_fn, lnp_probes: LNPProbes = "auto"):
     ctx = Context(model, inputs, loss_fn, lnp_probes)
     return {m.name: jnp.asarray(m(ctx)) for m in measures}
 
@@ -934,42 +986,63 @@ def train(
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
-    records = []
-    done = 0
+    watched = tuple(m.name for m in measures if m.name in _DIVERGENCE_MEASURES)
+    lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
+    run = _Run(static, optimizer, loss_fn, batch_size, measures, lnp_probes, watched)
+
+    def advance_and_record(params, opt_state, start: int, stop: int):
+        step_inputs = {**inputs, "step": jnp.asarray(stop, jnp.int32)}
+        return _advance_and_record(
+            run, params, opt_state, x, y, key, jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32), step_inputs
+        )
+
+    records: list[dict[str, Any]] = []
     diverged: int | None = None
+    final = params
 
-    def advance(params, opt_state, start: int, stop: int):
-        return _run_steps(
-            params, static, opt_state, x, y, key,
-            jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32),
-            optimizer, loss_fn, batch_size,
-        )  # fmt: skip
-
-    watched = [m.name for m in measures if m.name in _DIVERGENCE_MEASURES]
-    for s in record_steps:
-        s = int(s)
-        if diverged is not None:  # stopped: the later records are NaN
-            records.append(_nan_record(records[-1]))
-            continue
-        if s > done:
-            before = (params, opt_state)
-            params, opt_state = advance(params, opt_state, done, s)
-            if not bool(_all_finite(params)):  # find the first non-finite step, one at a time
-                params, opt_state = before
-                for i in range(done, s):
-                    params, opt_state = advance(params, opt_state, i, i + 1)
-                    if not bool(_all_finite(params)):
-                        diverged = i + 1
-                        break
-            done = s
-        step_inputs = {**inputs, "step": jnp.asarray(s, jnp.int32)}
-        lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
-        records.append(_record(eqx.combine(params, static), step_inputs, measures, loss_fn, lnp_probes))
+    def settle(step: int, start: int, before: tuple[Any, Any], out: tuple) -> bool:
+        """Take the record of the segment ``start .. step`` once it has run (the next one
+        is already dispatched); False when training stops there (a divergence)."""
+        nonlocal diverged, final
+        new_params, _, record, params_ok, record_ok = out
+        params_ok, record_ok = (bool(v) for v in jax.device_get((params_ok, record_ok)))
+        if not params_ok and step > start:  # find the first non-finite step, one at a time
+            new_params, opt = before
+            for i in range(start, step):
+                new_params, opt, _, ok, _ = advance_and_record(new_params, opt, i, i + 1)
+                if not bool(ok):
+                    diverged = i + 1
+                    break
+            _, _, record, _, record_ok = advance_and_record(new_params, opt, step, step)  # recorded as at `step`
+            record_ok = bool(record_ok)
+        records.append(record)
+        final = new_params
         if on_record is not None:
-            on_record(s, {k: np.asarray(v) for k, v in jax.device_get(records[-1]).items()})
-        if diverged is None and watched and not bool(_all_finite({k: records[-1][k] for k in watched})):
-            diverged = s
-    trained = eqx.combine(params, static)
+            on_record(step, {k: np.asarray(v) for k, v in jax.device_get(record).items()})
+        if diverged is None and watched and not record_ok:
+            diverged = step
+        return diverged is None
+
+    # segment k+1 is dispatched before segment k's finiteness is read back: the host never
+    # waits between segments (a divergence found late discards the segment dispatched after)
+    with _lapack_one_thread(0 if recorder is None else min(recorder.probe, n_train)):
+        pending = None
+        done = 0
+        for s in record_steps:
+            s = int(s)
+            out = advance_and_record(params, opt_state, done, s)
+            current = (s, done, (params, opt_state), out)
+            params, opt_state, done = out[0], out[1], s
+            if pending is not None and not settle(*pending):
+                pending = None
+                break
+            pending = current
+        if pending is not None:
+            settle(*pending)
+        records = jax.block_until_ready(records)
+    while len(records) < len(record_steps):  # stopped: the later records are NaN
+        records.append(_nan_record(records[-1]))
+    trained = eqx.combine(final, static)
 
     host = jax.device_get(records)  # one transfer at the end
     data_vars = {}

@@ -34,6 +34,32 @@ def test_spectrum_descending_and_paired(x64):
     np.testing.assert_allclose(nb.spectrum(Ks)[1], 2 * ref, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spectrum_without_eigenvectors_matches_float64(dtype, x64):
+    """The eigenvalues-only path (LAPACK ?syevd with jobz = "N" on the CPU) against NumPy in
+    float64: eager, jitted, vmapped, batched; its derivative against eigh's; NaN where the
+    kernel is NaN, as jnp.linalg gives."""
+    from ntkbench.measures import _eigvalsh
+
+    rng = np.random.default_rng(1)
+    Ks = np.stack([random_psd(rng, 40), random_psd(rng, 40, rank=5)]).astype(dtype)
+    ref = np.linalg.eigvalsh(Ks.astype(np.float64))[..., ::-1]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    scale = np.abs(ref).max(axis=-1, keepdims=True)
+    for got in (nb.spectrum(Ks), jax.jit(nb.spectrum)(Ks), jax.vmap(nb.spectrum)(Ks)):
+        assert got.dtype == dtype
+        err = np.abs(np.asarray(got, np.float64) - ref)
+        assert (err <= tol * scale).all(), err.max() / scale
+    text = jax.jit(_eigvalsh).lower(Ks).as_text()
+    assert text.count("syevd") == 1 and "mode = 78" in text  # 78 = "N": no eigenvectors
+    g = jax.grad(lambda k: jnp.sum(nb.spectrum(k) ** 2))(Ks[0])
+    g_ref = jax.grad(lambda k: jnp.sum(jnp.linalg.eigh(0.5 * (k + k.T))[0] ** 2))(Ks[0])
+    np.testing.assert_allclose(g, g_ref, rtol=10 * tol, atol=10 * tol * np.abs(g_ref).max())
+    bad = Ks[0].copy()
+    bad[0, 0] = np.nan
+    assert np.isnan(np.asarray(jax.jit(_eigvalsh)(bad))).all()
+
+
 def test_entropy_closed_forms(x64):
     n = 17
     assert float(nb.entropy(np.ones(n))) == pytest.approx(math.log(n), rel=1e-12)

@@ -221,3 +221,33 @@ def test_train_argument_errors(digits, model0):
         train(model0, digits, recorder="every 10", **kw)
     with pytest.raises(TypeError, match="data"):
         train(model0, (digits.x_train, digits.y_train), **kw)
+
+
+def test_small_probe_spectra_use_single_threaded_lapack_during_training_only(digits, model0):
+    """A recording's small spectra run on single-threaded BLAS/LAPACK while train() runs
+    (OpenBLAS threads spinning after each call slow XLA's next kernels), and the process's
+    own limits come back after it, also when on_record raises."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from ntkbench.train import _lapack_one_thread
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    seen = []
+
+    def on_record(step, values):
+        seen.append(blas_threads())
+        if step > 0:
+            raise KeyboardInterrupt
+
+    with threadpool_limits(limits=2, user_api="blas"):  # the tests run with OMP_NUM_THREADS=1
+        before = blas_threads()
+        assert before and set(before) == {2}, before
+        with pytest.raises(KeyboardInterrupt):
+            train(model0, digits, optimizer=optax.sgd(0.1), steps=4, recorder=Recorder(every=2, probe=16),
+                  key=jax.random.key(0), on_record=on_record)  # fmt: skip
+        assert seen == [[1] * len(before)] * 2
+        assert blas_threads() == before
+        with _lapack_one_thread(4096):  # a large probe: LAPACK keeps its threads
+            assert blas_threads() == before

@@ -89,6 +89,7 @@ __all__ = [
     "sweep",
     "SweepInterrupted",
     "local_cluster",
+    "NO_DASHBOARD",
     "run_one",
     "validate_config",
     "check_runs",
@@ -1495,10 +1496,18 @@ def _combine(cfg: Mapping[str, Any], paths: list[Path], target: Path, locks: _Ru
     return combined
 
 
+#: ``LocalCluster`` keywords for no dashboard: the scheduler's HTTP server (health and
+#: metrics routes) still starts, on a free localhost port. ``dashboard_address=None`` took
+#: 0.0.0.0:8787 in threads mode and 127.0.0.1:8787 with processes, so a second cluster on
+#: the machine (another sweep, a test in parallel) could fail: "Port 8787 is already in use".
+NO_DASHBOARD: dict[str, Any] = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
+
+
 def local_cluster(workers: int):
     """The ``dask.distributed.LocalCluster`` of ``sweep(workers=N)``: N single-threaded
-    worker processes; scheduler and workers listen on 127.0.0.1 only, no dashboard. For
-    several machines start a cluster yourself and pass ``scheduler="tcp://host:port"``
+    worker processes; scheduler and workers listen on 127.0.0.1 only (free ports), no
+    dashboard (:data:`NO_DASHBOARD`). For several machines start a cluster yourself and
+    pass ``scheduler="tcp://host:port"``
     (``dask scheduler`` / ``dask worker`` on a network you trust: dask has no
     authentication unless you configure TLS)."""
     from dask.distributed import LocalCluster
@@ -1508,7 +1517,7 @@ def local_cluster(workers: int):
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,  # pyright: ignore[reportArgumentType]  dask documents None: no dashboard
+        **NO_DASHBOARD,
     )
 
 

@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ntkbench.kernel import _Static
+
 __all__ = [
     "train",
     "Recorder",
@@ -791,37 +793,24 @@ def _finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-class _Run:
-    """What stays fixed through one :func:`train` call, a ``jax.jit`` static argument
-    hashed once: the model's static part, optimizer, loss, batch size, measures, LNP
-    probes and the measures watched for divergence."""
-
-    __slots__ = ("value", "_hash")
-
-    def __init__(self, *value: Any) -> None:
-        self.value = value
-        try:
-            self._hash = hash(value)
-        except TypeError:  # an unhashable static field: compiled for this call only
-            self._hash = id(self)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (isinstance(other, _Run) and self._hash == other._hash and self.value == other.value)
+@functools.partial(jax.jit, static_argnums=0)
+def _advance(fixed: _Static, params, opt_state, x, y, key, start, stop):
+    """Steps ``start .. stop-1`` (:func:`_steps`; ``fixed.value`` = the model's static
+    part, optimizer, loss, batch size): the new parameters and optimizer state, and
+    whether the parameters are all finite, without a host sync."""
+    static, optimizer, loss_fn, batch_size = fixed.value
+    params, opt_state = _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size)
+    return params, opt_state, _finite(params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _advance_and_record(run: _Run, params, opt_state, x, y, key, start, stop, inputs):
-    """Steps ``start .. stop-1``, then the record at ``stop``, in ONE compiled call: the
-    new parameters and optimizer state, the record, whether the parameters and whether
-    the watched measures are all finite. Nothing here syncs with the host, so the next
-    segment is dispatched while this one runs."""
-    static, optimizer, loss_fn, batch_size, measures, lnp_probes, watched = run.value
-    params, opt_state = _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size)
+def _record(fixed: _Static, params, inputs):
+    """One record (``fixed.value`` = the model's static part, measures, loss, LNP probes,
+    the measures watched for divergence) and whether the watched ones are all finite.
+    Compiled apart from :func:`_advance`, so runs with other optimizers share it."""
+    static, measures, loss_fn, lnp_probes, watched = fixed.value
     record = _record_values(eqx.combine(params, static), inputs, measures, loss_fn, lnp_probes)
-    return params, opt_state, record, _finite(params), _finite([record[k] for k in watched])
+    return record, _finite([record[k] for k in watched])
 
 
 #: recorded measures whose NaN/Inf means the run diverged (the loss or the kernel); an
@@ -988,13 +977,17 @@ def train(
     opt_state = optimizer.init(params)
     watched = tuple(m.name for m in measures if m.name in _DIVERGENCE_MEASURES)
     lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
-    run = _Run(static, optimizer, loss_fn, batch_size, measures, lnp_probes, watched)
+    # the parts jax.jit takes as static arguments, hashed once per train() call
+    stepping = _Static((static, optimizer, loss_fn, batch_size))
+    recording = _Static((static, measures, loss_fn, lnp_probes, watched))
 
     def advance_and_record(params, opt_state, start: int, stop: int):
-        step_inputs = {**inputs, "step": jnp.asarray(stop, jnp.int32)}
-        return _advance_and_record(
-            run, params, opt_state, x, y, key, jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32), step_inputs
-        )
+        """Dispatch steps ``start .. stop-1`` and the record at ``stop`` (nothing waits):
+        (params, opt_state, record, params finite, watched measures finite)."""
+        start_, stop_ = jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)
+        params, opt_state, params_ok = _advance(stepping, params, opt_state, x, y, key, start_, stop_)
+        record, record_ok = _record(recording, params, {**inputs, "step": stop_})
+        return params, opt_state, record, params_ok, record_ok
 
     records: list[dict[str, Any]] = []
     diverged: int | None = None

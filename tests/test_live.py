@@ -142,7 +142,7 @@ def test_live_sweep_on_dask_writes_progress_and_stops(tmp_path, plain, monkeypat
     reached, go = _hold(monkeypatch, at=2)
     out = tmp_path / "dask"
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc,  # pyright: ignore[reportArgumentType]
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **sw.NO_DASHBOARD) as lc,
         distributed.Client(lc) as client,
     ):
         error: dict = {}

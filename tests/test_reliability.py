@@ -24,7 +24,7 @@ import xarray as xr
 
 from ntkbench import cube
 from ntkbench.cli import main
-from ntkbench.sweep import _RunLocks, expand_grid, run_name, sweep
+from ntkbench.sweep import NO_DASHBOARD, _RunLocks, expand_grid, run_name, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,7 +232,7 @@ def test_ctrl_c_on_dask_stops_after_the_runs_in_progress(tmp_path, reference, mo
 
     monkeypatch.setattr(sw, "_run_to_file", _held_run_to_file)
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc,  # pyright: ignore[reportArgumentType]
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **NO_DASHBOARD) as lc,
         distributed.Client(lc) as client,
     ):
         thread = threading.Thread(target=interrupt, daemon=True)

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from ntkbench import cube
-from ntkbench.sweep import expand_grid, run_name, run_one, sweep, validate_config
+from ntkbench.sweep import NO_DASHBOARD, expand_grid, run_name, run_one, sweep, validate_config
 
 TINY = {
     "title": "tiny",
@@ -207,9 +207,7 @@ def test_scheduler_address_and_client(swept, tmp_path):
     and by client gives the same cube."""
     distributed = pytest.importorskip("distributed")
     _, ds = swept
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-    ) as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **NO_DASHBOARD) as cluster:
         by_address = sweep(TINY, tmp_path / "a", scheduler=cluster.scheduler_address, progress=False)
         with distributed.Client(cluster) as client:
             by_client = sweep(TINY, tmp_path / "b", client=client, progress=False)

@@ -4,7 +4,9 @@ Both measured in the same process, alternating: the float32 matmul rate (2048² 
 best of repeats) and the kernel of MLP 64-512-512-10 (traced and full) at several N as
 ``entk(model, x, outputs=...)`` computes it (the structured method with the tiles
 ``method="auto"`` plans), whose FLOP count comes from XLA's own cost analysis of the
-compiled kernel function.
+compiled kernel function; and, for reference, the same kernel as one untiled product (a
+symmetric triangle of tiles does about half its FLOPs, so its time is the number to
+compare, its rate the number the goal is stated in).
 
     python benchmarks/flop_rate.py [--n 128 512 1024]
 """
@@ -61,7 +63,7 @@ def main(argv=None):
     )
     print(
         f"{'N':>6} {'outputs':>8} {'tiles':>6} {'GFLOP (XLA)':>12} {'time (ms)':>10} {'GFLOP/s':>9}"
-        f" {'matmul GFLOP/s':>15} {'of matmul':>10}"
+        f" {'matmul GFLOP/s':>15} {'of matmul':>10} {'one product: GFLOP':>19} {'ms':>9} {'of matmul':>10}"
     )
     for n in args.n:
         x = jax.random.normal(jax.random.key(1), (n, 64))
@@ -74,6 +76,11 @@ def main(argv=None):
                 return kn._entk_jit(eqx.combine(p, static), x, None, outputs, "structured", block, feature_block)
 
             fn = jax.jit(kernel)
+            # the same kernel as one product, untiled (what this script measured before
+            # issue 18): its time, for reference, in the same rounds
+            one = jax.jit(
+                lambda p, x, outputs=outputs: kn._entk_jit(eqx.combine(p, static), x, None, outputs, "structured", None)
+            )
             # XLA counts a loop's body once: count the in-place tiles (a fori_loop) on the
             # same tiles unrolled and concatenated, the same arithmetic
             saved, kn._IN_PLACE_ELEMENTS = kn._IN_PLACE_ELEMENTS, float("inf")
@@ -81,14 +88,17 @@ def main(argv=None):
                 flops = compiled_flops(jax.jit(kernel), params, x)
             finally:
                 kn._IN_PLACE_ELEMENTS = saved
-            peak, t = 0.0, float("inf")
+            one_flops = compiled_flops(one, params, x)
+            peak, t, t_one = 0.0, float("inf"), float("inf")
             for _ in range(args.rounds):
                 peak = max(peak, matmul_rate())
                 t = min(t, best_time(lambda fn=fn, x=x: fn(params, x)))
+                t_one = min(t_one, best_time(lambda one=one, x=x: one(params, x)))
             rate = flops / t
             print(
                 f"{n:>6} {outputs:>8} {block or n:>6} {flops / 1e9:>12.3f} {1e3 * t:>10.2f} {rate / 1e9:>9.1f}"
-                f" {peak / 1e9:>15.1f} {rate / peak:>9.0%}"
+                f" {peak / 1e9:>15.1f} {rate / peak:>9.0%} {one_flops / 1e9:>19.3f} {1e3 * t_one:>9.2f}"
+                f" {one_flops / t_one / peak:>9.0%}"
             )
 
 

@@ -710,36 +710,24 @@ def _batched(feats: Callable, x: Array, block: int) -> list[Array]:
 # ---------------------------------------------------------------------------
 
 
-def _gram_jac_akbl(a: Array, b: Array, full: bool) -> Array:
-    """a (n1, K, p), b (n2, K, p) -> (n1, n2) traced or (n1, K, n2, K) full: the
-    product's own layout, transposed once per kernel by :func:`_abkl`, not per term."""
+def _gram_jac(a: Array, b: Array, full: bool) -> Array:
+    """a (n1, K, p), b (n2, K, p) -> (n1, n2) traced or (n1, n2, K, K) full."""
     n1, k, _ = a.shape
     n2 = b.shape[0]
     if not full:
         return a.reshape(n1, -1) @ b.reshape(n2, -1).T
-    return (a.reshape(n1 * k, -1) @ b.reshape(n2 * k, -1).T).reshape(n1, k, n2, k)
-
-
-def _abkl(kernel: Array, full: bool) -> Array:
-    """(n1, K, n2, K) -> (n1, n2, K, K) for a full kernel; a traced one as it is."""
-    return kernel.transpose(0, 2, 1, 3) if full else kernel
-
-
-def _gram_jac(a: Array, b: Array, full: bool) -> Array:
-    """a (n1, K, p), b (n2, K, p) -> (n1, n2) traced or (n1, n2, K, K) full."""
-    return _abkl(_gram_jac_akbl(a, b, full), full)
+    g = a.reshape(n1 * k, -1) @ b.reshape(n2 * k, -1).T
+    return g.reshape(n1, k, n2, k).transpose(0, 2, 1, 3)
 
 
 def _contract_jacobian(fa: list, fb: list, full: bool) -> Array:
-    terms = [_gram_jac_akbl(a, b, full) for a, b in zip(fa, fb, strict=True)]
-    return _abkl(functools.reduce(operator.add, terms), full)
+    return functools.reduce(operator.add, [_gram_jac(a, b, full) for a, b in zip(fa, fb, strict=True)])
 
 
 def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Array:
     """Kernel block of one tapped layer from tokens and cotangents of two sample blocks:
     Σ_{t,s} (x_t·x'_s + bias)(g_t·g'_s); for an embedding x_t·x'_s = [id_t == id'_s].
-    xa (n1, T, d_in) or ids (n1, T); ga (n1, K, T, d_out). Returns (n1, n2) traced or
-    (n1, K, n2, K) full (see :func:`_abkl`)."""
+    xa (n1, T, d_in) or ids (n1, T); ga (n1, K, T, d_out)."""
     n1, k, t1, o = ga.shape
     n2, t2 = gb.shape[0], gb.shape[2]
     if embedding:
@@ -749,8 +737,8 @@ def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Arr
     if bias:
         xx = xx + 1.0
     if t1 == 1 and t2 == 1:
-        xx, gg = xx[:, :, 0, 0], _gram_jac_akbl(ga[:, :, 0], gb[:, :, 0], full)
-        return xx[:, None, :, None] * gg if full else xx * gg
+        xx, gg = xx[:, :, 0, 0], _gram_jac(ga[:, :, 0], gb[:, :, 0], full)
+        return xx[:, :, None, None] * gg if full else xx * gg
     if not full:
         ra = ga.transpose(0, 2, 1, 3).reshape(n1 * t1, k * o)
         rb = gb.transpose(0, 2, 1, 3).reshape(n2 * t2, k * o)
@@ -758,7 +746,7 @@ def _gram_tokens(xa, xb, ga, gb, bias: bool, embedding: bool, full: bool) -> Arr
         return jnp.einsum("atbs,abts->ab", gg, xx)
     # H[a,b,t,l,o] = Σ_s xx[a,b,t,s] g'[b,l,s,o]; K[a,b,k,l] = Σ_{t,o} g[a,k,t,o] H[a,b,t,l,o]
     h = jnp.einsum("abts,blso->abtlo", xx, gb)
-    return jnp.einsum("akto,abtlo->akbl", ga, h)
+    return jnp.einsum("akto,abtlo->abkl", ga, h)
 
 
 def _contract_structured(layers: list[_Layer]) -> Callable:
@@ -771,8 +759,8 @@ def _contract_structured(layers: list[_Layer]) -> Callable:
             terms.append(_gram_tokens(xa, xb, ga, gb, L.bias, L.kind == "embedding", full))
         m = 2 * len(grams)
         if len(fa) > m:
-            terms += [_gram_jac_akbl(a, b, full) for a, b in zip(fa[m:], fb[m:], strict=True)]
-        return _abkl(functools.reduce(operator.add, terms), full)
+            terms.append(_contract_jacobian(fa[m:], fb[m:], full))
+        return functools.reduce(operator.add, terms)
 
     return contract
 

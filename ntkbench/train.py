@@ -793,23 +793,43 @@ def _finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+class _Unhashable(_Static):
+    """A static argument that cannot be hashed (e.g. a measure holding an array):
+    compared by identity, so it is compiled once per :func:`train` call."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._hash = id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def _static_arg(value: Any) -> _Static:
+    try:
+        return _Static(value)
+    except TypeError:
+        return _Unhashable(value)
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _advance(fixed: _Static, params, opt_state, x, y, key, start, stop):
+def _advance(fixed: _Static, params, frozen, opt_state, x, y, key, start, stop):
     """Steps ``start .. stop-1`` (:func:`_steps`; ``fixed.value`` = the model's static
     part, optimizer, loss, batch size): the new parameters and optimizer state, and
     whether the parameters are all finite, without a host sync."""
     static, optimizer, loss_fn, batch_size = fixed.value
+    static = eqx.combine(frozen, static)  # the model's arrays that are not trained (ints, ...)
     params, opt_state = _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size)
     return params, opt_state, _finite(params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _record(fixed: _Static, params, inputs):
+def _record(fixed: _Static, params, frozen, inputs):
     """One record (``fixed.value`` = the model's static part, measures, loss, LNP probes,
     the measures watched for divergence) and whether the watched ones are all finite.
     Compiled apart from :func:`_advance`, so runs with other optimizers share it."""
     static, measures, loss_fn, lnp_probes, watched = fixed.value
-    record = _record_values(eqx.combine(params, static), inputs, measures, loss_fn, lnp_probes)
+    record = _record_values(eqx.combine(params, frozen, static), inputs, measures, loss_fn, lnp_probes)
     return record, _finite([record[k] for k in watched])
 
 
@@ -973,20 +993,21 @@ def train(
 
             inputs["kernel0"] = entk(model, inputs["probe_x"], check_finite=False)
 
-    params, static = eqx.partition(model, eqx.is_inexact_array)
+    params, rest = eqx.partition(model, eqx.is_inexact_array)
+    frozen, static = eqx.partition(rest, eqx.is_array)  # untrained arrays: dynamic, not static
     opt_state = optimizer.init(params)
     watched = tuple(m.name for m in measures if m.name in _DIVERGENCE_MEASURES)
     lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
     # the parts jax.jit takes as static arguments, hashed once per train() call
-    stepping = _Static((static, optimizer, loss_fn, batch_size))
-    recording = _Static((static, measures, loss_fn, lnp_probes, watched))
+    stepping = _static_arg((static, optimizer, loss_fn, batch_size))
+    recording = _static_arg((static, measures, loss_fn, lnp_probes, watched))
 
     def advance_and_record(params, opt_state, start: int, stop: int):
         """Dispatch steps ``start .. stop-1`` and the record at ``stop`` (nothing waits):
         (params, opt_state, record, params finite, watched measures finite)."""
         start_, stop_ = jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)
-        params, opt_state, params_ok = _advance(stepping, params, opt_state, x, y, key, start_, stop_)
-        record, record_ok = _record(recording, params, {**inputs, "step": stop_})
+        params, opt_state, params_ok = _advance(stepping, params, frozen, opt_state, x, y, key, start_, stop_)
+        record, record_ok = _record(recording, params, frozen, {**inputs, "step": stop_})
         return params, opt_state, record, params_ok, record_ok
 
     records: list[dict[str, Any]] = []
@@ -1035,7 +1056,7 @@ def train(
         records = jax.block_until_ready(records)
     while len(records) < len(record_steps):  # stopped: the later records are NaN
         records.append(_nan_record(records[-1]))
-    trained = eqx.combine(final, static)
+    trained = eqx.combine(final, frozen, static)
 
     host = jax.device_get(records)  # one transfer at the end
     data_vars = {}

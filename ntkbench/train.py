@@ -1002,13 +1002,20 @@ def train(
     stepping = _static_arg((static, optimizer, loss_fn, batch_size))
     recording = _static_arg((static, measures, loss_fn, lnp_probes, watched))
 
+    def advance(params, opt_state, start: int, stop: int):
+        """Dispatch steps ``start .. stop-1``: (params, opt_state, params finite)."""
+        start_, stop_ = jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)
+        return _advance(stepping, params, frozen, opt_state, x, y, key, start_, stop_)
+
+    def record_at(params, step: int):
+        """Dispatch the record at ``step``: (record, watched measures finite)."""
+        return _record(recording, params, frozen, {**inputs, "step": jnp.asarray(step, jnp.int32)})
+
     def advance_and_record(params, opt_state, start: int, stop: int):
         """Dispatch steps ``start .. stop-1`` and the record at ``stop`` (nothing waits):
-        (params, opt_state, record, params finite, watched measures finite)."""
-        start_, stop_ = jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)
-        params, opt_state, params_ok = _advance(stepping, params, frozen, opt_state, x, y, key, start_, stop_)
-        record, record_ok = _record(recording, params, frozen, {**inputs, "step": stop_})
-        return params, opt_state, record, params_ok, record_ok
+        (params, opt_state, record, watched measures finite, params finite)."""
+        params, opt_state, params_ok = advance(params, opt_state, start, stop)
+        return (params, opt_state, *record_at(params, stop), params_ok)
 
     records: list[dict[str, Any]] = []
     diverged: int | None = None
@@ -1018,16 +1025,16 @@ def train(
         """Take the record of the segment ``start .. step`` once it has run (the next one
         is already dispatched); False when training stops there (a divergence)."""
         nonlocal diverged, final
-        new_params, _, record, params_ok, record_ok = out
+        new_params, _, record, record_ok, params_ok = out
         params_ok, record_ok = (bool(v) for v in jax.device_get((params_ok, record_ok)))
         if not params_ok and step > start:  # find the first non-finite step, one at a time
             new_params, opt = before
             for i in range(start, step):
-                new_params, opt, _, ok, _ = advance_and_record(new_params, opt, i, i + 1)
+                new_params, opt, ok = advance(new_params, opt, i, i + 1)
                 if not bool(ok):
                     diverged = i + 1
                     break
-            _, _, record, _, record_ok = advance_and_record(new_params, opt, step, step)  # recorded as at `step`
+            record, record_ok = record_at(new_params, step)  # recorded as at `step`
             record_ok = bool(record_ok)
         records.append(record)
         final = new_params

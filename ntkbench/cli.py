@@ -21,9 +21,11 @@ print one line naming the argument and what was expected and exit with status 2;
 
 Example
 -------
->>> main(["info"])  # doctest: +SKIP
-ntkbench 0.1.0
+>>> main(["info"])
+ntkbench     ...
+jax          ...
 ...
+0
 """
 
 from __future__ import annotations

@@ -440,7 +440,11 @@ def save(ds: Any, path: str | os.PathLike[str], format: str | None = None) -> Pa
     path : target, ``*.nc`` (netCDF, the default) or ``*.zarr`` (a Zarr store).
     format : ``"netcdf"``, ``"zarr"`` or None (from the suffix; netCDF unless ``.zarr``).
 
-    >>> save(ds, "runs/run-width=64.nc")  # doctest: +SKIP
+    >>> from ntkbench.testing import synthetic_cube
+    >>> ds = synthetic_cube(widths=(64,), seeds=(0, 1), steps=(0, 10), n_eigen=4)
+    >>> path = save(ds, "runs/demo/run-width=64.nc")  # a folder that does not exist yet is made
+    >>> open(path).sizes["seed"]
+    2
     """
     validate(ds, check_finite=False)
     path = Path(path)
@@ -502,8 +506,11 @@ def open(path: str | os.PathLike[str]) -> Any:  # noqa: A001 - module-level name
     an ntkbench cube (another program's file, missing provenance attributes, unlabelled
     dims or variables). Exported as ``ntkbench.open_cube``.
 
-    >>> ds = open("runs/demo/cube.nc")  # doctest: +SKIP
-    >>> ds.entropy.sel(width=64, seed=0)  # doctest: +SKIP
+    >>> from ntkbench.testing import synthetic_cube
+    >>> path = save(synthetic_cube(widths=(16, 64), steps=(0, 10), n_eigen=4), "runs/demo/cube.nc")
+    >>> ds = open("runs/demo/cube.nc")
+    >>> ds.entropy.sel(width=64, seed=0).dims
+    ('step',)
     """
     import xarray as xr
 
@@ -545,8 +552,11 @@ def combine(items: Iterable[Any], *, attrs: Mapping[str, str] | None = None) -> 
     between runs (``created``, ``config``) are replaced: by ``attrs`` if given, otherwise
     ``config`` becomes the JSON list of the runs' configs and ``created`` is now.
 
-    >>> cube = combine(["runs/run-width=16.nc", "runs/run-width=64.nc"])  # doctest: +SKIP
-    >>> cube.sizes["width"]  # doctest: +SKIP
+    >>> from ntkbench.testing import synthetic_cube
+    >>> for w in (16, 64):
+    ...     path = save(synthetic_cube(widths=(w,), steps=(0, 10), n_eigen=4), f"runs/demo/run-width={w}.nc")
+    >>> cube = combine(["runs/demo/run-width=16.nc", "runs/demo/run-width=64.nc"])
+    >>> cube.sizes["width"]
     2
     """
     import xarray as xr
@@ -606,7 +616,11 @@ def save_many(cubes: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     them. A paper writes its experiments' cubes this way (``out/<paper>.nc``, the shipped
     ``data/*.nc``).
 
-    >>> save_many({"mlp": ds_mlp, "cnn": ds_cnn}, "runs/collective/collective.nc")  # doctest: +SKIP
+    >>> from ntkbench.testing import synthetic_cube
+    >>> ds_mlp, ds_cnn = synthetic_cube(n_eigen=4), synthetic_cube(widths=(8,), n_eigen=4)
+    >>> path = save_many({"mlp": ds_mlp, "cnn": ds_cnn}, "runs/collective/collective.nc")
+    >>> list(open_many(path))
+    ['mlp', 'cnn']
     """
     if not isinstance(cubes, Mapping) or not cubes:
         raise ValueError(f"cubes must be a non-empty dict {{name: cube}}, got {cubes!r:.80}")
@@ -655,8 +669,10 @@ def open_many(path: str | os.PathLike[str]) -> dict[str, Any]:
     each loaded into memory and validated. A file without groups (written by :func:`save`)
     gives one cube, named by its ``experiment`` attribute (else ``"cube"``).
 
-    >>> cubes = open_many("data/collective_quick.nc")  # doctest: +SKIP
-    >>> list(cubes)                                    # doctest: +SKIP
+    >>> from pathlib import Path
+    >>> import ntkbench
+    >>> shipped = Path(ntkbench.__file__).parents[1] / "data" / "collective_quick.nc"
+    >>> list(open_many(shipped))  # the shipped cube of a source checkout
     ['mlp', 'scale', 'transformer', 'cnn']
     """
     import netCDF4

@@ -771,6 +771,8 @@ def load_idx(images_path: str | os.PathLike[str], labels_path: str | os.PathLike
 
     Example
     -------
+    Not run as a doctest (it reads your files; tests/test_data.py writes small ones):
+
     >>> x, y = load_idx("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")  # doctest: +SKIP
     """
     images = _parse_idx(_read_bytes(images_path, "images_path"), images_path, "images_path")
@@ -837,6 +839,8 @@ def load_cifar10(path: str | os.PathLike[str], split: str = "train") -> tuple[np
 
     Example
     -------
+    Not run as a doctest (it reads your files; tests/test_data.py writes small ones):
+
     >>> x, y = load_cifar10("cifar-10-batches-py", split="test")  # doctest: +SKIP
     """
     p = Path(path)
@@ -861,6 +865,8 @@ def load_npz(path: str | os.PathLike[str], x_key: str = "x", y_key: str = "y") -
 
     Example
     -------
+    Not run as a doctest (it reads your files; tests/test_data.py writes small ones):
+
     >>> x, y = load_npz("mydata.npz", x_key="images", y_key="labels")  # doctest: +SKIP
     """
     p = Path(path)

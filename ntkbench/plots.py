@@ -1822,6 +1822,8 @@ def vector_svg(fig: Any, *, driver: Any = None, timeout: float = 30) -> str:
     ``<text>`` runs at their rendered positions, keeping font size, weight and colour.
     Toolbars are left out. ``driver`` defaults to :func:`webdriver`.
 
+    Not run as a doctest (it starts headless Chromium; tests/test_vector_export.py runs it):
+
     >>> svg = vector_svg(FIGURES["measure"](synthetic_cube()))   # doctest: +SKIP
     >>> "<image" in svg                                         # doctest: +SKIP
     False

@@ -471,7 +471,10 @@ def _escape(text: str) -> str:
 def explorer_html(ds_or_explorer: Any, path: str | os.PathLike, *, measure: str | None = None) -> Path:
     """Write :func:`explorer_layout` as one self-contained HTML file; returns the path.
 
-    >>> explorer_html(cube, "figures/explorer.html")   # doctest: +SKIP
+    >>> from ntkbench.testing import synthetic_cube
+    >>> path = explorer_html(synthetic_cube(n_eigen=8), "figures/explorer.html")
+    >>> path.name, path.stat().st_size > 100_000  # BokehJS inline: opens offline
+    ('explorer.html', True)
     """
     ds = getattr(ds_or_explorer, "ds", ds_or_explorer)
     title = str(ds.attrs.get("title", "")) or "ntkbench explorer"

@@ -55,10 +55,16 @@ either way.
 
 Example
 -------
->>> import ntkbench as nb, tomllib
->>> cfg = tomllib.load(open("examples/quick.toml", "rb"))      # doctest: +SKIP
->>> cube = nb.sweep(cfg, "runs/quick")                         # doctest: +SKIP
+>>> cfg = {"title": "demo", "model": {"name": "mlp", "width": 8},
+...        "data": {"name": "digits", "n_train": 32, "n_test": 16},
+...        "train": {"steps": 4, "batch_size": 16}, "record": {"every": 2, "probe": 8},
+...        "grid": {"width": [8, 16], "seed": [0, 1]}}
+>>> cube = sweep(cfg, "runs/demo", progress=False)  # nb.sweep; cfg as a TOML file's tables
+>>> dict(cube.entropy.sizes)
+{'width': 2, 'seed': 2, 'step': 3}
 >>> cube.entropy.sel(seed=0).plot.line(x="step", hue="width")  # doctest: +SKIP
+
+(The last line draws with matplotlib, which ntkbench does not install.)
 """
 
 from __future__ import annotations
@@ -542,7 +548,12 @@ def run_one(config: Mapping[str, Any], *, on_record: Any = None):
     Seeds: ``seed`` splits into the model-init key and the mini-batch key; the data use
     ``data.seed`` if given, else ``seed``.
 
-    >>> ds = run_one(expand_grid(cfg)[0])  # doctest: +SKIP
+    >>> cfg = {"model": {"name": "mlp", "width": 8}, "data": {"name": "digits", "n_train": 32},
+    ...        "train": {"steps": 2, "batch_size": 16}, "record": {"every": 1, "probe": 8},
+    ...        "grid": {"seed": [0, 1]}}
+    >>> ds = run_one(expand_grid(cfg)[1])
+    >>> ds["seed"].values.tolist(), ds.sizes["step"]
+    ([1], 3)
     """
     import jax
     import numpy as np
@@ -1197,6 +1208,7 @@ def sweep(
     progress: bool = True,
     overwrite: bool = False,
     live: bool = False,
+    combined: str = "cube.nc",
 ):
     """Run every grid point of ``config``, one file per run under ``out``; combine them.
 
@@ -1216,6 +1228,9 @@ def sweep(
         the sweep so far, e.g. for a notebook's live Explorer or ``ntkbench sweep --live``)
         and stops after its current recording when :func:`request_stop` is called; the
         sweep then raises :class:`SweepInterrupted` and a rerun resumes.
+    combined : file name (in ``out``) of the combined cube. Two sweeps that share one
+        folder's run files (different grids over the same runs, as a paper's experiments
+        do) each name their own, so neither replaces the other's cube.
     overwrite : start over where ``out`` holds run files of a different config. Without it
         such a folder is refused (``ValueError`` naming the differing config keys) before
         anything runs; with it those runs are recomputed and their files replaced. Runs of
@@ -1224,7 +1239,7 @@ def sweep(
     Returns
     -------
     The combined cube (``xarray.Dataset``) with the grid axes as dims, also written to
-    ``out/cube.nc``. Rerunning skips finished runs (resume).
+    ``out/<combined>`` (``out/cube.nc``). Rerunning skips finished runs (resume).
 
     Safety
     ------
@@ -1262,6 +1277,10 @@ def sweep(
         raise TypeError(f"live must be True or False, got {live!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
+    if not isinstance(combined, str) or not combined.endswith(".nc") or Path(combined).name != combined:
+        raise ValueError(f"combined must be a file name ending in .nc (no folder), got {combined!r}")
+    if combined.startswith(("run-", ".")):
+        raise ValueError(f"combined must not start with 'run-' or '.' (run files and locks), got {combined!r}")
     # Absolute: dask workers on an existing cluster have their own working directory (the
     # folder must be on a file system the workers share).
     out = Path(out).expanduser().resolve()
@@ -1280,7 +1299,7 @@ def sweep(
     if foreign and not overwrite:
         raise _foreign_error(out, foreign)
     if not overwrite:
-        _check_combined_cube(out / "cube.nc", cfg, paths)
+        _check_combined_cube(out / combined, cfg, paths)
     pending = [(r, p) for r, p, st in zip(runs, paths, states, strict=True) if st[0] != "done"]
     check_runs([r for r, _ in pending])  # fail before creating folders or clusters
     try:
@@ -1295,7 +1314,7 @@ def sweep(
     state = _Progress(bar, out, len(runs), len(runs) - len(pending), live=live)
     (out / STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier sweep
     locks = _RunLocks()
-    for path in [*paths, out / "cube.nc"]:
+    for path in [*paths, out / combined]:
         locks.clear_stale(path)
     shown = _LiveStatus(state, out) if live and progress else None
     try:
@@ -1310,7 +1329,7 @@ def sweep(
                 if not held:
                     break
                 todo = _wait_for_others(held, locks, state)
-        combined = _combine(cfg, paths, out / "cube.nc", locks, state)
+        result = _combine(cfg, paths, out / combined, locks, state)
     finally:
         if shown is not None:
             shown.close()
@@ -1318,7 +1337,7 @@ def sweep(
         locks.close()
         if live:
             (out / STOP_FILE).unlink(missing_ok=True)
-    return combined
+    return result
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""Public testing helpers (xarray style): synthetic result cubes for plots, widgets and docs.
+"""Public testing helpers (xarray style): synthetic result cubes for plots, widgets and docs,
+and a comparison of two result cubes that tolerates another CPU's round-off.
 
 The cubes follow the result-cube schema of DESIGN.md exactly, so code that consumes cubes
 (plots, widgets, the CLI export) can be developed and tested without training anything.
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-__all__ = ["synthetic_cube"]
+__all__ = ["assert_cubes_close", "synthetic_cube"]
 
 
 def _variables() -> dict[str, tuple[str, str]]:
@@ -152,3 +153,94 @@ def synthetic_cube(
     if seed_values is None:
         ds = ds.isel(seed=0, drop=True)
     return ds
+
+
+def assert_cubes_close(
+    actual, desired, *, rtol: float = 1e-5, atol: float = 1e-5, attrs: bool = False, values: bool = True
+) -> None:
+    """Assert two result cubes hold the same runs, up to floating-point round-off.
+
+    The structure must agree exactly: dims, coordinates (the grid, steps, eigen indices),
+    variable names, dtypes and the NaN pattern. Floating-point values ``a`` (actual) and
+    ``d`` (desired) of a variable must satisfy, element-wise,
+
+        |a - d| <= atol * max|d| + rtol * |d|
+
+    with ``max|d|`` over the whole variable: the absolute part scales with the variable's
+    own magnitude, so a value near zero (a small eigenvalue, an entropy change) is judged
+    against its variable's scale, not against 1. Other values (integers, strings, flags)
+    must be equal.
+
+    Why not ``xarray.testing.assert_equal``: XLA compiles other kernels on another
+    instruction set (AVX-512 vs AVX2), so a float32 run repeated on another CPU differs in
+    its last bits; an exact comparison with a cube made elsewhere fails on some machines.
+    The defaults (rtol 1e-5, atol 1e-5 of the scale) are far above that spread (see
+    ``tests/README.md``, measured for the shipped quick cubes) and far below any change a
+    code edit makes to the numbers.
+
+    ``attrs=True`` also compares the attributes, except the provenance that differs between
+    two runs of the same config (``created``, ``jax_version``, ``ntkbench_version``).
+    ``values=False`` compares the structure and the NaN pattern only.
+
+    >>> cube = synthetic_cube(widths=(16,), seeds=(0,), steps=(0, 10), n_eigen=4)
+    >>> other = cube.copy(deep=True)
+    >>> other["entropy"] = other["entropy"] * (1 + 1e-7)
+    >>> assert_cubes_close(other, cube)
+    >>> other["entropy"] = other["entropy"] * 1.01
+    >>> assert_cubes_close(other, cube)
+    Traceback (most recent call last):
+    ...
+    AssertionError: entropy: 2 of 2 values differ by more than rtol=1e-05, atol=1e-05 of max|desired| ...
+    """
+    import xarray as xr
+
+    if not isinstance(actual, xr.Dataset) or not isinstance(desired, xr.Dataset):
+        raise TypeError(
+            f"actual and desired must be xarray.Dataset, got {type(actual).__name__} and {type(desired).__name__}"
+        )
+    if not (rtol >= 0 and atol >= 0):
+        raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol!r}, atol={atol!r}")
+    assert dict(actual.sizes) == dict(desired.sizes), f"sizes differ: {dict(actual.sizes)} vs {dict(desired.sizes)}"
+    assert set(actual.coords) == set(desired.coords), (
+        f"coords differ: {sorted(actual.coords)} vs {sorted(desired.coords)}"
+    )
+    for name in desired.coords:
+        xr.testing.assert_equal(actual[name].variable, desired[name].variable)
+    assert set(actual.data_vars) == set(desired.data_vars), (
+        f"variables differ: only in actual {sorted(set(actual.data_vars) - set(desired.data_vars))}, "
+        f"only in desired {sorted(set(desired.data_vars) - set(actual.data_vars))}"
+    )
+    if attrs:
+        provenance = ("created", "jax_version", "ntkbench_version")
+        keep = lambda a: {k: v for k, v in a.items() if k not in provenance}  # noqa: E731
+        assert _attrs_equal(keep(actual.attrs), keep(desired.attrs)), "attrs differ"
+    for name in desired.data_vars:
+        a, d = actual[name], desired[name]
+        assert a.dims == d.dims, f"{name}: dims {a.dims} vs {d.dims}"
+        assert a.dtype == d.dtype, f"{name}: dtype {a.dtype} vs {d.dtype}"
+        if attrs:
+            assert _attrs_equal(a.attrs, d.attrs), f"{name}: attrs differ: {a.attrs} vs {d.attrs}"
+        av, dv = np.asarray(a.transpose(*d.dims).values), np.asarray(d.values)
+        if av.dtype.kind not in "fc":
+            np.testing.assert_array_equal(av, dv, err_msg=name)
+            continue
+        a_nan, d_nan = np.isnan(av), np.isnan(dv)
+        assert np.array_equal(a_nan, d_nan), f"{name}: NaN at {int((a_nan != d_nan).sum())} other position(s)"
+        a64, d64 = av[~d_nan].astype(np.float64), dv[~d_nan].astype(np.float64)
+        if d64.size == 0 or not values:
+            continue
+        scale = float(np.max(np.abs(d64)))
+        err = np.abs(a64 - d64)
+        bad = err > atol * scale + rtol * np.abs(d64)
+        if bad.any():
+            worst = int(np.argmax(err - rtol * np.abs(d64)))
+            raise AssertionError(
+                f"{name}: {int(bad.sum())} of {d64.size} values differ by more than rtol={rtol:g}, atol={atol:g} "
+                f"of max|desired| ({scale:.6g}); worst: {a64[worst]!r} vs {d64[worst]!r} "
+                f"(|diff| {err[worst]:.3g}, {err[worst] / max(scale, 1e-300):.3g} of the scale)"
+            )
+
+
+def _attrs_equal(a: dict, b: dict) -> bool:
+    """Equal attribute dicts, array values (CF ``flag_values``) compared element-wise."""
+    return a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)

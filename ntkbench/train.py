@@ -18,13 +18,13 @@ stay on the device until training ends. Adding a measure means adding one small 
 Example
 -------
 >>> import jax, optax, ntkbench as nb
->>> data = nb.load("digits", n_train=256, n_test=128)                 # doctest: +SKIP
->>> model = nb.MLP(64, 10, width=64, depth=2, key=jax.random.key(0))  # doctest: +SKIP
+>>> data = nb.load("digits", n_train=256, n_test=128)
+>>> model = nb.MLP(64, 10, width=64, depth=2, key=jax.random.key(0))
 >>> rec = nb.Recorder(every=25, probe=64)
->>> model, ds = nb.train(model, data, optimizer=optax.sgd(0.1), steps=100,
-...                      batch_size=64, recorder=rec, key=jax.random.key(1))  # doctest: +SKIP
->>> ds.entropy.sizes                                                  # doctest: +SKIP
-Frozen({'step': 5})
+>>> model, ds = train(model, data, optimizer=optax.sgd(0.1), steps=100,  # nb.train
+...                   batch_size=64, recorder=rec, key=jax.random.key(1))
+>>> dict(ds.entropy.sizes)
+{'step': 5}
 """
 
 from __future__ import annotations
@@ -937,8 +937,13 @@ def train(
 
     Example
     -------
+    >>> import jax, optax, ntkbench as nb
+    >>> data = nb.load("digits", n_train=128, n_test=64)
+    >>> model = nb.MLP(64, 10, width=32, depth=1, key=jax.random.key(0))
     >>> model, ds = train(model, data, optimizer=optax.adam(1e-3), steps=200,
-    ...                   batch_size=64, recorder=Recorder(every=50), key=jax.random.key(0))  # doctest: +SKIP
+    ...                   batch_size=64, recorder=Recorder(every=50, probe=32), key=jax.random.key(0))
+    >>> ds["step"].values.tolist(), bool(ds.loss[-1] < ds.loss[0])
+    ([0, 50, 100, 150, 200], True)
     """
     import xarray as xr
 

@@ -367,6 +367,9 @@ class RunPanel(Shown):
 
     Example
     -------
+    Not run as a doctest (a notebook widget that trains; tests/test_widgets.py and
+    tests/test_live.py run it):
+
     >>> panel = RunPanel(config, out="runs/quick")   # doctest: +SKIP
     >>> panel                                        # click "Run" (or panel.run())  # doctest: +SKIP
     """
@@ -666,6 +669,9 @@ class LiveFigure:
     the ``BokehModel`` it replaces. Attributes: ``figure`` (the Bokeh layout), ``model``
     (its ``jupyter_bokeh.BokehModel``), ``view`` (an ipywidgets ``Box`` holding the model),
     ``data`` (the dict last applied).
+
+    Not run as a doctest (it needs a notebook page to draw in; tests/test_widgets.py and
+    the paper Workbench tests drive it):
 
     >>> live = LiveFigure(lambda data: build_fig(data), fig_data(cube))  # doctest: +SKIP
     >>> live.update(fig_data(cube, seed="all"))                         # doctest: +SKIP

@@ -8,6 +8,15 @@ current code against that file. One deliberate change since: the four ``b3-*-mid
 digests were retaken after F-b3's panel titles started naming the entropy / trace variant
 they show ("initial entropy S(0) / ln N" where they read "initial entropy S(0)" over
 S / ln N values); only those titles differ from the pre-framework figures.
+
+The file held SHA-256 digests of each canonical figure state until December 2026. A digest
+cannot be compared with a tolerance, and the states are numbers NumPy computes: another
+CPU's SIMD kernels (AVX-512 vs AVX2, SVML's exp/log) may move a float32 value by an ulp,
+and a value at a rounding boundary then changes its 9th digit and the whole digest. The
+states themselves are stored now (``--states``, written by the code that reproduced every
+stored digest on this machine: the script checks that before writing) and the test
+compares them with :func:`assert_states_close`: texts, sizes and scales exactly, numbers to
+a relative 1e-6 of their column's scale.
 """
 
 from __future__ import annotations
@@ -101,13 +110,56 @@ def digest(state: dict) -> str:
 
 
 def compute(collective, cubes) -> dict:
-    figs = {name: digest(figure_state(build())) for name, build in cases(collective, cubes).items()}
+    """``{"figures": {name: canonical figure state}, "summary": canonical summary}``."""
+    figs = {name: figure_state(build()) for name, build in cases(collective, cubes).items()}
     return {"figures": figs, "summary": _canon(collective.summarize(cubes))}
 
 
+def _flat(values: list) -> list:
+    return [x for v in values for x in (_flat(v) if isinstance(v, list) else [v])]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def assert_states_close(got, want, rtol: float = 1e-6, where: str = "", scale: float = 0.0) -> None:
+    """``got == want`` for texts, keys, lengths, booleans and "nan"; a float to
+    ``|g - w| <= rtol * (|w| + scale)``, ``scale`` the largest magnitude among the numbers
+    of the (nested) list it is in (a column, a range), so a value near zero is judged
+    against its column's scale.
+
+    rtol 1e-6: the states are 9-digit roundings of float32 cube values through NumPy;
+    another CPU's kernels move a float32 result by about 1e-7 of its scale (an ulp); a code
+    change that moves a plotted value moves it by far more."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), f"{where}: keys {sorted(got)} vs {sorted(want)}"
+        for key in want:
+            assert_states_close(got[key], want[key], rtol, f"{where}/{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{where}: {got!r:.200} vs {want!r:.200}"
+        numbers = [abs(v) for v in _flat(want) if _is_number(v)]
+        inner = max(scale, max(numbers, default=0.0))
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_states_close(g, w, rtol, f"{where}[{i}]", inner)
+    elif isinstance(want, float) and _is_number(got):
+        assert abs(got - want) <= rtol * (abs(want) + scale), f"{where}: {got!r} vs {want!r}"
+    else:
+        assert got == want and type(got) is type(want), f"{where}: {got!r} vs {want!r}"
+
+
 if __name__ == "__main__":
+    import sys
+
     from ntkbench.papers import collective
 
     cubes = collective.open_cubes(CUBES)
-    GOLDEN.write_text(json.dumps(compute(collective, cubes), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    state = compute(collective, cubes)
+    if "--check-digests" in sys.argv:
+        # the old digests (git show <commit>:tests/data/collective_golden.json) against these states
+        old = json.loads(Path(sys.argv[sys.argv.index("--check-digests") + 1]).read_text())
+        bad = [name for name, fig in state["figures"].items() if digest(fig) != old["figures"][name]]
+        assert not bad and state["summary"] == old["summary"], f"states differ from the digests: {bad}"
+        print(f"all {len(state['figures'])} figure states reproduce their stored digests, and the summary")
+    GOLDEN.write_text(json.dumps(state, indent=None, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {GOLDEN}")

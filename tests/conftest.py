@@ -10,6 +10,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from _x64 import enable_x64  # noqa: E402
+
 
 @pytest.fixture
 def getkey():
@@ -22,8 +24,24 @@ def getkey():
 @pytest.fixture
 def x64():
     """Run the test body with 64-bit JAX (float64 references)."""
-    with jax.enable_x64(True):
+    with enable_x64():
         yield
+
+
+@pytest.fixture
+def trains_nothing(monkeypatch):
+    """``trains_nothing()``: from then on, a run that a sweep starts (in-process) fails the
+    test. A rerun on a finished sweep's folder must train nothing."""
+
+    def arm():
+        import ntkbench.sweep as sw
+
+        def no_training(run, path, *args):
+            raise AssertionError(f"a finished run was trained again: {path}")
+
+        monkeypatch.setattr(sw, "_run_to_file", no_training)
+
+    return arm
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -53,14 +53,31 @@ def cubes(request):
 def test_test_run_reproduces_the_shipped_cube(test_cubes, shipped_cubes):
     """The ``[shipped]`` claim tests re-check a frozen file; this ties it to the code: the
     test config's MLP grid is the quick config's, so the test run must reproduce the
-    shipped ``mlp`` cube exactly and the shipped ``scale`` plane at its corners (a code
-    change that moves the numbers fails here, and `make data` must be rerun)."""
-    import xarray as xr
+    shipped ``mlp`` cube and the shipped ``scale`` plane at its corners (a code change that
+    moves the numbers fails here, and `make data` must be rerun).
 
-    xr.testing.assert_equal(test_cubes["mlp"], shipped_cubes["mlp"])
+    Not exactly: the shipped cube was made on another CPU, and XLA and LAPACK pick other
+    kernels there. ``assert_cubes_close`` allows 1e-5 of each value and of its variable's
+    scale; measured (tests/_isa_spread.py): AVX2 instead of AVX-512 moves the spectra and
+    entropies by at most 8e-7 of their scale and leaves the training bit-identical.
+    Training the depth-6 nets is chaotic, though: with FMA-free kernels (SSE4.2) their
+    round-off grows to 30 % of the final loss within 300 steps, while every depth-1 run
+    stays bit-identical. So every run is compared at its initial record (data, init,
+    kernel, every measure), the depth-1 runs over their whole training, and the deep runs'
+    later records only in structure (a code change that touches training shows in the
+    shallow runs)."""
+    from ntkbench.testing import assert_cubes_close
+
     run = test_cubes["scale"]
-    corners = shipped_cubes["scale"].sel({d: run[d].values for d in ("width", "depth")})
-    xr.testing.assert_equal(run, corners)
+    pairs = {
+        "mlp": (test_cubes["mlp"], shipped_cubes["mlp"]),
+        "scale": (run, shipped_cubes["scale"].sel({d: run[d].values for d in ("width", "depth")})),
+    }
+    for name, (got, want) in pairs.items():
+        assert_cubes_close(got.isel(step=[0]), want.isel(step=[0]))
+        assert_cubes_close(got.sel(depth=[1]), want.sel(depth=[1]))
+        assert_cubes_close(got, want, values=False)  # structure, NaN pattern, dtypes
+        assert int(got["depth"].max()) == 6 and got.sizes["step"] > 5, name
 
 
 def _delta(ds, var="entropy"):
@@ -583,19 +600,28 @@ def test_rerun_panel_runs_a_small_sweep(tmp_path):
         panel.config()
 
 
-def test_cli_reproduce_resumes_a_finished_run(run_out, monkeypatch, capsys):
+def test_cli_reproduce_resumes_a_finished_run(run_out, monkeypatch, capsys, trains_nothing):
     """`ntkbench reproduce collective --quick` through the CLI; the quick config is swapped
-    for the test config already run in `run_out`, so every run resumes (is skipped)."""
+    for the test config already run in `run_out`, so every run resumes (is skipped): it
+    trains nothing, exits 0 and leaves every cube as it was."""
+    import xarray as xr
+
     from ntkbench import cli
     from ntkbench.papers import get
 
     assert get("collective") is collective
     monkeypatch.setitem(collective.CONFIGS, "quick", collective.CONFIGS["test"])
     before = {p: p.stat().st_mtime_ns for p in (run_out / "runs-mlp").glob("run-*.nc")}
+    cubes = collective.open_cubes(run_out / "collective.nc")
+    trains_nothing()
     assert cli.main(["reproduce", "collective", "--quick", "--out", str(run_out)]) == 0
     after = {p: p.stat().st_mtime_ns for p in (run_out / "runs-mlp").glob("run-*.nc")}
     assert before == after, "finished runs were recomputed"
     assert "collective: results in" in capsys.readouterr().out
+    again = collective.open_cubes(run_out / "collective.nc")
+    assert list(again) == list(cubes)
+    for name in cubes:
+        xr.testing.assert_identical(again[name].drop_attrs(), cubes[name].drop_attrs())
     assert (run_out / "figures" / "collective-F-b4.png").exists()
 
 
@@ -621,10 +647,13 @@ def test_figures_and_summary_are_those_of_the_pre_framework_code():
 
     cubes = collective.open_cubes(golden.CUBES)
     want = json.loads(golden.GOLDEN.read_text())
-    got = golden.compute(collective, cubes)
-    assert got["summary"] == want["summary"]
-    differ = [name for name in want["figures"] if got["figures"][name] != want["figures"][name]]
-    assert not differ, f"figures changed: {differ}"
+    got = json.loads(json.dumps(golden.compute(collective, cubes)))  # the stored form: tuples as lists
+    # texts exactly, numbers to 1e-6 of their column's scale: NumPy on another CPU may move
+    # a float32 value by an ulp (see assert_states_close)
+    golden.assert_states_close(got["summary"], want["summary"], where="summary")
+    assert sorted(got["figures"]) == sorted(want["figures"])
+    for name in want["figures"]:
+        golden.assert_states_close(got["figures"][name], want["figures"][name], where=name)
 
 
 def test_figure_data_holds_every_text_and_the_builder_reads_no_cube(shipped_cubes):

@@ -32,7 +32,7 @@ def _cube(width: int = 16, seed: int = 0, n_eig: int = 5) -> xr.Dataset:
     ds = ds.expand_dims(width=[width], seed=[seed])
     ds["width"].attrs.update(cube.var_attrs("width"))
     ds["seed"].attrs.update(cube.var_attrs("seed"))
-    return ds
+    return ds.copy(deep=True)  # writable: expand_dims gives read-only views on older xarray
 
 
 def test_make_attrs_provenance():

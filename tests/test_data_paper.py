@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _x64 import enable_x64
 from ntkbench.papers import data as paper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def test_recorded_kernel_is_that_of_the_selected_set(test_cubes):
     idx = nb.select(data.x_train, 10, "rnd", seed=1)
     model_key, _ = jax.random.split(jax.random.key(1))
     model = nb.make_model(cfg["model"], key=model_key, in_shape=data.in_shape, out_size=data.n_outputs)
-    with jax.enable_x64(True):
+    with enable_x64():
         params, static = eqx.partition(model, eqx.is_inexact_array)
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
         jac = jax.vmap(jax.jacrev(lambda p, xi: eqx.combine(p, static)(xi)), in_axes=(None, 0))
@@ -225,14 +226,24 @@ def test_rerun_panel_config_and_one_small_run(tmp_path):
         panel.config()
 
 
-def test_cli_reproduce_resumes(run_out, monkeypatch, capsys):
+def test_cli_reproduce_resumes(run_out, monkeypatch, capsys, trains_nothing):
+    """A second ``reproduce`` on a finished folder trains nothing, exits 0 and leaves every
+    cube as it was (the quick config is swapped for the test config already run there)."""
+    import xarray as xr
+
     from ntkbench import cli
 
     monkeypatch.setitem(paper.CONFIGS, "quick", paper.CONFIGS["test"])
     before = {p: p.stat().st_mtime_ns for p in run_out.glob("runs-*/run-*.nc")}
+    cubes = paper.open_cubes(run_out / "data.nc")
+    trains_nothing()
     assert cli.main(["reproduce", "data", "--quick", "--out", str(run_out)]) == 0
     assert before == {p: p.stat().st_mtime_ns for p in run_out.glob("runs-*/run-*.nc")}
     assert "data: results in" in capsys.readouterr().out
+    again = paper.open_cubes(run_out / "data.nc")
+    assert list(again) == list(cubes)
+    for name in cubes:
+        xr.testing.assert_identical(again[name].drop_attrs(), cubes[name].drop_attrs())
 
 
 def test_shipped_cube_is_the_quick_config(shipped):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _x64 import enable_x64
 from ntkbench import linalg
 
 N = 120  # not a multiple of the block size used below
@@ -56,7 +57,7 @@ def _entropy(eigs):
 
 @pytest.fixture(scope="module")
 def setup():
-    with jax.enable_x64(True):
+    with enable_x64():
         model = _model()
         x = jax.random.normal(jax.random.key(1), (N, 4), jnp.float64)
         k_trace, k_full = _dense(model, x)
@@ -65,7 +66,7 @@ def setup():
 
 def test_kernel_matvec_matches_dense(setup):
     model, x, k_trace, k_full = setup
-    with jax.enable_x64(True):
+    with enable_x64():
         v = np.asarray(jax.random.normal(jax.random.key(2), (N,), jnp.float64))
         kv = np.asarray(linalg.kernel_matvec(model, x, block_size=BLOCK)(v))
         np.testing.assert_allclose(kv, k_trace @ v, rtol=1e-10, atol=1e-10 * np.abs(k_trace @ v).max())
@@ -80,7 +81,7 @@ def test_lanczos_top_k_matches_dense(setup, outputs):
     model, x, k_trace, k_full = setup
     k_ref = k_trace if outputs == "trace" else k_full
     k = 6
-    with jax.enable_x64(True):
+    with enable_x64():
         lam, vecs = linalg.top_eigenvalues(
             model, x, k, outputs=outputs, method="lanczos", vectors=True, block_size=BLOCK
         )
@@ -99,7 +100,7 @@ def test_lanczos_start_depth_restarts_until_converged(setup):
     # the dense one either way, and a depth below k is refused.
     model, x, k_trace, _ = setup
     ref = _eig_desc(k_trace)[:6]
-    with jax.enable_x64(True):
+    with enable_x64():
         for depth in (6, 12, 40):
             lam = np.asarray(linalg.top_eigenvalues(model, x, 6, method="lanczos", depth=depth, block_size=BLOCK))
             assert np.max(np.abs(lam / ref - 1)) < 1e-6, depth
@@ -109,7 +110,7 @@ def test_lanczos_start_depth_restarts_until_converged(setup):
 
 def test_lobpcg_top_k_matches_dense(setup):
     model, x, k_trace, _ = setup
-    with jax.enable_x64(True):
+    with enable_x64():
         lam = np.asarray(linalg.top_eigenvalues(model, x, 4, method="lobpcg", block_size=BLOCK, tol=1e-12))
     ref = _eig_desc(k_trace)[:4]
     assert np.max(np.abs(lam / ref - 1)) < 1e-6
@@ -118,7 +119,7 @@ def test_lobpcg_top_k_matches_dense(setup):
 def test_gram_trick_equals_kernel_nonzero_spectrum():
     # P = 2*5 + 5 + 5*2 + 2 = 27 parameters, C = 2; N = 40: N·C = 80 > P, N = 40 > C·P? no;
     # so use a wider batch for trace: N = 70 > C·P = 54.
-    with jax.enable_x64(True):
+    with enable_x64():
         model = _model(key=3, in_size=2, out_size=2, width=5, depth=1)
         x = jax.random.normal(jax.random.key(4), (70, 2), jnp.float64)
         k_trace, k_full = _dense(model, x)
@@ -145,7 +146,7 @@ def test_gram_trick_equals_kernel_nonzero_spectrum():
 def test_entropy_estimate_within_error_bar(setup, outputs):
     model, x, k_trace, k_full = setup
     exact = _entropy(_eig_desc(k_trace if outputs == "trace" else k_full))
-    with jax.enable_x64(True):
+    with enable_x64():
         est, err = linalg.entropy_estimate(
             model,
             x,
@@ -168,7 +169,7 @@ def test_entropy_estimate_without_deflation_is_unbiased_but_noisy(setup):
     1/√probes (an honest error bar, not a formula that is merely large)."""
     model, x, k_trace, _ = setup
     exact = _entropy(_eig_desc(k_trace))
-    with jax.enable_x64(True):
+    with enable_x64():
         few = linalg.entropy_estimate(
             model, x, num_probes=12, lanczos_order=30, deflate=0, key=jax.random.key(8), block_size=BLOCK
         )
@@ -202,7 +203,7 @@ def test_apply_fn_params_and_float32():
 
     x = jax.random.normal(key3, (90, 3))
     lam = np.asarray(linalg.top_eigenvalues((apply_fn, params), x, 3, method="lanczos", block_size=32))
-    with jax.enable_x64(True):
+    with enable_x64():
         p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
         j1 = jax.vmap(jax.jacrev(apply_fn), in_axes=(None, 0))(p64, jnp.asarray(x, jnp.float64))
         k_ref = sum(
@@ -215,7 +216,7 @@ def test_apply_fn_params_and_float32():
 
 def test_validation_errors(setup):
     model, x, _, _ = setup
-    with jax.enable_x64(True):
+    with enable_x64():
         _check_errors(model, x)
 
 
@@ -251,7 +252,7 @@ def _check_errors(model, x):
 def test_entropy_estimate_reuses_given_eigenpairs(setup):
     model, x, k_trace, _ = setup
     exact = _entropy(_eig_desc(k_trace))
-    with jax.enable_x64(True):
+    with enable_x64():
         pairs = linalg.top_eigenvalues(model, x, 6, method="lanczos", vectors=True, block_size=BLOCK)
         est, err = linalg.entropy_estimate(
             model,
@@ -322,7 +323,7 @@ def _feature_case(name):
 
 @pytest.mark.parametrize("name", ["mlp", "tokens", "cnn"])
 def test_feature_matvec_equals_jvp_and_dense(name):
-    with jax.enable_x64(True):
+    with enable_x64():
         model, x = _feature_case(name)
         n = x.shape[0]
         k_trace, k_full = _dense(model, x)
@@ -345,7 +346,7 @@ def test_feature_matvec_equals_jvp_and_dense(name):
 
 
 def test_matvec_choice_and_validation():
-    with jax.enable_x64(True):
+    with enable_x64():
         model, x = _feature_case("mlp")
         assert isinstance(linalg._operator(model, x, "trace", None, "auto", 2**30), linalg._FeatureOperator)
         # features (N·(4 + 16 + 16 + 16 + 16·3 ...) floats) do not fit in 100 bytes: jvp path
@@ -367,7 +368,7 @@ def test_matvec_choice_and_validation():
 @pytest.mark.parametrize("matvec", ["features", "jvp"])
 def test_top_eigenvalues_and_entropy_both_matvecs(setup, matvec):
     model, x, k_trace, _ = setup
-    with jax.enable_x64(True):
+    with enable_x64():
         lam = np.asarray(linalg.top_eigenvalues(model, x, 5, method="lanczos", block_size=BLOCK, matvec=matvec))
         np.testing.assert_allclose(lam, _eig_desc(k_trace)[:5], rtol=1e-8)
         s, err = linalg.entropy_estimate(

@@ -118,6 +118,31 @@ def test_reproduce_writes_every_cube_figure_and_summary(toy_run):
     assert before == {p: p.stat().st_mtime_ns for p in (out / "runs-main").glob("run-*.nc")}
 
 
+def test_experiments_sharing_a_folder_rerun_on_their_own_output(tmp_path, trains_nothing):
+    """Two experiments in one run folder, the second's grid a superset of the first's (as
+    collective's ``mlp`` and ``scale``): the first run trains the union once; a second
+    run trains nothing, succeeds and leaves every cube as it was. (One ``cube.nc`` per
+    folder held the last experiment's grid, and the rerun's first experiment refused it.)"""
+    import xarray as xr
+
+    from ntkbench import cube
+
+    small, big = _config(widths=(4,), seeds=(0,), steps=4), _config(widths=(4, 8), seeds=(0, 1), steps=4)
+    cfgs = {"small": small, "big": big}
+    first = _base.run_experiments(tmp_path, cfgs, folder=lambda name: "runs-shared", progress=False)
+    files = sorted(p.name for p in (tmp_path / "runs-shared").iterdir())
+    assert files == ["cube-big.nc", "cube-small.nc", *sorted(p.name for p in (tmp_path / "runs-shared").glob("run-*"))]
+    assert len(list((tmp_path / "runs-shared").glob("run-*.nc"))) == 4  # the union of the grids, once each
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs-shared").glob("run-*.nc")}
+    trains_nothing()
+    again = _base.run_experiments(tmp_path, cfgs, folder=lambda name: "runs-shared", progress=False)
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs-shared").glob("run-*.nc")}
+    for name in cfgs:
+        xr.testing.assert_identical(again[name].drop_attrs(), first[name].drop_attrs())
+        xr.testing.assert_identical(cube.open(tmp_path / f"{name}.nc").drop_attrs(), first[name].drop_attrs())
+        assert cube.open(tmp_path / "runs-shared" / f"cube-{name}.nc").sizes == first[name].sizes
+
+
 def test_workbench_redraws_in_place_and_matches_a_fresh_build(toy_run, tmp_path):
     from bokeh.models import Div, Span
 

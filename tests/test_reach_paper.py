@@ -222,14 +222,24 @@ def test_rerun_panel_config_and_one_small_run(tmp_path, monkeypatch):
         panel.config()
 
 
-def test_cli_reproduce_resumes(run_out, monkeypatch, capsys):
+def test_cli_reproduce_resumes(run_out, monkeypatch, capsys, trains_nothing):
+    """A second ``reproduce`` on a finished folder trains nothing, exits 0 and leaves every
+    cube as it was (the quick config is swapped for the test config already run there)."""
+    import xarray as xr
+
     from ntkbench import cli
 
     monkeypatch.setitem(paper.CONFIGS, "quick", paper.CONFIGS["test"])
     before = {p: p.stat().st_mtime_ns for p in run_out.glob("runs-*/run-*.nc")}
+    cubes = paper.open_cubes(run_out / "reach.nc")
+    trains_nothing()
     assert cli.main(["reproduce", "reach", "--quick", "--out", str(run_out)]) == 0
     assert before == {p: p.stat().st_mtime_ns for p in run_out.glob("runs-*/run-*.nc")}
     assert "reach: results in" in capsys.readouterr().out
+    again = paper.open_cubes(run_out / "reach.nc")
+    assert list(again) == list(cubes)
+    for name in cubes:
+        xr.testing.assert_identical(again[name].drop_attrs(), cubes[name].drop_attrs())
 
 
 def test_shipped_cube_is_the_quick_config(shipped):

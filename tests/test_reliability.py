@@ -24,7 +24,7 @@ import xarray as xr
 
 from ntkbench import cube
 from ntkbench.cli import main
-from ntkbench.sweep import NO_DASHBOARD, _RunLocks, expand_grid, run_name, sweep
+from ntkbench.sweep import _RunLocks, expand_grid, run_name, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,16 +108,29 @@ def wait_for(path, timeout=180):
 run_to_file = sw._run_to_file
 count = [0]
 def logged(run, path):
-    count[0] += 1
+    # dask pickles this function by value (cloudpickle, __main__), so each run on a worker
+    # gets its own copy of ``count``: count the log's lines instead
     with open(log, "a") as f:
         f.write(f"{role} {Path(path).name}\n")
+    with open(log) as f:
+        count[0] = sum(line.startswith(role + " ") for line in f)
     if role == "first" and count[0] == 1:        # hold the first run until the second sweep saw it held
         wait_for(out + ".second-saw-held")
     if role == "interrupted" and count[0] == 2:  # hold the second run until the test sent Ctrl-C
         Path(out + ".in-run-2").touch()
         wait_for(out + ".sigint-sent")
+    if role == "dask-interrupted" and count[0] == 2:  # hold it until the sweep has seen Ctrl-C
+        Path(out + ".in-run-2").touch()     # and asked the workers which runs are executing:
+        wait_for(out + ".executing-asked")  # the held run is one of them, the queued ones not
     return run_to_file(run, path)
 sw._run_to_file = logged
+
+executing_keys = sw._executing_keys
+def asked(client):
+    keys = executing_keys(client)
+    Path(out + ".executing-asked").touch()
+    return keys
+sw._executing_keys = asked
 
 held_by_other = sw._Progress.held_by_other
 def saw_held(self, path, info):
@@ -129,6 +142,17 @@ cfg = json.loads(Path(config).read_text())
 toml = Path(config).with_suffix(".toml")
 if role == "interrupted":
     sys.exit(main(["sweep", str(toml), "--out", out, "--no-progress"]))
+if role == "dask-interrupted":  # one in-process worker thread, so the hooks above apply to its runs
+    import distributed
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **sw.NO_DASHBOARD) as lc,
+        distributed.Client(lc) as client,
+    ):
+        try:
+            sw.sweep(cfg, out, client=client, progress=False)
+        except sw.SweepInterrupted as exc:
+            print(exc, file=sys.stderr, flush=True)
+            sys.exit(130)
 sw.sweep(cfg, out, progress=False)
 print("done", flush=True)
 """
@@ -195,55 +219,31 @@ def test_folder_whose_cube_a_disjoint_grid_would_replace_is_refused(tmp_path, re
     xr.testing.assert_identical(_strip(sweep(TINY, out, progress=False)), _strip(ref))
 
 
-# State of the dask Ctrl-C test, at module level: dask pickles the task function, and a
-# module-level function pickles by reference (its worker runs in this process).
-_HOLD: dict = {}
-
-
-def _held_run_to_file(run, path):
-    """``_run_to_file`` that holds the second run until the test has sent SIGINT."""
-
-    _HOLD["calls"].append(path)
-    if len(_HOLD["calls"]) == 2:
-        _HOLD["started"].set()
-        assert _HOLD["sent"].wait(120), "the test never sent SIGINT"
-    return _HOLD["run_to_file"](run, path)
-
-
-def test_ctrl_c_on_dask_stops_after_the_runs_in_progress(tmp_path, reference, monkeypatch):
+def test_ctrl_c_on_dask_stops_after_the_runs_in_progress(tmp_path, reference, jax_cache):
     """Ctrl-C during a dask sweep: the run in progress finishes, the queued ones are
     cancelled, SweepInterrupted says how to resume, and the resumed sweep equals the
-    uninterrupted one. One in-process worker thread, so the test holds the second run until
-    the signal was sent (no timing guesses)."""
-    import threading
-
-    import distributed
-
-    import ntkbench.sweep as sw
-
+    uninterrupted one. The sweep runs in a subprocess (one in-process worker thread there),
+    and SIGINT goes to that process only, never to this test's own (a pytest worker that
+    took a SIGINT crashed while it formatted a failure report). The second run is held
+    until the sweep has seen the signal and asked which runs are executing, so the count of
+    finished runs does not depend on timing."""
     runs, ref = reference
     out = tmp_path / "out"
-    _HOLD.update(calls=[], started=threading.Event(), sent=threading.Event(), run_to_file=sw._run_to_file)
-
-    def interrupt():
-        if _HOLD["started"].wait(120):
-            os.kill(os.getpid(), signal.SIGINT)
-            _HOLD["sent"].set()
-
-    monkeypatch.setattr(sw, "_run_to_file", _held_run_to_file)
-    with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **NO_DASHBOARD) as lc,
-        distributed.Client(lc) as client,
-    ):
-        thread = threading.Thread(target=interrupt, daemon=True)
-        thread.start()
-        with pytest.raises(sw.SweepInterrupted, match="sweep interrupted: 2 of 6 runs finished .* to resume"):
-            sweep(TINY, out, client=client, progress=False)
-        thread.join(10)
-    assert len(_HOLD["calls"]) == 2  # the queued runs never started
+    proc = _driver(tmp_path, out, "dask-interrupted", _env(jax_cache))
+    try:
+        assert _wait(lambda: Path(f"{out}.in-run-2").exists(), "the second run", proc), proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "stopping after the current run" in err and "waiting for the 1 run(s) in progress" in err, err
+    assert "sweep interrupted: 2 of 6 runs finished" in err and "to resume" in err, err
+    log = (tmp_path / "runs.log").read_text().split("\n")[:-1]
+    assert len(log) == 2, log  # the queued runs never started
     assert len(list(out.glob("run-*.nc"))) == 2 and not (out / "cube.nc").exists()
     assert not list(out.glob(".*.lock"))
-    monkeypatch.setattr(sw, "_run_to_file", _HOLD["run_to_file"])
     xr.testing.assert_identical(_strip(sweep(TINY, out, progress=False)), _strip(ref))
 
 

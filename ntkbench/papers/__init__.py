@@ -104,6 +104,10 @@ Example
 >>> from ntkbench.papers import REGISTRY, get
 >>> sorted(REGISTRY)
 ['collective', 'data', 'reach', 'scaling']
+
+Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
+config).
+
 >>> cubes = get("collective").run("runs/collective", quick=True)  # doctest: +SKIP
 """
 

@@ -23,6 +23,7 @@ A paper is configs → sweep → cubes → figure data → figures → summary �
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import html
@@ -110,7 +111,8 @@ def run_experiments(
     and return ``{experiment: cube}``.
 
     Experiment ``name`` runs in ``out/<folder(name)>`` (experiments that share a folder
-    share their grid points: each runs once) and its cube is saved as ``out/<name>.nc``,
+    share their grid points: each runs once; each combines its own ``cube-<name>.nc``
+    there) and its cube is saved as ``out/<name>.nc``,
     with the attribute ``experiment``. Every experiment must record ``eigenvalues`` (the
     probe set's spectrum; ``ValueError`` before anything runs otherwise). ``rename``
     renames dims in every cube (e.g.
@@ -128,10 +130,20 @@ def run_experiments(
             )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    sharing = collections.Counter(folder(name) for name in configs)
     cubes: dict[str, Any] = {}
     for name, cfg in configs.items():
+        # A shared folder holds one combined cube per experiment: one cube.nc would hold the
+        # last experiment's grid, and the next rerun of the first would refuse it.
+        combined = f"cube-{name}.nc" if sharing[folder(name)] > 1 else "cube.nc"
         ds = sweep(
-            dict(cfg), out / folder(name), workers=workers, scheduler=scheduler, client=client, progress=progress
+            dict(cfg),
+            out / folder(name),
+            workers=workers,
+            scheduler=scheduler,
+            client=client,
+            progress=progress,
+            combined=combined,
         )
         for old, new in (rename or {}).items():
             if old in ds.dims:
@@ -395,6 +407,8 @@ class Workbench(_Controls):
     Attributes: ``live`` (name -> LiveFigure), ``figures`` / ``models`` / ``views`` (name
     -> Bokeh layout / BokehModel / ipywidgets Box), ``exporter`` (the export control;
     ``export_box`` is its widget), ``status`` (an error of the last redraw, if any).
+
+    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
 
     >>> wb = Workbench(cubes, FIGURES, controls(cubes), name="collective")  # doctest: +SKIP
     >>> wb.view("F-b1")                                                   # doctest: +SKIP

@@ -28,6 +28,9 @@ data and builders, :data:`FIGURES`, :func:`controls`, :func:`summarize`).
 
 Example
 -------
+Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
+config).
+
 >>> from ntkbench.papers import collective
 >>> cubes = collective.run_cubes("runs/collective", "quick")      # doctest: +SKIP
 >>> fig = collective.fig_b1(cubes["mlp"])                          # doctest: +SKIP
@@ -520,6 +523,10 @@ def fig_b1(ds: Any, *, panel_size: tuple[int, int] = (330, 250), **settings: Any
     line at that step. Defaults: the narrowest width and the smallest depth, ReLU (so each
     row contains the narrow shallow ReLU net).
 
+    Not run as a doctest: ``cubes`` stands for
+    ``open_cubes("data/collective_quick.nc")``; the paper's tests draw every figure at
+    many settings.
+
     >>> fig = fig_b1(cubes["mlp"], seed="all", entropy="S/lnN")  # doctest: +SKIP
     """
     return build_b1(fig_b1_data(ds, **settings), panel_size)
@@ -632,6 +639,10 @@ def fig_b2(ds: Any, *, panel_size: tuple[int, int] = (380, 260), **settings: Any
     :func:`fig_b1` (``settings`` as in :func:`fig_b2_data`). The loss axis is logarithmic
     and inverted, so training runs left to right; circles mark step 0, squares the last
     step, a filled dot the chosen ``step``.
+
+    Not run as a doctest: ``cubes`` stands for
+    ``open_cubes("data/collective_quick.nc")``; the paper's tests draw every figure at
+    many settings.
 
     >>> fig = fig_b2(cubes["mlp"], step=100)  # doctest: +SKIP
     """
@@ -787,6 +798,10 @@ def fig_b3(
     ``step`` shows S move; ``"dS"`` uses a diverging palette centred at 0 (blue =
     compression, red = structure formation). Seeds are averaged.
 
+    Not run as a doctest: ``cubes`` stands for
+    ``open_cubes("data/collective_quick.nc")``; the paper's tests draw every figure at
+    many settings.
+
     >>> fig = fig_b3(cubes["scale"], "dS", step=30)  # doctest: +SKIP
     """
     return build_b3(fig_b3_data(ds, quantities, step=step, entropy=entropy, trace=trace), cell)
@@ -875,6 +890,10 @@ def fig_b4(cubes: Mapping[str, Any], *, panel_size: tuple[int, int] = (330, 250)
     ``digits``: loss, entropy and trace against step + 1, one colour per depth, train dark,
     test light. ``cubes`` holds ``"transformer"`` and/or ``"cnn"``; ``settings`` as in
     :func:`fig_b4_data` (its header says which architectures fell back to the mean).
+
+    Not run as a doctest: ``cubes`` stands for
+    ``open_cubes("data/collective_quick.nc")``; the paper's tests draw every figure at
+    many settings.
 
     >>> fig = fig_b4(cubes)  # doctest: +SKIP
     """
@@ -1129,6 +1148,8 @@ class Workbench(_base.Workbench):
     colour mapper) rebuilds F-b3. ``wb.export(figure, format)`` writes
     ``figures_dir/collective-<figure>.<format>`` as shown.
 
+    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
+
     >>> wb = Workbench(open_cubes("../data/collective_quick.nc"))  # doctest: +SKIP
     >>> wb.view("F-b1")                                              # doctest: +SKIP
     """
@@ -1175,6 +1196,9 @@ class RerunPanel(_base.RerunPanel):
     """Rerun the quick MLP experiment with chosen settings (:func:`rerun_config`), with a
     progress bar; show F-b1 of the result when done. One run at a time: a click while a run
     is in progress is refused (see :class:`ntkbench.papers._base.RerunPanel`).
+
+    Not run as a doctest: a notebook panel that trains; the paper's tests run it on a
+    small config.
 
     >>> panel = RerunPanel(out="runs/collective-rerun")  # doctest: +SKIP
     >>> panel.run()                                       # doctest: +SKIP

@@ -22,6 +22,9 @@ MNIST files are in ``docs/papers/data.md``. Built on :mod:`ntkbench.papers._base
 
 Example
 -------
+Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
+config).
+
 >>> from ntkbench.papers import data
 >>> cubes = data.run("runs/data", quick=True)                   # doctest: +SKIP
 >>> data.summarize(cubes)["selection"]["mnist1d"]["10"]["rnd"]   # doctest: +SKIP
@@ -807,6 +810,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 class Workbench(_base.Workbench):
     """Notebook controls for the five figures, on cubes from :func:`open_cubes` (see
     :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
+
+    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
 
     >>> wb = Workbench(open_cubes("../data/data_quick.nc"))  # doctest: +SKIP
     >>> wb.view("F-a2")                                        # doctest: +SKIP

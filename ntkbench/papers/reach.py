@@ -28,6 +28,9 @@ What reproduced at toy scale and what departed is in ``docs/papers/reach.md``. B
 
 Example
 -------
+Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
+config).
+
 >>> from ntkbench.papers import reach
 >>> cubes = reach.run("runs/reach", quick=True)              # doctest: +SKIP
 >>> reach.summarize(cubes)["scaling"]["stories"]["frontier"]  # doctest: +SKIP
@@ -1014,6 +1017,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 class Workbench(_base.Workbench):
     """Notebook controls for the four figures, on cubes from :func:`open_cubes` (see
     :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
+
+    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
 
     >>> wb = Workbench(open_cubes("../data/reach_quick.nc"))  # doctest: +SKIP
     >>> wb.view("F-d1")                                         # doctest: +SKIP

@@ -23,6 +23,9 @@ What reproduced at this scale and what did not is in ``docs/papers/scaling.md``.
 
 Example
 -------
+Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
+config).
+
 >>> from ntkbench.papers import scaling
 >>> cubes = scaling.run("runs/scaling", quick=True)                  # doctest: +SKIP
 >>> scaling.summarize(cubes)["width"]["width_ntk"]["slope"]          # doctest: +SKIP
@@ -921,6 +924,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 class Workbench(_base.Workbench):
     """Notebook controls for the four figures, on cubes from :func:`open_cubes` (see
     :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
+
+    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
 
     >>> wb = Workbench(open_cubes("../data/scaling_quick.nc"))  # doctest: +SKIP
     >>> wb.view("F-c3")                                           # doctest: +SKIP

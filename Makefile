@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: lab test lint format bench bench-env data clean check-python
+.PHONY: lab test test-lowest lint format bench bench-env data clean check-python
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
@@ -58,6 +58,25 @@ test: $(VENV)/.stamp-test lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
+# The engine's tests at the LOWEST versions pyproject.toml allows (uv's lowest-direct
+# resolution, wheels only) in a fresh .venv-lowest, without the notebook extras: the lower
+# bounds are tested, not guessed. DeprecationWarnings are not errors here: the oldest
+# releases warn about what the newest ones removed (the main run keeps them errors).
+# .ci/run runs it after `make test`; run it when you change a lower bound. ~6 min on 2 cores.
+LOWEST := .venv-lowest
+CORE_TESTS := tests/test_kernel.py tests/test_measures.py tests/test_linalg.py tests/test_lnp.py \
+  tests/test_models.py tests/test_data.py tests/test_train.py tests/test_cube.py tests/test_sweep.py
+test-lowest: $(VENV)/.stamp-test
+	rm -rf $(LOWEST)
+	$(VENV)/bin/uv venv -q -p "$$($(PYTHON) -c 'import sys; print(sys.executable)')" $(LOWEST)
+	$(VENV)/bin/uv pip install -q -p $(LOWEST)/bin/python --resolution lowest-direct --only-binary :all: \
+	  -r pyproject.toml "pytest>=8.3" "pytest-timeout>=2.3" "pytest-xdist>=3.6" "hypothesis>=6.100"
+	$(VENV)/bin/uv pip install -q -p $(LOWEST)/bin/python --no-deps .
+	@$(VENV)/bin/uv pip list -p $(LOWEST)/bin/python | grep -iE '^(jax|jaxlib|equinox|optax|numpy|scipy|xarray|zarr|netcdf4|dask) '
+	cd $(LOWEST) && OMP_NUM_THREADS=1 bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -p no:cacheprovider \
+	  --rootdir .. -c ../pyproject.toml -W ignore::DeprecationWarning $(addprefix ../,$(CORE_TESTS)); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
 # Benchmarks print ratios measured in one run (not part of `make test`).
 bench: $(VENV)/.stamp-test bench-env
 	$(PY) benchmarks/entk_methods.py
@@ -88,4 +107,4 @@ data: $(VENV)/.stamp-test
 	cp runs/reach-quick/reach.nc data/reach_quick.nc
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) $(LOWEST) .pytest_cache test-artifacts

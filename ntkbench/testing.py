@@ -202,13 +202,13 @@ def assert_cubes_close(
         raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol!r}, atol={atol!r}")
     assert dict(actual.sizes) == dict(desired.sizes), f"sizes differ: {dict(actual.sizes)} vs {dict(desired.sizes)}"
     assert set(actual.coords) == set(desired.coords), (
-        f"coords differ: {sorted(actual.coords)} vs {sorted(desired.coords)}"
+        f"coords differ: {sorted(map(str, actual.coords))} vs {sorted(map(str, desired.coords))}"
     )
     for name in desired.coords:
         xr.testing.assert_equal(actual[name].variable, desired[name].variable)
     assert set(actual.data_vars) == set(desired.data_vars), (
-        f"variables differ: only in actual {sorted(set(actual.data_vars) - set(desired.data_vars))}, "
-        f"only in desired {sorted(set(desired.data_vars) - set(actual.data_vars))}"
+        f"variables differ: only in actual {sorted(map(str, set(actual.data_vars) - set(desired.data_vars)))}, "
+        f"only in desired {sorted(map(str, set(desired.data_vars) - set(actual.data_vars)))}"
     )
     if attrs:
         provenance = ("created", "jax_version", "ntkbench_version")

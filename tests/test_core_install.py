@@ -25,6 +25,8 @@ import importlib.util, json, sys
 ui = json.loads(sys.argv[1])
 present = [m for m in ui if importlib.util.find_spec(m) is not None]
 assert not present, f"UI packages installed without the notebooks extra: {present}"
+import importlib.resources
+assert importlib.resources.files("ntkbench").joinpath("py.typed").is_file(), "py.typed not installed (PEP 561)"
 
 import jax, jax.numpy as jnp, equinox as eqx, optax
 import ntkbench as nb

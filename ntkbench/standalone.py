@@ -457,9 +457,8 @@ def explorer_layout(ds_or_explorer: Any, *, measure: str | None = None) -> Any:
         row(labelled("spectrum", spectrum_scale), labelled("step axis", step_scale)),
         labelled("measure axis", measure_scale),
     )
-    fl = list(figs.values())
-    rows = [row(*fl[i : i + 2]) for i in range(0, len(fl), 2)]
-    return column(head, controls, *rows, name="explorer")
+    # the plots flow into rows that fit the browser window (plots.fit_width)
+    return plots.fit_width(column(head, controls, row(*figs.values()), name="explorer"))
 
 
 def _escape(text: str) -> str:
@@ -621,7 +620,7 @@ def paper_layout(spec: Any, cubes: Mapping[str, Any], settings: Mapping[str, Any
             break
         chosen = chosen[:-1]
     if not chosen:
-        return fig
+        return plots.fit_width(fig)  # the panels flow into rows that fit the browser window
 
     widgets, boxes = [], []
     for ctl, values, labels in chosen:
@@ -660,7 +659,9 @@ def paper_layout(spec: Any, cubes: Mapping[str, Any], settings: Mapping[str, Any
     )
     for w, (ctl, _, _) in zip(widgets, chosen, strict=True):
         w.js_on_change("active" if ctl.kind in ("toggle", "checkbox") else "value", cb)
-    return column(*boxes, fig, name=f"{getattr(fig, 'name', None) or spec.name}-interactive")
+    # the panels flow into rows that fit the browser window (plots.fit_width)
+    layout = column(*boxes, fig, name=f"{getattr(fig, 'name', None) or spec.name}-interactive")
+    return plots.fit_width(layout)
 
 
 def paper_html(

@@ -64,6 +64,17 @@ def join_run(owner: Any, timeout: float | None = None) -> Any:
     return owner.result
 
 
+def flow(children: Sequence[Any], *, gap: str = "4px 12px") -> Any:
+    """An ipywidgets row that wraps: its children sit side by side while they fit the
+    notebook's output area and continue on the next line when they do not (CSS flex-wrap),
+    so a narrow window (a laptop, the file browser open) never clips a plot or a control.
+    Use it where ``HBox`` would overflow."""
+    import ipywidgets as w
+
+    layout = w.Layout(display="flex", flex_flow="row wrap", align_items="flex-start", width="100%", grid_gap=gap)
+    return w.Box(list(children), layout=layout)
+
+
 class Shown:
     """Shown in a notebook as its ``widget`` attribute (the cell's value displays it)."""
 
@@ -214,19 +225,29 @@ class Explorer(Shown):
         self.measure_scale.observe(self._on_measure_scale, "value")
         self.seed.observe(lambda _: self._redraw(*self.figures), "value")
 
-        # --- layout
+        # --- layout: a control only for what the cube has (no width selector for a cube
+        # without widths, no seed selector without seeds, ...); rows wrap in a narrow window
+        has = {
+            "widths": has_width,
+            "seed": bool(seeds),
+            "eigen_range": "eigenvalues" in ds,
+            "spectrum_scale": "eigenvalues" in ds,
+            "measure": bool(ms),
+            "step_scale": "measure" in self.figures,
+            "measure_scale": "measure" in self.figures,
+        }
+        shown = lambda *names: [getattr(self, n) for n in names if has.get(n, True)]  # noqa: E731
         controls = w.VBox(
             [
-                w.HBox([self.play, self.step]),
-                self.eigen_range,
-                w.HBox([self.measure, self.seed]),
-                w.HBox([self.spectrum_scale, self.step_scale, self.measure_scale]),
-            ]
+                flow([self.play, self.step]),
+                *shown("eigen_range"),
+                flow(shown("measure", "seed")),
+                flow(shown("spectrum_scale", "step_scale", "measure_scale")),
+            ],
+            layout=w.Layout(flex="1 1 420px", min_width="0"),
         )
-        top = w.HBox([self.widths, controls])
-        figs = list(self.models.values())
-        rows = [w.HBox(figs[i : i + 2]) for i in range(0, len(figs), 2)]
-        self.widget = w.VBox([top, *rows, self.exporter.widget])
+        top = flow([*shown("widths"), controls])
+        self.widget = w.VBox([top, flow(list(self.models.values())), self.exporter.widget])
 
     # ------------------------------------------------------------------ selections
 
@@ -289,6 +310,7 @@ class Explorer(Shown):
                 long_name = self.ds[self.measure.value].attrs.get("long_name", self.measure.value)
                 fig.title.text = f"{long_name} at step {int(self.step.value)}"
             plots.update(fig, data)
+            plots.place_legend(fig, redraw=True)  # the legend follows the data to a free corner
 
     def _on_widths(self, _: Any) -> None:
         self._redraw(*self.figures)
@@ -417,7 +439,7 @@ class RunPanel(Shown):
         )
         self.button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
-        self.widget = w.VBox([w.HBox([self.button, self.stop_button, self.progress]), self.status, self.output])
+        self.widget = w.VBox([flow([self.button, self.stop_button, self.progress]), self.status, self.output])
 
     def _run_files(self) -> list[Path]:
         if self._runner is not None:
@@ -709,7 +731,7 @@ class LiveFigure:
         """Build a new figure (and model) from ``data``; close the model it replaces."""
         from jupyter_bokeh import BokehModel
 
-        fig = self.build(data)
+        fig = plots.fit_width(self.build(data))  # fits a narrow window; exports are built apart
         old = self.model
         self.figure, self.data, self._key = fig, data, plots.layout_key(data)
         self._index = plots.figure_index(fig)
@@ -783,7 +805,7 @@ class ExportControl:
         self.status = w.HTML(value="")
         self.button.on_click(self._on_click)
         row = [self.figure, self.format] + ([self.name] if show_name else []) + [self.button]
-        self.widget = w.VBox([w.HBox(row), self.status])
+        self.widget = w.VBox([flow(row), self.status])
 
     def figures(self) -> Mapping[str, Any]:
         """The exportable figures now."""

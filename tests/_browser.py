@@ -187,3 +187,56 @@ def pixel_diff(a: bytes, b: bytes) -> float:
         x = np.asarray(ia.convert("RGB"), dtype=np.int16)
         y = np.asarray(ib.convert("RGB"), dtype=np.int16)
     return float((np.abs(x - y).sum(-1) > 30).mean())
+
+
+# What a person sees: every Bokeh canvas and every widget control inside its output area's
+# visible box, every output area inside the notebook, and no horizontal scrolling. Walks
+# shadow roots (Bokeh draws inside them). Returns one line per problem.
+LAYOUT_CHECK_JS = r"""
+(scope) => {
+  const deep = (root, sel, out = []) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.matches(sel)) out.push(el);
+      if (el.shadowRoot) deep(el.shadowRoot, sel, out);
+    }
+    return out;
+  };
+  const problems = [];
+  const fmt = (r) => `[${Math.round(r.left)}, ${Math.round(r.right)}]`;
+  const label = (el) => {
+    const t = (el.innerText || el.getAttribute('title') || '').trim().split('\n')[0].slice(0, 40);
+    return `${el.className.toString().split(' ').slice(0, 2).join('.')}${t ? ` "${t}"` : ''}`;
+  };
+  const root = document.querySelector(scope) || document.body;
+  const viewport = root.getBoundingClientRect();
+  for (const sc of [root, ...deep(root, '.jp-WindowedPanel-outer, .jp-Notebook')]) {
+    if (sc.scrollWidth > sc.clientWidth + 1 && getComputedStyle(sc).overflowX !== 'visible')
+      problems.push(`horizontal scrolling in ${label(sc)}: content ${sc.scrollWidth} px > ${sc.clientWidth} px`);
+  }
+  const page = document.documentElement;
+  if (page.scrollWidth > window.innerWidth + 1)
+    problems.push(`the page scrolls horizontally: ${page.scrollWidth} px > ${window.innerWidth} px`);
+  const areas = deep(root, '.jp-OutputArea-output');
+  const boxes = areas.length ? areas : [root];
+  for (const area of boxes) {
+    const box = area.getBoundingClientRect();
+    if (box.width === 0) continue;
+    if (area !== root && (box.left < viewport.left - 1 || box.right > viewport.right + 1))
+      problems.push(`output area ${fmt(box)} outside the page ${fmt(viewport)}`);
+    const sel = '.bk-Canvas, .widget-slider, .widget-dropdown, .widget-select-multiple, .widget-toggle-buttons, '
+      + '.widget-button, .widget-text, .widget-play, .widget-html, .widget-label, .bk-legend';
+    for (const el of deep(area, sel)) {
+      const r = el.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0) continue;
+      if (r.left < box.left - 1 || r.right > box.right + 1)
+        problems.push(`${label(el)} at ${fmt(r)} outside its output area ${fmt(box)}`);
+    }
+  }
+  return problems;
+}
+"""
+
+
+def layout_problems(page: Any, scope: str = ".jp-NotebookPanel") -> list[str]:
+    """The layout problems of the page (see ``LAYOUT_CHECK_JS``) within ``scope``."""
+    return page.evaluate(LAYOUT_CHECK_JS, scope)

@@ -9,6 +9,10 @@ digests were retaken after F-b3's panel titles started naming the entropy / trac
 they show ("initial entropy S(0) / ln N" where they read "initial entropy S(0)" over
 S / ln N values); only those titles differ from the pre-framework figures.
 
+A second deliberate change (issue 25): the F-b2 panels put their legend beside the plot
+sized to its labels (``plots.legend_beside``) instead of a fixed 150 px, so those panels
+are 518 or 532 px wide instead of 530; nothing else differs (checked field by field).
+
 The file held SHA-256 digests of each canonical figure state until December 2026. A digest
 cannot be compared with a tolerance, and the states are numbers NumPy computes: another
 CPU's SIMD kernels (AVX-512 vs AVX2, SVML's exp/log) may move a float32 value by an ulp,

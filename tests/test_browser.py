@@ -203,10 +203,68 @@ def test_notebook_in_browser(lab, browser, notebook):
         assert stderr.count() == 0, f"{name}: the slider produced error output"
         bokeh_errors = [e for e in console_errors if "bokeh" in e.lower()]
         assert not bokeh_errors, f"{name}: BokehJS errors in the console: {bokeh_errors[:5]}"
+        problems = _layout_at_window_sizes(page, name)
+        assert not problems, f"{name}: clipped or overflowing at common window sizes:\n" + "\n".join(problems)
     finally:
         page.screenshot(path=str(ARTIFACTS / f"{name}-final.png"), full_page=True)
         context.close()
         _browser.shutdown_sessions(url, token, path)  # its kernel stops; the next notebook gets the CPUs
+
+
+# Common laptop and desktop windows; the file browser (left sidebar) open and closed.
+WINDOW_SIZES = [(1280, 800), (1440, 900), (1920, 1080)]
+
+
+def _left_sidebar_open(page) -> bool:
+    return bool(
+        page.evaluate("() => { const s = document.querySelector('#jp-left-stack'); return !!s && s.offsetWidth > 0; }")
+    )
+
+
+def _set_left_sidebar(page, want_open: bool) -> None:
+    """Open or close JupyterLab's left sidebar (the file browser) by clicking its tab, and
+    wait until it has (re)laid out."""
+    if _left_sidebar_open(page) == want_open:
+        return
+    page.locator('.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="filebrowser"]').first.click()
+    _browser.wait_for(lambda: _left_sidebar_open(page), lambda v: v == want_open, 10, f"left sidebar open={want_open}")
+
+
+def _layout_settled(page) -> None:
+    """Two animation frames with the same notebook width: the resize has been laid out."""
+    probe = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(document.querySelector('.jp-NotebookPanel').getBoundingClientRect().width))))"
+    _browser.wait_for(
+        lambda: (page.evaluate(probe), page.evaluate(probe)), lambda ab: ab[0] == ab[1], 10, "the layout to settle"
+    )
+
+
+def _layout_at_window_sizes(page, name: str) -> list[str]:
+    """Resize the window to each of WINDOW_SIZES with the sidebar open and closed; return
+    every layout problem (``_browser.layout_problems``) and keep a full-page screenshot of
+    each as a test artifact."""
+    problems = []
+    for width, height in WINDOW_SIZES:
+        for sidebar in (True, False):
+            page.set_viewport_size({"width": width, "height": height})
+            _set_left_sidebar(page, sidebar)
+            _layout_settled(page)
+            where = f"{width}x{height}, sidebar {'open' if sidebar else 'closed'}"
+            problems += [f"{where}: {p}" for p in _browser.layout_problems(page)]
+            tag = f"{width}x{height}-{'sidebar' if sidebar else 'nosidebar'}"
+            page.screenshot(path=str(ARTIFACTS / f"{name}-layout-{tag}.png"), full_page=True)
+    # the whole notebook at the smallest window with the sidebar open, a screen at a time
+    page.set_viewport_size({"width": WINDOW_SIZES[0][0], "height": WINDOW_SIZES[0][1]})
+    _set_left_sidebar(page, True)
+    _layout_settled(page)
+    scroller = ".jp-NotebookPanel .jp-WindowedPanel-outer"
+    total, screen = page.evaluate(
+        f"() => {{ const s = document.querySelector('{scroller}'); return [s.scrollHeight, s.clientHeight]; }}"
+    )
+    for i, top in enumerate(range(0, max(total, 1), max(screen - 40, 100))):
+        page.evaluate(f"() => {{ document.querySelector('{scroller}').scrollTop = {top}; }}")
+        _layout_settled(page)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-screen{i:02d}.png"))
+    return problems
 
 
 # A live run held at chosen recordings: the notebook wraps the sweep's progress writer so

@@ -316,3 +316,58 @@ def test_diverged_runs_are_left_out_and_drawn_apart(ds):
     assert sc["fit"]["label"][0].endswith("; 1 diverged run left out)")
     sp = plots.spectrum_data(bad, step=0)
     np.testing.assert_allclose(sp["lines"]["ys"][i], ds.eigenvalues.values[i][keep][:, 0].mean(0), rtol=1e-6)
+
+
+def _legend_fig(xs, ys, labels=("a", "b")):
+    from bokeh.models import ColumnDataSource
+
+    fig = plots.new_figure("t", "x", "y", False, False, width=500, height=350)
+    src = ColumnDataSource({"xs": xs, "ys": ys, "label": list(labels)}, name="lines")
+    fig.multi_line("xs", "ys", source=src, legend_field="label")
+    plots.legend_style(fig, "top_right")
+    return fig, src
+
+
+def test_legend_goes_where_the_data_are_not():
+    # a rising diagonal: bottom left and top right hold data, the other two corners are free
+    fig, src = _legend_fig([[0, 1], [0, 1]], [[0, 1], [0.05, 1.05]])
+    assert plots.place_legend(fig) == "top_left" and fig.legend[0] in fig.center
+    # new data (a falling diagonal) on a redraw: the legend follows to a free corner
+    src.data = {"xs": [[0, 1], [0, 1]], "ys": [[1, 0], [1.05, 0.05]], "label": ["a", "b"]}
+    assert plots.place_legend(fig, redraw=True) == "top_right"
+    # apply() moves it too (the legend is tagged)
+    assert plots.AUTO_LEGEND in fig.legend[0].tags
+
+
+def test_legend_beside_the_plot_when_every_corner_has_data():
+    box = [[0, 1, 1, 0, 0], [0.5, 0.5]]  # the frame's edges: every corner holds data
+    fig, _ = _legend_fig(box, [[0, 0, 1, 1, 0], [0, 1]], labels=("a long label for the first line", "b"))
+    width = fig.width
+    assert plots.place_legend(fig) is None
+    assert fig.legend[0] in fig.right and fig.legend[0] not in fig.center
+    # grown by at least the label's width at 10 pt (about 5 px per character), so it is not cut
+    assert fig.width - width >= 5 * len("a long label for the first line")
+    assert plots.place_legend(fig, redraw=True) is None and fig.width > width  # stays beside, same size
+
+
+def test_legend_below_grows_the_figure_by_its_rows():
+    fig, _ = _legend_fig([[0, 1]] * 3, [[0, 1]] * 3, labels=("a", "b", "c"))
+    height = fig.height
+    plots.legend_beside(fig, "below")
+    assert fig.legend[0] in fig.below and fig.height - height >= 3 * 12
+    with pytest.raises(ValueError, match="side"):
+        plots.legend_beside(fig, "left")
+
+
+def test_fit_width_flows_panels_and_keeps_names():
+    from bokeh.layouts import column, gridplot
+    from bokeh.models import Div, Row
+
+    figs = [plots.new_figure(f"p{i}", "x", "y", False, False, width=400, height=300, name=f"p{i}") for i in range(3)]
+    layout = column(Div(text="head", width=1200, name="header"), gridplot([figs], toolbar_location="right"))
+    assert plots.natural_width(layout) == 3 * 400 + 30  # the widest row, the grid toolbar included
+    shown = plots.fit_width(layout)
+    rows = list(shown.select({"type": Row}))
+    assert len(rows) == 1 and rows[0].styles["flex-wrap"] == "wrap" and list(rows[0].children) == figs
+    assert shown.select_one({"name": "header"}).sizing_mode == "stretch_width"
+    assert set(plots.figure_index(shown)["plots"]) == {"p0", "p1", "p2"}

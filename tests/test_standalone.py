@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import _browser
 from ntkbench import standalone
 from ntkbench.testing import synthetic_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _browser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = os.environ.get("NTKBENCH_SKIP_BROWSER") == "1"
@@ -244,6 +244,42 @@ def test_paper_figure_controls_work_in_a_plain_browser(browser, tmp_path):
         _same(dict(cols), page.evaluate(_READ, name), name)
     assert errors == []
     page.close()
+
+
+@browser_only
+def test_standalone_pages_fit_a_laptop_window(browser, tmp_path):
+    """The standalone HTML of the explorer and of each paper's widest figure at 1280 x 800:
+    every canvas inside the window, no horizontal scrolling (the panels flow into rows).
+    Screenshots: test-artifacts/standalone-*.png."""
+    from ntkbench.papers import get
+
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    pages = {"explorer": standalone.explorer_html(collective_mlp(), tmp_path / "explorer.html")}
+    for key, figure in (("collective", "F-b1"), ("data", "F-a1"), ("scaling", "F-c1"), ("reach", "F-d1")):
+        paper = get(key)
+        cubes = paper.open_cubes(ROOT / "data" / f"{key}_quick.nc")
+        controls = paper.controls(cubes)
+        settings = {**{c.name: c.value for c in controls}, **paper.defaults(cubes)}
+        spec = next(s for s in paper.FIGURES if s.name == figure)
+        layout = standalone.paper_layout(spec, cubes, settings, controls=())  # the figure, no embedded combinations
+        pages[f"{key}-{figure}"] = standalone.write_html(layout, tmp_path / f"{key}.html")
+    problems = []
+    for name, path in pages.items():
+        page, errors = _open(browser, path)
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.wait_for_function("() => Bokeh.documents[0].is_idle", timeout=TIMEOUT_MS)
+        problems += [f"{name}: {p}" for p in _browser.layout_problems(page, "body")]
+        page.screenshot(path=str(artifacts / f"standalone-{name}.png"), full_page=True)
+        assert errors == [], (name, errors)
+        page.close()
+    assert not problems, "\n".join(problems)
+
+
+def collective_mlp():
+    from ntkbench.papers import collective
+
+    return collective.open_cubes(ROOT / "data" / "collective_quick.nc")["mlp"]
 
 
 def test_export_control_code_and_cli_offer_interactive_html(ds, tmp_path):

@@ -142,11 +142,28 @@ def test_log_linear_toggles(ex, ds):
     assert type(spec.y_scale).__name__ == "LogScale"
 
 
+def _descendants(widget) -> list:
+    """Every ipywidget in a layout (its children, recursively)."""
+    out = [widget]
+    for child in getattr(widget, "children", ()):
+        out += _descendants(child)
+    return out
+
+
+def test_every_control_of_a_full_cube_is_shown(ex):
+    shown = _descendants(ex.widget)
+    for name in ("widths", "step", "play", "eigen_range", "measure", "seed", "spectrum_scale", "step_scale"):
+        assert getattr(ex, name) in shown, name
+
+
 def test_cube_without_seed_or_width():
     ds = synthetic_cube((32,), None, (0, 5, 50), 6).isel(width=0, drop=True)
     ex = Explorer(ds)
     assert set(ex.figures) == {"spectrum", "measure"}
     assert ex.seed.disabled and ex.widths.disabled
+    shown = _descendants(ex.widget)  # a dimension the cube lacks has no control on the page
+    assert ex.widths not in shown and ex.seed not in shown
+    assert ex.step in shown and ex.measure in shown and ex.eigen_range in shown
     ex.step.value = 50
     np.testing.assert_allclose(_data(ex, "spectrum", "lines")["ys"][0], ds.eigenvalues.sel(step=50).values)
     with pytest.raises(ValueError, match="measure"):

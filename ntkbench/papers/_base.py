@@ -389,9 +389,9 @@ class _Controls:
         return {name: ctl.value for name, ctl in self.controls.items()}
 
     def _rows(self, rows: Sequence[Sequence[str]]) -> Any:
-        import ipywidgets as w
+        from ntkbench.widgets import flow
 
-        return [w.HBox([self.controls[n] for n in row]) if len(row) > 1 else self.controls[row[0]] for row in rows]
+        return [flow([self.controls[n] for n in row]) if len(row) > 1 else self.controls[row[0]] for row in rows]
 
 
 class Workbench(_Controls):
@@ -448,8 +448,14 @@ class Workbench(_Controls):
             names = [n for n, s in self.specs.items() if cname in s.control_names]
             if names:
                 ctl.observe(lambda _, names=tuple(names): self.update(*names), "value")
+        # exports are built from the figure data shown, at their natural size (the figures
+        # shown scale with the notebook's width: LiveFigure)
         self.exporter = ExportControl(
-            lambda: self.figures, self.figures_dir, name=name, show_name=False, interactive=self.standalone
+            _FreshFigures(self.live),
+            self.figures_dir,
+            name=name,
+            show_name=False,
+            interactive=self.standalone,
         )
         self.export_figure, self.export_format = self.exporter.figure, self.exporter.format
         self.export_button, self.export_status = self.exporter.button, self.exporter.status
@@ -510,6 +516,24 @@ class Workbench(_Controls):
             live.close()
 
 
+class _FreshFigures(Mapping[str, Any]):
+    """``{name: a new Bokeh layout of what LiveFigure ``name`` shows}``, built on access
+    (an export at the figure's natural size; the one shown scales with the notebook)."""
+
+    def __init__(self, live: Mapping[str, Any]):
+        self._live = live
+
+    def __getitem__(self, name: str) -> Any:
+        live = self._live[name]
+        return live.build(live.data)
+
+    def __iter__(self):
+        return iter(self._live)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
 class RerunPanel(_Controls, Shown):
     """Rerun an experiment with chosen settings, one run at a time, with a progress bar.
 
@@ -554,7 +578,9 @@ class RerunPanel(_Controls, Shown):
         self._thread: threading.Thread | None = None
         self.button.on_click(lambda _: self.start())
         rows = self._rows(layout if layout is not None else [[n] for n in self.controls])
-        self.widget = w.VBox([*rows, w.HBox([self.button, self.status]), self.panel_box, self.output])
+        from ntkbench.widgets import flow
+
+        self.widget = w.VBox([*rows, flow([self.button, self.status]), self.panel_box, self.output])
 
     @property
     def running(self) -> bool:

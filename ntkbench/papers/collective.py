@@ -626,10 +626,7 @@ def build_b2(data: FigureData, panel_size: tuple[int, int] = (380, 260)) -> Any:
         fig.scatter("x", "y", source=mk, size=9, color="color", line_color="black")
         fig.x_range.flipped = True
         fig.add_tools(HoverTool(renderers=[r], tooltips=[("", "@label")]))
-        plots.panel_style(fig, legend=legend)
-        if legend:  # beside the plot: phase trajectories fill every corner
-            fig.add_layout(fig.legend[0], "right")
-            fig.width += 150
+        plots.panel_style(fig, legend=legend, beside="right")  # phase trajectories fill every corner
 
     return plots.panel_grid(data, draw, panel_size=panel_size, name="F-b2", si_y=plots.si_trace_axes(data))
 

@@ -394,9 +394,7 @@ def build_a1(data: FigureData, panel_size: tuple[int, int] = (400, 360)) -> Any:
                 formatters={"@x": "printf", "@y": "printf"},
             )
         )
-        plots.panel_style(fig, legend=True)
-        fig.add_layout(fig.legend[0], "right")  # beside the plot: the points fill every corner
-        fig.width += 240
+        plots.panel_style(fig, legend=True, beside="right")  # the points fill every corner
 
     return plots.panel_grid(data, draw, panel_size=panel_size, name="F-a1", si_y=None)
 

@@ -453,10 +453,9 @@ def build_d1(data: FigureData, panel_size: tuple[int, int] = (720, 330)) -> Any:
         if key == "d1-loss":
             src = ColumnDataSource(dict(data["sources"]["d1-loss-fits"]), name="d1-loss-fits")
             fig.multi_line("xs", "ys", source=src, line_color="color", line_dash="dashed", line_width=1.6)
-        plots.panel_style(fig, legend=True, location="bottom_left")
-        if fig.legend:  # beside the plot: the curves fill the corners
-            fig.add_layout(fig.legend[0], "right")
-            fig.width += 300
+        # below the plot: the curves fill the corners, and the fit labels are long (beside
+        # it they made the figure wider than a laptop's notebook)
+        plots.panel_style(fig, legend=True, beside="below")
 
     return plots.panel_grid(data, draw, panel_size=panel_size, name="F-d1")
 

@@ -1185,7 +1185,7 @@ def _show_b1(cube: Any) -> Any:
     from jupyter_bokeh import BokehModel
 
     if {"activation", "depth", "width"} <= set(cube.dims):
-        return BokehModel(fig_b1(cube, activation=str(cube["activation"].values[0])))
+        return BokehModel(plots.fit_width(fig_b1(cube, activation=str(cube["activation"].values[0]))))
     return w.HTML(f"no F-b1 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
 
 

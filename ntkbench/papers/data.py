@@ -845,7 +845,7 @@ def _show_a2(cube: Any) -> Any:
 
     name = "digits" if data_name(cube) == "digits" else "mnist1d"
     if {"selection", "budget"} <= set(cube.dims):
-        return BokehModel(build_lines(fig_a2_data({DATA_SETS[name]: cube}, data_set=name)))
+        return BokehModel(plots.fit_width(build_lines(fig_a2_data({DATA_SETS[name]: cube}, data_set=name))))
     return w.HTML(f"no F-a2 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
 
 

@@ -1047,7 +1047,7 @@ def _show_d1(cube: Any) -> Any:
     from jupyter_bokeh import BokehModel
 
     key = "pixels" if _config(cube).get("data", {}).get("name") == "digits_pixels" else "stories"
-    return BokehModel(build_d1(fig_d1_data({key: cube}, data_set=key)))
+    return BokehModel(plots.fit_width(build_d1(fig_d1_data({key: cube}, data_set=key))))
 
 
 class RerunPanel(_base.RerunPanel):

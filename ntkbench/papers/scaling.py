@@ -960,7 +960,7 @@ def _show_c3(cube: Any) -> Any:
 
     if {"width", "seed"} <= set(cube.dims):
         par = "width_mup" if _config(cube).get("model", {}).get("parametrization") == "mup" else "width_ntk"
-        return BokehModel(build_lines(fig_c3_data({par: cube}, parametrization=par)))
+        return BokehModel(plots.fit_width(build_lines(fig_c3_data({par: cube}, parametrization=par))))
     return w.HTML(f"no F-c3 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
 
 

@@ -143,6 +143,23 @@ def test_experiments_sharing_a_folder_rerun_on_their_own_output(tmp_path, trains
         assert cube.open(tmp_path / "runs-shared" / f"cube-{name}.nc").sizes == first[name].sizes
 
 
+def test_a_folder_of_another_paper_is_refused(toy_run, tmp_path):
+    """Two papers in one --out would share summary.json: the second is refused before it
+    runs anything, naming the first; the toy paper's own folder reruns."""
+    paper, out, _ = toy_run
+    assert json.loads((out / "summary.json").read_text())["paper"] == "toy"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "collective.nc").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"out: .* holds the reproduction of paper 'collective'"):
+        _base.reproduce(paper, other, "quick", formats=(), progress=False)
+    assert sorted(p.name for p in other.iterdir()) == ["collective.nc"]  # nothing ran
+    (other / "collective.nc").unlink()
+    (other / "summary.json").write_text(json.dumps({"paper": "reach"}))
+    with pytest.raises(ValueError, match="'reach'"):
+        _base.reproduce(paper, other, "quick", formats=(), progress=False)
+
+
 def test_workbench_redraws_in_place_and_matches_a_fresh_build(toy_run, tmp_path):
     from bokeh.models import Div, Span
 

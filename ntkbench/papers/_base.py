@@ -204,6 +204,7 @@ def reproduce(
 
     if config is None:
         config = "quick" if quick else "full"
+    _check_out_of_this_paper(Path(out), paper.KEY)
     t0 = time.perf_counter()
     cubes = paper.run_cubes(out, config, workers=workers, scheduler=scheduler, progress=progress)
     wall = time.perf_counter() - t0
@@ -214,6 +215,7 @@ def reproduce(
     figs = figures(paper.FIGURES, shown, settings)
     export_figures(figs, out / "figures", paper.KEY, formats)
     summary = paper.summarize(shown)
+    summary["paper"] = paper.KEY
     summary["config"] = config if isinstance(config, str) else "custom"
     summary["run_wall_seconds"] = round(wall, 1)
     text = paper.format_summary(summary)
@@ -224,6 +226,28 @@ def reproduce(
     _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _write_text(out / "summary.txt", text)
     return cubes
+
+
+def _check_out_of_this_paper(out: Path, key: str) -> None:
+    """Refuse an ``out`` that holds another paper's reproduction: the two would share
+    ``summary.json`` / ``summary.txt`` (the second run replaces the first's). Recognised by
+    another registered paper's ``<KEY>.nc``, or a summary naming another paper."""
+    from ntkbench.papers import REGISTRY
+
+    if not out.is_dir():
+        return
+    others = [k for k in REGISTRY if k != key and (out / f"{k}.nc").exists()]
+    try:
+        named = json.loads((out / "summary.json").read_text()).get("paper")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    if named not in (None, key) and named not in others:
+        others.append(str(named))
+    if others:
+        raise ValueError(
+            f"out: {str(out)!r} holds the reproduction of paper {others[0]!r} ({others[0]}.nc, summary.json); "
+            f"reproducing {key!r} there would replace its summary. Use another out folder for each paper"
+        )
 
 
 def diverged_runs(cubes: Cubes) -> dict[str, list[str]]:

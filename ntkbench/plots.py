@@ -373,8 +373,8 @@ def place_legend(fig: Any, labels: Sequence[str] | None = None, *, redraw: bool 
     ok &= (x > 0) if log_x else True
     ok &= (y > 0) if log_y else True
     x, y = x[ok], y[ok]
-    if x.size == 0:
-        counts = dict.fromkeys(CORNERS, 0)
+    if x.size == 0:  # nothing drawn (yet): the legend stays where it was put
+        return None if (leg in fig.right or leg in fig.below) else str(leg.location)
     else:
         fx, fy = _axis_fraction(x, log_x), _axis_fraction(y, log_y)
         if getattr(fig.x_range, "flipped", False):

@@ -371,3 +371,9 @@ def test_fit_width_flows_panels_and_keeps_names():
     assert len(rows) == 1 and rows[0].styles["flex-wrap"] == "wrap" and list(rows[0].children) == figs
     assert shown.select_one({"name": "header"}).sizing_mode == "stretch_width"
     assert set(plots.figure_index(shown)["plots"]) == {"p0", "p1", "p2"}
+
+
+def test_legend_of_an_empty_plot_stays_where_it_was_put():
+    fig, _ = _legend_fig([[], []], [[], []])
+    plots.legend_style(fig, "bottom_left")
+    assert plots.place_legend(fig) == "bottom_left" and fig.legend[0].location == "bottom_left"

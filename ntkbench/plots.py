@@ -361,35 +361,32 @@ def place_legend(fig: Any, labels: Sequence[str] | None = None, *, redraw: bool 
     leg = fig.legend[0]
     if AUTO_LEGEND not in leg.tags:
         leg.tags = [*leg.tags, AUTO_LEGEND]
-    if labels is None:
-        labels = _legend_labels(leg)
-    labels = [str(t) for t in labels] or [""]
-    frame_w, frame_h = max((fig.width or 600) - 80, 100), max((fig.height or 400) - 80, 100)
-    width, height = _legend_box(leg, labels)
-    box_w, box_h = min(width / frame_w, 1.0), min(height / frame_h, 1.0)
+    if leg in fig.right or leg in fig.below:  # already beside the plot (a redraw keeps the size)
+        return None
     x, y = _plotted_points(fig)
-    ok = np.isfinite(x) & np.isfinite(y)
     log_x, log_y = isinstance(fig.x_scale, LogScale), isinstance(fig.y_scale, LogScale)
+    ok = np.isfinite(x) & np.isfinite(y)
     ok &= (x > 0) if log_x else True
     ok &= (y > 0) if log_y else True
     x, y = x[ok], y[ok]
     if x.size == 0:  # nothing drawn (yet): the legend stays where it was put
-        return None if (leg in fig.right or leg in fig.below) else str(leg.location)
-    else:
-        fx, fy = _axis_fraction(x, log_x), _axis_fraction(y, log_y)
-        if getattr(fig.x_range, "flipped", False):
-            fx = 1.0 - fx
-        right, top = fx >= 1.0 - box_w, fy >= 1.0 - box_h
-        left, bottom = fx <= box_w, fy <= box_h
-        counts = {
-            "top_right": int((top & right).sum()),
-            "top_left": int((top & left).sum()),
-            "bottom_left": int((bottom & left).sum()),
-            "bottom_right": int((bottom & right).sum()),
-        }
+        return str(leg.location)
+    labels = [str(t) for t in (labels if labels is not None else _legend_labels(leg))] or [""]
+    frame_w, frame_h = max((fig.width or 600) - 80, 100), max((fig.height or 400) - 80, 100)
+    width, height = _legend_box(leg, labels)
+    box_w, box_h = min(width / frame_w, 1.0), min(height / frame_h, 1.0)
+    fx, fy = _axis_fraction(x, log_x), _axis_fraction(y, log_y)
+    if getattr(fig.x_range, "flipped", False):
+        fx = 1.0 - fx
+    right, top = fx >= 1.0 - box_w, fy >= 1.0 - box_h
+    left, bottom = fx <= box_w, fy <= box_h
+    counts = {
+        "top_right": int((top & right).sum()),
+        "top_left": int((top & left).sum()),
+        "bottom_left": int((bottom & left).sum()),
+        "bottom_right": int((bottom & right).sum()),
+    }
     best = min(CORNERS, key=lambda c: counts[c])
-    if leg in fig.right or leg in fig.below:  # already beside the plot (a redraw keeps the size)
-        return None
     if counts[best] > 0 and not redraw:  # every corner has data: beside the plot
         legend_beside(fig, "right", labels)
         return None
@@ -420,10 +417,9 @@ def legend_beside(fig: Any, side: str = "right", labels: Sequence[str] | None = 
         setattr(fig, where, [r for r in getattr(fig, where) if r is not leg])
     if side == "right":
         fig.width = int((fig.width or 600) + width)
-        leg.location = "top_left"
     else:
         fig.height = int((fig.height or 400) + height)
-        leg.location = "top_left"
+    leg.location = "top_left"
     fig.add_layout(leg, side)
 
 

@@ -81,6 +81,11 @@ _EXPORTS: dict[str, str] = {
     "RunPanel": "widgets",
 }
 
+# Public functions that share their module's name: ``nb.sweep`` and ``nb.train`` are the
+# modules ``ntkbench.sweep`` and ``ntkbench.train``, made callable as their function
+# (ntkbench._callable says why), so the name is one object whatever was imported first.
+_MODULE_FUNCTIONS = frozenset({"sweep", "train"})
+
 __all__ = sorted(_EXPORTS) + ["__version__"]  # pyright: ignore[reportUnsupportedDunderAll]  derived from _EXPORTS
 
 
@@ -88,7 +93,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ntkbench' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ntkbench.{module}"), name)
+    imported = importlib.import_module(f"ntkbench.{module}")
+    value = imported if name in _MODULE_FUNCTIONS else getattr(imported, name)
     globals()[name] = value
     return value
 

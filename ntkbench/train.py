@@ -1100,3 +1100,8 @@ def train(
     if diverged is not None:
         ds.attrs["diverged_step"] = int(diverged)
     return trained, ds
+
+
+from ntkbench._callable import make_callable  # noqa: E402
+
+make_callable(__name__)

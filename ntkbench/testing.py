@@ -1,7 +1,8 @@
 """Public testing helpers (xarray style): synthetic result cubes for plots, widgets and docs,
 and a comparison of two result cubes that tolerates another CPU's round-off.
 
-The cubes follow the result-cube schema of DESIGN.md exactly, so code that consumes cubes
+The cubes follow the result-cube schema of :mod:`ntkbench.cube` exactly (dims, coordinates,
+variable attributes, provenance), so code that consumes cubes
 (plots, widgets, the CLI export) can be developed and tested without training anything.
 
 Example

@@ -92,6 +92,8 @@ it (``ntkbench.sweep._run._run_to_file``, ``ntkbench.sweep._live._live_writer``,
 
 from __future__ import annotations
 
+# ``name as name``: re-exported names that were never in ``__all__`` (live sweeps, lock
+# timing) and private ones that tests and benchmarks use
 from ntkbench.optim import _mup_scaled as _mup_scaled
 from ntkbench.optim import make_optimizer
 from ntkbench.sweep._config import (

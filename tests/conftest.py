@@ -34,12 +34,12 @@ def trains_nothing(monkeypatch):
     test. A rerun on a finished sweep's folder must train nothing."""
 
     def arm():
-        import ntkbench.sweep as sw
+        import ntkbench.sweep._run as sw_run  # both run loops look _run_to_file up there
 
         def no_training(run, path, *args):
             raise AssertionError(f"a finished run was trained again: {path}")
 
-        monkeypatch.setattr(sw, "_run_to_file", no_training)
+        monkeypatch.setattr(sw_run, "_run_to_file", no_training)
 
     return arm
 

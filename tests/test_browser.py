@@ -273,12 +273,12 @@ def _layout_at_window_sizes(page, name: str) -> list[str]:
 LIVE_SETUP = """import pathlib, threading
 from bokeh.io import output_notebook
 from bokeh.resources import INLINE
-import ntkbench.sweep as sw
+import ntkbench.sweep._live as sw_live  # where the sweep's runs look _live_writer up
 from ntkbench.widgets import RunPanel
 
 output_notebook(INLINE, hide_banner=True)  # BokehJS inline, as the notebooks load it
 
-writer, count = sw._live_writer, [0]
+writer, count = sw_live._live_writer, [0]
 def held(run, path):
     on_record = writer(run, path)
     def record(step, values):
@@ -290,7 +290,7 @@ def held(run, path):
             while not gate.exists():
                 threading.Event().wait(0.05)
     return record
-sw._live_writer = held
+sw_live._live_writer = held
 config = {
     "title": "live", "seed": 0, "model": {"name": "mlp", "width": 8, "depth": 1},
     "data": {"name": "digits", "n_train": 32, "n_test": 16},

@@ -17,6 +17,7 @@ import pytest
 import xarray as xr
 
 import ntkbench.sweep as sw
+import ntkbench.sweep._live as sw_live
 from ntkbench.cli import main
 from ntkbench.widgets import RunPanel
 
@@ -43,7 +44,7 @@ def _hold(monkeypatch, at: int):
     """Hold the first run after its ``at``-th recording until the returned event is set;
     ``reached`` is set when it got there."""
     reached, go = threading.Event(), threading.Event()
-    writer = sw._live_writer
+    writer = sw_live._live_writer
     count = [0]
 
     def held(run, path):
@@ -58,7 +59,7 @@ def _hold(monkeypatch, at: int):
 
         return record
 
-    monkeypatch.setattr(sw, "_live_writer", held)
+    monkeypatch.setattr(sw_live, "_live_writer", held)  # where the runs look it up
     return reached, go
 
 

@@ -94,6 +94,8 @@ DRIVER = r"""
 import json, os, sys, time
 from pathlib import Path
 import ntkbench.sweep as sw
+import ntkbench.sweep._dask as sw_dask
+import ntkbench.sweep._run as sw_run
 from ntkbench.cli import main
 
 config, out, log, role = sys.argv[1:5]
@@ -105,7 +107,9 @@ def wait_for(path, timeout=180):
             sys.exit(f"{role}: timed out waiting for {path}")
         time.sleep(0.005)
 
-run_to_file = sw._run_to_file
+# patched where they are looked up: both run loops call sw_run._run_to_file, the dask
+# loop calls sw_dask._executing_keys
+run_to_file = sw_run._run_to_file
 count = [0]
 def logged(run, path):
     # dask pickles this function by value (cloudpickle, __main__), so each run on a worker
@@ -123,14 +127,14 @@ def logged(run, path):
         Path(out + ".in-run-2").touch()     # and asked the workers which runs are executing:
         wait_for(out + ".executing-asked")  # the held run is one of them, the queued ones not
     return run_to_file(run, path)
-sw._run_to_file = logged
+sw_run._run_to_file = logged
 
-executing_keys = sw._executing_keys
+executing_keys = sw_dask._executing_keys
 def asked(client):
     keys = executing_keys(client)
     Path(out + ".executing-asked").touch()
     return keys
-sw._executing_keys = asked
+sw_dask._executing_keys = asked
 
 held_by_other = sw._Progress.held_by_other
 def saw_held(self, path, info):

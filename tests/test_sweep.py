@@ -162,7 +162,7 @@ def test_rerun_skips_finished_runs(swept, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was recomputed")
 
-    monkeypatch.setattr("ntkbench.sweep.run_one", fail)
+    monkeypatch.setattr("ntkbench.sweep._run.run_one", fail)  # _run_to_file calls it there
     again = sweep(TINY, out, progress=False)
     xr.testing.assert_identical(_strip(again), _strip(ds))
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("run-*.nc")} == stamps
@@ -238,6 +238,69 @@ def test_mup_adam_scales_hidden_and_readout_updates():
         np.testing.assert_allclose(np.asarray(layer.weight), -e, rtol=1e-4)
     standard = nb.MLP(4, 3, width, 2, key=jax.random.key(0))
     assert _mup_scaled(make_optimizer("adam", lr), standard) is make_optimizer("adam", lr)
+
+
+def _mup_wrapped(opt, factors):
+    """The µP optimizer as ntkbench.sweep built it before ntkbench.optim (the reference):
+    ``opt``'s update, then each update leaf times its factor."""
+    import jax
+    import optax
+
+    def update(updates, state, params=None):
+        updates, state = opt.update(updates, state, params)
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        leaves = [u * f if f != 1.0 else u for u, f in zip(leaves, factors, strict=True)]
+        return jax.tree_util.tree_unflatten(treedef, leaves), state
+
+    return optax.GradientTransformation(opt.init, update)
+
+
+@pytest.mark.parametrize(
+    "name, weight_decay", [("sgd", 0.0), ("sgd", 0.01), ("momentum", 0.0), ("adam", 0.0), ("adamw", 0.01)]
+)
+def test_scale_by_mup_chained_equals_the_former_mup_optimizer(name, weight_decay):
+    """``optax.chain(opt, scale_by_mup(factors))`` (what run_one uses now) gives the updates
+    of the former µP wrapper over several steps, eagerly and compiled. Compared exactly:
+    both do the same operations in the same order (the optimizer's update, then one
+    multiply by a Python float per leaf), so no rounding differs."""
+    import equinox as eqx
+    import jax
+
+    import ntkbench as nb
+    from ntkbench.models import mup_leaf_scales
+    from ntkbench.optim import _mup_scaled, make_optimizer, scale_by_mup
+
+    model = nb.MLP(4, 3, 16, 2, parametrization="mup", base_width=4, key=jax.random.key(0))
+    params = eqx.filter(model, eqx.is_inexact_array)
+    factors = mup_leaf_scales(model)
+    assert sorted(set(factors)) == [0.25, 1.0]
+    opt = make_optimizer(name, 0.01, 0.9, weight_decay)
+    new, old = _mup_scaled(opt, model), _mup_wrapped(opt, factors)
+    assert new is _mup_scaled(opt, model)  # cached: compiled training steps are reused
+    keys = jax.random.split(jax.random.key(1), 4)
+    grads = [jax.tree.map(lambda p, k=k: jax.random.normal(k, p.shape), params) for k in keys]
+
+    def steps(tx, step):
+        p, state, out = params, tx.init(params), []
+        for g in grads:
+            updates, state = step(tx, g, state, p)
+            p = eqx.apply_updates(p, updates)
+            out.append(updates)
+        return out
+
+    eager = lambda tx, g, s, p: tx.update(g, s, p)  # noqa: E731
+    compiled = eqx.filter_jit(eager)
+    for step in (eager, compiled):
+        for a, b in zip(steps(new, step), steps(old, step), strict=True):
+            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # scale_by_mup alone: a stateless transformation that multiplies each leaf
+    tx = scale_by_mup(factors)
+    ones = jax.tree.map(np.ones_like, params)
+    scaled, _ = tx.update(ones, tx.init(params))
+    assert [float(np.asarray(u).flat[0]) for u in jax.tree_util.tree_leaves(scaled)] == list(factors)
+    with pytest.raises(ValueError, match="µP optimizer"):
+        tx.update(ones.layers[0], tx.init(params))
 
 
 def test_diverged_run_is_kept_and_reported(tmp_path, capsys):

@@ -8,7 +8,8 @@ the result does not depend on when recordings happen.
 A :class:`Recorder` says when to record and what: a list of *measures*, small objects
 with one job each (optax style). Every record step computes the eNTK of a fixed probe set
 once (``ntkbench.entk``) and evaluates all measures inside one compiled function; results
-stay on the device until training ends. Adding a measure means adding one small class::
+stay on the device until training ends. Adding a measure means adding one small class (a
+built-in one also a row of ``ntkbench._variables.TABLE``: its long name, units, dims)::
 
     class TopEigenvalue(Measure):
         name = "top_eigenvalue"

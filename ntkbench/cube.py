@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from ntkbench import _variables
+
 __all__ = [
     "VARIABLES",
     "COORDS",
@@ -61,37 +63,9 @@ __all__ = [
     "DIVERGED",
 ]
 
-#: data variable name -> (long_name, units). Units follow CF: "1" is dimensionless.
-VARIABLES: dict[str, tuple[str, str]] = {
-    "eigenvalues": ("eNTK eigenvalue (probe set, descending)", "1"),
-    "entropy": ("eNTK spectral entropy S", "nat"),
-    "entropy_normalized": ("normalized eNTK spectral entropy S / ln N", "1"),
-    "trace": ("eNTK trace Tr K", "1"),
-    "trace_per_sample": ("eNTK trace per sample Tr K / N", "1"),
-    "effective_rank": ("eNTK effective rank exp(S)", "1"),
-    "magnitude_entropy": ("eNTK magnitude entropy", "nat"),
-    "kernel_distance_init": ("eNTK distance from initial kernel (1 - alignment)", "1"),
-    "relative_change_init": ("relative eNTK change ||K - K0||_F / ||K0||_F", "1"),
-    "test_entropy": ("eNTK spectral entropy S (test probe)", "nat"),
-    "test_entropy_normalized": ("normalized eNTK spectral entropy S / ln N (test probe)", "1"),
-    "test_trace": ("eNTK trace Tr K (test probe)", "1"),
-    "test_trace_per_sample": ("eNTK trace per sample Tr K / N (test probe)", "1"),
-    "spectral_position": ("spectral position chi_pos", "1"),
-    "chi_loss": ("LNP loss term chi_loss = ||u||^2 / B (probe batch)", "1"),
-    "chi_net": ("LNP network term chi_net = Tr K / B (probe batch)", "1"),
-    "chi_net_se": ("standard error of the Hutchinson chi_net (0 = exact)", "1"),
-    "grad_norm_sq": ("squared gradient norm ||grad L||^2 (probe batch)", "1"),
-    "residual_weights": ("residual spectral weight w_k = (v_k . u)^2 / ||u||^2", "1"),
-    "spectral_position_eig": ("spectral position chi_pos from the eNTK eigenpairs", "1"),
-    "loss": ("training loss", "1"),
-    "test_loss": ("test loss", "1"),
-    "kernel_test_loss": ("test loss of kernel regression with the initial eNTK", "1"),
-    "kernel_test_accuracy": ("test accuracy of kernel regression with the initial eNTK", "1"),
-    "accuracy": ("training accuracy", "1"),
-    "test_accuracy": ("test accuracy", "1"),
-    "status": ("run status (0 finished, 1 diverged)", "1"),
-    "diverged_step": ("step at which training diverged (-1: it did not)", "1"),
-}
+#: data variable name -> (long_name, units). Units follow CF: "1" is dimensionless. Read
+#: from the one table of variables and measures, ``ntkbench._variables.TABLE``.
+VARIABLES: dict[str, tuple[str, str]] = _variables.VARIABLES
 
 #: values of the ``status`` variable (CF flags: ``flag_values`` / ``flag_meanings``)
 FINISHED, DIVERGED = 0, 1
@@ -116,28 +90,8 @@ COORDS: dict[str, tuple[str, str]] = {
 }
 
 #: variables derived from the eNTK: NaN/Inf in them is an error, never plotted silently
-KERNEL_VARIABLES: frozenset[str] = frozenset(
-    {
-        "eigenvalues",
-        "entropy",
-        "entropy_normalized",
-        "trace",
-        "trace_per_sample",
-        "effective_rank",
-        "magnitude_entropy",
-        "kernel_distance_init",
-        "relative_change_init",
-        "test_entropy",
-        "test_entropy_normalized",
-        "test_trace",
-        "test_trace_per_sample",
-        "spectral_position",
-        "chi_net",
-        "chi_net_se",
-        "residual_weights",
-        "spectral_position_eig",
-    }
-)
+#: (those of ``ntkbench._variables.TABLE`` marked ``kernel``)
+KERNEL_VARIABLES: frozenset[str] = _variables.KERNEL_VARIABLES
 
 #: dataset attributes every cube carries
 REQUIRED_ATTRS: tuple[str, ...] = (

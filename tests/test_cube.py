@@ -49,6 +49,76 @@ def test_make_attrs_provenance():
         cube.make_attrs("lr=1")
 
 
+#: cube.VARIABLES and cube.KERNEL_VARIABLES as they were written out before they were read
+#: from the one table ntkbench._variables.TABLE (issue 26): same names, order and values
+_VARIABLES_BEFORE = {
+    "eigenvalues": ("eNTK eigenvalue (probe set, descending)", "1"),
+    "entropy": ("eNTK spectral entropy S", "nat"),
+    "entropy_normalized": ("normalized eNTK spectral entropy S / ln N", "1"),
+    "trace": ("eNTK trace Tr K", "1"),
+    "trace_per_sample": ("eNTK trace per sample Tr K / N", "1"),
+    "effective_rank": ("eNTK effective rank exp(S)", "1"),
+    "magnitude_entropy": ("eNTK magnitude entropy", "nat"),
+    "kernel_distance_init": ("eNTK distance from initial kernel (1 - alignment)", "1"),
+    "relative_change_init": ("relative eNTK change ||K - K0||_F / ||K0||_F", "1"),
+    "test_entropy": ("eNTK spectral entropy S (test probe)", "nat"),
+    "test_entropy_normalized": ("normalized eNTK spectral entropy S / ln N (test probe)", "1"),
+    "test_trace": ("eNTK trace Tr K (test probe)", "1"),
+    "test_trace_per_sample": ("eNTK trace per sample Tr K / N (test probe)", "1"),
+    "spectral_position": ("spectral position chi_pos", "1"),
+    "chi_loss": ("LNP loss term chi_loss = ||u||^2 / B (probe batch)", "1"),
+    "chi_net": ("LNP network term chi_net = Tr K / B (probe batch)", "1"),
+    "chi_net_se": ("standard error of the Hutchinson chi_net (0 = exact)", "1"),
+    "grad_norm_sq": ("squared gradient norm ||grad L||^2 (probe batch)", "1"),
+    "residual_weights": ("residual spectral weight w_k = (v_k . u)^2 / ||u||^2", "1"),
+    "spectral_position_eig": ("spectral position chi_pos from the eNTK eigenpairs", "1"),
+    "loss": ("training loss", "1"),
+    "test_loss": ("test loss", "1"),
+    "kernel_test_loss": ("test loss of kernel regression with the initial eNTK", "1"),
+    "kernel_test_accuracy": ("test accuracy of kernel regression with the initial eNTK", "1"),
+    "accuracy": ("training accuracy", "1"),
+    "test_accuracy": ("test accuracy", "1"),
+    "status": ("run status (0 finished, 1 diverged)", "1"),
+    "diverged_step": ("step at which training diverged (-1: it did not)", "1"),
+}
+
+_KERNEL_VARIABLES_BEFORE = frozenset(
+    {
+        "eigenvalues",
+        "entropy",
+        "entropy_normalized",
+        "trace",
+        "trace_per_sample",
+        "effective_rank",
+        "magnitude_entropy",
+        "kernel_distance_init",
+        "relative_change_init",
+        "test_entropy",
+        "test_entropy_normalized",
+        "test_trace",
+        "test_trace_per_sample",
+        "spectral_position",
+        "chi_net",
+        "chi_net_se",
+        "residual_weights",
+        "spectral_position_eig",
+    }
+)
+
+
+def test_variables_read_from_the_one_table_are_unchanged():
+    """cube.VARIABLES (names, order, long names, units) and cube.KERNEL_VARIABLES, now
+    derived from ntkbench._variables.TABLE, equal what cube.py wrote out before; and
+    importing the cube module (and the table) still imports no JAX."""
+    import subprocess
+    import sys
+
+    assert cube.VARIABLES == _VARIABLES_BEFORE and list(cube.VARIABLES) == list(_VARIABLES_BEFORE)
+    assert cube.KERNEL_VARIABLES == _KERNEL_VARIABLES_BEFORE
+    code = "import sys, ntkbench.cube; assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib')]"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_variables_table_is_complete():
     for name, (long_name, units) in cube.VARIABLES.items():
         assert long_name and isinstance(units, str), name

@@ -238,10 +238,10 @@ def test_structured_on_package_models_matches_float64(arch, x64, getkey):
 @pytest.mark.parametrize("route", ["gram", "jac"])
 def test_both_routes_of_tapped_layers_match(route, x64, getkey, monkeypatch):
     """Force every tapped layer onto one route (token Grams / Jacobian) and compare."""
-    from ntkbench import kernel
+    from ntkbench.kernel import _features
 
-    orig = kernel._with_routes
-    monkeypatch.setattr(kernel, "_with_routes", lambda *a: [L._replace(route=route) for L in orig(*a)])
+    orig = _features._with_routes  # looked up by _structured_vjp in _features
+    monkeypatch.setattr(_features, "_with_routes", lambda *a: [L._replace(route=route) for L in orig(*a)])
     n = 6 if route == "gram" else 5  # shapes not compiled elsewhere: the forced route is traced
     for case, outputs in (("cnn", "trace"), ("tokens", "full")):
         model, x, x2 = make_case(case, getkey())
@@ -298,13 +298,14 @@ def test_auto_triangle_with_one_feature_batch_matches_reference(x64, getkey, mon
     batch) gives the same kernel, ragged last tile included; forced here on a small model
     by lowering the thresholds."""
     from ntkbench import kernel as km
+    from ntkbench.kernel import _costs  # the thresholds are read by _costs._triangle_block
 
     model, x, _ = make_case("cnn", getkey())
     n, k = x.shape[0], km._n_outputs(model, x.shape[1:], x.dtype)
-    monkeypatch.setattr(km, "_JAC_ROW_BYTES", 0)
-    monkeypatch.setattr(km, "_TILE_MIN_N", 2)
-    monkeypatch.setattr(km, "_TRIANGLE_ROWS", 2 * k)  # full: tiles of 2 samples
-    monkeypatch.setattr(km, "_TRIANGLE_MIN_ROWS", 1)
+    monkeypatch.setattr(_costs, "_JAC_ROW_BYTES", 0)
+    monkeypatch.setattr(_costs, "_TILE_MIN_N", 2)
+    monkeypatch.setattr(_costs, "_TRIANGLE_ROWS", 2 * k)  # full: tiles of 2 samples
+    monkeypatch.setattr(_costs, "_TRIANGLE_MIN_ROWS", 1)
     method, block, fblock = km._choose(model, x, None, outputs, 2**31, None)
     assert block == (2 if outputs == "full" else -(-n // 2)) and fblock == n
     assert -(-n // block) * block > n  # the last tile is ragged

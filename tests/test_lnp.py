@@ -222,11 +222,11 @@ def test_ghost_norms_equal_brute_force_per_sample_gradient_norms(case, route, x6
     ``route="gram"`` every tapped layer takes the token-Gram rule (the cost model leaves
     small embeddings and convolutions on their Jacobian route; the default routes are
     checked exactly against full kernels and per-sample Jacobians in the tests above)."""
-    from ntkbench import kernel
+    from ntkbench.kernel import _features
 
     if route is not None:
-        orig = kernel._with_routes
-        monkeypatch.setattr(kernel, "_with_routes", lambda *a: [L._replace(route=route) for L in orig(*a)])
+        orig = _features._with_routes  # looked up by _structured_vjp in _features
+        monkeypatch.setattr(_features, "_with_routes", lambda *a: [L._replace(route=route) for L in orig(*a)])
     model, x, _, _ = _cases(case)
     K = jnp.size(model(x[0]))
     V = jax.random.normal(jax.random.key(3), (x.shape[0], 3, K), jnp.float64)

@@ -209,6 +209,84 @@ def test_recorder_schedules_and_validation():
     assert set(DEFAULT_MEASURES) <= set(MEASURES)
 
 
+#: train.MEASURES (name -> class name, dims, needs), DEFAULT_MEASURES and the measures
+#: watched for divergence as train.py wrote them out before they were read from the one
+#: table ntkbench._variables.TABLE (issue 26)
+_MEASURES_BEFORE = {
+    "eigenvalues": ("Eigenvalues", ("eigen_index",), []),
+    "entropy": ("Entropy", (), []),
+    "entropy_normalized": ("EntropyNormalized", (), []),
+    "trace": ("Trace", (), []),
+    "trace_per_sample": ("TracePerSample", (), []),
+    "effective_rank": ("EffectiveRank", (), []),
+    "magnitude_entropy": ("MagnitudeEntropy", (), []),
+    "kernel_distance_init": ("KernelDistanceInit", (), ["kernel0"]),
+    "relative_change_init": ("RelativeChangeInit", (), ["kernel0"]),
+    "test_entropy": ("TestEntropy", (), ["test"]),
+    "test_entropy_normalized": ("TestEntropyNormalized", (), ["test"]),
+    "test_trace": ("TestTrace", (), ["test"]),
+    "test_trace_per_sample": ("TestTracePerSample", (), ["test"]),
+    "spectral_position": ("SpectralPosition", (), []),
+    "chi_loss": ("ChiLoss", (), []),
+    "chi_net": ("ChiNet", (), []),
+    "chi_net_se": ("ChiNetSE", (), []),
+    "grad_norm_sq": ("GradNormSq", (), []),
+    "residual_weights": ("ResidualWeights", ("eigen_index",), []),
+    "spectral_position_eig": ("SpectralPositionEig", (), []),
+    "loss": ("Loss", (), []),
+    "test_loss": ("TestLoss", (), ["test"]),
+    "accuracy": ("Accuracy", (), ["labels"]),
+    "test_accuracy": ("TestAccuracy", (), ["labels", "test"]),
+    "kernel_test_loss": ("KernelTestLoss", (), ["kernel_regression", "test"]),
+    "kernel_test_accuracy": ("KernelTestAccuracy", (), ["kernel_regression", "labels", "test"]),
+}
+_DEFAULT_MEASURES_BEFORE = (
+    "eigenvalues",
+    "entropy",
+    "entropy_normalized",
+    "trace",
+    "trace_per_sample",
+    "effective_rank",
+    "magnitude_entropy",
+    "kernel_distance_init",
+    "relative_change_init",
+    "loss",
+    "test_loss",
+    "accuracy",
+    "test_accuracy",
+)
+_DIVERGENCE_BEFORE = ("loss", "test_loss", "trace", "test_trace", "eigenvalues")
+
+
+def test_measures_read_from_the_one_table_are_unchanged():
+    """MEASURES, each built-in measure's dims and needs, DEFAULT_MEASURES (in order) and
+    the measures watched for divergence equal what they were before the table; a
+    subclass's own dims/needs win over the table's, and a name outside it keeps the
+    defaults."""
+    from ntkbench.train import _loop
+
+    assert {n: (c.__name__, c.dims, sorted(c.needs)) for n, c in MEASURES.items()} == _MEASURES_BEFORE
+    assert DEFAULT_MEASURES == _DEFAULT_MEASURES_BEFORE
+    assert set(_loop._DIVERGENCE_MEASURES) == set(_DIVERGENCE_BEFORE)
+
+    class Flat(Measure):
+        name = "eigenvalues"
+        dims = ()
+
+        def __call__(self, ctx):
+            return ctx.eigenvalues[0]
+
+    class Mine(Measure):
+        name = "my_measure"
+
+        def __call__(self, ctx):
+            return ctx.loss
+
+    assert Flat.dims == () and Flat.needs == frozenset()
+    assert Mine.dims == () and Mine.needs == frozenset()
+    assert MEASURES["eigenvalues"].dims == ("eigen_index",)
+
+
 def test_train_argument_errors(digits, model0):
     kw = dict(optimizer=optax.sgd(0.1), steps=1, key=jax.random.key(0))
     with pytest.raises(ValueError, match="steps"):

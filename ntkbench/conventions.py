@@ -45,7 +45,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal, TypeAlias
 
-__all__ = ["Convention", "DEFAULT", "KERNEL_FULL_MAX", "of", "SPECTRAL", "TRACES", "ENTROPIES"]
+__all__ = ["Convention", "DEFAULT", "KERNEL_FULL_MAX", "of", "SPECTRAL", "TRACES", "ENTROPIES", "KERNEL_MEASURES"]
 
 KernelKind: TypeAlias = Literal["traced", "full"]
 Normalize: TypeAlias = Literal["none", "cosine"]
@@ -64,9 +64,6 @@ SPECTRAL = frozenset(
         "effective_rank",
         "test_entropy",
         "test_entropy_normalized",
-        "magnitude_entropy",
-        "kernel_distance_init",
-        "relative_change_init",
         "residual_weights",
         "spectral_position_eig",
     }
@@ -75,6 +72,9 @@ SPECTRAL = frozenset(
 TRACES = frozenset({"trace", "test_trace", "trace_per_sample", "test_trace_per_sample"})
 #: entropies in nats: they follow ``effective``
 ENTROPIES = frozenset({"entropy", "test_entropy"})
+#: every measure of the probe kernel: its attributes state the convention. The three not
+#: in SPECTRAL or TRACES compare or weigh the kernel itself (never cosine-normalised).
+KERNEL_MEASURES = SPECTRAL | TRACES | {"magnitude_entropy", "kernel_distance_init", "relative_change_init"}
 
 _FIELDS = ("kernel", "normalize", "effective", "trace_normalize", "output_reduction")
 
@@ -174,9 +174,7 @@ class Convention:
     def for_measure(self, name: str) -> dict[str, str]:
         """The attributes that matter for the measure ``name`` (all of them for a kernel
         measure; nothing for a loss or accuracy)."""
-        if name in SPECTRAL or name in TRACES or name.startswith("test_entropy"):
-            return self.attrs()
-        return {}
+        return self.attrs() if name in KERNEL_MEASURES else {}
 
     def describe(self, name: str) -> str:
         """What the measure ``name`` is under this convention, for an axis label."""

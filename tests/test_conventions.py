@@ -130,3 +130,162 @@ def test_bad_conventions_name_the_argument():
     ):
         Convention(kernel="full").check_size(410, 10)
     Convention().check_size(10_000, 10)  # a traced kernel's size is N
+
+
+# --------------------------------------------------------------------------- through train()
+
+
+def _data(n_train=12, n_test=6):
+    from ntkbench.data import from_arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_train + n_test, 4)).astype(np.float32)
+    y = np.arange(n_train + n_test) % 3
+    return from_arrays(x, y, n_train, n_test)
+
+
+def _train(recorder, *, steps=2, batch_size=None, seed=0):
+    import optax
+
+    from ntkbench.train import train
+
+    model = MLP(4, 3, width=16, depth=2, key=jax.random.key(seed))
+    return train(
+        model,
+        _data(),
+        optimizer=optax.sgd(0.05),
+        steps=steps,
+        batch_size=batch_size,
+        recorder=recorder,
+        key=jax.random.key(7),
+    )
+
+
+def test_recorded_full_kernel_against_a_float64_jacobian_and_its_attributes():
+    from ntkbench.train import Recorder
+
+    names = ["eigenvalues", "entropy", "trace", "trace_per_sample", "effective_rank", "residual_weights"]
+    _, ds = _train(Recorder(every=1, probe=5, measures=names, kernel="full"), steps=0)
+    model = MLP(4, 3, width=16, depth=2, key=jax.random.key(0))  # the model recorded at step 0
+    J = _jacobian64(model, np.asarray(_data().x_train[:5]))
+    lam64 = np.clip(np.linalg.eigvalsh(J @ J.T)[::-1], 0, None)
+    assert ds.sizes["eigen_index"] == 15  # N·C eigenvalues
+    np.testing.assert_allclose(ds["eigenvalues"][0], lam64, rtol=0, atol=1e-5 * lam64[0])  # float32 round-off
+    p = lam64[lam64 > 1e-12 * lam64[0]] / lam64.sum()
+    assert float(ds["entropy"][0]) == pytest.approx(-(p * np.log(p)).sum(), abs=1e-4)
+    assert float(ds["trace"][0]) == pytest.approx(lam64.sum(), rel=1e-5)
+    assert float(ds["trace_per_sample"][0]) == pytest.approx(lam64.sum() / 5, rel=1e-5)  # per sample, not per row
+    # residual weights on the full kernel's eigenvectors (C = 3 > 1: refused on the traced kernel)
+    assert float(ds["residual_weights"][0].sum()) == pytest.approx(1.0, abs=1e-5)
+    for name in names:
+        assert ds[name].attrs["ntk_kernel"] == "full", name
+    assert ds["entropy"].attrs["long_name"] == "S of the full eNTK [nat]"
+    assert ds["trace"].attrs["ntk_trace_normalize"] == "false"
+
+
+def test_recorded_conventions_scale_as_their_definitions_say():
+    from ntkbench.train import Recorder
+
+    names = ["eigenvalues", "entropy", "entropy_normalized", "trace", "test_entropy", "test_trace", "loss"]
+    _, base = _train(Recorder(every=1, probe=6, measures=names))
+    n, c = 6, 3
+    _, eff = _train(Recorder(every=1, probe=6, measures=names, effective=True, trace_normalize=True))
+    np.testing.assert_allclose(eff["entropy"], base["entropy"] / math.log(n), rtol=1e-6)
+    np.testing.assert_allclose(eff["entropy"], base["entropy_normalized"], rtol=1e-6)
+    np.testing.assert_allclose(eff["trace"], base["trace"] / n, rtol=1e-6)
+    np.testing.assert_allclose(eff["test_trace"], base["test_trace"] / n, rtol=1e-6)
+    np.testing.assert_allclose(eff["loss"], base["loss"], rtol=0)  # training is not touched
+    _, mean = _train(Recorder(every=1, probe=6, measures=names, output_reduction="mean"))
+    np.testing.assert_allclose(mean["trace"], base["trace"] / c, rtol=1e-6)
+    np.testing.assert_allclose(mean["entropy"], base["entropy"], atol=1e-5)  # scale-free
+    _, cos = _train(Recorder(every=1, probe=6, measures=names, normalize="cosine"))
+    # a cosine-normalised kernel has unit diagonal: its eigenvalues sum to N; traces are of K itself
+    np.testing.assert_allclose(cos["eigenvalues"].sum("eigen_index"), n, rtol=1e-5)
+    np.testing.assert_allclose(cos["trace"], base["trace"], rtol=1e-6)
+    assert cos["entropy"].attrs["long_name"] == "S of the cosine-normalised eNTK [nat]"
+    assert cos["loss"].attrs.get("ntk_kernel") is None  # not a kernel measure
+    assert base["entropy"].attrs["ntk_kernel"] == "traced"
+
+
+def _lnp64(model, x, y):
+    """χ_loss, χ_net, χ_pos and ‖∇L‖² of one batch from its full kernel's eigendecomposition
+    (float64 per-sample Jacobian, MSE on one-hot targets: u_i = f(x_i) − e_{y_i})."""
+    J = _jacobian64(model, x)
+    K = J @ J.T
+    lam, V = np.linalg.eigh(K)
+    f = np.asarray(jax.vmap(model)(jnp.asarray(x)), np.float64)
+    u = (f - np.eye(3)[y]).reshape(-1)
+    b = x.shape[0]
+    w = (V.T @ u) ** 2 / (u @ u)
+    return {
+        "chi_loss": u @ u / b,
+        "chi_net": lam.sum() / b,
+        "spectral_position": float((lam / lam.sum()) @ w),
+        "grad_norm_sq": float(u @ K @ u) / b**2,
+    }
+
+
+def test_lnp_on_the_training_batch_before_the_step():
+    import optax
+
+    from ntkbench.train import Recorder, train
+
+    names = ["chi_loss", "chi_net", "spectral_position", "grad_norm_sq", "loss"]
+    batch = 4
+    rec = Recorder(every=1, probe=3, measures=names, lnp_batch="train", lnp_probes=None)
+    _, ds = _train(rec, steps=2, batch_size=batch)
+    data = _data()
+    x, y = np.asarray(data.x_train), np.asarray(data.y_train)
+    key = jax.random.key(7)
+    model = MLP(4, 3, width=16, depth=2, key=jax.random.key(0))
+    for step in (0, 1):
+        if step:  # the model the record at `step` sees: `step` steps, trained here without a recorder
+            model, _ = train(model, data, optimizer=optax.sgd(0.05), steps=step, batch_size=batch, key=key)
+        # the batch of optimizer step `step`, drawn here as the loop draws it
+        idx = np.asarray(jax.random.choice(jax.random.fold_in(key, step), len(x), (batch,), replace=False))
+        ref = _lnp64(model, x[idx], y[idx])
+        for name, value in ref.items():
+            # float32 kernel and residual against float64: 1e-4 relative
+            assert float(ds[name][step]) == pytest.approx(value, rel=1e-4), (step, name)
+        assert ds[name].attrs["ntk_lnp_batch"] == "train"
+    assert "training batch, before the step" in ds["chi_net"].attrs["long_name"]
+    # the probe (3 samples) gives other numbers: the measure really moved to the batch
+    _, probe = _train(Recorder(every=1, probe=3, measures=names, lnp_probes=None), steps=2, batch_size=batch)
+    assert float(probe["chi_net"][0]) != pytest.approx(float(ds["chi_net"][0]), rel=1e-3)
+
+
+def test_a_full_kernel_too_large_is_refused_before_training(monkeypatch):
+    import ntkbench.conventions as conv
+    from ntkbench.train import Recorder
+
+    monkeypatch.setattr(conv, "KERNEL_FULL_MAX", 30)  # read at call time: 12 samples × 3 outputs exceed it
+    with pytest.raises(ValueError, match="probe: the full eNTK of 12 samples × 3 outputs has 36 rows"):
+        _train(Recorder(every=1, probe=12, measures=["entropy"], kernel="full"))
+    _train(Recorder(every=1, probe=12, measures=["loss"], kernel="full"), steps=0)  # no kernel measure: no check
+    with pytest.raises(ValueError, match="lnp_batch must be 'probe' or 'train'"):
+        Recorder(lnp_batch="test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        Recorder(kernel="diagonal")
+
+
+def test_sweep_config_takes_the_conventions_and_names_bad_ones():
+    from ntkbench.sweep import validate_config
+
+    base = {
+        "title": "conv",
+        "model": {"name": "mlp", "width": 8},
+        "data": {"name": "digits", "n_train": 32, "n_test": 16},
+        "train": {"steps": 2},
+    }
+    good = {"kernel": "full", "normalize": "cosine", "effective": True, "trace_normalize": True, "lnp_batch": "train"}
+    validate_config({**base, "record": good})
+    bad = [
+        ({"kernel": "diag"}, "record.kernel"),
+        ({"normalize": True}, "record.normalize"),
+        ({"effective": "yes"}, "record.effective"),
+        ({"lnp_batch": "test"}, "record.lnp_batch"),
+        ({"kernel": "full", "output_reduction": "mean"}, "record.output_reduction"),
+    ]
+    for record, key in bad:
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            validate_config({**base, "record": record})

@@ -33,6 +33,12 @@ A config is a dict (usually read from TOML) with the sections of one experiment 
     every = 25                                 # int | "log" | [steps]
     probe = 128
     # lnp_probes = 4                           # LNP measures: Hutchinson probes | "exact" | "auto"
+    # kernel = "full"                          # "traced" (N×N) | "full" ((N·C)×(N·C)); ntkbench.conventions
+    # normalize = "cosine"                     # "none" | "cosine": the spectral measures' kernel
+    # effective = true                         # entropy as S / ln(size) instead of S
+    # trace_normalize = true                   # trace as Tr K / size
+    # output_reduction = "mean"                # traced kernel: "sum" | "mean" over the C outputs
+    # lnp_batch = "train"                      # LNP measures on "probe" | the next "train"ing batch
 
     [grid]                                     # swept axes -> values; they become cube dims
     width = [16, 64, 256, 1024]

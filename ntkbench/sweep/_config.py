@@ -29,7 +29,26 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
 }
 #: Keys of a config's ``[record]`` section and their defaults.
-RECORD_DEFAULTS: dict[str, Any] = {"every": 10, "probe": 200, "measures": None, "log_points": 30, "lnp_probes": "auto"}
+RECORD_DEFAULTS: dict[str, Any] = {
+    "every": 10,
+    "probe": 200,
+    "measures": None,
+    "log_points": 30,
+    "lnp_probes": "auto",
+    # the kernel convention of the kernel measures (ntkbench.conventions) and the LNP batch
+    "kernel": "traced",
+    "normalize": "none",
+    "effective": False,
+    "trace_normalize": False,
+    "output_reduction": "sum",
+    "lnp_batch": "probe",
+}
+_RECORD_CHOICES = {
+    "kernel": ("traced", "full"),
+    "normalize": ("none", "cosine"),
+    "output_reduction": ("sum", "mean"),
+    "lnp_batch": ("probe", "train"),
+}
 _DATA_KEYS = ("name", "n_train", "n_test", "seed")
 
 
@@ -195,6 +214,13 @@ def _check_record(record: Mapping[str, Any]) -> None:
             _need(isinstance(value, list), "record.measures", f"a list of names from {sorted(MEASURES)}", value)
             for m in value:
                 _need(_is_name(m, MEASURES), "record.measures", f"names from {sorted(MEASURES)}", m)
+        elif key in _RECORD_CHOICES:
+            allowed = _RECORD_CHOICES[key]
+            _need(_is_name(value, allowed), f"record.{key}", " or ".join(map(repr, allowed)), value)
+        elif key in ("effective", "trace_normalize"):
+            _need(isinstance(value, bool), f"record.{key}", "true or false", value)
+    if record.get("kernel") == "full" and record.get("output_reduction", "sum") != "sum":
+        _need(False, "record.output_reduction", "'sum' with kernel = 'full' (a full kernel reduces no outputs)", "mean")
 
 
 def _grid_targets(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:

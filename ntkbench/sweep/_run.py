@@ -64,6 +64,12 @@ def run_one(config: Mapping[str, Any], *, on_record: Any = None):
         measures=rec["measures"],
         log_points=rec["log_points"],
         lnp_probes=None if rec["lnp_probes"] == "exact" else rec["lnp_probes"],
+        kernel=rec["kernel"],
+        normalize=rec["normalize"],
+        effective=rec["effective"],
+        trace_normalize=rec["trace_normalize"],
+        output_reduction=rec["output_reduction"],
+        lnp_batch=rec["lnp_batch"],
     )
     _, ds = train(
         model,

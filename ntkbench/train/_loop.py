@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -15,10 +16,11 @@ import numpy as np
 import optax
 
 from ntkbench import _variables
+from ntkbench.conventions import DEFAULT, KERNEL_MEASURES, Convention
 from ntkbench.kernel import _Static
 from ntkbench.train._losses import _TASKS, _predict, _resolve_loss
 from ntkbench.train._measures import Loss, Measure, TestLoss
-from ntkbench.train._recorder import Context, LNPProbes, Recorder
+from ntkbench.train._recorder import Context, LNPBatch, LNPProbes, Recorder, convention_kernel, n_outputs, train_batch
 
 _LNP_KEY_SALT = 0x4C4E50  # "LNP": the Hutchinson probes' key is fold_in(key, salt) then the step
 
@@ -65,8 +67,7 @@ def linearized_test_predictions(
 
 def _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size):
     """Steps ``start .. stop-1`` in one ``fori_loop``; the batch of step i is drawn from
-    ``fold_in(key, i)``."""
-    n = x.shape[0]
+    ``fold_in(key, i)`` (:func:`~ntkbench.train._recorder.train_batch`)."""
 
     def batch_loss(p, xb, yb):
         model = eqx.combine(p, static)
@@ -75,11 +76,7 @@ def _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn
 
     def body(i, carry):
         p, s = carry
-        if batch_size >= n:
-            xb, yb = x, y
-        else:
-            idx = jax.random.choice(jax.random.fold_in(key, i), n, (batch_size,), replace=False)
-            xb, yb = x[idx], y[idx]
+        xb, yb = train_batch(x, y, key, i, batch_size)
         grads = jax.grad(batch_loss)(p, xb, yb)
         updates, s = optimizer.update(grads, s, p)
         return optax.apply_updates(p, updates), s
@@ -125,10 +122,12 @@ def _advance(fixed: _Static, params, frozen, opt_state, x, y, key, start, stop):
 @functools.partial(jax.jit, static_argnums=0)
 def _record(fixed: _Static, params, frozen, inputs):
     """One record (``fixed.value`` = the model's static part, measures, loss, LNP probes,
-    the measures watched for divergence) and whether the watched ones are all finite.
-    Compiled apart from :func:`_advance`, so runs with other optimizers share it."""
-    static, measures, loss_fn, lnp_probes, watched = fixed.value
-    record = _record_values(eqx.combine(params, frozen, static), inputs, measures, loss_fn, lnp_probes)
+    the measures watched for divergence, the kernel convention, the LNP batch and the batch
+    size) and whether the watched ones are all finite. Compiled apart from
+    :func:`_advance`, so runs with other optimizers share it."""
+    static, measures, loss_fn, lnp_probes, watched, convention, lnp_batch, batch_size = fixed.value
+    model = eqx.combine(params, frozen, static)
+    record = _record_values(model, inputs, measures, loss_fn, lnp_probes, convention, lnp_batch, batch_size)
     return record, _finite([record[k] for k in watched])
 
 
@@ -167,9 +166,38 @@ def _nan_record(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _record_values(model, inputs, measures, loss_fn, lnp_probes: LNPProbes = "auto"):
-    ctx = Context(model, inputs, loss_fn, lnp_probes)
+def _record_values(
+    model,
+    inputs,
+    measures,
+    loss_fn,
+    lnp_probes: LNPProbes = "auto",
+    convention: Convention = DEFAULT,
+    lnp_batch: LNPBatch = "probe",
+    batch_size: int | None = None,
+):
+    ctx = Context(model, inputs, loss_fn, lnp_probes, convention, lnp_batch, batch_size)
     return {m.name: jnp.asarray(m(ctx)) for m in measures}
+
+
+#: the LNP measures: of the probe batch or of the training batch (``lnp_batch``)
+_LNP_MEASURES = frozenset({"spectral_position", "chi_loss", "chi_net", "chi_net_se", "grad_norm_sq"})
+
+
+def _variable_attrs(m: Measure, convention: Convention, lnp_batch: LNPBatch) -> dict[str, str]:
+    """A recorded variable's attributes: its long name and units, and the convention it
+    was measured under (kernel measures: the ``ntk_*`` attributes, and under a convention
+    other than the default a long name that says it; LNP measures: ``ntk_lnp_batch``)."""
+    attrs = dict(m.attrs)
+    if m.name in KERNEL_MEASURES:
+        attrs.update(convention.for_measure(m.name))
+        if not convention.is_default:
+            attrs["long_name"] = convention.describe(m.name)
+    if m.name in _LNP_MEASURES:
+        attrs["ntk_lnp_batch"] = lnp_batch
+        if lnp_batch == "train":
+            attrs["long_name"] = attrs["long_name"].replace("(probe batch)", "(training batch, before the step)")
+    return attrs
 
 
 def _check_data(data) -> None:
@@ -279,6 +307,8 @@ def train(
         inputs["x_test"] = jnp.asarray(data.x_test)
         inputs["y_test"] = jnp.asarray(data.y_test)
 
+    convention: Convention = DEFAULT if recorder is None else recorder.convention
+    lnp_batch: LNPBatch = "probe" if recorder is None else recorder.lnp_batch
     if recorder is None:
         measures: tuple[Measure, ...] = (Loss(),) + ((TestLoss(),) if has_test else ())
         record_steps = np.array([int(steps)], dtype=np.int64)
@@ -289,14 +319,16 @@ def train(
         inputs["probe_x"] = x[:n_probe]
         inputs["probe_y"] = y[:n_probe]
         inputs["lnp_key"] = jax.random.fold_in(key, _LNP_KEY_SALT)  # Hutchinson probes: fold in the step
+        if lnp_batch == "train":
+            inputs["batch_key"] = key  # the LNP measures draw the next step's mini-batch
+        if any(m.name in KERNEL_MEASURES for m in measures):
+            convention.check_size(n_probe, n_outputs(model, x), name="probe")
         if any("test" in m.needs for m in measures) and has_test:
             inputs["test_probe_x"] = inputs["x_test"][: min(recorder.probe, len(data.x_test))]
         if any("kernel_regression" in m.needs for m in measures) and has_test:
             inputs["kernel_test_preds"] = linearized_test_predictions(model, x, y, inputs["x_test"])
         if any("kernel0" in m.needs for m in measures):
-            from ntkbench.kernel import entk
-
-            inputs["kernel0"] = entk(model, inputs["probe_x"], check_finite=False)
+            inputs["kernel0"] = convention_kernel(model, inputs["probe_x"], convention)
 
     params, rest = eqx.partition(model, eqx.is_inexact_array)
     frozen, static = eqx.partition(rest, eqx.is_array)  # untrained arrays: dynamic, not static
@@ -305,7 +337,7 @@ def train(
     lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
     # the parts jax.jit takes as static arguments, hashed once per train() call
     stepping = _static_arg((static, optimizer, loss_fn, batch_size))
-    recording = _static_arg((static, measures, loss_fn, lnp_probes, watched))
+    recording = _static_arg((static, measures, loss_fn, lnp_probes, watched, convention, lnp_batch, batch_size))
 
     def advance(params, opt_state, start: int, stop: int):
         """Dispatch steps ``start .. stop-1``: (params, opt_state, params finite)."""
@@ -374,7 +406,7 @@ def train(
     data_vars = {}
     for m in measures:
         values = np.stack([np.asarray(r[m.name]) for r in host])
-        data_vars[m.name] = xr.Variable(("step",) + m.dims, values, m.attrs)
+        data_vars[m.name] = xr.Variable(("step",) + m.dims, values, _variable_attrs(m, convention, lnp_batch))
     coords: dict[str, Any] = {"step": ("step", record_steps, var_attrs("step"))}
     eig_dims = {d for m in measures for d in m.dims}
     if "eigen_index" in eig_dims:
@@ -394,6 +426,9 @@ def train(
             "probe": recorder.probe,
             "measures": [m.name for m in measures],
             "lnp_probes": recorder.lnp_probes,
+            # stated only where they differ from the defaults (older files stay equal)
+            **({} if convention.is_default else dataclasses.asdict(convention)),
+            **({} if lnp_batch == "probe" else {"lnp_batch": lnp_batch}),
         },
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=make_attrs(config))

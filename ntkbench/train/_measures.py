@@ -69,14 +69,15 @@ class Eigenvalues(Measure):
 
 
 class Entropy(Measure):
-    """Von Neumann entropy S of the normalized probe spectrum (nats)."""
+    """Von Neumann entropy S of the normalized probe spectrum (nats), or S / ln(size) under
+    an ``effective`` convention."""
 
     name = "entropy"
 
     def __call__(self, ctx):
         from ntkbench.measures import entropy
 
-        return entropy(ctx.eigenvalues)
+        return ctx.convention.entropy(entropy(ctx.eigenvalues), ctx.eigenvalues.shape[-1])
 
 
 class EntropyNormalized(Measure):
@@ -91,25 +92,25 @@ class EntropyNormalized(Measure):
 
 
 class Trace(Measure):
-    """Tr K of the probe eNTK."""
+    """Tr K of the probe eNTK (Tr K / size under a ``trace_normalize`` convention)."""
 
     name = "trace"
 
     def __call__(self, ctx):
         from ntkbench.measures import trace
 
-        return trace(ctx.kernel)
+        return ctx.convention.trace(trace(ctx.kernel), ctx.kernel.shape[0])
 
 
 class TracePerSample(Measure):
-    """Tr K / N."""
+    """Tr K / N, N the probe's samples (a full kernel's N·C rows hold N samples)."""
 
     name = "trace_per_sample"
 
     def __call__(self, ctx):
         from ntkbench.measures import trace
 
-        return trace(ctx.kernel) / ctx.kernel.shape[0]
+        return trace(ctx.kernel) / ctx.inputs["probe_x"].shape[0]
 
 
 class EffectiveRank(Measure):
@@ -157,14 +158,14 @@ class RelativeChangeInit(Measure):
 
 
 class TestEntropy(Measure):
-    """Entropy S of the eNTK of the test probe."""
+    """Entropy S of the eNTK of the test probe (S / ln(size) under ``effective``)."""
 
     name = "test_entropy"
 
     def __call__(self, ctx):
         from ntkbench.measures import entropy
 
-        return entropy(ctx.test_eigenvalues)
+        return ctx.convention.entropy(entropy(ctx.test_eigenvalues), ctx.test_eigenvalues.shape[-1])
 
 
 class TestEntropyNormalized(Measure):
@@ -179,14 +180,14 @@ class TestEntropyNormalized(Measure):
 
 
 class TestTrace(Measure):
-    """Tr K of the eNTK of the test probe."""
+    """Tr K of the eNTK of the test probe (Tr K / size under ``trace_normalize``)."""
 
     name = "test_trace"
 
     def __call__(self, ctx):
         from ntkbench.measures import trace
 
-        return trace(ctx.test_kernel)
+        return ctx.convention.trace(trace(ctx.test_kernel), ctx.test_kernel.shape[0])
 
 
 class TestTracePerSample(Measure):
@@ -197,7 +198,7 @@ class TestTracePerSample(Measure):
     def __call__(self, ctx):
         from ntkbench.measures import trace
 
-        return trace(ctx.test_kernel) / ctx.test_kernel.shape[0]
+        return trace(ctx.test_kernel) / ctx.inputs["test_probe_x"].shape[0]
 
 
 class SpectralPosition(Measure):
@@ -249,14 +250,17 @@ class GradNormSq(Measure):
 
 
 def _residual_weights(ctx: Context, name: str):
-    """w_k = (v_k·u)² / ‖u‖² over the probe eNTK's eigenvectors (descending), C = 1 only."""
+    """w_k = (v_k·u)² / ‖u‖² over the probe eNTK's eigenvectors (descending): the full
+    kernel's (u flattened sample-major, any C), or the traced kernel's for C = 1 only."""
     from ntkbench.measures import residual_projection
 
     u = ctx.residual
+    if ctx.convention.kernel == "full":
+        return residual_projection(ctx.eigenpairs[1], u.reshape(-1), weights=True)
     if u.shape[1] != 1:
         raise ValueError(
             f"measures: {name!r} needs a model with one output per sample (C = 1, where the traced "
-            f"probe eNTK is the full one); this model has C = {u.shape[1]} outputs"
+            f"probe eNTK is the full one) or kernel='full'; this model has C = {u.shape[1]} outputs"
         )
     return residual_projection(ctx.eigenpairs[1], u[:, 0], weights=True)
 
@@ -265,10 +269,12 @@ class ResidualWeights(Measure):
     """Residual spectral weights w_k = (v_k·u)² / ‖u‖² (Σ_k w_k = 1) on the probe eNTK's
     eigenvectors, dims ("eigen_index",) paired with ``eigenvalues`` (descending).
 
-    Only for models with ONE output (C = 1): there the traced kernel is the full
-    (B·C) × (B·C) one. For C > 1 the weights would live on B·C full-kernel eigen-indices,
-    not on the N of ``eigenvalues``; recording them is refused with a ``ValueError``
-    naming this measure (at the first record, before any training step).
+    With ``kernel="full"`` for any C (the weights live on the N·C eigen-indices of the
+    full ``eigenvalues``); with the traced kernel only for models with ONE output (C = 1),
+    where it is the full one. For C > 1 on the traced kernel the weights would live on
+    N·C full-kernel eigen-indices, not on the N of ``eigenvalues``; recording them is
+    refused with a ``ValueError`` naming this measure (at the first record, before any
+    training step).
     """
 
     name = "residual_weights"
@@ -279,7 +285,8 @@ class ResidualWeights(Measure):
 
 class SpectralPositionEig(Measure):
     """χ_pos from the eigendecomposition, Σ_k (λ_k / Tr K) w_k: equals the kernel-free
-    ``spectral_position`` (exact χ_net) to round-off. C = 1 only, as ``residual_weights``."""
+    ``spectral_position`` (exact χ_net, probe batch) to round-off on the full kernel (or
+    the traced one for C = 1, as ``residual_weights``)."""
 
     name = "spectral_position_eig"
 

@@ -11,51 +11,97 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkbench.conventions import DEFAULT, Convention
 from ntkbench.train._losses import _predict
 from ntkbench.train._measures import DEFAULT_MEASURES, MEASURES, Measure
 
 LNPProbes: TypeAlias = int | Literal["auto"] | None  # Hutchinson probes of the LNP measures; None: exact
+LNPBatch: TypeAlias = Literal["probe", "train"]  # the batch the LNP measures are of
+
+
+def n_outputs(model, x) -> int:
+    """C: the number of outputs of ``model`` on one sample of ``x`` (N, ...) (static)."""
+    return int(np.prod(jax.eval_shape(model, x[0]).shape))
+
+
+def convention_kernel(model, x, convention: Convention = DEFAULT):
+    """The eNTK of ``x`` as the measures of ``convention`` see it (square): (N, N) traced,
+    or (N·C, N·C) full (:meth:`ntkbench.conventions.Convention.matrix`)."""
+    from ntkbench.kernel import entk
+
+    K = entk(model, x, outputs=convention.entk_outputs, check_finite=False)  # type: ignore[arg-type]
+    return convention.matrix(K, n_outputs(model, x))
+
+
+def train_batch(x, y, key, step, batch_size: int):
+    """The mini-batch of optimizer step ``step`` (the one that takes the model from step
+    ``step`` to ``step + 1``): ``batch_size`` samples drawn without replacement from
+    ``fold_in(key, step)``, or all of ``x`` when ``batch_size >= N``. The training loop and
+    the LNP measures on the training batch both draw it here."""
+    n = x.shape[0]
+    if batch_size >= n:
+        return x, y
+    idx = jax.random.choice(jax.random.fold_in(key, step), n, (batch_size,), replace=False)
+    return x[idx], y[idx]
 
 
 class Context:
     """What measures see at one record step. Quantities are computed on first use
     (while tracing), so a recording pays only for what its measures need.
 
-    Attributes (all traced arrays): ``model``; ``kernel`` (N, N) eNTK of the probe set;
-    ``eigenvalues`` (N,) descending; ``eigenpairs`` (eigenvalues (N,), eigenvectors
-    (N, N) as columns); ``residual`` (N, C) the probe batch's u_i = ∂l_i/∂f(x_i);
-    ``lnp`` the loss–network–position decomposition of the probe batch
-    (:func:`ntkbench.lnp`, computed once per record with ``lnp_probes`` Hutchinson probes,
-    None = exact, keyed by ``inputs["lnp_key"]`` folded with ``inputs["step"]``);
-    ``kernel0`` the probe eNTK at step 0;
-    ``test_kernel`` / ``test_eigenvalues`` on the test probe; ``loss``, ``test_loss``,
-    ``accuracy``, ``test_accuracy`` on the full train / test sets; ``inputs`` the dict
-    of arrays (``probe_x``, ``probe_y``, ``test_probe_x``, ``x_train``, ...).
+    Attributes (all traced arrays): ``model``; ``convention`` (the
+    :class:`ntkbench.conventions.Convention` of the kernel measures); ``kernel`` the probe
+    set's eNTK under it, (S, S) with S = N traced or N·C full; ``spectral_kernel`` the
+    matrix whose spectrum the spectral measures use (``kernel`` or its cosine
+    normalisation); ``eigenvalues`` (S,) descending; ``eigenpairs`` (eigenvalues (S,),
+    eigenvectors (S, S) as columns); ``residual`` (N, C) the probe batch's
+    u_i = ∂l_i/∂f(x_i); ``lnp`` the loss–network–position decomposition of the probe
+    batch, or with ``lnp_batch="train"`` of the mini-batch the next optimizer step trains
+    on (:func:`ntkbench.lnp`, computed once per record with ``lnp_probes`` Hutchinson
+    probes, None = exact, keyed by ``inputs["lnp_key"]`` folded with ``inputs["step"]``);
+    ``kernel0`` the probe eNTK at step 0 (same convention); ``test_kernel`` /
+    ``test_eigenvalues`` on the test probe; ``loss``, ``test_loss``, ``accuracy``,
+    ``test_accuracy`` on the full train / test sets; ``inputs`` the dict of arrays
+    (``probe_x``, ``probe_y``, ``test_probe_x``, ``x_train``, ...).
     """
 
-    def __init__(self, model, inputs: dict[str, Any], loss_fn: Callable, lnp_probes: LNPProbes = "auto"):
+    def __init__(
+        self,
+        model,
+        inputs: dict[str, Any],
+        loss_fn: Callable,
+        lnp_probes: LNPProbes = "auto",
+        convention: Convention = DEFAULT,
+        lnp_batch: LNPBatch = "probe",
+        batch_size: int | None = None,
+    ):
         self.model = model
         self.inputs = inputs
         self.loss_fn = loss_fn
         self.lnp_probes: LNPProbes = lnp_probes
+        self.convention = convention
+        self.lnp_batch: LNPBatch = lnp_batch
+        self.batch_size = batch_size
 
     @functools.cached_property
     def kernel(self):
-        from ntkbench.kernel import entk
+        return convention_kernel(self.model, self.inputs["probe_x"], self.convention)
 
-        return entk(self.model, self.inputs["probe_x"], check_finite=False)
+    @functools.cached_property
+    def spectral_kernel(self):
+        return self.convention.spectral(self.kernel)
 
     @functools.cached_property
     def eigenvalues(self):
         from ntkbench.measures import spectrum
 
-        return spectrum(self.kernel)
+        return spectrum(self.spectral_kernel)
 
     @functools.cached_property
     def eigenpairs(self):
         from ntkbench.measures import spectrum
 
-        return spectrum(self.kernel, vectors=True)
+        return spectrum(self.spectral_kernel, vectors=True)
 
     @functools.cached_property
     def residual(self):
@@ -70,7 +116,15 @@ class Context:
         key = None
         if "lnp_key" in self.inputs:
             key = jax.random.fold_in(self.inputs["lnp_key"], self.inputs.get("step", 0))
-        x, y = self.inputs["probe_x"], self.inputs["probe_y"]
+        if self.lnp_batch == "train":
+            if self.batch_size is None or "batch_key" not in self.inputs:
+                raise ValueError("lnp_batch='train' needs the training loop's batch size and key")
+            step = self.inputs.get("step", 0)
+            x, y = train_batch(
+                self.inputs["x_train"], self.inputs["y_train"], self.inputs["batch_key"], step, self.batch_size
+            )
+        else:
+            x, y = self.inputs["probe_x"], self.inputs["probe_y"]
         return lnp(self.model, x, y, self.loss_fn, probes=self.lnp_probes, key=key)
 
     @property
@@ -79,15 +133,13 @@ class Context:
 
     @functools.cached_property
     def test_kernel(self):
-        from ntkbench.kernel import entk
-
-        return entk(self.model, self.inputs["test_probe_x"], check_finite=False)
+        return convention_kernel(self.model, self.inputs["test_probe_x"], self.convention)
 
     @functools.cached_property
     def test_eigenvalues(self):
         from ntkbench.measures import spectrum
 
-        return spectrum(self.test_kernel)
+        return spectrum(self.convention.spectral(self.test_kernel))
 
     @functools.cached_property
     def _train_preds(self):
@@ -137,6 +189,22 @@ class Recorder:
         exact, an integer ≥ 2 the number of Hutchinson probes, ``"auto"`` exact for models
         with ≤ 64 outputs per sample, else 4 probes (:func:`ntkbench.lnp`). The probes'
         key is derived from :func:`train`'s ``key`` and the step.
+    kernel, normalize, effective, trace_normalize, output_reduction : the kernel
+        convention of the kernel measures (:class:`ntkbench.conventions.Convention`):
+        ``kernel="traced"`` (N × N, default) or ``"full"`` ((N·C) × (N·C), sample-major);
+        ``normalize="cosine"`` for the cosine-normalised kernel's spectrum; ``effective``
+        for S / ln(size) in place of S; ``trace_normalize`` for Tr K / size;
+        ``output_reduction="mean"`` for a traced kernel averaged over the C outputs
+        (neural-tangents' ``trace_axes``). Recorded in each kernel variable's attributes.
+
+        Cost of ``kernel="full"`` per record: the Jacobian of N·C rows, an (N·C)² kernel
+        (4·(N·C)² bytes in float32) and its eigendecomposition, about (N·C)³/3 flops (the
+        traced kernel: N³/3). A full kernel of more than
+        :data:`ntkbench.conventions.KERNEL_FULL_MAX` rows is refused before training.
+    lnp_batch : ``"probe"`` (default): the LNP measures (``chi_loss``, ``chi_net``,
+        ``chi_net_se``, ``spectral_position``, ``grad_norm_sq``) on the fixed probe set;
+        ``"train"``: on the mini-batch the next optimizer step trains on, before that step
+        (as the authors' tool measures them). Kernel-free either way: no spectrum.
 
     >>> Recorder(every=25, probe=64).steps(100).tolist()
     [0, 25, 50, 75, 100]
@@ -152,6 +220,12 @@ class Recorder:
         *,
         log_points: int = 30,
         lnp_probes: LNPProbes = "auto",
+        kernel: str = "traced",
+        normalize: str = "none",
+        effective: bool = False,
+        trace_normalize: bool = False,
+        output_reduction: str = "sum",
+        lnp_batch: LNPBatch = "probe",
     ):
         if isinstance(every, str):
             if every != "log":
@@ -179,6 +253,16 @@ class Recorder:
             or (isinstance(lnp_probes, (int, np.integer)) and not isinstance(lnp_probes, bool) and lnp_probes >= 2)
         ):
             raise ValueError(f"lnp_probes must be None (exact), 'auto' or an integer >= 2, got {lnp_probes!r}")
+        if not isinstance(lnp_batch, str) or lnp_batch not in ("probe", "train"):
+            raise ValueError(f"lnp_batch must be 'probe' or 'train', got {lnp_batch!r}")
+        self.convention = Convention(
+            kernel=kernel,  # type: ignore[arg-type]  checked there, naming the argument
+            normalize=normalize,  # type: ignore[arg-type]
+            effective=effective,
+            trace_normalize=trace_normalize,
+            output_reduction=output_reduction,  # type: ignore[arg-type]
+        )
+        self.lnp_batch: LNPBatch = lnp_batch
         self.every = every
         self.probe = int(probe)
         self.log_points = int(log_points)
@@ -204,7 +288,9 @@ class Recorder:
 
     def __repr__(self) -> str:
         names = [m.name for m in self.measures]
-        return f"Recorder(every={self.every!r}, probe={self.probe}, measures={names})"
+        extra = "" if self.convention.is_default else f", convention={self.convention}"
+        extra += "" if self.lnp_batch == "probe" else f", lnp_batch={self.lnp_batch!r}"
+        return f"Recorder(every={self.every!r}, probe={self.probe}, measures={names}{extra})"
 
     def steps(self, total: int) -> np.ndarray:
         """Sorted steps in ``[0, total]`` at which to record; always holds 0 and ``total``."""

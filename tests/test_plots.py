@@ -253,9 +253,10 @@ def test_export_png_and_svg(ds, tmp_path):
 
 
 def test_export_without_chromium_says_how_to_install(ds, tmp_path, monkeypatch):
-    monkeypatch.setattr(plots, "CHROMIUM", str(tmp_path / "nope"))
-    monkeypatch.setattr(plots, "CHROMEDRIVER", str(tmp_path / "nope"))
-    monkeypatch.setattr(plots, "_DRIVER", [])
+    # webdriver() looks these up in the module that holds it
+    monkeypatch.setattr(plots._export, "CHROMIUM", str(tmp_path / "nope"))
+    monkeypatch.setattr(plots._export, "CHROMEDRIVER", str(tmp_path / "nope"))
+    monkeypatch.setattr(plots._export, "_DRIVER", [])
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("NTKBENCH_CHROMIUM", raising=False)
     with pytest.raises(RuntimeError, match="apt-get install chromium chromium-driver"):

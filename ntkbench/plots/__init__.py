@@ -10,23 +10,11 @@ with mean ± std bands over seeds (:func:`seed_traces`, :func:`add_series`), pan
 their grid (:func:`panel`, :func:`panel_grid`), formatters (:func:`si_formatter`, log
 ticks), category heat maps (:func:`category_heatmap`), step markers and header blocks; a
 *figure-data* dict describes everything about such a figure that depends on its settings,
-and :func:`apply` redraws a built figure from a new one (see the "paper figures" section).
+and :func:`apply` redraws a built figure from a new one (its keys: :class:`FigureData`).
 
 Axis labels and units come from each variable's ``long_name`` and ``units`` attributes;
 lines over widths use a perceptual palette (Viridis), lines over steps Plasma; hover tools
 show the exact values.
-
-Example
--------
->>> from ntkbench.testing import synthetic_cube
->>> from ntkbench import plots
->>> ds = synthetic_cube(widths=(16, 64), seeds=(0, 1), steps=(0, 10, 100), n_eigen=8)
->>> fig = plots.spectrum_plot(ds, step=100)
->>> len(fig.select_one({"name": "lines"}).data["ys"])  # one line per width
-2
->>> plots.update(fig, plots.spectrum_data(ds, step=100, width=[64]))
->>> fig.select_one({"name": "lines"}).data["label"]
-['width 64']
 
 The package holds one idea per private module; every public name is re-exported here:
 
@@ -52,6 +40,18 @@ The package holds one idea per private module; every public name is re-exported 
 
 The choice strings of the signatures (seed modes, export formats, ...) are ``Literal``
 aliases in :mod:`ntkbench._types`.
+
+Example
+-------
+>>> from ntkbench.testing import synthetic_cube
+>>> from ntkbench import plots
+>>> ds = synthetic_cube(widths=(16, 64), seeds=(0, 1), steps=(0, 10, 100), n_eigen=8)
+>>> fig = plots.spectrum_plot(ds, step=100)
+>>> len(fig.select_one({"name": "lines"}).data["ys"])  # one line per width
+2
+>>> plots.update(fig, plots.spectrum_data(ds, step=100, width=[64]))
+>>> fig.select_one({"name": "lines"}).data["label"]
+['width 64']
 """
 
 from __future__ import annotations

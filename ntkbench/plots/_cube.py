@@ -669,7 +669,7 @@ def kernel_image(K: Any, *, title: str = "eNTK", palette: str | None = None, **f
     return fig
 
 
-# --------------------------------------------------------------------------- registry + export
+# --------------------------------------------------------------------------- registry
 
 
 def _default_measure(ds: Any) -> str:

@@ -16,7 +16,6 @@ from ntkbench._types import ExportFormat
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
-
 _DRIVER: list[Any] = []  # one reused headless Chromium for all PNG/SVG exports
 
 

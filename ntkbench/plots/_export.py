@@ -112,14 +112,16 @@ def export(fig: Any, path: str | os.PathLike, format: str | None = None, *, scal
     ('.html', True)
     """
     path = Path(path)
-    fmt = (path.suffix.lstrip(".").lower() or "png") if format is None else format.lower()
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"format must be 'png', 'svg', 'pdf' or 'html', got {fmt!r}")
-    if path.suffix.lower() != f".{fmt}":
-        path = path.with_name(path.name + f".{fmt}")
+    if format is None:
+        format = path.suffix.lstrip(".").lower() or "png"
+    format = format.lower()
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be 'png', 'svg', 'pdf' or 'html', got {format!r}")
+    if path.suffix.lower() != f".{format}":
+        path = path.with_name(path.name + f".{format}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    if fmt == "html":
+    if format == "html":
         from bokeh.embed import file_html
         from bokeh.resources import INLINE
 
@@ -129,13 +131,13 @@ def export(fig: Any, path: str | os.PathLike, format: str | None = None, *, scal
         os.replace(tmp, path)
         return path
     drv = webdriver()
-    if fmt == "png":
+    if format == "png":
         img = _screenshot(fig, drv, scale)
         img.save(tmp, format="PNG")
         os.replace(tmp, path)
         return path
     svg = vector_svg(fig, driver=drv)
-    if fmt == "svg":
+    if format == "svg":
         tmp.write_text(svg, encoding="utf-8")
     else:
         tmp.write_bytes(svg_to_pdf(svg, driver=drv))

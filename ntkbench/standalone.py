@@ -30,11 +30,12 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from ntkbench import plots
+from ntkbench._types import PaperControlKind
 from ntkbench.cube import finished
 
 __all__ = ["explorer_layout", "explorer_html", "paper_layout", "paper_html", "write_html"]
@@ -510,7 +511,7 @@ for (const [name, loc] of Object.entries(d.spans ?? {})) {
 """
 
 #: control kinds a standalone paper figure can offer (each value's figure data embedded)
-PAPER_CONTROL_KINDS = ("slider", "dropdown", "toggle", "checkbox")
+PAPER_CONTROL_KINDS: tuple[PaperControlKind, ...] = get_args(PaperControlKind)
 #: at most this many combinations of control values are embedded in one paper figure ...
 MAX_COMBINATIONS = 128
 #: ... and at most about this many bytes of figure data; controls past either are frozen
@@ -518,6 +519,9 @@ MAX_EMBEDDED_BYTES = 8_000_000
 
 
 def _figure_payload(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What the page applies of figure data (as :func:`ntkbench.plots.apply` does); a key
+    outside :class:`ntkbench.plots.FigureData` is a ``ValueError``."""
+    plots.check_figure_data(data)
     return {k: data[k] for k in ("sources", "titles", "x_labels", "y_labels", "header", "ranges", "spans") if k in data}
 
 

@@ -253,9 +253,10 @@ def test_export_png_and_svg(ds, tmp_path):
 
 
 def test_export_without_chromium_says_how_to_install(ds, tmp_path, monkeypatch):
-    monkeypatch.setattr(plots, "CHROMIUM", str(tmp_path / "nope"))
-    monkeypatch.setattr(plots, "CHROMEDRIVER", str(tmp_path / "nope"))
-    monkeypatch.setattr(plots, "_DRIVER", [])
+    # webdriver() looks these up in the module that holds it
+    monkeypatch.setattr(plots._export, "CHROMIUM", str(tmp_path / "nope"))
+    monkeypatch.setattr(plots._export, "CHROMEDRIVER", str(tmp_path / "nope"))
+    monkeypatch.setattr(plots._export, "_DRIVER", [])
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("NTKBENCH_CHROMIUM", raising=False)
     with pytest.raises(RuntimeError, match="apt-get install chromium chromium-driver"):
@@ -377,3 +378,72 @@ def test_legend_of_an_empty_plot_stays_where_it_was_put():
     fig, _ = _legend_fig([[], []], [[], []])
     plots.legend_style(fig, "bottom_left")
     assert plots.place_legend(fig) == "bottom_left" and fig.legend[0].location == "bottom_left"
+
+
+# --------------------------------------------------------------------------- figure data
+
+
+def _line_figure_data(**extra):
+    """Figure data of a one-panel line figure (:func:`plots.line_grid`), plus ``extra`` keys."""
+    data = plots.figure_data("F-test", "<b>head</b>")
+    plots.set_panel(data, "p", "title", "x", "y", log_x=False, log_y=False)
+    lines, bands = plots.empty_lines(), plots.empty_bands()
+    plots.add_series(lines, bands, np.arange(1.0, 4.0), [(np.array([1.0, 2, 3]), None)], "#1f5fa8", "a", log_x=False)
+    data["panels"], data["legend"] = [["p"]], ["p"]
+    data["sources"] = {"p-lines": lines, "p-bands": bands}
+    data["spans"] = {"p-marker": 2.0}
+    data.update(extra)
+    return data
+
+
+def test_figure_data_schema_has_every_key_and_each_is_optional():
+    import typing
+
+    keys = {"layout", "header", "panels", "legend", "legend_location", "sources", "titles", "x_labels", "y_labels"}
+    keys |= {"scales", "ranges", "spans", "factors"}
+    assert plots.FIGURE_DATA_KEYS == keys == set(typing.get_type_hints(plots.FigureData))
+    assert plots.FigureData.__required_keys__ == frozenset()  # total=False
+    assert set(plots.figure_data("F-x")) <= keys
+
+
+def test_an_unknown_figure_data_key_is_an_error_not_ignored():
+    from ntkbench import standalone
+
+    fig = plots.line_grid(_line_figure_data(), panel_size=(300, 200), name="F-test")
+    plots.apply(fig, _line_figure_data(header="new", legend_location="top_left"))  # known keys are applied
+    assert fig.select_one({"name": "header"}).text == "new"
+    bad = _line_figure_data(header="changed", legend_locaton="top_right")
+    consumers = [  # apply, layout_key, a builder, the standalone page's payload
+        lambda d: plots.apply(fig, d),
+        plots.layout_key,
+        lambda d: plots.line_grid(d, panel_size=(300, 200), name="F-test"),
+        standalone._figure_payload,
+    ]
+    for consume in consumers:
+        with pytest.raises(ValueError, match=r"unknown key 'legend_locaton' \(did you mean 'legend_location'\?\)"):
+            consume(bad)
+    assert fig.select_one({"name": "header"}).text == "new", "apply changed the figure before refusing"
+    with pytest.raises(ValueError, match=r"unknown keys 'x', 'sourses' \(did you mean 'sources'\?\)"):
+        plots.check_figure_data({"x": 1, "sourses": {}})
+
+
+def test_choice_literals_are_the_runtime_choices():
+    from typing import get_args
+
+    from ntkbench import _types, standalone, widgets
+
+    assert plots.EXPORT_FORMATS == get_args(_types.ExportFormat) == ("png", "svg", "pdf", "html")
+    assert standalone.PAPER_CONTROL_KINDS == get_args(_types.PaperControlKind)
+    assert widgets.Control.KINDS == get_args(_types.ControlKind)
+    assert set(get_args(_types.PaperControlKind)) <= set(get_args(_types.ControlKind))
+    ds = synthetic_cube((16,), (0, 1), (0, 10), 4)
+    da = ds["entropy"].sel(width=16)
+    for mode in get_args(_types.SeedMode):  # every seed mode draws, and so does a seed
+        assert plots.seed_traces(da, plots.seed_mode(mode, ds))
+    assert len(plots.seed_traces(da, plots.seed_mode(1, ds))) == 1
+    for spread in get_args(_types.Spread):
+        assert plots.seed_traces(da, "mean", spread=spread)[0][1] is not None
+    for by in get_args(_types.SpectrumBy):
+        assert plots.spectrum_data(ds, by=by)["lines"]["xs"]
+    with pytest.raises(ValueError, match="seed must be"):
+        plots.seed_mode("median", ds)

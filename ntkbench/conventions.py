@@ -34,7 +34,7 @@ Example
 >>> from ntkbench.conventions import Convention
 >>> c = Convention(kernel="full", trace_normalize=True)
 >>> c.describe("entropy"), c.describe("trace")
-('S of the full eNTK [nat]', 'Tr K / (N·C) of the full eNTK')
+('S of the full eNTK', 'Tr K / (N·C) of the full eNTK')
 >>> Convention(normalize="cosine", effective=True).describe("entropy")
 'S / ln N of the cosine-normalised eNTK'
 """
@@ -176,8 +176,14 @@ class Convention:
         measure; nothing for a loss or accuracy)."""
         return self.attrs() if name in KERNEL_MEASURES else {}
 
+    def units(self, name: str, units: str) -> str:
+        """The units of measure ``name`` (whose default units are ``units``): an effective
+        entropy is dimensionless."""
+        return "1" if self.effective and name in ENTROPIES else units
+
     def describe(self, name: str) -> str:
-        """What the measure ``name`` is under this convention, for an axis label."""
+        """What the measure ``name`` is under this convention, for an axis label (without
+        units: a figure adds the variable's ``units``, which :meth:`units` gives)."""
         kernel = "full eNTK" if self.kernel == "full" else "eNTK"
         if self.output_reduction == "mean":
             kernel += " (mean over outputs)"
@@ -187,8 +193,7 @@ class Convention:
         base = name.removeprefix("test_")
         if base == "entropy":
             what = f"S / ln {size}" if self.effective else "S"
-            unit = "" if self.effective else " [nat]"
-            return f"{what} of the {spectral_kernel}{test}{unit}"
+            return f"{what} of the {spectral_kernel}{test}"
         if base == "entropy_normalized":
             return f"S / ln {size} of the {spectral_kernel}{test}"
         if base == "trace":

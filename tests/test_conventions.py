@@ -109,7 +109,7 @@ def test_attributes_round_trip_and_labels():
     assert Convention().for_measure("test_entropy")["ntk_kernel"] == "traced"
     assert Convention(output_reduction="mean").describe("trace") == "Tr K of the eNTK (mean over outputs)"
     assert Convention(kernel="full").describe("eigenvalues") == "eigenvalue of the full eNTK"
-    assert Convention().describe("entropy") == "S of the eNTK [nat]"
+    assert Convention().describe("entropy") == "S of the eNTK"
     assert Convention(trace_normalize=True).describe("test_trace") == "Tr K / N of the eNTK (test probe)"
 
 
@@ -179,7 +179,8 @@ def test_recorded_full_kernel_against_a_float64_jacobian_and_its_attributes():
     assert float(ds["residual_weights"][0].sum()) == pytest.approx(1.0, abs=1e-5)
     for name in names:
         assert ds[name].attrs["ntk_kernel"] == "full", name
-    assert ds["entropy"].attrs["long_name"] == "S of the full eNTK [nat]"
+    assert ds["entropy"].attrs["long_name"] == "S of the full eNTK"
+    assert ds["entropy"].attrs["units"] == "nat"
     assert ds["trace"].attrs["ntk_trace_normalize"] == "false"
 
 
@@ -202,7 +203,9 @@ def test_recorded_conventions_scale_as_their_definitions_say():
     # a cosine-normalised kernel has unit diagonal: its eigenvalues sum to N; traces are of K itself
     np.testing.assert_allclose(cos["eigenvalues"].sum("eigen_index"), n, rtol=1e-5)
     np.testing.assert_allclose(cos["trace"], base["trace"], rtol=1e-6)
-    assert cos["entropy"].attrs["long_name"] == "S of the cosine-normalised eNTK [nat]"
+    assert cos["entropy"].attrs["long_name"] == "S of the cosine-normalised eNTK"
+    assert eff["entropy"].attrs["long_name"] == "S / ln N of the eNTK"
+    assert eff["entropy"].attrs["units"] == "1"  # an effective entropy is dimensionless
     assert cos["loss"].attrs.get("ntk_kernel") is None  # not a kernel measure
     assert base["entropy"].attrs["ntk_kernel"] == "traced"
 

@@ -193,6 +193,7 @@ def _variable_attrs(m: Measure, convention: Convention, lnp_batch: LNPBatch) -> 
         attrs.update(convention.for_measure(m.name))
         if not convention.is_default:
             attrs["long_name"] = convention.describe(m.name)
+            attrs["units"] = convention.units(m.name, attrs["units"])
     if m.name in _LNP_MEASURES:
         attrs["ntk_lnp_batch"] = lnp_batch
         if lnp_batch == "train":

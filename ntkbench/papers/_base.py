@@ -61,6 +61,7 @@ __all__ = [
     "config_of",
     "at_step",
     "seed_text",
+    "put_lines",
     "line_builder",
 ]
 
@@ -312,6 +313,12 @@ def seed_text(seed: Any, band: str = "mean ± std over seeds", unit: str = "seed
     ('mean ± std over seeds', 'every repeat', 'seed 3')
     """
     return {"mean": band, "all": f"every {unit}"}.get(seed, f"{unit} {seed}")
+
+
+def put_lines(data: dict[str, Any], key: str, lines: Any, bands: Any) -> None:
+    """Store panel ``key``'s line and band columns as the figure data's sources
+    ``"<key>-lines"`` and ``"<key>-bands"``."""
+    data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
 
 
 def line_builder(panel_size: tuple[int, int], doc: str, legend_location: str | None = None) -> Callable[..., Any]:

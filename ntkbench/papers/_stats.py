@@ -19,6 +19,7 @@ __all__ = [
     "mean_of",
     "strict",
     "mean_se",
+    "mean_se_by",
     "power_fit",
     "frontier",
     "ranks",
@@ -91,14 +92,20 @@ def mean_se(a: Any, nd: int = 5) -> dict[str, Any]:
     return {"mean": finite(a.mean(), nd) if a.size else None, "se": finite(se, nd), "n": int(a.size)}
 
 
-def power_fit(x: Any, y: Any) -> tuple[float, float, float] | None:
+def mean_se_by(da: Any, dim: str, nd: int = 5) -> dict[str, dict[str, Any]]:
+    """``{str(int(value)): mean_se(da at value)}`` for each value of integer dim ``dim``
+    of a DataArray (e.g. one entry per width, over seeds)."""
+    return {str(int(v)): mean_se(da.sel({dim: v}).values, nd) for v in da[dim].values}
+
+
+def power_fit(x: Any, y: Any, min_points: int = 3) -> tuple[float, float, float] | None:
     """``(a, b, r2)`` of ``y = a · x^b`` fitted on the points with finite, positive x and
-    y (:func:`ntkbench.plots.power_law_fit`); None below three such points."""
+    y (:func:`ntkbench.plots.power_law_fit`); None below ``min_points`` such points."""
     from ntkbench import plots
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if ok.sum() < 3:
+    if ok.sum() < max(2, min_points):
         return None
     return plots.power_law_fit(x[ok], y[ok])
 

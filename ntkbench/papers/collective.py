@@ -42,19 +42,16 @@ from __future__ import annotations
 import copy
 import html
 import itertools
-import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ntkbench import cube as cube_mod
 from ntkbench import plots
-from ntkbench.papers import _base
-from ntkbench.papers._base import FigureSpec
+from ntkbench.papers import _base, _stats
+from ntkbench.papers._base import FigureSpec, check_choice, config_of, put_lines, seed_text
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
@@ -253,87 +250,30 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
 CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
 
 
-def configs(name: str = "quick") -> dict[str, dict[str, Any]]:
-    """A deep copy of the sweep configs of ``name`` (``"quick"``, ``"test"``, ``"full"``).
-
-    >>> sorted(configs("quick"))
-    ['cnn', 'mlp', 'scale', 'transformer']
-    >>> configs("quick")["mlp"]["grid"]["width"]
-    [8, 128]
-    """
-    return _base.pick_config(CONFIGS, name)
-
-
-# =========================================================================== run
-
-
 def _folder(experiment: str) -> str:
     return "runs-mlp" if experiment in ("mlp", "scale") else f"runs-{experiment}"
 
 
-def run_cubes(
-    out: str | os.PathLike[str],
-    config: str | Mapping[str, Mapping[str, Any]] = "quick",
-    *,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client: Any = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the experiments of ``config`` (a name of :data:`CONFIGS` or such a dict) under
-    ``out`` through :func:`ntkbench.sweep` and return ``{experiment: cube}``.
-
-    Each experiment's cube is also saved as ``out/<experiment>.nc``. ``mlp`` and ``scale``
-    share the run folder ``out/runs-mlp`` (a grid point of both runs once); rerunning
-    resumes. The transformer's ``layers`` axis is renamed ``depth`` in its cube.
-    """
-    cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
-    return _base.run_experiments(
-        out,
-        cfgs,
-        folder=_folder,
-        rename={"layers": "depth"},
-        workers=workers,
-        scheduler=scheduler,
-        client=client,
-        progress=progress,
-    )
-
-
+# ``mlp`` and ``scale`` share the run folder ``out/runs-mlp`` (a grid point of both runs
+# once); the transformer's ``layers`` axis is renamed ``depth`` in its cube
+_paper = _base.Paper(__name__, folder=_folder, rename={"layers": "depth"}, needs=("mlp",))
+#: a deep copy of the sweep configs of a name (``"quick"``, ``"test"``, ``"full"``)
+configs = _paper.configs
+#: run a config's experiments under ``out`` (resumable) and return ``{experiment: cube}``;
+#: each cube is also saved as ``out/<experiment>.nc``
+run_cubes = _paper.run_cubes
 #: every cube in one netCDF file (``mlp`` also in the root group): ntkbench.cube.save_many
 save_cubes = cube_mod.save_many
 #: ``{experiment: cube}`` of such a file (``data/collective_quick.nc``): ntkbench.cube.open_many
-open_cubes = cube_mod.open_many
-
-
-def run(
-    out: str | os.PathLike[str],
-    quick: bool = False,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    *,
-    config: str | Mapping[str, Mapping[str, Any]] | None = None,
-    formats: Sequence[str] = ("png", "svg", "html"),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """``ntkbench reproduce collective``: run the experiments, export every figure and the
-    summary; return ``{experiment: cube}``.
-
-    Writes ``out/<experiment>.nc``, ``out/collective.nc`` (all cubes, :func:`save_cubes`),
-    ``out/figures/collective-F-b*.{png,svg,html}``, ``out/summary.txt`` and
-    ``out/summary.json``. ``config`` overrides ``quick`` (``"quick"``/``"full"``/``"test"``
-    or a dict like :data:`CONFIGS` entries).
-    """
-    return _base.reproduce(
-        sys.modules[__name__],
-        out,
-        config,
-        quick=quick,
-        workers=workers,
-        scheduler=scheduler,
-        formats=formats,
-        progress=progress,
-    )
+open_cubes = _paper.open_cubes
+#: ``ntkbench reproduce collective``: writes ``out/<experiment>.nc``, ``out/collective.nc``,
+#: ``out/figures/collective-F-b*.{png,svg,html}``, ``out/summary.txt`` and ``summary.json``
+run = _paper.run
+#: ``{"F-b1": ..., ..., "F-b4": ...}`` at :func:`defaults` (keywords override settings,
+#: e.g. ``entropy="S/lnN"``, ``trace``, ``seed``)
+figures = _paper.figures
+#: export every figure of :func:`figures` as ``folder/collective-F-b*.{format}``
+export_figures = _paper.export_figures
 
 
 # =========================================================================== shared by the figures
@@ -354,10 +294,8 @@ _ROWS = ("activation", "width", "depth")
 
 
 def _check_variants(entropy: str, trace: str) -> None:
-    if entropy not in ENTROPY_VARIANTS:
-        raise ValueError(f"entropy must be one of {list(ENTROPY_VARIANTS)}, got {entropy!r}")
-    if trace not in TRACE_VARIANTS:
-        raise ValueError(f"trace must be one of {list(TRACE_VARIANTS)}, got {trace!r}")
+    check_choice("entropy", entropy, ENTROPY_VARIANTS)
+    check_choice("trace", trace, TRACE_VARIANTS)
 
 
 def _b1_pairs(ds: Any, width: int | None, depth: int | None, activation: str) -> dict[str, list[tuple[str, int, int]]]:
@@ -367,12 +305,9 @@ def _b1_pairs(ds: Any, width: int | None, depth: int | None, activation: str) ->
     acts = [str(v) for v in ds["activation"].values]
     width = widths[0] if width is None else int(width)
     depth = depths[0] if depth is None else int(depth)
-    if width not in widths:
-        raise ValueError(f"width must be one of {widths}, got {width!r}")
-    if depth not in depths:
-        raise ValueError(f"depth must be one of {depths}, got {depth!r}")
-    if activation not in acts:
-        raise ValueError(f"activation must be one of {acts}, got {activation!r}")
+    check_choice("width", width, widths)
+    check_choice("depth", depth, depths)
+    check_choice("activation", activation, acts)
     pairs = {
         "activation": [(a, width, depth) for a in acts[:2]],
         "width": [(activation, w, depth) for w in (widths[0], widths[-1])],
@@ -391,12 +326,8 @@ def _column_vars(col: str, entropy: str, trace: str) -> tuple[str, str, str]:
 
 
 def _probe_note(ds: Any) -> str:
-    try:
-        cfg = json.loads(ds.attrs.get("config", "{}"))
-        probe = cfg.get("record", {}).get("probe")
-        data = cfg.get("data", {}).get("name")
-    except (TypeError, ValueError, AttributeError):
-        probe, data = None, None
+    cfg = config_of(ds)
+    probe, data = cfg.get("record", {}).get("probe"), cfg.get("data", {}).get("name")
     parts = [_KERNEL_NOTE]
     if probe:
         parts.append(f"probe N = {probe} train + {probe} test")
@@ -423,16 +354,16 @@ def _header(figure: str, ds: Any, entropy: str, trace: str, seed: Any = "mean", 
     shown as the mean because they lack ``seed`` (:func:`b4_seed_fallbacks`)."""
     ev, tv = ENTROPY_VARIANTS[entropy][2], TRACE_VARIANTS[trace][2]
     band = "mean over seeds" if figure == "F-b2" else "mean ± std over seeds"
-    seed_text = {"mean": band, "all": "every seed"}.get(seed, f"seed {seed}")
+    seeds = seed_text(seed, band)
     if fallback:
-        seed_text += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
+        seeds += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
     if figure == "F-b1":
-        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {_probe_note(ds)}; {seed_text}; train dark, test light"
+        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {_probe_note(ds)}; {seeds}; train dark, test light"
     if figure == "F-b2":
-        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {_probe_note(ds)}; {seed_text}; ○ start, □ end"
+        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {_probe_note(ds)}; {seeds}; ○ start, □ end"
     if figure == "F-b3":
         return f"<b>F-b3 scale diagram</b> — {ev}, {tv} (log colour); {_probe_note(ds)}; mean over seeds"
-    return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seed_text}; train dark, test light"
+    return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seeds}; train dark, test light"
 
 
 def _step_row(
@@ -461,8 +392,7 @@ def _step_row(
             for var, probe in ((v_train, "train"), (v_test, "test"))[: 2 if test else 1]:
                 traces = plots.seed_traces(sel[var], mode)
                 plots.add_series(lines, bands, x, traces, color, f"{label} {probe}", light=probe == "test", log_y=log_y)
-        data["sources"][f"{key}-lines"] = lines
-        data["sources"][f"{key}-bands"] = bands
+        put_lines(data, key, lines, bands)
         plots.set_panel(data, key, title if j == 0 else "", "step + 1", ylab, log_x=True, log_y=log_y)
         keys.append(key)
     return keys
@@ -750,8 +680,7 @@ def build_b3(data: FigureData, cell: int = 62) -> Any:
     from bokeh.layouts import column, row
 
     rows = []
-    for keys in data["panels"]:
-        q = keys[0].split("-", 1)[1].rsplit("-", 1)[0]
+    for q, keys in zip(data["layout"][1], data["panels"], strict=True):  # a row of heat maps per quantity
         log = B3_QUANTITIES[q][1]
         lo, hi = data["ranges"][f"b3-{q}-mapper"]
         mapper = plots.color_mapper(lo, hi, log=log, diverging=q == "dS", name=f"b3-{q}-mapper")
@@ -825,11 +754,8 @@ def b4_seed_fallbacks(cubes: Mapping[str, Any], seed: Any, missing_seed: str = "
 
 
 def _arch_title(arch: str, ds: Any) -> str:
-    try:
-        cfg = json.loads(ds.attrs.get("config", "{}"))
-        m, d = cfg.get("model", {}), cfg.get("data", {})
-    except (TypeError, ValueError, AttributeError):
-        m, d = {}, {}
+    cfg = config_of(ds)
+    m, d = cfg.get("model", {}), cfg.get("data", {})
     if arch == "transformer":
         return f"TinyTransformer w{m.get('width')}, stories (ctx {d.get('context')})"
     w = int(ds["width"].values[0]) if "width" in ds.dims else m.get("width")
@@ -982,19 +908,6 @@ def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-    """``{"F-b1": ..., "F-b2": ..., "F-b3": ..., "F-b4": ...}`` at :func:`defaults`
-    (``kw`` overrides settings, e.g. ``entropy="S/lnN"``, ``trace``, ``seed``)."""
-    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
-
-
-def export_figures(
-    cubes: Mapping[str, Any], folder: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg", "html")
-) -> list[Path]:
-    """Export every figure of :func:`figures` as ``folder/collective-F-b*.{format}``."""
-    return _base.export_figures(figures(cubes), folder, KEY, formats)
-
-
 # =========================================================================== summary
 
 
@@ -1015,7 +928,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     """
     mlp = cubes["mlp"]
     out: dict[str, Any] = {"entropy_note": "S in nats, " + _KERNEL_NOTE + "; change = S(last step) - S(0)"}
-    ec, tec, kc, lr = {}, {}, {}, {}
+    ec, tec, kc, loss_ratio = {}, {}, {}, {}
     for act in mlp["activation"].values.tolist():
         for d in mlp["depth"].values.tolist():
             for w in mlp["width"].values.tolist():
@@ -1025,22 +938,22 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
                     delta = (sel[var].isel(step=-1) - sel[var].isel(step=0)).values
                     delta = np.atleast_1d(delta)
                     dest[key] = {
-                        "per_seed": [round(float(v), 4) for v in delta],
-                        "mean": round(float(np.mean(delta)), 4),
+                        "per_seed": [_stats.finite(v) for v in delta],
+                        "mean": _stats.finite(np.mean(delta)),
                         "n_fell": int((delta < 0).sum()),
                         "n_rose": int((delta > 0).sum()),
                         "n_seeds": int(delta.size),
                     }
                 kc[key] = {
-                    "kernel_distance_init": round(float(sel["kernel_distance_init"].isel(step=-1).mean()), 5),
-                    "relative_change_init": round(float(sel["relative_change_init"].isel(step=-1).mean()), 4),
+                    "kernel_distance_init": _stats.finite(sel["kernel_distance_init"].isel(step=-1).mean(), 5),
+                    "relative_change_init": _stats.finite(sel["relative_change_init"].isel(step=-1).mean()),
                 }
                 ratio = np.atleast_1d((sel["loss"].isel(step=-1) / sel["loss"].isel(step=0)).values)
-                lr[key] = round(float(ratio.max()), 4)
+                loss_ratio[key] = _stats.finite(ratio.max())
     out["entropy_change"] = ec
     out["test_entropy_change"] = tec
     out["kernel_change"] = kc
-    out["loss_ratio"] = lr
+    out["loss_ratio"] = loss_ratio
 
     scale = cubes.get("scale", mlp)
     tw, sd = {}, {}
@@ -1053,9 +966,9 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
             a, b, r2 = plots.linear_fit(np.log(widths), np.log(tr0.values))
             tw[f"{act} depth {d}"] = {
                 "widths": widths.astype(int).tolist(),
-                "trace0": [float(f"{v:.5g}") for v in tr0.values],
-                "loglog_slope": round(b, 4),
-                "r2": round(r2, 4),
+                "trace0": [_stats.sig(v, 5) for v in tr0.values],
+                "loglog_slope": _stats.finite(b),
+                "r2": _stats.finite(r2),
             }
         for w in scale["width"].values.tolist():
             s0 = scale["entropy"].sel(activation=act, width=w).isel(step=0)
@@ -1065,9 +978,9 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
             a, b, r2 = plots.linear_fit(depths, s0.values)
             sd[f"{act} width {w}"] = {
                 "depths": depths.astype(int).tolist(),
-                "entropy0": [round(float(v), 4) for v in s0.values],
-                "slope_per_layer": round(b, 4),
-                "r2": round(r2, 4),
+                "entropy0": [_stats.finite(v) for v in s0.values],
+                "slope_per_layer": _stats.finite(b),
+                "r2": _stats.finite(r2),
             }
     out["trace0_vs_width"] = tw
     out["entropy0_vs_depth"] = sd
@@ -1084,10 +997,10 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
             delta = np.atleast_1d((sel["entropy"].isel(step=-1) - sel["entropy"].isel(step=0)).values)
             ratio = np.atleast_1d((sel["loss"].isel(step=-1) / sel["loss"].isel(step=0)).values)
             archs[f"{arch} depth {d}"] = {
-                "entropy_change_per_seed": [round(float(v), 4) for v in delta],
+                "entropy_change_per_seed": [_stats.finite(v) for v in delta],
                 "n_rose": int((delta > 0).sum()),
                 "n_seeds": int(delta.size),
-                "loss_ratio_max": round(float(ratio.max()), 4),
+                "loss_ratio_max": _stats.finite(ratio.max()),
             }
     out["architectures"] = archs
     return out
@@ -1095,6 +1008,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
+    fmt = _stats.fmt
     lines = [f"{TITLE}", f"({summary.get('entropy_note', '')})", ""]
     if "run_wall_seconds" in summary:
         lines.append(f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time")
@@ -1111,25 +1025,25 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             else "mixed"
         )
         lines.append(
-            f"  {key:<12} dS mean {v['mean']:+.3f} (test {t['mean']:+.3f}); fell in {v['n_fell']}/{v['n_seeds']} seeds, "
-            f"rose in {v['n_rose']}/{v['n_seeds']} -> {verdict}; kernel distance {kc['kernel_distance_init']:.4f}, "
-            f"rel. change {kc['relative_change_init']:.3g}; loss ratio <= {summary['loss_ratio'][key]:.3f}"
+            f"  {key:<12} dS mean {fmt(v['mean'], '+.3f')} (test {fmt(t['mean'], '+.3f')}); fell in {v['n_fell']}/{v['n_seeds']} seeds, "
+            f"rose in {v['n_rose']}/{v['n_seeds']} -> {verdict}; kernel distance {fmt(kc['kernel_distance_init'], '.4f')}, "
+            f"rel. change {fmt(kc['relative_change_init'], '.3g')}; loss ratio <= {fmt(summary['loss_ratio'][key], '.3f')}"
         )
     lines += ["", "Tr K(0) vs width (log-log fit, seed mean):"]
     for key, v in summary["trace0_vs_width"].items():
         lines.append(
-            f"  {key:<16} slope {v['loglog_slope']:.3f}, R^2 {v['r2']:.3f}  (widths {v['widths']}, Tr K(0) {v['trace0']})"
+            f"  {key:<16} slope {fmt(v['loglog_slope'], '.3f')}, R^2 {fmt(v['r2'], '.3f')}  (widths {v['widths']}, Tr K(0) {v['trace0']})"
         )
     lines += ["", "Initial entropy S(0) vs depth (line fit; shown, not assumed):"]
     for key, v in summary["entropy0_vs_depth"].items():
         lines.append(
-            f"  {key:<16} S(0) = {v['entropy0']} at depths {v['depths']}; slope {v['slope_per_layer']:+.3f} per layer (R^2 {v['r2']:.2f})"
+            f"  {key:<16} S(0) = {v['entropy0']} at depths {v['depths']}; slope {fmt(v['slope_per_layer'], '+.3f')} per layer (R^2 {fmt(v['r2'], '.2f')})"
         )
     if summary.get("architectures"):
         lines += ["", "Other architectures (entropy change per seed, train probe):"]
         for key, v in summary["architectures"].items():
             lines.append(
-                f"  {key:<20} dS {v['entropy_change_per_seed']}, rose in {v['n_rose']}/{v['n_seeds']}; loss ratio <= {v['loss_ratio_max']:.3f}"
+                f"  {key:<20} dS {v['entropy_change_per_seed']}, rose in {v['n_rose']}/{v['n_seeds']}; loss ratio <= {fmt(v['loss_ratio_max'], '.3f')}"
             )
     return "\n".join(lines) + "\n"
 
@@ -1137,24 +1051,20 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # =========================================================================== widgets
 
 
-class Workbench(_base.Workbench):
+Workbench = _paper.workbench(
     """Notebook controls for the four figures, on cubes from :func:`open_cubes`: a
     :class:`ntkbench.papers._base.Workbench` with :data:`FIGURES` and :func:`controls`
     (each control is the attribute of its name: ``wb.width``, ``wb.seed``, ``wb.step``,
     ``wb.quantity``, ...). Figures redraw in place; only F-b3's ``quantity`` (another
     colour mapper) rebuilds F-b3. ``wb.export(figure, format)`` writes
-    ``figures_dir/collective-<figure>.<format>`` as shown.
+    ``figures_dir/collective-<figure>.<format>`` as shown. The cubes must hold ``mlp``.
 
     Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
 
     >>> wb = Workbench(open_cubes("../data/collective_quick.nc"))  # doctest: +SKIP
     >>> wb.view("F-b1")                                              # doctest: +SKIP
     """
-
-    def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
-        if "mlp" not in cubes:
-            raise ValueError(f"cubes must hold an 'mlp' cube, got {sorted(cubes)}")
-        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+)
 
 
 def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:

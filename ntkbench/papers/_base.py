@@ -37,7 +37,7 @@ from typing import Any
 
 from ntkbench import cube as cube_mod
 from ntkbench.papers._stats import rank_correlation, ranks, strict
-from ntkbench.papers._workbench import RerunPanel, Workbench
+from ntkbench.papers._workbench import RerunPanel, Workbench, result_view
 
 __all__ = [
     "FigureSpec",
@@ -50,6 +50,7 @@ __all__ = [
     "reproduce",
     "Workbench",
     "RerunPanel",
+    "result_view",
     "ranks",
     "rank_correlation",
     "check_choice",
@@ -62,6 +63,7 @@ __all__ = [
     "at_step",
     "seed_text",
     "put_lines",
+    "summary_head",
     "line_builder",
 ]
 
@@ -315,7 +317,7 @@ def seed_text(seed: Any, band: str = "mean ± std over seeds", unit: str = "seed
     return {"mean": band, "all": f"every {unit}"}.get(seed, f"{unit} {seed}")
 
 
-def put_lines(data: dict[str, Any], key: str, lines: Any, bands: Any) -> None:
+def put_lines(data: Any, key: str, lines: Any, bands: Any) -> None:
     """Store panel ``key``'s line and band columns as the figure data's sources
     ``"<key>-lines"`` and ``"<key>-bands"``."""
     data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
@@ -326,7 +328,7 @@ def line_builder(panel_size: tuple[int, int], doc: str, legend_location: str | N
     lines with bands in each panel (markers where it has spans; legends in
     ``data["legend"]``) by :func:`ntkbench.plots.line_grid`, named ``data["layout"]``."""
 
-    def build_lines(data: Mapping[str, Any], panel_size: tuple[int, int] = panel_size) -> Any:
+    def build_lines(data: Any, panel_size: tuple[int, int] = panel_size) -> Any:
         from ntkbench import plots
 
         kw = {} if legend_location is None else {"legend_location": legend_location}
@@ -429,10 +431,11 @@ class Paper:
         """Export every figure of :meth:`figures` as ``folder/<KEY>-<figure>.<format>``."""
         return export_figures(self.figures(cubes), folder, self.module.KEY, formats)
 
-    def workbench(self, doc: str) -> type[Workbench]:
+    def workbench(self, doc: str = "") -> type[Workbench]:
         """The paper's ``Workbench(cubes, *, figures_dir="figures")``: a :class:`Workbench`
-        with the module's ``FIGURES`` and ``controls(cubes)``, named ``KEY``."""
-        paper = self
+        with the module's ``FIGURES`` and ``controls(cubes)``, named ``KEY``; ``doc`` says
+        more than the generic docstring."""
+        paper, key = self, self.name.rsplit(".", 1)[-1]
 
         class PaperWorkbench(Workbench):
             def __init__(self, cubes: Cubes, *, figures_dir: str | os.PathLike[str] = "figures"):
@@ -443,5 +446,23 @@ class Paper:
                 super().__init__(cubes, m.FIGURES, m.controls(cubes), figures_dir=figures_dir, name=m.KEY)
 
         PaperWorkbench.__name__ = PaperWorkbench.__qualname__ = "Workbench"
-        PaperWorkbench.__module__, PaperWorkbench.__doc__ = self.name, doc
+        PaperWorkbench.__module__ = self.name
+        PaperWorkbench.__doc__ = f"""Notebook controls for the paper's figures, on cubes from ``open_cubes`` (a
+    :class:`ntkbench.papers._base.Workbench` with its ``FIGURES`` and ``controls``: each
+    control is the attribute of its name, e.g. ``wb.seed``). {doc}
+
+    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
+
+    >>> wb = Workbench(open_cubes("../data/{key}_quick.nc"))  # doctest: +SKIP
+    >>> wb.view(FIGURES[0].name)                               # doctest: +SKIP
+    """
         return PaperWorkbench
+
+
+def summary_head(title: str, note: str, summary: Mapping[str, Any]) -> list[str]:
+    """The first lines of a paper's ``format_summary``: its title, the summary's note and
+    the config and wall time of the run (when ``reproduce`` added them)."""
+    lines = [title, f"({note})", ""]
+    if "run_wall_seconds" in summary:
+        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    return lines

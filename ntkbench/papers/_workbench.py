@@ -17,7 +17,7 @@ from ntkbench.widgets import Shown, join_run
 if TYPE_CHECKING:
     from ntkbench.papers._base import FigureSpec
 
-__all__ = ["Workbench", "RerunPanel"]
+__all__ = ["Workbench", "RerunPanel", "result_view"]
 
 Cubes = Mapping[str, Any]
 
@@ -313,3 +313,17 @@ def _close_children(box: Any) -> None:
         else:
             child.close()
     box.children = ()
+
+
+def result_view(cube: Any, dims: Sequence[str], name: str, draw: Callable[[Any], Any]) -> Any:
+    """What a paper's :class:`RerunPanel` shows of a finished run: the layout ``draw(cube)``
+    of figure ``name``, fitted to the output area, if the cube has every one of ``dims``;
+    else a line saying that a cube with its dims has no such figure."""
+    import ipywidgets as w
+    from jupyter_bokeh import BokehModel
+
+    from ntkbench import plots
+
+    if set(dims) <= set(cube.dims):
+        return BokehModel(plots.fit_width(draw(cube)))
+    return w.HTML(f"no {name} for a cube with dims {html.escape(str(tuple(cube.dims)))}")

@@ -40,7 +40,6 @@ config).
 from __future__ import annotations
 
 import copy
-import html
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -1009,10 +1008,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
     fmt = _stats.fmt
-    lines = [f"{TITLE}", f"({summary.get('entropy_note', '')})", ""]
-    if "run_wall_seconds" in summary:
-        lines.append(f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time")
-        lines.append("")
+    lines = _base.summary_head(TITLE, summary.get("entropy_note", ""), summary)
     lines.append("Entropy change over training, train probe (test probe), per MLP activation width x depth:")
     for key, v in summary["entropy_change"].items():
         t = summary["test_entropy_change"][key]
@@ -1052,18 +1048,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 Workbench = _paper.workbench(
-    """Notebook controls for the four figures, on cubes from :func:`open_cubes`: a
-    :class:`ntkbench.papers._base.Workbench` with :data:`FIGURES` and :func:`controls`
-    (each control is the attribute of its name: ``wb.width``, ``wb.seed``, ``wb.step``,
-    ``wb.quantity``, ...). Figures redraw in place; only F-b3's ``quantity`` (another
-    colour mapper) rebuilds F-b3. ``wb.export(figure, format)`` writes
-    ``figures_dir/collective-<figure>.<format>`` as shown. The cubes must hold ``mlp``.
-
-    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
-
-    >>> wb = Workbench(open_cubes("../data/collective_quick.nc"))  # doctest: +SKIP
-    >>> wb.view("F-b1")                                              # doctest: +SKIP
-    """
+    "The cubes must hold ``mlp``. Figures redraw in place; only F-b3's ``quantity`` (another "
+    "colour mapper) rebuilds F-b3. ``wb.export(figure, format)`` writes "
+    "``figures_dir/collective-<figure>.<format>`` as shown."
 )
 
 
@@ -1091,12 +1078,8 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_b1(cube: Any) -> Any:
-    import ipywidgets as w
-    from jupyter_bokeh import BokehModel
-
-    if {"activation", "depth", "width"} <= set(cube.dims):
-        return BokehModel(plots.fit_width(fig_b1(cube, activation=str(cube["activation"].values[0]))))
-    return w.HTML(f"no F-b1 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+    draw = lambda c: fig_b1(c, activation=str(c["activation"].values[0]))  # noqa: E731
+    return _base.result_view(cube, ("activation", "depth", "width"), "F-b1", draw)
 
 
 class RerunPanel(_base.RerunPanel):

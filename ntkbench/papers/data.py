@@ -33,7 +33,6 @@ config).
 from __future__ import annotations
 
 import copy
-import html
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -703,9 +702,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
     fmt = _stats.fmt
-    lines = [TITLE, f"({summary.get('note', '')})", ""]
-    if "run_wall_seconds" in summary:
-        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    lines = _base.summary_head(TITLE, summary.get("note", ""), summary)
     for data_set, per in summary.get("selection", {}).items():
         lines.append(f"Selected sets on {data_set} (mean ± SE over repeats): S/ln N, Tr K at init; final test accuracy")
         for b, row in per.items():
@@ -747,16 +744,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # =========================================================================== widgets
 
 
-Workbench = _paper.workbench(
-    """Notebook controls for the five figures, on cubes from :func:`open_cubes` (see
-    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
-
-    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
-
-    >>> wb = Workbench(open_cubes("../data/data_quick.nc"))  # doctest: +SKIP
-    >>> wb.view("F-a2")                                        # doctest: +SKIP
-    """
-)
+Workbench = _paper.workbench()
 
 
 def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -780,13 +768,9 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_a2(cube: Any) -> Any:
-    import ipywidgets as w
-    from jupyter_bokeh import BokehModel
-
     name = "digits" if data_name(cube) == "digits" else "mnist1d"
-    if {"selection", "budget"} <= set(cube.dims):
-        return BokehModel(plots.fit_width(build_lines(fig_a2_data({DATA_SETS[name]: cube}, data_set=name))))
-    return w.HTML(f"no F-a2 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+    draw = lambda c: build_lines(fig_a2_data({DATA_SETS[name]: c}, data_set=name))  # noqa: E731
+    return _base.result_view(cube, ("selection", "budget"), "F-a2", draw)
 
 
 class RerunPanel(_base.RerunPanel):

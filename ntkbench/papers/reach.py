@@ -880,9 +880,7 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
-    lines = [TITLE, f"({summary.get('note', '')})", ""]
-    if "run_wall_seconds" in summary:
-        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    lines = _base.summary_head(TITLE, summary.get("note", ""), summary)
     for key, s in summary.get("scaling", {}).items():
         lines.append(f"F-d1 {LM_SETS.get(key, key)}: loss vs compute, power-law fits L = a·C^b")
         for w, v in s["widths"].items():
@@ -922,16 +920,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # =========================================================================== widgets
 
 
-Workbench = _paper.workbench(
-    """Notebook controls for the four figures, on cubes from :func:`open_cubes` (see
-    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
-
-    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
-
-    >>> wb = Workbench(open_cubes("../data/reach_quick.nc"))  # doctest: +SKIP
-    >>> wb.view("F-d1")                                         # doctest: +SKIP
-    """
-)
+Workbench = _paper.workbench()
 
 
 def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -951,10 +940,8 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_d1(cube: Any) -> Any:
-    from jupyter_bokeh import BokehModel
-
     key = "pixels" if config_of(cube).get("data", {}).get("name") == "digits_pixels" else "stories"
-    return BokehModel(plots.fit_width(build_d1(fig_d1_data({key: cube}, data_set=key))))
+    return _base.result_view(cube, (), "F-d1", lambda c: build_d1(fig_d1_data({key: c}, data_set=key)))
 
 
 class RerunPanel(_base.RerunPanel):

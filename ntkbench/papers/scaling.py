@@ -33,7 +33,6 @@ config).
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -796,9 +795,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
     fmt = _stats.fmt
-    lines = [TITLE, f"({summary.get('note', '')})", ""]
-    if "run_wall_seconds" in summary:
-        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    lines = _base.summary_head(TITLE, summary.get("note", ""), summary)
     for d in summary.get("data", {}).values():
         lines.append(
             f"Data scaling, {d['label']}: test loss ∝ D^{fmt(d['exponent'], '.3f')} (R² {fmt(d['r2'], '.3f')}; per seed "
@@ -850,16 +847,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # =========================================================================== widgets
 
 
-Workbench = _paper.workbench(
-    """Notebook controls for the four figures, on cubes from :func:`open_cubes` (see
-    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
-
-    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
-
-    >>> wb = Workbench(open_cubes("../data/scaling_quick.nc"))  # doctest: +SKIP
-    >>> wb.view("F-c3")                                           # doctest: +SKIP
-    """
-)
+Workbench = _paper.workbench()
 
 
 def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -882,13 +870,9 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_c3(cube: Any) -> Any:
-    import ipywidgets as w
-    from jupyter_bokeh import BokehModel
-
-    if {"width", "seed"} <= set(cube.dims):
-        par = "width_mup" if config_of(cube).get("model", {}).get("parametrization") == "mup" else "width_ntk"
-        return BokehModel(plots.fit_width(build_lines(fig_c3_data({par: cube}, parametrization=par))))
-    return w.HTML(f"no F-c3 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+    par = "width_mup" if config_of(cube).get("model", {}).get("parametrization") == "mup" else "width_ntk"
+    draw = lambda c: build_lines(fig_c3_data({par: c}, parametrization=par))  # noqa: E731
+    return _base.result_view(cube, ("width", "seed"), "F-c3", draw)
 
 
 class RerunPanel(_base.RerunPanel):

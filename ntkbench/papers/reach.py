@@ -869,8 +869,8 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
                     "chi_net_end": _per_seed(sub["chi_net"].isel(step=-1)),
                     "pos_early": _per_seed(sub["spectral_position"].isel(step=early)),
                     "pos_end": _per_seed(sub["spectral_position"].isel(step=-1)),
-                    "median_k_early": [int(v) for v in med[:, early]],
-                    "median_k_end": [int(v) for v in med[:, -1]],
+                    "median_k_early": [int(v) if np.isfinite(v) else None for v in med[:, early]],
+                    "median_k_end": [int(v) if np.isfinite(v) else None for v in med[:, -1]],
                     "pos_eig_max_rel_diff": _stats.sig(float(np.nanmax(eig_diff.values))),
                 }
             rf[feat] = row

@@ -16,9 +16,19 @@ A paper is configs → sweep → cubes → figure data → figures → summary �
   same figure from the same settings.
 - **summary**: the paper's ``summarize(cubes)`` (numbers as a JSON-able dict) and
   ``format_summary(summary)`` (text).
-- :func:`reproduce` chains all of it for ``ntkbench reproduce PAPER``; :class:`Workbench`
-  shows the figures with their controls in a notebook and redraws them in place;
-  :class:`RerunPanel` reruns an experiment with chosen settings, one run at a time.
+- :func:`reproduce` chains all of it for ``ntkbench reproduce PAPER``; :class:`Paper`
+  gives a paper module the protocol's wrappers (``configs``, ``run_cubes``, ``run``,
+  ``open_cubes``, ``figures``, ``Workbench``) once for all papers.
+- helpers of figure data and summaries: :func:`check_choice`, :func:`need_cube`,
+  :func:`has_cubes`, :func:`config_of`, :func:`at_step`, :func:`seed_text`,
+  :func:`put_lines`, :func:`line_builder`, :func:`summary_head`.
+
+Re-exported here: :class:`Workbench` (the figures with their controls in a notebook,
+redrawn in place), :class:`RerunPanel` (rerun an experiment with chosen settings, one
+run at a time) and :func:`result_view` from :mod:`ntkbench.papers._workbench`;
+:func:`ranks` and :func:`rank_correlation` from :mod:`ntkbench.papers._stats` (the
+summaries' statistics); :func:`diverged_runs`, :func:`left_out_note` and
+:func:`finished_cubes` from :mod:`ntkbench.cube` (the diverged-run bookkeeping).
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ __all__ = [
     "seed_text",
     "put_lines",
     "summary_head",
+    "seed_or_mean",
     "line_builder",
 ]
 
@@ -317,6 +328,15 @@ def seed_text(seed: Any, band: str = "mean ± std over seeds", unit: str = "seed
     return {"mean": band, "all": f"every {unit}"}.get(seed, f"{unit} {seed}")
 
 
+def seed_or_mean(cubes: Cubes, exp: str, seed: Any) -> Any:
+    """The ``seed`` setting for experiment ``exp``: itself where the cube has that seed
+    (or it is ``"mean"`` / ``"all"``, or the cube is absent or has no seeds), else
+    ``"mean"`` (a paper's experiments may differ in seeds)."""
+    if seed in ("mean", "all") or exp not in cubes or "seed" not in cubes[exp].dims:
+        return seed
+    return seed if seed in cubes[exp]["seed"].values.tolist() else "mean"
+
+
 def put_lines(data: Any, key: str, lines: Any, bands: Any) -> None:
     """Store panel ``key``'s line and band columns as the figure data's sources
     ``"<key>-lines"`` and ``"<key>-bands"``."""
@@ -419,6 +439,11 @@ class Paper:
             formats=formats,
             progress=progress,
         )
+
+    def defaults(self, cubes: Cubes) -> dict[str, Any]:
+        """The settings ``reproduce`` draws the figures at: the defaults of the paper's
+        ``controls(cubes)``, with no step marker (``step`` None)."""
+        return {**settings_of(self.module.controls(cubes)), "step": None}
 
     def figures(self, cubes: Cubes, **kw: Any) -> dict[str, Any]:
         """``{figure name: Bokeh layout}`` at the paper's ``defaults`` (``kw`` overrides settings)."""

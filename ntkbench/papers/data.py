@@ -48,6 +48,7 @@ from ntkbench.papers._base import (
     config_of,
     has_cubes,
     put_lines,
+    seed_or_mean,
     seed_text,
 )
 from ntkbench.plots import FigureData
@@ -609,7 +610,7 @@ FIGURES: list[FigureSpec] = [
         lambda c, s: fig_a5_data(
             c["small"],
             entropy=s["entropy"],
-            seed=s["seed"] if s["seed"] in ("mean", "all", *c["small"]["seed"].values.tolist()) else "mean",
+            seed=seed_or_mean(c, "small", s["seed"]),
             step_marker=s.get("step"),
         ),
         build_lines,
@@ -619,10 +620,8 @@ FIGURES: list[FigureSpec] = [
 ]
 
 
-def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings ``reproduce`` draws the figures at: the controls' defaults without a
-    step marker."""
-    return {**_base.settings_of(controls(cubes)), "step": None}
+#: the settings ``reproduce`` draws the figures at: the controls' defaults, no step marker
+defaults = _paper.defaults
 
 
 # =========================================================================== summary

@@ -55,6 +55,7 @@ from ntkbench.papers._base import (
     has_cubes,
     need_cube,
     put_lines,
+    seed_or_mean,
     seed_text,
 )
 from ntkbench.plots import FigureData
@@ -725,39 +726,32 @@ def _any_lm(cubes: Mapping[str, Any]) -> bool:
     return any(k in cubes for k in LM_SETS)
 
 
-def _seed(cubes: Mapping[str, Any], exp: str, seed: Any) -> Any:
-    """The seed setting where the cube has it, else the mean (experiments differ in seeds)."""
-    if seed in ("mean", "all") or exp not in cubes or "seed" not in cubes[exp].dims:
-        return seed
-    return seed if seed in cubes[exp]["seed"].values.tolist() else "mean"
-
-
 #: the figures, each drawn when its experiment's cube is there
 FIGURES: list[FigureSpec] = [
     FigureSpec(
         "F-d1",
-        lambda c, s: fig_d1_data(c, data_set=s["data_set"], seed=_seed(c, s["data_set"], s["seed"]), fit_from=s["fit_from"]),
+        lambda c, s: fig_d1_data(c, data_set=s["data_set"], seed=seed_or_mean(c, s["data_set"], s["seed"]), fit_from=s["fit_from"]),
         build_d1,
         (("data_set", "seed", "fit_from"),),
         available=_any_lm,
     ),
     FigureSpec(
         "F-d2",
-        lambda c, s: fig_d2_data(c, lnp_data=s["lnp_data"], seed=_seed(c, s["lnp_data"], s["seed"])),
+        lambda c, s: fig_d2_data(c, lnp_data=s["lnp_data"], seed=seed_or_mean(c, s["lnp_data"], s["seed"])),
         build_lines,
         (("lnp_data", "seed"),),
         available=lambda c: _any_lm(c) or "rf" in c,
     ),
     FigureSpec(
         "F-d3",
-        lambda c, s: fig_d3_data(c, seed=_seed(c, "rf", s["seed"]), width=s["rf_width"], step=s.get("step")),
+        lambda c, s: fig_d3_data(c, seed=seed_or_mean(c, "rf", s["seed"]), width=s["rf_width"], step=s.get("step")),
         build_lines,
         (("rf_width", "seed"), ("step",)),
         available=has_cubes("rf"),
     ),
     FigureSpec(
         "F-d4",
-        lambda c, s: fig_d4_data(c, width=s["width"], features=s["features"], seed=_seed(c, "rf", s["seed"]), step=s.get("step")),
+        lambda c, s: fig_d4_data(c, width=s["width"], features=s["features"], seed=seed_or_mean(c, "rf", s["seed"]), step=s.get("step")),
         build_d4,
         (("width", "features", "seed"), ("step",)),
         available=has_cubes("rf"),
@@ -765,10 +759,8 @@ FIGURES: list[FigureSpec] = [
 ]  # fmt: skip
 
 
-def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings ``reproduce`` draws the figures at: the controls' defaults without a
-    step marker."""
-    return {**_base.settings_of(controls(cubes)), "step": None}
+#: the settings ``reproduce`` draws the figures at: the controls' defaults, no step marker
+defaults = _paper.defaults
 
 
 # =========================================================================== summary

@@ -49,6 +49,7 @@ from ntkbench.papers._base import (
     has_cubes,
     need_cube,
     put_lines,
+    seed_or_mean,
     seed_text,
 )
 from ntkbench.plots import FigureData
@@ -656,11 +657,6 @@ def _any(names: Sequence[str]) -> Any:
     return lambda cubes: any(n in cubes for n in names)
 
 
-def _seed_for(cubes: Mapping[str, Any], exp: str, seed: Any) -> Any:
-    """``seed`` if the cube ``exp`` has it, else the mean (experiments may differ in seeds)."""
-    return seed if seed in ("mean", "all") or seed in cubes[exp]["seed"].values.tolist() else "mean"
-
-
 def _c3_par(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> str:
     return s["parametrization"] if s["parametrization"] in cubes else next(p for p in PARAMETRIZATIONS if p in cubes)
 
@@ -674,7 +670,7 @@ FIGURES: list[FigureSpec] = [
             setup=s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c),
             entropy=s["entropy"],
             trace=s["trace"],
-            seed=_seed_for(c, s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c), s["seed"]),
+            seed=seed_or_mean(c, s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c), s["seed"]),
         ),
         build_lines,
         (("setup", "seed"), ("entropy", "trace")),
@@ -695,7 +691,7 @@ FIGURES: list[FigureSpec] = [
             tolerance=float(s["tolerance"]),
             parametrization=_c3_par(c, s),
             step=s.get("step"),
-            seed=_seed_for(c, _c3_par(c, s), s["seed"]),
+            seed=seed_or_mean(c, _c3_par(c, s), s["seed"]),
         ),
         build_lines,
         (("measure", "tolerance"), ("parametrization", "seed"), ("step",)),
@@ -711,10 +707,9 @@ FIGURES: list[FigureSpec] = [
 ]
 
 
-def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings ``reproduce`` draws the figures at: the controls' defaults, the
-    spectrum of F-c3 at the last step."""
-    return {**_base.settings_of(controls(cubes)), "step": None}
+#: the settings ``reproduce`` draws the figures at: the controls' defaults, the spectrum
+#: of F-c3 at the last step
+defaults = _paper.defaults
 
 
 # =========================================================================== summary

@@ -52,6 +52,7 @@ from ntkbench.papers._workbench import RerunPanel, Workbench, result_view
 __all__ = [
     "FigureSpec",
     "Paper",
+    "PROBE_MEASURES",
     "pick_config",
     "run_experiments",
     "settings_of",
@@ -79,6 +80,11 @@ __all__ = [
 ]
 
 Cubes = Mapping[str, Any]
+
+#: what the papers record of their probe's eNTK first: its spectrum (so any spectral
+#: measure can be recomputed and the cube opens in ntkbench.widgets.Explorer; every paper
+#: records it, :func:`run_experiments`), its entropy and its trace, raw and normalized
+PROBE_MEASURES: tuple[str, ...] = ("eigenvalues", "entropy", "entropy_normalized", "trace", "trace_per_sample")
 FigureData = dict[str, Any]
 
 

@@ -28,10 +28,12 @@ data and builders, :data:`FIGURES`, :func:`controls`, :func:`summarize`).
 
 Example
 -------
-Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
-config).
-
 >>> from ntkbench.papers import collective
+>>> sorted(collective.configs("quick")), collective.configs("quick")["mlp"]["grid"]["width"]
+(['cnn', 'mlp', 'scale', 'transformer'], [8, 128])
+
+Running them is not a doctest: it trains for minutes.
+
 >>> cubes = collective.run_cubes("runs/collective", "quick")      # doctest: +SKIP
 >>> fig = collective.fig_b1(cubes["mlp"])                          # doctest: +SKIP
 >>> collective.summarize(cubes)["entropy_change"]["relu 8x1"]      # doctest: +SKIP
@@ -55,55 +57,21 @@ from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
-    "KEY",
-    "TITLE",
-    "CONFIGS",
-    "MEASURES",
-    "ENTROPY_VARIANTS",
-    "TRACE_VARIANTS",
-    "B3_QUANTITIES",
-    "configs",
-    "run",
-    "run_cubes",
-    "save_cubes",
-    "open_cubes",
-    "fig_b1",
-    "fig_b1_data",
-    "fig_b2",
-    "fig_b2_data",
-    "fig_b3",
-    "fig_b3_data",
-    "fig_b4",
-    "fig_b4_data",
-    "build_b1",
-    "build_b2",
-    "build_b3",
-    "build_b4",
-    "b4_seed_fallbacks",
-    "FIGURES",
-    "controls",
-    "defaults",
-    "figures",
-    "export_figures",
-    "summarize",
-    "format_summary",
-    "Workbench",
-    "RerunPanel",
-    "rerun_config",
-]
+    "KEY", "TITLE", "CONFIGS", "MEASURES", "ENTROPY_VARIANTS", "TRACE_VARIANTS", "B3_QUANTITIES",  # the paper
+    "configs", "run", "run_cubes", "save_cubes", "open_cubes", "figures", "export_figures", "defaults",  # protocol
+    "fig_b1", "fig_b1_data", "build_b1", "fig_b2", "fig_b2_data", "build_b2",  # F-b1, F-b2
+    "fig_b3", "fig_b3_data", "build_b3", "fig_b4", "fig_b4_data", "build_b4", "b4_seed_fallbacks",  # F-b3, F-b4
+    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # collective
+]  # fmt: skip
 
 KEY = "collective"
 TITLE = "Collective variables of neural networks: empirical time evolution and scaling laws"
 
-#: recorded measures: the train probe's eNTK spectrum (every eigenvalue, so any spectral
-#: measure can be recomputed and the cube opens in ntkbench.widgets.Explorer), and the
-#: scalar measures on the train and test probes (raw and normalized variants)
+#: recorded measures: the train probe's eNTK spectrum, entropy and trace
+#: (_base.PROBE_MEASURES), and the scalar measures on the test probe (raw and normalized
+#: variants), the losses, accuracies and the kernel's change from initialization
 MEASURES: list[str] = [
-    "eigenvalues",
-    "entropy",
-    "entropy_normalized",
-    "trace",
-    "trace_per_sample",
+    *_base.PROBE_MEASURES,
     "test_entropy",
     "test_entropy_normalized",
     "test_trace",
@@ -256,23 +224,15 @@ def _folder(experiment: str) -> str:
 # ``mlp`` and ``scale`` share the run folder ``out/runs-mlp`` (a grid point of both runs
 # once); the transformer's ``layers`` axis is renamed ``depth`` in its cube
 _paper = _base.Paper(__name__, folder=_folder, rename={"layers": "depth"}, needs=("mlp",))
-#: a deep copy of the sweep configs of a name (``"quick"``, ``"test"``, ``"full"``)
-configs = _paper.configs
-#: run a config's experiments under ``out`` (resumable) and return ``{experiment: cube}``;
-#: each cube is also saved as ``out/<experiment>.nc``
-run_cubes = _paper.run_cubes
+#: the wrappers every paper has (:class:`ntkbench.papers._base.Paper`): ``configs(name)``,
+#: ``run_cubes(out, config)`` (each cube also saved as ``out/<experiment>.nc``), ``run(out,
+#: quick)`` (``ntkbench reproduce collective``), ``open_cubes(path)`` (e.g.
+#: ``data/collective_quick.nc``), ``figures(cubes, **settings)`` at :func:`defaults` and
+#: ``export_figures(cubes, folder)`` (``folder/collective-F-b*.{format}``)
+configs, run_cubes, run, open_cubes = _paper.configs, _paper.run_cubes, _paper.run, _paper.open_cubes
+figures, export_figures = _paper.figures, _paper.export_figures
 #: every cube in one netCDF file (``mlp`` also in the root group): ntkbench.cube.save_many
 save_cubes = cube_mod.save_many
-#: ``{experiment: cube}`` of such a file (``data/collective_quick.nc``): ntkbench.cube.open_many
-open_cubes = _paper.open_cubes
-#: ``ntkbench reproduce collective``: writes ``out/<experiment>.nc``, ``out/collective.nc``,
-#: ``out/figures/collective-F-b*.{png,svg,html}``, ``out/summary.txt`` and ``summary.json``
-run = _paper.run
-#: ``{"F-b1": ..., ..., "F-b4": ...}`` at :func:`defaults` (keywords override settings,
-#: e.g. ``entropy="S/lnN"``, ``trace``, ``seed``)
-figures = _paper.figures
-#: export every figure of :func:`figures` as ``folder/collective-F-b*.{format}``
-export_figures = _paper.export_figures
 
 
 # =========================================================================== shared by the figures

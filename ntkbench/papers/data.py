@@ -41,57 +41,23 @@ import numpy as np
 
 from ntkbench import plots
 from ntkbench.papers import _base, _stats
-from ntkbench.papers._base import (
-    FigureSpec,
-    at_step,
-    check_choice,
-    config_of,
-    has_cubes,
-    put_lines,
-    seed_or_mean,
-    seed_text,
-)
+from ntkbench.papers._base import FigureSpec, at_step, check_choice, config_of, put_lines, seed_text
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
-    "KEY",
-    "TITLE",
-    "CONFIGS",
-    "MEASURES",
-    "METHODS",
-    "configs",
-    "run",
-    "run_cubes",
-    "open_cubes",
-    "fig_a1_data",
-    "fig_a2_data",
-    "fig_a3_data",
-    "fig_a4_data",
-    "fig_a5_data",
-    "build_a1",
-    "build_lines",
-    "FIGURES",
-    "controls",
-    "defaults",
-    "figures",
-    "summarize",
-    "format_summary",
-    "Workbench",
-    "RerunPanel",
-    "rerun_config",
-]
+    "KEY", "TITLE", "CONFIGS", "MEASURES", "METHODS",  # the paper: data selection
+    "configs", "run", "run_cubes", "open_cubes", "figures", "defaults",  # its protocol (configs, runs, cubes)
+    "fig_a1_data", "build_a1", "fig_a2_data", "fig_a3_data", "fig_a4_data", "fig_a5_data", "build_lines",  # F-a*
+    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # data
+]  # fmt: skip
 
 KEY = "data"
 TITLE = "Towards a Phenomenological Understanding of Neural Networks: Data"
 
 #: recorded on the whole selected training set (the probe is the training set)
 MEASURES: list[str] = [
-    "eigenvalues",
-    "entropy",
-    "entropy_normalized",
-    "trace",
-    "trace_per_sample",
+    *_base.PROBE_MEASURES,
     "loss",
     "test_loss",
     "accuracy",
@@ -227,15 +193,12 @@ def configs(name: str = "quick", *, data: Mapping[str, Any] | None = None) -> di
 
 
 _paper = _base.Paper(__name__)
-#: run a config's experiments under ``out`` (``out/runs-<experiment>``, resumable) and
-#: return ``{experiment: cube}``
-run_cubes = _paper.run_cubes
-#: ``{experiment: cube}`` of ``out/data.nc`` or ``data/data_quick.nc``
-open_cubes = _paper.open_cubes
-#: ``ntkbench reproduce data`` (files as in :func:`ntkbench.papers._base.reproduce`)
-run = _paper.run
-#: ``{"F-a1": ..., ..., "F-a5": ...}`` at :func:`defaults` (keywords override settings)
-figures = _paper.figures
+#: the wrappers every paper has (:class:`ntkbench.papers._base.Paper`): ``run_cubes(out,
+#: config)`` (``out/runs-<experiment>``, resumable), ``run(out, quick)`` (``ntkbench
+#: reproduce data``), ``open_cubes(path)``, ``figures(cubes, **settings)`` and
+#: ``defaults(cubes)`` (the controls' defaults, no step marker)
+run_cubes, run = _paper.run_cubes, _paper.run
+open_cubes, figures, defaults = _paper.open_cubes, _paper.figures, _paper.defaults
 
 
 # =========================================================================== shared by the figures
@@ -580,7 +543,7 @@ FIGURES: list[FigureSpec] = [
         ),
         build_a1,
         (("a1_budget", "accuracy"), ("entropy", "trace")),
-        available=has_cubes("subsets"),
+        available=_base.has_cubes("subsets"),
     ),
     FigureSpec(
         "F-a2",
@@ -610,18 +573,14 @@ FIGURES: list[FigureSpec] = [
         lambda c, s: fig_a5_data(
             c["small"],
             entropy=s["entropy"],
-            seed=seed_or_mean(c, "small", s["seed"]),
+            seed=_base.seed_or_mean(c, "small", s["seed"]),
             step_marker=s.get("step"),
         ),
         build_lines,
         (("entropy", "seed"), ("step",)),
-        available=has_cubes("small"),
+        available=_base.has_cubes("small"),
     ),
 ]
-
-
-#: the settings ``reproduce`` draws the figures at: the controls' defaults, no step marker
-defaults = _paper.defaults
 
 
 # =========================================================================== summary

@@ -28,10 +28,14 @@ What reproduced at toy scale and what departed is in ``docs/papers/reach.md``. B
 
 Example
 -------
-Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
-config).
+The configs are at hand (``quick`` runs in minutes on 2 cores; the paper's tests run ``test``):
 
 >>> from ntkbench.papers import reach
+>>> sorted(reach.configs("quick")), reach.configs("quick")["rf"]["grid"]["features"]
+(['pixels', 'rf', 'stories'], ['frozen', 'trained'])
+
+Running them trains for minutes, so not as a doctest:
+
 >>> cubes = reach.run("runs/reach", quick=True)              # doctest: +SKIP
 >>> reach.summarize(cubes)["scaling"]["stories"]["frontier"]  # doctest: +SKIP
 """
@@ -48,48 +52,17 @@ import numpy as np
 
 from ntkbench import plots
 from ntkbench.papers import _base, _stats
-from ntkbench.papers._base import (
-    FigureSpec,
-    check_choice,
-    config_of,
-    has_cubes,
-    need_cube,
-    put_lines,
-    seed_or_mean,
-    seed_text,
-)
+from ntkbench.papers._base import FigureSpec, check_choice, config_of, need_cube, put_lines, seed_or_mean
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
-    "KEY",
-    "TITLE",
-    "CONFIGS",
-    "LM_MEASURES",
-    "RF_MEASURES",
-    "configs",
-    "run",
-    "run_cubes",
-    "open_cubes",
-    "compute",
-    "median_index",
-    "fig_d1_data",
-    "fig_d2_data",
-    "fig_d3_data",
-    "fig_d4_data",
-    "build_d1",
-    "build_lines",
-    "build_d4",
-    "FIGURES",
-    "controls",
-    "defaults",
-    "figures",
-    "summarize",
-    "format_summary",
-    "Workbench",
-    "RerunPanel",
-    "rerun_config",
-]
+    "KEY", "TITLE", "CONFIGS", "LM_MEASURES", "RF_MEASURES",  # the paper: spectral reach
+    "configs", "run", "run_cubes", "open_cubes", "figures", "defaults",  # its protocol (configs, runs, cubes)
+    "compute", "median_index",  # measures
+    "fig_d1_data", "build_d1", "fig_d2_data", "fig_d3_data", "build_lines", "fig_d4_data", "build_d4",  # F-d*
+    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # reach
+]  # fmt: skip
 
 KEY = "reach"
 TITLE = "Spectral Reach: Understanding Neural Scaling as Progress into the Spectral Tail"
@@ -198,17 +171,12 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
 
 
 _paper = _base.Paper(__name__)
-#: a deep copy of the sweep configs of a name (``"quick"``, ``"test"``, ``"full"``)
-configs = _paper.configs
-#: run a config's experiments under ``out`` (``out/runs-<experiment>``, resumable) and
-#: return ``{experiment: cube}``
-run_cubes = _paper.run_cubes
-#: ``{experiment: cube}`` of ``out/reach.nc`` or ``data/reach_quick.nc``
-open_cubes = _paper.open_cubes
-#: ``ntkbench reproduce reach`` (files as in :func:`ntkbench.papers._base.reproduce`)
-run = _paper.run
-#: ``{"F-d1": ..., ..., "F-d4": ...}`` at :func:`defaults` (keywords override settings)
-figures = _paper.figures
+#: the wrappers every paper has (:class:`ntkbench.papers._base.Paper`): ``configs(name)``,
+#: ``run_cubes(out, config)`` (``out/runs-<experiment>``, resumable), ``run(out, quick)``
+#: (``ntkbench reproduce reach``), ``open_cubes(path)``, ``figures(cubes, **settings)`` and
+#: ``defaults(cubes)`` (the controls' defaults, no step marker)
+configs, run_cubes, run = _paper.configs, _paper.run_cubes, _paper.run
+open_cubes, figures, defaults = _paper.open_cubes, _paper.figures, _paper.defaults
 
 
 # =========================================================================== shared by the figures
@@ -311,7 +279,7 @@ def fig_d1_data(
     data = plots.figure_data(
         "F-d1",
         f"<b>F-d1 scaling laws and spectral position</b> — {LM_SETS[data_set]}; {_data_note(ds)}; "
-        f"{seed_text(seed)}; dashed: power-law fits L = a·C^b (steps ≥ {fit_from:g} × last), black: the compute frontier",
+        f"{_base.seed_text(seed)}; dashed: power-law fits L = a·C^b (steps ≥ {fit_from:g} × last), black: the compute frontier",
     )
     fits: dict[str, list] = {"xs": [], "ys": [], "color": [], "label": []}
     curves = []
@@ -438,7 +406,7 @@ def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: An
         se = f"; χ_net by Hutchinson, relative standard error ≤ {100 * rel:.0f} %"
     data = plots.figure_data(
         "F-d2",
-        f"<b>F-d2 the LNP terms</b> — {name}; {_data_note(ds)}; {seed_text(seed)}; identity panel with {check}{se}",
+        f"<b>F-d2 the LNP terms</b> — {name}; {_data_note(ds)}; {_base.seed_text(seed)}; identity panel with {check}{se}",
     )
     keys = []
     identity = "|χ_loss·χ_net·χ_pos / ‖∇L‖² − 1|"
@@ -498,7 +466,7 @@ def fig_d3_data(
     data = plots.figure_data(
         "F-d3",
         f"<b>F-d3 frozen vs trained features</b> — same data, same initial features, same steps; {_data_note(ds)}; "
-        f"{seed_text(seed)}; darker = more random features",
+        f"{_base.seed_text(seed)}; darker = more random features",
     )
     data["spans"] = {}
     for key, var, label in (
@@ -747,20 +715,16 @@ FIGURES: list[FigureSpec] = [
         lambda c, s: fig_d3_data(c, seed=seed_or_mean(c, "rf", s["seed"]), width=s["rf_width"], step=s.get("step")),
         build_lines,
         (("rf_width", "seed"), ("step",)),
-        available=has_cubes("rf"),
+        available=_base.has_cubes("rf"),
     ),
     FigureSpec(
         "F-d4",
         lambda c, s: fig_d4_data(c, width=s["width"], features=s["features"], seed=seed_or_mean(c, "rf", s["seed"]), step=s.get("step")),
         build_d4,
         (("width", "features", "seed"), ("step",)),
-        available=has_cubes("rf"),
+        available=_base.has_cubes("rf"),
     ),
 ]  # fmt: skip
-
-
-#: the settings ``reproduce`` draws the figures at: the controls' defaults, no step marker
-defaults = _paper.defaults
 
 
 # =========================================================================== summary

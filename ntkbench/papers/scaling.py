@@ -23,10 +23,12 @@ What reproduced at this scale and what did not is in ``docs/papers/scaling.md``.
 
 Example
 -------
-Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
-config).
-
 >>> from ntkbench.papers import scaling
+>>> scaling.configs("quick")["width_ntk"]["grid"]["width"]  # the widths of the quick run
+[32, 64, 128, 256, 512, 1024]
+
+It trains for minutes, hence no doctest (the paper's tests run its small ``test`` config):
+
 >>> cubes = scaling.run("runs/scaling", quick=True)                  # doctest: +SKIP
 >>> scaling.summarize(cubes)["width"]["width_ntk"]["slope"]          # doctest: +SKIP
 """
@@ -41,52 +43,17 @@ import numpy as np
 
 from ntkbench import plots
 from ntkbench.papers import _base, _stats
-from ntkbench.papers._base import (
-    FigureSpec,
-    at_step,
-    check_choice,
-    config_of,
-    has_cubes,
-    need_cube,
-    put_lines,
-    seed_or_mean,
-    seed_text,
-)
+from ntkbench.papers._base import FigureSpec, at_step, check_choice, config_of, need_cube, put_lines
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
-    "KEY",
-    "TITLE",
-    "CONFIGS",
-    "SETUPS",
-    "PARAMETRIZATIONS",
-    "CHANGES",
-    "BASELINES",
-    "benefit",
-    "configs",
-    "run",
-    "run_cubes",
-    "open_cubes",
-    "data_fit",
-    "width_fit",
-    "critical_width",
-    "change",
-    "fig_c1_data",
-    "fig_c2_data",
-    "fig_c3_data",
-    "fig_c4_data",
-    "build_lines",
-    "FIGURES",
-    "controls",
-    "defaults",
-    "figures",
-    "summarize",
-    "format_summary",
-    "Workbench",
-    "RerunPanel",
-    "rerun_config",
-]
+    "KEY", "TITLE", "CONFIGS", "SETUPS", "PARAMETRIZATIONS", "CHANGES", "BASELINES",  # the paper: scaling
+    "configs", "run", "run_cubes", "open_cubes", "figures", "defaults",  # its protocol (configs, runs, cubes)
+    "data_fit", "width_fit", "critical_width", "change", "benefit",  # measures and fits
+    "fig_c1_data", "fig_c2_data", "fig_c3_data", "fig_c4_data", "build_lines",  # F-c*
+    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # scaling
+]  # fmt: skip
 
 KEY = "scaling"
 TITLE = "Beyond Scaling Curves: Internal Dynamics of Neural Networks Through the NTK Lens"
@@ -103,11 +70,7 @@ DATA_MEASURES: list[str] = [
     "test_accuracy",
 ]
 WIDTH_MEASURES: list[str] = [
-    "eigenvalues",
-    "entropy",
-    "entropy_normalized",
-    "trace",
-    "trace_per_sample",
+    *_base.PROBE_MEASURES,
     "relative_change_init",
     "kernel_distance_init",
     "loss",
@@ -214,19 +177,12 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
 
 
 _paper = _base.Paper(__name__)
-#: a deep copy of the sweep configs of a name (``"quick"``, ``"test"``, ``"full"``): e.g.
-#: ``configs("quick")["width_ntk"]["grid"]["width"]`` is ``[32, 64, 128, 256, 512, 1024]``
-configs = _paper.configs
-#: run the experiments of a config (a name of :data:`CONFIGS` or such a dict) under ``out``
-#: (``out/runs-<experiment>``, resumable) and return ``{experiment: cube}``
-run_cubes = _paper.run_cubes
-#: ``{experiment: cube}`` of ``out/scaling.nc`` or ``data/scaling_quick.nc``
-open_cubes = _paper.open_cubes
-#: ``ntkbench reproduce scaling``: run the experiments, export every figure and the summary;
-#: return ``{experiment: cube}`` (files as in :func:`ntkbench.papers._base.reproduce`)
-run = _paper.run
-#: ``{"F-c1": ..., ..., "F-c4": ...}`` at :func:`defaults` (keywords override settings)
-figures = _paper.figures
+#: the wrappers every paper has (:class:`ntkbench.papers._base.Paper`): ``configs(name)``,
+#: ``run_cubes(out, config)`` (``out/runs-<experiment>``, resumable), ``run(out, quick)``
+#: (``ntkbench reproduce scaling``), ``open_cubes(path)``, ``figures(cubes, **settings)`` and
+#: ``defaults(cubes)`` (the controls' defaults, no step marker)
+configs, run_cubes, run = _paper.configs, _paper.run_cubes, _paper.run
+open_cubes, figures, defaults = _paper.open_cubes, _paper.figures, _paper.defaults
 
 
 # =========================================================================== measures and fits
@@ -343,7 +299,7 @@ def fig_c1_data(
         "F-c1",
         f"<b>F-c1 data scaling</b> — MLP 128×2 trained with {label} on digits; probe: the first "
         f"{int(config_of(ds).get('record', {}).get('probe', 32))} training samples (the same for every D), "
-        f"{_PROBE_NOTE}; {seed_text(seed, _SE_BAND)}",
+        f"{_PROBE_NOTE}; {_base.seed_text(seed, _SE_BAND)}",
     )
     lines, bands = plots.empty_lines(), plots.empty_bands()
     _add_se_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"test loss ({label})")
@@ -387,7 +343,7 @@ def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: An
     data = plots.figure_data(
         "F-c2",
         f"<b>F-c2 similar exponents, opposite internal dynamics</b> — the same MLP on the same data, trained "
-        f"with MSE or with cross-entropy; {_PROBE_NOTE} of a fixed probe set; {seed_text(seed, _SE_BAND)}",
+        f"with MSE or with cross-entropy; {_PROBE_NOTE} of a fixed probe set; {_base.seed_text(seed, _SE_BAND)}",
     )
     lines, bands = plots.empty_lines(), plots.empty_bands()
     for s in setups:
@@ -535,7 +491,7 @@ def fig_c3_data(
     data["header"] = (
         f"<b>F-c3 width scaling toward the lazy limit</b> — MLP depth 2 on a teacher regression (N = {n}); "
         f"eNTK of the whole training set; NTK parametrization: full-batch GD at a constant learning rate "
-        f"(lazy theory: slope −1/2); {seed_text(seed, _SE_BAND)}"
+        f"(lazy theory: slope −1/2); {_base.seed_text(seed, _SE_BAND)}"
     )
     data["panels"] = [["c3-change", "c3-time", "c3-spectrum"]]
     data["legend"] = ["c3-change", "c3-time"]
@@ -578,7 +534,7 @@ def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any =
         "F-c4",
         "<b>F-c4 kernel regime vs feature learning</b> — trained network vs kernel regression with an initial "
         "eNTK K_0 (full kernel over samples and outputs, whole training set); benefit against "
-        f"{BASELINES[baseline]}; {seed_text(seed, _SE_BAND)}",
+        f"{BASELINES[baseline]}; {_base.seed_text(seed, _SE_BAND)}",
     )
     gap_lines, gap_bands = plots.empty_lines(), plots.empty_bands()
     for p in pars:
@@ -670,7 +626,7 @@ FIGURES: list[FigureSpec] = [
             setup=s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c),
             entropy=s["entropy"],
             trace=s["trace"],
-            seed=seed_or_mean(c, s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c), s["seed"]),
+            seed=_base.seed_or_mean(c, s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c), s["seed"]),
         ),
         build_lines,
         (("setup", "seed"), ("entropy", "trace")),
@@ -681,7 +637,7 @@ FIGURES: list[FigureSpec] = [
         lambda c, s: fig_c2_data(c, quantity=s["quantity"], seed=s["seed"] if s["seed"] in ("mean", "all") else "mean"),
         build_lines,
         (("quantity", "seed"),),
-        available=has_cubes(*SETUPS),
+        available=_base.has_cubes(*SETUPS),
     ),
     FigureSpec(
         "F-c3",
@@ -691,7 +647,7 @@ FIGURES: list[FigureSpec] = [
             tolerance=float(s["tolerance"]),
             parametrization=_c3_par(c, s),
             step=s.get("step"),
-            seed=seed_or_mean(c, _c3_par(c, s), s["seed"]),
+            seed=_base.seed_or_mean(c, _c3_par(c, s), s["seed"]),
         ),
         build_lines,
         (("measure", "tolerance"), ("parametrization", "seed"), ("step",)),
@@ -705,11 +661,6 @@ FIGURES: list[FigureSpec] = [
         available=_any(list(PARAMETRIZATIONS)),
     ),
 ]
-
-
-#: the settings ``reproduce`` draws the figures at: the controls' defaults, the spectrum
-#: of F-c3 at the last step
-defaults = _paper.defaults
 
 
 # =========================================================================== summary

@@ -67,29 +67,12 @@ __all__ = [
 KEY = "reach"
 TITLE = "Spectral Reach: Understanding Neural Scaling as Progress into the Spectral Tail"
 
+#: recorded by every run: the probe's spectrum, the losses and the LNP terms χ_pos, χ_loss, χ_net
+_LNP_MEASURES = ["eigenvalues", "loss", "test_loss", "spectral_position", "chi_loss", "chi_net"]
 #: recorded by the language-model runs (probe batch: LNP terms with Hutchinson χ_net)
-LM_MEASURES: list[str] = [
-    "eigenvalues",
-    "loss",
-    "test_loss",
-    "spectral_position",
-    "chi_loss",
-    "chi_net",
-    "chi_net_se",
-    "grad_norm_sq",
-]
+LM_MEASURES: list[str] = [*_LNP_MEASURES, "chi_net_se", "grad_norm_sq"]
 #: recorded by the random-feature runs (one output: exact χ_net and the eigen-view)
-RF_MEASURES: list[str] = [
-    "eigenvalues",
-    "loss",
-    "test_loss",
-    "spectral_position",
-    "chi_loss",
-    "chi_net",
-    "grad_norm_sq",
-    "residual_weights",
-    "spectral_position_eig",
-]
+RF_MEASURES: list[str] = [*_LNP_MEASURES, "grad_norm_sq", "residual_weights", "spectral_position_eig"]
 #: language-model experiment (= the F-d1 data_set setting) -> its label
 LM_SETS: dict[str, str] = {"stories": "stories (next token)", "pixels": "digits as pixel sequences (next pixel)"}
 #: features -> (label, colour)

@@ -909,6 +909,8 @@ def count_config_params(config: dict[str, Any], *, in_shape: Sequence[int], out_
     >>> count_config_params({"name": "mlp", "width": 4, "depth": 1}, in_shape=(3,), out_size=2)
     26
     """
-    model = eqx.filter_eval_shape(lambda: make_model(config, key=jax.random.key(0), in_shape=in_shape, out_size=out_size))
+    model = eqx.filter_eval_shape(
+        lambda: make_model(config, key=jax.random.key(0), in_shape=in_shape, out_size=out_size)
+    )
     leaves = [x for x in jax.tree_util.tree_leaves(model) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return int(sum(math.prod(x.shape) for x in leaves))

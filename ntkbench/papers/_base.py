@@ -74,6 +74,7 @@ __all__ = [
     "at_step",
     "seed_text",
     "put_lines",
+    "add_seed_series",
     "summary_head",
     "seed_or_mean",
     "line_builder",
@@ -347,6 +348,28 @@ def put_lines(data: Any, key: str, lines: Any, bands: Any) -> None:
     """Store panel ``key``'s line and band columns as the figure data's sources
     ``"<key>-lines"`` and ``"<key>-bands"``."""
     data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+
+
+def add_seed_series(
+    lines: Any,
+    bands: Any,
+    x: Any,
+    da: Any,
+    seed: Any,
+    color: str,
+    label: str,
+    *,
+    spread: str = "se",
+    log_x: bool = True,
+    log_y: bool = True,
+) -> None:
+    """Add the lines of ``da`` over ``x`` with ``seed`` (``"mean"``: the mean with a band of
+    ``spread``, default the standard error; ``"all"``; one seed) to the columns ``lines``
+    and ``bands`` (:func:`ntkbench.plots.seed_traces`, :func:`ntkbench.plots.add_series`)."""
+    from ntkbench import plots
+
+    traces = plots.seed_traces(da, plots.seed_mode(seed, da), spread=spread)
+    plots.add_series(lines, bands, x, traces, color, label, log_x=log_x, log_y=log_y)
 
 
 def line_builder(panel_size: tuple[int, int], doc: str, legend_location: str | None = None) -> Callable[..., Any]:

@@ -228,13 +228,10 @@ def _vs_budget(data: FigureData, key: str, ds: Any, var: str, step: int | None, 
     """Lines over budget, one per method, mean ± standard error over repeats."""
     lines, bands = plots.empty_lines(), plots.empty_bands()
     x = np.asarray(ds["budget"].values, float)
-    mode = plots.seed_mode(seed, ds)
     for method in ds["selection"].values.tolist():
         label, color = METHODS.get(method, (method, "#555555"))
-        traces = plots.seed_traces(
-            at_step(ds[var].sel(selection=method), step).transpose(..., "budget"), mode, spread="se"
-        )
-        plots.add_series(lines, bands, x, traces, color, label, log_x=False, log_y=log_y)
+        da = at_step(ds[var].sel(selection=method), step).transpose(..., "budget")
+        _base.add_seed_series(lines, bands, x, da, seed, color, label, log_x=False, log_y=log_y)
     put_lines(data, key, lines, bands)
 
 

@@ -272,14 +272,6 @@ def _fit_line(lines: dict, bands: dict, x: np.ndarray, fit: Mapping[str, float],
         plots.add_series(lines, bands, xf, [(fit["prefactor"] * xf ** fit["exponent"], None)], color, label, light=True)
 
 
-def _add_se_series(
-    lines: dict, bands: dict, x: np.ndarray, da: Any, seed: Any, color: str, label: str, *, log_y: bool = True
-) -> None:
-    """Lines of ``da`` over the x dim (``seed`` aggregated), standard-error bands."""
-    mode = plots.seed_mode(seed, da)
-    plots.add_series(lines, bands, x, plots.seed_traces(da, mode, spread="se"), color, label, log_y=log_y)
-
-
 # =========================================================================== F-c1
 
 
@@ -302,7 +294,7 @@ def fig_c1_data(
         f"{_PROBE_NOTE}; {_base.seed_text(seed, _SE_BAND)}",
     )
     lines, bands = plots.empty_lines(), plots.empty_bands()
-    _add_se_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"test loss ({label})")
+    _base.add_seed_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"test loss ({label})")
     _fit_line(lines, bands, x, fit, color, f"fit D^{fit['exponent']:.2f}, R² {fit['r2']:.3f}")
     put_lines(data, "c1-loss", lines, bands)
     plots.set_panel(
@@ -319,8 +311,8 @@ def fig_c1_data(
         ("c1-trace", trace_of(ds, trace), TRACE_VARIANTS[trace], True),
     ):
         lines, bands = plots.empty_lines(), plots.empty_bands()
-        _add_se_series(lines, bands, x, da.isel(step=0), seed, "#777777", "initialization", log_y=log_y)
-        _add_se_series(lines, bands, x, da.isel(step=-1), seed, color, "end of training", log_y=log_y)
+        _base.add_seed_series(lines, bands, x, da.isel(step=0), seed, "#777777", "initialization", log_y=log_y)
+        _base.add_seed_series(lines, bands, x, da.isel(step=-1), seed, color, "end of training", log_y=log_y)
         put_lines(data, key, lines, bands)
         plots.set_panel(data, key, f"{ylab} of the probe set", "training set size D", ylab, log_x=True, log_y=log_y)
     data["panels"], data["legend"] = [["c1-loss", "c1-entropy", "c1-trace"]], ["c1-loss", "c1-entropy"]
@@ -351,7 +343,9 @@ def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: An
         label, color = SETUPS[s]
         x = np.asarray(ds["n_train"].values, float)
         fit = data_fit(ds)
-        _add_se_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"{label}: D^{fit['exponent']:.2f}")
+        _base.add_seed_series(
+            lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"{label}: D^{fit['exponent']:.2f}"
+        )
         _fit_line(lines, bands, x, fit, color, f"{label} fit (R² {fit['r2']:.3f})")
     put_lines(data, "c2-loss", lines, bands)
     plots.set_panel(
@@ -376,7 +370,7 @@ def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: An
         x = np.asarray(ds["step"].values, float) + 1.0
         n_trains = [int(v) for v in ds["n_train"].values]
         for n, col in zip(n_trains, plots.palette(len(n_trains), "Viridis256"), strict=True):
-            _add_se_series(
+            _base.add_seed_series(
                 lines, bands, x, da.sel(n_train=n).transpose(..., "step"), seed, col, f"D = {n}", log_y=log_y
             )
         put_lines(data, key, lines, bands)
@@ -425,7 +419,7 @@ def fig_c3_data(
         label, color = PARAMETRIZATIONS[p]
         x = np.asarray(c["width"].values, float)
         fits[p] = fit = width_fit(c, measure)
-        _add_se_series(
+        _base.add_seed_series(
             lines, bands, x, change(c, measure).isel(step=-1), seed, color, f"{label}: slope {fit['exponent']:.2f}"
         )
         _fit_line(lines, bands, x, fit, color, f"{label} fit (R² {fit['r2']:.2f})")
@@ -456,7 +450,7 @@ def fig_c3_data(
     chg = change(ds, measure)
     lines, bands = plots.empty_lines(), plots.empty_bands()
     for w, col in zip(widths, cols, strict=True):
-        _add_se_series(lines, bands, x, chg.sel(width=w).transpose(..., "step"), seed, col, f"width {w}")
+        _base.add_seed_series(lines, bands, x, chg.sel(width=w).transpose(..., "step"), seed, col, f"width {w}")
     put_lines(data, "c3-time", lines, bands)
     data["spans"]["c3-time-marker"] = None if step is None else float(at_step(ds["step"], step)) + 1.0
     plots.set_panel(
@@ -476,7 +470,9 @@ def fig_c3_data(
     lines, bands = plots.empty_lines(), plots.empty_bands()
     rank = np.arange(1, k + 1, dtype=float)
     for w, col in zip(widths, cols, strict=True):
-        _add_se_series(lines, bands, rank, ratio.sel(width=w).transpose(..., "eigen_index"), seed, col, f"width {w}")
+        _base.add_seed_series(
+            lines, bands, rank, ratio.sel(width=w).transpose(..., "eigen_index"), seed, col, f"width {w}"
+        )
     put_lines(data, "c3-spectrum", lines, bands)
     plots.set_panel(
         data,
@@ -542,17 +538,17 @@ def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any =
         label, color = PARAMETRIZATIONS[p]
         x = np.asarray(ds["width"].values, float)
         lines, bands = plots.empty_lines(), plots.empty_bands()
-        _add_se_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, "trained network")
+        _base.add_seed_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, "trained network")
         lazy = _kernel_baseline(cubes, p, "lazy")
-        _add_se_series(
+        _base.add_seed_series(
             lines, bands, x, lazy.sel(width=ds["width"]), seed, "#777777", "kernel regression, NTK-param. K_0"
         )
         if p != "width_ntk":
             own = ds["kernel_test_loss"].isel(step=-1)
-            _add_se_series(lines, bands, x, own, seed, "#bbbbbb", "kernel regression, own K_0")
+            _base.add_seed_series(lines, bands, x, own, seed, "#bbbbbb", "kernel regression, own K_0")
         put_lines(data, f"c4-{p}", lines, bands)
         plots.set_panel(data, f"c4-{p}", f"{label}: test loss", "width", "test loss (MSE)", log_x=True, log_y=True)
-        _add_se_series(gap_lines, gap_bands, x, benefit(cubes, p, baseline), seed, color, label, log_y=False)
+        _base.add_seed_series(gap_lines, gap_bands, x, benefit(cubes, p, baseline), seed, color, label, log_y=False)
     xs = np.asarray(sorted({float(w) for p in pars for w in cubes[p]["width"].values}))
     plots.add_series(gap_lines, gap_bands, xs, [(np.zeros(xs.shape), None)], "#888888", "no benefit", light=True)
     put_lines(data, "c4-gap", gap_lines, gap_bands)

@@ -18,6 +18,7 @@ __all__ = [
     "fmt",
     "mean_of",
     "strict",
+    "seed_mean",
     "mean_se",
     "mean_se_by",
     "power_fit",
@@ -77,6 +78,11 @@ def strict(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def seed_mean(da: Any) -> Any:
+    """The mean of a DataArray over its ``seed`` dim; ``da`` itself when it has none."""
+    return da.mean("seed") if "seed" in da.dims else da
 
 
 def mean_se(a: Any, nd: int = 5) -> dict[str, Any]:

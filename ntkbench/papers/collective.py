@@ -556,9 +556,7 @@ def _b3_values(ds: Any, quantity: str, step: int | None, entropy: str, trace: st
         da = ds[ev].sel(step=st) - ds[ev].isel(step=0)
     else:
         raise ValueError(f"quantity must be one of {list(B3_QUANTITIES)}, got {quantity!r}")
-    if "seed" in da.dims:
-        da = da.mean("seed")
-    return da
+    return _stats.seed_mean(da)
 
 
 def _b3_range(ds: Any, quantity: str, entropy: str, trace: str) -> tuple[float, float]:
@@ -816,15 +814,8 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
 
 
 def _rows_kw(s: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(
-        width=s["width"],
-        depth=s["depth"],
-        activation=s["activation"],
-        seed=s["seed"],
-        entropy=s["entropy"],
-        trace=s["trace"],
-        test=s["test"],
-    )
+    """The settings of the F-b1 / F-b2 rows."""
+    return {k: s[k] for k in ("width", "depth", "activation", "seed", "entropy", "trace", "test")}
 
 
 _B1_CONTROLS = (("activation", "width", "depth"), ("seed", "test"), ("entropy", "trace"), ("step",))
@@ -887,13 +878,13 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     """
     mlp = cubes["mlp"]
     out: dict[str, Any] = {"entropy_note": "S in nats, " + _KERNEL_NOTE + "; change = S(last step) - S(0)"}
-    ec, tec, kc, loss_ratio = {}, {}, {}, {}
+    entropy_change, test_entropy_change, kernel_change, loss_ratio = {}, {}, {}, {}
     for act in mlp["activation"].values.tolist():
         for d in mlp["depth"].values.tolist():
             for w in mlp["width"].values.tolist():
                 sel = mlp.sel(activation=act, depth=d, width=w)
                 key = f"{act} {w}x{d}"
-                for var, dest in (("entropy", ec), ("test_entropy", tec)):
+                for var, dest in (("entropy", entropy_change), ("test_entropy", test_entropy_change)):
                     delta = (sel[var].isel(step=-1) - sel[var].isel(step=0)).values
                     delta = np.atleast_1d(delta)
                     dest[key] = {
@@ -903,24 +894,22 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
                         "n_rose": int((delta > 0).sum()),
                         "n_seeds": int(delta.size),
                     }
-                kc[key] = {
+                kernel_change[key] = {
                     "kernel_distance_init": _stats.finite(sel["kernel_distance_init"].isel(step=-1).mean(), 5),
                     "relative_change_init": _stats.finite(sel["relative_change_init"].isel(step=-1).mean()),
                 }
                 ratio = np.atleast_1d((sel["loss"].isel(step=-1) / sel["loss"].isel(step=0)).values)
                 loss_ratio[key] = _stats.finite(ratio.max())
-    out["entropy_change"] = ec
-    out["test_entropy_change"] = tec
-    out["kernel_change"] = kc
+    out["entropy_change"] = entropy_change
+    out["test_entropy_change"] = test_entropy_change
+    out["kernel_change"] = kernel_change
     out["loss_ratio"] = loss_ratio
 
     scale = cubes.get("scale", mlp)
     tw, sd = {}, {}
     for act in scale["activation"].values.tolist():
         for d in scale["depth"].values.tolist():
-            tr0 = scale["trace"].sel(activation=act, depth=d).isel(step=0)
-            if "seed" in tr0.dims:
-                tr0 = tr0.mean("seed")
+            tr0 = _stats.seed_mean(scale["trace"].sel(activation=act, depth=d).isel(step=0))
             widths = scale["width"].values.astype(float)
             a, b, r2 = plots.linear_fit(np.log(widths), np.log(tr0.values))
             tw[f"{act} depth {d}"] = {
@@ -930,9 +919,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
                 "r2": _stats.finite(r2),
             }
         for w in scale["width"].values.tolist():
-            s0 = scale["entropy"].sel(activation=act, width=w).isel(step=0)
-            if "seed" in s0.dims:
-                s0 = s0.mean("seed")
+            s0 = _stats.seed_mean(scale["entropy"].sel(activation=act, width=w).isel(step=0))
             depths = scale["depth"].values.astype(float)
             a, b, r2 = plots.linear_fit(depths, s0.values)
             sd[f"{act} width {w}"] = {

@@ -274,7 +274,7 @@ def fig_d1_data(
             traces = plots.seed_traces(da, mode)
             label = f"width {w} ({plots.si_text(n_params(ds, w), '{:.0f}')} params)"
             if key == "d1-loss":
-                mean = np.asarray(da.mean("seed").values if "seed" in da.dims else da.values, float)
+                mean = np.asarray(_stats.seed_mean(da).values, float)
                 curves.append((c[fit_at], mean[fit_at]))
                 f = _stats.power_fit(c[fit_at], mean[fit_at])
                 if f is not None:
@@ -523,7 +523,7 @@ def fig_d4_data(
             cells["value"].append(float(vals[i, k]))
     med = median_index(np.nan_to_num(np.asarray(wk.transpose("step", "eigen_index").values, float)))
     lam = sub["eigenvalues"].isel(step=-1)
-    lam = np.asarray((lam.mean("seed") if "seed" in lam.dims else lam).values, float)
+    lam = np.asarray(_stats.seed_mean(lam).values, float)
     rank = int(np.sum(lam > 1e-6 * lam[0]))  # the frozen small model's kernel has rank width + 1 < N
     data = plots.figure_data(
         "F-d4",
@@ -753,7 +753,7 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
         for w in ds["width"].values.tolist():
             sub = ds.sel(width=w)
             c = compute(ds, w)
-            mean = np.asarray(sub["loss"].mean("seed").values if "seed" in sub.dims else sub["loss"].values, float)
+            mean = np.asarray(_stats.seed_mean(sub["loss"]).values, float)
             curves.append((c[fit_at], mean[fit_at]))
             f = _stats.power_fit(c[fit_at], mean[fit_at])
             pos = sub["spectral_position"]

@@ -238,7 +238,7 @@ def data_fit(ds: Any, var: str = "test_loss") -> dict[str, float]:
     """Power-law fit ``var(D) = a · D^b`` of the final ``var`` (mean over seeds) of a
     data-scaling cube: ``{"prefactor", "exponent", "r2"}``."""
     y = ds[var].isel(step=-1)
-    y = y.mean("seed") if "seed" in y.dims else y
+    y = _stats.seed_mean(y)
     return _power_fit(ds["n_train"].values, y.values)
 
 
@@ -246,7 +246,7 @@ def width_fit(ds: Any, measure: str = "relative_change") -> dict[str, float]:
     """Power-law fit of the final feature-learning ``measure`` (mean over seeds) against
     width: ``{"prefactor", "exponent" (the log–log slope), "r2"}``."""
     y = change(ds, measure).isel(step=-1)
-    y = y.mean("seed") if "seed" in y.dims else y
+    y = _stats.seed_mean(y)
     return _power_fit(ds["width"].values, y.values)
 
 

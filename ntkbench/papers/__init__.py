@@ -9,11 +9,11 @@ Every paper is written against the shared layer, three private modules:
   → export (:func:`~ntkbench.papers._base.reproduce`), :class:`~ntkbench.papers._base.Paper`
   (the protocol's wrappers, written once), :class:`~ntkbench.papers._base.FigureSpec` and
   the small helpers of figure data (``check_choice``, ``need_cube``, ``config_of``,
-  ``at_step``, ``seed_text``, ``put_lines``, ``line_builder``, ``has_cubes``); it
-  re-exports the two below;
-- :mod:`ntkbench.papers._stats`: power-law fits, compute frontiers, mean ± standard
-  error, ranks and rank correlations, and the one rule for a summary's numbers (finite and
-  rounded, else ``None``: ``summary.json`` is strict JSON);
+  ``at_step``, ``seed_or_mean``, ``seed_text``, ``add_seed_series``, ``put_lines``,
+  ``line_builder``, ``has_cubes``, ``summary_head``); it re-exports the two below;
+- :mod:`ntkbench.papers._stats`: power-law fits, compute frontiers, means over seeds,
+  mean ± standard error, ranks and rank correlations, and the one rule for a summary's
+  numbers (finite and rounded, else ``None``: ``summary.json`` is strict JSON);
 - :mod:`ntkbench.papers._workbench`: the notebook side, a generic ``Workbench`` and
   ``RerunPanel``;
 

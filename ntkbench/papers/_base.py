@@ -19,9 +19,10 @@ A paper is configs → sweep → cubes → figure data → figures → summary �
 - :func:`reproduce` chains all of it for ``ntkbench reproduce PAPER``; :class:`Paper`
   gives a paper module the protocol's wrappers (``configs``, ``run_cubes``, ``run``,
   ``open_cubes``, ``figures``, ``Workbench``) once for all papers.
-- helpers of figure data and summaries: :func:`check_choice`, :func:`need_cube`,
-  :func:`has_cubes`, :func:`config_of`, :func:`at_step`, :func:`seed_text`,
-  :func:`put_lines`, :func:`line_builder`, :func:`summary_head`.
+- helpers of figure data and summaries: :data:`PROBE_MEASURES`, :func:`check_choice`,
+  :func:`need_cube`, :func:`has_cubes`, :func:`config_of`, :func:`at_step`,
+  :func:`seed_or_mean`, :func:`seed_text`, :func:`add_seed_series`, :func:`put_lines`,
+  :func:`line_builder`, :func:`summary_head`.
 
 Re-exported here: :class:`Workbench` (the figures with their controls in a notebook,
 redrawn in place), :class:`RerunPanel` (rerun an experiment with chosen settings, one

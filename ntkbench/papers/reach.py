@@ -242,6 +242,15 @@ def _fit_mask(steps: np.ndarray, fit_from: float) -> np.ndarray:
     return (steps >= max(1.0, fit_from * float(steps.max()))) & (steps >= 1)
 
 
+def _add_fit(fits: dict[str, list], x: np.ndarray, f: tuple[float, float, float], color: str, label: str) -> None:
+    """Add the dashed line of the power-law fit ``f = (a, b, r2)``, ``a·x^b``, to F-d1's fits."""
+    a, b, _ = f
+    fits["xs"].append(x.tolist())
+    fits["ys"].append((a * x**b).tolist())
+    fits["color"].append(color)
+    fits["label"].append(label)
+
+
 # =========================================================================== F-d1
 
 
@@ -278,23 +287,14 @@ def fig_d1_data(
                 curves.append((c[fit_at], mean[fit_at]))
                 f = _stats.power_fit(c[fit_at], mean[fit_at])
                 if f is not None:
-                    a, b, r2 = f
-                    label += f": b = {b:+.3f}, R² {r2:.2f}"
-                    xf = c[fit_at]
-                    fits["xs"].append(xf.tolist())
-                    fits["ys"].append((a * xf**b).tolist())
-                    fits["color"].append(colors[w])
-                    fits["label"].append(label)
+                    label += f": b = {f[1]:+.3f}, R² {f[2]:.2f}"
+                    _add_fit(fits, c[fit_at], f, colors[w], label)
             plots.add_series(lines, bands, c, traces, colors[w], label, log_y=log_y)
         put_lines(data, key, lines, bands)
     fx, fy = _stats.frontier(curves) if curves else (np.array([]), np.array([]))
     f = _stats.power_fit(fx, fy)
     if f is not None:
-        a, b, r2 = f
-        fits["xs"].append(fx.tolist())
-        fits["ys"].append((a * fx**b).tolist())
-        fits["color"].append("#111111")
-        fits["label"].append(f"frontier: b = {b:+.3f}, R² {r2:.2f}")
+        _add_fit(fits, fx, f, "#111111", f"frontier: b = {f[1]:+.3f}, R² {f[2]:.2f}")
     data["sources"]["d1-loss-fits"] = fits
     plots.set_panel(
         data,
@@ -713,6 +713,11 @@ FIGURES: list[FigureSpec] = [
 # =========================================================================== summary
 
 
+def _fit_numbers(f: tuple[float, float, float] | None) -> dict[str, Any] | None:
+    """A power-law fit ``(a, b, r2)`` as the summary holds it (None: no fit)."""
+    return None if f is None else {"a": _stats.sig(f[0]), "b": _stats.finite(f[1], 4), "r2": _stats.finite(f[2], 4)}
+
+
 def _per_seed(da: Any) -> list[float | None]:
     return [_stats.sig(v) for v in np.atleast_1d(np.asarray(da.values, float))]
 
@@ -760,9 +765,7 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
             per[str(int(w))] = {
                 "n_params": n_params(ds, w),
                 "final_loss": _per_seed(sub["loss"].isel(step=-1)),
-                "fit": None
-                if f is None
-                else {"a": _stats.sig(f[0]), "b": _stats.finite(f[1], 4), "r2": _stats.finite(f[2], 4)},
+                "fit": _fit_numbers(f),
                 "pos_early": _per_seed(pos.isel(step=early)),
                 "pos_end": _per_seed(pos.isel(step=-1)),
                 "pos_fell": int(np.sum(np.asarray(pos.isel(step=-1).values) < np.asarray(pos.isel(step=early).values))),
@@ -775,9 +778,7 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
         ident = ds["chi_loss"] * ds["chi_net"] * ds["spectral_position"] / ds["grad_norm_sq"] - 1
         scaling[key] = {
             "widths": per,
-            "frontier": None
-            if f is None
-            else {"a": _stats.sig(f[0]), "b": _stats.finite(f[1], 4), "r2": _stats.finite(f[2], 4)},
+            "frontier": _fit_numbers(f),
             "largest_lower_loss": bool(_stats.mean_of(large["final_loss"]) < _stats.mean_of(small["final_loss"])),
             "largest_lower_pos": bool(_stats.mean_of(large["pos_end"]) < _stats.mean_of(small["pos_end"])),
             "identity_max_rel_error": _stats.sig(float(np.nanmax(np.abs(ident.values)))),

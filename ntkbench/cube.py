@@ -664,3 +664,44 @@ def open_many(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ValueError(f"{str(path)!r}: group {g!r} is not an ntkbench cube: {exc}") from exc
         cubes[g] = ds
     return cubes
+
+
+# --------------------------------------------------------------------------- diverged runs of many cubes
+
+
+def diverged_runs(cubes: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{experiment: ["width=64, seed=1 (step 30)", ...]}`` of the runs whose training
+    diverged (the cube's ``status`` variable, :func:`diverged`) in ``{experiment: cube}``;
+    experiments without any are absent."""
+    out: dict[str, list[str]] = {}
+    for name, ds in cubes.items():
+        bad = diverged(ds)
+        if not bool(bad.any()):
+            continue
+        flat = bad.stack(run=list(bad.dims)) if bad.dims else bad.expand_dims(run=[0])
+        steps = ds["diverged_step"].stack(run=list(bad.dims)) if bad.dims else None
+        runs = []
+        for k in np.flatnonzero(flat.values):
+            point = ", ".join(f"{d}={flat[d].values[k]}" for d in bad.dims)
+            at = f" (step {int(steps.values[k])})" if steps is not None else ""
+            runs.append(f"{point}{at}".strip())
+        out[str(name)] = runs
+    return out
+
+
+def left_out_note(left_out: Mapping[str, Iterable[str]]) -> str:
+    """One line saying which diverged runs (:func:`diverged_runs`) every figure, mean and
+    fit leaves out."""
+    left_out = {exp: list(v) for exp, v in left_out.items()}
+    n = sum(len(v) for v in left_out.values())
+    runs = "; ".join(f"{exp}: {', '.join(v)}" for exp, v in left_out.items())
+    return f"{n} diverged run{'s' if n != 1 else ''} left out of every figure, mean and fit ({runs})"
+
+
+def finished_many(cubes: Mapping[str, Any]) -> dict[str, Any]:
+    """``{experiment: cube}`` with each cube's diverged runs' values set to NaN
+    (:func:`finished`): means over seeds, fits and summaries leave them out."""
+    return {k: finished(v) for k, v in cubes.items()}
+
+
+__all__ += ["diverged_runs", "left_out_note", "finished_many"]

@@ -89,6 +89,7 @@ __all__ = [
     "make_model",
     "MODEL_DEFAULTS",
     "count_params",
+    "count_config_params",
     "mup_lr_scales",
     "mup_leaf_scales",
 ]
@@ -895,3 +896,21 @@ def count_params(model: Any) -> int:
     """
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
     return int(sum(leaf.size for leaf in leaves))
+
+
+def count_config_params(config: dict[str, Any], *, in_shape: Sequence[int], out_size: int) -> int:
+    """Number of scalar parameters of the model :func:`make_model` builds from ``config``
+    for inputs of ``in_shape`` and ``out_size`` outputs, from shapes only (no random
+    draws, no arrays allocated): the total size of its inexact array leaves, as
+    :func:`count_params` counts them.
+
+    Example
+    -------
+    >>> count_config_params({"name": "mlp", "width": 4, "depth": 1}, in_shape=(3,), out_size=2)
+    26
+    """
+    model = eqx.filter_eval_shape(
+        lambda: make_model(config, key=jax.random.key(0), in_shape=in_shape, out_size=out_size)
+    )
+    leaves = [x for x in jax.tree_util.tree_leaves(model) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return int(sum(math.prod(x.shape) for x in leaves))

@@ -15,6 +15,7 @@ from ntkbench.models import (
     CNN,
     MLP,
     TinyTransformer,
+    count_config_params,
     count_params,
     make_model,
     mup_lr_scales,
@@ -191,6 +192,22 @@ def test_count_params_closed_form():
     i, o, w, d = 7, 3, 11, 3
     expected = (i * w + w) + (d - 1) * (w * w + w) + (w * o + o)
     assert count_params(MLP(i, o, w, d, key=jax.random.key(0))) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "in_shape", "out_size"),
+    [
+        ({"name": "mlp", "width": 11, "depth": 3}, (7,), 3),
+        ({"name": "cnn", "width": 4, "depth": 2}, (8, 8, 1), 10),
+        ({"name": "transformer", "width": 8, "layers": 2, "heads": 2}, (6,), 12),
+        ({"name": "random_features", "width": 16, "features": "frozen"}, (5,), 1),
+        ({"name": "random_features", "width": 16, "features": "trained"}, (5,), 1),
+    ],
+)
+def test_count_config_params_counts_the_model_the_config_builds(config, in_shape, out_size):
+    """From shapes only, the count of the model make_model builds from the config."""
+    model = make_model(config, key=jax.random.key(0), in_shape=in_shape, out_size=out_size)
+    assert count_config_params(config, in_shape=in_shape, out_size=out_size) == count_params(model)
 
 
 def test_mup_lr_scales():

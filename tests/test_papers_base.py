@@ -326,3 +326,33 @@ def test_diverged_runs_are_left_out_of_figures_and_summary(toy_run, tmp_path):
     lines = plots.figure_index(wb.figures["F-1"])["sources"]["f1-main-lines"].data
     np.testing.assert_allclose(lines["ys"][1], ent[1, 0], rtol=1e-6)  # width 16: seed 0's alone
     wb.close()
+
+
+def test_paper_gives_a_module_the_protocol_wrappers(toy_run, tmp_path, monkeypatch):
+    """_base.Paper(name): configs, run_cubes, run, open_cubes, defaults, figures,
+    export_figures and the Workbench class, reading the module's names when called."""
+    from ntkbench import cube
+
+    paper, out, cubes = toy_run
+    monkeypatch.setattr(paper, "__name__", "toy_paper")
+    monkeypatch.setitem(sys.modules, "toy_paper", paper)
+    wrappers = _base.Paper("toy_paper", needs=("main",))
+    assert wrappers.configs("test") == paper.CONFIGS["test"] and wrappers.configs("test") is not paper.CONFIGS["test"]
+    with pytest.raises(ValueError, match="config name must be one of"):
+        wrappers.configs("nope")
+    monkeypatch.setattr(paper, "configs", wrappers.configs, raising=False)
+    again = wrappers.run_cubes(out, "quick", progress=False)  # resumes: every run is there
+    assert again["main"].equals(cubes["main"])
+    assert set(wrappers.open_cubes(out / "toy.nc")) == {"main"}
+    settings = wrappers.defaults(cube.finished_many(cubes))
+    assert settings["step"] is None and settings["seed"] == "mean"
+    monkeypatch.setattr(paper, "defaults", wrappers.defaults, raising=False)
+    assert set(wrappers.figures(cubes)) == {"F-1"}
+    assert wrappers.export_figures(cubes, tmp_path, formats=("html",)) == [tmp_path / "toy-F-1.html"]
+    Workbench = wrappers.workbench("A toy.")
+    assert Workbench.__name__ == "Workbench" and Workbench.__module__ == "toy_paper" and "A toy." in Workbench.__doc__
+    wb = Workbench(cubes, figures_dir=tmp_path)
+    assert isinstance(wb, _base.Workbench) and list(wb.figures) == ["F-1"]
+    wb.close()
+    with pytest.raises(ValueError, match="cubes must hold an 'main' cube"):
+        Workbench({"other": cubes["main"]})

@@ -3,16 +3,31 @@
 ``ntkbench reproduce PAPER [--quick] --out DIR [--workers N | --scheduler ADDR]`` looks
 ``PAPER`` up in :data:`REGISTRY` and calls the module's ``run``.
 
-Every paper is written against the shared layer :mod:`ntkbench.papers._base` (configs →
-sweep → cubes → figure data → figures → summary → export, a generic ``Workbench`` and
-``RerunPanel``), the figure pieces of :mod:`ntkbench.plots` (series with seed bands,
-panels, formatters, category heat maps, step markers, headers, and the *figure-data* dict
-that :func:`ntkbench.plots.apply` redraws in place) and the controls of
-:mod:`ntkbench.widgets`. A paper module holds only its paper.
+Every paper is written against the shared layer, three private modules:
+
+- :mod:`ntkbench.papers._base`: configs → sweep → cubes → figure data → figures → summary
+  → export (:func:`~ntkbench.papers._base.reproduce`), :class:`~ntkbench.papers._base.Paper`
+  (the protocol's wrappers, written once), :class:`~ntkbench.papers._base.FigureSpec` and
+  the small helpers of figure data (``check_choice``, ``need_cube``, ``config_of``,
+  ``at_step``, ``seed_or_mean``, ``seed_text``, ``add_seed_series``, ``put_lines``,
+  ``line_builder``, ``has_cubes``, ``summary_head``); it re-exports the two below;
+- :mod:`ntkbench.papers._stats`: power-law fits, compute frontiers, means over seeds,
+  mean ± standard error, ranks and rank correlations, and the one rule for a summary's
+  numbers (finite and rounded, else ``None``: ``summary.json`` is strict JSON);
+- :mod:`ntkbench.papers._workbench`: the notebook side, a generic ``Workbench`` and
+  ``RerunPanel``;
+
+and on the figure pieces of :mod:`ntkbench.plots` (series with seed bands, panels,
+formatters, category heat maps, step markers, headers, and the *figure-data* dict that
+:func:`ntkbench.plots.apply` redraws in place) and the controls of :mod:`ntkbench.widgets`.
+The diverged-run bookkeeping (which runs every figure and summary leaves out) is
+:func:`ntkbench.cube.diverged_runs`. A paper module holds only its paper: its configs,
+figure data and builders, controls and summary.
 
 Plug-in protocol
 ----------------
-A paper module ``ntkbench/papers/<key>.py`` provides::
+A paper module ``ntkbench/papers/<key>.py`` provides (``configs``, ``run_cubes``, ``run``,
+``open_cubes``, ``figures`` and ``Workbench`` come from ``_base.Paper(__name__)``)::
 
     KEY: str                      # registry key, e.g. "collective"
     TITLE: str                    # the paper's title
@@ -27,8 +42,12 @@ A paper module ``ntkbench/papers/<key>.py`` provides::
     def controls(cubes) -> list[ntkbench.widgets.Control]
     def defaults(cubes) -> dict   # the settings `reproduce` draws the figures at (optional:
                                   # else the controls' defaults)
-    def summarize(cubes) -> dict  # the numbers the claims rest on (JSON-able)
+    def summarize(cubes) -> dict  # the numbers the claims rest on (strict JSON: a number
+                                  # that is not finite is None, _stats.finite)
     def format_summary(summary) -> str
+    def configs(name="quick") -> dict   # a deep copy of CONFIGS[name]
+    def open_cubes(path) -> dict[str, xarray.Dataset]   # ntkbench.cube.open_many
+    class Workbench                     # notebooks: Workbench(open_cubes(path))
 
 Every experiment records ``eigenvalues`` (the probe set's eNTK spectrum at every recorded
 step) next to its scalar measures, so any paper cube opens in
@@ -40,9 +59,8 @@ Register the module by adding ``"<key>": "ntkbench.papers.<key>"`` to :data:`REG
 A new paper module, in outline (see ``collective.py`` for a complete one)::
 
     '''<Paper title> (<year>): what it claims, what this module reproduces.'''
-    import sys
     from ntkbench import plots
-    from ntkbench.papers import _base
+    from ntkbench.papers import _base, _stats
     from ntkbench.papers._base import FigureSpec
     from ntkbench.widgets import Control, seed_control, step_control
 
@@ -52,16 +70,11 @@ A new paper module, in outline (see ``collective.py`` for a complete one)::
                                   "record": {"measures": MEASURES, ...}, "grid": {...}}},
                "test": {...}, "full": {...}}
 
-    def configs(name="quick"):
-        return _base.pick_config(CONFIGS, name)
-
-    def run_cubes(out, config="quick", **kw):
-        cfgs = configs(config) if isinstance(config, str) else config
-        return _base.run_experiments(out, cfgs, **kw)
-
-    def run(out, quick=False, workers=None, scheduler=None, *, config=None, **kw):
-        return _base.reproduce(sys.modules[__name__], out, config, quick=quick,
-                               workers=workers, scheduler=scheduler, **kw)
+    # the wrappers every paper has; they read KEY, CONFIGS, FIGURES, controls and
+    # defaults when called (Paper(__name__, folder=..., rename=..., needs=...) for more)
+    _paper = _base.Paper(__name__)
+    configs, run_cubes, run = _paper.configs, _paper.run_cubes, _paper.run
+    open_cubes, figures = _paper.open_cubes, _paper.figures
 
     def fig_1_data(ds, *, seed="mean", step=None) -> plots.FigureData:
         # everything that depends on the settings: columns, titles, labels, header
@@ -92,12 +105,16 @@ A new paper module, in outline (see ``collective.py`` for a complete one)::
         ds = cubes["main"]
         return [seed_control(ds["seed"].values), step_control(ds["step"].values)]
 
-    def summarize(cubes): ...
-    def format_summary(summary): ...
+    def summarize(cubes):                   # every number through _stats: finite or None
+        end = cubes["main"]["entropy"].isel(step=-1)
+        return {"entropy_end": _stats.mean_se(end)}
 
-    class Workbench(_base.Workbench):       # notebooks: Workbench(open_cubes(path))
-        def __init__(self, cubes, *, figures_dir="figures"):
-            super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+    def format_summary(summary):
+        lines = _base.summary_head(TITLE, "S in nats", summary)
+        mean = _stats.fmt(summary["entropy_end"]["mean"], ".3f")  # None (not finite) as nan
+        return "\n".join([*lines, f"S at the end: {mean}"]) + "\n"
+
+    Workbench = _paper.workbench()          # notebooks: Workbench(open_cubes(path))
 
 Example
 -------

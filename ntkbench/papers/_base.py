@@ -16,9 +16,20 @@ A paper is configs → sweep → cubes → figure data → figures → summary �
   same figure from the same settings.
 - **summary**: the paper's ``summarize(cubes)`` (numbers as a JSON-able dict) and
   ``format_summary(summary)`` (text).
-- :func:`reproduce` chains all of it for ``ntkbench reproduce PAPER``; :class:`Workbench`
-  shows the figures with their controls in a notebook and redraws them in place;
-  :class:`RerunPanel` reruns an experiment with chosen settings, one run at a time.
+- :func:`reproduce` chains all of it for ``ntkbench reproduce PAPER``; :class:`Paper`
+  gives a paper module the protocol's wrappers (``configs``, ``run_cubes``, ``run``,
+  ``open_cubes``, ``figures``, ``Workbench``) once for all papers.
+- helpers of figure data and summaries: :data:`PROBE_MEASURES`, :func:`check_choice`,
+  :func:`need_cube`, :func:`has_cubes`, :func:`config_of`, :func:`at_step`,
+  :func:`seed_or_mean`, :func:`seed_text`, :func:`add_seed_series`, :func:`put_lines`,
+  :func:`line_builder`, :func:`summary_head`.
+
+Re-exported here: :class:`Workbench` (the figures with their controls in a notebook,
+redrawn in place), :class:`RerunPanel` (rerun an experiment with chosen settings, one
+run at a time) and :func:`result_view` from :mod:`ntkbench.papers._workbench`;
+:func:`ranks` and :func:`rank_correlation` from :mod:`ntkbench.papers._stats` (the
+summaries' statistics); :func:`diverged_runs`, :func:`left_out_note` and
+:func:`finished_cubes` from :mod:`ntkbench.cube` (the diverged-run bookkeeping).
 """
 
 from __future__ import annotations
@@ -26,20 +37,23 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
-import html
 import json
 import os
-import threading
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ntkbench.widgets import Shown, join_run
+from ntkbench import cube as cube_mod
+from ntkbench.papers._stats import rank_correlation, ranks, strict
+from ntkbench.papers._workbench import RerunPanel, Workbench, result_view
 
 __all__ = [
     "FigureSpec",
+    "Paper",
+    "PROBE_MEASURES",
     "pick_config",
     "run_experiments",
     "settings_of",
@@ -48,18 +62,31 @@ __all__ = [
     "reproduce",
     "Workbench",
     "RerunPanel",
+    "result_view",
     "ranks",
     "rank_correlation",
     "check_choice",
     "need_cube",
+    "has_cubes",
     "diverged_runs",
     "left_out_note",
     "finished_cubes",
     "config_of",
     "at_step",
+    "seed_text",
+    "put_lines",
+    "add_seed_series",
+    "summary_head",
+    "seed_or_mean",
+    "line_builder",
 ]
 
 Cubes = Mapping[str, Any]
+
+#: what the papers record of their probe's eNTK first: its spectrum (so any spectral
+#: measure can be recomputed and the cube opens in ntkbench.widgets.Explorer; every paper
+#: records it, :func:`run_experiments`), its entropy and its trace, raw and normalized
+PROBE_MEASURES: tuple[str, ...] = ("eigenvalues", "entropy", "entropy_normalized", "trace", "trace_per_sample")
 FigureData = dict[str, Any]
 
 
@@ -118,7 +145,6 @@ def run_experiments(
     renames dims in every cube (e.g.
     ``{"layers": "depth"}``), with the new dim's CF attributes. Rerunning resumes.
     """
-    from ntkbench import cube as cube_mod
     from ntkbench.sweep import sweep
 
     for name, cfg in configs.items():
@@ -200,8 +226,6 @@ def reproduce(
     ``out/figures/<KEY>-<figure>.<format>``, and ``out/summary.json`` / ``summary.txt``
     (``summarize`` / ``format_summary``, with the config name and the run's wall time).
     """
-    from ntkbench import cube as cube_mod
-
     if config is None:
         config = "quick" if quick else "full"
     _check_out_of_this_paper(Path(out), paper.KEY)
@@ -223,7 +247,8 @@ def reproduce(
     if left_out:
         summary["diverged_runs_left_out"] = left_out
         text += f"\n{left_out_note(left_out)}\n"
-    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    # strict JSON: a non-finite number the paper's summary let through is written as null
+    _write_text(out / "summary.json", json.dumps(strict(summary), indent=2, allow_nan=False) + "\n")
     _write_text(out / "summary.txt", text)
     return cubes
 
@@ -250,42 +275,12 @@ def _check_out_of_this_paper(out: Path, key: str) -> None:
         )
 
 
-def diverged_runs(cubes: Cubes) -> dict[str, list[str]]:
-    """``{experiment: ["width=64, seed=1 (step 30)", ...]}`` of the runs whose training
-    diverged (the cube's ``status`` variable); experiments without any are absent."""
-    import numpy as np
-
-    from ntkbench import cube
-
-    out: dict[str, list[str]] = {}
-    for name, ds in cubes.items():
-        bad = cube.diverged(ds)
-        if not bool(bad.any()):
-            continue
-        flat = bad.stack(run=list(bad.dims)) if bad.dims else bad.expand_dims(run=[0])
-        steps = ds["diverged_step"].stack(run=list(bad.dims)) if bad.dims else None
-        runs = []
-        for k in np.flatnonzero(flat.values):
-            point = ", ".join(f"{d}={flat[d].values[k]}" for d in bad.dims)
-            at = f" (step {int(steps.values[k])})" if steps is not None else ""
-            runs.append(f"{point}{at}".strip())
-        out[str(name)] = runs
-    return out
-
-
-def left_out_note(left_out: Mapping[str, Sequence[str]]) -> str:
-    """One line saying which diverged runs every figure, mean and fit leaves out."""
-    n = sum(len(v) for v in left_out.values())
-    runs = "; ".join(f"{exp}: {', '.join(v)}" for exp, v in left_out.items())
-    return f"{n} diverged run{'s' if n != 1 else ''} left out of every figure, mean and fit ({runs})"
-
-
-def finished_cubes(cubes: Cubes) -> dict[str, Any]:
-    """Each cube with its diverged runs' values set to NaN (:func:`ntkbench.cube.finished`):
-    the papers' means over seeds, fits and summaries leave them out."""
-    from ntkbench import cube
-
-    return {k: cube.finished(v) for k, v in cubes.items()}
+#: ``{experiment: ["width=64, seed=1 (step 30)", ...]}`` of the diverged runs: ntkbench.cube.diverged_runs
+diverged_runs = cube_mod.diverged_runs
+#: the line naming the diverged runs every figure, mean and fit leaves out: ntkbench.cube.left_out_note
+left_out_note = cube_mod.left_out_note
+#: each cube with its diverged runs' values set to NaN: ntkbench.cube.finished_many
+finished_cubes = cube_mod.finished_many
 
 
 def check_choice(name: str, value: Any, table: Mapping[str, Any] | Sequence[Any]) -> None:
@@ -320,367 +315,209 @@ def at_step(da: Any, step: int | None) -> Any:
     return da.sel(step=steps[np.abs(steps - step).argmin()])
 
 
-def ranks(a: Any) -> Any:
-    """Ranks 0 … n-1 of a 1-D array, ties sharing their average rank.
-
-    >>> ranks([3.0, 1.0, 3.0]).tolist()
-    [1.5, 0.0, 1.5]
-    """
-    import numpy as np
-
-    a = np.asarray(a, dtype=float)
-    order = np.argsort(a, kind="mergesort")
-    r = np.empty(len(a))
-    r[order] = np.arange(len(a))
-    _, inverse = np.unique(a, return_inverse=True)
-    return (np.bincount(inverse, r) / np.bincount(inverse))[inverse]
-
-
-def rank_correlation(
-    x: Any, y: Any, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0, groups: Any = None
-) -> dict[str, Any]:
-    """Spearman's rank correlation of ``x`` and ``y`` with a percentile bootstrap interval.
-
-    ``groups`` (optional, same length): ranks are taken within each group (e.g. each data
-    budget) and pooled, so a correlation that only reflects the group sizes does not count.
-    Resampling is over pairs (within each group when grouped), ``n_boot`` times with a fixed
-    ``seed``. NaN pairs are dropped. Returns ``{"rho", "low", "high", "n", "resolved"}``,
-    ``resolved`` when the interval excludes 0 (``rho`` NaN below 3 pairs).
-
-    >>> r = rank_correlation([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
-    >>> round(r["rho"], 3), r["resolved"]  # six pairs: the interval still holds 0
-    (0.829, False)
-    """
-    import numpy as np
-
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    g = np.zeros(len(x)) if groups is None else np.asarray(groups)
-    if not (len(x) == len(y) == len(g)):
-        raise ValueError(f"x, y and groups must have the same length, got {len(x)}, {len(y)}, {len(g)}")
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y, g = x[ok], y[ok], g[ok]
-    members = [np.flatnonzero(g == v) for v in np.unique(g)]
-
-    def rho(idx_per_group: list) -> float:
-        rx = np.concatenate([ranks(x[i]) - (len(i) - 1) / 2 for i in idx_per_group])
-        ry = np.concatenate([ranks(y[i]) - (len(i) - 1) / 2 for i in idx_per_group])
-        den = np.sqrt((rx**2).sum() * (ry**2).sum())
-        return float((rx * ry).sum() / den) if den > 0 else float("nan")
-
-    out: dict[str, Any] = {
-        "rho": float("nan"),
-        "low": float("nan"),
-        "high": float("nan"),
-        "n": int(len(x)),
-        "resolved": False,
-    }
-    if len(x) < 3:
-        return out
-    out["rho"] = rho(members)
-    rng = np.random.default_rng(seed)
-    boots = np.array([rho([i[rng.integers(0, len(i), len(i))] for i in members]) for _ in range(n_boot)])
-    boots = boots[np.isfinite(boots)]
-    if boots.size:
-        alpha = (1 - level) / 2
-        out["low"], out["high"] = (float(v) for v in np.quantile(boots, [alpha, 1 - alpha]))
-        out["resolved"] = bool(out["low"] > 0 or out["high"] < 0)
-    return out
-
-
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _error_html(exc: BaseException) -> str:
-    return f"<span style='color:#b00020'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
+def has_cubes(*names: str) -> Callable[[Cubes], bool]:
+    """A :class:`FigureSpec` ``available``: whether the cubes hold every one of ``names``."""
+    return lambda cubes: all(n in cubes for n in names)
 
 
-class _Controls:
-    """Controls as attributes: ``obj.seed`` is the ipywidget of control ``seed``."""
+def seed_text(seed: Any, band: str = "mean ± std over seeds", unit: str = "seed") -> str:
+    """How a figure's header names its ``seed`` setting: the band of ``"mean"``, every
+    ``unit`` for ``"all"``, else the one ``unit`` drawn.
 
-    controls: dict[str, Any]
-
-    def __getattr__(self, name: str) -> Any:
-        controls = self.__dict__.get("controls", {})
-        if name in controls:
-            return controls[name]
-        raise AttributeError(f"{type(self).__name__!s} has no attribute or control {name!r}")
-
-    def settings(self) -> dict[str, Any]:
-        """``{control name: current value}``."""
-        return {name: ctl.value for name, ctl in self.controls.items()}
-
-    def _rows(self, rows: Sequence[Sequence[str]]) -> Any:
-        from ntkbench.widgets import flow
-
-        return [flow([self.controls[n] for n in row]) if len(row) > 1 else self.controls[row[0]] for row in rows]
+    >>> seed_text("mean"), seed_text("all", unit="repeat"), seed_text(3)
+    ('mean ± std over seeds', 'every repeat', 'seed 3')
+    """
+    return {"mean": band, "all": f"every {unit}"}.get(seed, f"{unit} {seed}")
 
 
-class Workbench(_Controls):
-    """A paper's figures with their controls in a notebook, redrawn in place.
+def seed_or_mean(cubes: Cubes, exp: str, seed: Any) -> Any:
+    """The ``seed`` setting for experiment ``exp``: itself where the cube has that seed
+    (or it is ``"mean"`` / ``"all"``, or the cube is absent or has no seeds), else
+    ``"mean"`` (a paper's experiments may differ in seeds)."""
+    if seed in ("mean", "all") or exp not in cubes or "seed" not in cubes[exp].dims:
+        return seed
+    return seed if seed in cubes[exp]["seed"].values.tolist() else "mean"
 
-    ``cubes``: ``{experiment: cube}``; ``specs``: the paper's :class:`FigureSpec` list;
-    ``controls``: its :class:`ntkbench.widgets.Control` list (their ipywidgets are the
-    attributes of the same names, e.g. ``wb.seed``). Each figure is a
-    :class:`ntkbench.widgets.LiveFigure`: a change of a control listed in a spec's
-    ``controls`` applies the spec's new figure data to the figure shown (new columns,
-    titles, labels, colour ranges, header), or rebuilds it when its layout changes.
 
-    Attributes: ``live`` (name -> LiveFigure), ``figures`` / ``models`` / ``views`` (name
-    -> Bokeh layout / BokehModel / ipywidgets Box), ``exporter`` (the export control;
-    ``export_box`` is its widget), ``status`` (an error of the last redraw, if any).
+def put_lines(data: Any, key: str, lines: Any, bands: Any) -> None:
+    """Store panel ``key``'s line and band columns as the figure data's sources
+    ``"<key>-lines"`` and ``"<key>-bands"``."""
+    data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+
+
+def add_seed_series(
+    lines: Any,
+    bands: Any,
+    x: Any,
+    da: Any,
+    seed: Any,
+    color: str,
+    label: str,
+    *,
+    spread: str = "se",
+    log_x: bool = True,
+    log_y: bool = True,
+) -> None:
+    """Add the lines of ``da`` over ``x`` with ``seed`` (``"mean"``: the mean with a band of
+    ``spread``, default the standard error; ``"all"``; one seed) to the columns ``lines``
+    and ``bands`` (:func:`ntkbench.plots.seed_traces`, :func:`ntkbench.plots.add_series`)."""
+    from ntkbench import plots
+
+    traces = plots.seed_traces(da, plots.seed_mode(seed, da), spread=spread)
+    plots.add_series(lines, bands, x, traces, color, label, log_x=log_x, log_y=log_y)
+
+
+def line_builder(panel_size: tuple[int, int], doc: str, legend_location: str | None = None) -> Callable[..., Any]:
+    """A paper's ``build_lines(data, panel_size=panel_size)``: the layout of figure data of
+    lines with bands in each panel (markers where it has spans; legends in
+    ``data["legend"]``) by :func:`ntkbench.plots.line_grid`, named ``data["layout"]``."""
+
+    def build_lines(data: Any, panel_size: tuple[int, int] = panel_size) -> Any:
+        from ntkbench import plots
+
+        kw = {} if legend_location is None else {"legend_location": legend_location}
+        return plots.line_grid(data, panel_size=panel_size, name=str(data["layout"]), **kw)
+
+    build_lines.__doc__ = doc
+    return build_lines
+
+
+class Paper:
+    """The plug-in protocol's wrappers of a paper module, written once.
+
+    ``Paper(__name__, ...)`` in a paper module gives the module-level functions every paper
+    has: :meth:`configs`, :meth:`run_cubes`, :meth:`run`, :meth:`figures`,
+    :meth:`export_figures`, ``open_cubes`` (:func:`ntkbench.cube.open_many`) and
+    :meth:`workbench` (the paper's ``Workbench`` class). They read the module's ``KEY``,
+    ``CONFIGS``, ``configs``, ``FIGURES``, ``controls`` and ``defaults`` when called, so the
+    module may define them after this. ``folder`` / ``rename`` go to
+    :func:`run_experiments`; ``needs``: experiments a Workbench cannot do without.
+    """
+
+    open_cubes = staticmethod(cube_mod.open_many)
+
+    def __init__(
+        self,
+        module: str,
+        *,
+        folder: Callable[[str], str] | None = None,
+        rename: Mapping[str, str] | None = None,
+        needs: Sequence[str] = (),
+    ):
+        self.name, self.folder, self.rename, self.needs = module, folder, rename, tuple(needs)
+
+    @property
+    def module(self) -> ModuleType:
+        return sys.modules[self.name]
+
+    def configs(self, name: str = "quick") -> dict[str, dict[str, Any]]:
+        """A deep copy of the paper's sweep configs ``name`` (``"quick"``, ``"test"``, ``"full"``)."""
+        return pick_config(self.module.CONFIGS, name)
+
+    def run_cubes(
+        self,
+        out: str | os.PathLike[str],
+        config: str | Mapping[str, Mapping[str, Any]] = "quick",
+        *,
+        workers: int | None = None,
+        scheduler: str | None = None,
+        client: Any = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Run the experiments of ``config`` (a name of the paper's ``CONFIGS`` or such a
+        dict) under ``out`` (resumable, :func:`run_experiments`) and return ``{experiment: cube}``."""
+        cfgs = self.module.configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
+        kw: dict[str, Any] = {} if self.folder is None else {"folder": self.folder}
+        return run_experiments(
+            out,
+            cfgs,
+            rename=self.rename,
+            workers=workers,
+            scheduler=scheduler,
+            client=client,
+            progress=progress,
+            **kw,
+        )
+
+    def run(
+        self,
+        out: str | os.PathLike[str],
+        quick: bool = False,
+        workers: int | None = None,
+        scheduler: str | None = None,
+        *,
+        config: str | Mapping[str, Mapping[str, Any]] | None = None,
+        formats: Sequence[str] = ("png", "svg", "html"),
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """``ntkbench reproduce <KEY>``: run the experiments, export every figure and the
+        summary; return ``{experiment: cube}`` (files as in :func:`reproduce`; ``config``
+        overrides ``quick``)."""
+        return reproduce(
+            self.module,
+            out,
+            config,
+            quick=quick,
+            workers=workers,
+            scheduler=scheduler,
+            formats=formats,
+            progress=progress,
+        )
+
+    def defaults(self, cubes: Cubes) -> dict[str, Any]:
+        """The settings ``reproduce`` draws the figures at: the defaults of the paper's
+        ``controls(cubes)``, with no step marker (``step`` None)."""
+        return {**settings_of(self.module.controls(cubes)), "step": None}
+
+    def figures(self, cubes: Cubes, **kw: Any) -> dict[str, Any]:
+        """``{figure name: Bokeh layout}`` at the paper's ``defaults`` (``kw`` overrides settings)."""
+        m = self.module
+        return figures(m.FIGURES, cubes, {**m.defaults(cubes), **kw})
+
+    def export_figures(
+        self, cubes: Cubes, folder: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg", "html")
+    ) -> list[Path]:
+        """Export every figure of :meth:`figures` as ``folder/<KEY>-<figure>.<format>``."""
+        return export_figures(self.figures(cubes), folder, self.module.KEY, formats)
+
+    def workbench(self, doc: str = "") -> type[Workbench]:
+        """The paper's ``Workbench(cubes, *, figures_dir="figures")``: a :class:`Workbench`
+        with the module's ``FIGURES`` and ``controls(cubes)``, named ``KEY``; ``doc`` says
+        more than the generic docstring."""
+        paper, key = self, self.name.rsplit(".", 1)[-1]
+
+        class PaperWorkbench(Workbench):
+            def __init__(self, cubes: Cubes, *, figures_dir: str | os.PathLike[str] = "figures"):
+                for exp in paper.needs:
+                    if exp not in cubes:
+                        raise ValueError(f"cubes must hold an {exp!r} cube, got {sorted(cubes)}")
+                m = paper.module
+                super().__init__(cubes, m.FIGURES, m.controls(cubes), figures_dir=figures_dir, name=m.KEY)
+
+        PaperWorkbench.__name__ = PaperWorkbench.__qualname__ = "Workbench"
+        PaperWorkbench.__module__ = self.name
+        PaperWorkbench.__doc__ = f"""Notebook controls for the paper's figures, on cubes from ``open_cubes`` (a
+    :class:`ntkbench.papers._base.Workbench` with its ``FIGURES`` and ``controls``: each
+    control is the attribute of its name, e.g. ``wb.seed``). {doc}
 
     Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
 
-    >>> wb = Workbench(cubes, FIGURES, controls(cubes), name="collective")  # doctest: +SKIP
-    >>> wb.view("F-b1")                                                   # doctest: +SKIP
+    >>> wb = Workbench(open_cubes("../data/{key}_quick.nc"))  # doctest: +SKIP
+    >>> wb.view(FIGURES[0].name)                               # doctest: +SKIP
     """
-
-    def __init__(
-        self,
-        cubes: Cubes,
-        specs: Sequence[FigureSpec],
-        controls: Sequence[Any],
-        *,
-        figures_dir: str | os.PathLike[str] = "figures",
-        name: str = "figure",
-    ):
-        import ipywidgets as w
-
-        from ntkbench.widgets import ExportControl, LiveFigure
-
-        self.controls = {c.name: c.widget() for c in controls}
-        self.control_specs = list(controls)
-        self.left_out = diverged_runs(cubes)
-        self.cubes = finished_cubes(cubes)
-        self.specs = {s.name: s for s in specs if s.available(self.cubes)}
-        if not self.specs:
-            raise ValueError(f"cubes {sorted(self.cubes)} can draw none of the figures {[s.name for s in specs]}")
-        for spec in self.specs.values():
-            unknown = [n for n in spec.control_names if n not in self.controls]
-            if unknown:
-                raise ValueError(
-                    f"figure {spec.name!r} uses unknown controls {unknown}; controls are {list(self.controls)}"
-                )
-        self.figures_dir = Path(figures_dir)
-        self.status = w.HTML(value=html.escape(left_out_note(self.left_out)) if self.left_out else "")
-        settings = self.settings()
-        self.live = {n: LiveFigure(s.build, s.data(self.cubes, settings)) for n, s in self.specs.items()}
-        for cname, ctl in self.controls.items():
-            names = [n for n, s in self.specs.items() if cname in s.control_names]
-            if names:
-                ctl.observe(lambda _, names=tuple(names): self.update(*names), "value")
-        # exports are built from the figure data shown, at their natural size (the figures
-        # shown scale with the notebook's width: LiveFigure)
-        self.exporter = ExportControl(
-            _FreshFigures(self.live),
-            self.figures_dir,
-            name=name,
-            show_name=False,
-            interactive=self.standalone,
-        )
-        self.export_figure, self.export_format = self.exporter.figure, self.exporter.format
-        self.export_button, self.export_status = self.exporter.button, self.exporter.status
-        self.export_box = self.exporter.widget
-
-    @property
-    def figures(self) -> dict[str, Any]:
-        return {n: live.figure for n, live in self.live.items()}
-
-    @property
-    def models(self) -> dict[str, Any]:
-        return {n: live.model for n, live in self.live.items()}
-
-    @property
-    def views(self) -> dict[str, Any]:
-        return {n: live.view for n, live in self.live.items()}
-
-    def update(self, *names: str) -> None:
-        """Redraw ``names`` (default: all) at the current settings. Every figure is
-        redrawn even if one fails; the first error is shown in ``status`` and raised."""
-        settings = self.settings()
-        self.status.value = html.escape(left_out_note(self.left_out)) + "<br>" if self.left_out else ""
-        first: Exception | None = None
-        for name in names or tuple(self.live):
-            try:
-                self.live[name].update(self.specs[name].data(self.cubes, settings))
-            except Exception as exc:
-                self.status.value += _error_html(exc) + "<br>"
-                first = first or exc
-        if first is not None:
-            raise first
-
-    def view(self, name: str) -> Any:
-        """The figure ``name`` under the controls it reacts to."""
-        import ipywidgets as w
-
-        if name not in self.live:
-            raise ValueError(f"name must be one of {list(self.live)}, got {name!r}")
-        return w.VBox([*self._rows(self.specs[name].controls), self.status, self.live[name].view])
-
-    def export(self, figure: str | None = None, format: str | None = None) -> Path:
-        """Write one figure as shown (current settings) as ``figures_dir/<name>-<figure>``."""
-        return self.exporter.export(figure, format)
-
-    def standalone(self, name: str) -> Any:
-        """Figure ``name`` at the current settings for a plain browser: hover tools and its
-        step slider, dropdowns, toggles and checkboxes (:func:`ntkbench.standalone.paper_layout`);
-        ``export(name, "interactive")`` writes it as ``<paper>-<name>-interactive.html``."""
-        from ntkbench import standalone
-
-        if name not in self.specs:
-            raise ValueError(f"name must be one of {list(self.specs)}, got {name!r}")
-        return standalone.paper_layout(self.specs[name], self.cubes, self.settings(), self.control_specs)
-
-    def close(self) -> None:
-        """Close every figure's model."""
-        for live in self.live.values():
-            live.close()
+        return PaperWorkbench
 
 
-class _FreshFigures(Mapping[str, Any]):
-    """``{name: a new Bokeh layout of what LiveFigure ``name`` shows}``, built on access
-    (an export at the figure's natural size; the one shown scales with the notebook)."""
-
-    def __init__(self, live: Mapping[str, Any]):
-        self._live = live
-
-    def __getitem__(self, name: str) -> Any:
-        live = self._live[name]
-        return live.build(live.data)
-
-    def __iter__(self):
-        return iter(self._live)
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-
-class RerunPanel(_Controls, Shown):
-    """Rerun an experiment with chosen settings, one run at a time, with a progress bar.
-
-    ``config(settings)`` turns the control values into a sweep config (raising
-    ``ValueError``/``TypeError`` naming a bad setting); ``controls`` are the
-    :class:`ntkbench.widgets.Control`\\ s (attributes of the same names), laid out in
-    ``layout`` (rows of names; default one per row); ``show(cube)`` returns a widget shown
-    under the panel when the run is done (e.g. a figure of the result).
-
-    One Run button. The run is a live :class:`ntkbench.widgets.RunPanel` (its Explorer
-    fills in as the runs record, with a Stop button; in-process
-    :func:`ntkbench.sweep` in a background thread, writing under ``out``, resumable;
-    settings that changed since the last run replace its run files: ``overwrite``); a
-    click while a run is in progress is refused with a message, and errors are shown
-    HTML-escaped in ``status``.
-    """
-
-    def __init__(
-        self,
-        config: Callable[[Mapping[str, Any]], dict[str, Any]],
-        controls: Sequence[Any],
-        out: str | os.PathLike[str],
-        *,
-        layout: Sequence[Sequence[str]] | None = None,
-        show: Callable[[Any], Any] | None = None,
-    ):
-        import ipywidgets as w
-
-        self.controls = {c.name: c.widget() for c in controls}
-        self._config = config
-        self._show = show
-        self.out = Path(out)
-        self.button = w.Button(description="Run", icon="play", button_style="success")
-        self.status = w.HTML(value="")
-        self.panel_box = w.Box()
-        self.output = w.Box()
-        self.panel: Any = None
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.refused: BaseException | None = None  # the setting error of the last refused start
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.button.on_click(lambda _: self.start())
-        rows = self._rows(layout if layout is not None else [[n] for n in self.controls])
-        from ntkbench.widgets import flow
-
-        self.widget = w.VBox([*rows, flow([self.button, self.status]), self.panel_box, self.output])
-
-    @property
-    def running(self) -> bool:
-        """Whether a run is in progress."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def config(self) -> dict[str, Any]:
-        """The sweep config of the current settings."""
-        return self._config(self.settings())
-
-    def start(self) -> bool:
-        """Start a run with the current settings in the background (the Run button).
-        Returns False (and says why in ``status``) if a run is in progress or a setting is
-        invalid."""
-        from ntkbench.widgets import RunPanel
-
-        with self._lock:
-            if self.running:
-                self.status.value = "a run is in progress: wait for it to finish (its progress is below)"
-                return False
-            self.refused = None
-            try:
-                from ntkbench.sweep import check_runs, expand_grid
-
-                cfg = self.config()
-                check_runs(expand_grid(cfg))  # data sizes, options, model vs data: refused here, not in the thread
-                # live: the run's Explorer appears at its first recording and fills in (Stop
-                # stops after the current recording); new settings replace the last run
-                panel = RunPanel(cfg, self.out, overwrite=True)
-            except (ValueError, TypeError) as exc:
-                self.refused, self.error = exc, None
-                self.status.value = _error_html(exc)
-                return False
-            self.panel, self.error, self.result = panel, None, None
-            _close_children(self.panel_box)
-            _close_children(self.output)
-            self.panel_box.children = (panel.stop_button, panel.progress, panel.status, panel.output)
-            self.status.value = "running …"
-            self.button.disabled = True
-            panel.start()
-            self._thread = threading.Thread(target=self._finish, args=(panel,), daemon=True, name="ntkbench-rerun")
-            self._thread.start()
-            return True
-
-    def _finish(self, panel: Any) -> None:
-        try:
-            cube = panel.run()
-            if cube is None:  # stopped: the panel says how far it got
-                self.status.value = "stopped (Run again resumes)"
-                return
-            self.result = cube
-            if self._show is not None:
-                self.output.children = (self._show(cube),)
-            self.status.value = "done"
-        except BaseException as exc:  # noqa: BLE001 - shown in the panel
-            self.error = exc
-            self.status.value = _error_html(exc)
-        finally:
-            self.button.disabled = False
-
-    def run(self, timeout: float | None = None) -> Any:
-        """Run with the current settings (or wait for the run in progress) and return the
-        cube; raises the run's error, or the error of a setting that kept it from starting."""
-        if not self.running and not self.start() and self.refused is not None:
-            raise self.refused
-        return join_run(self, timeout)
-
-
-def _close_children(box: Any) -> None:
-    """Close what a box shows (a finished run's progress widgets, a result figure's
-    BokehModel) before it shows something new, so nothing stays open in the kernel."""
-    from ntkbench.widgets import LiveFigure
-
-    for child in box.children:
-        if hasattr(child, "_document") and hasattr(child, "_model"):  # a jupyter_bokeh BokehModel
-            LiveFigure._close_model(child)
-        else:
-            child.close()
-    box.children = ()
+def summary_head(title: str, note: str, summary: Mapping[str, Any]) -> list[str]:
+    """The first lines of a paper's ``format_summary``: its title, the summary's note and
+    the config and wall time of the run (when ``reproduce`` added them)."""
+    lines = [title, f"({note})", ""]
+    if "run_wall_seconds" in summary:
+        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    return lines

@@ -28,10 +28,12 @@ data and builders, :data:`FIGURES`, :func:`controls`, :func:`summarize`).
 
 Example
 -------
-Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
-config).
-
 >>> from ntkbench.papers import collective
+>>> sorted(collective.configs("quick")), collective.configs("quick")["mlp"]["grid"]["width"]
+(['cnn', 'mlp', 'scale', 'transformer'], [8, 128])
+
+Running them is not a doctest: it trains for minutes.
+
 >>> cubes = collective.run_cubes("runs/collective", "quick")      # doctest: +SKIP
 >>> fig = collective.fig_b1(cubes["mlp"])                          # doctest: +SKIP
 >>> collective.summarize(cubes)["entropy_change"]["relu 8x1"]      # doctest: +SKIP
@@ -40,74 +42,36 @@ config).
 from __future__ import annotations
 
 import copy
-import html
 import itertools
-import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ntkbench import cube as cube_mod
 from ntkbench import plots
-from ntkbench.papers import _base
-from ntkbench.papers._base import FigureSpec
+from ntkbench.papers import _base, _stats
+from ntkbench.papers._base import FigureSpec, check_choice, config_of, put_lines, seed_text
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
-    "KEY",
-    "TITLE",
-    "CONFIGS",
-    "MEASURES",
-    "ENTROPY_VARIANTS",
-    "TRACE_VARIANTS",
-    "B3_QUANTITIES",
-    "configs",
-    "run",
-    "run_cubes",
-    "save_cubes",
-    "open_cubes",
-    "fig_b1",
-    "fig_b1_data",
-    "fig_b2",
-    "fig_b2_data",
-    "fig_b3",
-    "fig_b3_data",
-    "fig_b4",
-    "fig_b4_data",
-    "build_b1",
-    "build_b2",
-    "build_b3",
-    "build_b4",
-    "b4_seed_fallbacks",
-    "FIGURES",
-    "controls",
-    "defaults",
-    "figures",
-    "export_figures",
-    "summarize",
-    "format_summary",
-    "Workbench",
-    "RerunPanel",
-    "rerun_config",
-]
+    "KEY", "TITLE", "CONFIGS", "MEASURES", "ENTROPY_VARIANTS", "TRACE_VARIANTS", "B3_QUANTITIES",  # the paper
+    "configs", "run", "run_cubes", "save_cubes", "open_cubes", "figures", "export_figures", "defaults",  # protocol
+    "fig_b1", "fig_b1_data", "build_b1", "fig_b2", "fig_b2_data", "build_b2",  # F-b1, F-b2
+    "fig_b3", "fig_b3_data", "build_b3", "fig_b4", "fig_b4_data", "build_b4", "b4_seed_fallbacks",  # F-b3, F-b4
+    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # collective
+]  # fmt: skip
 
 KEY = "collective"
 TITLE = "Collective variables of neural networks: empirical time evolution and scaling laws"
 
-#: recorded measures: the train probe's eNTK spectrum (every eigenvalue, so any spectral
-#: measure can be recomputed and the cube opens in ntkbench.widgets.Explorer), and the
-#: scalar measures on the train and test probes (raw and normalized variants)
+#: recorded measures: the train probe's eNTK spectrum, entropy and trace
+#: (_base.PROBE_MEASURES), and the scalar measures on the test probe (raw and normalized
+#: variants), the losses, accuracies and the kernel's change from initialization
 MEASURES: list[str] = [
-    "eigenvalues",
-    "entropy",
-    "entropy_normalized",
-    "trace",
-    "trace_per_sample",
+    *_base.PROBE_MEASURES,
     "test_entropy",
     "test_entropy_normalized",
     "test_trace",
@@ -253,87 +217,22 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
 CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
 
 
-def configs(name: str = "quick") -> dict[str, dict[str, Any]]:
-    """A deep copy of the sweep configs of ``name`` (``"quick"``, ``"test"``, ``"full"``).
-
-    >>> sorted(configs("quick"))
-    ['cnn', 'mlp', 'scale', 'transformer']
-    >>> configs("quick")["mlp"]["grid"]["width"]
-    [8, 128]
-    """
-    return _base.pick_config(CONFIGS, name)
-
-
-# =========================================================================== run
-
-
 def _folder(experiment: str) -> str:
     return "runs-mlp" if experiment in ("mlp", "scale") else f"runs-{experiment}"
 
 
-def run_cubes(
-    out: str | os.PathLike[str],
-    config: str | Mapping[str, Mapping[str, Any]] = "quick",
-    *,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client: Any = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the experiments of ``config`` (a name of :data:`CONFIGS` or such a dict) under
-    ``out`` through :func:`ntkbench.sweep` and return ``{experiment: cube}``.
-
-    Each experiment's cube is also saved as ``out/<experiment>.nc``. ``mlp`` and ``scale``
-    share the run folder ``out/runs-mlp`` (a grid point of both runs once); rerunning
-    resumes. The transformer's ``layers`` axis is renamed ``depth`` in its cube.
-    """
-    cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
-    return _base.run_experiments(
-        out,
-        cfgs,
-        folder=_folder,
-        rename={"layers": "depth"},
-        workers=workers,
-        scheduler=scheduler,
-        client=client,
-        progress=progress,
-    )
-
-
+# ``mlp`` and ``scale`` share the run folder ``out/runs-mlp`` (a grid point of both runs
+# once); the transformer's ``layers`` axis is renamed ``depth`` in its cube
+_paper = _base.Paper(__name__, folder=_folder, rename={"layers": "depth"}, needs=("mlp",))
+#: the wrappers every paper has (:class:`ntkbench.papers._base.Paper`): ``configs(name)``,
+#: ``run_cubes(out, config)`` (each cube also saved as ``out/<experiment>.nc``), ``run(out,
+#: quick)`` (``ntkbench reproduce collective``), ``open_cubes(path)`` (e.g.
+#: ``data/collective_quick.nc``), ``figures(cubes, **settings)`` at :func:`defaults` and
+#: ``export_figures(cubes, folder)`` (``folder/collective-F-b*.{format}``)
+configs, run_cubes, run, open_cubes = _paper.configs, _paper.run_cubes, _paper.run, _paper.open_cubes
+figures, export_figures = _paper.figures, _paper.export_figures
 #: every cube in one netCDF file (``mlp`` also in the root group): ntkbench.cube.save_many
 save_cubes = cube_mod.save_many
-#: ``{experiment: cube}`` of such a file (``data/collective_quick.nc``): ntkbench.cube.open_many
-open_cubes = cube_mod.open_many
-
-
-def run(
-    out: str | os.PathLike[str],
-    quick: bool = False,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    *,
-    config: str | Mapping[str, Mapping[str, Any]] | None = None,
-    formats: Sequence[str] = ("png", "svg", "html"),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """``ntkbench reproduce collective``: run the experiments, export every figure and the
-    summary; return ``{experiment: cube}``.
-
-    Writes ``out/<experiment>.nc``, ``out/collective.nc`` (all cubes, :func:`save_cubes`),
-    ``out/figures/collective-F-b*.{png,svg,html}``, ``out/summary.txt`` and
-    ``out/summary.json``. ``config`` overrides ``quick`` (``"quick"``/``"full"``/``"test"``
-    or a dict like :data:`CONFIGS` entries).
-    """
-    return _base.reproduce(
-        sys.modules[__name__],
-        out,
-        config,
-        quick=quick,
-        workers=workers,
-        scheduler=scheduler,
-        formats=formats,
-        progress=progress,
-    )
 
 
 # =========================================================================== shared by the figures
@@ -354,10 +253,8 @@ _ROWS = ("activation", "width", "depth")
 
 
 def _check_variants(entropy: str, trace: str) -> None:
-    if entropy not in ENTROPY_VARIANTS:
-        raise ValueError(f"entropy must be one of {list(ENTROPY_VARIANTS)}, got {entropy!r}")
-    if trace not in TRACE_VARIANTS:
-        raise ValueError(f"trace must be one of {list(TRACE_VARIANTS)}, got {trace!r}")
+    check_choice("entropy", entropy, ENTROPY_VARIANTS)
+    check_choice("trace", trace, TRACE_VARIANTS)
 
 
 def _b1_pairs(ds: Any, width: int | None, depth: int | None, activation: str) -> dict[str, list[tuple[str, int, int]]]:
@@ -367,12 +264,9 @@ def _b1_pairs(ds: Any, width: int | None, depth: int | None, activation: str) ->
     acts = [str(v) for v in ds["activation"].values]
     width = widths[0] if width is None else int(width)
     depth = depths[0] if depth is None else int(depth)
-    if width not in widths:
-        raise ValueError(f"width must be one of {widths}, got {width!r}")
-    if depth not in depths:
-        raise ValueError(f"depth must be one of {depths}, got {depth!r}")
-    if activation not in acts:
-        raise ValueError(f"activation must be one of {acts}, got {activation!r}")
+    check_choice("width", width, widths)
+    check_choice("depth", depth, depths)
+    check_choice("activation", activation, acts)
     pairs = {
         "activation": [(a, width, depth) for a in acts[:2]],
         "width": [(activation, w, depth) for w in (widths[0], widths[-1])],
@@ -391,12 +285,8 @@ def _column_vars(col: str, entropy: str, trace: str) -> tuple[str, str, str]:
 
 
 def _probe_note(ds: Any) -> str:
-    try:
-        cfg = json.loads(ds.attrs.get("config", "{}"))
-        probe = cfg.get("record", {}).get("probe")
-        data = cfg.get("data", {}).get("name")
-    except (TypeError, ValueError, AttributeError):
-        probe, data = None, None
+    cfg = config_of(ds)
+    probe, data = cfg.get("record", {}).get("probe"), cfg.get("data", {}).get("name")
     parts = [_KERNEL_NOTE]
     if probe:
         parts.append(f"probe N = {probe} train + {probe} test")
@@ -423,16 +313,16 @@ def _header(figure: str, ds: Any, entropy: str, trace: str, seed: Any = "mean", 
     shown as the mean because they lack ``seed`` (:func:`b4_seed_fallbacks`)."""
     ev, tv = ENTROPY_VARIANTS[entropy][2], TRACE_VARIANTS[trace][2]
     band = "mean over seeds" if figure == "F-b2" else "mean ± std over seeds"
-    seed_text = {"mean": band, "all": "every seed"}.get(seed, f"seed {seed}")
+    seeds = seed_text(seed, band)
     if fallback:
-        seed_text += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
+        seeds += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
     if figure == "F-b1":
-        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {_probe_note(ds)}; {seed_text}; train dark, test light"
+        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {_probe_note(ds)}; {seeds}; train dark, test light"
     if figure == "F-b2":
-        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {_probe_note(ds)}; {seed_text}; ○ start, □ end"
+        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {_probe_note(ds)}; {seeds}; ○ start, □ end"
     if figure == "F-b3":
         return f"<b>F-b3 scale diagram</b> — {ev}, {tv} (log colour); {_probe_note(ds)}; mean over seeds"
-    return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seed_text}; train dark, test light"
+    return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seeds}; train dark, test light"
 
 
 def _step_row(
@@ -461,8 +351,7 @@ def _step_row(
             for var, probe in ((v_train, "train"), (v_test, "test"))[: 2 if test else 1]:
                 traces = plots.seed_traces(sel[var], mode)
                 plots.add_series(lines, bands, x, traces, color, f"{label} {probe}", light=probe == "test", log_y=log_y)
-        data["sources"][f"{key}-lines"] = lines
-        data["sources"][f"{key}-bands"] = bands
+        put_lines(data, key, lines, bands)
         plots.set_panel(data, key, title if j == 0 else "", "step + 1", ylab, log_x=True, log_y=log_y)
         keys.append(key)
     return keys
@@ -667,9 +556,7 @@ def _b3_values(ds: Any, quantity: str, step: int | None, entropy: str, trace: st
         da = ds[ev].sel(step=st) - ds[ev].isel(step=0)
     else:
         raise ValueError(f"quantity must be one of {list(B3_QUANTITIES)}, got {quantity!r}")
-    if "seed" in da.dims:
-        da = da.mean("seed")
-    return da
+    return _stats.seed_mean(da)
 
 
 def _b3_range(ds: Any, quantity: str, entropy: str, trace: str) -> tuple[float, float]:
@@ -750,8 +637,7 @@ def build_b3(data: FigureData, cell: int = 62) -> Any:
     from bokeh.layouts import column, row
 
     rows = []
-    for keys in data["panels"]:
-        q = keys[0].split("-", 1)[1].rsplit("-", 1)[0]
+    for q, keys in zip(data["layout"][1], data["panels"], strict=True):  # a row of heat maps per quantity
         log = B3_QUANTITIES[q][1]
         lo, hi = data["ranges"][f"b3-{q}-mapper"]
         mapper = plots.color_mapper(lo, hi, log=log, diverging=q == "dS", name=f"b3-{q}-mapper")
@@ -825,11 +711,8 @@ def b4_seed_fallbacks(cubes: Mapping[str, Any], seed: Any, missing_seed: str = "
 
 
 def _arch_title(arch: str, ds: Any) -> str:
-    try:
-        cfg = json.loads(ds.attrs.get("config", "{}"))
-        m, d = cfg.get("model", {}), cfg.get("data", {})
-    except (TypeError, ValueError, AttributeError):
-        m, d = {}, {}
+    cfg = config_of(ds)
+    m, d = cfg.get("model", {}), cfg.get("data", {})
     if arch == "transformer":
         return f"TinyTransformer w{m.get('width')}, stories (ctx {d.get('context')})"
     w = int(ds["width"].values[0]) if "width" in ds.dims else m.get("width")
@@ -931,15 +814,8 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
 
 
 def _rows_kw(s: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(
-        width=s["width"],
-        depth=s["depth"],
-        activation=s["activation"],
-        seed=s["seed"],
-        entropy=s["entropy"],
-        trace=s["trace"],
-        test=s["test"],
-    )
+    """The settings of the F-b1 / F-b2 rows."""
+    return {k: s[k] for k in ("width", "depth", "activation", "seed", "entropy", "trace", "test")}
 
 
 _B1_CONTROLS = (("activation", "width", "depth"), ("seed", "test"), ("entropy", "trace"), ("step",))
@@ -982,19 +858,6 @@ def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-    """``{"F-b1": ..., "F-b2": ..., "F-b3": ..., "F-b4": ...}`` at :func:`defaults`
-    (``kw`` overrides settings, e.g. ``entropy="S/lnN"``, ``trace``, ``seed``)."""
-    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
-
-
-def export_figures(
-    cubes: Mapping[str, Any], folder: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg", "html")
-) -> list[Path]:
-    """Export every figure of :func:`figures` as ``folder/collective-F-b*.{format}``."""
-    return _base.export_figures(figures(cubes), folder, KEY, formats)
-
-
 # =========================================================================== summary
 
 
@@ -1015,59 +878,55 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     """
     mlp = cubes["mlp"]
     out: dict[str, Any] = {"entropy_note": "S in nats, " + _KERNEL_NOTE + "; change = S(last step) - S(0)"}
-    ec, tec, kc, lr = {}, {}, {}, {}
+    entropy_change, test_entropy_change, kernel_change, loss_ratio = {}, {}, {}, {}
     for act in mlp["activation"].values.tolist():
         for d in mlp["depth"].values.tolist():
             for w in mlp["width"].values.tolist():
                 sel = mlp.sel(activation=act, depth=d, width=w)
                 key = f"{act} {w}x{d}"
-                for var, dest in (("entropy", ec), ("test_entropy", tec)):
+                for var, dest in (("entropy", entropy_change), ("test_entropy", test_entropy_change)):
                     delta = (sel[var].isel(step=-1) - sel[var].isel(step=0)).values
                     delta = np.atleast_1d(delta)
                     dest[key] = {
-                        "per_seed": [round(float(v), 4) for v in delta],
-                        "mean": round(float(np.mean(delta)), 4),
+                        "per_seed": [_stats.finite(v) for v in delta],
+                        "mean": _stats.finite(np.mean(delta)),
                         "n_fell": int((delta < 0).sum()),
                         "n_rose": int((delta > 0).sum()),
                         "n_seeds": int(delta.size),
                     }
-                kc[key] = {
-                    "kernel_distance_init": round(float(sel["kernel_distance_init"].isel(step=-1).mean()), 5),
-                    "relative_change_init": round(float(sel["relative_change_init"].isel(step=-1).mean()), 4),
+                kernel_change[key] = {
+                    "kernel_distance_init": _stats.finite(sel["kernel_distance_init"].isel(step=-1).mean(), 5),
+                    "relative_change_init": _stats.finite(sel["relative_change_init"].isel(step=-1).mean()),
                 }
                 ratio = np.atleast_1d((sel["loss"].isel(step=-1) / sel["loss"].isel(step=0)).values)
-                lr[key] = round(float(ratio.max()), 4)
-    out["entropy_change"] = ec
-    out["test_entropy_change"] = tec
-    out["kernel_change"] = kc
-    out["loss_ratio"] = lr
+                loss_ratio[key] = _stats.finite(ratio.max())
+    out["entropy_change"] = entropy_change
+    out["test_entropy_change"] = test_entropy_change
+    out["kernel_change"] = kernel_change
+    out["loss_ratio"] = loss_ratio
 
     scale = cubes.get("scale", mlp)
     tw, sd = {}, {}
     for act in scale["activation"].values.tolist():
         for d in scale["depth"].values.tolist():
-            tr0 = scale["trace"].sel(activation=act, depth=d).isel(step=0)
-            if "seed" in tr0.dims:
-                tr0 = tr0.mean("seed")
+            tr0 = _stats.seed_mean(scale["trace"].sel(activation=act, depth=d).isel(step=0))
             widths = scale["width"].values.astype(float)
             a, b, r2 = plots.linear_fit(np.log(widths), np.log(tr0.values))
             tw[f"{act} depth {d}"] = {
                 "widths": widths.astype(int).tolist(),
-                "trace0": [float(f"{v:.5g}") for v in tr0.values],
-                "loglog_slope": round(b, 4),
-                "r2": round(r2, 4),
+                "trace0": [_stats.sig(v, 5) for v in tr0.values],
+                "loglog_slope": _stats.finite(b),
+                "r2": _stats.finite(r2),
             }
         for w in scale["width"].values.tolist():
-            s0 = scale["entropy"].sel(activation=act, width=w).isel(step=0)
-            if "seed" in s0.dims:
-                s0 = s0.mean("seed")
+            s0 = _stats.seed_mean(scale["entropy"].sel(activation=act, width=w).isel(step=0))
             depths = scale["depth"].values.astype(float)
             a, b, r2 = plots.linear_fit(depths, s0.values)
             sd[f"{act} width {w}"] = {
                 "depths": depths.astype(int).tolist(),
-                "entropy0": [round(float(v), 4) for v in s0.values],
-                "slope_per_layer": round(b, 4),
-                "r2": round(r2, 4),
+                "entropy0": [_stats.finite(v) for v in s0.values],
+                "slope_per_layer": _stats.finite(b),
+                "r2": _stats.finite(r2),
             }
     out["trace0_vs_width"] = tw
     out["entropy0_vs_depth"] = sd
@@ -1084,10 +943,10 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
             delta = np.atleast_1d((sel["entropy"].isel(step=-1) - sel["entropy"].isel(step=0)).values)
             ratio = np.atleast_1d((sel["loss"].isel(step=-1) / sel["loss"].isel(step=0)).values)
             archs[f"{arch} depth {d}"] = {
-                "entropy_change_per_seed": [round(float(v), 4) for v in delta],
+                "entropy_change_per_seed": [_stats.finite(v) for v in delta],
                 "n_rose": int((delta > 0).sum()),
                 "n_seeds": int(delta.size),
-                "loss_ratio_max": round(float(ratio.max()), 4),
+                "loss_ratio_max": _stats.finite(ratio.max()),
             }
     out["architectures"] = archs
     return out
@@ -1095,10 +954,8 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
-    lines = [f"{TITLE}", f"({summary.get('entropy_note', '')})", ""]
-    if "run_wall_seconds" in summary:
-        lines.append(f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time")
-        lines.append("")
+    fmt = _stats.fmt
+    lines = _base.summary_head(TITLE, summary.get("entropy_note", ""), summary)
     lines.append("Entropy change over training, train probe (test probe), per MLP activation width x depth:")
     for key, v in summary["entropy_change"].items():
         t = summary["test_entropy_change"][key]
@@ -1111,25 +968,25 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             else "mixed"
         )
         lines.append(
-            f"  {key:<12} dS mean {v['mean']:+.3f} (test {t['mean']:+.3f}); fell in {v['n_fell']}/{v['n_seeds']} seeds, "
-            f"rose in {v['n_rose']}/{v['n_seeds']} -> {verdict}; kernel distance {kc['kernel_distance_init']:.4f}, "
-            f"rel. change {kc['relative_change_init']:.3g}; loss ratio <= {summary['loss_ratio'][key]:.3f}"
+            f"  {key:<12} dS mean {fmt(v['mean'], '+.3f')} (test {fmt(t['mean'], '+.3f')}); fell in {v['n_fell']}/{v['n_seeds']} seeds, "
+            f"rose in {v['n_rose']}/{v['n_seeds']} -> {verdict}; kernel distance {fmt(kc['kernel_distance_init'], '.4f')}, "
+            f"rel. change {fmt(kc['relative_change_init'], '.3g')}; loss ratio <= {fmt(summary['loss_ratio'][key], '.3f')}"
         )
     lines += ["", "Tr K(0) vs width (log-log fit, seed mean):"]
     for key, v in summary["trace0_vs_width"].items():
         lines.append(
-            f"  {key:<16} slope {v['loglog_slope']:.3f}, R^2 {v['r2']:.3f}  (widths {v['widths']}, Tr K(0) {v['trace0']})"
+            f"  {key:<16} slope {fmt(v['loglog_slope'], '.3f')}, R^2 {fmt(v['r2'], '.3f')}  (widths {v['widths']}, Tr K(0) {v['trace0']})"
         )
     lines += ["", "Initial entropy S(0) vs depth (line fit; shown, not assumed):"]
     for key, v in summary["entropy0_vs_depth"].items():
         lines.append(
-            f"  {key:<16} S(0) = {v['entropy0']} at depths {v['depths']}; slope {v['slope_per_layer']:+.3f} per layer (R^2 {v['r2']:.2f})"
+            f"  {key:<16} S(0) = {v['entropy0']} at depths {v['depths']}; slope {fmt(v['slope_per_layer'], '+.3f')} per layer (R^2 {fmt(v['r2'], '.2f')})"
         )
     if summary.get("architectures"):
         lines += ["", "Other architectures (entropy change per seed, train probe):"]
         for key, v in summary["architectures"].items():
             lines.append(
-                f"  {key:<20} dS {v['entropy_change_per_seed']}, rose in {v['n_rose']}/{v['n_seeds']}; loss ratio <= {v['loss_ratio_max']:.3f}"
+                f"  {key:<20} dS {v['entropy_change_per_seed']}, rose in {v['n_rose']}/{v['n_seeds']}; loss ratio <= {fmt(v['loss_ratio_max'], '.3f')}"
             )
     return "\n".join(lines) + "\n"
 
@@ -1137,24 +994,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # =========================================================================== widgets
 
 
-class Workbench(_base.Workbench):
-    """Notebook controls for the four figures, on cubes from :func:`open_cubes`: a
-    :class:`ntkbench.papers._base.Workbench` with :data:`FIGURES` and :func:`controls`
-    (each control is the attribute of its name: ``wb.width``, ``wb.seed``, ``wb.step``,
-    ``wb.quantity``, ...). Figures redraw in place; only F-b3's ``quantity`` (another
-    colour mapper) rebuilds F-b3. ``wb.export(figure, format)`` writes
-    ``figures_dir/collective-<figure>.<format>`` as shown.
-
-    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
-
-    >>> wb = Workbench(open_cubes("../data/collective_quick.nc"))  # doctest: +SKIP
-    >>> wb.view("F-b1")                                              # doctest: +SKIP
-    """
-
-    def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
-        if "mlp" not in cubes:
-            raise ValueError(f"cubes must hold an 'mlp' cube, got {sorted(cubes)}")
-        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+Workbench = _paper.workbench(
+    "The cubes must hold ``mlp``. Figures redraw in place; only F-b3's ``quantity`` (another "
+    "colour mapper) rebuilds F-b3. ``wb.export(figure, format)`` writes "
+    "``figures_dir/collective-<figure>.<format>`` as shown."
+)
 
 
 def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -1181,12 +1025,8 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_b1(cube: Any) -> Any:
-    import ipywidgets as w
-    from jupyter_bokeh import BokehModel
-
-    if {"activation", "depth", "width"} <= set(cube.dims):
-        return BokehModel(plots.fit_width(fig_b1(cube, activation=str(cube["activation"].values[0]))))
-    return w.HTML(f"no F-b1 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+    draw = lambda c: fig_b1(c, activation=str(c["activation"].values[0]))  # noqa: E731
+    return _base.result_view(cube, ("activation", "depth", "width"), "F-b1", draw)
 
 
 class RerunPanel(_base.RerunPanel):

@@ -33,59 +33,31 @@ config).
 from __future__ import annotations
 
 import copy
-import html
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ntkbench import cube as cube_mod
 from ntkbench import plots
-from ntkbench.papers import _base
-from ntkbench.papers._base import FigureSpec
+from ntkbench.papers import _base, _stats
+from ntkbench.papers._base import FigureSpec, at_step, check_choice, config_of, put_lines, seed_text
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
-    "KEY",
-    "TITLE",
-    "CONFIGS",
-    "MEASURES",
-    "METHODS",
-    "configs",
-    "run",
-    "run_cubes",
-    "open_cubes",
-    "fig_a1_data",
-    "fig_a2_data",
-    "fig_a3_data",
-    "fig_a4_data",
-    "fig_a5_data",
-    "build_a1",
-    "build_lines",
-    "FIGURES",
-    "controls",
-    "defaults",
-    "figures",
-    "summarize",
-    "format_summary",
-    "Workbench",
-    "RerunPanel",
-    "rerun_config",
-]
+    "KEY", "TITLE", "CONFIGS", "MEASURES", "METHODS",  # the paper: data selection
+    "configs", "run", "run_cubes", "open_cubes", "figures", "defaults",  # its protocol (configs, runs, cubes)
+    "fig_a1_data", "build_a1", "fig_a2_data", "fig_a3_data", "fig_a4_data", "fig_a5_data", "build_lines",  # F-a*
+    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # data
+]  # fmt: skip
 
 KEY = "data"
 TITLE = "Towards a Phenomenological Understanding of Neural Networks: Data"
 
 #: recorded on the whole selected training set (the probe is the training set)
 MEASURES: list[str] = [
-    "eigenvalues",
-    "entropy",
-    "entropy_normalized",
-    "trace",
-    "trace_per_sample",
+    *_base.PROBE_MEASURES,
     "loss",
     "test_loss",
     "accuracy",
@@ -207,7 +179,7 @@ def configs(name: str = "quick", *, data: Mapping[str, Any] | None = None) -> di
     >>> configs("quick")["selection"]["grid"]["selection"]
     ['rnd', 'random', 'max_entropy']
     """
-    cfgs = _base.pick_config(CONFIGS, name)
+    cfgs = _paper.configs(name)
     if data is not None:
         for exp in ("selection", "subsets", "small"):
             if exp in cfgs:
@@ -220,68 +192,26 @@ def configs(name: str = "quick", *, data: Mapping[str, Any] | None = None) -> di
 # =========================================================================== run
 
 
-def run_cubes(
-    out: str | os.PathLike[str],
-    config: str | Mapping[str, Mapping[str, Any]] = "quick",
-    *,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client: Any = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the experiments of ``config`` (a name of :data:`CONFIGS` or such a dict) under
-    ``out`` (``out/runs-<experiment>``, resumable) and return ``{experiment: cube}``."""
-    cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
-    return _base.run_experiments(out, cfgs, workers=workers, scheduler=scheduler, client=client, progress=progress)
-
-
-#: ``{experiment: cube}`` of ``out/data.nc`` or ``data/data_quick.nc``
-open_cubes = cube_mod.open_many
-
-
-def run(
-    out: str | os.PathLike[str],
-    quick: bool = False,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    *,
-    config: str | Mapping[str, Mapping[str, Any]] | None = None,
-    formats: Sequence[str] = ("png", "svg", "html"),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """``ntkbench reproduce data``: run the experiments, export every figure and the
-    summary; return ``{experiment: cube}`` (files as in :func:`ntkbench.papers._base.reproduce`)."""
-    return _base.reproduce(
-        sys.modules[__name__],
-        out,
-        config,
-        quick=quick,
-        workers=workers,
-        scheduler=scheduler,
-        formats=formats,
-        progress=progress,
-    )
+_paper = _base.Paper(__name__)
+#: the wrappers every paper has (:class:`ntkbench.papers._base.Paper`): ``run_cubes(out,
+#: config)`` (``out/runs-<experiment>``, resumable), ``run(out, quick)`` (``ntkbench
+#: reproduce data``), ``open_cubes(path)``, ``figures(cubes, **settings)`` and
+#: ``defaults(cubes)`` (the controls' defaults, no step marker)
+run_cubes, run = _paper.run_cubes, _paper.run
+open_cubes, figures, defaults = _paper.open_cubes, _paper.figures, _paper.defaults
 
 
 # =========================================================================== shared by the figures
 
 
-_check = _base.check_choice
-
-
 def data_name(ds: Any) -> str:
     """The data set a cube's runs used (``mnist1d``, ``digits``, ``mnist_idx``, ...), from
     its config; ``"?"`` if the config does not say."""
-    import json
-
-    try:
-        return str(json.loads(ds.attrs.get("config", "{}")).get("data", {}).get("name", "?"))
-    except (TypeError, ValueError, AttributeError):
-        return "?"
+    return str(config_of(ds).get("data", {}).get("name", "?"))
 
 
 def _selection(cubes: Mapping[str, Any], data_set: str) -> Any:
-    _check("data_set", data_set, DATA_SETS)
+    check_choice("data_set", data_set, DATA_SETS)
     exp = DATA_SETS[data_set]
     if exp not in cubes:
         raise ValueError(f"data_set {data_set!r} needs the {exp!r} cube; cubes are {sorted(cubes)}")
@@ -289,35 +219,23 @@ def _selection(cubes: Mapping[str, Any], data_set: str) -> Any:
 
 
 def _data_note(ds: Any) -> str:
-    import json
-
-    try:
-        cfg = json.loads(ds.attrs.get("config", "{}"))
-        d, m = cfg.get("data", {}), cfg.get("model", {})
-        return (
-            f"{d.get('name')}, pool {d.get('n_train')}, test {d.get('n_test')}; MLP {m.get('width')}×{m.get('depth')}"
-        )
-    except (TypeError, ValueError, AttributeError):
-        return ""
-
-
-_at = _base.at_step
+    cfg = config_of(ds)
+    d, m = cfg.get("data", {}), cfg.get("model", {})
+    return f"{d.get('name')}, pool {d.get('n_train')}, test {d.get('n_test')}; MLP {m.get('width')}×{m.get('depth')}"
 
 
 def _vs_budget(data: FigureData, key: str, ds: Any, var: str, step: int | None, seed: Any, log_y: bool) -> None:
     """Lines over budget, one per method, mean ± standard error over repeats."""
     lines, bands = plots.empty_lines(), plots.empty_bands()
     x = np.asarray(ds["budget"].values, float)
-    mode = plots.seed_mode(seed, ds)
     for method in ds["selection"].values.tolist():
         label, color = METHODS.get(method, (method, "#555555"))
-        traces = plots.seed_traces(_at(ds[var].sel(selection=method), step).transpose(..., "budget"), mode, spread="se")
-        plots.add_series(lines, bands, x, traces, color, label, log_x=False, log_y=log_y)
-    data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+        da = at_step(ds[var].sel(selection=method), step).transpose(..., "budget")
+        _base.add_seed_series(lines, bands, x, da, seed, color, label, log_x=False, log_y=log_y)
+    put_lines(data, key, lines, bands)
 
 
-def _seed_text(seed: Any, band: str = "mean ± standard error over repeats") -> str:
-    return {"mean": band, "all": "every repeat"}.get(seed, f"repeat {seed}")
+_SE_REPEATS = "mean ± standard error over repeats"
 
 
 # =========================================================================== F-a1
@@ -329,15 +247,15 @@ def fig_a1_data(
     """Figure data of F-a1 from the ``subsets`` cube: panels ``"a1-entropy"`` and
     ``"a1-trace"`` (sources ``"…-points"``: x = S/ln N or Tr K at initialization, y = the
     final ``accuracy``, one point per subset, coloured by budget), for every budget or one."""
-    _check("entropy", entropy, ENTROPY_VARIANTS)
-    _check("trace", trace, TRACE_VARIANTS)
-    _check("accuracy", accuracy, ACCURACY_VARIANTS)
+    check_choice("entropy", entropy, ENTROPY_VARIANTS)
+    check_choice("trace", trace, TRACE_VARIANTS)
+    check_choice("accuracy", accuracy, ACCURACY_VARIANTS)
     budgets = [int(b) for b in ds["budget"].values]
     if budget != "all" and int(budget) not in budgets:
         raise ValueError(f"budget must be 'all' or one of {budgets}, got {budget!r}")
     shown = budgets if budget == "all" else [int(budget)]
     colors = dict(zip(budgets, plots.palette(len(budgets), "Viridis256"), strict=True))
-    y_all = _at(ds[accuracy], None)
+    y_all = at_step(ds[accuracy], None)
     corr = {}
     data = plots.figure_data("F-a1", "")
     for col, (var, label), log_x in (
@@ -348,7 +266,7 @@ def fig_a1_data(
         pts: dict[str, list] = {k: [] for k in ("x", "y", "budget", "seed", "color", "label")}
         for b in shown:
             xs, ys = np.asarray(x_all.sel(budget=b).values, float), np.asarray(y_all.sel(budget=b).values, float)
-            r = _base.rank_correlation(xs, ys, seed=b)
+            r = _stats.rank_correlation(xs, ys, seed=b)
             corr[(col, b)] = r
             ok = np.isfinite(xs) & np.isfinite(ys) & ((xs > 0) if log_x else True)
             pts["x"] += xs[ok].tolist()
@@ -412,11 +330,11 @@ def fig_a2_data(
 ) -> FigureData:
     """Figure data of F-a2: ``accuracy`` (final, or at ``step``) against the data budget,
     one line per selection method, mean ± standard error over repeats (panel ``"a2-main"``)."""
-    _check("accuracy", accuracy, ACCURACY_VARIANTS)
+    check_choice("accuracy", accuracy, ACCURACY_VARIANTS)
     ds = _selection(cubes, data_set)
     data = plots.figure_data(
         "F-a2",
-        f"<b>F-a2 accuracy vs data budget</b> — {_data_note(ds)}; {'final step' if step is None else f'step {step}'}; {_seed_text(seed)}",
+        f"<b>F-a2 accuracy vs data budget</b> — {_data_note(ds)}; {'final step' if step is None else f'step {step}'}; {seed_text(seed, _SE_REPEATS, 'repeat')}",
     )
     _vs_budget(data, "a2-main", ds, accuracy, step, seed, log_y=False)
     plots.set_panel(
@@ -442,12 +360,12 @@ def fig_a3_data(
 ) -> FigureData:
     """Figure data of F-a3: the entropy and the trace of the eNTK of the selected sets at
     initialization against the budget, per method (panels ``"a3-entropy"``, ``"a3-trace"``)."""
-    _check("entropy", entropy, ENTROPY_VARIANTS)
-    _check("trace", trace, TRACE_VARIANTS)
+    check_choice("entropy", entropy, ENTROPY_VARIANTS)
+    check_choice("trace", trace, TRACE_VARIANTS)
     ds = _selection(cubes, data_set)
     data = plots.figure_data(
         "F-a3",
-        f"<b>F-a3 collective variables of the selected sets</b> — at initialization; {_KERNEL}; {_data_note(ds)}; {_seed_text(seed)}",
+        f"<b>F-a3 collective variables of the selected sets</b> — at initialization; {_KERNEL}; {_data_note(ds)}; {seed_text(seed, _SE_REPEATS, 'repeat')}",
     )
     for col, (var, label), log_y in (
         ("entropy", ENTROPY_VARIANTS[entropy], False),
@@ -464,14 +382,14 @@ def fig_a3_data(
 def fig_a5_data(ds: Any, *, entropy: str = "S/lnN", seed: Any = "mean", step_marker: int | None = None) -> FigureData:
     """Figure data of F-a5 from the ``small`` cube: the entropy of the training set's eNTK
     and the training loss against step + 1 (panels ``"a5-entropy"``, ``"a5-loss"``)."""
-    _check("entropy", entropy, ENTROPY_VARIANTS)
+    check_choice("entropy", entropy, ENTROPY_VARIANTS)
     mode = plots.seed_mode(seed, ds)
     sub = ds.isel(budget=0) if "budget" in ds.dims else ds
     n = int(sub["budget"].values) if "budget" in sub.coords else None
     x = np.asarray(ds["step"].values, float) + 1.0
     data = plots.figure_data(
         "F-a5",
-        f"<b>F-a5 entropy during training</b> — {_data_note(ds)}, N = {n}; {_KERNEL}; {_seed_text(seed, 'mean ± std over seeds')}",
+        f"<b>F-a5 entropy during training</b> — {_data_note(ds)}, N = {n}; {_KERNEL}; {seed_text(seed, 'mean ± std over seeds', 'repeat')}",
     )
     data["spans"] = {}
     for col, (var, label), log_y in (
@@ -481,7 +399,7 @@ def fig_a5_data(ds: Any, *, entropy: str = "S/lnN", seed: Any = "mean", step_mar
         key = f"a5-{col}"
         lines, bands = plots.empty_lines(), plots.empty_bands()
         plots.add_series(lines, bands, x, plots.seed_traces(sub[var], mode), "#7b3fa0", label, log_y=log_y)
-        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+        put_lines(data, key, lines, bands)
         data["spans"][f"{key}-marker"] = None if step_marker is None else step_marker + 1
         plots.set_panel(
             data,
@@ -496,10 +414,12 @@ def fig_a5_data(ds: Any, *, entropy: str = "S/lnN", seed: Any = "mean", step_mar
     return data
 
 
-def build_lines(data: FigureData, panel_size: tuple[int, int] = (470, 360)) -> Any:
+build_lines = _base.line_builder(
+    (470, 360),
     """F-a2 / F-a3 / F-a4 / F-a5 layouts: lines with bands in each panel (markers where the
-    figure data has spans), legends in ``data["legend"]``."""
-    return plots.line_grid(data, panel_size=panel_size, name=str(data["layout"]), legend_location="bottom_right")
+    figure data has spans), legends in ``data["legend"]``.""",
+    "bottom_right",
+)
 
 
 # =========================================================================== F-a4
@@ -522,7 +442,7 @@ def fig_a4_data(
     budget = budgets[-1] if budget is None else int(budget)
     if budget not in budgets:
         raise ValueError(f"budget must be one of {budgets}, got {budget!r}")
-    sub = _at(ds.sel(budget=budget), step)
+    sub = at_step(ds.sel(budget=budget), step)
     ev = sub["eigenvalues"].isel(eigen_index=slice(0, budget))
     if normalize:
         ev = ev / ev.sum("eigen_index")
@@ -544,7 +464,7 @@ def fig_a4_data(
     ylab = "λ_i / Tr K" if normalize else "eigenvalue λ_i"
     data = plots.figure_data(
         "F-a4",
-        f"<b>F-a4 spectra</b> — N = {budget}, step {st}; {_KERNEL}; {_data_note(ds)}; {_seed_text(seed, 'mean ± std over repeats')}",
+        f"<b>F-a4 spectra</b> — N = {budget}, step {st}; {_KERNEL}; {_data_note(ds)}; {seed_text(seed, 'mean ± std over repeats', 'repeat')}",
     )
     data["sources"] = {"a4-main-lines": lines, "a4-main-bands": bands}
     plots.set_panel(
@@ -607,10 +527,6 @@ def _nearest_budget(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> int:
     return int(budgets[np.abs(budgets - int(s["budget"])).argmin()])
 
 
-def _has(*names: str) -> Any:
-    return lambda cubes: all(n in cubes for n in names)
-
-
 def _any_selection(cubes: Mapping[str, Any]) -> bool:
     return any(exp in cubes for exp in DATA_SETS.values())
 
@@ -624,7 +540,7 @@ FIGURES: list[FigureSpec] = [
         ),
         build_a1,
         (("a1_budget", "accuracy"), ("entropy", "trace")),
-        available=_has("subsets"),
+        available=_base.has_cubes("subsets"),
     ),
     FigureSpec(
         "F-a2",
@@ -654,35 +570,17 @@ FIGURES: list[FigureSpec] = [
         lambda c, s: fig_a5_data(
             c["small"],
             entropy=s["entropy"],
-            seed=s["seed"] if s["seed"] in ("mean", "all", *c["small"]["seed"].values.tolist()) else "mean",
+            seed=_base.seed_or_mean(c, "small", s["seed"]),
             step_marker=s.get("step"),
         ),
         build_lines,
         (("entropy", "seed"), ("step",)),
-        available=_has("small"),
+        available=_base.has_cubes("small"),
     ),
 ]
 
 
-def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings ``reproduce`` draws the figures at: the controls' defaults without a
-    step marker."""
-    return {**_base.settings_of(controls(cubes)), "step": None}
-
-
-def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-    """``{"F-a1": ..., ..., "F-a5": ...}`` at :func:`defaults` (``kw`` overrides settings)."""
-    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
-
-
 # =========================================================================== summary
-
-
-def _mean_se(a: Any) -> dict[str, float]:
-    a = np.asarray(a, float)
-    a = a[np.isfinite(a)]
-    se = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else float("nan")
-    return {"mean": round(float(a.mean()), 5) if a.size else float("nan"), "se": round(se, 5), "n": int(a.size)}
 
 
 def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
@@ -699,6 +597,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"note": f"{_KERNEL}; S/ln N and Tr K at initialization; accuracy at the last step"}
     sel: dict[str, Any] = {}
+    num = _stats.as_float
     for key, exp in DATA_SETS.items():
         if exp not in cubes:
             continue
@@ -711,15 +610,15 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
             for m in ds["selection"].values.tolist():
                 s = ds.sel(budget=b, selection=m)
                 row[m] = {
-                    "entropy_normalized": _mean_se(s["entropy_normalized"].isel(step=0)),
-                    "trace": _mean_se(s["trace"].isel(step=0)),
-                    "test_accuracy": _mean_se(_at(s["test_accuracy"], None)),
+                    "entropy_normalized": _stats.mean_se(s["entropy_normalized"].isel(step=0)),
+                    "trace": _stats.mean_se(s["trace"].isel(step=0)),
+                    "test_accuracy": _stats.mean_se(at_step(s["test_accuracy"], None)),
                 }
             if "rnd" in row and "random" in row:
                 row["rnd_minus_random"] = {
                     k: {
-                        "diff": round(row["rnd"][k]["mean"] - row["random"][k]["mean"], 5),
-                        "se": round(float(np.hypot(row["rnd"][k]["se"], row["random"][k]["se"])), 5),
+                        "diff": _stats.finite(num(row["rnd"][k]["mean"]) - num(row["random"][k]["mean"]), 5),
+                        "se": _stats.finite(np.hypot(num(row["rnd"][k]["se"]), num(row["random"][k]["se"])), 5),
                     }
                     for k in ("entropy_normalized", "trace", "test_accuracy")
                 }
@@ -728,48 +627,43 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     out["selection"] = sel
     if "subsets" in cubes:
         ds = cubes["subsets"]
-        acc = _at(ds["test_accuracy"], None)
+        acc = at_step(ds["test_accuracy"], None)
         for name, var in (("entropy_accuracy", "entropy_normalized"), ("trace_accuracy", "trace")):
             x0 = ds[var].isel(step=0)
             res = {
-                str(int(b)): _rounded(
-                    _base.rank_correlation(x0.sel(budget=b).values, acc.sel(budget=b).values, seed=int(b))
+                str(int(b)): _stats.rounded(
+                    _stats.rank_correlation(x0.sel(budget=b).values, acc.sel(budget=b).values, seed=int(b))
                 )
                 for b in ds["budget"].values
             }
             xb, yb = x0.transpose("budget", "seed").values, acc.transpose("budget", "seed").values
             groups = np.repeat(ds["budget"].values, ds.sizes["seed"])
-            res["pooled_within_budget"] = _rounded(_base.rank_correlation(xb.ravel(), yb.ravel(), groups=groups))
+            res["pooled_within_budget"] = _stats.rounded(_stats.rank_correlation(xb.ravel(), yb.ravel(), groups=groups))
             out[name] = res
     if "small" in cubes:
         s = cubes["small"]["entropy_normalized"]
         s = s.isel(budget=0) if "budget" in s.dims else s
-        start, end = np.atleast_1d(s.isel(step=0).values), np.atleast_1d(_at(s, None).values)
+        start, end = np.atleast_1d(s.isel(step=0).values), np.atleast_1d(at_step(s, None).values)
         out["small_net"] = {
-            "start": [round(float(v), 4) for v in start],
-            "end": [round(float(v), 4) for v in end],
-            "change": [round(float(v), 4) for v in end - start],
+            "start": [_stats.finite(v) for v in start],
+            "end": [_stats.finite(v) for v in end],
+            "change": [_stats.finite(v) for v in end - start],
             "n_fell": int((end < start).sum()),
             "n_seeds": int(start.size),
         }
     return out
 
 
-def _rounded(r: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-
-
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
-    lines = [TITLE, f"({summary.get('note', '')})", ""]
-    if "run_wall_seconds" in summary:
-        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    fmt = _stats.fmt
+    lines = _base.summary_head(TITLE, summary.get("note", ""), summary)
     for data_set, per in summary.get("selection", {}).items():
         lines.append(f"Selected sets on {data_set} (mean ± SE over repeats): S/ln N, Tr K at init; final test accuracy")
         for b, row in per.items():
             parts = [
-                f"{METHODS[m][0]} {v['entropy_normalized']['mean']:.3f}, {v['trace']['mean']:.4g}, "
-                f"{v['test_accuracy']['mean']:.3f}±{v['test_accuracy']['se']:.3f}"
+                f"{METHODS[m][0]} {fmt(v['entropy_normalized']['mean'], '.3f')}, {fmt(v['trace']['mean'], '.4g')}, "
+                f"{fmt(v['test_accuracy']['mean'], '.3f')}±{fmt(v['test_accuracy']['se'], '.3f')}"
                 for m, v in row.items()
                 if m in METHODS
             ]
@@ -777,9 +671,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             d = row.get("rnd_minus_random")
             if d:
                 lines.append(
-                    f"           RND − random: S/ln N {d['entropy_normalized']['diff']:+.3f}±{d['entropy_normalized']['se']:.3f}, "
-                    f"Tr K {d['trace']['diff']:+.4g}±{d['trace']['se']:.3g}, "
-                    f"accuracy {d['test_accuracy']['diff']:+.3f}±{d['test_accuracy']['se']:.3f}"
+                    f"           RND − random: S/ln N {fmt(d['entropy_normalized']['diff'], '+.3f')}±{fmt(d['entropy_normalized']['se'], '.3f')}, "
+                    f"Tr K {fmt(d['trace']['diff'], '+.4g')}±{fmt(d['trace']['se'], '.3g')}, "
+                    f"accuracy {fmt(d['test_accuracy']['diff'], '+.3f')}±{fmt(d['test_accuracy']['se'], '.3f')}"
                 )
         lines.append("")
     for name, label in (("entropy_accuracy", "S/ln N"), ("trace_accuracy", "Tr K")):
@@ -790,7 +684,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             for b, r in summary[name].items():
                 verdict = "resolved" if r["resolved"] else "not resolved at this scale"
                 lines.append(
-                    f"  {'N = ' + b if b.isdigit() else b:<22} ρ = {r['rho']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] "
+                    f"  {'N = ' + b if b.isdigit() else b:<22} ρ = {fmt(r['rho'], '+.3f')} [{fmt(r['low'], '+.3f')}, {fmt(r['high'], '+.3f')}] "
                     f"(n = {r['n']}) {verdict}"
                 )
             lines.append("")
@@ -805,18 +699,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # =========================================================================== widgets
 
 
-class Workbench(_base.Workbench):
-    """Notebook controls for the five figures, on cubes from :func:`open_cubes` (see
-    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
-
-    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
-
-    >>> wb = Workbench(open_cubes("../data/data_quick.nc"))  # doctest: +SKIP
-    >>> wb.view("F-a2")                                        # doctest: +SKIP
-    """
-
-    def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
-        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+Workbench = _paper.workbench()
 
 
 def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -840,13 +723,9 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_a2(cube: Any) -> Any:
-    import ipywidgets as w
-    from jupyter_bokeh import BokehModel
-
     name = "digits" if data_name(cube) == "digits" else "mnist1d"
-    if {"selection", "budget"} <= set(cube.dims):
-        return BokehModel(plots.fit_width(build_lines(fig_a2_data({DATA_SETS[name]: cube}, data_set=name))))
-    return w.HTML(f"no F-a2 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+    draw = lambda c: build_lines(fig_a2_data({DATA_SETS[name]: c}, data_set=name))  # noqa: E731
+    return _base.result_view(cube, ("selection", "budget"), "F-a2", draw)
 
 
 class RerunPanel(_base.RerunPanel):

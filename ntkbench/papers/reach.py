@@ -28,89 +28,51 @@ What reproduced at toy scale and what departed is in ``docs/papers/reach.md``. B
 
 Example
 -------
-Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
-config).
+The configs are at hand (``quick`` runs in minutes on 2 cores; the paper's tests run ``test``):
 
 >>> from ntkbench.papers import reach
+>>> sorted(reach.configs("quick")), reach.configs("quick")["rf"]["grid"]["features"]
+(['pixels', 'rf', 'stories'], ['frozen', 'trained'])
+
+Running them trains for minutes, so not as a doctest:
+
 >>> cubes = reach.run("runs/reach", quick=True)              # doctest: +SKIP
 >>> reach.summarize(cubes)["scaling"]["stories"]["frontier"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ntkbench import cube as cube_mod
 from ntkbench import plots
-from ntkbench.papers import _base
-from ntkbench.papers._base import FigureSpec
+from ntkbench.papers import _base, _stats
+from ntkbench.papers._base import FigureSpec, check_choice, config_of, need_cube, put_lines, seed_or_mean
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
-    "KEY",
-    "TITLE",
-    "CONFIGS",
-    "LM_MEASURES",
-    "RF_MEASURES",
-    "configs",
-    "run",
-    "run_cubes",
-    "open_cubes",
-    "compute",
-    "median_index",
-    "fig_d1_data",
-    "fig_d2_data",
-    "fig_d3_data",
-    "fig_d4_data",
-    "build_d1",
-    "build_lines",
-    "build_d4",
-    "FIGURES",
-    "controls",
-    "defaults",
-    "figures",
-    "summarize",
-    "format_summary",
-    "Workbench",
-    "RerunPanel",
-    "rerun_config",
-]
+    "KEY", "TITLE", "CONFIGS", "LM_MEASURES", "RF_MEASURES",  # the paper: spectral reach
+    "configs", "run", "run_cubes", "open_cubes", "figures", "defaults",  # its protocol (configs, runs, cubes)
+    "compute", "median_index",  # measures
+    "fig_d1_data", "build_d1", "fig_d2_data", "fig_d3_data", "build_lines", "fig_d4_data", "build_d4",  # F-d*
+    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # reach
+]  # fmt: skip
 
 KEY = "reach"
 TITLE = "Spectral Reach: Understanding Neural Scaling as Progress into the Spectral Tail"
 
+#: recorded by every run: the probe's spectrum, the losses and the LNP terms χ_pos, χ_loss, χ_net
+_LNP_MEASURES = ["eigenvalues", "loss", "test_loss", "spectral_position", "chi_loss", "chi_net"]
 #: recorded by the language-model runs (probe batch: LNP terms with Hutchinson χ_net)
-LM_MEASURES: list[str] = [
-    "eigenvalues",
-    "loss",
-    "test_loss",
-    "spectral_position",
-    "chi_loss",
-    "chi_net",
-    "chi_net_se",
-    "grad_norm_sq",
-]
+LM_MEASURES: list[str] = [*_LNP_MEASURES, "chi_net_se", "grad_norm_sq"]
 #: recorded by the random-feature runs (one output: exact χ_net and the eigen-view)
-RF_MEASURES: list[str] = [
-    "eigenvalues",
-    "loss",
-    "test_loss",
-    "spectral_position",
-    "chi_loss",
-    "chi_net",
-    "grad_norm_sq",
-    "residual_weights",
-    "spectral_position_eig",
-]
+RF_MEASURES: list[str] = [*_LNP_MEASURES, "grad_norm_sq", "residual_weights", "spectral_position_eig"]
 #: language-model experiment (= the F-d1 data_set setting) -> its label
 LM_SETS: dict[str, str] = {"stories": "stories (next token)", "pixels": "digits as pixel sequences (next pixel)"}
 #: features -> (label, colour)
@@ -191,91 +153,34 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
 CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
 
 
-def configs(name: str = "quick") -> dict[str, dict[str, Any]]:
-    """A deep copy of the sweep configs of ``name`` (``"quick"``, ``"test"``, ``"full"``).
-
-    >>> sorted(configs("quick"))
-    ['pixels', 'rf', 'stories']
-    >>> configs("quick")["rf"]["grid"]["features"]
-    ['frozen', 'trained']
-    """
-    return _base.pick_config(CONFIGS, name)
-
-
-# =========================================================================== run
-
-
-def run_cubes(
-    out: str | os.PathLike[str],
-    config: str | Mapping[str, Mapping[str, Any]] = "quick",
-    *,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client: Any = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the experiments of ``config`` (a name of :data:`CONFIGS` or such a dict) under
-    ``out`` (``out/runs-<experiment>``, resumable) and return ``{experiment: cube}``."""
-    cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
-    return _base.run_experiments(out, cfgs, workers=workers, scheduler=scheduler, client=client, progress=progress)
-
-
-#: ``{experiment: cube}`` of ``out/reach.nc`` or ``data/reach_quick.nc``
-open_cubes = cube_mod.open_many
-
-
-def run(
-    out: str | os.PathLike[str],
-    quick: bool = False,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    *,
-    config: str | Mapping[str, Mapping[str, Any]] | None = None,
-    formats: Sequence[str] = ("png", "svg", "html"),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """``ntkbench reproduce reach``: run the experiments, export every figure and the
-    summary; return ``{experiment: cube}`` (files as in :func:`ntkbench.papers._base.reproduce`)."""
-    return _base.reproduce(
-        sys.modules[__name__],
-        out,
-        config,
-        quick=quick,
-        workers=workers,
-        scheduler=scheduler,
-        formats=formats,
-        progress=progress,
-    )
+_paper = _base.Paper(__name__)
+#: the wrappers every paper has (:class:`ntkbench.papers._base.Paper`): ``configs(name)``,
+#: ``run_cubes(out, config)`` (``out/runs-<experiment>``, resumable), ``run(out, quick)``
+#: (``ntkbench reproduce reach``), ``open_cubes(path)``, ``figures(cubes, **settings)`` and
+#: ``defaults(cubes)`` (the controls' defaults, no step marker)
+configs, run_cubes, run = _paper.configs, _paper.run_cubes, _paper.run
+open_cubes, figures, defaults = _paper.open_cubes, _paper.figures, _paper.defaults
 
 
 # =========================================================================== shared by the figures
-
-
-_config = _base.config_of
 
 
 @functools.cache
 def _model_info(model_json: str, data_json: str) -> tuple[int, int]:
     """(parameters, sequence length) of the model and data a run config builds (shapes
     only, no random draws)."""
-    import equinox as eqx
-    import jax
-
     from ntkbench.data import load
-    from ntkbench.models import make_model
+    from ntkbench.models import count_config_params
 
     data = json.loads(data_json)
     options = {k: v for k, v in data.items() if k not in ("name", "n_train", "n_test", "seed")}
     ds = load(data["name"], 1, 0, seed=0, **options)
-    model = eqx.filter_eval_shape(
-        lambda: make_model(json.loads(model_json), key=jax.random.key(0), in_shape=ds.in_shape, out_size=ds.n_outputs)
-    )
-    leaves = [x for x in jax.tree_util.tree_leaves(model) if np.issubdtype(x.dtype, np.inexact)]
-    return int(sum(np.prod(x.shape) for x in leaves)), int(ds.in_shape[0]) if ds.task == "next_token" else 1
+    n = count_config_params(json.loads(model_json), in_shape=ds.in_shape, out_size=ds.n_outputs)
+    return n, int(ds.in_shape[0]) if ds.task == "next_token" else 1
 
 
 def _info(ds: Any, width: int) -> tuple[int, int]:
-    cfg = _config(ds)
+    cfg = config_of(ds)
     model = {**cfg.get("model", {}), "width": int(width)}
     return _model_info(json.dumps(model, sort_keys=True), json.dumps(cfg.get("data", {}), sort_keys=True))
 
@@ -287,7 +192,7 @@ def n_params(ds: Any, width: int) -> int:
 
 def tokens_per_step(ds: Any, width: int) -> int:
     """Training tokens per optimizer step: batch size × sequence length."""
-    batch = _config(ds).get("train", {}).get("batch_size", 1)
+    batch = config_of(ds).get("train", {}).get("batch_size", 1)
     return int(batch) * _info(ds, width)[1]
 
 
@@ -312,7 +217,7 @@ def median_index(weights: Any) -> np.ndarray:
 
 
 def _data_note(ds: Any) -> str:
-    cfg = _config(ds)
+    cfg = config_of(ds)
     d, m, t = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
     rec = cfg.get("record", {})
     if m.get("name") == "transformer":
@@ -327,16 +232,6 @@ def _data_note(ds: Any) -> str:
     )
 
 
-def _seed_text(seed: Any) -> str:
-    return {"mean": "mean ± std over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
-
-
-_check = _base.check_choice
-
-
-_need = _base.need_cube
-
-
 def _width_colors(widths: Sequence[int]) -> dict[int, str]:
     cols = plots.palette(max(len(widths), 2), "Viridis256")
     return {int(w): c for w, c in zip(widths, cols[: len(widths)], strict=True)}
@@ -347,25 +242,13 @@ def _fit_mask(steps: np.ndarray, fit_from: float) -> np.ndarray:
     return (steps >= max(1.0, fit_from * float(steps.max()))) & (steps >= 1)
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if ok.sum() < 3:
-        return None
-    return plots.power_law_fit(x[ok], y[ok])
-
-
-def _frontier(points: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """The lower envelope of (compute, loss) curves: at each compute the lowest loss any
-    model reached by then."""
-    x = np.concatenate([p[0] for p in points])
-    y = np.concatenate([p[1] for p in points])
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
-    if not ok.any():
-        return np.array([]), np.array([])
-    order = np.argsort(x[ok])
-    xs, ys = x[ok][order], np.minimum.accumulate(y[ok][order])
-    keep = np.concatenate([[True], np.diff(ys) < 0])  # the points where the envelope drops
-    return xs[keep], ys[keep]
+def _add_fit(fits: dict[str, list], x: np.ndarray, f: tuple[float, float, float], color: str, label: str) -> None:
+    """Add the dashed line of the power-law fit ``f = (a, b, r2)``, ``a·x^b``, to F-d1's fits."""
+    a, b, _ = f
+    fits["xs"].append(x.tolist())
+    fits["ys"].append((a * x**b).tolist())
+    fits["color"].append(color)
+    fits["label"].append(label)
 
 
 # =========================================================================== F-d1
@@ -378,8 +261,8 @@ def fig_d1_data(
     width, with power-law fits L = a·C^b per width and of the compute frontier, dashed) and
     panel ``"d1-pos"`` (χ_pos against compute per width). Fits use the recorded steps ≥
     ``fit_from`` × the last step, on the seed mean."""
-    _check("data_set", data_set, LM_SETS)
-    ds = _need(cubes, data_set)
+    check_choice("data_set", data_set, LM_SETS)
+    ds = need_cube(cubes, data_set)
     mode = plots.seed_mode(seed, ds)
     widths = [int(w) for w in ds["width"].values]
     colors = _width_colors(widths)
@@ -388,7 +271,7 @@ def fig_d1_data(
     data = plots.figure_data(
         "F-d1",
         f"<b>F-d1 scaling laws and spectral position</b> — {LM_SETS[data_set]}; {_data_note(ds)}; "
-        f"{_seed_text(seed)}; dashed: power-law fits L = a·C^b (steps ≥ {fit_from:g} × last), black: the compute frontier",
+        f"{_base.seed_text(seed)}; dashed: power-law fits L = a·C^b (steps ≥ {fit_from:g} × last), black: the compute frontier",
     )
     fits: dict[str, list] = {"xs": [], "ys": [], "color": [], "label": []}
     curves = []
@@ -400,27 +283,18 @@ def fig_d1_data(
             traces = plots.seed_traces(da, mode)
             label = f"width {w} ({plots.si_text(n_params(ds, w), '{:.0f}')} params)"
             if key == "d1-loss":
-                mean = np.asarray(da.mean("seed").values if "seed" in da.dims else da.values, float)
+                mean = np.asarray(_stats.seed_mean(da).values, float)
                 curves.append((c[fit_at], mean[fit_at]))
-                f = _fit(c[fit_at], mean[fit_at])
+                f = _stats.power_fit(c[fit_at], mean[fit_at])
                 if f is not None:
-                    a, b, r2 = f
-                    label += f": b = {b:+.3f}, R² {r2:.2f}"
-                    xf = c[fit_at]
-                    fits["xs"].append(xf.tolist())
-                    fits["ys"].append((a * xf**b).tolist())
-                    fits["color"].append(colors[w])
-                    fits["label"].append(label)
+                    label += f": b = {f[1]:+.3f}, R² {f[2]:.2f}"
+                    _add_fit(fits, c[fit_at], f, colors[w], label)
             plots.add_series(lines, bands, c, traces, colors[w], label, log_y=log_y)
-        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
-    fx, fy = _frontier(curves) if curves else (np.array([]), np.array([]))
-    f = _fit(fx, fy)
+        put_lines(data, key, lines, bands)
+    fx, fy = _stats.frontier(curves) if curves else (np.array([]), np.array([]))
+    f = _stats.power_fit(fx, fy)
     if f is not None:
-        a, b, r2 = f
-        fits["xs"].append(fx.tolist())
-        fits["ys"].append((a * fx**b).tolist())
-        fits["color"].append("#111111")
-        fits["label"].append(f"frontier: b = {b:+.3f}, R² {r2:.2f}")
+        _add_fit(fits, fx, f, "#111111", f"frontier: b = {f[1]:+.3f}, R² {f[2]:.2f}")
     data["sources"]["d1-loss-fits"] = fits
     plots.set_panel(
         data,
@@ -490,8 +364,8 @@ def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: An
     ``lnp_data="rf"`` the product uses χ_pos from the eigendecomposition, an independent
     check; on the language models χ_pos is the kernel-free ratio and the product checks
     round-off only."""
-    _check("lnp_data", lnp_data, [*LM_SETS, "rf"])
-    ds = _need(cubes, lnp_data)
+    check_choice("lnp_data", lnp_data, [*LM_SETS, "rf"])
+    ds = need_cube(cubes, lnp_data)
     mode = plots.seed_mode(seed, ds)
     x = np.asarray(ds["step"].values, float) + 1.0
     if lnp_data == "rf":
@@ -515,7 +389,7 @@ def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: An
         se = f"; χ_net by Hutchinson, relative standard error ≤ {100 * rel:.0f} %"
     data = plots.figure_data(
         "F-d2",
-        f"<b>F-d2 the LNP terms</b> — {name}; {_data_note(ds)}; {_seed_text(seed)}; identity panel with {check}{se}",
+        f"<b>F-d2 the LNP terms</b> — {name}; {_data_note(ds)}; {_base.seed_text(seed)}; identity panel with {check}{se}",
     )
     keys = []
     identity = "|χ_loss·χ_net·χ_pos / ‖∇L‖² − 1|"
@@ -530,7 +404,7 @@ def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: An
             else:
                 traces = plots.seed_traces(sub[var], mode)
             plots.add_series(lines, bands, x, traces, color, lab, log_y=True)
-        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+        put_lines(data, key, lines, bands)
         title = f"identity {identity}" if var == "identity" else label
         plots.set_panel(
             data,
@@ -547,10 +421,12 @@ def fig_d2_data(cubes: Mapping[str, Any], *, lnp_data: str = "stories", seed: An
     return data
 
 
-def build_lines(data: FigureData, panel_size: tuple[int, int] = (400, 300)) -> Any:
+build_lines = _base.line_builder(
+    (400, 300),
     """F-d2 / F-d3 layouts: lines with bands in each panel, markers where the figure data
-    has spans, legends in ``data["legend"]``."""
-    return plots.line_grid(data, panel_size=panel_size, name=str(data["layout"]), legend_location="bottom_left")
+    has spans, legends in ``data["legend"]``.""",
+    "bottom_left",
+)
 
 
 # =========================================================================== F-d3
@@ -563,17 +439,17 @@ def fig_d3_data(
     step + 1 (panels ``"d3-loss"``, ``"d3-chi_net"``, ``"d3-pos"``), frozen features
     (blue) and trained features (orange) side by side, every model size or one ``width``;
     a dashed marker at ``step``."""
-    ds = _need(cubes, "rf")
+    ds = need_cube(cubes, "rf")
     mode = plots.seed_mode(seed, ds)
     widths = [int(w) for w in ds["width"].values]
     if width != "all":
-        _check("width", int(width), widths)
+        check_choice("width", int(width), widths)
     colors = _rf_colors(ds)
     x = np.asarray(ds["step"].values, float) + 1.0
     data = plots.figure_data(
         "F-d3",
         f"<b>F-d3 frozen vs trained features</b> — same data, same initial features, same steps; {_data_note(ds)}; "
-        f"{_seed_text(seed)}; darker = more random features",
+        f"{_base.seed_text(seed)}; darker = more random features",
     )
     data["spans"] = {}
     for key, var, label in (
@@ -594,7 +470,7 @@ def fig_d3_data(
                 lab,
                 log_y=True,
             )
-        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+        put_lines(data, key, lines, bands)
         data["spans"][f"{key}-marker"] = None if step is None else step + 1
         plots.set_panel(data, key, label, "step + 1", label, log_x=True, log_y=True)
     data["panels"], data["legend"] = [["d3-loss", "d3-chi_net", "d3-pos"]], ["d3-loss"]
@@ -619,11 +495,11 @@ def fig_d4_data(
     (``"d4-weights-median"``); panel ``"d4-pos"``: χ_pos from the eigendecomposition
     Σ_k (λ_k/Tr K)·w_k (markers) over the kernel-free χ_pos (line) against step + 1.
     ``seed="mean"`` averages w_k over seeds ("all" shows the mean too)."""
-    ds = _need(cubes, "rf")
-    _check("features", features, ds["features"].values.tolist())
+    ds = need_cube(cubes, "rf")
+    check_choice("features", features, ds["features"].values.tolist())
     widths = [int(w) for w in ds["width"].values]
     width = widths[0] if width is None else int(width)
-    _check("width", width, widths)
+    check_choice("width", width, widths)
     mode = plots.seed_mode(seed, ds)
     sub = ds.sel(width=width, features=features)
     wk = sub["residual_weights"]
@@ -647,7 +523,7 @@ def fig_d4_data(
             cells["value"].append(float(vals[i, k]))
     med = median_index(np.nan_to_num(np.asarray(wk.transpose("step", "eigen_index").values, float)))
     lam = sub["eigenvalues"].isel(step=-1)
-    lam = np.asarray((lam.mean("seed") if "seed" in lam.dims else lam).values, float)
+    lam = np.asarray(_stats.seed_mean(lam).values, float)
     rank = int(np.sum(lam > 1e-6 * lam[0]))  # the frozen small model's kernel has rank width + 1 < N
     data = plots.figure_data(
         "F-d4",
@@ -674,7 +550,7 @@ def fig_d4_data(
         ok = plots.finite_mask(x, y, True, True)
         pts["x"] += x[ok].tolist()
         pts["y"] += y[ok].tolist()
-    data["sources"]["d4-pos-lines"], data["sources"]["d4-pos-bands"] = lines, bands
+    put_lines(data, "d4-pos", lines, bands)
     data["sources"]["d4-pos-points"] = pts
     data["spans"] = {
         "d4-pos-marker": None if step is None else step + 1,
@@ -797,80 +673,53 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     return ctls
 
 
-def _has(*names: str) -> Any:
-    return lambda cubes: all(n in cubes for n in names)
-
-
 def _any_lm(cubes: Mapping[str, Any]) -> bool:
     return any(k in cubes for k in LM_SETS)
-
-
-def _seed(cubes: Mapping[str, Any], exp: str, seed: Any) -> Any:
-    """The seed setting where the cube has it, else the mean (experiments differ in seeds)."""
-    if seed in ("mean", "all") or exp not in cubes or "seed" not in cubes[exp].dims:
-        return seed
-    return seed if seed in cubes[exp]["seed"].values.tolist() else "mean"
 
 
 #: the figures, each drawn when its experiment's cube is there
 FIGURES: list[FigureSpec] = [
     FigureSpec(
         "F-d1",
-        lambda c, s: fig_d1_data(c, data_set=s["data_set"], seed=_seed(c, s["data_set"], s["seed"]), fit_from=s["fit_from"]),
+        lambda c, s: fig_d1_data(c, data_set=s["data_set"], seed=seed_or_mean(c, s["data_set"], s["seed"]), fit_from=s["fit_from"]),
         build_d1,
         (("data_set", "seed", "fit_from"),),
         available=_any_lm,
     ),
     FigureSpec(
         "F-d2",
-        lambda c, s: fig_d2_data(c, lnp_data=s["lnp_data"], seed=_seed(c, s["lnp_data"], s["seed"])),
+        lambda c, s: fig_d2_data(c, lnp_data=s["lnp_data"], seed=seed_or_mean(c, s["lnp_data"], s["seed"])),
         build_lines,
         (("lnp_data", "seed"),),
         available=lambda c: _any_lm(c) or "rf" in c,
     ),
     FigureSpec(
         "F-d3",
-        lambda c, s: fig_d3_data(c, seed=_seed(c, "rf", s["seed"]), width=s["rf_width"], step=s.get("step")),
+        lambda c, s: fig_d3_data(c, seed=seed_or_mean(c, "rf", s["seed"]), width=s["rf_width"], step=s.get("step")),
         build_lines,
         (("rf_width", "seed"), ("step",)),
-        available=_has("rf"),
+        available=_base.has_cubes("rf"),
     ),
     FigureSpec(
         "F-d4",
-        lambda c, s: fig_d4_data(c, width=s["width"], features=s["features"], seed=_seed(c, "rf", s["seed"]), step=s.get("step")),
+        lambda c, s: fig_d4_data(c, width=s["width"], features=s["features"], seed=seed_or_mean(c, "rf", s["seed"]), step=s.get("step")),
         build_d4,
         (("width", "features", "seed"), ("step",)),
-        available=_has("rf"),
+        available=_base.has_cubes("rf"),
     ),
 ]  # fmt: skip
-
-
-def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings ``reproduce`` draws the figures at: the controls' defaults without a
-    step marker."""
-    return {**_base.settings_of(controls(cubes)), "step": None}
-
-
-def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-    """``{"F-d1": ..., ..., "F-d4": ...}`` at :func:`defaults` (``kw`` overrides settings)."""
-    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
 
 
 # =========================================================================== summary
 
 
-def _r(v: Any, nd: int = 5) -> Any:
-    v = float(v)
-    return round(v, nd) if np.isfinite(v) else None
+def _fit_numbers(f: tuple[float, float, float] | None) -> dict[str, Any] | None:
+    """A power-law fit ``(a, b, r2)`` as the summary holds it (None: no fit)."""
+    return None if f is None else {"a": _stats.sig(f[0]), "b": _stats.finite(f[1], 4), "r2": _stats.finite(f[2], 4)}
 
 
-def _sig(v: Any, digits: int = 4) -> Any:
-    v = float(v)
-    return float(f"{v:.{digits}g}") if np.isfinite(v) else None
-
-
-def _per_seed(da: Any) -> list[float]:
-    return [_sig(v) for v in np.atleast_1d(np.asarray(da.values, float))]
+def _per_seed(da: Any) -> list[float | None]:
+    return [_stats.sig(v) for v in np.atleast_1d(np.asarray(da.values, float))]
 
 
 def _early_index(steps: np.ndarray) -> int:
@@ -909,31 +758,31 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
         for w in ds["width"].values.tolist():
             sub = ds.sel(width=w)
             c = compute(ds, w)
-            mean = np.asarray(sub["loss"].mean("seed").values if "seed" in sub.dims else sub["loss"].values, float)
+            mean = np.asarray(_stats.seed_mean(sub["loss"]).values, float)
             curves.append((c[fit_at], mean[fit_at]))
-            f = _fit(c[fit_at], mean[fit_at])
+            f = _stats.power_fit(c[fit_at], mean[fit_at])
             pos = sub["spectral_position"]
             per[str(int(w))] = {
                 "n_params": n_params(ds, w),
                 "final_loss": _per_seed(sub["loss"].isel(step=-1)),
-                "fit": None if f is None else {"a": _sig(f[0]), "b": _r(f[1], 4), "r2": _r(f[2], 4)},
+                "fit": _fit_numbers(f),
                 "pos_early": _per_seed(pos.isel(step=early)),
                 "pos_end": _per_seed(pos.isel(step=-1)),
                 "pos_fell": int(np.sum(np.asarray(pos.isel(step=-1).values) < np.asarray(pos.isel(step=early).values))),
                 "n_seeds": int(sub.sizes.get("seed", 1)),
             }
-        fx, fy = _frontier(curves)
-        f = _fit(fx, fy)
+        fx, fy = _stats.frontier(curves)
+        f = _stats.power_fit(fx, fy)
         widths = [str(int(w)) for w in ds["width"].values]
         small, large = per[widths[0]], per[widths[-1]]
         ident = ds["chi_loss"] * ds["chi_net"] * ds["spectral_position"] / ds["grad_norm_sq"] - 1
         scaling[key] = {
             "widths": per,
-            "frontier": None if f is None else {"a": _sig(f[0]), "b": _r(f[1], 4), "r2": _r(f[2], 4)},
-            "largest_lower_loss": bool(np.mean(large["final_loss"]) < np.mean(small["final_loss"])),
-            "largest_lower_pos": bool(np.mean(large["pos_end"]) < np.mean(small["pos_end"])),
-            "identity_max_rel_error": _sig(float(np.nanmax(np.abs(ident.values)))),
-            "chi_net_rel_se_max": _sig(float(np.nanmax((ds["chi_net_se"] / ds["chi_net"]).values)))
+            "frontier": _fit_numbers(f),
+            "largest_lower_loss": bool(_stats.mean_of(large["final_loss"]) < _stats.mean_of(small["final_loss"])),
+            "largest_lower_pos": bool(_stats.mean_of(large["pos_end"]) < _stats.mean_of(small["pos_end"])),
+            "identity_max_rel_error": _stats.sig(float(np.nanmax(np.abs(ident.values)))),
+            "chi_net_rel_se_max": _stats.sig(float(np.nanmax((ds["chi_net_se"] / ds["chi_net"]).values)))
             if "chi_net_se" in ds
             else None,
         }
@@ -960,9 +809,9 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
                     "chi_net_end": _per_seed(sub["chi_net"].isel(step=-1)),
                     "pos_early": _per_seed(sub["spectral_position"].isel(step=early)),
                     "pos_end": _per_seed(sub["spectral_position"].isel(step=-1)),
-                    "median_k_early": [int(v) for v in med[:, early]],
-                    "median_k_end": [int(v) for v in med[:, -1]],
-                    "pos_eig_max_rel_diff": _sig(float(np.nanmax(eig_diff.values))),
+                    "median_k_early": [int(v) if np.isfinite(v) else None for v in med[:, early]],
+                    "median_k_end": [int(v) if np.isfinite(v) else None for v in med[:, -1]],
+                    "pos_eig_max_rel_diff": _stats.sig(float(np.nanmax(eig_diff.values))),
                 }
             rf[feat] = row
         out["rf"] = {"steps": int(steps.max()), "loss_ratio_from_step": int(steps[i10]), "runs": rf}
@@ -971,16 +820,14 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
-    lines = [TITLE, f"({summary.get('note', '')})", ""]
-    if "run_wall_seconds" in summary:
-        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    lines = _base.summary_head(TITLE, summary.get("note", ""), summary)
     for key, s in summary.get("scaling", {}).items():
         lines.append(f"F-d1 {LM_SETS.get(key, key)}: loss vs compute, power-law fits L = a·C^b")
         for w, v in s["widths"].items():
             fit = v["fit"] or {}
             lines.append(
                 f"  width {w:>4} ({v['n_params']:>7} params): b = {fit.get('b')}, R² = {fit.get('r2')}; final loss "
-                f"{np.mean(v['final_loss']):.4f}; χ_pos early {np.mean(v['pos_early']):.3g} -> end {np.mean(v['pos_end']):.3g} "
+                f"{_stats.mean_of(v['final_loss']):.4f}; χ_pos early {_stats.mean_of(v['pos_early']):.3g} -> end {_stats.mean_of(v['pos_end']):.3g} "
                 f"(fell in {v['pos_fell']}/{v['n_seeds']} seeds)"
             )
         fr = s["frontier"] or {}
@@ -1002,9 +849,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         for feat, row in r["runs"].items():
             for w, v in row.items():
                 lines.append(
-                    f"  {feat:>7} width {w:>4}: loss ratio {np.mean(v['loss_ratio_late']):.3f}, final loss "
-                    f"{np.mean(v['final_loss']):.3g}; χ_net {np.mean(v['chi_net_start']):.3g} -> {np.mean(v['chi_net_end']):.3g}; "
-                    f"χ_pos {np.mean(v['pos_early']):.3g} -> {np.mean(v['pos_end']):.3g}; median k of w_k "
+                    f"  {feat:>7} width {w:>4}: loss ratio {_stats.mean_of(v['loss_ratio_late']):.3f}, final loss "
+                    f"{_stats.mean_of(v['final_loss']):.3g}; χ_net {_stats.mean_of(v['chi_net_start']):.3g} -> {_stats.mean_of(v['chi_net_end']):.3g}; "
+                    f"χ_pos {_stats.mean_of(v['pos_early']):.3g} -> {_stats.mean_of(v['pos_end']):.3g}; median k of w_k "
                     f"{v['median_k_early']} -> {v['median_k_end']}; eigenpair vs kernel-free χ_pos: {v['pos_eig_max_rel_diff']}"
                 )
     return "\n".join(lines) + "\n"
@@ -1013,25 +860,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # =========================================================================== widgets
 
 
-class Workbench(_base.Workbench):
-    """Notebook controls for the four figures, on cubes from :func:`open_cubes` (see
-    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
-
-    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
-
-    >>> wb = Workbench(open_cubes("../data/reach_quick.nc"))  # doctest: +SKIP
-    >>> wb.view("F-d1")                                         # doctest: +SKIP
-    """
-
-    def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
-        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+Workbench = _paper.workbench()
 
 
 def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The sweep config of :class:`RerunPanel`'s settings: the quick ``stories`` or
     ``pixels`` experiment (``data_set``) with the chosen ``widths`` (multiples of 4: four
     heads), ``seeds`` (0 … seeds-1), training ``steps`` and learning rate ``lr``."""
-    _check("data_set", settings["data_set"], LM_SETS)
+    check_choice("data_set", settings["data_set"], LM_SETS)
     cfg = configs("quick")[settings["data_set"]]
     widths = parse_ints(settings["widths"], "widths")
     bad = [w for w in widths if w % 4]
@@ -1044,10 +880,8 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_d1(cube: Any) -> Any:
-    from jupyter_bokeh import BokehModel
-
-    key = "pixels" if _config(cube).get("data", {}).get("name") == "digits_pixels" else "stories"
-    return BokehModel(plots.fit_width(build_d1(fig_d1_data({key: cube}, data_set=key))))
+    key = "pixels" if config_of(cube).get("data", {}).get("name") == "digits_pixels" else "stories"
+    return _base.result_view(cube, (), "F-d1", lambda c: build_d1(fig_d1_data({key: c}, data_set=key)))
 
 
 class RerunPanel(_base.RerunPanel):

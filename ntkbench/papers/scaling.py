@@ -23,64 +23,37 @@ What reproduced at this scale and what did not is in ``docs/papers/scaling.md``.
 
 Example
 -------
-Not run as a doctest: it trains for minutes (the paper's tests run its small ``test``
-config).
-
 >>> from ntkbench.papers import scaling
+>>> scaling.configs("quick")["width_ntk"]["grid"]["width"]  # the widths of the quick run
+[32, 64, 128, 256, 512, 1024]
+
+It trains for minutes, hence no doctest (the paper's tests run its small ``test`` config):
+
 >>> cubes = scaling.run("runs/scaling", quick=True)                  # doctest: +SKIP
 >>> scaling.summarize(cubes)["width"]["width_ntk"]["slope"]          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import copy
-import html
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ntkbench import cube as cube_mod
 from ntkbench import plots
-from ntkbench.papers import _base
-from ntkbench.papers._base import FigureSpec
+from ntkbench.papers import _base, _stats
+from ntkbench.papers._base import FigureSpec, at_step, check_choice, config_of, need_cube, put_lines
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
 __all__ = [
-    "KEY",
-    "TITLE",
-    "CONFIGS",
-    "SETUPS",
-    "PARAMETRIZATIONS",
-    "CHANGES",
-    "BASELINES",
-    "benefit",
-    "configs",
-    "run",
-    "run_cubes",
-    "open_cubes",
-    "data_fit",
-    "width_fit",
-    "critical_width",
-    "change",
-    "fig_c1_data",
-    "fig_c2_data",
-    "fig_c3_data",
-    "fig_c4_data",
-    "build_lines",
-    "FIGURES",
-    "controls",
-    "defaults",
-    "figures",
-    "summarize",
-    "format_summary",
-    "Workbench",
-    "RerunPanel",
-    "rerun_config",
-]
+    "KEY", "TITLE", "CONFIGS", "SETUPS", "PARAMETRIZATIONS", "CHANGES", "BASELINES",  # the paper: scaling
+    "configs", "run", "run_cubes", "open_cubes", "figures", "defaults",  # its protocol (configs, runs, cubes)
+    "data_fit", "width_fit", "critical_width", "change", "benefit",  # measures and fits
+    "fig_c1_data", "fig_c2_data", "fig_c3_data", "fig_c4_data", "build_lines",  # F-c*
+    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # scaling
+]  # fmt: skip
 
 KEY = "scaling"
 TITLE = "Beyond Scaling Curves: Internal Dynamics of Neural Networks Through the NTK Lens"
@@ -97,11 +70,7 @@ DATA_MEASURES: list[str] = [
     "test_accuracy",
 ]
 WIDTH_MEASURES: list[str] = [
-    "eigenvalues",
-    "entropy",
-    "entropy_normalized",
-    "trace",
-    "trace_per_sample",
+    *_base.PROBE_MEASURES,
     "relative_change_init",
     "kernel_distance_init",
     "loss",
@@ -207,78 +176,21 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
 CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
 
 
-def configs(name: str = "quick") -> dict[str, dict[str, Any]]:
-    """A deep copy of the sweep configs of ``name`` (``"quick"``, ``"test"``, ``"full"``).
-
-    >>> sorted(configs("quick"))
-    ['data_ce', 'data_mse', 'width_mup', 'width_ntk']
-    >>> configs("quick")["width_ntk"]["grid"]["width"]
-    [32, 64, 128, 256, 512, 1024]
-    """
-    return _base.pick_config(CONFIGS, name)
-
-
-# =========================================================================== run
-
-
-def run_cubes(
-    out: str | os.PathLike[str],
-    config: str | Mapping[str, Mapping[str, Any]] = "quick",
-    *,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client: Any = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the experiments of ``config`` (a name of :data:`CONFIGS` or such a dict) under
-    ``out`` (``out/runs-<experiment>``, resumable) and return ``{experiment: cube}``."""
-    cfgs = configs(config) if isinstance(config, str) else copy.deepcopy(dict(config))
-    return _base.run_experiments(out, cfgs, workers=workers, scheduler=scheduler, client=client, progress=progress)
-
-
-#: ``{experiment: cube}`` of ``out/scaling.nc`` or ``data/scaling_quick.nc``
-open_cubes = cube_mod.open_many
-
-
-def run(
-    out: str | os.PathLike[str],
-    quick: bool = False,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    *,
-    config: str | Mapping[str, Mapping[str, Any]] | None = None,
-    formats: Sequence[str] = ("png", "svg", "html"),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """``ntkbench reproduce scaling``: run the experiments, export every figure and the
-    summary; return ``{experiment: cube}`` (files as in :func:`ntkbench.papers._base.reproduce`)."""
-    return _base.reproduce(
-        sys.modules[__name__],
-        out,
-        config,
-        quick=quick,
-        workers=workers,
-        scheduler=scheduler,
-        formats=formats,
-        progress=progress,
-    )
+_paper = _base.Paper(__name__)
+#: the wrappers every paper has (:class:`ntkbench.papers._base.Paper`): ``configs(name)``,
+#: ``run_cubes(out, config)`` (``out/runs-<experiment>``, resumable), ``run(out, quick)``
+#: (``ntkbench reproduce scaling``), ``open_cubes(path)``, ``figures(cubes, **settings)`` and
+#: ``defaults(cubes)`` (the controls' defaults, no step marker)
+configs, run_cubes, run = _paper.configs, _paper.run_cubes, _paper.run
+open_cubes, figures, defaults = _paper.open_cubes, _paper.figures, _paper.defaults
 
 
 # =========================================================================== measures and fits
 
 
-_check = _base.check_choice
-
-
-_need = _base.need_cube
-
-
-_config = _base.config_of
-
-
 def _n_outputs(ds: Any) -> int:
     """C, the number of network outputs of a cube's runs (10 for digits, d_out for a teacher)."""
-    data = _config(ds).get("data", {})
+    data = config_of(ds).get("data", {})
     if data.get("name") == "teacher":
         return int(data.get("d_out", 1))
     return 10
@@ -286,13 +198,13 @@ def _n_outputs(ds: Any) -> int:
 
 def entropy_of(ds: Any, variant: str) -> Any:
     """The entropy ``variant`` of :data:`ENTROPY_VARIANTS` of a cube, as a DataArray."""
-    _check("entropy", variant, ENTROPY_VARIANTS)
+    check_choice("entropy", variant, ENTROPY_VARIANTS)
     return ds[ENTROPY_VARIANTS[variant][0]]
 
 
 def trace_of(ds: Any, variant: str) -> Any:
     """Tr K (``"TrK"``), Tr K / N or Tr K / (N·C) (the paper's normalisation) of a cube."""
-    _check("trace", variant, TRACE_VARIANTS)
+    check_choice("trace", variant, TRACE_VARIANTS)
     if variant == "TrK":
         return ds["trace"]
     per = ds["trace_per_sample"]
@@ -303,7 +215,7 @@ def change(ds: Any, measure: str = "relative_change") -> Any:
     """A feature-learning measure of :data:`CHANGES` at every recorded step (0 at step 0):
     the relative change ‖K_t − K_0‖_F/‖K_0‖_F, the kernel distance 1 − alignment, the
     relative trace change or the absolute entropy change from initialization."""
-    _check("measure", measure, CHANGES)
+    check_choice("measure", measure, CHANGES)
     if measure == "relative_change":
         return ds["relative_change_init"]
     if measure == "kernel_distance":
@@ -315,14 +227,10 @@ def change(ds: Any, measure: str = "relative_change") -> Any:
     return abs(s - s.isel(step=0))
 
 
-_at = _base.at_step
-
-
-def _fit(x: Any, y: Any) -> dict[str, float]:
-    try:
-        a, b, r2 = plots.power_law_fit(np.asarray(x, float), np.asarray(y, float))
-    except ValueError:
-        return {"prefactor": float("nan"), "exponent": float("nan"), "r2": float("nan")}
+def _power_fit(x: Any, y: Any) -> dict[str, float]:
+    """``{"prefactor", "exponent", "r2"}`` of a power-law fit (NaN below two positive points)."""
+    fit = _stats.power_fit(x, y, min_points=2)
+    a, b, r2 = fit if fit is not None else (float("nan"),) * 3
     return {"prefactor": a, "exponent": b, "r2": r2}
 
 
@@ -330,16 +238,16 @@ def data_fit(ds: Any, var: str = "test_loss") -> dict[str, float]:
     """Power-law fit ``var(D) = a · D^b`` of the final ``var`` (mean over seeds) of a
     data-scaling cube: ``{"prefactor", "exponent", "r2"}``."""
     y = ds[var].isel(step=-1)
-    y = y.mean("seed") if "seed" in y.dims else y
-    return _fit(ds["n_train"].values, y.values)
+    y = _stats.seed_mean(y)
+    return _power_fit(ds["n_train"].values, y.values)
 
 
 def width_fit(ds: Any, measure: str = "relative_change") -> dict[str, float]:
     """Power-law fit of the final feature-learning ``measure`` (mean over seeds) against
     width: ``{"prefactor", "exponent" (the log–log slope), "r2"}``."""
     y = change(ds, measure).isel(step=-1)
-    y = y.mean("seed") if "seed" in y.dims else y
-    return _fit(ds["width"].values, y.values)
+    y = _stats.seed_mean(y)
+    return _power_fit(ds["width"].values, y.values)
 
 
 def critical_width(fit: Mapping[str, float], tolerance: float) -> float:
@@ -355,26 +263,13 @@ def critical_width(fit: Mapping[str, float], tolerance: float) -> float:
     return float((tolerance / a) ** (1.0 / b))
 
 
-def _seed_text(seed: Any) -> str:
-    return {"mean": "mean ± standard error over seeds", "all": "every seed"}.get(seed, f"seed {seed}")
+_SE_BAND = "mean ± standard error over seeds"
 
 
 def _fit_line(lines: dict, bands: dict, x: np.ndarray, fit: Mapping[str, float], color: str, label: str) -> None:
     if np.isfinite(fit["exponent"]):
         xf = np.geomspace(x.min(), x.max(), 30)
         plots.add_series(lines, bands, xf, [(fit["prefactor"] * xf ** fit["exponent"], None)], color, label, light=True)
-
-
-def _over(
-    lines: dict, bands: dict, x: np.ndarray, da: Any, seed: Any, color: str, label: str, *, log_y: bool = True
-) -> None:
-    """Lines of ``da`` over the x dim (``seed`` aggregated), standard-error bands."""
-    mode = plots.seed_mode(seed, da)
-    plots.add_series(lines, bands, x, plots.seed_traces(da, mode, spread="se"), color, label, log_y=log_y)
-
-
-def _put(data: FigureData, key: str, lines: dict, bands: dict) -> None:
-    data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
 
 
 # =========================================================================== F-c1
@@ -387,21 +282,21 @@ def fig_c1_data(
     test loss against D with its power-law fit (panel ``"c1-loss"``), and the entropy and
     trace of the fixed probe set's eNTK at initialization and at the end of training
     against D (``"c1-entropy"``, ``"c1-trace"``)."""
-    _check("setup", setup, SETUPS)
-    ds = _need(cubes, setup)
+    check_choice("setup", setup, SETUPS)
+    ds = need_cube(cubes, setup)
     label, color = SETUPS[setup]
     x = np.asarray(ds["n_train"].values, float)
     fit = data_fit(ds)
     data = plots.figure_data(
         "F-c1",
         f"<b>F-c1 data scaling</b> — MLP 128×2 trained with {label} on digits; probe: the first "
-        f"{int(_config(ds).get('record', {}).get('probe', 32))} training samples (the same for every D), "
-        f"{_PROBE_NOTE}; {_seed_text(seed)}",
+        f"{int(config_of(ds).get('record', {}).get('probe', 32))} training samples (the same for every D), "
+        f"{_PROBE_NOTE}; {_base.seed_text(seed, _SE_BAND)}",
     )
     lines, bands = plots.empty_lines(), plots.empty_bands()
-    _over(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"test loss ({label})")
+    _base.add_seed_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"test loss ({label})")
     _fit_line(lines, bands, x, fit, color, f"fit D^{fit['exponent']:.2f}, R² {fit['r2']:.3f}")
-    _put(data, "c1-loss", lines, bands)
+    put_lines(data, "c1-loss", lines, bands)
     plots.set_panel(
         data,
         "c1-loss",
@@ -416,9 +311,9 @@ def fig_c1_data(
         ("c1-trace", trace_of(ds, trace), TRACE_VARIANTS[trace], True),
     ):
         lines, bands = plots.empty_lines(), plots.empty_bands()
-        _over(lines, bands, x, da.isel(step=0), seed, "#777777", "initialization", log_y=log_y)
-        _over(lines, bands, x, da.isel(step=-1), seed, color, "end of training", log_y=log_y)
-        _put(data, key, lines, bands)
+        _base.add_seed_series(lines, bands, x, da.isel(step=0), seed, "#777777", "initialization", log_y=log_y)
+        _base.add_seed_series(lines, bands, x, da.isel(step=-1), seed, color, "end of training", log_y=log_y)
+        put_lines(data, key, lines, bands)
         plots.set_panel(data, key, f"{ylab} of the probe set", "training set size D", ylab, log_x=True, log_y=log_y)
     data["panels"], data["legend"] = [["c1-loss", "c1-entropy", "c1-trace"]], ["c1-loss", "c1-entropy"]
     data["legend_location"] = "bottom_left"
@@ -433,14 +328,14 @@ def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: An
     both setups with their fits (``"c2-loss"``), and per setup the change of the probe
     set's eNTK entropy S(t) − S(0) (``quantity="entropy"``) or trace ratio Tr K(t)/Tr K(0)
     (``"trace"``) over training, one line per D (``"c2-data_mse"``, ``"c2-data_ce"``)."""
-    _check("quantity", quantity, {"entropy": 0, "trace": 0})
+    check_choice("quantity", quantity, {"entropy": 0, "trace": 0})
     setups = [s for s in SETUPS if s in cubes]
     if not setups:
         raise ValueError(f"F-c2 needs the cubes {list(SETUPS)}; cubes are {sorted(cubes)}")
     data = plots.figure_data(
         "F-c2",
         f"<b>F-c2 similar exponents, opposite internal dynamics</b> — the same MLP on the same data, trained "
-        f"with MSE or with cross-entropy; {_PROBE_NOTE} of a fixed probe set; {_seed_text(seed)}",
+        f"with MSE or with cross-entropy; {_PROBE_NOTE} of a fixed probe set; {_base.seed_text(seed, _SE_BAND)}",
     )
     lines, bands = plots.empty_lines(), plots.empty_bands()
     for s in setups:
@@ -448,9 +343,11 @@ def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: An
         label, color = SETUPS[s]
         x = np.asarray(ds["n_train"].values, float)
         fit = data_fit(ds)
-        _over(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"{label}: D^{fit['exponent']:.2f}")
+        _base.add_seed_series(
+            lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"{label}: D^{fit['exponent']:.2f}"
+        )
         _fit_line(lines, bands, x, fit, color, f"{label} fit (R² {fit['r2']:.3f})")
-    _put(data, "c2-loss", lines, bands)
+    put_lines(data, "c2-loss", lines, bands)
     plots.set_panel(
         data,
         "c2-loss",
@@ -473,8 +370,10 @@ def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: An
         x = np.asarray(ds["step"].values, float) + 1.0
         n_trains = [int(v) for v in ds["n_train"].values]
         for n, col in zip(n_trains, plots.palette(len(n_trains), "Viridis256"), strict=True):
-            _over(lines, bands, x, da.sel(n_train=n).transpose(..., "step"), seed, col, f"D = {n}", log_y=log_y)
-        _put(data, key, lines, bands)
+            _base.add_seed_series(
+                lines, bands, x, da.sel(n_train=n).transpose(..., "step"), seed, col, f"D = {n}", log_y=log_y
+            )
+        put_lines(data, key, lines, bands)
         verb = "rises" if end_mean > (0 if quantity == "entropy" else 1) else "falls"
         what = "entropy" if quantity == "entropy" else "trace"
         plots.set_panel(
@@ -506,12 +405,12 @@ def fig_c3_data(
     ``parametrization``, the measure over training per width with a marker at ``step``
     (``"c3-time"``) and the spectrum at ``step`` relative to initialization,
     λ_i(t)/λ_i(0) for the 64 largest (``"c3-spectrum"``: flat at 1 is a frozen kernel)."""
-    _check("measure", measure, CHANGES)
-    _check("parametrization", parametrization, PARAMETRIZATIONS)
+    check_choice("measure", measure, CHANGES)
+    check_choice("parametrization", parametrization, PARAMETRIZATIONS)
     if tolerance <= 0:
         raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
     pars = [p for p in PARAMETRIZATIONS if p in cubes]
-    ds = _need(cubes, parametrization)
+    ds = need_cube(cubes, parametrization)
     data = plots.figure_data("F-c3", "")
     lines, bands = plots.empty_lines(), plots.empty_bands()
     fits = {}
@@ -520,11 +419,13 @@ def fig_c3_data(
         label, color = PARAMETRIZATIONS[p]
         x = np.asarray(c["width"].values, float)
         fits[p] = fit = width_fit(c, measure)
-        _over(lines, bands, x, change(c, measure).isel(step=-1), seed, color, f"{label}: slope {fit['exponent']:.2f}")
+        _base.add_seed_series(
+            lines, bands, x, change(c, measure).isel(step=-1), seed, color, f"{label}: slope {fit['exponent']:.2f}"
+        )
         _fit_line(lines, bands, x, fit, color, f"{label} fit (R² {fit['r2']:.2f})")
     xs = np.asarray(sorted({float(w) for p in pars for w in cubes[p]["width"].values}))
     plots.add_series(lines, bands, xs, [(np.full(xs.shape, float(tolerance)), None)], "#999999", "tolerance")
-    _put(data, "c3-change", lines, bands)
+    put_lines(data, "c3-change", lines, bands)
     wc = critical_width(fits.get("width_ntk", {"prefactor": np.nan, "exponent": np.nan}), tolerance)
     in_range = bool(np.isfinite(wc) and xs.min() <= wc <= xs.max())
     data["spans"] = {"c3-change-marker": wc if in_range else None}
@@ -549,9 +450,9 @@ def fig_c3_data(
     chg = change(ds, measure)
     lines, bands = plots.empty_lines(), plots.empty_bands()
     for w, col in zip(widths, cols, strict=True):
-        _over(lines, bands, x, chg.sel(width=w).transpose(..., "step"), seed, col, f"width {w}")
-    _put(data, "c3-time", lines, bands)
-    data["spans"]["c3-time-marker"] = None if step is None else float(_at(ds["step"], step)) + 1.0
+        _base.add_seed_series(lines, bands, x, chg.sel(width=w).transpose(..., "step"), seed, col, f"width {w}")
+    put_lines(data, "c3-time", lines, bands)
+    data["spans"]["c3-time-marker"] = None if step is None else float(at_step(ds["step"], step)) + 1.0
     plots.set_panel(
         data,
         "c3-time",
@@ -564,13 +465,15 @@ def fig_c3_data(
     ev = ds["eigenvalues"]
     k = min(64, ev.sizes["eigen_index"])
     ev = ev.isel(eigen_index=slice(0, k))
-    ratio = _at(ev, step) / ev.isel(step=0)
-    st = int(_at(ds["step"], step))
+    ratio = at_step(ev, step) / ev.isel(step=0)
+    st = int(at_step(ds["step"], step))
     lines, bands = plots.empty_lines(), plots.empty_bands()
     rank = np.arange(1, k + 1, dtype=float)
     for w, col in zip(widths, cols, strict=True):
-        _over(lines, bands, rank, ratio.sel(width=w).transpose(..., "eigen_index"), seed, col, f"width {w}")
-    _put(data, "c3-spectrum", lines, bands)
+        _base.add_seed_series(
+            lines, bands, rank, ratio.sel(width=w).transpose(..., "eigen_index"), seed, col, f"width {w}"
+        )
+    put_lines(data, "c3-spectrum", lines, bands)
     plots.set_panel(
         data,
         "c3-spectrum",
@@ -580,11 +483,11 @@ def fig_c3_data(
         log_x=True,
         log_y=True,
     )
-    n = int(_config(ds).get("data", {}).get("n_train", ds["eigenvalues"].sizes["eigen_index"]))
+    n = int(config_of(ds).get("data", {}).get("n_train", ds["eigenvalues"].sizes["eigen_index"]))
     data["header"] = (
         f"<b>F-c3 width scaling toward the lazy limit</b> — MLP depth 2 on a teacher regression (N = {n}); "
         f"eNTK of the whole training set; NTK parametrization: full-batch GD at a constant learning rate "
-        f"(lazy theory: slope −1/2); {_seed_text(seed)}"
+        f"(lazy theory: slope −1/2); {_base.seed_text(seed, _SE_BAND)}"
     )
     data["panels"] = [["c3-change", "c3-time", "c3-spectrum"]]
     data["legend"] = ["c3-change", "c3-time"]
@@ -608,7 +511,7 @@ def _kernel_baseline(cubes: Mapping[str, Any], p: str, baseline: str) -> Any:
 def benefit(cubes: Mapping[str, Any], p: str, baseline: str = "lazy") -> Any:
     """Benefit of feature learning of experiment ``p`` at the last step: kernel regression's
     test loss (:func:`_kernel_baseline`) minus the trained network's, over (width, seed)."""
-    _check("baseline", baseline, BASELINES)
+    check_choice("baseline", baseline, BASELINES)
     return _kernel_baseline(cubes, p, baseline) - cubes[p]["test_loss"].isel(step=-1)
 
 
@@ -619,7 +522,7 @@ def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any =
     ``"c4-width_mup"``: the NTK-parametrization K_0, the kernel limit, and for µP also its
     own K_0), and the benefit of feature learning, kernel − network, against the chosen
     ``baseline`` of :data:`BASELINES` (``"c4-gap"``)."""
-    _check("baseline", baseline, BASELINES)
+    check_choice("baseline", baseline, BASELINES)
     pars = [p for p in PARAMETRIZATIONS if p in cubes]
     if not pars:
         raise ValueError(f"F-c4 needs the cubes {list(PARAMETRIZATIONS)}; cubes are {sorted(cubes)}")
@@ -627,7 +530,7 @@ def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any =
         "F-c4",
         "<b>F-c4 kernel regime vs feature learning</b> — trained network vs kernel regression with an initial "
         "eNTK K_0 (full kernel over samples and outputs, whole training set); benefit against "
-        f"{BASELINES[baseline]}; {_seed_text(seed)}",
+        f"{BASELINES[baseline]}; {_base.seed_text(seed, _SE_BAND)}",
     )
     gap_lines, gap_bands = plots.empty_lines(), plots.empty_bands()
     for p in pars:
@@ -635,18 +538,20 @@ def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any =
         label, color = PARAMETRIZATIONS[p]
         x = np.asarray(ds["width"].values, float)
         lines, bands = plots.empty_lines(), plots.empty_bands()
-        _over(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, "trained network")
+        _base.add_seed_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, "trained network")
         lazy = _kernel_baseline(cubes, p, "lazy")
-        _over(lines, bands, x, lazy.sel(width=ds["width"]), seed, "#777777", "kernel regression, NTK-param. K_0")
+        _base.add_seed_series(
+            lines, bands, x, lazy.sel(width=ds["width"]), seed, "#777777", "kernel regression, NTK-param. K_0"
+        )
         if p != "width_ntk":
             own = ds["kernel_test_loss"].isel(step=-1)
-            _over(lines, bands, x, own, seed, "#bbbbbb", "kernel regression, own K_0")
-        _put(data, f"c4-{p}", lines, bands)
+            _base.add_seed_series(lines, bands, x, own, seed, "#bbbbbb", "kernel regression, own K_0")
+        put_lines(data, f"c4-{p}", lines, bands)
         plots.set_panel(data, f"c4-{p}", f"{label}: test loss", "width", "test loss (MSE)", log_x=True, log_y=True)
-        _over(gap_lines, gap_bands, x, benefit(cubes, p, baseline), seed, color, label, log_y=False)
+        _base.add_seed_series(gap_lines, gap_bands, x, benefit(cubes, p, baseline), seed, color, label, log_y=False)
     xs = np.asarray(sorted({float(w) for p in pars for w in cubes[p]["width"].values}))
     plots.add_series(gap_lines, gap_bands, xs, [(np.zeros(xs.shape), None)], "#888888", "no benefit", light=True)
-    _put(data, "c4-gap", gap_lines, gap_bands)
+    put_lines(data, "c4-gap", gap_lines, gap_bands)
     plots.set_panel(
         data,
         "c4-gap",
@@ -662,10 +567,11 @@ def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any =
     return data
 
 
-def build_lines(data: FigureData, panel_size: tuple[int, int] = (430, 340)) -> Any:
+build_lines = _base.line_builder(
+    (430, 340),
     """Every figure's layout: lines with standard-error bands per panel, fits in lighter
-    colour, markers where the figure data has spans."""
-    return plots.line_grid(data, panel_size=panel_size, name=str(data["layout"]))
+    colour, markers where the figure data has spans.""",
+)
 
 
 # =========================================================================== figures and controls
@@ -699,17 +605,8 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     return ctls
 
 
-def _has(*names: str) -> Any:
-    return lambda cubes: all(n in cubes for n in names)
-
-
 def _any(names: Sequence[str]) -> Any:
     return lambda cubes: any(n in cubes for n in names)
-
-
-def _seed_for(cubes: Mapping[str, Any], exp: str, seed: Any) -> Any:
-    """``seed`` if the cube ``exp`` has it, else the mean (experiments may differ in seeds)."""
-    return seed if seed in ("mean", "all") or seed in cubes[exp]["seed"].values.tolist() else "mean"
 
 
 def _c3_par(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> str:
@@ -725,7 +622,7 @@ FIGURES: list[FigureSpec] = [
             setup=s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c),
             entropy=s["entropy"],
             trace=s["trace"],
-            seed=_seed_for(c, s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c), s["seed"]),
+            seed=_base.seed_or_mean(c, s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c), s["seed"]),
         ),
         build_lines,
         (("setup", "seed"), ("entropy", "trace")),
@@ -736,7 +633,7 @@ FIGURES: list[FigureSpec] = [
         lambda c, s: fig_c2_data(c, quantity=s["quantity"], seed=s["seed"] if s["seed"] in ("mean", "all") else "mean"),
         build_lines,
         (("quantity", "seed"),),
-        available=_has(*SETUPS),
+        available=_base.has_cubes(*SETUPS),
     ),
     FigureSpec(
         "F-c3",
@@ -746,7 +643,7 @@ FIGURES: list[FigureSpec] = [
             tolerance=float(s["tolerance"]),
             parametrization=_c3_par(c, s),
             step=s.get("step"),
-            seed=_seed_for(c, _c3_par(c, s), s["seed"]),
+            seed=_base.seed_or_mean(c, _c3_par(c, s), s["seed"]),
         ),
         build_lines,
         (("measure", "tolerance"), ("parametrization", "seed"), ("step",)),
@@ -762,29 +659,7 @@ FIGURES: list[FigureSpec] = [
 ]
 
 
-def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings ``reproduce`` draws the figures at: the controls' defaults, the
-    spectrum of F-c3 at the last step."""
-    return {**_base.settings_of(controls(cubes)), "step": None}
-
-
-def figures(cubes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-    """``{"F-c1": ..., ..., "F-c4": ...}`` at :func:`defaults` (``kw`` overrides settings)."""
-    return _base.figures(FIGURES, cubes, {**defaults(cubes), **kw})
-
-
 # =========================================================================== summary
-
-
-def _r(v: Any, nd: int = 4) -> float:
-    return round(float(v), nd) if np.isfinite(float(v)) else float("nan")
-
-
-def _mean_se(a: Any) -> dict[str, float]:
-    a = np.asarray(a, float).ravel()
-    a = a[np.isfinite(a)]
-    se = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else float("nan")
-    return {"mean": _r(a.mean(), 5) if a.size else float("nan"), "se": _r(se, 5), "n": int(a.size)}
 
 
 def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
@@ -809,25 +684,27 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
             continue
         ds = cubes[s]
         fit = data_fit(ds)
-        per_seed = [_r(data_fit(ds.sel(seed=sd))["exponent"]) for sd in ds["seed"].values]  # robustness of the exponent
+        per_seed = [
+            _stats.finite(data_fit(ds.sel(seed=sd))["exponent"]) for sd in ds["seed"].values
+        ]  # robustness of the exponent
         ds_change = ds["entropy"].isel(step=-1) - ds["entropy"].isel(step=0)
         tr_ratio = ds["trace"].isel(step=-1) / ds["trace"].isel(step=0)
         data[s] = {
             "label": SETUPS[s][0],
-            "exponent": _r(fit["exponent"]),
-            "prefactor": _r(fit["prefactor"]),
-            "r2": _r(fit["r2"]),
+            "exponent": _stats.finite(fit["exponent"]),
+            "prefactor": _stats.finite(fit["prefactor"]),
+            "r2": _stats.finite(fit["r2"]),
             "exponent_per_seed": per_seed,
-            "entropy_change": {str(int(n)): _mean_se(ds_change.sel(n_train=n).values) for n in ds["n_train"].values},
-            "entropy_change_mean": _r(ds_change.mean()),
-            "entropy_rose_fraction": _r(float((ds_change > 0).mean())),
-            "trace_ratio": {str(int(n)): _mean_se(tr_ratio.sel(n_train=n).values) for n in ds["n_train"].values},
+            "entropy_change": _stats.mean_se_by(ds_change, "n_train"),
+            "entropy_change_mean": _stats.finite(ds_change.mean()),
+            "entropy_rose_fraction": _stats.finite(float((ds_change > 0).mean())),
+            "trace_ratio": _stats.mean_se_by(tr_ratio, "n_train"),
         }
     if len(data) == 2:
         a, b = (data[s]["entropy_change_mean"] for s in SETUPS)
         ea, eb = (data[s]["exponent"] for s in SETUPS)
-        out["opposite_entropy_change"] = bool(a * b < 0)
-        out["exponent_difference"] = _r(abs(ea - eb))
+        out["opposite_entropy_change"] = bool(_stats.as_float(a) * _stats.as_float(b) < 0)
+        out["exponent_difference"] = _stats.finite(abs(_stats.as_float(ea) - _stats.as_float(eb)))
     out["data"] = data
     width: dict[str, Any] = {}
     for p in PARAMETRIZATIONS:
@@ -840,29 +717,18 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
         gap = benefit(cubes, p, "own")
         lazy_gap = benefit(cubes, p, "lazy")
         d_s = ds["entropy"].isel(step=-1) - ds["entropy"].isel(step=0)
-        widths = [str(int(w)) for w in ds["width"].values]
         width[p] = {
             "label": PARAMETRIZATIONS[p][0],
-            "relative_change": dict(zip(widths, (_mean_se(rel.sel(width=int(w)).values) for w in widths), strict=True)),
-            "slope": _r(fit["exponent"]),
-            "slope_r2": _r(fit["r2"]),
+            "relative_change": _stats.mean_se_by(rel, "width"),
+            "slope": _stats.finite(fit["exponent"]),
+            "slope_r2": _stats.finite(fit["r2"]),
             "monotone": bool(np.all(np.diff(means) < 0)),
-            "critical_width_tol_0.05": _r(critical_width(fit, 0.05), 1),
-            "entropy_change": dict(zip(widths, (_mean_se(d_s.sel(width=int(w)).values) for w in widths), strict=True)),
-            "test_loss": dict(
-                zip(widths, (_mean_se(ds["test_loss"].isel(step=-1).sel(width=int(w))) for w in widths), strict=True)
-            ),
-            "kernel_test_loss": dict(
-                zip(
-                    widths,
-                    (_mean_se(ds["kernel_test_loss"].isel(step=-1).sel(width=int(w))) for w in widths),
-                    strict=True,
-                )
-            ),
-            "gap": dict(zip(widths, (_mean_se(gap.sel(width=int(w)).values) for w in widths), strict=True)),
-            "benefit_vs_kernel_limit": dict(
-                zip(widths, (_mean_se(lazy_gap.sel(width=int(w)).values) for w in widths), strict=True)
-            ),
+            "critical_width_tol_0.05": _stats.finite(critical_width(fit, 0.05), 1),
+            "entropy_change": _stats.mean_se_by(d_s, "width"),
+            "test_loss": _stats.mean_se_by(ds["test_loss"].isel(step=-1), "width"),
+            "kernel_test_loss": _stats.mean_se_by(ds["kernel_test_loss"].isel(step=-1), "width"),
+            "gap": _stats.mean_se_by(gap, "width"),
+            "benefit_vs_kernel_limit": _stats.mean_se_by(lazy_gap, "width"),
         }
     out["width"] = width
     return out
@@ -870,50 +736,52 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A short plain-text report of :func:`summarize`'s numbers."""
-    lines = [TITLE, f"({summary.get('note', '')})", ""]
-    if "run_wall_seconds" in summary:
-        lines += [f"config {summary.get('config')}: runs took {summary['run_wall_seconds']} s wall time", ""]
+    fmt = _stats.fmt
+    lines = _base.summary_head(TITLE, summary.get("note", ""), summary)
     for d in summary.get("data", {}).values():
         lines.append(
-            f"Data scaling, {d['label']}: test loss ∝ D^{d['exponent']:.3f} (R² {d['r2']:.3f}; per seed "
+            f"Data scaling, {d['label']}: test loss ∝ D^{fmt(d['exponent'], '.3f')} (R² {fmt(d['r2'], '.3f')}; per seed "
             f"{d['exponent_per_seed']})"
         )
         lines.append(
-            f"  entropy change S_T − S_0, mean {d['entropy_change_mean']:+.3f} nat, rose in "
-            f"{100 * d['entropy_rose_fraction']:.0f} % of runs; per D: "
-            + ", ".join(f"{n}: {v['mean']:+.3f}" for n, v in d["entropy_change"].items())
+            f"  entropy change S_T − S_0, mean {fmt(d['entropy_change_mean'], '+.3f')} nat, rose in "
+            f"{100 * _stats.as_float(d['entropy_rose_fraction']):.0f} % of runs; per D: "
+            + ", ".join(f"{n}: {fmt(v['mean'], '+.3f')}" for n, v in d["entropy_change"].items())
         )
         lines.append(
             "  trace ratio Tr K_T / Tr K_0 per D: "
-            + ", ".join(f"{n}: ×{v['mean']:.3g}" for n, v in d["trace_ratio"].items())
+            + ", ".join(f"{n}: ×{fmt(v['mean'], '.3g')}" for n, v in d["trace_ratio"].items())
         )
     if "opposite_entropy_change" in summary:
         lines.append(
             f"Opposite entropy changes: {summary['opposite_entropy_change']}; exponents differ by "
-            f"{summary['exponent_difference']:.3f}"
+            f"{fmt(summary['exponent_difference'], '.3f')}"
         )
     lines.append("")
     for d in summary.get("width", {}).values():
         lines.append(
-            f"Width scaling, {d['label']}: relative kernel change ∝ width^{d['slope']:.3f} (R² {d['slope_r2']:.3f}), "
+            f"Width scaling, {d['label']}: relative kernel change ∝ width^{fmt(d['slope'], '.3f')} (R² {fmt(d['slope_r2'], '.3f')}), "
             f"monotone {d['monotone']}, critical width (tol 0.05) ≈ {d['critical_width_tol_0.05']}"
         )
         lines.append(
-            "  relative change: " + ", ".join(f"{w}: {v['mean']:.4f}" for w, v in d["relative_change"].items())
+            "  relative change: " + ", ".join(f"{w}: {fmt(v['mean'], '.4f')}" for w, v in d["relative_change"].items())
         )
         lines.append(
             "  test loss network / kernel(K_0): "
             + ", ".join(
-                f"{w}: {d['test_loss'][w]['mean']:.4f} / {d['kernel_test_loss'][w]['mean']:.4f}" for w in d["test_loss"]
+                f"{w}: {fmt(d['test_loss'][w]['mean'], '.4f')} / {fmt(d['kernel_test_loss'][w]['mean'], '.4f')}"
+                for w in d["test_loss"]
             )
         )
         lines.append(
             "  benefit of feature learning (kernel with own K_0 − network): "
-            + ", ".join(f"{w}: {v['mean']:+.4f}±{v['se']:.4f}" for w, v in d["gap"].items())
+            + ", ".join(f"{w}: {fmt(v['mean'], '+.4f')}±{fmt(v['se'], '.4f')}" for w, v in d["gap"].items())
         )
         lines.append(
             "  benefit over the kernel limit (kernel with NTK-param. K_0 − network): "
-            + ", ".join(f"{w}: {v['mean']:+.4f}±{v['se']:.4f}" for w, v in d["benefit_vs_kernel_limit"].items())
+            + ", ".join(
+                f"{w}: {fmt(v['mean'], '+.4f')}±{fmt(v['se'], '.4f')}" for w, v in d["benefit_vs_kernel_limit"].items()
+            )
         )
     return "\n".join(lines) + "\n"
 
@@ -921,18 +789,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # =========================================================================== widgets
 
 
-class Workbench(_base.Workbench):
-    """Notebook controls for the four figures, on cubes from :func:`open_cubes` (see
-    :class:`ntkbench.papers._base.Workbench`; controls from :func:`controls`).
-
-    Not run as a doctest: it shows in a notebook; the paper's tests drive its controls.
-
-    >>> wb = Workbench(open_cubes("../data/scaling_quick.nc"))  # doctest: +SKIP
-    >>> wb.view("F-c3")                                           # doctest: +SKIP
-    """
-
-    def __init__(self, cubes: Mapping[str, Any], *, figures_dir: str | os.PathLike[str] = "figures"):
-        super().__init__(cubes, FIGURES, controls(cubes), figures_dir=figures_dir, name=KEY)
+Workbench = _paper.workbench()
 
 
 def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -955,13 +812,9 @@ def rerun_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _show_c3(cube: Any) -> Any:
-    import ipywidgets as w
-    from jupyter_bokeh import BokehModel
-
-    if {"width", "seed"} <= set(cube.dims):
-        par = "width_mup" if _config(cube).get("model", {}).get("parametrization") == "mup" else "width_ntk"
-        return BokehModel(plots.fit_width(build_lines(fig_c3_data({par: cube}, parametrization=par))))
-    return w.HTML(f"no F-c3 for a cube with dims {html.escape(str(tuple(cube.dims)))}")
+    par = "width_mup" if config_of(cube).get("model", {}).get("parametrization") == "mup" else "width_ntk"
+    draw = lambda c: build_lines(fig_c3_data({par: c}, parametrization=par))  # noqa: E731
+    return _base.result_view(cube, ("width", "seed"), "F-c3", draw)
 
 
 class RerunPanel(_base.RerunPanel):

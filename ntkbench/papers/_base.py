@@ -47,8 +47,10 @@ from types import ModuleType
 from typing import Any
 
 from ntkbench import cube as cube_mod
+from ntkbench._types import Spread
 from ntkbench.papers._stats import rank_correlation, ranks, strict
 from ntkbench.papers._workbench import RerunPanel, Workbench, result_view
+from ntkbench.plots import FigureData as _FigureData
 
 __all__ = [
     "FigureSpec",
@@ -87,7 +89,7 @@ Cubes = Mapping[str, Any]
 #: measure can be recomputed and the cube opens in ntkbench.widgets.Explorer; every paper
 #: records it, :func:`run_experiments`), its entropy and its trace, raw and normalized
 PROBE_MEASURES: tuple[str, ...] = ("eigenvalues", "entropy", "entropy_normalized", "trace", "trace_per_sample")
-FigureData = dict[str, Any]
+FigureData = _FigureData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,7 +362,7 @@ def add_seed_series(
     color: str,
     label: str,
     *,
-    spread: str = "se",
+    spread: Spread = "se",
     log_x: bool = True,
     log_y: bool = True,
 ) -> None:

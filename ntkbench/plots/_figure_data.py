@@ -18,59 +18,52 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 from ntkbench._types import Columns
 from ntkbench.plots._layout import AUTO_LEGEND, place_legend
 
-if TYPE_CHECKING:
-    # For now a type checker sees a plain dict: the papers' FigureSpec (papers/_base.py)
-    # types figure data as dict[str, Any], and the papers' builders read keys that this
-    # schema leaves optional (pyright's reportTypedDictNotRequiredAccess). Once _base
-    # imports this FigureData and that rule is off for figure data, drop this branch.
-    FigureData = dict[str, Any]
-    FIGURE_DATA_KEYS: frozenset[str]
-else:
 
-    class FigureData(TypedDict, total=False):
-        """The schema of a figure-data dict; every key is optional (:func:`figure_data` makes
-        the usual ones). Panels, sources, colour mappers and spans are named: the builder gives
-        its Bokeh models these names, and :func:`apply` finds them by name."""
+class FigureData(TypedDict, total=False):
+    """The schema of a figure-data dict; every key is optional (:func:`figure_data` makes
+    the usual ones). Panels, sources, colour mappers and spans are named: the builder gives
+    its Bokeh models these names, and :func:`apply` finds them by name."""
 
-        layout: Any
-        """Anything JSON-able that fixes the structure beyond the keys below: the figure's name
-        (:func:`figure_data`), or e.g. ``[name, quantities]`` or ``{"name": ..., "steps": ...}``
-        for what a heat map colours or how many columns it has. Part of :func:`layout_key`."""
-        header: str
-        """Text (HTML) of the ``Div`` named ``"header"`` above the grid."""
-        panels: list[list[str]]
-        """The grid of plots: rows of panel names. Part of :func:`layout_key`."""
-        legend: list[str]
-        """The panels that show a legend (:func:`line_grid`, the papers' builders)."""
-        legend_location: str
-        """Where :func:`line_grid` puts a legend while its plot has no data (a Bokeh location,
-        ``"top_right"``, ``"bottom_left"``, ...); the builder's default otherwise."""
-        sources: dict[str, Columns]
-        """``{source name: columns}``: the named ``ColumnDataSource``\\ s (source names are
-        part of :func:`layout_key`; the columns change in place)."""
-        titles: dict[str, str]
-        """``{panel: title}``."""
-        x_labels: dict[str, str]
-        """``{panel: x axis label}``."""
-        y_labels: dict[str, str]
-        """``{panel: y axis label}``."""
-        scales: dict[str, list[bool]]
-        """``{panel: [log_x, log_y]}``. Part of :func:`layout_key`."""
-        ranges: dict[str, list[float]]
-        """``{colour mapper name: [low, high]}`` (mapper names are part of :func:`layout_key`)."""
-        spans: dict[str, float | None]
-        """``{span name: x location, or None (hidden)}``: step markers (span names are part of
-        :func:`layout_key`)."""
-        factors: dict[str, list[str]]
-        """``{"x": factors, "y": factors}``: the categorical axes of a heat-map figure."""
+    layout: Any
+    """Anything JSON-able that fixes the structure beyond the keys below: the figure's name
+    (:func:`figure_data`), or e.g. ``[name, quantities]`` or ``{"name": ..., "steps": ...}``
+    for what a heat map colours or how many columns it has. Part of :func:`layout_key`."""
+    header: str
+    """Text (HTML) of the ``Div`` named ``"header"`` above the grid."""
+    panels: list[list[str]]
+    """The grid of plots: rows of panel names. Part of :func:`layout_key`."""
+    legend: list[str]
+    """The panels that show a legend (:func:`line_grid`, the papers' builders)."""
+    legend_location: str
+    """Where :func:`line_grid` puts a legend while its plot has no data (a Bokeh location,
+    ``"top_right"``, ``"bottom_left"``, ...); the builder's default otherwise."""
+    sources: dict[str, Columns]
+    """``{source name: columns}``: the named ``ColumnDataSource``\\ s (source names are
+    part of :func:`layout_key`; the columns change in place)."""
+    titles: dict[str, str]
+    """``{panel: title}``."""
+    x_labels: dict[str, str]
+    """``{panel: x axis label}``."""
+    y_labels: dict[str, str]
+    """``{panel: y axis label}``."""
+    scales: dict[str, list[bool]]
+    """``{panel: [log_x, log_y]}``. Part of :func:`layout_key`."""
+    ranges: dict[str, list[float]]
+    """``{colour mapper name: [low, high]}`` (mapper names are part of :func:`layout_key`)."""
+    spans: dict[str, float | None]
+    """``{span name: x location, or None (hidden)}``: step markers (span names are part of
+    :func:`layout_key`)."""
+    factors: dict[str, list[str]]
+    """``{"x": factors, "y": factors}``: the categorical axes of a heat-map figure."""
 
-    FIGURE_DATA_KEYS: frozenset[str] = FigureData.__required_keys__ | FigureData.__optional_keys__
-    """Every key a figure-data dict may have (those of :class:`FigureData`)."""
+
+FIGURE_DATA_KEYS: frozenset[str] = FigureData.__required_keys__ | FigureData.__optional_keys__
+"""Every key a figure-data dict may have (those of :class:`FigureData`)."""
 
 
 def check_figure_data(data: Mapping[str, Any]) -> None:

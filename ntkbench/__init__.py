@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
-    # kernel.py
+    # kernel/
     "entk": "kernel",
     "entk_diag": "kernel",
     # measures.py
@@ -62,7 +62,7 @@ _EXPORTS: dict[str, str] = {
     "load_npz": "data",
     # selection.py
     "select": "selection",
-    # train.py
+    # train/
     "train": "train",
     "Recorder": "train",
     "Measure": "train",
@@ -72,11 +72,11 @@ _EXPORTS: dict[str, str] = {
     "open_cube": "cube",
     "combine": "cube",
     "validate": "cube",
-    # sweep.py
+    # sweep/
     "sweep": "sweep",
     "run_one": "sweep",
     "validate_config": "sweep",
-    # widgets.py
+    # widgets/
     "Explorer": "widgets",
     "RunPanel": "widgets",
 }

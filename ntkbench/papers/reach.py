@@ -768,11 +768,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"  largest model ends with lower loss: {s['largest_lower_loss']}; with lower χ_pos (reported, not claimed "
             f"at this scale): {s['largest_lower_pos']}"
         )
-        lines.append(
+        lines += [
             f"  identity ‖∇L‖² = χ_loss·χ_net·χ_pos: largest relative error {s['identity_max_rel_error']}; "
-            f"Hutchinson χ_net relative standard error up to {s['chi_net_rel_se_max']}"
-        )
-        lines.append("")
+            f"Hutchinson χ_net relative standard error up to {s['chi_net_rel_se_max']}",
+            "",
+        ]
     if "rf" in summary:
         r = summary["rf"]
         lines.append(

@@ -74,6 +74,16 @@ def empty_bands() -> Columns:
     return {"xs": [], "ys": [], "color": []}
 
 
+def _append_line(lines: Columns, x: np.ndarray, y: np.ndarray, color: str, label: str, light: bool) -> None:
+    """Append one line to :func:`empty_lines` columns: thinner when ``light``."""
+    lines["xs"].append(x.tolist())
+    lines["ys"].append(y.tolist())
+    lines["color"].append(color)
+    lines["label"].append(label)
+    lines["width"].append(1.6 if light else 2.4)
+    lines["alpha"].append(0.95)
+
+
 def add_series(
     lines: Columns,
     bands: Columns,
@@ -97,12 +107,7 @@ def add_series(
         ok = finite_mask(x, y, log_x, log_y)
         if not ok.any():
             continue
-        lines["xs"].append(x[ok].tolist())
-        lines["ys"].append(y[ok].tolist())
-        lines["color"].append(col)
-        lines["label"].append(label)
-        lines["width"].append(1.6 if light else 2.4)
-        lines["alpha"].append(0.95)
+        _append_line(lines, x[ok], y[ok], col, label, light)
         if std is not None and np.any(std[ok] > 0):
             lo, hi = y[ok] - std[ok], y[ok] + std[ok]
             if log_y:
@@ -154,12 +159,7 @@ def add_trajectories(
         ok = finite_mask(xl, yl, log_x, log_y)
         if not ok.any():
             continue
-        lines["xs"].append(xl[ok].tolist())
-        lines["ys"].append(yl[ok].tolist())
-        lines["color"].append(col)
-        lines["label"].append(label)
-        lines["width"].append(1.6 if light else 2.4)
-        lines["alpha"].append(0.95)
+        _append_line(lines, xl[ok], yl[ok], col, label, light)
         idx = np.flatnonzero(ok)
         for i, mk in ((idx[0], "circle"), (idx[-1], "square")):
             ends["x"].append(float(xl[i]))

@@ -306,12 +306,13 @@ def _header(figure: str, ds: Any, entropy: str, trace: str, seed: Any = "mean", 
     ev, tv = ENTROPY_VARIANTS[entropy][2], TRACE_VARIANTS[trace][2]
     band = "mean over seeds" if figure == "F-b2" else "mean ± std over seeds"
     seeds = seed_text(seed, band, fallback=fallback)
+    note = "" if ds is None else _base.probe_note(ds, _KERNEL_NOTE)
     if figure == "F-b1":
-        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {_base.probe_note(ds, _KERNEL_NOTE)}; {seeds}; train dark, test light"
+        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {note}; {seeds}; train dark, test light"
     if figure == "F-b2":
-        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {_base.probe_note(ds, _KERNEL_NOTE)}; {seeds}; ○ start, □ end"
+        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {note}; {seeds}; ○ start, □ end"
     if figure == "F-b3":
-        return f"<b>F-b3 scale diagram</b> — {ev}, {tv} (log colour); {_base.probe_note(ds, _KERNEL_NOTE)}; mean over seeds"
+        return f"<b>F-b3 scale diagram</b> — {ev}, {tv} (log colour); {note}; mean over seeds"
     return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seeds}; train dark, test light"
 
 

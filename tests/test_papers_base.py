@@ -356,3 +356,39 @@ def test_paper_gives_a_module_the_protocol_wrappers(toy_run, tmp_path, monkeypat
     wb.close()
     with pytest.raises(ValueError, match="cubes must hold an 'main' cube"):
         Workbench({"other": cubes["main"]})
+
+
+def test_shared_helpers_of_figure_data_controls_and_summaries():
+    from ntkbench.testing import synthetic_cube
+
+    ds = synthetic_cube((16, 64), (0, 1), (0, 10), 4)
+    ds.attrs["config"] = json.dumps({"record": {"probe": 32}, "data": {"name": "digits"}})
+    assert _base.probe_note(ds, "traced eNTK") == "traced eNTK, probe N = 32 train + 32 test, digits"
+    ds.attrs["config"] = "{}"
+    assert _base.probe_note(ds, "traced eNTK") == "traced eNTK"
+
+    ctl = _base.dim_control(ds, "width", "toggle", lambda w: f"width {w}", button_width="90px")
+    assert (ctl.name, ctl.kind, ctl.value) == ("width", "toggle", 16)
+    assert ctl.options == [("width 16", 16), ("width 64", 64)] and type(ctl.value) is int
+    assert _base.dim_control(ds, "seed").options == [0, 1]
+
+    base = {"grid": {"width": [1]}, "train": {"steps": 3}}
+    cfg = _base.with_grid(base, {"width": [4, 8]})
+    cfg["train"]["steps"] = 5
+    assert cfg["grid"] == {"width": [4, 8]} and base == {"grid": {"width": [1]}, "train": {"steps": 3}}
+
+    one_seed = ds.sel(seed=[0])
+    cubes = {"a": ds, "b": one_seed}
+    assert _base.seed_fallbacks(cubes, ("a", "b", "c"), "mean") == []
+    assert _base.seed_fallbacks(cubes, ("a", "b", "c"), 1, "mean") == ["b"]
+    with pytest.raises(ValueError, match=r"one of \[0\] \(b cube\), got 1"):
+        _base.seed_fallbacks(cubes, ("a", "b"), 1)
+    with pytest.raises(ValueError, match="missing_seed"):
+        _base.seed_fallbacks(cubes, ("a",), 0, "skip")
+    assert _base.seed_text(1, fallback=["b"]) == "seed 1 (b: mean ± std, seed 1 not run)"
+
+    change = _base.change_numbers(np.array([0.5, np.nan, -0.25]))
+    assert change == {"per_seed": [0.5, None, -0.25], "mean": None, "n_fell": 1, "n_rose": 1, "n_seeds": 3}
+    assert _base.change_numbers(0.125)["per_seed"] == [0.125]
+    assert _base.majority(change, "fell", "rose") == "mixed"
+    assert _base.majority({"n_fell": 0, "n_rose": 2, "n_seeds": 3}, "fell", "rose") == "rose"

@@ -447,3 +447,89 @@ def test_choice_literals_are_the_runtime_choices():
         assert plots.spectrum_data(ds, by=by)["lines"]["xs"]
     with pytest.raises(ValueError, match="seed must be"):
         plots.seed_mode("median", ds)
+
+
+# --------------------------------------------------------------------------- paper-figure pieces
+
+
+def test_probe_and_phase_rows_draw_every_net_on_both_probes(ds):
+    # two nets (widths), train dark and test light; columns (col, train var, test var, label, log y)
+    nets = [(ds.sel(width=16), "#1f5fa8", "w16"), (ds.sel(width=256), "#c2410c", "w256")]
+    columns = [("loss", "loss", "test_loss", "loss", True), ("acc", "accuracy", "test_accuracy", "accuracy", False)]
+    x = np.asarray(ds["step"].values, float) + 1
+    data = plots.figure_data("F-x", "header")
+    keys = plots.probe_row(data, "r", "row title", x, nets, columns, test=True, mode="mean")
+    assert keys == ["r-loss", "r-acc"]
+    lines = data["sources"]["r-loss-lines"]
+    assert lines["label"] == ["w16 train", "w16 test", "w256 train", "w256 test"]
+    np.testing.assert_allclose(lines["ys"][1], ds["test_loss"].sel(width=16).mean("seed").values)
+    assert lines["color"][1] == plots.lighten("#1f5fa8") and lines["width"] == [2.4, 1.6, 2.4, 1.6]
+    assert len(data["sources"]["r-loss-bands"]["xs"]) == 4  # mean ± std of three seeds
+    assert data["titles"] == {"r-loss": "row title", "r-acc": ""} and list(data["scales"]["r-acc"]) == [True, False]
+    only_train = plots.figure_data("F-x", "header")
+    plots.probe_row(only_train, "r", "t", x, nets, columns, test=False, mode=1)
+    assert only_train["sources"]["r-acc-lines"]["label"] == ["w16 train", "w256 train"]
+
+    phase = plots.figure_data("F-y", "header")
+    keys = plots.phase_row(
+        phase, "p", "t", nets, columns[1:], x_vars=("loss", "test_loss"), x_label="loss",
+        steps=ds["step"].values, at=2, test=True, mode="all",
+    )  # fmt: skip
+    src = phase["sources"]
+    assert keys == ["p-acc"] and set(src) == {"p-acc-lines", "p-acc-bands", "p-acc-ends", "p-acc-marker"}
+    assert len(src["p-acc-lines"]["xs"]) == 2 * 2 * len(SEEDS)  # nets × probes × seeds
+    sel = ds.sel(width=16, seed=0)
+    np.testing.assert_allclose(src["p-acc-lines"]["xs"][0], sel["loss"].values)
+    np.testing.assert_allclose(src["p-acc-lines"]["ys"][0], sel["accuracy"].values)
+    ends = src["p-acc-ends"]
+    assert ends["marker"][:2] == ["circle", "square"] and ends["label"][:2] == [
+        "w16 train step 0",
+        "w16 train step 100",
+    ]
+    assert src["p-acc-marker"]["x"][0] == float(sel["loss"].values[2]) and src["p-acc-bands"]["xs"] == []
+    phase["panels"] = [keys]
+    fig = plots.panel_grid(phase, lambda f, k: plots.trajectory_points(f, phase, k), panel_size=(300, 200), name="F-y")
+    assert _src(fig, "p-acc-ends")["marker"] == ends["marker"] and _src(fig, "p-acc-marker")["y"]
+
+
+def test_trajectories_leave_out_what_a_log_axis_cannot_show():
+    cols = plots.empty_trajectories()
+    x, y = np.array([1.0, 0.5, np.nan, 0.1]), np.array([2.0, -1.0, 3.0, 4.0])
+    plots.add_trajectories(cols, [(x, None)], [(y, None)], [0, 1, 2, 3], "#000000", "net", at=1, log_y=True)
+    assert cols["lines"]["xs"] == [[1.0, 0.1]] and cols["lines"]["ys"] == [[2.0, 4.0]]
+    assert cols["ends"]["label"] == ["net step 0", "net step 3"]
+    assert cols["marker"]["x"] == []  # step index 1 is not shown (y ≤ 0 on a log axis)
+
+
+def test_heat_maps_of_categories_in_rows_and_of_a_numeric_axis_against_steps():
+    data = plots.figure_data("F-h", "heat maps")
+    data.update(factors={"x": ["1", "2"], "y": ["a"]})
+    for key, v in (("h-q", 1.0), ("h-r", 2.0)):
+        data["sources"][f"{key}-cells"] = plots.heatmap_cells([[v, v + 1]], [1, 2], ["a"], low=0.0, high=3.0)
+        data["titles"][key] = key
+    data["panels"] = [["h-q"], ["h-r"]]
+    mappers = [plots.color_mapper(0.0, 3.0, name="m-q"), plots.color_mapper(0.0, 3.0, log=True, name="m-r")]
+    fig = plots.heatmap_rows(data, mappers, name="F-h", si_colorbar=[False, True], x_label="x", y_label="y", cell=40)
+    index = plots.figure_index(fig)
+    assert fig.name == "F-h" and index["divs"]["header"].text == "heat maps"
+    assert index["plots"]["h-r"].right and index["plots"]["h-q"].title.text == "h-q"
+    assert _src(fig, "h-r-cells")["value"] == [2.0, 3.0]
+
+    vals = np.array([[0.5, 0.3, np.nan], [0.1, 0.2, 0.7]])
+    cells = plots.step_heatmap_cells(vals, [0, 100])
+    assert cells["x"] == [1, 2, 3, 1, 2, 3] and cells["step_label"] == ["0"] * 3 + ["100"] * 3
+    assert np.isnan(cells["value"][2]) and cells["value"][5] == 0.7
+    heat, renderer = plots.step_heatmap(
+        "w", "weights", cells, plots.color_mapper(0.1, 0.7, log=True), n_x=3, steps=["0", "100"], x_label="k",
+        colorbar_title="w_k",
+    )  # fmt: skip
+    assert (heat.x_range.start, heat.x_range.end) == (0.5, 3.5) and list(heat.y_range.factors) == ["0", "100"]
+    assert renderer.data_source.name == "w-cells" and heat.right[0].title == "w_k"
+    assert heat.yaxis[0].axis_label == "step"
+
+
+def test_power_fit_line():
+    fits = {"xs": [], "ys": [], "color": [], "label": []}
+    plots.add_power_fit(fits, np.array([1.0, 10.0, 100.0]), (3.0, -0.5, 0.99), "#111111", "fit")
+    np.testing.assert_allclose(fits["ys"][0], [3.0, 3.0 / np.sqrt(10), 0.3])
+    assert fits["color"] == ["#111111"] and fits["label"] == ["fit"]

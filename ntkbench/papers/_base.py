@@ -21,8 +21,10 @@ A paper is configs → sweep → cubes → figure data → figures → summary �
   ``open_cubes``, ``figures``, ``Workbench``) once for all papers.
 - helpers of figure data and summaries: :data:`PROBE_MEASURES`, :func:`check_choice`,
   :func:`need_cube`, :func:`has_cubes`, :func:`config_of`, :func:`at_step`,
-  :func:`seed_or_mean`, :func:`seed_text`, :func:`add_seed_series`, :func:`put_lines`,
-  :func:`line_builder`, :func:`summary_head`.
+  :func:`seed_or_mean`, :func:`seed_fallbacks`, :func:`seed_text`, :func:`add_seed_series`,
+  :func:`put_lines`, :func:`line_builder`, :func:`probe_note`, :func:`dim_control`, :func:`with_grid`,
+  :func:`summary_head`, :func:`change_numbers`, :func:`majority`; the model behind a cube:
+  :func:`n_params`, :func:`tokens_per_step` and the training compute :func:`compute`.
 
 Re-exported here: :class:`Workbench` (the figures with their controls in a notebook,
 redrawn in place), :class:`RerunPanel` (rerun an experiment with chosen settings, one
@@ -37,6 +39,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -46,9 +49,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from ntkbench import cube as cube_mod
 from ntkbench._types import Spread
-from ntkbench.papers._stats import rank_correlation, ranks, strict
+from ntkbench.papers._stats import finite, rank_correlation, ranks, strict
 from ntkbench.papers._workbench import RerunPanel, Workbench, result_view
 from ntkbench.plots import FigureData as _FigureData
 
@@ -81,6 +86,15 @@ __all__ = [
     "summary_head",
     "seed_or_mean",
     "line_builder",
+    "n_params",
+    "tokens_per_step",
+    "compute",
+    "seed_fallbacks",
+    "change_numbers",
+    "majority",
+    "probe_note",
+    "with_grid",
+    "dim_control",
 ]
 
 Cubes = Mapping[str, Any]
@@ -328,14 +342,18 @@ def has_cubes(*names: str) -> Callable[[Cubes], bool]:
     return lambda cubes: all(n in cubes for n in names)
 
 
-def seed_text(seed: Any, band: str = "mean ± std over seeds", unit: str = "seed") -> str:
+def seed_text(seed: Any, band: str = "mean ± std over seeds", unit: str = "seed", fallback: Sequence[str] = ()) -> str:
     """How a figure's header names its ``seed`` setting: the band of ``"mean"``, every
-    ``unit`` for ``"all"``, else the one ``unit`` drawn.
+    ``unit`` for ``"all"``, else the one ``unit`` drawn, and then the experiments of
+    ``fallback`` shown as the mean because they lack it (:func:`seed_fallbacks`).
 
     >>> seed_text("mean"), seed_text("all", unit="repeat"), seed_text(3)
     ('mean ± std over seeds', 'every repeat', 'seed 3')
+    >>> seed_text(3, fallback=["cnn"])
+    'seed 3 (cnn: mean ± std, seed 3 not run)'
     """
-    return {"mean": band, "all": f"every {unit}"}.get(seed, f"{unit} {seed}")
+    text = {"mean": band, "all": f"every {unit}"}.get(seed, f"{unit} {seed}")
+    return text + (f" ({', '.join(fallback)}: mean ± std, {unit} {seed} not run)" if fallback else "")
 
 
 def seed_or_mean(cubes: Cubes, exp: str, seed: Any) -> Any:
@@ -345,6 +363,43 @@ def seed_or_mean(cubes: Cubes, exp: str, seed: Any) -> Any:
     if seed in ("mean", "all") or exp not in cubes or "seed" not in cubes[exp].dims:
         return seed
     return seed if seed in cubes[exp]["seed"].values.tolist() else "mean"
+
+
+@functools.cache
+def _model_info(model_json: str, data_json: str) -> tuple[int, int]:
+    """(parameters, sequence length) of the model and data a run config builds (shapes
+    only, no random draws)."""
+    from ntkbench.data import load
+    from ntkbench.models import count_config_params
+
+    data = json.loads(data_json)
+    options = {k: v for k, v in data.items() if k not in ("name", "n_train", "n_test", "seed")}
+    ds = load(data["name"], 1, 0, seed=0, **options)
+    n = count_config_params(json.loads(model_json), in_shape=ds.in_shape, out_size=ds.n_outputs)
+    return n, int(ds.in_shape[0]) if ds.task == "next_token" else 1
+
+
+def _info(ds: Any, width: int) -> tuple[int, int]:
+    cfg = config_of(ds)
+    model = {**cfg.get("model", {}), "width": int(width)}
+    return _model_info(json.dumps(model, sort_keys=True), json.dumps(cfg.get("data", {}), sort_keys=True))
+
+
+def n_params(ds: Any, width: int) -> int:
+    """Parameters of the cube's model at ``width`` (every parameter: embeddings included)."""
+    return _info(ds, width)[0]
+
+
+def tokens_per_step(ds: Any, width: int) -> int:
+    """Training tokens per optimizer step: batch size × sequence length."""
+    batch = config_of(ds).get("train", {}).get("batch_size", 1)
+    return int(batch) * _info(ds, width)[1]
+
+
+def compute(ds: Any, width: int) -> np.ndarray:
+    """Training compute 6·N·D (FLOPs) at every recorded step of width ``width``: N the
+    model's parameters, D the tokens seen (step × batch × sequence length)."""
+    return 6.0 * n_params(ds, width) * tokens_per_step(ds, width) * np.asarray(ds["step"].values, float)
 
 
 def put_lines(data: Any, key: str, lines: Any, bands: Any) -> None:
@@ -373,6 +428,85 @@ def add_seed_series(
 
     traces = plots.seed_traces(da, plots.seed_mode(seed, da), spread=spread)
     plots.add_series(lines, bands, x, traces, color, label, log_x=log_x, log_y=log_y)
+
+
+def probe_note(ds: Any, kernel_note: str) -> str:
+    """A header's note on a cube's probe: ``kernel_note`` (what the kernel is), the probe
+    sizes (``probe N = P train + P test``: a train and a test probe of the config's
+    ``record.probe``) and the data set's name, those the cube's config holds, comma-separated."""
+    cfg = config_of(ds)
+    probe, data = cfg.get("record", {}).get("probe"), cfg.get("data", {}).get("name")
+    parts = [kernel_note]
+    if probe:
+        parts.append(f"probe N = {probe} train + {probe} test")
+    if data:
+        parts.append(str(data))
+    return ", ".join(parts)
+
+
+def with_grid(base: Mapping[str, Any], grid: Mapping[str, list]) -> dict[str, Any]:
+    """A deep copy of sweep config ``base`` with the grid ``grid`` (``{axis: values}``)."""
+    cfg = copy.deepcopy(dict(base))
+    cfg["grid"] = grid
+    return cfg
+
+
+def dim_control(ds: Any, dim: str, kind: str = "dropdown", label: Callable[[Any], str] | None = None, **kw: Any) -> Any:
+    """A :class:`ntkbench.widgets.Control` named ``dim`` choosing one value of the cube's
+    dim ``dim`` (default the first), each shown as ``label(value)`` (None: the value);
+    ``kw`` as for the control (``button_width``, ``description``, ...)."""
+    from ntkbench.widgets import Control
+
+    values = ds[dim].values.tolist()
+    options = values if label is None else [(label(v), v) for v in values]
+    return Control(dim, kind, values[0], options, **kw)
+
+
+def seed_fallbacks(cubes: Cubes, names: Sequence[str], seed: Any, missing_seed: str = "error") -> list[str]:
+    """The experiments of ``names`` in ``cubes`` whose cube lacks the single ``seed`` asked
+    for (none for ``"mean"`` / ``"all"``). With ``missing_seed="mean"`` a figure shows them
+    as the mean over their own seeds (a paper's experiments may differ in seeds); with
+    ``"error"`` a missing seed raises ``ValueError`` naming ``seed`` and the cube."""
+    if missing_seed not in ("error", "mean"):
+        raise ValueError(f"missing_seed must be 'error' or 'mean', got {missing_seed!r}")
+    if seed in ("mean", "all"):
+        return []
+    present = [a for a in names if a in cubes]
+    missing = [a for a in present if "seed" in cubes[a].dims and seed not in cubes[a]["seed"].values.tolist()]
+    if missing and missing_seed == "error":
+        held = cubes[missing[0]]["seed"].values.tolist()
+        raise ValueError(f"seed must be 'mean', 'all' or one of {held} ({missing[0]} cube), got {seed!r}")
+    return missing
+
+
+def change_numbers(delta: Any) -> dict[str, Any]:
+    """A measure's change over training as a summary holds it: ``per_seed`` (to 4 decimals,
+    None where not finite), ``mean``, ``n_fell`` / ``n_rose`` (seeds where it fell / rose) and
+    ``n_seeds``; ``delta`` holds the change per seed (a scalar: one seed).
+
+    >>> change_numbers(np.array([-0.5, 0.25, -0.125]))
+    {'per_seed': [-0.5, 0.25, -0.125], 'mean': -0.125, 'n_fell': 2, 'n_rose': 1, 'n_seeds': 3}
+    """
+    delta = np.atleast_1d(delta)
+    return {
+        "per_seed": [finite(v) for v in delta],
+        "mean": finite(np.mean(delta)),
+        "n_fell": int((delta < 0).sum()),
+        "n_rose": int((delta > 0).sum()),
+        "n_seeds": int(delta.size),
+    }
+
+
+def majority(change: Mapping[str, Any], fell: str, rose: str, neither: str = "mixed") -> str:
+    """What most seeds of :func:`change_numbers` did: ``fell`` where more than half fell,
+    ``rose`` where more than half rose, else ``neither``.
+
+    >>> majority({"n_fell": 2, "n_rose": 1, "n_seeds": 3}, "compression", "structure formation")
+    'compression'
+    """
+    if change["n_fell"] > change["n_seeds"] / 2:
+        return fell
+    return rose if change["n_rose"] > change["n_seeds"] / 2 else neither
 
 
 def line_builder(panel_size: tuple[int, int], doc: str, legend_location: str | None = None) -> Callable[..., Any]:

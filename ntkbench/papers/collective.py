@@ -41,7 +41,6 @@ Running them is not a doctest: it trains for minutes.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -52,7 +51,7 @@ import numpy as np
 from ntkbench import cube as cube_mod
 from ntkbench import plots
 from ntkbench.papers import _base, _stats
-from ntkbench.papers._base import FigureSpec, check_choice, config_of, put_lines, seed_text
+from ntkbench.papers._base import FigureSpec, check_choice, config_of, seed_text
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
@@ -122,12 +121,6 @@ def _mlp_base(n_train: int, n_test: int, probe: int, steps: int, lr: float, log_
     }
 
 
-def _with_grid(base: dict[str, Any], grid: dict[str, list]) -> dict[str, Any]:
-    cfg = copy.deepcopy(base)
-    cfg["grid"] = grid
-    return cfg
-
-
 def _mlp_pair(
     base: dict[str, Any],
     widths: list[int],
@@ -140,8 +133,8 @@ def _mlp_pair(
     # same grid key order in both, so shared grid points map to the same run file
     acts = ["relu", "tanh"]
     return {
-        "mlp": _with_grid(base, {"activation": acts, "depth": depths, "width": widths, "seed": seeds}),
-        "scale": _with_grid(
+        "mlp": _base.with_grid(base, {"activation": acts, "depth": depths, "width": widths, "seed": seeds}),
+        "scale": _base.with_grid(
             base, {"activation": acts, "depth": scale_depths, "width": scale_widths, "seed": scale_seeds}
         ),
     }
@@ -238,8 +231,12 @@ save_cubes = cube_mod.save_many
 # =========================================================================== shared by the figures
 
 
+#: activation -> its label (the RerunPanel offers these)
+_ACTIVATIONS = {"relu": "ReLU", "tanh": "tanh"}
+
+
 def _label_act(a: str) -> str:
-    return {"relu": "ReLU", "tanh": "tanh"}.get(str(a), str(a))
+    return _ACTIVATIONS.get(str(a), str(a))
 
 
 def _arch_label(act: str, width: int, depth: int) -> str:
@@ -276,23 +273,18 @@ def _b1_pairs(ds: Any, width: int | None, depth: int | None, activation: str) ->
     return {row: list(dict.fromkeys(cfgs)) for row, cfgs in pairs.items()}
 
 
+def _nets(ds: Any, nets: Sequence[tuple[str, int, int]]) -> list[tuple[Any, str, str]]:
+    """The (cube selection, colour, label) of each net of an F-b1 / F-b2 row (one or two)."""
+    pairs = zip(nets, _PAIR, strict=False)
+    return [(ds.sel(activation=a, width=w, depth=d), color, _arch_label(a, w, d)) for (a, w, d), color in pairs]
+
+
 def _column_vars(col: str, entropy: str, trace: str) -> tuple[str, str, str]:
     if col == "loss":
         return "loss", "test_loss", "loss (cross-entropy)"
     if col == "entropy":
         return ENTROPY_VARIANTS[entropy]
     return TRACE_VARIANTS[trace]
-
-
-def _probe_note(ds: Any) -> str:
-    cfg = config_of(ds)
-    probe, data = cfg.get("record", {}).get("probe"), cfg.get("data", {}).get("name")
-    parts = [_KERNEL_NOTE]
-    if probe:
-        parts.append(f"probe N = {probe} train + {probe} test")
-    if data:
-        parts.append(str(data))
-    return ", ".join(parts)
 
 
 def _row_title(figure: str, row: str, a: tuple, b: tuple) -> str:
@@ -313,48 +305,21 @@ def _header(figure: str, ds: Any, entropy: str, trace: str, seed: Any = "mean", 
     shown as the mean because they lack ``seed`` (:func:`b4_seed_fallbacks`)."""
     ev, tv = ENTROPY_VARIANTS[entropy][2], TRACE_VARIANTS[trace][2]
     band = "mean over seeds" if figure == "F-b2" else "mean ± std over seeds"
-    seeds = seed_text(seed, band)
-    if fallback:
-        seeds += f" ({', '.join(fallback)}: mean ± std, seed {seed} not run)"
+    seeds = seed_text(seed, band, fallback=fallback)
+    note = "" if ds is None else _base.probe_note(ds, _KERNEL_NOTE)
     if figure == "F-b1":
-        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {_probe_note(ds)}; {seeds}; train dark, test light"
+        return f"<b>F-b1 time evolution</b> — {ev}, {tv}; {note}; {seeds}; train dark, test light"
     if figure == "F-b2":
-        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {_probe_note(ds)}; {seeds}; ○ start, □ end"
+        return f"<b>F-b2 phase plots</b> — {ev} and {tv} vs loss; {note}; {seeds}; ○ start, □ end"
     if figure == "F-b3":
-        return f"<b>F-b3 scale diagram</b> — {ev}, {tv} (log colour); {_probe_note(ds)}; mean over seeds"
+        return f"<b>F-b3 scale diagram</b> — {ev}, {tv} (log colour); {note}; mean over seeds"
     return f"<b>F-b4 other architectures</b> — {ev}, {tv}; {_KERNEL_NOTE}; {seeds}; train dark, test light"
 
 
-def _step_row(
-    data: FigureData,
-    prefix: str,
-    title: str,
-    x: np.ndarray,
-    nets: Sequence[tuple[Any, str, str]],
-    *,
-    entropy: str,
-    trace: str,
-    test: bool,
-    mode: Any,
-) -> list[str]:
-    """One row of F-b1 / F-b4: the panels ``"{prefix}-{col}"`` for loss, entropy and
-    trace against step + 1, each with a line (and band) per net of ``nets`` -- (cube
-    selection, colour, label) -- for the train probe (dark) and, with ``test``, the test
-    probe (light); ``title`` on the first panel. Returns the panel names."""
-    keys = []
-    for j, col in enumerate(_COLUMNS):
-        key = f"{prefix}-{col}"
-        v_train, v_test, ylab = _column_vars(col, entropy, trace)
-        lines, bands = plots.empty_lines(), plots.empty_bands()
-        log_y = col in ("loss", "trace")
-        for sel, color, label in nets:
-            for var, probe in ((v_train, "train"), (v_test, "test"))[: 2 if test else 1]:
-                traces = plots.seed_traces(sel[var], mode)
-                plots.add_series(lines, bands, x, traces, color, f"{label} {probe}", light=probe == "test", log_y=log_y)
-        put_lines(data, key, lines, bands)
-        plots.set_panel(data, key, title if j == 0 else "", "step + 1", ylab, log_x=True, log_y=log_y)
-        keys.append(key)
-    return keys
+def _columns(entropy: str, trace: str) -> list[tuple[str, str, str, str, bool]]:
+    """The columns of an F-b1 / F-b4 row (:func:`ntkbench.plots.probe_row`): loss,
+    entropy and trace against step + 1, loss and trace on a log y axis."""
+    return [(col, *_column_vars(col, entropy, trace), col in ("loss", "trace")) for col in _COLUMNS]
 
 
 # =========================================================================== F-b1
@@ -382,12 +347,10 @@ def fig_b1_data(
     data = plots.figure_data("F-b1", _header("F-b1", ds, entropy, trace, seed))
     data["spans"] = {}
     for row, nets in pairs.items():
-        series = [
-            (ds.sel(activation=a, width=w, depth=d), color, _arch_label(a, w, d))
-            for (a, w, d), color in zip(nets, _PAIR, strict=False)
-        ]  # one or two nets
         title = _row_title("F-b1", row, nets[0], nets[-1])
-        keys = _step_row(data, f"b1-{row}", title, x, series, entropy=entropy, trace=trace, test=test, mode=mode)
+        keys = plots.probe_row(
+            data, f"b1-{row}", title, x, _nets(ds, nets), _columns(entropy, trace), test=test, mode=mode
+        )
         for key in keys:
             data["spans"][f"{key}-marker"] = None if step_marker is None else step_marker + 1
         data["panels"].append(keys)
@@ -446,55 +409,19 @@ def fig_b2_data(
     k = None if step is None else int(np.abs(steps - step).argmin())
     data = plots.figure_data("F-b2", _header("F-b2", ds, entropy, trace, seed))
     for row, nets in pairs.items():
-        keys = []
-        for j, col in enumerate(("entropy", "trace")):
-            key = f"b2-{row}-{col}"
-            v_train, v_test, ylab = _column_vars(col, entropy, trace)
-            lines = plots.empty_lines()
-            ends: dict[str, list] = {"x": [], "y": [], "color": [], "marker": [], "label": []}
-            marker: dict[str, list] = {"x": [], "y": [], "color": []}
-            for (act, w, d), color in zip(nets, _PAIR, strict=False):  # one or two nets
-                sel = ds.sel(activation=act, width=w, depth=d)
-                name = _arch_label(act, w, d)
-                probes = [("train", "loss", v_train, False)] + ([("test", "test_loss", v_test, True)] if test else [])
-                for probe, lv, yv, light in probes:
-                    col_hex = plots.lighten(color) if light else color
-                    for (xl, _), (yl, _) in zip(
-                        plots.seed_traces(sel[lv], mode), plots.seed_traces(sel[yv], mode), strict=True
-                    ):
-                        ok = plots.finite_mask(xl, yl, True, col == "trace")
-                        if not ok.any():
-                            continue
-                        lines["xs"].append(xl[ok].tolist())
-                        lines["ys"].append(yl[ok].tolist())
-                        lines["color"].append(col_hex)
-                        lines["label"].append(f"{name} {probe}")
-                        lines["width"].append(1.6 if light else 2.4)
-                        lines["alpha"].append(0.95)
-                        idx = np.flatnonzero(ok)
-                        for i, mk in ((idx[0], "circle"), (idx[-1], "square")):
-                            ends["x"].append(float(xl[i]))
-                            ends["y"].append(float(yl[i]))
-                            ends["color"].append(col_hex)
-                            ends["marker"].append(mk)
-                            ends["label"].append(f"{name} {probe} step {int(steps[i])}")
-                        if k is not None and ok[k]:
-                            marker["x"].append(float(xl[k]))
-                            marker["y"].append(float(yl[k]))
-                            marker["color"].append(col_hex)
-            data["sources"].update(
-                {
-                    f"{key}-lines": lines,
-                    f"{key}-bands": plots.empty_bands(),
-                    f"{key}-ends": ends,
-                    f"{key}-marker": marker,
-                }
-            )
-            title = _row_title("F-b2", row, nets[0], nets[-1]) if j == 0 else ""
-            plots.set_panel(
-                data, key, title, "loss (log, inverted: time runs →)", ylab, log_x=True, log_y=col == "trace"
-            )
-            keys.append(key)
+        keys = plots.phase_row(
+            data,
+            f"b2-{row}",
+            _row_title("F-b2", row, nets[0], nets[-1]),
+            _nets(ds, nets),
+            _columns(entropy, trace)[1:],  # entropy and trace against the loss
+            x_vars=("loss", "test_loss"),
+            x_label="loss (log, inverted: time runs →)",
+            steps=steps,
+            at=k,
+            test=test,
+            mode=mode,
+        )
         data["panels"].append(keys)
         data["legend"].append(keys[1])
     return data
@@ -502,17 +429,12 @@ def fig_b2_data(
 
 def build_b2(data: FigureData, panel_size: tuple[int, int] = (380, 260)) -> Any:
     """The F-b2 layout of :func:`fig_b2_data`'s figure data."""
-    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.models import HoverTool
 
     def draw(fig: Any, key: str) -> None:
         legend = key in data["legend"]
         r = plots.lines_and_bands(fig, data, key, legend)
-        ends = ColumnDataSource(dict(data["sources"][f"{key}-ends"]), name=f"{key}-ends")
-        fig.scatter(
-            "x", "y", source=ends, marker="marker", size=7, fill_color="white", line_color="color", line_width=1.5
-        )
-        mk = ColumnDataSource(dict(data["sources"][f"{key}-marker"]), name=f"{key}-marker")
-        fig.scatter("x", "y", source=mk, size=9, color="color", line_color="black")
+        plots.trajectory_points(fig, data, key)  # start, end and the chosen step
         fig.x_range.flipped = True
         fig.add_tools(HoverTool(renderers=[r], tooltips=[("", "@label")]))
         plots.panel_style(fig, legend=legend, beside="right")  # phase trajectories fill every corner
@@ -634,35 +556,24 @@ def fig_b3_data(
 def build_b3(data: FigureData, cell: int = 62) -> Any:
     """The F-b3 layout of :func:`fig_b3_data`'s figure data: a row of heat maps per
     quantity, the colour bar beside the last."""
-    from bokeh.layouts import column, row
+    qs = data["layout"][1]  # a row of heat maps per quantity
 
-    rows = []
-    for q, keys in zip(data["layout"][1], data["panels"], strict=True):  # a row of heat maps per quantity
-        log = B3_QUANTITIES[q][1]
+    def mapper(q: str) -> Any:
         lo, hi = data["ranges"][f"b3-{q}-mapper"]
-        mapper = plots.color_mapper(lo, hi, log=log, diverging=q == "dS", name=f"b3-{q}-mapper")
-        figs = [
-            plots.category_heatmap(
-                key,
-                data["titles"][key],
-                data["sources"][f"{key}-cells"],
-                mapper,
-                x_factors=data["factors"]["x"],
-                y_factors=data["factors"]["y"],
-                x_label="width",
-                y_label="depth (hidden layers)",
-                x_field="width_label",
-                y_field="depth_label",
-                tooltips=[("width", "@width"), ("depth", "@depth"), (q, "@value{%0.4g}")],
-                cell=cell,
-                colorbar=i == len(keys) - 1,
-                si_colorbar=log,
-            )
-            for i, key in enumerate(keys)
-        ]
-        rows.append(row(*figs))
-    head = plots.header(data["header"], sum(f.width for f in rows[0].children) if rows else 600)
-    return column(head, *rows, name="F-b3")
+        return plots.color_mapper(lo, hi, log=B3_QUANTITIES[q][1], diverging=q == "dS", name=f"b3-{q}-mapper")
+
+    return plots.heatmap_rows(
+        data,
+        [mapper(q) for q in qs],
+        name="F-b3",
+        tooltips=[[("width", "@width"), ("depth", "@depth"), (q, "@value{%0.4g}")] for q in qs],
+        si_colorbar=[B3_QUANTITIES[q][1] for q in qs],
+        x_label="width",
+        y_label="depth (hidden layers)",
+        x_field="width_label",
+        y_field="depth_label",
+        cell=cell,
+    )
 
 
 def fig_b3(
@@ -697,17 +608,8 @@ def b4_seed_fallbacks(cubes: Mapping[str, Any], seed: Any, missing_seed: str = "
     """Architectures of F-b4 whose cube lacks the single ``seed`` asked for. With
     ``missing_seed="mean"`` they show the mean over their own seeds instead (the Workbench
     offers the MLP sweep's seeds, which may be more); with ``"error"`` a missing seed raises
-    ``ValueError`` naming ``seed``."""
-    if missing_seed not in ("error", "mean"):
-        raise ValueError(f"missing_seed must be 'error' or 'mean', got {missing_seed!r}")
-    if seed in ("mean", "all"):
-        return []
-    archs = [a for a in ("transformer", "cnn") if a in cubes]
-    missing = [a for a in archs if "seed" in cubes[a].dims and seed not in cubes[a]["seed"].values.tolist()]
-    if missing and missing_seed == "error":
-        held = cubes[missing[0]]["seed"].values.tolist()
-        raise ValueError(f"seed must be 'mean', 'all' or one of {held} ({missing[0]} cube), got {seed!r}")
-    return missing
+    ``ValueError`` naming ``seed`` (:func:`ntkbench.papers._base.seed_fallbacks`)."""
+    return _base.seed_fallbacks(cubes, ("transformer", "cnn"), seed, missing_seed)
 
 
 def _arch_title(arch: str, ds: Any) -> str:
@@ -752,7 +654,7 @@ def fig_b4_data(
             for d, color in zip(depths, itertools.cycle(_DEPTH_COLORS), strict=False)
         ]
         title = _arch_title(arch, cubes[arch])
-        keys = _step_row(data, f"b4-{arch}", title, x, series, entropy=entropy, trace=trace, test=test, mode=mode)
+        keys = plots.probe_row(data, f"b4-{arch}", title, x, series, _columns(entropy, trace), test=test, mode=mode)
         data["panels"].append(keys)
         data["legend"].append(keys[0])
     if not data["panels"]:
@@ -794,15 +696,9 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     seeds = [int(s) for s in mlp["seed"].values] if "seed" in mlp.dims else []
     scale_steps = [int(s) for s in scale["step"].values]
     return [
-        Control(
-            "activation",
-            "toggle",
-            str(mlp["activation"].values[0]),
-            [(_label_act(a), str(a)) for a in mlp["activation"].values],
-            button_width="70px",
-        ),
-        Control("width", "dropdown", int(mlp["width"].values[0]), [int(v) for v in mlp["width"].values]),
-        Control("depth", "dropdown", int(mlp["depth"].values[0]), [int(v) for v in mlp["depth"].values]),
+        _base.dim_control(mlp, "activation", "toggle", _label_act, button_width="70px"),
+        _base.dim_control(mlp, "width"),
+        _base.dim_control(mlp, "depth"),
         seed_control(seeds),
         Control("test", "checkbox", True, description="test probe (light)"),
         Control("entropy", "toggle", "S", [("S [nat]", "S"), ("S / ln N", "S/lnN")], button_width="80px"),
@@ -850,12 +746,7 @@ FIGURES: list[FigureSpec] = [
 def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
     """The settings ``reproduce`` draws the figures at: the controls' defaults, no step
     marker, and F-b3 with four quantities (S(0), Tr K(0), final test loss, ΔS at the end)."""
-    return {
-        **_base.settings_of(controls(cubes)),
-        "step": None,
-        "b3_step": None,
-        "quantity": ("S0", "TrK0", "final_test_loss", "dS"),
-    }
+    return {**_paper.defaults(cubes), "b3_step": None, "quantity": ("S0", "TrK0", "final_test_loss", "dS")}
 
 
 # =========================================================================== summary
@@ -885,15 +776,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
                 sel = mlp.sel(activation=act, depth=d, width=w)
                 key = f"{act} {w}x{d}"
                 for var, dest in (("entropy", entropy_change), ("test_entropy", test_entropy_change)):
-                    delta = (sel[var].isel(step=-1) - sel[var].isel(step=0)).values
-                    delta = np.atleast_1d(delta)
-                    dest[key] = {
-                        "per_seed": [_stats.finite(v) for v in delta],
-                        "mean": _stats.finite(np.mean(delta)),
-                        "n_fell": int((delta < 0).sum()),
-                        "n_rose": int((delta > 0).sum()),
-                        "n_seeds": int(delta.size),
-                    }
+                    dest[key] = _base.change_numbers((sel[var].isel(step=-1) - sel[var].isel(step=0)).values)
                 kernel_change[key] = {
                     "kernel_distance_init": _stats.finite(sel["kernel_distance_init"].isel(step=-1).mean(), 5),
                     "relative_change_init": _stats.finite(sel["relative_change_init"].isel(step=-1).mean()),
@@ -960,13 +843,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     for key, v in summary["entropy_change"].items():
         t = summary["test_entropy_change"][key]
         kc = summary["kernel_change"][key]
-        verdict = (
-            "compression"
-            if v["n_fell"] > v["n_seeds"] / 2
-            else "structure formation"
-            if v["n_rose"] > v["n_seeds"] / 2
-            else "mixed"
-        )
+        verdict = _base.majority(v, "compression", "structure formation")
         lines.append(
             f"  {key:<12} dS mean {fmt(v['mean'], '+.3f')} (test {fmt(t['mean'], '+.3f')}); fell in {v['n_fell']}/{v['n_seeds']} seeds, "
             f"rose in {v['n_rose']}/{v['n_seeds']} -> {verdict}; kernel distance {fmt(kc['kernel_distance_init'], '.4f')}, "
@@ -1054,18 +931,12 @@ class RerunPanel(_base.RerunPanel):
         probe: int = 200,
         n_train: int = 500,
     ):
+        acts = [(label, a) for a, label in _ACTIVATIONS.items()]
         ctls = [
             int_list_control("widths", widths),
             int_list_control("depths", depths),
             int_list_control("seeds", seeds),
-            Control(
-                "activations",
-                "multiple",
-                tuple(activations),
-                [("ReLU", "relu"), ("tanh", "tanh")],
-                description="activation",
-                rows=2,
-            ),
+            Control("activations", "multiple", tuple(activations), acts, description="activation", rows=2),
             Control("n_train", "int", n_train, description="train N", bounds=(2, 1500)),
             Control("steps", "int", steps, bounds=(1, 100_000)),
             Control("lr", "float", lr, description="SGD lr", bounds=(1e-5, 10.0)),

@@ -42,8 +42,6 @@ Running them trains for minutes, so not as a doctest:
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -165,41 +163,9 @@ open_cubes, figures, defaults = _paper.open_cubes, _paper.figures, _paper.defaul
 # =========================================================================== shared by the figures
 
 
-@functools.cache
-def _model_info(model_json: str, data_json: str) -> tuple[int, int]:
-    """(parameters, sequence length) of the model and data a run config builds (shapes
-    only, no random draws)."""
-    from ntkbench.data import load
-    from ntkbench.models import count_config_params
-
-    data = json.loads(data_json)
-    options = {k: v for k, v in data.items() if k not in ("name", "n_train", "n_test", "seed")}
-    ds = load(data["name"], 1, 0, seed=0, **options)
-    n = count_config_params(json.loads(model_json), in_shape=ds.in_shape, out_size=ds.n_outputs)
-    return n, int(ds.in_shape[0]) if ds.task == "next_token" else 1
-
-
-def _info(ds: Any, width: int) -> tuple[int, int]:
-    cfg = config_of(ds)
-    model = {**cfg.get("model", {}), "width": int(width)}
-    return _model_info(json.dumps(model, sort_keys=True), json.dumps(cfg.get("data", {}), sort_keys=True))
-
-
-def n_params(ds: Any, width: int) -> int:
-    """Parameters of the cube's model at ``width`` (every parameter: embeddings included)."""
-    return _info(ds, width)[0]
-
-
-def tokens_per_step(ds: Any, width: int) -> int:
-    """Training tokens per optimizer step: batch size × sequence length."""
-    batch = config_of(ds).get("train", {}).get("batch_size", 1)
-    return int(batch) * _info(ds, width)[1]
-
-
-def compute(ds: Any, width: int) -> np.ndarray:
-    """Training compute 6·N·D (FLOPs) at every recorded step of width ``width``: N the
-    model's parameters, D the tokens seen (step × batch × sequence length)."""
-    return 6.0 * n_params(ds, width) * tokens_per_step(ds, width) * np.asarray(ds["step"].values, float)
+#: the model behind a cube (:mod:`ntkbench.papers._base`): parameters, training tokens per
+#: step and the training compute 6·N·D at every recorded step of a width
+n_params, tokens_per_step, compute = _base.n_params, _base.tokens_per_step, _base.compute
 
 
 def median_index(weights: Any) -> np.ndarray:
@@ -242,15 +208,6 @@ def _fit_mask(steps: np.ndarray, fit_from: float) -> np.ndarray:
     return (steps >= max(1.0, fit_from * float(steps.max()))) & (steps >= 1)
 
 
-def _add_fit(fits: dict[str, list], x: np.ndarray, f: tuple[float, float, float], color: str, label: str) -> None:
-    """Add the dashed line of the power-law fit ``f = (a, b, r2)``, ``a·x^b``, to F-d1's fits."""
-    a, b, _ = f
-    fits["xs"].append(x.tolist())
-    fits["ys"].append((a * x**b).tolist())
-    fits["color"].append(color)
-    fits["label"].append(label)
-
-
 # =========================================================================== F-d1
 
 
@@ -288,13 +245,13 @@ def fig_d1_data(
                 f = _stats.power_fit(c[fit_at], mean[fit_at])
                 if f is not None:
                     label += f": b = {f[1]:+.3f}, R² {f[2]:.2f}"
-                    _add_fit(fits, c[fit_at], f, colors[w], label)
+                    plots.add_power_fit(fits, c[fit_at], f, colors[w], label)
             plots.add_series(lines, bands, c, traces, colors[w], label, log_y=log_y)
         put_lines(data, key, lines, bands)
     fx, fy = _stats.frontier(curves) if curves else (np.array([]), np.array([]))
     f = _stats.power_fit(fx, fy)
     if f is not None:
-        _add_fit(fits, fx, f, "#111111", f"frontier: b = {f[1]:+.3f}, R² {f[2]:.2f}")
+        plots.add_power_fit(fits, fx, f, "#111111", f"frontier: b = {f[1]:+.3f}, R² {f[2]:.2f}")
     data["sources"]["d1-loss-fits"] = fits
     plots.set_panel(
         data,
@@ -514,13 +471,6 @@ def fig_d4_data(
     vals = np.where(vals > 0, vals, np.nan)
     low, high = plots.color_range(vals, log=True)
     low = max(low, high * 1e-8)  # the floor of round-off weights
-    cells: dict[str, list] = {"x": [], "step": [], "step_label": [], "value": []}
-    for i, s in enumerate(steps):
-        for k in range(n_eig):
-            cells["x"].append(k + 1)
-            cells["step"].append(s)
-            cells["step_label"].append(str(s))
-            cells["value"].append(float(vals[i, k]))
     med = median_index(np.nan_to_num(np.asarray(wk.transpose("step", "eigen_index").values, float)))
     lam = sub["eigenvalues"].isel(step=-1)
     lam = np.asarray(_stats.seed_mean(lam).values, float)
@@ -535,7 +485,7 @@ def fig_d4_data(
             else ""
         ),
     )
-    data["sources"]["d4-weights-cells"] = cells
+    data["sources"]["d4-weights-cells"] = plots.step_heatmap_cells(vals, steps)
     data["sources"]["d4-weights-median"] = {"x": (med + 1).tolist(), "step_label": [str(s) for s in steps]}
     data["ranges"] = {"d4-mapper": [low, high]}
     data["layout"] = {"name": "F-d4", "steps": [str(s) for s in steps], "n_eig": n_eig}
@@ -576,38 +526,24 @@ def build_d4(data: FigureData) -> Any:
     """The F-d4 layout: the w_k heat map with its colour bar and median line, and the χ_pos
     panel."""
     from bokeh.layouts import column, row
-    from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, Range1d, Span
-    from bokeh.plotting import figure
+    from bokeh.models import ColumnDataSource, Span
 
-    steps = list(data["layout"]["steps"])
-    n_eig = int(data["layout"]["n_eig"])
     lo, hi = data["ranges"]["d4-mapper"]
-    mapper = plots.color_mapper(lo, hi, log=True, name="d4-mapper")
-    fig: Any = figure(
-        title=data["titles"]["d4-weights"],
-        x_range=Range1d(start=0.5, end=n_eig + 0.5),
-        y_range=FactorRange(factors=steps),
-        x_axis_label=data["x_labels"]["d4-weights"],
-        y_axis_label=data["y_labels"]["d4-weights"],
-        width=560,
-        height=380,
-        tools="save,pan,wheel_zoom,reset",
-        name="d4-weights",
-    )
-    cells = ColumnDataSource(dict(data["sources"]["d4-weights-cells"]), name="d4-weights-cells")
-    heat = fig.rect(
-        "x", "step_label", 1, 1, source=cells, fill_color={"field": "value", "transform": mapper}, line_color=None
+    fig, _ = plots.step_heatmap(
+        "d4-weights",
+        data["titles"]["d4-weights"],
+        data["sources"]["d4-weights-cells"],
+        plots.color_mapper(lo, hi, log=True, name="d4-mapper"),
+        n_x=int(data["layout"]["n_eig"]),
+        steps=list(data["layout"]["steps"]),
+        x_label=data["x_labels"]["d4-weights"],
+        y_label=data["y_labels"]["d4-weights"],
+        tooltips=[("k", "@x"), ("step", "@step_label"), ("w_k", "@value{%0.3g}")],
+        colorbar_title="w_k",
     )
     med = ColumnDataSource(dict(data["sources"]["d4-weights-median"]), name="d4-weights-median")
     fig.line("x", "step_label", source=med, line_color="white", line_width=2)
     fig.scatter("x", "step_label", source=med, color="white", size=6, line_color="black")
-    fig.add_tools(
-        HoverTool(
-            renderers=[heat],
-            tooltips=[("k", "@x"), ("step", "@step_label"), ("w_k", "@value{%0.3g}")],
-            formatters={"@value": "printf"},
-        )
-    )
     rank = data["spans"]["d4-weights-rank"]
     fig.add_layout(
         Span(
@@ -620,10 +556,6 @@ def build_d4(data: FigureData) -> Any:
             visible=rank is not None,
         )
     )
-    fig.add_layout(ColorBar(color_mapper=mapper, width=12, title="w_k"), "right")
-    plots.style(fig)
-    fig.title.text_font_size = "11pt"
-    fig.grid.grid_line_color = None
     log_x, log_y = data["scales"]["d4-pos"]
     pos = plots.panel(
         "d4-pos",
@@ -836,11 +768,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"  largest model ends with lower loss: {s['largest_lower_loss']}; with lower χ_pos (reported, not claimed "
             f"at this scale): {s['largest_lower_pos']}"
         )
-        lines.append(
+        lines += [
             f"  identity ‖∇L‖² = χ_loss·χ_net·χ_pos: largest relative error {s['identity_max_rel_error']}; "
-            f"Hutchinson χ_net relative standard error up to {s['chi_net_rel_se_max']}"
-        )
-        lines.append("")
+            f"Hutchinson χ_net relative standard error up to {s['chi_net_rel_se_max']}",
+            "",
+        ]
     if "rf" in summary:
         r = summary["rf"]
         lines.append(

@@ -32,8 +32,13 @@ The package holds one idea per private module; every public name is re-exported 
   :class:`FigureData`, :func:`figure_data`, :func:`set_panel`, :func:`apply`,
   :func:`layout_key`, :func:`figure_index`, :func:`check_figure_data`.
 - ``_panels``: the pieces paper figures are made of -- :func:`seed_traces`,
-  :func:`add_series`, :func:`panel_grid`, :func:`line_grid`, step markers, the header,
-  category heat maps (:func:`heatmap_cells`, :func:`category_heatmap`).
+  :func:`add_series`, power-law fit lines (:func:`add_power_fit`), trajectories in the
+  plane of two measures (:func:`empty_trajectories`, :func:`add_trajectories`,
+  :func:`trajectory_points`), rows of panels comparing nets on a train and a test probe
+  (:func:`probe_row`, :func:`phase_row`),
+  :func:`panel_grid`, :func:`line_grid`, step markers, the header, category heat maps
+  (:func:`heatmap_cells`, :func:`category_heatmap`, :func:`heatmap_rows`) and heat maps of a numeric axis
+  against the recorded steps (:func:`step_heatmap_cells`, :func:`step_heatmap`).
 - ``_export``: files -- :func:`export` (PNG, SVG, PDF, HTML), :func:`vector_svg`,
   :func:`svg_to_pdf` and the reused headless-Chromium :func:`webdriver` (which reads
   ``CHROMIUM`` / ``CHROMEDRIVER`` from ``ntkbench.plots._export``).
@@ -108,25 +113,34 @@ from ntkbench.plots._layout import (
     place_legend,
 )
 from ntkbench.plots._panels import (
+    add_power_fit,
     add_series,
+    add_trajectories,
     category_heatmap,
     color_mapper,
     color_range,
     empty_bands,
     empty_lines,
+    empty_trajectories,
     header,
     heatmap_cells,
+    heatmap_rows,
     line_grid,
     linear_fit,
     lines_and_bands,
     panel,
     panel_grid,
     panel_style,
+    phase_row,
+    probe_row,
     seed_mode,
     seed_traces,
     si_trace_axes,
+    step_heatmap,
+    step_heatmap_cells,
     step_marker,
     text_colors,
+    trajectory_points,
 )
 from ntkbench.plots._select import (
     _drop_extra,  # noqa: F401  (ntkbench.standalone uses the cube figures' reductions)
@@ -197,7 +211,13 @@ __all__ = [
     "empty_lines",
     "empty_bands",
     "add_series",
+    "add_trajectories",
+    "empty_trajectories",
+    "trajectory_points",
+    "probe_row",
+    "phase_row",
     "linear_fit",
+    "add_power_fit",
     "panel",
     "panel_style",
     "lines_and_bands",
@@ -213,6 +233,9 @@ __all__ = [
     "category_heatmap",
     "color_range",
     "heatmap_cells",
+    "heatmap_rows",
+    "step_heatmap",
+    "step_heatmap_cells",
     "layout_key",
     "figure_index",
     "apply",

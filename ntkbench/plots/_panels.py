@@ -1,6 +1,8 @@
-"""The pieces paper figures are made of: series over seeds with ± bands, panels and their
-grid (built from figure data), step markers, the header, and category heat maps with
-their colour mappers and cells."""
+"""The pieces paper figures are made of: series over seeds with ± bands, trajectories in
+the plane of two measures, rows of such panels comparing nets on a train and a test probe
+(:func:`probe_row`, :func:`phase_row`), panels and their grid (built from figure data), step markers,
+the header, and heat maps (over two categorical axes, or a numeric axis against the
+recorded steps) with their colour mappers and cells."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ntkbench._types import Columns, LegendSide, SeedMode, Spread
-from ntkbench.plots._figure_data import FigureData, check_figure_data
+from ntkbench.plots._figure_data import FigureData, check_figure_data, set_panel
 from ntkbench.plots._layout import legend_beside, place_legend
 from ntkbench.plots._select import finite_mask
 from ntkbench.plots._style import (
@@ -72,6 +74,16 @@ def empty_bands() -> Columns:
     return {"xs": [], "ys": [], "color": []}
 
 
+def _append_line(lines: Columns, x: np.ndarray, y: np.ndarray, color: str, label: str, light: bool) -> None:
+    """Append one line to :func:`empty_lines` columns: thinner when ``light``."""
+    lines["xs"].append(x.tolist())
+    lines["ys"].append(y.tolist())
+    lines["color"].append(color)
+    lines["label"].append(label)
+    lines["width"].append(1.6 if light else 2.4)
+    lines["alpha"].append(0.95)
+
+
 def add_series(
     lines: Columns,
     bands: Columns,
@@ -95,12 +107,7 @@ def add_series(
         ok = finite_mask(x, y, log_x, log_y)
         if not ok.any():
             continue
-        lines["xs"].append(x[ok].tolist())
-        lines["ys"].append(y[ok].tolist())
-        lines["color"].append(col)
-        lines["label"].append(label)
-        lines["width"].append(1.6 if light else 2.4)
-        lines["alpha"].append(0.95)
+        _append_line(lines, x[ok], y[ok], col, label, light)
         if std is not None and np.any(std[ok] > 0):
             lo, hi = y[ok] - std[ok], y[ok] + std[ok]
             if log_y:
@@ -108,6 +115,146 @@ def add_series(
             bands["xs"].append(x[ok].tolist() + x[ok][::-1].tolist())
             bands["ys"].append(hi.tolist() + lo[::-1].tolist())
             bands["color"].append(col)
+
+
+def empty_trajectories() -> dict[str, Columns]:
+    """The columns of a panel of trajectories (:func:`add_trajectories`), by the suffix of
+    their source: ``"lines"`` (:func:`empty_lines`), ``"bands"`` (:func:`empty_bands`, left
+    empty: a trajectory has no band, but :func:`lines_and_bands` draws the panel as any
+    other), ``"ends"`` (``x``, ``y``, ``color``, ``marker``: ``"circle"`` at the start,
+    ``"square"`` at the end, ``label``) and ``"marker"`` (``x``, ``y``, ``color``)."""
+    return {
+        "lines": empty_lines(),
+        "bands": empty_bands(),
+        "ends": {"x": [], "y": [], "color": [], "marker": [], "label": []},
+        "marker": {"x": [], "y": [], "color": []},
+    }
+
+
+def add_trajectories(
+    columns: dict[str, Columns],
+    x_traces: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    y_traces: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    steps: Sequence[Any],
+    color: str,
+    label: str,
+    *,
+    at: int | None = None,
+    light: bool = False,
+    log_x: bool = True,
+    log_y: bool = False,
+) -> None:
+    """Append the trajectories of a run in the plane of two measures (a phase plot) to
+    ``columns`` (:func:`empty_trajectories`).
+
+    ``x_traces`` / ``y_traces``: :func:`seed_traces` of the two measures at the same seed
+    mode (they pair up; spreads are not drawn), each trace (T,) over the recorded ``steps``
+    (T,). Per pair: a line through the points both axes can show (:func:`finite_mask`) to
+    ``"lines"`` (``light``: :func:`lighten`\\ ed and thinner, as :func:`add_series`), its
+    first and last point to ``"ends"`` (labelled ``"{label} step {step}"``) and the point at
+    step index ``at`` (None: none), if shown, to ``"marker"``."""
+    lines, ends, marker = columns["lines"], columns["ends"], columns["marker"]
+    col = lighten(color) if light else color
+    for (xl, _), (yl, _) in zip(x_traces, y_traces, strict=True):
+        ok = finite_mask(xl, yl, log_x, log_y)
+        if not ok.any():
+            continue
+        _append_line(lines, xl[ok], yl[ok], col, label, light)
+        idx = np.flatnonzero(ok)
+        for i, mk in ((idx[0], "circle"), (idx[-1], "square")):
+            ends["x"].append(float(xl[i]))
+            ends["y"].append(float(yl[i]))
+            ends["color"].append(col)
+            ends["marker"].append(mk)
+            ends["label"].append(f"{label} step {int(steps[i])}")
+        if at is not None and ok[at]:
+            marker["x"].append(float(xl[at]))
+            marker["y"].append(float(yl[at]))
+            marker["color"].append(col)
+
+
+def probe_row(
+    data: FigureData,
+    prefix: str,
+    title: str,
+    x: Any,
+    nets: Sequence[tuple[Any, str, str]],
+    columns: Sequence[tuple[str, str, str, str, bool]],
+    *,
+    test: bool,
+    mode: Any,
+    x_label: str = "step + 1",
+) -> list[str]:
+    """One row of line panels of figure data ``data`` against ``x`` (X,), on a log x axis:
+    per column ``(col, train variable, test variable, y label, log_y)`` of ``columns`` the
+    panel ``"{prefix}-{col}"`` (:func:`put_lines`, :func:`ntkbench.set_panel`) with a
+    line (and band) per net of ``nets`` -- (cube selection, colour, label) -- for the train
+    probe (dark, ``"{label} train"``) and, with ``test``, the test probe (light, ``"{label}
+    test"``) at seed mode ``mode`` (:func:`seed_mode`); ``title`` on the first panel. Returns
+    the panel names."""
+    keys = []
+    for j, (col, v_train, v_test, ylab, log_y) in enumerate(columns):
+        key = f"{prefix}-{col}"
+        lines, bands = empty_lines(), empty_bands()
+        for sel, color, label in nets:
+            for var, probe in ((v_train, "train"), (v_test, "test"))[: 2 if test else 1]:
+                traces = seed_traces(sel[var], mode)
+                add_series(lines, bands, x, traces, color, f"{label} {probe}", light=probe == "test", log_y=log_y)
+        data["sources"][f"{key}-lines"], data["sources"][f"{key}-bands"] = lines, bands
+        set_panel(data, key, title if j == 0 else "", x_label, ylab, log_x=True, log_y=log_y)
+        keys.append(key)
+    return keys
+
+
+def phase_row(
+    data: FigureData,
+    prefix: str,
+    title: str,
+    nets: Sequence[tuple[Any, str, str]],
+    columns: Sequence[tuple[str, str, str, str, bool]],
+    *,
+    x_vars: tuple[str, str],
+    x_label: str,
+    steps: Sequence[Any],
+    at: int | None,
+    test: bool,
+    mode: Any,
+) -> list[str]:
+    """One row of phase panels (the :func:`probe_row` of trajectories): per column ``(col,
+    train variable, test variable, y label, log_y)`` of ``columns`` the panel
+    ``"{prefix}-{col}"`` with the trajectories (:func:`add_trajectories`; sources
+    ``"{key}-lines"``, ``"-bands"`` (empty), ``"-ends"``, ``"-marker"``) of every net of
+    ``nets`` -- (cube selection, colour, label) -- in the plane of ``x_vars`` (train, test
+    variable; a log x axis) and the column's variable, for the train probe (dark) and, with
+    ``test``, the test probe (light), at seed mode ``mode``; ``at``: the step index
+    marked. ``title`` on the first panel. Returns the panel names."""
+    keys = []
+    for j, (col, v_train, v_test, ylab, log_y) in enumerate(columns):
+        key = f"{prefix}-{col}"
+        cols = empty_trajectories()
+        for sel, color, label in nets:
+            probes = [("train", x_vars[0], v_train, False)] + ([("test", x_vars[1], v_test, True)] if test else [])
+            for probe, xv, yv, light in probes:
+                x_traces, y_traces = seed_traces(sel[xv], mode), seed_traces(sel[yv], mode)
+                add_trajectories(
+                    cols, x_traces, y_traces, steps, color, f"{label} {probe}", at=at, light=light, log_y=log_y
+                )
+        data["sources"].update({f"{key}-{part}": c for part, c in cols.items()})
+        set_panel(data, key, title if j == 0 else "", x_label, ylab, log_x=True, log_y=log_y)
+        keys.append(key)
+    return keys
+
+
+def trajectory_points(fig: Any, data: FigureData, key: str) -> None:
+    """Draw the points of panel ``key``'s trajectories (:func:`add_trajectories`) on
+    ``fig``: the sources ``"{key}-ends"`` (open circles at the start, squares at the end,
+    outlined in the line's colour) and ``"{key}-marker"`` (a filled dot at the chosen step)."""
+    from bokeh.models import ColumnDataSource
+
+    ends = ColumnDataSource(dict(data["sources"][f"{key}-ends"]), name=f"{key}-ends")
+    fig.scatter("x", "y", source=ends, marker="marker", size=7, fill_color="white", line_color="color", line_width=1.5)
+    mk = ColumnDataSource(dict(data["sources"][f"{key}-marker"]), name=f"{key}-marker")
+    fig.scatter("x", "y", source=mk, size=9, color="color", line_color="black")
 
 
 def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -122,6 +269,23 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     ss = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else 1.0
     return float(a), float(b), r2
+
+
+def add_power_fit(lines: Columns, x: np.ndarray, fit: tuple[float, float, float], color: str, label: str) -> None:
+    """Append the line ``a·x^b`` of the power-law fit ``fit = (a, b, r2)`` at ``x`` (X,) to
+    the columns ``xs``, ``ys``, ``color``, ``label`` of a multi-line source (e.g. fits drawn
+    dashed over the data).
+
+    >>> fits = {"xs": [], "ys": [], "color": [], "label": []}
+    >>> add_power_fit(fits, np.array([1.0, 4.0]), (2.0, 0.5, 1.0), "#111111", "fit")
+    >>> fits["ys"]
+    [[2.0, 4.0]]
+    """
+    a, b, _ = fit
+    lines["xs"].append(x.tolist())
+    lines["ys"].append((a * x**b).tolist())
+    lines["color"].append(color)
+    lines["label"].append(label)
 
 
 def panel(
@@ -411,3 +575,110 @@ def category_heatmap(
     fig.axis.axis_line_color = None
     fig.axis.major_tick_line_color = None
     return fig
+
+
+def heatmap_rows(
+    data: FigureData,
+    mappers: Sequence[Any],
+    *,
+    name: str,
+    tooltips: Sequence[Sequence[tuple[str, str]] | None] = (),
+    si_colorbar: Sequence[bool] = (),
+    **kw: Any,
+) -> Any:
+    """A header over rows of :func:`category_heatmap`\\ s, all from figure data: row ``i``
+    draws the panels ``data["panels"][i]`` (each its source ``"{key}-cells"`` and title
+    ``data["titles"][key]``, over the factors ``data["factors"]["x"]`` / ``["y"]``) coloured
+    by ``mappers[i]`` (:func:`color_mapper`), with the mapper's colour bar beside the row's
+    last panel (SI labels where ``si_colorbar[i]``) and the hover ``tooltips[i]`` (default:
+    the value); ``kw`` (``x_label``, ``y_label``, ``x_field``, ``y_field``, ``cell``) go to
+    every heat map. Returns ``column(header, *rows)`` named ``name``."""
+    from bokeh.layouts import column, row
+
+    rows = []
+    for i, (keys, mapper) in enumerate(zip(data["panels"], mappers, strict=True)):
+        figs = [
+            category_heatmap(
+                key,
+                data["titles"][key],
+                data["sources"][f"{key}-cells"],
+                mapper,
+                x_factors=data["factors"]["x"],
+                y_factors=data["factors"]["y"],
+                tooltips=tooltips[i] if i < len(tooltips) else None,
+                colorbar=j == len(keys) - 1,
+                si_colorbar=bool(si_colorbar[i]) if i < len(si_colorbar) else False,
+                **kw,
+            )
+            for j, key in enumerate(keys)
+        ]
+        rows.append(row(*figs))
+    head = header(data["header"], sum(f.width for f in rows[0].children) if rows else 600)
+    return column(head, *rows, name=name)
+
+
+def step_heatmap_cells(values: Any, steps: Sequence[Any], *, start: int = 1) -> Columns:
+    """Cells of :func:`step_heatmap` from ``values`` (len(steps), K), row by row: ``x`` (the
+    numeric axis, ``start`` … ``start`` + K − 1), ``step``, ``step_label`` (the factor: the
+    step as a string) and ``value`` (as given: NaN cells stay NaN, drawn grey).
+
+    >>> step_heatmap_cells([[0.5, 0.25]], [10])
+    {'x': [1, 2], 'step': [10, 10], 'step_label': ['10', '10'], 'value': [0.5, 0.25]}
+    """
+    vals = np.asarray(values, dtype=float)
+    cells: Columns = {"x": [], "step": [], "step_label": [], "value": []}
+    for i, s in enumerate(steps):
+        for k in range(vals.shape[1]):
+            cells["x"].append(k + start)
+            cells["step"].append(s)
+            cells["step_label"].append(str(s))
+            cells["value"].append(float(vals[i, k]))
+    return cells
+
+
+def step_heatmap(
+    name: str,
+    title: str,
+    cells: Columns,
+    mapper: Any,
+    *,
+    n_x: int,
+    steps: Sequence[str],
+    x_label: str,
+    y_label: str = "step",
+    tooltips: Sequence[tuple[str, str]] = (("x", "@x"), ("step", "@step_label"), ("value", "@value{%0.3g}")),
+    colorbar_title: str | None = None,
+    width: int = 560,
+    height: int = 380,
+) -> tuple[Any, Any]:
+    """A heat map of a numeric axis (x = 1 … ``n_x``, one cell each) against the recorded
+    steps (y: one row per factor of ``steps``, evenly spaced however the steps are).
+
+    ``cells`` are :func:`step_heatmap_cells` (source ``"{name}-cells"``), coloured by
+    ``mapper`` (:func:`color_mapper`) with its colour bar on the right (``colorbar_title``);
+    a hover on the cells shows ``tooltips`` (``@value`` printf-formatted). Returns ``(plot,
+    cell renderer)``; draw more over it with y = ``"step_label"``."""
+    from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, Range1d
+    from bokeh.plotting import figure
+
+    fig: Any = figure(
+        title=title,
+        x_range=Range1d(start=0.5, end=n_x + 0.5),
+        y_range=FactorRange(factors=list(steps)),
+        x_axis_label=x_label,
+        y_axis_label=y_label,
+        width=width,
+        height=height,
+        tools="save,pan,wheel_zoom,reset",
+        name=name,
+    )
+    src = ColumnDataSource(dict(cells), name=f"{name}-cells")
+    heat = fig.rect(
+        "x", "step_label", 1, 1, source=src, fill_color={"field": "value", "transform": mapper}, line_color=None
+    )
+    fig.add_tools(HoverTool(renderers=[heat], tooltips=list(tooltips), formatters={"@value": "printf"}))
+    fig.add_layout(ColorBar(color_mapper=mapper, width=12, title=colorbar_title), "right")
+    style(fig)
+    fig.title.text_font_size = "11pt"
+    fig.grid.grid_line_color = None
+    return fig, heat

@@ -65,7 +65,8 @@ test: $(VENV)/.stamp-test lint
 # .ci/run runs it after `make test`; run it when you change a lower bound. ~6 min on 2 cores.
 LOWEST := .venv-lowest
 CORE_TESTS := tests/test_kernel.py tests/test_measures.py tests/test_linalg.py tests/test_lnp.py \
-  tests/test_models.py tests/test_data.py tests/test_train.py tests/test_cube.py tests/test_sweep.py
+  tests/test_models.py tests/test_data.py tests/test_train.py tests/test_cube.py tests/test_sweep.py \
+  tests/test_conventions.py
 test-lowest: $(VENV)/.stamp-test
 	rm -rf $(LOWEST)
 	$(VENV)/bin/uv venv -q -p "$$($(PYTHON) -c 'import sys; print(sys.executable)')" $(LOWEST)

@@ -45,7 +45,17 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal, TypeAlias
 
-__all__ = ["Convention", "DEFAULT", "KERNEL_FULL_MAX", "of", "SPECTRAL", "TRACES", "ENTROPIES", "KERNEL_MEASURES"]
+__all__ = [
+    "Convention",
+    "DEFAULT",
+    "KERNEL_FULL_MAX",
+    "of",
+    "of_cube",
+    "SPECTRAL",
+    "TRACES",
+    "ENTROPIES",
+    "KERNEL_MEASURES",
+]
 
 KernelKind: TypeAlias = Literal["traced", "full"]
 Normalize: TypeAlias = Literal["none", "cosine"]
@@ -230,3 +240,9 @@ def of(attrs: Mapping[str, Any]) -> Convention:
         trace_normalize=flag("ntk_trace_normalize"),
         output_reduction=str(attrs.get("ntk_output_reduction", "sum")),  # type: ignore[arg-type]
     )
+
+
+def of_cube(ds: Any, name: str = "entropy") -> Convention:
+    """The convention of the variable ``name`` of the cube ``ds`` (the default when the cube
+    has no such variable or it states none)."""
+    return of(ds[name].attrs) if name in ds else DEFAULT

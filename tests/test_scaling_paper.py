@@ -103,7 +103,9 @@ def test_cubes_have_the_scaling_dims_and_the_spectrum(cubes):
     for exp in ("data_mse", "data_ce"):
         ds = cubes[exp]
         assert set(ds.dims) == {"n_train", "seed", "step", "eigen_index"}
-        assert ds.sizes["eigen_index"] == 32  # the fixed probe set
+        # the fixed probe set's full kernel (the authors' convention): 32 samples × 10 outputs
+        assert ds.sizes["eigen_index"] == 32 * 10, exp
+        assert ds["entropy"].attrs["ntk_kernel"] == "full" and "full eNTK" in ds["entropy"].attrs["long_name"]
         for name in paper.DATA_MEASURES:
             assert name in ds.data_vars, (exp, name)
     ds = cubes["width_ntk"]

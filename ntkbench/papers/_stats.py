@@ -22,6 +22,8 @@ __all__ = [
     "mean_se",
     "mean_se_by",
     "power_fit",
+    "power_fit_dict",
+    "power_law_crossing",
     "frontier",
     "ranks",
     "rank_correlation",
@@ -114,6 +116,27 @@ def power_fit(x: Any, y: Any, min_points: int = 3) -> tuple[float, float, float]
     if ok.sum() < max(2, min_points):
         return None
     return plots.power_law_fit(x[ok], y[ok])
+
+
+def power_fit_dict(x: Any, y: Any) -> dict[str, float]:
+    """:func:`power_fit` of two or more points as ``{"prefactor", "exponent", "r2"}`` (NaN
+    below two finite, positive points)."""
+    fit = power_fit(x, y, min_points=2)
+    a, b, r2 = fit if fit is not None else (float("nan"),) * 3
+    return {"prefactor": a, "exponent": b, "r2": r2}
+
+
+def power_law_crossing(prefactor: float, exponent: float, level: float) -> float:
+    """The x at which a falling power law ``prefactor · x^exponent`` reaches ``level``;
+    NaN when it does not fall (or a value is not finite or not positive).
+
+    >>> round(power_law_crossing(1.0, -0.5, 0.1), 6)
+    100.0
+    """
+    a, b = prefactor, exponent
+    if not (np.isfinite(a) and np.isfinite(b)) or b >= 0 or a <= 0 or level <= 0:
+        return float("nan")
+    return float((level / a) ** (1.0 / b))
 
 
 def frontier(points: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

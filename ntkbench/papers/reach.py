@@ -67,7 +67,7 @@ TITLE = "Spectral Reach: Understanding Neural Scaling as Progress into the Spect
 
 #: recorded by every run: the probe's spectrum, the losses and the LNP terms χ_pos, χ_loss, χ_net
 _LNP_MEASURES = ["eigenvalues", "loss", "test_loss", "spectral_position", "chi_loss", "chi_net"]
-#: recorded by the language-model runs (probe batch: LNP terms with Hutchinson χ_net)
+#: recorded by the language-model runs (LNP terms with Hutchinson χ_net, on the training batch)
 LM_MEASURES: list[str] = [*_LNP_MEASURES, "chi_net_se", "grad_norm_sq"]
 #: recorded by the random-feature runs (one output: exact χ_net and the eigen-view)
 RF_MEASURES: list[str] = [*_LNP_MEASURES, "grad_norm_sq", "residual_weights", "spectral_position_eig"]
@@ -89,6 +89,10 @@ LNP_TERMS: dict[str, str] = {
 # =========================================================================== configs
 
 
+#: the χ terms on the batch each step trains on, before the step (as the authors' tool)
+_LM_RECORD = {"every": "log", "log_points": 9, "lnp_probes": 4, "lnp_batch": "train"}
+
+
 def _lm(
     data: dict[str, Any], widths: list[int], seeds: list[int], *, steps: int, probe: int, title: str
 ) -> dict[str, Any]:
@@ -99,7 +103,7 @@ def _lm(
         "model": {"name": "transformer", "width": widths[0], "layers": 1, "heads": 4},
         "data": data,
         "train": {"optimizer": "adam", "lr": 3e-3, "steps": steps, "batch_size": 32, "loss": "ce"},
-        "record": {"every": "log", "log_points": 9, "probe": probe, "measures": list(LM_MEASURES), "lnp_probes": 4},
+        "record": {**_LM_RECORD, "probe": probe, "measures": list(LM_MEASURES)},
         "grid": {"width": widths, "seed": seeds},
     }
 
@@ -182,15 +186,19 @@ def median_index(weights: Any) -> np.ndarray:
     return np.where(np.isfinite(total[..., 0]) & (total[..., 0] > 0), out, np.nan)
 
 
+def _lnp_batch(ds: Any) -> str:  # which batch the LNP terms are of: the one each step trains on, or the probe
+    return "training" if config_of(ds).get("record", {}).get("lnp_batch") == "train" else "probe"
+
+
 def _data_note(ds: Any) -> str:
     cfg = config_of(ds)
-    d, m, t = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
-    rec = cfg.get("record", {})
+    d, m, t, rec = (cfg.get(k, {}) for k in ("data", "model", "train", "record"))
     if m.get("name") == "transformer":
         extra = f"context {d.get('context')}" if d.get("name") == "stories" else f"{d.get('levels')} grey levels"
         return (
             f"{d.get('name')}, {d.get('n_train')} sequences, {extra}; TinyTransformer {m.get('layers')} layer; "
-            f"{t.get('optimizer')} lr {t.get('lr')}, batch {t.get('batch_size')}; probe batch {rec.get('probe')}"
+            f"{t.get('optimizer')} lr {t.get('lr')}, batch {t.get('batch_size')}; probe batch {rec.get('probe')}; "
+            f"χ terms on the {_lnp_batch(ds)} batch"
         )
     return (
         f"{d.get('name')} ({d.get('n_features')} features), N = {d.get('n_train')}; {t.get('optimizer')} "
@@ -267,7 +275,7 @@ def fig_d1_data(
         "d1-pos",
         "spectral position vs compute",
         "compute 6·N·D [FLOP]",
-        "χ_pos (probe batch)",
+        f"χ_pos ({_lnp_batch(ds)} batch)",
         log_x=True,
         log_y=True,
     )

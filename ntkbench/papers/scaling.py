@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkbench import plots
+from ntkbench import conventions, plots
 from ntkbench.papers import _base, _stats
 from ntkbench.papers._base import FigureSpec, at_step, check_choice, config_of, need_cube, put_lines
 from ntkbench.plots import FigureData
@@ -104,10 +104,18 @@ BASELINES: dict[str, str] = {
     "lazy": "kernel regression with the NTK-parametrization K_0 (the kernel limit)",
     "own": "kernel regression with each network's own K_0",
 }
-_PROBE_NOTE = "traced eNTK (sum over the C outputs)"
+#: which kernel a cube's probe measures are of: the data experiments record the full one (as
+#: the authors' code does); older cubes and the width experiments (one output: the same) the traced
+_PROBE_NOTES = {
+    "full": "full eNTK ((N·C) × (N·C), the authors' kernel)",
+    "traced": "traced eNTK (sum over the C outputs)",
+}
 
 
 # =========================================================================== configs
+
+
+_DATA_RECORD = {"every": "log", "log_points": 10, "kernel": "full"}
 
 
 def _data_cfg(loss: str, n_trains: list[int], seeds: list[int], *, steps: int = 300, data: str = "digits"):
@@ -120,7 +128,8 @@ def _data_cfg(loss: str, n_trains: list[int], seeds: list[int], *, steps: int = 
         "data": {"name": data, "n_train": max(n_trains), "n_test": 500, "seed": 0},
         "train": {"optimizer": "adam", "lr": 1e-3, "steps": steps, "batch_size": "full", "loss": loss},
         # a fixed probe set: the first 32 training samples are the same for every D
-        "record": {"every": "log", "log_points": 10, "probe": min(32, *n_trains), "measures": list(DATA_MEASURES)},
+        # the full (N·C) × (N·C) kernel as the authors' code measures it: S over N·C eigenvalues
+        "record": {**_DATA_RECORD, "probe": min(32, *n_trains), "measures": list(DATA_MEASURES)},
         "grid": {"n_train": list(n_trains), "seed": list(seeds)},
     }
 
@@ -227,19 +236,12 @@ def change(ds: Any, measure: str = "relative_change") -> Any:
     return abs(s - s.isel(step=0))
 
 
-def _power_fit(x: Any, y: Any) -> dict[str, float]:
-    """``{"prefactor", "exponent", "r2"}`` of a power-law fit (NaN below two positive points)."""
-    fit = _stats.power_fit(x, y, min_points=2)
-    a, b, r2 = fit if fit is not None else (float("nan"),) * 3
-    return {"prefactor": a, "exponent": b, "r2": r2}
-
-
 def data_fit(ds: Any, var: str = "test_loss") -> dict[str, float]:
     """Power-law fit ``var(D) = a · D^b`` of the final ``var`` (mean over seeds) of a
     data-scaling cube: ``{"prefactor", "exponent", "r2"}``."""
     y = ds[var].isel(step=-1)
     y = _stats.seed_mean(y)
-    return _power_fit(ds["n_train"].values, y.values)
+    return _stats.power_fit_dict(ds["n_train"].values, y.values)
 
 
 def width_fit(ds: Any, measure: str = "relative_change") -> dict[str, float]:
@@ -247,20 +249,13 @@ def width_fit(ds: Any, measure: str = "relative_change") -> dict[str, float]:
     width: ``{"prefactor", "exponent" (the log–log slope), "r2"}``."""
     y = change(ds, measure).isel(step=-1)
     y = _stats.seed_mean(y)
-    return _power_fit(ds["width"].values, y.values)
+    return _stats.power_fit_dict(ds["width"].values, y.values)
 
 
 def critical_width(fit: Mapping[str, float], tolerance: float) -> float:
     """The width at which the fitted change ``a · w^b`` falls to ``tolerance`` (NaN when the
-    fit does not fall).
-
-    >>> round(critical_width({"prefactor": 1.0, "exponent": -0.5, "r2": 1.0}, 0.1), 6)
-    100.0
-    """
-    a, b = fit["prefactor"], fit["exponent"]
-    if not (np.isfinite(a) and np.isfinite(b)) or b >= 0 or a <= 0 or tolerance <= 0:
-        return float("nan")
-    return float((tolerance / a) ** (1.0 / b))
+    fit does not fall; :func:`ntkbench.papers._stats.power_law_crossing`)."""
+    return _stats.power_law_crossing(fit["prefactor"], fit["exponent"], tolerance)
 
 
 _SE_BAND = "mean ± standard error over seeds"
@@ -291,7 +286,7 @@ def fig_c1_data(
         "F-c1",
         f"<b>F-c1 data scaling</b> — MLP 128×2 trained with {label} on digits; probe: the first "
         f"{int(config_of(ds).get('record', {}).get('probe', 32))} training samples (the same for every D), "
-        f"{_PROBE_NOTE}; {_base.seed_text(seed, _SE_BAND)}",
+        f"{_PROBE_NOTES[conventions.of_cube(ds).kernel]}; {_base.seed_text(seed, _SE_BAND)}",
     )
     lines, bands = plots.empty_lines(), plots.empty_bands()
     _base.add_seed_series(lines, bands, x, ds["test_loss"].isel(step=-1), seed, color, f"test loss ({label})")
@@ -306,8 +301,9 @@ def fig_c1_data(
         log_x=True,
         log_y=True,
     )
+    size = "ln (N·C)" if conventions.of_cube(ds).kernel == "full" else "ln N"  # the entropy's kernel size
     for key, da, ylab, log_y in (
-        ("c1-entropy", entropy_of(ds, entropy), ENTROPY_VARIANTS[entropy][1], False),
+        ("c1-entropy", entropy_of(ds, entropy), ENTROPY_VARIANTS[entropy][1].replace("ln N", size), False),
         ("c1-trace", trace_of(ds, trace), TRACE_VARIANTS[trace], True),
     ):
         lines, bands = plots.empty_lines(), plots.empty_bands()
@@ -332,10 +328,11 @@ def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: An
     setups = [s for s in SETUPS if s in cubes]
     if not setups:
         raise ValueError(f"F-c2 needs the cubes {list(SETUPS)}; cubes are {sorted(cubes)}")
+    note = _PROBE_NOTES[conventions.of_cube(cubes[setups[0]]).kernel]
     data = plots.figure_data(
         "F-c2",
         f"<b>F-c2 similar exponents, opposite internal dynamics</b> — the same MLP on the same data, trained "
-        f"with MSE or with cross-entropy; {_PROBE_NOTE} of a fixed probe set; {_base.seed_text(seed, _SE_BAND)}",
+        f"with MSE or with cross-entropy; {note} of a fixed probe set; {_base.seed_text(seed, _SE_BAND)}",
     )
     lines, bands = plots.empty_lines(), plots.empty_bands()
     for s in setups:
@@ -609,6 +606,12 @@ def _any(names: Sequence[str]) -> Any:
     return lambda cubes: any(n in cubes for n in names)
 
 
+def _fig_c1(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> FigureData:
+    setup = s["setup"] if s["setup"] in cubes else next(x for x in SETUPS if x in cubes)
+    seed = _base.seed_or_mean(cubes, setup, s["seed"])
+    return fig_c1_data(cubes, setup=setup, entropy=s["entropy"], trace=s["trace"], seed=seed)
+
+
 def _c3_par(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> str:
     return s["parametrization"] if s["parametrization"] in cubes else next(p for p in PARAMETRIZATIONS if p in cubes)
 
@@ -617,13 +620,7 @@ def _c3_par(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> str:
 FIGURES: list[FigureSpec] = [
     FigureSpec(
         "F-c1",
-        lambda c, s: fig_c1_data(
-            c,
-            setup=s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c),
-            entropy=s["entropy"],
-            trace=s["trace"],
-            seed=_base.seed_or_mean(c, s["setup"] if s["setup"] in c else next(x for x in SETUPS if x in c), s["seed"]),
-        ),
+        _fig_c1,
         build_lines,
         (("setup", "seed"), ("entropy", "trace")),
         available=_any(list(SETUPS)),
@@ -677,7 +674,9 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
       benefit over the kernel limit, kernel regression with the NTK-parametrization K_0
       of the same width and seed minus the network (``benefit_vs_kernel_limit``).
     """
-    out: dict[str, Any] = {"note": f"{_PROBE_NOTE}; fits on the mean over seeds of the last recorded step"}
+    first = next((cubes[s] for s in SETUPS if s in cubes), None)
+    kernel = _PROBE_NOTES["traced" if first is None else conventions.of_cube(first).kernel]
+    out: dict[str, Any] = {"note": f"data experiments: {kernel}; fits on the mean over seeds of the last recorded step"}
     data: dict[str, Any] = {}
     for s in SETUPS:
         if s not in cubes:

@@ -39,7 +39,7 @@ from ntkbench.kernel import entk
 from ntkbench.measures import entropy, spectrum
 from ntkbench.models import MLP
 
-__all__ = ["select", "METHODS"]
+__all__ = ["rnd_target", "select", "METHODS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,15 +120,54 @@ def _rnd_select(
     return jax.lax.fori_loop(1, budget, add_one, carry)[2]
 
 
+_ARCH = ("out_size", "width", "depth", "activation")  # the RND networks' architecture options
+
+
+def rnd_target(
+    in_size: int,
+    *,
+    key: PRNGKeyArray | None = None,
+    seed: int | None = None,
+    out_size: int = 16,
+    width: int = 64,
+    depth: int = 2,
+    activation: str = "relu",
+) -> _Flat:
+    """The fixed random *target* network of ``select(..., "rnd")`` with the same ``key`` (or
+    ``seed``) and architecture options: an MLP on flattened samples of ``in_size`` features.
+    The data paper measures the selected sets' eNTK on it, as the authors did. It applies
+    to one sample of any shape (flattened, as ``select`` flattens the pool).
+
+    >>> import numpy as np
+    >>> pool = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    >>> rnd_target(8, seed=3)(pool[0]).shape
+    (16,)
+    """
+    if key is not None and seed is not None:
+        raise ValueError("pass either key or seed, not both")
+    if key is None:
+        key = jax.random.key(check_int(0 if seed is None else seed, "seed", 0))
+    k_target = jax.random.split(key, 3)[1]  # the split _rnd makes: (first point, target, predictor)
+    return _Flat(MLP(check_int(in_size, "in_size", 1), out_size, width, depth, activation, key=k_target))
+
+
+class _Flat(eqx.Module):
+    """A network of flattened samples applied to one sample of any shape (as select sees the pool)."""
+
+    net: MLP
+
+    def __call__(self, x: Any) -> Any:
+        return self.net(jnp.reshape(x, (-1,)))
+
+
 def _rnd(pool: _Pool, budget: int, key: PRNGKeyArray, opts: dict[str, Any]) -> np.ndarray:
     steps = check_int(opts["steps"], "steps", 0)
     lr = check_float(opts["lr"], "lr", 0.0)
     batch = min(check_int(opts["batch_size"], "batch_size", 1), budget)
     n, d = pool.x.shape
-    k_first, k_target, k_pred = jax.random.split(key, 3)
-    arch = (d, opts["out_size"], opts["width"], opts["depth"], opts["activation"])
-    target = MLP(*arch, key=k_target)
-    predictor = MLP(*arch, key=k_pred)
+    k_first, _, k_pred = jax.random.split(key, 3)
+    target = rnd_target(d, key=key, **{k: opts[k] for k in _ARCH}).net
+    predictor = MLP(d, opts["out_size"], opts["width"], opts["depth"], opts["activation"], key=k_pred)
     xj = jnp.asarray(pool.x)
     target_out = jax.vmap(target)(xj)
     first = jax.random.randint(k_first, (), 0, n)

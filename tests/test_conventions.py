@@ -292,3 +292,56 @@ def test_sweep_config_takes_the_conventions_and_names_bad_ones():
     for record, key in bad:
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             validate_config({**base, "record": record})
+
+
+def test_another_networks_kernel_is_recorded_fixed_and_labelled():
+    from ntkbench.selection import rnd_target
+    from ntkbench.train import Recorder
+
+    other = rnd_target(4, seed=5)  # 16 outputs, flattens its input
+    names = ["eigenvalues", "entropy_normalized", "trace", "test_trace", "kernel_distance_init", "loss"]
+    rec = Recorder(every=1, probe=6, measures=names, kernel_model=other, kernel_model_name="RND target network")
+    _, ds = _train(rec, steps=2)
+    _, own = _train(Recorder(every=1, probe=6, measures=names), steps=2)
+    x = jnp.asarray(_data().x_train[:6])
+    ref = np.asarray(spectrum(entk(other, x)))  # the other network's traced kernel, computed here
+    for step in range(3):  # fixed: the same at every step, while the trained network's kernel moves
+        np.testing.assert_allclose(ds["eigenvalues"][step], ref, rtol=1e-5, atol=1e-6 * ref[0])
+    assert float(ds["kernel_distance_init"][-1]) == pytest.approx(0.0, abs=1e-6)
+    assert float(own["kernel_distance_init"][-1]) > 1e-6
+    np.testing.assert_allclose(ds["loss"], own["loss"], rtol=0)  # training is the trained network's
+    assert ds["trace"].attrs["ntk_network"] == "RND target network"
+    assert ds["trace"].attrs["long_name"].endswith(", RND target network")
+    assert "ntk_network" not in ds["loss"].attrs
+    with pytest.raises(ValueError, match="residual_weights"):
+        Recorder(measures=["residual_weights"], kernel_model=other)
+
+
+def test_sweep_measures_the_rnd_target_networks_kernel_of_the_selected_set(tmp_path):
+    import ntkbench as nb
+    from ntkbench.selection import rnd_target, select
+
+    cfg = {
+        "title": "rnd target",
+        "seed": 0,
+        "model": {"name": "mlp", "width": 8, "depth": 1},
+        "data": {"name": "digits", "n_train": 64, "n_test": 16},
+        "select": {"method": "rnd", "budget": 12, "seed": 3, "options": {"rnd": {"steps": 5, "out_size": 8}}},
+        "train": {"optimizer": "sgd", "lr": 0.1, "steps": 2},
+        "record": {"every": 2, "probe": 12, "kernel_model": "rnd_target", "normalize": "cosine"},
+        "grid": {"seed": [0]},
+    }
+    ds = nb.sweep(cfg, tmp_path / "runs", progress=False)
+    data = nb.load("digits", n_train=64, n_test=16)
+    idx = select(data.x_train, 12, "rnd", seed=3, steps=5, out_size=8)
+    target = rnd_target(64, seed=3, out_size=8)
+    K = np.asarray(entk(target, jnp.asarray(data.x_train[idx])), np.float64)
+    d = np.sqrt(np.diag(K))
+    lam = np.clip(np.linalg.eigvalsh(K / np.outer(d, d))[::-1], 0, None)  # cosine-normalised, float64
+    np.testing.assert_allclose(ds["eigenvalues"].isel(step=0).squeeze(), lam, atol=1e-5 * lam[0])
+    assert ds["entropy"].attrs["ntk_network"] == "RND target network"
+    assert ds["entropy"].attrs["ntk_normalize"] == "cosine"
+    bad = {**cfg, "record": {"kernel_model": "rnd_target"}}
+    del bad["select"]
+    with pytest.raises(ValueError, match="record.kernel_model"):
+        nb.sweep(bad, tmp_path / "bad", progress=False)

@@ -264,3 +264,14 @@ def test_summary_is_strict_json(run_out, test_cubes, shipped):
     json.loads(
         (run_out / "summary.json").read_text(), parse_constant=lambda token: pytest.fail(f"{token} in summary.json")
     )
+
+
+def test_language_models_measure_lnp_on_the_training_batch(test_cubes, shipped):
+    # the authors' convention: χ terms of the batch each step trains on, before the step; the
+    # random-feature model trains full batch on its probe, where the two are the same
+    for cubes in (test_cubes, shipped):
+        for exp in [e for e in ("stories", "pixels") if e in cubes]:
+            for name in ("chi_loss", "chi_net", "spectral_position", "grad_norm_sq"):
+                assert cubes[exp][name].attrs["ntk_lnp_batch"] == "train", (exp, name)
+            assert "training batch" in cubes[exp]["chi_net"].attrs["long_name"]
+            assert "χ terms on the training batch" in paper.fig_d1_data(cubes, data_set=exp)["header"]

@@ -76,6 +76,12 @@ ACCURACY_VARIANTS = {"test_accuracy": "test accuracy", "test_loss": "test loss (
 #: F-a2..F-a4 data sets -> experiment
 DATA_SETS = {"mnist1d": "selection", "digits": "selection_digits"}
 _KERNEL = "traced eNTK of the whole selected set, sum over outputs"
+#: F-a3 / F-a4's kernel -> (experiment suffix, header text): the classifier's own at
+#: initialization, or the RND target network's, cosine-normalised, as the authors measured sets
+KERNELS: dict[str, tuple[str, str]] = {
+    "classifier": ("", _KERNEL),
+    "rnd_target": ("_target", "the RND target network's traced eNTK of the whole selected set, cosine-normalised"),
+}
 
 
 # =========================================================================== configs
@@ -111,6 +117,19 @@ def _cfg(
     }
 
 
+def _target(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The same selections measured on the RND target network's cosine-normalised kernel, as
+    the authors compared sets (F-a3, F-a4): a fixed network, so nothing is trained."""
+    record = {**cfg["record"], "measures": list(_base.PROBE_MEASURES), "kernel_model": "rnd_target"}
+    train = {**cfg["train"], "steps": 0}
+    return {
+        **cfg,
+        "title": cfg["title"] + ", RND target kernel",
+        "train": train,
+        "record": {**record, "normalize": "cosine"},
+    }
+
+
 _SMALL_MODEL = {"name": "mlp", "width": 8, "depth": 1, "activation": "relu"}
 _SMALL_TRAIN = {"optimizer": "sgd", "lr": 0.1, "steps": 500, "batch_size": "full", "loss": "ce"}
 
@@ -142,12 +161,15 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
         "quick": {
             "selection": sel("mnist1d", quick_budgets, list(range(5))),
             "selection_digits": sel("digits", quick_budgets, list(range(5))),
+            "selection_target": _target(sel("mnist1d", quick_budgets, list(range(5)))),
+            "selection_digits_target": _target(sel("digits", quick_budgets, list(range(5)))),
             "subsets": subsets([20, 40, 80, 160], list(range(40))),
             "small": small(list(range(6))),
         },
         # the test suite's size: the smallest budgets, fewer repeats
         "test": {
             "selection": sel("mnist1d", [10, 30], [0, 1, 2], pool=400, n_test=300),
+            "selection_target": _target(sel("mnist1d", [10, 30], [0, 1, 2], pool=400, n_test=300)),
             "subsets": subsets([20, 60], list(range(6)), pool=400, n_test=300),
             "small": small([0, 1]),
         },
@@ -156,6 +178,10 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
         "full": {
             "selection": sel("mnist1d", [10, 20, 30, 40, 50, 60, 70, 80, 90], list(range(10)), pool=4000, n_test=1000),
             "selection_digits": sel("digits", [10, 20, 30, 50, 80], list(range(10)), pool=1000, n_test=797),
+            "selection_target": _target(
+                sel("mnist1d", [10, 20, 30, 40, 50, 60, 70, 80, 90], list(range(10)), 4000, 1000)
+            ),
+            "selection_digits_target": _target(sel("digits", [10, 20, 30, 50, 80], list(range(10)), n_test=797)),
             "subsets": subsets([20, 40, 80, 160, 320], list(range(100)), pool=1000, n_test=797),
             "small": small(list(range(10))),
         },
@@ -210,9 +236,10 @@ def data_name(ds: Any) -> str:
     return str(config_of(ds).get("data", {}).get("name", "?"))
 
 
-def _selection(cubes: Mapping[str, Any], data_set: str) -> Any:
+def _selection(cubes: Mapping[str, Any], data_set: str, kernel: str = "classifier") -> Any:
     check_choice("data_set", data_set, DATA_SETS)
-    exp = DATA_SETS[data_set]
+    check_choice("kernel", kernel, KERNELS)
+    exp = DATA_SETS[data_set] + KERNELS[kernel][0]
     if exp not in cubes:
         raise ValueError(f"data_set {data_set!r} needs the {exp!r} cube; cubes are {sorted(cubes)}")
     return cubes[exp]
@@ -357,15 +384,17 @@ def fig_a3_data(
     entropy: str = "S/lnN",
     trace: str = "TrK",
     seed: Any = "mean",
+    kernel: str = "classifier",
 ) -> FigureData:
     """Figure data of F-a3: the entropy and the trace of the eNTK of the selected sets at
-    initialization against the budget, per method (panels ``"a3-entropy"``, ``"a3-trace"``)."""
+    initialization against the budget, per method (panels ``"a3-entropy"``, ``"a3-trace"``),
+    of the ``kernel`` of :data:`KERNELS`."""
     check_choice("entropy", entropy, ENTROPY_VARIANTS)
     check_choice("trace", trace, TRACE_VARIANTS)
-    ds = _selection(cubes, data_set)
+    ds = _selection(cubes, data_set, kernel)
     data = plots.figure_data(
         "F-a3",
-        f"<b>F-a3 collective variables of the selected sets</b> — at initialization; {_KERNEL}; {_data_note(ds)}; {seed_text(seed, _SE_REPEATS, 'repeat')}",
+        f"<b>F-a3 collective variables of the selected sets</b> — at initialization; {KERNELS[kernel][1]}; {_data_note(ds)}; {seed_text(seed, _SE_REPEATS, 'repeat')}",
     )
     for col, (var, label), log_y in (
         ("entropy", ENTROPY_VARIANTS[entropy], False),
@@ -433,11 +462,13 @@ def fig_a4_data(
     step: int = 0,
     seed: Any = "mean",
     normalize: bool = True,
+    kernel: str = "classifier",
 ) -> FigureData:
-    """Figure data of F-a4: the eNTK spectrum of the selected sets at ``step`` (default:
-    initialization) against the rank, per method, at one ``budget`` (default the largest);
-    ``normalize`` divides by Tr K, so sets compare in shape (panel ``"a4-main"``)."""
-    ds = _selection(cubes, data_set)
+    """Figure data of F-a4: the eNTK spectrum (the ``kernel`` of :data:`KERNELS`) of the
+    selected sets at ``step`` (default: initialization) against the rank, per method, at one
+    ``budget`` (default the largest); ``normalize`` divides by Tr K, so sets compare in
+    shape (panel ``"a4-main"``)."""
+    ds = _selection(cubes, data_set, kernel)
     budgets = [int(b) for b in ds["budget"].values]
     budget = budgets[-1] if budget is None else int(budget)
     if budget not in budgets:
@@ -464,7 +495,7 @@ def fig_a4_data(
     ylab = "λ_i / Tr K" if normalize else "eigenvalue λ_i"
     data = plots.figure_data(
         "F-a4",
-        f"<b>F-a4 spectra</b> — N = {budget}, step {st}; {_KERNEL}; {_data_note(ds)}; {seed_text(seed, 'mean ± std over repeats', 'repeat')}",
+        f"<b>F-a4 spectra</b> — N = {budget}, step {st}; {KERNELS[kernel][1]}; {_data_note(ds)}; {seed_text(seed, 'mean ± std over repeats', 'repeat')}",
     )
     data["sources"] = {"a4-main-lines": lines, "a4-main-bands": bands}
     plots.set_panel(
@@ -482,7 +513,8 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     """The Workbench's controls: ``data_set`` (mnist1d or digits for F-a2..F-a4),
     ``accuracy``, ``entropy`` / ``trace`` variants, ``seed`` (mean ± SE, every repeat, one),
     ``budget`` (F-a4's set size), ``a1_budget`` (F-a1: every budget or one),
-    ``normalize`` (F-a4), ``step`` (F-a5's marker)."""
+    ``normalize`` (F-a4), ``kernel`` (F-a3 / F-a4: the classifier's or the RND target's, with
+    the ``*_target`` cubes), ``step`` (F-a5's marker)."""
     sel_sets = [k for k, exp in DATA_SETS.items() if exp in cubes]
     first = cubes[DATA_SETS[sel_sets[0]]] if sel_sets else None
     labels = [(data_name(cubes[DATA_SETS[k]]), k) for k in sel_sets]  # the data the runs used
@@ -503,6 +535,10 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
         ),
         Control("normalize", "checkbox", True, description="spectrum / Tr K"),
     ]
+    if any(exp + "_target" in cubes for exp in DATA_SETS.values()):  # F-a3 / F-a4 on the authors' kernel
+        ctls.append(
+            Control("kernel", "toggle", "classifier", [("classifier", "classifier"), ("RND target", "rnd_target")])
+        )
     if first is not None:  # every data set's budgets; F-a4 shows the nearest one its data set has
         budgets = sorted({int(b) for k in sel_sets for b in cubes[DATA_SETS[k]]["budget"].values})
         ctls.append(Control("budget", "dropdown", budgets[-1], budgets, description="F-a4 N"))
@@ -525,6 +561,12 @@ def _nearest_budget(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> int:
     """The budget of the chosen data set's selection cube nearest the ``budget`` setting."""
     budgets = np.asarray(_selection(cubes, s["data_set"])["budget"].values)
     return int(budgets[np.abs(budgets - int(s["budget"])).argmin()])
+
+
+def _kernel(cubes: Mapping[str, Any], s: Mapping[str, Any]) -> str:
+    """The ``kernel`` setting where its cube is there, else the classifier's."""
+    kernel = s.get("kernel", "classifier")
+    return kernel if DATA_SETS.get(s["data_set"], "") + KERNELS[kernel][0] in cubes else "classifier"
 
 
 def _any_selection(cubes: Mapping[str, Any]) -> bool:
@@ -551,18 +593,25 @@ FIGURES: list[FigureSpec] = [
     ),
     FigureSpec(
         "F-a3",
-        lambda c, s: fig_a3_data(c, data_set=s["data_set"], entropy=s["entropy"], trace=s["trace"], seed=s["seed"]),
+        lambda c, s: fig_a3_data(
+            c, data_set=s["data_set"], entropy=s["entropy"], trace=s["trace"], seed=s["seed"], kernel=_kernel(c, s)
+        ),
         build_lines,
-        (("data_set", "seed"), ("entropy", "trace")),
+        (("data_set", "seed"), ("entropy", "trace", "kernel")),
         available=_any_selection,
     ),
     FigureSpec(
         "F-a4",
         lambda c, s: fig_a4_data(
-            c, data_set=s["data_set"], budget=_nearest_budget(c, s), seed=s["seed"], normalize=s["normalize"]
+            c,
+            data_set=s["data_set"],
+            budget=_nearest_budget(c, s),
+            seed=s["seed"],
+            normalize=s["normalize"],
+            kernel=_kernel(c, s),
         ),
         build_lines,
-        (("data_set", "budget"), ("seed", "normalize")),
+        (("data_set", "budget"), ("seed", "normalize", "kernel")),
         available=_any_selection,
     ),
     FigureSpec(
@@ -593,7 +642,10 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     - ``entropy_accuracy`` / ``trace_accuracy``: per budget of ``subsets`` and pooled
       within budgets, Spearman's ρ of the initial S/ln N (Tr K) and the final test
       accuracy with a 95 % bootstrap interval and whether it excludes 0 (``resolved``);
-    - ``small_net``: S/ln N at the start and the end and its change, per seed.
+    - ``small_net``: S/ln N at the start and the end and its change, per seed;
+    - ``rnd_target_entropy_normalized`` (in each budget's row, with the ``*_target``
+      cubes): S/ln N of the same sets on the RND target network's cosine-normalised kernel
+      per method, and RND minus random.
     """
     out: dict[str, Any] = {"note": f"{_KERNEL}; S/ln N and Tr K at initialization; accuracy at the last step"}
     sel: dict[str, Any] = {}
@@ -622,6 +674,15 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
                     }
                     for k in ("entropy_normalized", "trace", "test_accuracy")
                 }
+            tgt = cubes.get(exp + "_target")
+            if tgt is not None and b in tgt["budget"].values:  # the same sets on the RND target's kernel
+                e = tgt["entropy_normalized"].sel(budget=b).isel(step=0)
+                t = {m: _stats.mean_se(e.sel(selection=m)) for m in e["selection"].values.tolist()}
+                if "rnd" in t and "random" in t:
+                    diff = num(t["rnd"]["mean"]) - num(t["random"]["mean"])
+                    se = np.hypot(num(t["rnd"]["se"]), num(t["random"]["se"]))
+                    t["rnd_minus_random"] = {"diff": _stats.finite(diff, 5), "se": _stats.finite(se, 5)}
+                row["rnd_target_entropy_normalized"] = t
             per[str(int(b))] = row
         sel[data_set] = per
     out["selection"] = sel
@@ -674,6 +735,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                     f"           RND − random: S/ln N {fmt(d['entropy_normalized']['diff'], '+.3f')}±{fmt(d['entropy_normalized']['se'], '.3f')}, "
                     f"Tr K {fmt(d['trace']['diff'], '+.4g')}±{fmt(d['trace']['se'], '.3g')}, "
                     f"accuracy {fmt(d['test_accuracy']['diff'], '+.3f')}±{fmt(d['test_accuracy']['se'], '.3f')}"
+                )
+            t = row.get("rnd_target_entropy_normalized", {}).get("rnd_minus_random")
+            if t:
+                lines.append(
+                    f"           on the RND target's cosine kernel: S/ln N {fmt(t['diff'], '+.3f')}±{fmt(t['se'], '.3f')}"
                 )
         lines.append("")
     for name, label in (("entropy_accuracy", "S/ln N"), ("trace_accuracy", "Tr K")):

@@ -42,12 +42,16 @@ RECORD_DEFAULTS: dict[str, Any] = {
     "trace_normalize": False,
     "output_reduction": "sum",
     "lnp_batch": "probe",
+    # whose eNTK the kernel measures are of: the trained network, or the RND target network of
+    # the run's [select] table (the data paper's comparison of selected sets)
+    "kernel_model": "trained",
 }
 _RECORD_CHOICES = {
     "kernel": ("traced", "full"),
     "normalize": ("none", "cosine"),
     "output_reduction": ("sum", "mean"),
     "lnp_batch": ("probe", "train"),
+    "kernel_model": ("trained", "rnd_target"),
 }
 _DATA_KEYS = ("name", "n_train", "n_test", "seed")
 
@@ -297,6 +301,10 @@ def _check_run(config: Mapping[str, Any]) -> None:
         _check_select(config["select"])
     _check_train(config.get("train", {}))
     _check_record(config.get("record", {}))
+    if config.get("record", {}).get("kernel_model") == "rnd_target" and "select" not in config:
+        _need(
+            False, "record.kernel_model", "'trained' without a [select] table (rnd_target is its network)", "rnd_target"
+        )
 
 
 def validate_config(config: Any) -> dict[str, Any]:

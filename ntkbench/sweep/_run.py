@@ -70,6 +70,7 @@ def run_one(config: Mapping[str, Any], *, on_record: Any = None):
         trace_normalize=rec["trace_normalize"],
         output_reduction=rec["output_reduction"],
         lnp_batch=rec["lnp_batch"],
+        **_kernel_model(cfg, rec, dataset),
     )
     _, ds = train(
         model,
@@ -108,6 +109,26 @@ def _load_for(run: Mapping[str, Any]):
         return load(name, n_train, n_test, seed=data_seed, **data_cfg)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"config key 'data' ({name!r}): {exc}") from exc
+
+
+def _kernel_model(run: Mapping[str, Any], rec: Mapping[str, Any], dataset: Any) -> dict[str, Any]:
+    """``Recorder`` keywords for ``record.kernel_model``: nothing for the trained network; for
+    ``"rnd_target"`` the RND target network of the run's ``[select]`` table (its seed and
+    ``select.options.rnd``; :func:`ntkbench.selection.rnd_target`)."""
+    if rec["kernel_model"] == "trained":
+        return {}
+    import numpy as np
+
+    from ntkbench.selection import rnd_target
+
+    sel = run.get("select")
+    if sel is None:
+        raise ValueError("config key 'record.kernel_model': 'rnd_target' needs a [select] table (its seed)")
+    arch = ("out_size", "width", "depth", "activation")
+    opts = {k: v for k, v in sel.get("options", {}).get("rnd", {}).items() if k in arch}
+    in_size = int(np.prod(np.shape(dataset.x_train)[1:]))
+    target = rnd_target(in_size, seed=int(sel.get("seed", run.get("seed", 0))), **opts)
+    return {"kernel_model": target, "kernel_model_name": "RND target network"}
 
 
 def _select_for(run: Mapping[str, Any], dataset: Any) -> Any:

@@ -184,16 +184,20 @@ def _record_values(
 _LNP_MEASURES = frozenset({"spectral_position", "chi_loss", "chi_net", "chi_net_se", "grad_norm_sq"})
 
 
-def _variable_attrs(m: Measure, convention: Convention, lnp_batch: LNPBatch) -> dict[str, str]:
+def _variable_attrs(m: Measure, convention: Convention, lnp_batch: LNPBatch, recorder: Any = None) -> dict[str, str]:
     """A recorded variable's attributes: its long name and units, and the convention it
     was measured under (kernel measures: the ``ntk_*`` attributes, and under a convention
-    other than the default a long name that says it; LNP measures: ``ntk_lnp_batch``)."""
+    other than the default a long name that says it, as for another network's kernel,
+    ``ntk_network``; LNP measures: ``ntk_lnp_batch``)."""
     attrs = dict(m.attrs)
     if m.name in KERNEL_MEASURES:
         attrs.update(convention.for_measure(m.name))
         if not convention.is_default:
             attrs["long_name"] = convention.describe(m.name)
             attrs["units"] = convention.units(m.name, attrs["units"])
+        if recorder is not None and recorder.kernel_model is not None:
+            attrs["ntk_network"] = recorder.kernel_model_name
+            attrs["long_name"] = f"{attrs['long_name']}, {recorder.kernel_model_name}"
     if m.name in _LNP_MEASURES:
         attrs["ntk_lnp_batch"] = lnp_batch
         if lnp_batch == "train":
@@ -322,14 +326,21 @@ def train(
         inputs["lnp_key"] = jax.random.fold_in(key, _LNP_KEY_SALT)  # Hutchinson probes: fold in the step
         if lnp_batch == "train":
             inputs["batch_key"] = key  # the LNP measures draw the next step's mini-batch
+        kernel_model = recorder.kernel_model  # another network's kernel, or None: the trained one's
         if any(m.name in KERNEL_MEASURES for m in measures):
-            convention.check_size(n_probe, n_outputs(model, x), name="probe")
+            convention.check_size(n_probe, n_outputs(model if kernel_model is None else kernel_model, x), name="probe")
+            if kernel_model is not None:  # fixed: computed once
+                inputs["fixed_kernel"] = convention_kernel(kernel_model, inputs["probe_x"], convention)
         if any("test" in m.needs for m in measures) and has_test:
             inputs["test_probe_x"] = inputs["x_test"][: min(recorder.probe, len(data.x_test))]
+            if kernel_model is not None:
+                inputs["fixed_test_kernel"] = convention_kernel(kernel_model, inputs["test_probe_x"], convention)
         if any("kernel_regression" in m.needs for m in measures) and has_test:
             inputs["kernel_test_preds"] = linearized_test_predictions(model, x, y, inputs["x_test"])
         if any("kernel0" in m.needs for m in measures):
-            inputs["kernel0"] = convention_kernel(model, inputs["probe_x"], convention)
+            inputs["kernel0"] = convention_kernel(
+                model if kernel_model is None else kernel_model, inputs["probe_x"], convention
+            )
 
     params, rest = eqx.partition(model, eqx.is_inexact_array)
     frozen, static = eqx.partition(rest, eqx.is_array)  # untrained arrays: dynamic, not static
@@ -407,7 +418,8 @@ def train(
     data_vars = {}
     for m in measures:
         values = np.stack([np.asarray(r[m.name]) for r in host])
-        data_vars[m.name] = xr.Variable(("step",) + m.dims, values, _variable_attrs(m, convention, lnp_batch))
+        attrs = _variable_attrs(m, convention, lnp_batch, None if recorder is None else recorder)
+        data_vars[m.name] = xr.Variable(("step",) + m.dims, values, attrs)
     coords: dict[str, Any] = {"step": ("step", record_steps, var_attrs("step"))}
     eig_dims = {d for m in measures for d in m.dims}
     if "eigen_index" in eig_dims:
@@ -430,6 +442,7 @@ def train(
             # stated only where they differ from the defaults (older files stay equal)
             **({} if convention.is_default else dataclasses.asdict(convention)),
             **({} if lnp_batch == "probe" else {"lnp_batch": lnp_batch}),
+            **({} if recorder.kernel_model is None else {"kernel_model": recorder.kernel_model_name}),
         },
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=make_attrs(config))

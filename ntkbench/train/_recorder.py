@@ -85,6 +85,8 @@ class Context:
 
     @functools.cached_property
     def kernel(self):
+        if "fixed_kernel" in self.inputs:  # another network's kernel (Recorder(kernel_model=...))
+            return self.inputs["fixed_kernel"]
         return convention_kernel(self.model, self.inputs["probe_x"], self.convention)
 
     @functools.cached_property
@@ -133,6 +135,8 @@ class Context:
 
     @functools.cached_property
     def test_kernel(self):
+        if "fixed_test_kernel" in self.inputs:
+            return self.inputs["fixed_test_kernel"]
         return convention_kernel(self.model, self.inputs["test_probe_x"], self.convention)
 
     @functools.cached_property
@@ -201,6 +205,12 @@ class Recorder:
         (4·(N·C)² bytes in float32) and its eigendecomposition, about (N·C)³/3 flops (the
         traced kernel: N³/3). A full kernel of more than
         :data:`ntkbench.conventions.KERNEL_FULL_MAX` rows is refused before training.
+    kernel_model, kernel_model_name : another network whose eNTK the kernel measures are of,
+        instead of the one being trained (e.g. the data paper's RND target network), and
+        what to call it in the variables' attributes and labels. Being fixed, its kernels of
+        the probe and the test probe are computed once before training; measures that pair
+        the kernel's eigenvectors with the trained network's residual (``residual_weights``,
+        ``spectral_position_eig``) are refused with it.
     lnp_batch : ``"probe"`` (default): the LNP measures (``chi_loss``, ``chi_net``,
         ``chi_net_se``, ``spectral_position``, ``grad_norm_sq``) on the fixed probe set;
         ``"train"``: on the mini-batch the next optimizer step trains on, before that step
@@ -226,6 +236,8 @@ class Recorder:
         trace_normalize: bool = False,
         output_reduction: str = "sum",
         lnp_batch: LNPBatch = "probe",
+        kernel_model: Any = None,
+        kernel_model_name: str = "another network",
     ):
         if isinstance(every, str):
             if every != "log":
@@ -263,6 +275,14 @@ class Recorder:
             output_reduction=output_reduction,  # type: ignore[arg-type]
         )
         self.lnp_batch: LNPBatch = lnp_batch
+        if kernel_model is not None:
+            from ntkbench.kernel import as_model
+
+            kernel_model = as_model(kernel_model)
+        if not isinstance(kernel_model_name, str) or not kernel_model_name:
+            raise TypeError(f"kernel_model_name must be a non-empty str, got {kernel_model_name!r}")
+        self.kernel_model = kernel_model
+        self.kernel_model_name = kernel_model_name
         self.every = every
         self.probe = int(probe)
         self.log_points = int(log_points)
@@ -284,6 +304,12 @@ class Recorder:
             resolved.append(m)
         if len({m.name for m in resolved}) != len(resolved):
             raise ValueError("measures: duplicate measure names")
+        paired = sorted({m.name for m in resolved} & {"residual_weights", "spectral_position_eig"})
+        if kernel_model is not None and paired:
+            raise ValueError(
+                f"measures: {paired} pair the kernel's eigenvectors with the trained network's residual; "
+                "they cannot be recorded on another network's kernel (kernel_model)"
+            )
         self.measures: tuple[Measure, ...] = tuple(resolved)
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _papers import assert_summary_is_strict_json
 from ntkbench.papers import collective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -732,18 +733,6 @@ def test_shipped_cube_records_the_spectrum_and_opens_in_the_explorer(shipped_cub
     assert len(ex.sources["spectrum"]["lines"].data["ys"]) == shipped_cubes["mlp"].sizes["width"]
 
 
-def _without_first_seed(cubes):
-    """The cubes with every value of their first seed set to NaN (as a diverged run is)."""
-    return {k: ds.where(ds["seed"] != ds["seed"].values[0]) if "seed" in ds.dims else ds for k, ds in cubes.items()}
-
-
 def test_summary_is_strict_json(run_out, test_cubes, shipped_cubes):
-    """Every number of the summary is finite or None (never NaN), so summary.json is strict
-    JSON, also with a run left out (NaN) and on the shipped cubes."""
-    for cubes in (test_cubes, shipped_cubes, _without_first_seed(shipped_cubes)):
-        summary = collective.summarize(cubes)
-        json.dumps(summary, allow_nan=False)
-        collective.format_summary(summary)
-    json.loads(
-        (run_out / "summary.json").read_text(), parse_constant=lambda token: pytest.fail(f"{token} in summary.json")
-    )
+    """Every number of the summary is finite or None (never NaN): summary.json is strict JSON."""
+    assert_summary_is_strict_json(collective, run_out / "summary.json", test_cubes, shipped_cubes)

@@ -27,7 +27,7 @@ def _jacobian64(model, x):
     """Per-sample Jacobians in float64, (N·C, P) rows sample-major: the reference."""
     import equinox as eqx
 
-    from tests._x64 import enable_x64
+    from _x64 import enable_x64
 
     with enable_x64():
         params, static = eqx.partition(model, eqx.is_inexact_array)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _papers import assert_summary_is_strict_json
 from _x64 import enable_x64
 from ntkbench.papers import data as paper
 
@@ -288,18 +289,6 @@ def test_shipped_cube_is_the_quick_config(shipped):
         )
 
 
-def _without_first_seed(cubes):
-    """The cubes with every value of their first seed set to NaN (as a diverged run is)."""
-    return {k: ds.where(ds["seed"] != ds["seed"].values[0]) if "seed" in ds.dims else ds for k, ds in cubes.items()}
-
-
 def test_summary_is_strict_json(run_out, test_cubes, shipped):
-    """Every number of the summary is finite or None (never NaN), so summary.json is strict
-    JSON, also with a run left out (NaN) and on the shipped cubes."""
-    for cubes in (test_cubes, shipped, _without_first_seed(shipped)):
-        summary = paper.summarize(cubes)
-        json.dumps(summary, allow_nan=False)
-        paper.format_summary(summary)
-    json.loads(
-        (run_out / "summary.json").read_text(), parse_constant=lambda token: pytest.fail(f"{token} in summary.json")
-    )
+    """Every number of the summary is finite or None (never NaN): summary.json is strict JSON."""
+    assert_summary_is_strict_json(paper, run_out / "summary.json", test_cubes, shipped)

@@ -195,19 +195,19 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = _make_configs()
 def configs(name: str = "quick", *, data: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """A deep copy of the sweep configs of ``name`` (``"quick"``, ``"test"``, ``"full"``).
 
-    ``data`` replaces the data set of ``selection``, ``subsets`` and ``small`` (mnist1d,
-    digits, mnist1d by default), e.g. ``{"name": "mnist_idx", "path": "~/data/mnist"}`` for real MNIST IDX
+    ``data`` replaces the data set of ``selection`` (and ``selection_target``, its sets on the
+    RND target's kernel), ``subsets`` and ``small`` (mnist1d, digits, mnist1d by default), e.g. ``{"name": "mnist_idx", "path": "~/data/mnist"}`` for real MNIST IDX
     files (the MLPs then see 784 inputs); ``n_train`` (the pool) and ``n_test`` are kept
     unless given.
 
     >>> sorted(configs("quick"))
-    ['selection', 'selection_digits', 'small', 'subsets']
+    ['selection', 'selection_digits', 'selection_digits_target', 'selection_target', 'small', 'subsets']
     >>> configs("quick")["selection"]["grid"]["selection"]
     ['rnd', 'random', 'max_entropy']
     """
     cfgs = _paper.configs(name)
     if data is not None:
-        for exp in ("selection", "subsets", "small"):
+        for exp in ("selection", "selection_target", "subsets", "small"):
             if exp in cfgs:
                 keep = {k: cfgs[exp]["data"][k] for k in ("n_train", "n_test", "seed")}
                 cfgs[exp]["data"] = {**keep, **copy.deepcopy(dict(data))}

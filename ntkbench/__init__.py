@@ -65,6 +65,7 @@ _EXPORTS: dict[str, str] = {
     # train/
     "train": "train",
     "Recorder": "train",
+    "Watch": "train",
     "Measure": "train",
     "linearized_test_predictions": "train",
     # cube.py

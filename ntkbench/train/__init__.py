@@ -34,7 +34,9 @@ The package (private modules, re-exported here):
   :data:`DEFAULT_MEASURES`; their names, units, long names, dims and needs are rows of
   the one table ``ntkbench._variables.TABLE``, which ``ntkbench.cube`` reads too.
 - ``_recorder``: :class:`Context` (what measures see) and :class:`Recorder`.
-- ``_loop``: :func:`train` and :func:`linearized_test_predictions`.
+- ``_loop``: :func:`train` and :func:`linearized_test_predictions`; the record set-up
+  and the run cube of host records, which :class:`Watch` shares.
+- ``_watch``: :class:`Watch`, the same records from a training loop the user writes.
 """
 
 from ntkbench.train._loop import _lapack_one_thread as _lapack_one_thread
@@ -43,9 +45,11 @@ from ntkbench.train._losses import make_loss
 from ntkbench.train._measures import DEFAULT_MEASURES, MEASURES, Measure
 from ntkbench.train._recorder import Context, Recorder
 from ntkbench.train._recorder import LNPProbes as LNPProbes
+from ntkbench.train._watch import Watch
 
 __all__ = [
     "train",
+    "Watch",
     "Recorder",
     "Measure",
     "MEASURES",

@@ -97,6 +97,9 @@ class _Unhashable(_Static):
         self.value = value
         self._hash = id(self)
 
+    def __hash__(self) -> int:  # defining __eq__ alone would make it unhashable
+        return self._hash
+
     def __eq__(self, other: object) -> bool:
         return self is other
 
@@ -224,6 +227,142 @@ def _check_data(data) -> None:
             raise ValueError("data: x_test contains NaN or Inf; expected finite inputs")
 
 
+def _check_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    return int(steps)
+
+
+def _check_batch_size(batch_size: Any, n_train: int) -> int:
+    """``batch_size`` checked: None or >= N is the full batch (N)."""
+    if batch_size is None:
+        return n_train
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    return int(min(batch_size, n_train))
+
+
+def _record_plan(
+    model, data, recorder: Recorder | None, steps: int, batch_key: jax.Array | None, *, lnp_key: jax.Array
+) -> tuple[dict[str, Any], tuple[Measure, ...], np.ndarray]:
+    """What a record of ``recorder`` on ``data`` needs, set up once before the first
+    record: (inputs, measures, record steps). ``inputs`` holds the data, the probe and test
+    probe, the LNP probes' key (``lnp_key`` folded with a salt; each record folds in its
+    step), the key of the training batches (``batch_key``, for ``lnp_batch="train"``),
+    another network's fixed kernels, the initial kernel (``kernel0``) and the kernel
+    regression's test predictions of ``model`` (the initial one). A full kernel too large
+    to form is refused here (``check_size``). No recorder: the final train/test loss."""
+    x = jnp.asarray(data.x_train)
+    y = jnp.asarray(data.y_train)
+    n_train = len(data.x_train)
+    x_test = getattr(data, "x_test", None)
+    has_test = x_test is not None and len(x_test) > 0
+    inputs: dict[str, Any] = {"x_train": x, "y_train": y}
+    if has_test:
+        inputs["x_test"] = jnp.asarray(data.x_test)
+        inputs["y_test"] = jnp.asarray(data.y_test)
+    if recorder is None:
+        measures: tuple[Measure, ...] = (Loss(),) + ((TestLoss(),) if has_test else ())
+        return inputs, measures, np.array([int(steps)], dtype=np.int64)
+    convention = recorder.convention
+    measures = recorder.for_task(data.task, has_test)
+    record_steps = recorder.steps(int(steps))
+    n_probe = min(recorder.probe, n_train)
+    inputs["probe_x"] = x[:n_probe]
+    inputs["probe_y"] = y[:n_probe]
+    inputs["lnp_key"] = jax.random.fold_in(lnp_key, _LNP_KEY_SALT)  # Hutchinson probes: fold in the step
+    if recorder.lnp_batch == "train":
+        if batch_key is None:
+            raise ValueError("lnp_batch='train' needs the key the training batches are drawn from")
+        inputs["batch_key"] = batch_key  # the LNP measures draw the next step's mini-batch
+    kernel_model = recorder.kernel_model  # another network's kernel, or None: the trained one's
+    if any(m.name in KERNEL_MEASURES for m in measures):
+        convention.check_size(n_probe, n_outputs(model if kernel_model is None else kernel_model, x), name="probe")
+        if kernel_model is not None:  # fixed: computed once
+            inputs["fixed_kernel"] = convention_kernel(kernel_model, inputs["probe_x"], convention)
+    if any("test" in m.needs for m in measures) and has_test:
+        inputs["test_probe_x"] = inputs["x_test"][: min(recorder.probe, len(data.x_test))]
+        if kernel_model is not None:
+            inputs["fixed_test_kernel"] = convention_kernel(kernel_model, inputs["test_probe_x"], convention)
+    if any("kernel_regression" in m.needs for m in measures) and has_test:
+        inputs["kernel_test_preds"] = linearized_test_predictions(model, x, y, inputs["x_test"])
+    if any("kernel0" in m.needs for m in measures):
+        inputs["kernel0"] = convention_kernel(
+            model if kernel_model is None else kernel_model, inputs["probe_x"], convention
+        )
+    return inputs, measures, record_steps
+
+
+def _watched(measures: tuple[Measure, ...]) -> tuple[str, ...]:
+    """The recorded measures whose NaN/Inf is a divergence."""
+    return tuple(m.name for m in measures if m.name in _DIVERGENCE_MEASURES)
+
+
+def _recording(static, measures, loss_fn, recorder: Recorder | None, batch_size: int | None) -> _Static:
+    """The static argument of :func:`_record` (hashed once; equal ones share a compilation)."""
+    convention: Convention = DEFAULT if recorder is None else recorder.convention
+    lnp_batch: LNPBatch = "probe" if recorder is None else recorder.lnp_batch
+    lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
+    return _static_arg((static, measures, loss_fn, lnp_probes, _watched(measures), convention, lnp_batch, batch_size))
+
+
+def _cube(
+    host: list[dict[str, Any]],
+    measures: tuple[Measure, ...],
+    record_steps: np.ndarray,
+    recorder: Recorder | None,
+    data,
+    steps: int,
+    batch_size: int | None,
+    loss: str | Callable,
+    optimizer: str,
+    diverged: int | None,
+):
+    """The run cube of the host records ``host`` (one per step of ``record_steps``): dims
+    ``step`` (and ``eigen_index``), variable attributes, the run's config attributes and
+    ``diverged_step``."""
+    import xarray as xr
+
+    from ntkbench.cube import make_attrs, var_attrs
+
+    convention: Convention = DEFAULT if recorder is None else recorder.convention
+    lnp_batch: LNPBatch = "probe" if recorder is None else recorder.lnp_batch
+    data_vars = {}
+    for m in measures:
+        values = np.stack([np.asarray(r[m.name]) for r in host])
+        attrs = _variable_attrs(m, convention, lnp_batch, None if recorder is None else recorder)
+        data_vars[m.name] = xr.Variable(("step",) + m.dims, values, attrs)
+    coords: dict[str, Any] = {"step": ("step", record_steps, var_attrs("step"))}
+    eig_dims = {d for m in measures for d in m.dims}
+    if "eigen_index" in eig_dims:
+        n_eig = next(data_vars[m.name].shape[1] for m in measures if "eigen_index" in m.dims)
+        coords["eigen_index"] = ("eigen_index", np.arange(n_eig, dtype=np.int64), var_attrs("eigen_index"))
+    config = {
+        "data": getattr(data, "name", ""),
+        "task": data.task,
+        "steps": int(steps),
+        "batch_size": batch_size,
+        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "callable"),
+        "optimizer": optimizer,
+        "recorder": None
+        if recorder is None
+        else {
+            "every": list(recorder.every) if isinstance(recorder.every, tuple) else recorder.every,
+            "probe": recorder.probe,
+            "measures": [m.name for m in measures],
+            "lnp_probes": recorder.lnp_probes,
+            # stated only where they differ from the defaults (older files stay equal)
+            **({} if convention.is_default else dataclasses.asdict(convention)),
+            **({} if lnp_batch == "probe" else {"lnp_batch": lnp_batch}),
+            **({} if recorder.kernel_model is None else {"kernel_model": recorder.kernel_model_name}),
+        },
+    }
+    ds = xr.Dataset(data_vars, coords=coords, attrs=make_attrs(config))
+    if diverged is not None:
+        ds.attrs["diverged_step"] = int(diverged)
+    return ds
+
+
 def train(
     model: Any,
     data: Any,
@@ -278,9 +417,6 @@ def train(
     >>> ds["step"].values.tolist(), bool(ds.loss[-1] < ds.loss[0])
     ([0, 50, 100, 150, 200], True)
     """
-    import xarray as xr
-
-    from ntkbench.cube import make_attrs, var_attrs
     from ntkbench.kernel import as_model
 
     model = as_model(model)
@@ -289,67 +425,24 @@ def train(
         raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {key!r}")
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    steps = _check_steps(steps)
     n_train = len(data.x_train)
-    if batch_size is None:
-        batch_size = n_train
-    elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    batch_size = int(min(batch_size, n_train))
+    batch_size = _check_batch_size(batch_size, n_train)
     if on_record is not None and not callable(on_record):
         raise TypeError(f"on_record must be a callable (step, values) or None, got {type(on_record).__name__}")
     if recorder is not None and not isinstance(recorder, Recorder):
         raise TypeError(f"recorder must be a Recorder or None, got {type(recorder).__name__}")
     loss_fn = _resolve_loss(loss, data.task)
-
-    x = jnp.asarray(data.x_train)
-    y = jnp.asarray(data.y_train)
-    x_test = getattr(data, "x_test", None)
-    has_test = x_test is not None and len(x_test) > 0
-    inputs: dict[str, Any] = {"x_train": x, "y_train": y}
-    if has_test:
-        inputs["x_test"] = jnp.asarray(data.x_test)
-        inputs["y_test"] = jnp.asarray(data.y_test)
-
-    convention: Convention = DEFAULT if recorder is None else recorder.convention
-    lnp_batch: LNPBatch = "probe" if recorder is None else recorder.lnp_batch
-    if recorder is None:
-        measures: tuple[Measure, ...] = (Loss(),) + ((TestLoss(),) if has_test else ())
-        record_steps = np.array([int(steps)], dtype=np.int64)
-    else:
-        measures = recorder.for_task(data.task, has_test)
-        record_steps = recorder.steps(int(steps))
-        n_probe = min(recorder.probe, n_train)
-        inputs["probe_x"] = x[:n_probe]
-        inputs["probe_y"] = y[:n_probe]
-        inputs["lnp_key"] = jax.random.fold_in(key, _LNP_KEY_SALT)  # Hutchinson probes: fold in the step
-        if lnp_batch == "train":
-            inputs["batch_key"] = key  # the LNP measures draw the next step's mini-batch
-        kernel_model = recorder.kernel_model  # another network's kernel, or None: the trained one's
-        if any(m.name in KERNEL_MEASURES for m in measures):
-            convention.check_size(n_probe, n_outputs(model if kernel_model is None else kernel_model, x), name="probe")
-            if kernel_model is not None:  # fixed: computed once
-                inputs["fixed_kernel"] = convention_kernel(kernel_model, inputs["probe_x"], convention)
-        if any("test" in m.needs for m in measures) and has_test:
-            inputs["test_probe_x"] = inputs["x_test"][: min(recorder.probe, len(data.x_test))]
-            if kernel_model is not None:
-                inputs["fixed_test_kernel"] = convention_kernel(kernel_model, inputs["test_probe_x"], convention)
-        if any("kernel_regression" in m.needs for m in measures) and has_test:
-            inputs["kernel_test_preds"] = linearized_test_predictions(model, x, y, inputs["x_test"])
-        if any("kernel0" in m.needs for m in measures):
-            inputs["kernel0"] = convention_kernel(
-                model if kernel_model is None else kernel_model, inputs["probe_x"], convention
-            )
+    inputs, measures, record_steps = _record_plan(model, data, recorder, int(steps), key, lnp_key=key)
+    x, y = inputs["x_train"], inputs["y_train"]
 
     params, rest = eqx.partition(model, eqx.is_inexact_array)
     frozen, static = eqx.partition(rest, eqx.is_array)  # untrained arrays: dynamic, not static
     opt_state = optimizer.init(params)
-    watched = tuple(m.name for m in measures if m.name in _DIVERGENCE_MEASURES)
-    lnp_probes: LNPProbes = "auto" if recorder is None else recorder.lnp_probes
+    watched = _watched(measures)
     # the parts jax.jit takes as static arguments, hashed once per train() call
     stepping = _static_arg((static, optimizer, loss_fn, batch_size))
-    recording = _static_arg((static, measures, loss_fn, lnp_probes, watched, convention, lnp_batch, batch_size))
+    recording = _recording(static, measures, loss_fn, recorder, batch_size)
 
     def advance(params, opt_state, start: int, stop: int):
         """Dispatch steps ``start .. stop-1``: (params, opt_state, params finite)."""
@@ -415,37 +508,5 @@ def train(
     trained = eqx.combine(final, frozen, static)
 
     host = jax.device_get(records)  # one transfer at the end
-    data_vars = {}
-    for m in measures:
-        values = np.stack([np.asarray(r[m.name]) for r in host])
-        attrs = _variable_attrs(m, convention, lnp_batch, None if recorder is None else recorder)
-        data_vars[m.name] = xr.Variable(("step",) + m.dims, values, attrs)
-    coords: dict[str, Any] = {"step": ("step", record_steps, var_attrs("step"))}
-    eig_dims = {d for m in measures for d in m.dims}
-    if "eigen_index" in eig_dims:
-        n_eig = next(data_vars[m.name].shape[1] for m in measures if "eigen_index" in m.dims)
-        coords["eigen_index"] = ("eigen_index", np.arange(n_eig, dtype=np.int64), var_attrs("eigen_index"))
-    config = {
-        "data": getattr(data, "name", ""),
-        "task": data.task,
-        "steps": int(steps),
-        "batch_size": batch_size,
-        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "callable"),
-        "optimizer": "optax",
-        "recorder": None
-        if recorder is None
-        else {
-            "every": list(recorder.every) if isinstance(recorder.every, tuple) else recorder.every,
-            "probe": recorder.probe,
-            "measures": [m.name for m in measures],
-            "lnp_probes": recorder.lnp_probes,
-            # stated only where they differ from the defaults (older files stay equal)
-            **({} if convention.is_default else dataclasses.asdict(convention)),
-            **({} if lnp_batch == "probe" else {"lnp_batch": lnp_batch}),
-            **({} if recorder.kernel_model is None else {"kernel_model": recorder.kernel_model_name}),
-        },
-    }
-    ds = xr.Dataset(data_vars, coords=coords, attrs=make_attrs(config))
-    if diverged is not None:
-        ds.attrs["diverged_step"] = int(diverged)
+    ds = _cube(host, measures, record_steps, recorder, data, int(steps), batch_size, loss, "optax", diverged)
     return trained, ds

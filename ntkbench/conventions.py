@@ -45,6 +45,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal, TypeAlias
 
+from ntkbench import _variables
+
 __all__ = [
     "Convention",
     "DEFAULT",
@@ -55,6 +57,7 @@ __all__ = [
     "TRACES",
     "ENTROPIES",
     "KERNEL_MEASURES",
+    "LNP_MEASURES",
 ]
 
 KernelKind: TypeAlias = Literal["traced", "full"]
@@ -82,9 +85,13 @@ SPECTRAL = frozenset(
 TRACES = frozenset({"trace", "test_trace", "trace_per_sample", "test_trace_per_sample"})
 #: entropies in nats: they follow ``effective``
 ENTROPIES = frozenset({"entropy", "test_entropy"})
-#: every measure of the probe kernel: its attributes state the convention. The three not
-#: in SPECTRAL or TRACES compare or weigh the kernel itself (never cosine-normalised).
-KERNEL_MEASURES = SPECTRAL | TRACES | {"magnitude_entropy", "kernel_distance_init", "relative_change_init"}
+#: the LNP measures: kernel-free, of the probe or of the training batch (``lnp_batch``), not
+#: of the kernel a convention describes
+LNP_MEASURES = frozenset({"spectral_position", "chi_loss", "chi_net", "chi_net_se", "grad_norm_sq"})
+#: every measure of the probe kernel (the table's kernel-derived variables but the LNP ones):
+#: its attributes state the convention. Those not in SPECTRAL or TRACES compare or weigh the
+#: kernel itself (never cosine-normalised).
+KERNEL_MEASURES = _variables.KERNEL_VARIABLES - LNP_MEASURES
 
 _FIELDS = ("kernel", "normalize", "effective", "trace_normalize", "output_reduction")
 
@@ -147,13 +154,12 @@ class Convention:
 
     def spectral(self, M: Any) -> Any:
         """The matrix whose spectrum the spectral measures use: ``M`` or its cosine
-        normalisation (a zero diagonal entry gives NaN, as the measures' own checks would)."""
+        normalisation (:func:`ntkbench.cosine_normalize`)."""
         if self.normalize == "none":
             return M
-        import jax.numpy as jnp
+        from ntkbench.measures import cosine_normalize
 
-        d = jnp.sqrt(jnp.diagonal(M))
-        return M / (d[:, None] * d[None, :])
+        return cosine_normalize(M)
 
     def entropy(self, S: Any, size: int) -> Any:
         """S in nats, or S / ln(size) when ``effective``."""

@@ -120,23 +120,13 @@ def _rnd_select(
     return jax.lax.fori_loop(1, budget, add_one, carry)[2]
 
 
-_ARCH = ("out_size", "width", "depth", "activation")  # the RND networks' architecture options
-
-
-def rnd_target(
-    in_size: int,
-    *,
-    key: PRNGKeyArray | None = None,
-    seed: int | None = None,
-    out_size: int = 16,
-    width: int = 64,
-    depth: int = 2,
-    activation: str = "relu",
-) -> _Flat:
-    """The fixed random *target* network of ``select(..., "rnd")`` with the same ``key`` (or
-    ``seed``) and architecture options: an MLP on flattened samples of ``in_size`` features.
-    The data paper measures the selected sets' eNTK on it, as the authors did. It applies
-    to one sample of any shape (flattened, as ``select`` flattens the pool).
+def rnd_target(in_size: int, *, key: PRNGKeyArray | None = None, seed: int | None = None, **options: Any) -> _Flat:
+    """The fixed random *target* network of ``select(..., "rnd", key=key, **options)`` (or
+    ``seed``): an MLP on flattened samples of ``in_size`` features, built from the RND
+    method's architecture options (``width``, ``depth``, ``out_size``, ``activation``; its
+    training options are accepted and unused). The data paper measures the selected sets'
+    eNTK on it, as the authors did. It applies to one sample of any shape (flattened, as
+    ``select`` flattens the pool).
 
     >>> import numpy as np
     >>> pool = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
@@ -147,8 +137,10 @@ def rnd_target(
         raise ValueError("pass either key or seed, not both")
     if key is None:
         key = jax.random.key(check_int(0 if seed is None else seed, "seed", 0))
+    opts = check_options("method 'rnd'", options, _METHODS["rnd"].defaults)
     k_target = jax.random.split(key, 3)[1]  # the split _rnd makes: (first point, target, predictor)
-    return _Flat(MLP(check_int(in_size, "in_size", 1), out_size, width, depth, activation, key=k_target))
+    arch = (opts["out_size"], opts["width"], opts["depth"], opts["activation"])
+    return _Flat(MLP(check_int(in_size, "in_size", 1), *arch, key=k_target))
 
 
 class _Flat(eqx.Module):
@@ -166,7 +158,7 @@ def _rnd(pool: _Pool, budget: int, key: PRNGKeyArray, opts: dict[str, Any]) -> n
     batch = min(check_int(opts["batch_size"], "batch_size", 1), budget)
     n, d = pool.x.shape
     k_first, _, k_pred = jax.random.split(key, 3)
-    target = rnd_target(d, key=key, **{k: opts[k] for k in _ARCH}).net
+    target = rnd_target(d, key=key, **opts).net
     predictor = MLP(d, opts["out_size"], opts["width"], opts["depth"], opts["activation"], key=k_pred)
     xj = jnp.asarray(pool.x)
     target_out = jax.vmap(target)(xj)

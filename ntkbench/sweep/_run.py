@@ -124,8 +124,7 @@ def _kernel_model(run: Mapping[str, Any], rec: Mapping[str, Any], dataset: Any) 
     sel = run.get("select")
     if sel is None:
         raise ValueError("config key 'record.kernel_model': 'rnd_target' needs a [select] table (its seed)")
-    arch = ("out_size", "width", "depth", "activation")
-    opts = {k: v for k, v in sel.get("options", {}).get("rnd", {}).items() if k in arch}
+    opts = sel.get("options", {}).get("rnd", {})  # the target of an RND selection with these options
     in_size = int(np.prod(np.shape(dataset.x_train)[1:]))
     target = rnd_target(in_size, seed=int(sel.get("seed", run.get("seed", 0))), **opts)
     return {"kernel_model": target, "kernel_model_name": "RND target network"}

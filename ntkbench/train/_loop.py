@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from ntkbench import _variables
-from ntkbench.conventions import DEFAULT, KERNEL_MEASURES, Convention
+from ntkbench.conventions import DEFAULT, KERNEL_MEASURES, LNP_MEASURES, Convention
 from ntkbench.kernel import _Static
 from ntkbench.train._losses import _TASKS, _predict, _resolve_loss
 from ntkbench.train._measures import Loss, Measure, TestLoss
@@ -183,10 +183,6 @@ def _record_values(
     return {m.name: jnp.asarray(m(ctx)) for m in measures}
 
 
-#: the LNP measures: of the probe batch or of the training batch (``lnp_batch``)
-_LNP_MEASURES = frozenset({"spectral_position", "chi_loss", "chi_net", "chi_net_se", "grad_norm_sq"})
-
-
 def _variable_attrs(m: Measure, convention: Convention, lnp_batch: LNPBatch, recorder: Any = None) -> dict[str, str]:
     """A recorded variable's attributes: its long name and units, and the convention it
     was measured under (kernel measures: the ``ntk_*`` attributes, and under a convention
@@ -201,7 +197,7 @@ def _variable_attrs(m: Measure, convention: Convention, lnp_batch: LNPBatch, rec
         if recorder is not None and recorder.kernel_model is not None:
             attrs["ntk_network"] = recorder.kernel_model_name
             attrs["long_name"] = f"{attrs['long_name']}, {recorder.kernel_model_name}"
-    if m.name in _LNP_MEASURES:
+    if m.name in LNP_MEASURES:
         attrs["ntk_lnp_batch"] = lnp_batch
         if lnp_batch == "train":
             attrs["long_name"] = attrs["long_name"].replace("(probe batch)", "(training batch, before the step)")

@@ -4,7 +4,7 @@
 
     ntkbench info
     ntkbench sweep CONFIG.toml --out DIR [--workers N | --scheduler ADDR] [--no-progress] [--overwrite]
-    ntkbench reproduce PAPER [--quick] --out DIR [--workers N | --scheduler ADDR]
+    ntkbench reproduce PAPER [--quick | --config NAME] --out DIR [--workers N | --scheduler ADDR]
     ntkbench export CUBE --figure NAME --format png|svg|pdf|html [--out DIR]
 
 ``--figure explorer --format html`` writes the cube's explorer as one standalone HTML file
@@ -131,7 +131,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     module = get(args.paper)
     _check_out(args.out)
-    module.run(args.out, quick=args.quick, workers=args.workers, scheduler=args.scheduler)
+    if args.config is not None:
+        if args.quick:
+            raise ValueError("arguments --quick and --config: give one (--quick is --config quick)")
+        if args.config not in module.CONFIGS:
+            raise ValueError(
+                f"argument --config: paper {args.paper!r} has configs {sorted(module.CONFIGS)}, got {args.config!r}"
+            )
+    module.run(args.out, quick=args.quick, config=args.config, workers=args.workers, scheduler=args.scheduler)
     print(f"{args.paper}: results in {args.out}")
     return 0
 
@@ -230,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", parents=[debug], help="run a paper's experiments (resumes)")
     p.add_argument("paper", metavar="PAPER")
     p.add_argument("--quick", action="store_true", help="small configuration (a few minutes on 2 cores)")
+    p.add_argument(
+        "--config",
+        metavar="NAME",
+        help="a named configuration of the paper (quick, full, or e.g. data's power; default full)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     _add_cluster(p)
     p.set_defaults(func=_cmd_reproduce)

@@ -130,6 +130,33 @@ def _target(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _power(data: str = "mnist1d", budgets: Sequence[int] = (200, 500, 1000), n: int = 2000) -> dict[str, Any]:
+    """F-a1 at the authors' power: ``n`` random subsets per budget from a pool of 8 000, test
+    accuracy on 2 000 held-out samples after a fixed 300 full-batch Adam steps (= epochs);
+    the kernel (and its whole spectrum) at initialization and at the end."""
+    cfg = _cfg(
+        data,
+        pool=8000,
+        n_test=2000,
+        title=f"random subsets at the authors' power on {data}",
+        grid={"budget": list(budgets), "seed": list(range(n))},
+    )
+    cfg["record"]["every"] = [0, cfg["train"]["steps"]]
+    return cfg
+
+
+def _cosine(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The same subsets and initial networks, their spectral measures of the
+    cosine-normalised kernel (traces stay the kernel's own): step 0, nothing trained."""
+    record = {**cfg["record"], "every": [0], "measures": list(_base.PROBE_MEASURES), "normalize": "cosine"}
+    return {
+        **cfg,
+        "title": cfg["title"] + ", cosine-normalised kernel",
+        "train": {**cfg["train"], "steps": 0},
+        "record": record,
+    }
+
+
 _SMALL_MODEL = {"name": "mlp", "width": 8, "depth": 1, "activation": "relu"}
 _SMALL_TRAIN = {"optimizer": "sgd", "lr": 0.1, "steps": 500, "batch_size": "full", "loss": "ce"}
 
@@ -185,6 +212,9 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
             "subsets": subsets([20, 40, 80, 160, 320], list(range(100)), pool=1000, n_test=797),
             "small": small(list(range(10))),
         },
+        # F-a1 at the authors' power (issue: is the initial eNTK predictive at all?): 2 000
+        # random subsets at each of N = 200, 500, 1 000; about 40 minutes on 2 cores
+        "power": {"subsets": _power(), "subsets_cosine": _cosine(_power())},
     }
 
 
@@ -207,7 +237,7 @@ def configs(name: str = "quick", *, data: Mapping[str, Any] | None = None) -> di
     """
     cfgs = _paper.configs(name)
     if data is not None:
-        for exp in ("selection", "selection_target", "subsets", "small"):
+        for exp in ("selection", "selection_target", "subsets", "subsets_cosine", "small"):
             if exp in cfgs:
                 keep = {k: cfgs[exp]["data"][k] for k in ("n_train", "n_test", "seed")}
                 cfgs[exp]["data"] = {**keep, **copy.deepcopy(dict(data))}

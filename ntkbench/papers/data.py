@@ -41,7 +41,20 @@ import numpy as np
 
 from ntkbench import plots
 from ntkbench.papers import _base, _stats
-from ntkbench.papers._base import FigureSpec, at_step, check_choice, config_of, put_lines, seed_text
+from ntkbench.papers._base import FigureSpec, at_step, check_choice, put_lines, seed_text
+from ntkbench.papers._data_a1 import (
+    ACCURACY_VARIANTS,
+    CORRELATION_VARIANTS,
+    ENTROPY_VARIANTS,
+    KERNEL_TEXT,
+    TRACE_VARIANTS,
+    build_a1,
+    correlations,
+    data_name,
+    data_note,
+    fig_a1_data,
+    trim_spectra,
+)
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
@@ -50,6 +63,7 @@ __all__ = [
     "configs", "run", "run_cubes", "open_cubes", "figures", "defaults",  # its protocol (configs, runs, cubes)
     "fig_a1_data", "build_a1", "fig_a2_data", "fig_a3_data", "fig_a4_data", "fig_a5_data", "build_lines",  # F-a*
     "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # data
+    "CORRELATION_VARIANTS", "correlations", "data_name", "trim_spectra",  # F-a1's claim; the shipped power cube
 ]  # fmt: skip
 
 KEY = "data"
@@ -70,16 +84,12 @@ METHODS: dict[str, tuple[str, str]] = {
     "random": ("random", "#1f5fa8"),
     "max_entropy": ("max-entropy (m = 20)", "#2a9d55"),
 }
-ENTROPY_VARIANTS = {"S/lnN": ("entropy_normalized", "S / ln N"), "S": ("entropy", "S [nat]")}
-TRACE_VARIANTS = {"TrK": ("trace", "Tr K"), "TrK/N": ("trace_per_sample", "Tr K / N")}
-ACCURACY_VARIANTS = {"test_accuracy": "test accuracy", "test_loss": "test loss (MSE)", "accuracy": "train accuracy"}
 #: F-a2..F-a4 data sets -> experiment
 DATA_SETS = {"mnist1d": "selection", "digits": "selection_digits"}
-_KERNEL = "traced eNTK of the whole selected set, sum over outputs"
 #: F-a3 / F-a4's kernel -> (experiment suffix, header text): the classifier's own at
 #: initialization, or the RND target network's, cosine-normalised, as the authors measured sets
 KERNELS: dict[str, tuple[str, str]] = {
-    "classifier": ("", _KERNEL),
+    "classifier": ("", KERNEL_TEXT),
     "rnd_target": ("_target", "the RND target network's traced eNTK of the whole selected set, cosine-normalised"),
 }
 
@@ -260,12 +270,6 @@ open_cubes, figures, defaults = _paper.open_cubes, _paper.figures, _paper.defaul
 # =========================================================================== shared by the figures
 
 
-def data_name(ds: Any) -> str:
-    """The data set a cube's runs used (``mnist1d``, ``digits``, ``mnist_idx``, ...), from
-    its config; ``"?"`` if the config does not say."""
-    return str(config_of(ds).get("data", {}).get("name", "?"))
-
-
 def _selection(cubes: Mapping[str, Any], data_set: str, kernel: str = "classifier") -> Any:
     check_choice("data_set", data_set, DATA_SETS)
     check_choice("kernel", kernel, KERNELS)
@@ -273,12 +277,6 @@ def _selection(cubes: Mapping[str, Any], data_set: str, kernel: str = "classifie
     if exp not in cubes:
         raise ValueError(f"data_set {data_set!r} needs the {exp!r} cube; cubes are {sorted(cubes)}")
     return cubes[exp]
-
-
-def _data_note(ds: Any) -> str:
-    cfg = config_of(ds)
-    d, m = cfg.get("data", {}), cfg.get("model", {})
-    return f"{d.get('name')}, pool {d.get('n_train')}, test {d.get('n_test')}; MLP {m.get('width')}×{m.get('depth')}"
 
 
 def _vs_budget(data: FigureData, key: str, ds: Any, var: str, step: int | None, seed: Any, log_y: bool) -> None:
@@ -298,82 +296,6 @@ _SE_REPEATS = "mean ± standard error over repeats"
 # =========================================================================== F-a1
 
 
-def fig_a1_data(
-    ds: Any, *, entropy: str = "S/lnN", trace: str = "TrK", budget: Any = "all", accuracy: str = "test_accuracy"
-) -> FigureData:
-    """Figure data of F-a1 from the ``subsets`` cube: panels ``"a1-entropy"`` and
-    ``"a1-trace"`` (sources ``"…-points"``: x = S/ln N or Tr K at initialization, y = the
-    final ``accuracy``, one point per subset, coloured by budget), for every budget or one."""
-    check_choice("entropy", entropy, ENTROPY_VARIANTS)
-    check_choice("trace", trace, TRACE_VARIANTS)
-    check_choice("accuracy", accuracy, ACCURACY_VARIANTS)
-    budgets = [int(b) for b in ds["budget"].values]
-    if budget != "all" and int(budget) not in budgets:
-        raise ValueError(f"budget must be 'all' or one of {budgets}, got {budget!r}")
-    shown = budgets if budget == "all" else [int(budget)]
-    colors = dict(zip(budgets, plots.palette(len(budgets), "Viridis256"), strict=True))
-    y_all = at_step(ds[accuracy], None)
-    corr = {}
-    data = plots.figure_data("F-a1", "")
-    for col, (var, label), log_x in (
-        ("entropy", ENTROPY_VARIANTS[entropy], False),
-        ("trace", TRACE_VARIANTS[trace], True),
-    ):
-        x_all = ds[var].isel(step=0)
-        pts: dict[str, list] = {k: [] for k in ("x", "y", "budget", "seed", "color", "label")}
-        for b in shown:
-            xs, ys = np.asarray(x_all.sel(budget=b).values, float), np.asarray(y_all.sel(budget=b).values, float)
-            r = _stats.rank_correlation(xs, ys, seed=b)
-            corr[(col, b)] = r
-            ok = np.isfinite(xs) & np.isfinite(ys) & ((xs > 0) if log_x else True)
-            pts["x"] += xs[ok].tolist()
-            pts["y"] += ys[ok].tolist()
-            pts["budget"] += [b] * int(ok.sum())
-            pts["seed"] += [int(s) for s in ds["seed"].values[ok]]
-            pts["color"] += [colors[b]] * int(ok.sum())
-            pts["label"] += [f"N = {b}: ρ = {r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"] * int(ok.sum())
-        key = f"a1-{col}"
-        data["sources"][f"{key}-points"] = pts
-        plots.set_panel(
-            data,
-            key,
-            f"{ACCURACY_VARIANTS[accuracy]} vs {label} at initialization",
-            f"{label} (step 0)",
-            ACCURACY_VARIANTS[accuracy],
-            log_x=log_x,
-            log_y=False,
-        )
-    data["panels"] = [["a1-entropy", "a1-trace"]]
-    data["legend"] = ["a1-entropy", "a1-trace"]
-    n_subsets = ds.sizes["seed"]
-    data["header"] = (
-        f"<b>F-a1 generalization vs collective variables</b> — {n_subsets} random subsets per budget; "
-        f"{_data_note(ds)}; {_KERNEL}; ρ: Spearman within each budget, 95 % bootstrap interval"
-    )
-    return data
-
-
-def build_a1(data: FigureData, panel_size: tuple[int, int] = (400, 360)) -> Any:
-    """The F-a1 layout: scatter panels with the correlations in their legends."""
-    from bokeh.models import ColumnDataSource, HoverTool
-
-    def draw(fig: Any, key: str) -> None:
-        src = ColumnDataSource(dict(data["sources"][f"{key}-points"]), name=f"{key}-points")
-        r = fig.scatter(
-            "x", "y", source=src, color="color", size=7, alpha=0.75, line_color="white", legend_field="label"
-        )
-        fig.add_tools(
-            HoverTool(
-                renderers=[r],
-                tooltips=[("budget", "@budget"), ("subset", "@seed"), ("x", "@x{%0.4g}"), ("y", "@y{%0.3f}")],
-                formatters={"@x": "printf", "@y": "printf"},
-            )
-        )
-        plots.panel_style(fig, legend=True, beside="right")  # the points fill every corner
-
-    return plots.panel_grid(data, draw, panel_size=panel_size, name="F-a1", si_y=None)
-
-
 # =========================================================================== F-a2, F-a3, F-a5 (lines)
 
 
@@ -391,7 +313,7 @@ def fig_a2_data(
     ds = _selection(cubes, data_set)
     data = plots.figure_data(
         "F-a2",
-        f"<b>F-a2 accuracy vs data budget</b> — {_data_note(ds)}; {'final step' if step is None else f'step {step}'}; {seed_text(seed, _SE_REPEATS, 'repeat')}",
+        f"<b>F-a2 accuracy vs data budget</b> — {data_note(ds)}; {'final step' if step is None else f'step {step}'}; {seed_text(seed, _SE_REPEATS, 'repeat')}",
     )
     _vs_budget(data, "a2-main", ds, accuracy, step, seed, log_y=False)
     plots.set_panel(
@@ -424,7 +346,7 @@ def fig_a3_data(
     ds = _selection(cubes, data_set, kernel)
     data = plots.figure_data(
         "F-a3",
-        f"<b>F-a3 collective variables of the selected sets</b> — at initialization; {KERNELS[kernel][1]}; {_data_note(ds)}; {seed_text(seed, _SE_REPEATS, 'repeat')}",
+        f"<b>F-a3 collective variables of the selected sets</b> — at initialization; {KERNELS[kernel][1]}; {data_note(ds)}; {seed_text(seed, _SE_REPEATS, 'repeat')}",
     )
     for col, (var, label), log_y in (
         ("entropy", ENTROPY_VARIANTS[entropy], False),
@@ -448,7 +370,7 @@ def fig_a5_data(ds: Any, *, entropy: str = "S/lnN", seed: Any = "mean", step_mar
     x = np.asarray(ds["step"].values, float) + 1.0
     data = plots.figure_data(
         "F-a5",
-        f"<b>F-a5 entropy during training</b> — {_data_note(ds)}, N = {n}; {_KERNEL}; {seed_text(seed, 'mean ± std over seeds', 'repeat')}",
+        f"<b>F-a5 entropy during training</b> — {data_note(ds)}, N = {n}; {KERNEL_TEXT}; {seed_text(seed, 'mean ± std over seeds', 'repeat')}",
     )
     data["spans"] = {}
     for col, (var, label), log_y in (
@@ -525,7 +447,7 @@ def fig_a4_data(
     ylab = "λ_i / Tr K" if normalize else "eigenvalue λ_i"
     data = plots.figure_data(
         "F-a4",
-        f"<b>F-a4 spectra</b> — N = {budget}, step {st}; {KERNELS[kernel][1]}; {_data_note(ds)}; {seed_text(seed, 'mean ± std over repeats', 'repeat')}",
+        f"<b>F-a4 spectra</b> — N = {budget}, step {st}; {KERNELS[kernel][1]}; {data_note(ds)}; {seed_text(seed, 'mean ± std over repeats', 'repeat')}",
     )
     data["sources"] = {"a4-main-lines": lines, "a4-main-bands": bands}
     plots.set_panel(
@@ -542,7 +464,8 @@ def fig_a4_data(
 def controls(cubes: Mapping[str, Any]) -> list[Control]:
     """The Workbench's controls: ``data_set`` (mnist1d or digits for F-a2..F-a4),
     ``accuracy``, ``entropy`` / ``trace`` variants, ``seed`` (mean ± SE, every repeat, one),
-    ``budget`` (F-a4's set size), ``a1_budget`` (F-a1: every budget or one),
+    ``budget`` (F-a4's set size), ``a1_budget`` (F-a1: every budget or one), ``a1_kernel``
+    (F-a1's entropy of the raw or, with ``subsets_cosine``, the cosine-normalised kernel),
     ``normalize`` (F-a4), ``kernel`` (F-a3 / F-a4: the classifier's or the RND target's, with
     the ``*_target`` cubes), ``step`` (F-a5's marker)."""
     sel_sets = [k for k, exp in DATA_SETS.items() if exp in cubes]
@@ -582,6 +505,8 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
                 description="subsets",
             )
         )
+        kernels = [("raw", "raw")] + ([("cosine", "cosine")] if "subsets_cosine" in cubes else [])
+        ctls.append(Control("a1_kernel", "toggle", "raw", kernels, description="F-a1 S of", button_width="80px"))
     if "small" in cubes:
         ctls.append(step_control([int(s) for s in cubes["small"]["step"].values]))
     return ctls
@@ -608,10 +533,15 @@ FIGURES: list[FigureSpec] = [
     FigureSpec(
         "F-a1",
         lambda c, s: fig_a1_data(
-            c["subsets"], entropy=s["entropy"], trace=s["trace"], budget=s["a1_budget"], accuracy=s["accuracy"]
+            c["subsets"],
+            entropy=s["entropy"],
+            trace=s["trace"],
+            budget=s["a1_budget"],
+            accuracy=s["accuracy"],
+            cosine=c["subsets_cosine"] if s.get("a1_kernel") == "cosine" else None,
         ),
         build_a1,
-        (("a1_budget", "accuracy"), ("entropy", "trace")),
+        (("a1_budget", "accuracy"), ("entropy", "trace", "a1_kernel")),
         available=_base.has_cubes("subsets"),
     ),
     FigureSpec(
@@ -669,15 +599,16 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
       test accuracy of the selected sets, mean ± standard error over repeats; and
       ``rnd_minus_random`` per budget: the differences of the means with their standard
       errors;
-    - ``entropy_accuracy`` / ``trace_accuracy``: per budget of ``subsets`` and pooled
-      within budgets, Spearman's ρ of the initial S/ln N (Tr K) and the final test
-      accuracy with a 95 % bootstrap interval and whether it excludes 0 (``resolved``);
+    - ``correlations[variant]`` (:func:`_correlations`): Spearman's ρ of an initial
+      collective variable of the ``subsets`` and their final test accuracy, per budget,
+      pooled within budgets and pooled over all, with 95 % bootstrap intervals, whether
+      they exclude 0 (``resolved``) and the smallest |ρ| the subsets detect;
     - ``small_net``: S/ln N at the start and the end and its change, per seed;
     - ``rnd_target_entropy_normalized`` (in each budget's row, with the ``*_target``
       cubes): S/ln N of the same sets on the RND target network's cosine-normalised kernel
       per method, and RND minus random.
     """
-    out: dict[str, Any] = {"note": f"{_KERNEL}; S/ln N and Tr K at initialization; accuracy at the last step"}
+    out: dict[str, Any] = {"note": f"{KERNEL_TEXT}; S/ln N and Tr K at initialization; accuracy at the last step"}
     sel: dict[str, Any] = {}
     num = _stats.as_float
     for key, exp in DATA_SETS.items():
@@ -717,20 +648,7 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
         sel[data_set] = per
     out["selection"] = sel
     if "subsets" in cubes:
-        ds = cubes["subsets"]
-        acc = at_step(ds["test_accuracy"], None)
-        for name, var in (("entropy_accuracy", "entropy_normalized"), ("trace_accuracy", "trace")):
-            x0 = ds[var].isel(step=0)
-            res = {
-                str(int(b)): _stats.rounded(
-                    _stats.rank_correlation(x0.sel(budget=b).values, acc.sel(budget=b).values, seed=int(b))
-                )
-                for b in ds["budget"].values
-            }
-            xb, yb = x0.transpose("budget", "seed").values, acc.transpose("budget", "seed").values
-            groups = np.repeat(ds["budget"].values, ds.sizes["seed"])
-            res["pooled_within_budget"] = _stats.rounded(_stats.rank_correlation(xb.ravel(), yb.ravel(), groups=groups))
-            out[name] = res
+        out["correlations"] = correlations(cubes)
     if "small" in cubes:
         s = cubes["small"]["entropy_normalized"]
         s = s.isel(budget=0) if "budget" in s.dims else s
@@ -772,18 +690,21 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                     f"           on the RND target's cosine kernel: S/ln N {fmt(t['diff'], '+.3f')}±{fmt(t['se'], '.3f')}"
                 )
         lines.append("")
-    for name, label in (("entropy_accuracy", "S/ln N"), ("trace_accuracy", "Tr K")):
-        if name in summary:
+    for variant, rows in summary.get("correlations", {}).items():
+        label = CORRELATION_VARIANTS[variant][2]
+        lines.append(
+            f"Rank correlation of initial {label} with final test accuracy over random subsets (95 % bootstrap):"
+        )
+        for b, r in rows.items():
+            if r["resolved"]:
+                verdict = "resolved"
+            else:
+                verdict = f"holds 0 (|ρ| ≥ {fmt(r['detectable'], '.3f')} would have been detected)"
             lines.append(
-                f"Rank correlation of initial {label} with final test accuracy over random subsets (95 % bootstrap):"
+                f"  {'N = ' + b if b.isdigit() else b:<22} ρ = {fmt(r['rho'], '+.3f')} [{fmt(r['low'], '+.3f')}, {fmt(r['high'], '+.3f')}] "
+                f"(n = {r['n']}) {verdict}"
             )
-            for b, r in summary[name].items():
-                verdict = "resolved" if r["resolved"] else "not resolved at this scale"
-                lines.append(
-                    f"  {'N = ' + b if b.isdigit() else b:<22} ρ = {fmt(r['rho'], '+.3f')} [{fmt(r['low'], '+.3f')}, {fmt(r['high'], '+.3f')}] "
-                    f"(n = {r['n']}) {verdict}"
-                )
-            lines.append("")
+        lines.append("")
     if "small_net" in summary:
         s = summary["small_net"]
         lines.append(

@@ -348,6 +348,15 @@ class CNN(eqx.Module):
         ``"standard"``, ``"ntk"`` or ``"mup"`` (see the module docstring).
     pool:
         ``"mean"`` (global average pool) or ``"flatten"``.
+    channels:
+        The channels of each conv layer, e.g. ``(32, 64)`` (then ``width`` and ``depth`` are
+        ``channels[-1]`` and ``len(channels)``); None: ``depth`` layers of ``width``.
+    hidden:
+        Units of a hidden dense layer (with the activation) between the trunk and the
+        readout, e.g. 256; None: none. ``channels`` and ``hidden`` need the standard
+        parametrization.
+    downsample:
+        A 2×2 average pooling (stride 2) after each conv layer (an axis of size 1 is kept).
     base_width:
         µP only: the width (channels) at which ``"mup"`` coincides with ``"standard"``.
     key:
@@ -361,11 +370,18 @@ class CNN(eqx.Module):
     >>> cnn = CNN((8, 8), 10, width=8, depth=2, key=jax.random.key(0))
     >>> cnn(jnp.ones((8, 8))).shape
     (10,)
+    >>> authors = CNN((8, 8), 10, 0, 0, channels=(32, 64), hidden=256, pool="flatten",
+    ...               downsample=True, key=jax.random.key(0))   # Conv32-Conv64-Dense256-Dense10
+    >>> authors.readout.in_features, authors(jnp.ones(64)).shape
+    (256, (10,))
     """
 
     convs: tuple[eqx.nn.Conv2d, ...]
+    hidden: eqx.nn.Linear | None
     readout: eqx.nn.Linear
     in_scales: tuple[float, ...] = eqx.field(static=True)
+    channels: tuple[int, ...] = eqx.field(static=True)
+    downsample: bool = eqx.field(static=True)
     in_shape: tuple[int, int, int] = eqx.field(static=True)
     out_size: int = eqx.field(static=True)
     width: int = eqx.field(static=True)
@@ -385,6 +401,9 @@ class CNN(eqx.Module):
         parametrization: str = "standard",
         *,
         pool: str = "mean",
+        channels: Sequence[int] | None = None,
+        hidden: int | None = None,
+        downsample: bool = False,
         base_width: int = 1,
         key: PRNGKeyArray,
     ):
@@ -396,22 +415,38 @@ class CNN(eqx.Module):
         c, h, w = shape if len(shape) == 3 else (1, *shape)
         self.in_shape = (c, h, w)
         self.out_size = _check_int(out_size, "out_size", 1)
-        self.width = _check_int(width, "width", 1)
-        self.depth = _check_int(depth, "depth", 1)
+        if channels is not None:
+            if isinstance(channels, str | bytes) or not isinstance(channels, Sequence) or not channels:
+                raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
+            self.channels = tuple(_check_int(ch, "channels entry", 1) for ch in channels)
+        else:
+            self.channels = (_check_int(width, "width", 1),) * _check_int(depth, "depth", 1)
+        self.width, self.depth = self.channels[-1], len(self.channels)
         self.activation = _check_activation(activation)
         if pool not in ("mean", "flatten"):
             raise ValueError(f"pool must be 'mean' or 'flatten', got {pool!r}")
-        self.pool = pool
+        if not isinstance(downsample, bool):
+            raise ValueError(f"downsample must be a bool, got {downsample!r}")
+        self.pool, self.downsample = pool, downsample
         self.parametrization, self.base_width = _check_parametrization(parametrization, base_width)
-        keys = jax.random.split(key, self.depth + 1)
-        chans = [self.in_shape[0]] + [self.width] * self.depth
+        if (channels is not None or hidden is not None) and self.parametrization != "standard":
+            raise ValueError(f"channels and hidden need parametrization='standard', got {parametrization!r}")
+        keys = jax.random.split(key, self.depth + 2)
+        chans = [self.in_shape[0], *self.channels]
         convs, scales = [], []
+        _, h, w = self.in_shape
         for i in range(self.depth):
             std, scale = _init_scale(self.parametrization, chans[i] * 9)
             convs.append(_conv(chans[i], chans[i + 1], std, keys[i]))
             scales.append(float(scale))
-        _, h, w = self.in_shape
+            if downsample:
+                h, w = (h // 2 if h > 1 else h), (w // 2 if w > 1 else w)
         n_feat = self.width if pool == "mean" else self.width * h * w
+        self.hidden = None
+        if hidden is not None:
+            n_hidden = _check_int(hidden, "hidden", 1)
+            self.hidden = _dense(n_feat, n_hidden, _init_scale("standard", n_feat)[0], keys[-2])
+            n_feat = n_hidden
         std, scale = _init_scale(
             self.parametrization,
             n_feat,
@@ -431,8 +466,21 @@ class CNN(eqx.Module):
         act = ACTIVATIONS[self.activation]
         for conv, scale in zip(self.convs, self.in_scales[:-1], strict=True):  # [-1]: the readout
             h = act(conv(_scaled(h, scale)))
+            if self.downsample:
+                h = _avg_pool2(h)
         h = jnp.mean(h, axis=(1, 2)) if self.pool == "mean" else jnp.reshape(h, (-1,))
+        if self.hidden is not None:
+            h = act(self.hidden(h))
         return self.readout(_scaled(h, self.in_scales[-1]))
+
+
+def _avg_pool2(h: Array) -> Array:
+    """2×2 average pooling with stride 2 of ``h`` (C, H, W) (an axis of size 1 is kept; an
+    odd row or column is dropped)."""
+    c, hh, ww = h.shape
+    ph, pw = (2 if hh > 1 else 1), (2 if ww > 1 else 1)
+    h = h[:, : hh // ph * ph, : ww // pw * pw]
+    return h.reshape(c, hh // ph, ph, ww // pw, pw).mean(axis=(2, 4))
 
 
 # --------------------------------------------------------------------------- transformer
@@ -775,6 +823,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "depth": 2,
         "activation": "relu",
         "pool": "mean",
+        "channels": None,
+        "hidden": None,
+        "downsample": False,
         "parametrization": "standard",
         "base_width": 1,
     },
@@ -806,8 +857,8 @@ def make_model(
 
     - mlp: ``width=64, depth=2, activation="relu", parametrization="standard",
       base_width=1`` (``in_size = prod(in_shape)``)
-    - cnn: ``width=16, depth=2, activation="relu", pool="mean",
-      parametrization="standard", base_width=1``
+    - cnn: ``width=16, depth=2, activation="relu", pool="mean", channels=None,
+      hidden=None, downsample=False, parametrization="standard", base_width=1``
     - random_features: ``width=256, activation="relu", features="frozen"`` (or
       ``"trained"``; :class:`RandomFeatures`)
     - transformer: ``width=64, layers=2, heads=4, mlp_ratio=4,
@@ -862,6 +913,9 @@ def make_model(
             opts["activation"],
             opts["parametrization"],
             pool=opts["pool"],
+            channels=opts["channels"],
+            hidden=opts["hidden"],
+            downsample=opts["downsample"],
             base_width=opts["base_width"],
             key=key,
         )

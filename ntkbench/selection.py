@@ -24,7 +24,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -37,7 +37,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from ntkbench._checks import check_float, check_int, check_options
 from ntkbench.kernel import entk
 from ntkbench.measures import entropy, spectrum
-from ntkbench.models import MLP
+from ntkbench.models import CNN, MLP
 
 __all__ = ["rnd_target", "select", "METHODS"]
 
@@ -71,7 +71,7 @@ def _random(pool: _Pool, budget: int, key: PRNGKeyArray, opts: dict[str, Any]) -
 def _rnd_select(
     pool: Float[Array, "n d"],
     first: Int[Array, ""],
-    predictor: MLP,
+    predictor: MLP | CNN,
     target_out: Float[Array, "n k"],
     budget: int,
     steps: int,
@@ -120,17 +120,22 @@ def _rnd_select(
     return jax.lax.fori_loop(1, budget, add_one, carry)[2]
 
 
-def rnd_target(in_size: int, *, key: PRNGKeyArray | None = None, seed: int | None = None, **options: Any) -> _Flat:
+def rnd_target(
+    in_shape: int | Sequence[int], *, key: PRNGKeyArray | None = None, seed: int | None = None, **options: Any
+) -> _Flat:
     """The fixed random *target* network of ``select(..., "rnd", key=key, **options)`` (or
-    ``seed``): an MLP on flattened samples of ``in_size`` features, built from the RND
-    method's architecture options (``width``, ``depth``, ``out_size``, ``activation``; its
-    training options are accepted and unused). The data paper measures the selected sets'
-    eNTK on it, as the authors did. It applies to one sample of any shape (flattened, as
-    ``select`` flattens the pool).
+    ``seed``) for samples of ``in_shape`` (an int: flat samples of that many features). Built
+    from the RND method's architecture options: ``architecture="mlp"`` (``width``,
+    ``depth``, ``activation``) or ``"cnn"`` (the authors' trunk: 3×3 convs of ``channels``
+    with 2×2 average pooling, flattened, then the readout); ``out_size`` outputs. Its training
+    options are accepted and unused. The data paper measures the selected sets' eNTK on it,
+    as the authors did. It applies to one sample of any shape of ``in_shape``'s size.
 
     >>> import numpy as np
     >>> pool = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
     >>> rnd_target(8, seed=3)(pool[0]).shape
+    (16,)
+    >>> rnd_target((8, 8), seed=3, architecture="cnn", channels=(4, 8))(np.ones(64)).shape
     (16,)
     """
     if key is not None and seed is not None:
@@ -139,14 +144,35 @@ def rnd_target(in_size: int, *, key: PRNGKeyArray | None = None, seed: int | Non
         key = jax.random.key(check_int(0 if seed is None else seed, "seed", 0))
     opts = check_options("method 'rnd'", options, _METHODS["rnd"].defaults)
     k_target = jax.random.split(key, 3)[1]  # the split _rnd makes: (first point, target, predictor)
-    arch = (opts["out_size"], opts["width"], opts["depth"], opts["activation"])
-    return _Flat(MLP(check_int(in_size, "in_size", 1), *arch, key=k_target))
+    return _Flat(_rnd_network(in_shape, opts, k_target))
+
+
+def _rnd_network(in_shape: int | Sequence[int], opts: dict[str, Any], key: PRNGKeyArray) -> MLP | CNN:
+    """An RND target or predictor network (see :func:`rnd_target`)."""
+    shape = (in_shape,) if isinstance(in_shape, int | np.integer) else tuple(in_shape)
+    arch = opts["architecture"]
+    if arch == "mlp":
+        in_size = check_int(int(np.prod(shape)), "in_shape", 1)
+        return MLP(in_size, opts["out_size"], opts["width"], opts["depth"], opts["activation"], key=key)
+    if arch == "cnn":
+        return CNN(
+            shape,
+            opts["out_size"],
+            0,
+            0,
+            opts["activation"],
+            channels=opts["channels"],
+            pool="flatten",
+            downsample=True,
+            key=key,
+        )
+    raise ValueError(f"option architecture must be 'mlp' or 'cnn', got {arch!r}")
 
 
 class _Flat(eqx.Module):
     """A network of flattened samples applied to one sample of any shape (as select sees the pool)."""
 
-    net: MLP
+    net: MLP | CNN
 
     def __call__(self, x: Any) -> Any:
         return self.net(jnp.reshape(x, (-1,)))
@@ -156,10 +182,10 @@ def _rnd(pool: _Pool, budget: int, key: PRNGKeyArray, opts: dict[str, Any]) -> n
     steps = check_int(opts["steps"], "steps", 0)
     lr = check_float(opts["lr"], "lr", 0.0)
     batch = min(check_int(opts["batch_size"], "batch_size", 1), budget)
-    n, d = pool.x.shape
+    n = len(pool.x)
     k_first, _, k_pred = jax.random.split(key, 3)
-    target = rnd_target(d, key=key, **opts).net
-    predictor = MLP(d, opts["out_size"], opts["width"], opts["depth"], opts["activation"], key=k_pred)
+    target = rnd_target(pool.raw.shape[1:], key=key, **opts).net
+    predictor = _rnd_network(pool.raw.shape[1:], opts, k_pred)
     xj = jnp.asarray(pool.x)
     target_out = jax.vmap(target)(xj)
     first = jax.random.randint(k_first, (), 0, n)
@@ -195,7 +221,17 @@ _METHODS: dict[str, _Method] = {
     "random": _Method(_random, {}),
     "rnd": _Method(
         _rnd,
-        {"width": 64, "depth": 2, "out_size": 16, "activation": "relu", "steps": 50, "lr": 1e-3, "batch_size": 128},
+        {
+            "architecture": "mlp",
+            "width": 64,
+            "depth": 2,
+            "channels": (32, 64),
+            "out_size": 16,
+            "activation": "relu",
+            "steps": 50,
+            "lr": 1e-3,
+            "batch_size": 128,
+        },
     ),
     "max_entropy": _Method(_max_entropy, {"m": 20, "model": None}),
 }
@@ -232,8 +268,12 @@ def select(
           its current weights and optimizer state; once more than ``batch_size`` points
           are chosen, each step uses ``batch_size`` of them drawn uniformly, so a large
           budget costs O(budget · batch_size) per step instead of O(budget²)). Options:
-          ``width=64, depth=2, out_size=16, activation="relu", steps=50, lr=1e-3,
-          batch_size=128``. The whole loop is one compiled function.
+          ``architecture="mlp", width=64, depth=2, out_size=16, activation="relu",
+          steps=50, lr=1e-3, batch_size=128``; ``architecture="cnn"`` makes both networks
+          the authors' CNN trunk (3×3 convs of ``channels=(32, 64)``, each followed by 2×2
+          average pooling, flattened, then ``out_size`` outputs: ``out_size=256`` is their
+          Conv32-Conv64-Dense256) on samples of the pool's shape. The whole loop is one
+          compiled function.
         - ``"max_entropy"``: draw ``m`` random subsets of size ``budget`` and keep the one
           whose traced eNTK (``nb.entk``) has the largest von Neumann entropy. Options:
           ``m=20``, ``model=None`` (an Equinox model called on one pool sample; default

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ntkbench as nb
 from _papers import assert_summary_is_strict_json
 from _x64 import enable_x64
+from ntkbench.papers import _data_a1
 from ntkbench.papers import data as paper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,3 +297,24 @@ def test_shipped_cube_is_the_quick_config(shipped):
 def test_summary_is_strict_json(run_out, test_cubes, shipped):
     """Every number of the summary is finite or None (never NaN): summary.json is strict JSON."""
     assert_summary_is_strict_json(paper, run_out / "summary.json", test_cubes, shipped)
+
+
+def test_authors_models_select_and_train_on_images(tmp_path):
+    """configs(models="authors"): the authors' CNN classifier on digits images, RND with
+    CNN target and predictor, and the selected sets' kernel under the CNN target; the
+    mnist1d experiments (1-D signals) are left out."""
+    cfgs = paper.configs("quick", models="authors")
+    assert sorted(cfgs) == ["selection_digits", "selection_digits_target", "subsets"]
+    for exp in ("selection_digits", "selection_digits_target"):
+        cfg = cfgs[exp]
+        cfg["data"].update(n_train=80, n_test=40)
+        cfg["train"]["steps"] = 3
+        cfg["select"]["options"]["rnd"]["steps"] = 2
+        cfg["grid"] = {"selection": ["rnd"], "budget": [6], "seed": [0]}
+        ds = nb.sweep(cfg, tmp_path / exp, progress=False)
+        assert float(ds["entropy_normalized"].isel(step=0).squeeze()) > 0
+        assert int(ds.sizes["eigen_index"]) == 6
+    cube = nb.open_cube(tmp_path / "selection_digits" / "cube.nc")
+    assert "CNN conv 32-64, dense 256" in _data_a1.data_note(cube)
+    with pytest.raises(ValueError, match="models"):
+        paper.configs("quick", models="cnn")

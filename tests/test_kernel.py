@@ -208,10 +208,12 @@ def _to64(model):
     return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model)
 
 
-@pytest.mark.parametrize("arch", ["transformer", "cnn"])
+@pytest.mark.parametrize("arch", ["transformer", "cnn", "authors_cnn"])
 def test_structured_on_package_models_matches_float64(arch, x64, getkey):
     """ntkbench.models.TinyTransformer (embeddings, per-token linears in vmap, LayerNorm,
-    attention) and ntkbench.models.CNN (convolutions): structured and auto vs reference."""
+    attention) and ntkbench.models.CNN (convolutions; the data paper authors' shape: convs
+    of two channel counts with 2×2 average pooling of an odd-sized image, flattened, a hidden
+    dense layer): structured and auto vs reference."""
     from ntkbench.kernel import _probe
 
     if arch == "transformer":
@@ -221,11 +223,18 @@ def test_structured_on_package_models_matches_float64(arch, x64, getkey):
         x = jax.random.randint(getkey(), (5, 4), 0, 7)
         x2 = jax.random.randint(getkey(), (3, 4), 0, 7)
         n_tapped = 7  # 2 embeddings, qkv, proj, fc1, fc2, unembed
-    else:
+    elif arch == "cnn":
         model = _perturb(_to64(nb.CNN((6, 6), 3, width=3, depth=2, key=getkey())), getkey())
         x = jax.random.normal(getkey(), (5, 6, 6), jnp.float64)
         x2 = jax.random.normal(getkey(), (3, 6, 6), jnp.float64)
         n_tapped = 3  # 2 convs, readout
+    else:
+        shape = (7, 6)  # the odd row is dropped by the pooling
+        cnn = nb.CNN(shape, 3, 0, 0, channels=(2, 3), hidden=5, pool="flatten", downsample=True, key=getkey())
+        model = _perturb(_to64(cnn), getkey())
+        x = jax.random.normal(getkey(), (5, *shape), jnp.float64)
+        x2 = jax.random.normal(getkey(), (3, *shape), jnp.float64)
+        n_tapped = 4  # 2 convs, hidden, readout
     assert len(_probe(model, x.shape[1:], x.dtype)) == n_tapped
     K = nb.entk(model, x, method="structured")
     assert rel_err(K, reference_entk(model, x)) < 1e-10

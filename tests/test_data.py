@@ -320,3 +320,24 @@ def test_data_does_not_depend_upward():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == ["ntkbench", "ntkbench._checks", "ntkbench.data"]
     assert not hasattr(data, "select")
+
+
+@pytest.mark.parametrize("name", ["pydoc", "shakespeare"])
+def test_text_corpora_are_next_character_windows(name):
+    """The real-text data sets: y is x shifted by one character, windows are real text from
+    the train part (first 90 %) or the test part (last 10 %), and too many windows is an
+    error naming the argument."""
+    from ntkbench.data import PYDOC_VOCAB, _pydoc_text, _shakespeare_text
+
+    ds = data.load(name, n_train=50, n_test=10, seed=3, context=16)
+    assert ds.x_train.shape == (50, 16) and ds.y_test.shape == (10, 16) and ds.n_outputs == len(PYDOC_VOCAB) == 96
+    np.testing.assert_array_equal(ds.x_train[:, 1:], ds.y_train[:, :-1])
+    ids = (_pydoc_text if name == "pydoc" else _shakespeare_text)()
+    cut = int(0.9 * len(ids))
+    text = "".join(PYDOC_VOCAB[i] for i in ids)
+    window = "".join(PYDOC_VOCAB[i] for i in ds.x_train[0]) + PYDOC_VOCAB[ds.y_train[0, -1]]
+    assert 0 <= text.find(window) < cut
+    assert text.rfind("".join(PYDOC_VOCAB[i] for i in ds.x_test[0])) >= cut
+    assert (ids == PYDOC_VOCAB.index("?")).mean() < 0.01  # almost all characters are in the vocabulary
+    with pytest.raises(ValueError, match="n_test"):
+        data.load(name, n_train=5, n_test=10**7, seed=0, context=16)

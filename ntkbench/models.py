@@ -845,6 +845,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "layers": 2,
         "aspect": None,
         "heads": 4,
+        "head_dim": None,
         "mlp_hidden": None,
         "tie_embeddings": False,
         "vocab_size": None,
@@ -875,9 +876,10 @@ def make_model(
       parametrization="standard", base_width=1``; ``vocab_size`` defaults to
       ``out_size`` and ``context`` to ``in_shape[0]``.
     - decoder (:class:`ntkbench.decoder.Decoder`, Llama-style): ``width=64, layers=2,
-      aspect=None, heads=4, mlp_hidden=None, tie_embeddings=False``, ``vocab_size`` and
-      ``context`` as the transformer's; ``aspect`` (an int) sets ``layers = max(1,
-      width // aspect)``, a fixed width-to-depth ratio across sizes.
+      aspect=None, heads=4, head_dim=None, mlp_hidden=None, tie_embeddings=False``,
+      ``vocab_size`` and ``context`` as the transformer's; ``aspect`` (an int) sets
+      ``layers = max(1, width // aspect)`` and ``head_dim`` sets ``heads = width // head_dim``,
+      so one grid over ``width`` keeps the shape of the model across sizes.
 
     ``in_shape`` is the shape of one input (``Dataset.in_shape``), ``out_size`` the number
     of outputs (``Dataset.n_outputs``). An unknown name or key raises ``ValueError``.
@@ -938,12 +940,13 @@ def make_model(
 
         vocab, context = _lm_sizes(opts, in_shape, out_size)
         layers = opts["layers"] if opts["aspect"] is None else max(1, opts["width"] // opts["aspect"])
+        heads = opts["heads"] if opts["head_dim"] is None else max(1, opts["width"] // opts["head_dim"])
         return Decoder(
             vocab,
             context,
             opts["width"],
             layers,
-            opts["heads"],
+            heads,
             mlp_hidden=opts["mlp_hidden"],
             tie_embeddings=opts["tie_embeddings"],
             key=key,

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from ntkbench import plots
-from ntkbench.papers import _base, _stats
+from ntkbench.papers import _base, _reach_power, _stats
 from ntkbench.papers._base import FigureSpec, check_choice, config_of, need_cube, put_lines, seed_or_mean
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
@@ -147,6 +147,11 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
             "stories": _lm(_stories(8192, 16), [16, 32, 64, 128], [0, 1, 2], steps=3000, probe=16, title="TinyTransformer on stories"),
             "pixels": _lm(_pixels(1500, 8), [16, 32, 64, 128], [0, 1, 2], steps=3000, probe=8, title="TinyTransformer on digit pixels"),
             "rf": _rf([16, 64, 256, 1024], list(range(5)), n=256, steps=10000),
+        },
+        # the size claim at power: 7 Llama-style sizes over 2 decades × 3 seeds, kernel-free
+        "power": {
+            "shakespeare": _reach_power.power_config({**_stories(16384, 32), "name": "shakespeare", "n_test": 256}, "Shakespeare"),
+            "stories": _reach_power.power_config({**_stories(16384, 32), "n_test": 256}, "stories"),
         },
     }  # fmt: skip
 

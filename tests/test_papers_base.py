@@ -214,6 +214,13 @@ def test_every_experiment_must_record_the_spectrum(tmp_path):
     with pytest.raises(ValueError, match=r"configs\['main'\]\['record'\]\['measures'\] must include 'eigenvalues'"):
         _base.run_experiments(tmp_path / "out", {"main": cfg}, progress=False)
     assert not (tmp_path / "out").exists()
+    # kernel-free (LNP terms on the training batch, no spectral measure) is allowed; a
+    # spectral measure there still needs the spectrum
+    cfg["record"].update(measures=["loss", "chi_loss", "chi_net"], lnp_batch="train")
+    _base.run_experiments(tmp_path / "free", {"main": cfg}, progress=False)
+    cfg["record"]["measures"] = ["loss", "chi_net", "entropy"]
+    with pytest.raises(ValueError, match="kernel-free"):
+        _base.run_experiments(tmp_path / "out", {"main": cfg}, progress=False)
 
 
 def test_apply_names_what_a_figure_lacks(toy_run):

@@ -157,18 +157,24 @@ def run_experiments(
     share their grid points: each runs once; each combines its own ``cube-<name>.nc``
     there) and its cube is saved as ``out/<name>.nc``,
     with the attribute ``experiment``. Every experiment must record ``eigenvalues`` (the
-    probe set's spectrum; ``ValueError`` before anything runs otherwise). ``rename``
+    probe set's spectrum; ``ValueError`` before anything runs otherwise), unless it is
+    kernel-free: no spectral measure, its LNP terms on the training batch (reach's power
+    config, whose models are too large for a spectrum at every record). ``rename``
     renames dims in every cube (e.g.
     ``{"layers": "depth"}``), with the new dim's CF attributes. Rerunning resumes.
     """
+    from ntkbench.conventions import SPECTRAL
     from ntkbench.sweep import sweep
 
     for name, cfg in configs.items():
-        measures = cfg.get("record", {}).get("measures")
-        if measures is not None and "eigenvalues" not in measures:
+        record = cfg.get("record", {})
+        measures = record.get("measures")
+        kernel_free = record.get("lnp_batch") == "train" and not SPECTRAL & set(measures or ["eigenvalues"])
+        if measures is not None and "eigenvalues" not in measures and not kernel_free:
             raise ValueError(
                 f"configs[{name!r}]['record']['measures'] must include 'eigenvalues': every paper cube records "
-                f"the probe set's eNTK spectrum (got {list(measures)})"
+                f"the probe set's eNTK spectrum, unless it is kernel-free (no spectral measure, the LNP terms on "
+                f"the training batch) (got {list(measures)})"
             )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

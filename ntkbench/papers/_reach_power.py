@@ -20,15 +20,17 @@ __all__ = [
     "power_config",
     "non_embedding",
     "late_mean",
+    "loss_of",
     "size_claim",
     "format_size_claim",
     "verdict",
 ]
 
-#: the LNP terms on the training batch (Hutchinson χ_net with 4 probes) and the losses: no
-#: kernel is formed, so the size is bounded by training, not by a spectrum
+#: the LNP terms on the training batch (Hutchinson χ_net with 4 probes) and the test loss (512
+#: held-out windows): no kernel is formed, so the size is bounded by training, not by a
+#: spectrum. Not ``loss``: the training set's loss at every record would cost several times
+#: the training itself (16 384 windows); χ_loss is the training batch's.
 POWER_MEASURES: list[str] = [
-    "loss",
     "test_loss",
     "spectral_position",
     "chi_loss",
@@ -44,7 +46,7 @@ POWER_WIDTHS: list[int] = [16, 24, 32, 48, 64, 80, 112]
 def power_config(data: dict[str, Any], title: str, *, steps: int = 1000, seeds: int = 3) -> dict[str, Any]:
     """The sweep config of one data set of the ``power`` config: every size trains on the
     same windows for ``steps`` Adam steps of 32 sequences (the same token budget), recorded
-    every 25 steps."""
+    every 40 steps."""
     return {
         "title": f"reach: Llama-style decoders over two decades of size on {title}",
         "paper": "reach",
@@ -52,7 +54,7 @@ def power_config(data: dict[str, Any], title: str, *, steps: int = 1000, seeds: 
         "model": {"name": "decoder", "width": POWER_WIDTHS[0], "aspect": 32, "head_dim": 8},
         "data": data,
         "train": {"optimizer": "adam", "lr": 1e-3, "steps": steps, "batch_size": 32, "loss": "ce"},
-        "record": {"every": 25, "probe": 8, "measures": list(POWER_MEASURES), "lnp_probes": 4, "lnp_batch": "train"},
+        "record": {"every": 40, "probe": 8, "measures": list(POWER_MEASURES), "lnp_probes": 4, "lnp_batch": "train"},
         "grid": {"width": list(POWER_WIDTHS), "seed": list(range(seeds))},
     }
 
@@ -84,6 +86,12 @@ def non_embedding(ds: Any, width: int) -> int:
     cfg = config_of(ds)
     model = {**cfg.get("model", {}), "width": int(width)}
     return _non_embedding(json.dumps(model, sort_keys=True), json.dumps(cfg.get("data", {}), sort_keys=True))
+
+
+def loss_of(ds: Any) -> str:
+    """The loss variable a cube's scaling laws use: ``loss`` (the training set's), or
+    ``test_loss`` where the training loss was not recorded (the ``power`` config)."""
+    return "loss" if "loss" in ds else "test_loss"
 
 
 def late_mean(da: Any, fraction: float = 0.1) -> Any:
@@ -129,7 +137,7 @@ def _trend(ds: Any, var: str, logn: np.ndarray, n_boot: int) -> dict[str, Any]:
 def size_claim(ds: Any, n_boot: int = 2000) -> dict[str, Any]:
     """Does a larger model end with lower χ_pos (and loss)? For a language-model cube with a
     ``width`` grid and seeds: per width the non-embedding and total parameters; ``pos`` and
-    ``loss`` (:func:`_trend` of χ_pos and the training loss); ``chi_net_growth``: χ_net at
+    ``loss`` (:func:`_trend` of χ_pos and the loss, :func:`loss_of`); ``chi_net_growth``: χ_net at
     the end over χ_net at the start, per width and seed (claim 3: feature learning amplifies
     gradient magnitudes); ``frontier``: the power law of the compute frontier of the loss
     (compute 6·N·D with N the non-embedding parameters) and the decades of compute it spans."""
@@ -140,7 +148,7 @@ def size_claim(ds: Any, n_boot: int = 2000) -> dict[str, Any]:
     curves = []
     for w, n in zip(widths, n_non, strict=True):
         c = compute(ds, w) * n / n_params(ds, w)  # 6·N·D with the non-embedding N
-        loss = np.asarray(_stats.seed_mean(ds["loss"].sel(width=w)).values, float)
+        loss = np.asarray(_stats.seed_mean(ds[loss_of(ds)].sel(width=w)).values, float)
         curves.append((c[1:], loss[1:]))
     fx, fy = _stats.frontier(curves)
     fit = _stats.power_fit(fx, fy)
@@ -151,7 +159,8 @@ def size_claim(ds: Any, n_boot: int = 2000) -> dict[str, Any]:
         "decades_of_size": _stats.finite(float(np.log10(n_non.max() / n_non.min())), 3),
         "n_seeds": int(ds.sizes["seed"]),
         "pos": _trend(ds, "spectral_position", logn, n_boot),
-        "loss": _trend(ds, "loss", logn, n_boot),
+        "loss": _trend(ds, loss_of(ds), logn, n_boot),
+        "loss_variable": loss_of(ds),
         "chi_net_growth": [[_stats.sig(v) for v in row] for row in growth],
         "chi_net_grew": int(np.sum(growth > 1)),
         "n_runs": int(growth.size),
@@ -182,7 +191,8 @@ def format_size_claim(label: str, claim: dict[str, Any]) -> list[str]:
         f"Size claim on {label} ({claim['n_seeds']} seeds; non-embedding parameters by width: {sizes})",
         "  " + verdict(claim),
     ]
-    for name, key in (("χ_pos", "pos"), ("training loss", "loss")):
+    loss_name = "training loss" if claim["loss_variable"] == "loss" else "test loss"
+    for name, key in (("χ_pos", "pos"), (loss_name, "loss")):
         t = claim[key]
         r = t["rank"]
         lines.append(

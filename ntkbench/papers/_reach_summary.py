@@ -65,13 +65,13 @@ def summarize(cubes: Mapping[str, Any], fit_from: float = 0.1) -> dict[str, Any]
         for w in ds["width"].values.tolist():
             sub = ds.sel(width=w)
             c = compute(ds, w)
-            mean = np.asarray(_stats.seed_mean(sub["loss"]).values, float)
+            mean = np.asarray(_stats.seed_mean(sub[_reach_power.loss_of(ds)]).values, float)
             curves.append((c[fit_at], mean[fit_at]))
             f = _stats.power_fit(c[fit_at], mean[fit_at])
             pos = sub["spectral_position"]
             per[str(int(w))] = {
                 "n_params": n_params(ds, w),
-                "final_loss": _per_seed(sub["loss"].isel(step=-1)),
+                "final_loss": _per_seed(sub[_reach_power.loss_of(ds)].isel(step=-1)),
                 "fit": _fit_numbers(f),
                 "pos_early": _per_seed(pos.isel(step=early)),
                 "pos_end": _per_seed(pos.isel(step=-1)),

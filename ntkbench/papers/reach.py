@@ -155,8 +155,8 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
         },
         # the size claim at power: 7 Llama-style sizes over 2 decades × 3 seeds, kernel-free
         "power": {
-            "shakespeare": _reach_power.power_config({**_stories(16384, 32), "name": "shakespeare", "n_test": 256}, "Shakespeare"),
-            "stories": _reach_power.power_config({**_stories(16384, 32), "n_test": 256}, "stories"),
+            "shakespeare": _reach_power.power_config({**_stories(16384, 32), "name": "shakespeare", "n_test": 512}, "Shakespeare"),
+            "stories": _reach_power.power_config({**_stories(16384, 32), "n_test": 512}, "stories"),
         },
     }  # fmt: skip
 
@@ -250,7 +250,7 @@ def fig_d1_data(
     )
     fits: dict[str, list] = {"xs": [], "ys": [], "color": [], "label": []}
     curves = []
-    for key, var, log_y in (("d1-loss", "loss", True), ("d1-pos", "spectral_position", True)):
+    for key, var, log_y in (("d1-loss", _reach_power.loss_of(ds), True), ("d1-pos", "spectral_position", True)):
         lines, bands = plots.empty_lines(), plots.empty_bands()
         for w in widths:
             c = compute(ds, w)
@@ -271,12 +271,13 @@ def fig_d1_data(
     if f is not None:
         plots.add_power_fit(fits, fx, f, "#111111", f"frontier: b = {f[1]:+.3f}, R² {f[2]:.2f}")
     data["sources"]["d1-loss-fits"] = fits
+    loss_name = "training loss" if _reach_power.loss_of(ds) == "loss" else "test loss"
     plots.set_panel(
         data,
         "d1-loss",
-        f"training loss vs compute ({fits['label'][-1] if f is not None else 'no frontier fit'})",
+        f"{loss_name} vs compute ({fits['label'][-1] if f is not None else 'no frontier fit'})",
         "compute 6·N·D [FLOP]",
-        "training loss (cross-entropy)",
+        f"{loss_name} (cross-entropy)",
         log_x=True,
         log_y=True,
     )

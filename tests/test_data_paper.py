@@ -318,3 +318,65 @@ def test_authors_models_select_and_train_on_images(tmp_path):
     assert "CNN conv 32-64, dense 256" in _data_a1.data_note(cube)
     with pytest.raises(ValueError, match="models"):
         paper.configs("quick", models="cnn")
+
+
+# --------------------------------------------------------------------------- the power run
+
+
+POWER = ROOT / "data" / "data_power.nc"
+
+
+@pytest.fixture(scope="module")
+def power():
+    if not POWER.exists():
+        pytest.fail(f"{POWER} is missing: run `make data-power`")
+    return paper.open_cubes(POWER)
+
+
+def test_power_cube_has_the_issue_size(power):
+    """≥ 2 000 subsets at each of N = 200, 500, 1 000, both kernels, every run finished,
+    the top of each spectrum kept."""
+    for exp in ("subsets", "subsets_cosine"):
+        ds = power[exp]
+        assert ds["budget"].values.tolist() == [200, 500, 1000]
+        assert ds.sizes["seed"] >= 2000 and ds.sizes["eigen_index"] == 32
+        assert int((ds["status"] != 0).sum()) == 0
+    assert np.isfinite(power["subsets"]["test_accuracy"].isel(step=-1).values).all()
+    # the same subsets and initial networks: the raw trace is the kernel's own in both
+    np.testing.assert_allclose(
+        power["subsets_cosine"]["trace"].isel(step=0), power["subsets"]["trace"].isel(step=0), rtol=1e-6
+    )
+
+
+def test_power_cube_is_tied_to_the_code(power, tmp_path):
+    """Rerun four subsets of each power experiment (N = 200 and 1 000) with today's code and
+    match the shipped values. At initialization everything is a float32 function of the
+    subset and the initial weights (the eNTK sums 10⁵ products: rtol 1e-4 leaves room for
+    another CPU's kernels). After 300 Adam steps round-off has been amplified by training:
+    the loss within 1 %, and at most 3 of the 2 000 test samples may flip."""
+    for exp in ("subsets", "subsets_cosine"):
+        cfg = paper.configs("power")[exp]
+        cfg["grid"] = {"budget": [200, 1000], "seed": [0, 1234]}
+        new = nb.sweep(cfg, tmp_path / exp, progress=False)
+        old = power[exp].sel(budget=[200, 1000], seed=[0, 1234])
+        for var in ("entropy", "entropy_normalized", "trace"):
+            np.testing.assert_allclose(new[var].isel(step=0), old[var].isel(step=0), rtol=1e-4, err_msg=var)
+        top = new["eigenvalues"].isel(step=0, eigen_index=slice(0, 32))
+        np.testing.assert_allclose(top, old["eigenvalues"].isel(step=0), rtol=1e-4, atol=1e-3 * float(top.max()))
+        if exp == "subsets":
+            np.testing.assert_allclose(new["loss"].isel(step=-1), old["loss"].isel(step=-1), rtol=1e-2)
+            diff = np.abs(new["test_accuracy"].isel(step=-1) - old["test_accuracy"].isel(step=-1))
+            assert float(diff.max()) <= 3 / 2000, diff.values
+
+
+def test_power_summary_gives_every_budget_and_variant(power):
+    s = paper.summarize(power)
+    corr = s["correlations"]
+    assert set(corr) == {"S/lnN", "S/lnN cosine", "TrK", "TrK/N"}
+    for rows in corr.values():
+        assert set(rows) == {"200", "500", "1000", "pooled_within_budget", "pooled_all"}
+        for r in rows.values():
+            assert r["low"] <= r["rho"] <= r["high"] and r["n"] >= 2000
+            assert 0 < r["detectable"] < 0.07  # 2 000 pairs detect |ρ| ≈ 0.06
+    text = paper.format_summary(s)
+    assert "S / ln N of the cosine-normalised kernel" in text and "N = 1000" in text

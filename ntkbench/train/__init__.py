@@ -41,9 +41,9 @@ The package (private modules, re-exported here):
   with the run's optimizer and steps (the ``linear_test_*`` measures).
 """
 
+from ntkbench.train._linear import linearized_training_predictions
 from ntkbench.train._loop import _lapack_one_thread as _lapack_one_thread
 from ntkbench.train._loop import linearized_test_predictions, train
-from ntkbench.train._linear import linearized_training_predictions
 from ntkbench.train._losses import make_loss
 from ntkbench.train._measures import DEFAULT_MEASURES, MEASURES, Measure
 from ntkbench.train._recorder import Context, Recorder

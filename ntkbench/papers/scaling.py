@@ -638,8 +638,10 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     """The Workbench's controls: ``setup`` (F-c1: MSE or cross-entropy), ``entropy`` /
     ``trace`` variants, ``quantity`` (F-c2: entropy or trace), ``measure`` (F-c3's
     feature-learning measure), ``tolerance`` (the critical width's), ``parametrization``
-    (F-c3's time and spectrum panels), ``baseline`` (F-c4's kernel: the kernel limit or each
-    network's own K_0), ``step`` and ``seed`` (mean ± SE, every seed, one)."""
+    (F-c3's time and spectrum panels), ``baseline`` (F-c4's kernel: the kernel limit, each
+    network's own K_0, or the linearized network trained alike where the cubes record it),
+    ``kernel`` (F-c2: the full kernel, or the traced one where the twins are there),
+    ``step`` and ``seed`` (mean ± SE, every seed, one)."""
     setups = [s for s in SETUPS if s in cubes] or list(SETUPS)
     pars = [p for p in PARAMETRIZATIONS if p in cubes] or list(PARAMETRIZATIONS)
     first = next((cubes[e] for e in (*SETUPS, *PARAMETRIZATIONS) if e in cubes), None)

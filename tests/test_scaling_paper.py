@@ -220,6 +220,12 @@ def test_width_law_on_the_data_task_falls_with_an_interval_below_zero(cubes):
 def test_shipped_width_law_spans_the_issue_grid(shipped):
     w = shipped["width_sp"]["width"].values
     assert w.size >= 6 and w.max() / w.min() >= 64 and shipped["width_sp"].sizes["seed"] >= 3
+    # the same task: at width 128 these are data_ce's runs at D = 1024 (both stored by one run)
+    np.testing.assert_allclose(
+        shipped["width_sp"]["test_loss"].isel(step=-1).sel(width=128).values,
+        shipped["data_ce"]["test_loss"].isel(step=-1).sel(n_train=1024).values,
+        rtol=1e-6,
+    )
 
 
 def test_linearized_network_trained_alike_is_the_fair_baseline(cubes):

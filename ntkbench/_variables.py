@@ -38,7 +38,7 @@ class Variable(NamedTuple):
     units: str = "1"  # CF units; "1" is dimensionless
     kernel: bool = False  # derived from the eNTK: NaN/Inf in it is an error (KERNEL_VARIABLES)
     dims: tuple[str, ...] = ()  # extra dims of one record, after "step"
-    needs: frozenset[str] = frozenset()  # of {"kernel0", "test", "labels", "kernel_regression"}
+    needs: frozenset[str] = frozenset()  # of {"kernel0", "test", "labels", "kernel_regression", "linear_training"}
     default: bool = False  # recorded when a Recorder's measures=None (DEFAULT_MEASURES)
     diverges: bool = False  # NaN/Inf in it means the run diverged (train stops there)
     measure: bool = True  # recorded by a train.Measure (False: written by the sweep)
@@ -85,6 +85,13 @@ TABLE: dict[str, Variable] = {
     ),
     "kernel_test_accuracy": Variable(
         "test accuracy of kernel regression with the initial eNTK", needs=_needs("test", "labels", "kernel_regression")
+    ),
+    "linear_test_loss": Variable(
+        "test loss of the linearized network trained like the network", needs=_needs("test", "linear_training")
+    ),
+    "linear_test_accuracy": Variable(
+        "test accuracy of the linearized network trained like the network",
+        needs=_needs("test", "labels", "linear_training"),
     ),
     "accuracy": Variable("training accuracy", needs=_needs("labels"), default=True),
     "test_accuracy": Variable("test accuracy", needs=_needs("labels", "test"), default=True),

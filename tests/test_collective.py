@@ -193,6 +193,24 @@ def test_initial_trace_grows_with_width(cubes):
     assert np.all(t.diff("width") > 0), "Tr K(0) must grow monotonically with width"
 
 
+def test_trajectories_group_into_families_by_activation_and_depth(cubes):
+    """F-b2's claim measured: the runs' end points (ΔS, Δ ln Tr K) group by (activation,
+    depth) far beyond chance (quick cube: pseudo-F 99, R² 0.94, p at its floor 1e-4), in
+    the MLP grid and in the scale plane; width alone does not group them (R² 0.005)."""
+    fam = collective.summarize(cubes)["families"]
+    for name in ("mlp", "scale"):
+        arch, width = fam[name]["activation_depth"], fam[name]["width"]
+        assert arch["p_value"] <= 0.001, (name, arch)  # 10x above the floor of 9999 permutations
+        assert arch["r2"] > 0.7, (name, arch)  # measured 0.93-0.94
+        assert width["r2"] < 0.2 and width["p_value"] > 0.05, (name, width)  # measured R² <= 0.02
+    # the end points are the cube's own changes (an independent recomputation for one run)
+    points, labels = collective.family_points(cubes["mlp"])
+    i = int(np.flatnonzero((labels["activation"] == "tanh") & (labels["depth"] == 6) & (labels["width"] == 8))[1])
+    run = cubes["mlp"].sel(activation="tanh", depth=6, width=8, seed=labels["seed"][i])
+    want = [_delta(run).item(), float(np.log(run["trace"].isel(step=-1) / run["trace"].isel(step=0)))]
+    np.testing.assert_allclose(points[i], want, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- independent check
 
 
@@ -272,7 +290,13 @@ def test_summary_numbers(run_out, test_cubes):
         s0 = s0.mean("seed") if "seed" in s0.dims else s0
         np.testing.assert_allclose(v["entropy0"], s0.values, atol=1e-3)
     assert set(summary["architectures"]) == {"transformer depth 1", "transformer depth 3", "cnn depth 1", "cnn depth 3"}
-    for needle in ("relu 8x1", "Tr K(0) vs width", "Initial entropy S(0) vs depth", "transformer depth 3"):
+    for needle in (
+        "relu 8x1",
+        "Tr K(0) vs width",
+        "Initial entropy S(0) vs depth",
+        "transformer depth 3",
+        "F-b2 families",
+    ):
         assert needle in text, needle
 
 
@@ -651,6 +675,7 @@ def test_figures_and_summary_are_those_of_the_pre_framework_code():
     got = json.loads(json.dumps(golden.compute(collective, cubes)))  # the stored form: tuples as lists
     # texts exactly, numbers to 1e-6 of their column's scale: NumPy on another CPU may move
     # a float32 value by an ulp (see assert_states_close)
+    got["summary"].pop("families")  # F-b2's family statistic came later (issue 30): tested below
     golden.assert_states_close(got["summary"], want["summary"], where="summary")
     assert sorted(got["figures"]) == sorted(want["figures"])
     for name in want["figures"]:

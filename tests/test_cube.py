@@ -76,6 +76,8 @@ _VARIABLES_BEFORE = {
     "test_loss": ("test loss", "1"),
     "kernel_test_loss": ("test loss of kernel regression with the initial eNTK", "1"),
     "kernel_test_accuracy": ("test accuracy of kernel regression with the initial eNTK", "1"),
+    "linear_test_loss": ("test loss of the linearized network trained like the network", "1"),
+    "linear_test_accuracy": ("test accuracy of the linearized network trained like the network", "1"),
     "accuracy": ("training accuracy", "1"),
     "test_accuracy": ("test accuracy", "1"),
     "status": ("run status (0 finished, 1 diverged)", "1"),

@@ -239,6 +239,8 @@ _MEASURES_BEFORE = {
     "test_accuracy": ("TestAccuracy", (), ["labels", "test"]),
     "kernel_test_loss": ("KernelTestLoss", (), ["kernel_regression", "test"]),
     "kernel_test_accuracy": ("KernelTestAccuracy", (), ["kernel_regression", "labels", "test"]),
+    "linear_test_loss": ("LinearTestLoss", (), ["linear_training", "test"]),
+    "linear_test_accuracy": ("LinearTestAccuracy", (), ["labels", "linear_training", "test"]),
 }
 _DEFAULT_MEASURES_BEFORE = (
     "eigenvalues",

@@ -52,6 +52,7 @@ from ntkbench import cube as cube_mod
 from ntkbench import plots
 from ntkbench.papers import _base, _stats
 from ntkbench.papers._base import FigureSpec, check_choice, config_of, seed_text
+from ntkbench.papers._collective_summary import _KERNEL_NOTE, TITLE, families, family_points, format_summary, summarize
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
@@ -60,11 +61,11 @@ __all__ = [
     "configs", "run", "run_cubes", "save_cubes", "open_cubes", "figures", "export_figures", "defaults",  # protocol
     "fig_b1", "fig_b1_data", "build_b1", "fig_b2", "fig_b2_data", "build_b2",  # F-b1, F-b2
     "fig_b3", "fig_b3_data", "build_b3", "fig_b4", "fig_b4_data", "build_b4", "b4_seed_fallbacks",  # F-b3, F-b4
-    "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # collective
+    "FIGURES", "controls", "summarize", "format_summary", "families", "family_points",  # collective
+    "Workbench", "RerunPanel", "rerun_config",
 ]  # fmt: skip
 
 KEY = "collective"
-TITLE = "Collective variables of neural networks: empirical time evolution and scaling laws"
 
 #: recorded measures: the train probe's eNTK spectrum, entropy and trace
 #: (_base.PROBE_MEASURES), and the scalar measures on the test probe (raw and normalized
@@ -102,7 +103,6 @@ B3_QUANTITIES: dict[str, tuple[str, bool]] = {
     "dS": ("entropy change S(t) − S(0)", False),
 }
 
-_KERNEL_NOTE = "traced eNTK, sum over outputs"
 _MLP_TITLE = "collective: MLPs on digits"
 
 
@@ -747,125 +747,6 @@ def defaults(cubes: Mapping[str, Any]) -> dict[str, Any]:
     """The settings ``reproduce`` draws the figures at: the controls' defaults, no step
     marker, and F-b3 with four quantities (S(0), Tr K(0), final test loss, ΔS at the end)."""
     return {**_paper.defaults(cubes), "b3_step": None, "quantity": ("S0", "TrK0", "final_test_loss", "dS")}
-
-
-# =========================================================================== summary
-
-
-def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers the claims rest on, as a JSON-able dict.
-
-    - ``entropy_change``: per MLP (``"relu 8x1"``) the change S(end) − S(0) of the train
-      probe per seed, its mean, and how many seeds fell / rose; ``test_entropy_change``
-      the same on the test probe;
-    - ``kernel_change``: ``kernel_distance_init`` and ``relative_change_init`` at the end
-      (seed means);
-    - ``loss_ratio``: final / initial training loss, the largest over seeds;
-    - ``trace0_vs_width``: log–log slope and R² of Tr K(0) against width per
-      (activation, depth), from the ``scale`` cube (seed mean);
-    - ``entropy0_vs_depth``: S(0) per depth and the slope of a line fit per
-      (activation, width);
-    - ``architectures``: the same entropy change for the transformer and CNN runs.
-    """
-    mlp = cubes["mlp"]
-    out: dict[str, Any] = {"entropy_note": "S in nats, " + _KERNEL_NOTE + "; change = S(last step) - S(0)"}
-    entropy_change, test_entropy_change, kernel_change, loss_ratio = {}, {}, {}, {}
-    for act in mlp["activation"].values.tolist():
-        for d in mlp["depth"].values.tolist():
-            for w in mlp["width"].values.tolist():
-                sel = mlp.sel(activation=act, depth=d, width=w)
-                key = f"{act} {w}x{d}"
-                for var, dest in (("entropy", entropy_change), ("test_entropy", test_entropy_change)):
-                    dest[key] = _base.change_numbers((sel[var].isel(step=-1) - sel[var].isel(step=0)).values)
-                kernel_change[key] = {
-                    "kernel_distance_init": _stats.finite(sel["kernel_distance_init"].isel(step=-1).mean(), 5),
-                    "relative_change_init": _stats.finite(sel["relative_change_init"].isel(step=-1).mean()),
-                }
-                ratio = np.atleast_1d((sel["loss"].isel(step=-1) / sel["loss"].isel(step=0)).values)
-                loss_ratio[key] = _stats.finite(ratio.max())
-    out["entropy_change"] = entropy_change
-    out["test_entropy_change"] = test_entropy_change
-    out["kernel_change"] = kernel_change
-    out["loss_ratio"] = loss_ratio
-
-    scale = cubes.get("scale", mlp)
-    tw, sd = {}, {}
-    for act in scale["activation"].values.tolist():
-        for d in scale["depth"].values.tolist():
-            tr0 = _stats.seed_mean(scale["trace"].sel(activation=act, depth=d).isel(step=0))
-            widths = scale["width"].values.astype(float)
-            a, b, r2 = plots.linear_fit(np.log(widths), np.log(tr0.values))
-            tw[f"{act} depth {d}"] = {
-                "widths": widths.astype(int).tolist(),
-                "trace0": [_stats.sig(v, 5) for v in tr0.values],
-                "loglog_slope": _stats.finite(b),
-                "r2": _stats.finite(r2),
-            }
-        for w in scale["width"].values.tolist():
-            s0 = _stats.seed_mean(scale["entropy"].sel(activation=act, width=w).isel(step=0))
-            depths = scale["depth"].values.astype(float)
-            a, b, r2 = plots.linear_fit(depths, s0.values)
-            sd[f"{act} width {w}"] = {
-                "depths": depths.astype(int).tolist(),
-                "entropy0": [_stats.finite(v) for v in s0.values],
-                "slope_per_layer": _stats.finite(b),
-                "r2": _stats.finite(r2),
-            }
-    out["trace0_vs_width"] = tw
-    out["entropy0_vs_depth"] = sd
-
-    archs = {}
-    for arch in ("transformer", "cnn"):
-        if arch not in cubes:
-            continue
-        ds = cubes[arch]
-        for d in ds["depth"].values.tolist():
-            sel = ds.sel(depth=d)
-            if "width" in sel.dims:
-                sel = sel.isel(width=0)
-            delta = np.atleast_1d((sel["entropy"].isel(step=-1) - sel["entropy"].isel(step=0)).values)
-            ratio = np.atleast_1d((sel["loss"].isel(step=-1) / sel["loss"].isel(step=0)).values)
-            archs[f"{arch} depth {d}"] = {
-                "entropy_change_per_seed": [_stats.finite(v) for v in delta],
-                "n_rose": int((delta > 0).sum()),
-                "n_seeds": int(delta.size),
-                "loss_ratio_max": _stats.finite(ratio.max()),
-            }
-    out["architectures"] = archs
-    return out
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """A short plain-text report of :func:`summarize`'s numbers."""
-    fmt = _stats.fmt
-    lines = _base.summary_head(TITLE, summary.get("entropy_note", ""), summary)
-    lines.append("Entropy change over training, train probe (test probe), per MLP activation width x depth:")
-    for key, v in summary["entropy_change"].items():
-        t = summary["test_entropy_change"][key]
-        kc = summary["kernel_change"][key]
-        verdict = _base.majority(v, "compression", "structure formation")
-        lines.append(
-            f"  {key:<12} dS mean {fmt(v['mean'], '+.3f')} (test {fmt(t['mean'], '+.3f')}); fell in {v['n_fell']}/{v['n_seeds']} seeds, "
-            f"rose in {v['n_rose']}/{v['n_seeds']} -> {verdict}; kernel distance {fmt(kc['kernel_distance_init'], '.4f')}, "
-            f"rel. change {fmt(kc['relative_change_init'], '.3g')}; loss ratio <= {fmt(summary['loss_ratio'][key], '.3f')}"
-        )
-    lines += ["", "Tr K(0) vs width (log-log fit, seed mean):"]
-    for key, v in summary["trace0_vs_width"].items():
-        lines.append(
-            f"  {key:<16} slope {fmt(v['loglog_slope'], '.3f')}, R^2 {fmt(v['r2'], '.3f')}  (widths {v['widths']}, Tr K(0) {v['trace0']})"
-        )
-    lines += ["", "Initial entropy S(0) vs depth (line fit; shown, not assumed):"]
-    for key, v in summary["entropy0_vs_depth"].items():
-        lines.append(
-            f"  {key:<16} S(0) = {v['entropy0']} at depths {v['depths']}; slope {fmt(v['slope_per_layer'], '+.3f')} per layer (R^2 {fmt(v['r2'], '.2f')})"
-        )
-    if summary.get("architectures"):
-        lines += ["", "Other architectures (entropy change per seed, train probe):"]
-        for key, v in summary["architectures"].items():
-            lines.append(
-                f"  {key:<20} dS {v['entropy_change_per_seed']}, rose in {v['n_rose']}/{v['n_seeds']}; loss ratio <= {fmt(v['loss_ratio_max'], '.3f')}"
-            )
-    return "\n".join(lines) + "\n"
 
 
 # =========================================================================== widgets

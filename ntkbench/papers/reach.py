@@ -153,7 +153,7 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
             "pixels": _lm(_pixels(1500, 8), [16, 32, 64, 128], [0, 1, 2], steps=3000, probe=8, title="TinyTransformer on digit pixels"),
             "rf": _rf([16, 64, 256, 1024], list(range(5)), n=256, steps=10000),
         },
-        # the size claim at power: 7 Llama-style sizes over 2 decades × 3 seeds, kernel-free
+        # the size claim at power: 6 Llama-style sizes over 2 decades × 3 seeds, kernel-free
         "power": {
             "shakespeare": _reach_power.power_config({**_stories(16384, 32), "name": "shakespeare", "n_test": 512}, "Shakespeare"),
             "stories": _reach_power.power_config({**_stories(16384, 32), "n_test": 512}, "stories"),

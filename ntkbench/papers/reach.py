@@ -203,11 +203,15 @@ def _lnp_batch(ds: Any) -> str:  # which batch the LNP terms are of: the one eac
 def _data_note(ds: Any) -> str:
     cfg = config_of(ds)
     d, m, t, rec = (cfg.get(k, {}) for k in ("data", "model", "train", "record"))
-    if m.get("name") == "transformer":
-        extra = f"context {d.get('context')}" if d.get("name") == "stories" else f"{d.get('levels')} grey levels"
+    if m.get("name") in ("transformer", "decoder"):
+        extra = f"{d.get('levels')} grey levels" if d.get("name") == "digits_pixels" else f"context {d.get('context')}"
+        if m.get("name") == "decoder":
+            net, probe = f"Llama-style decoders (layers = width // {m.get('aspect')})", "no kernel"
+        else:
+            net, probe = f"TinyTransformer {m.get('layers')} layer", f"probe batch {rec.get('probe')}"
         return (
-            f"{d.get('name')}, {d.get('n_train')} sequences, {extra}; TinyTransformer {m.get('layers')} layer; "
-            f"{t.get('optimizer')} lr {t.get('lr')}, batch {t.get('batch_size')}; probe batch {rec.get('probe')}; "
+            f"{d.get('name')}, {d.get('n_train')} sequences, {extra}; {net}; "
+            f"{t.get('optimizer')} lr {t.get('lr')}, batch {t.get('batch_size')}; {probe}; "
             f"χ terms on the {_lnp_batch(ds)} batch"
         )
     return (

@@ -53,6 +53,8 @@ _EXPORTS: dict[str, str] = {
     "RandomFeatures": "models",
     "make_model": "models",
     "count_params": "models",
+    # resnet.py
+    "ResNet18": "resnet",
     # data.py
     "load": "data",
     "Dataset": "data",

@@ -146,7 +146,7 @@ def stateful_model(model: Any) -> eqx.Module | None:
     Example
     -------
     >>> import jax, jax.numpy as jnp, equinox as eqx
-    >>> bn, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch")
+    >>> bn, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="batch")
     >>> m = stateful_model((bn, state))
     >>> [l.shape for l in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))]
     [(3,), (3,)]
@@ -165,6 +165,9 @@ def stateful_model(model: Any) -> eqx.Module | None:
             raise TypeError(
                 f"model: (model, state) with an eqx.nn.State needs an Equinox model, got {type(first).__name__}"
             )
+        # a StateIndex's initial value (a model not built by make_with_state) is not trained
+        is_index = lambda n: isinstance(n, eqx.nn.StateIndex)  # noqa: E731
+        first = jax.tree_util.tree_map(lambda n: freeze(n) if is_index(n) else n, first, is_leaf=is_index)
         return _EqxState(eqx.nn.inference_mode(first), freeze(second))
     apply = _linen_apply(first)
     if apply is None:

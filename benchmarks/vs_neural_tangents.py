@@ -19,8 +19,10 @@ method per process (so peak RSS is per method). Kernels are compared numerically
 
 ``--flax``: the Flax row (no NT env needed): the same MLP written as a Flax NNX module vs
 its Equinox twin, both through ``ntkbench.entk``, alternating in rounds, under ``auto``
-and under ``jacobian`` (the same route for both, so t_flax / t_eqx is the cost of the
-Flax adapter alone: splitting the module, freezing its state, merging it in the trace).
+(both take the structured route: NNX Linear layers are tapped) and, up to
+``--naive-max-n``, under ``jacobian`` (the same route for both, so t_flax / t_eqx is the
+cost of the Flax adapter alone: splitting the module, freezing its state, merging it in
+the trace).
 
 Columns: t_NT / t_ours = NT's time over ntkbench's (> 1: ntkbench faster); naive_* / * =
 each library's speed-up over the naive baseline in its own env; rel.diff = max |K_a − K_b|
@@ -198,7 +200,7 @@ def _flax_rows(args) -> None:
     print(header)
     for outputs in args.outputs:
         for n in args.n:
-            for method in ("auto", "jacobian"):
+            for method in ("auto", "jacobian") if n <= args.naive_max_n else ("auto",):
                 runs: dict[str, list[dict]] = {"eqx": [], "flax": []}
                 saved = {form: os.path.join(WORK, f"K_{form}_{outputs}_{n}.npy") for form in runs}
                 for r in range(args.rounds):

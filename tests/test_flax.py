@@ -15,7 +15,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import ntkbench as nb
-from ntkbench.kernel import costs
+from ntkbench.kernel import as_model, costs
+from ntkbench.kernel._taps import _probe
 from ntkbench.measures import flatten_full
 
 nnx = pytest.importorskip("flax.nnx")
@@ -182,13 +183,51 @@ def test_nnx_lnp_against_the_kernel_over_params(x64):
     assert float(r.chi_pos) == pytest.approx(uKu / (uu * tr), rel=1e-10)
 
 
-def test_flax_layers_are_not_tapped_and_the_fallback_is_reported(x64):
-    """The structured route taps Equinox layers only: for a Flax model ``costs`` lists no
-    structured method (``auto`` never picks it), and ``method="structured"`` falls back to
-    per-leaf Jacobians (checked against the reference above)."""
-    x = _x((4, 5))
-    assert "structured" not in costs(NNXMLP(nnx.Rngs(0)), x)
-    assert "structured" in costs(eqx.nn.MLP(5, 3, 8, 1, key=jax.random.key(0)), x)
+class NNXTokens(nnx.Module):
+    """A Linear on each of 4 tokens (inside one vmap for the taps), a Linear on their mean,
+    and, with ``tied``, the first kernel read directly outside its layer as well."""
+
+    def __init__(self, rngs, tied=False):
+        self.embed = nnx.Linear(5, 6, rngs=rngs, **F64)
+        self.head = nnx.Linear(6, 3, rngs=rngs, **F64)
+        self.tied = tied
+
+    def __call__(self, x):
+        h = jnp.tanh(self.embed(x)).mean(axis=1)
+        y = self.head(h)
+        if self.tied:
+            y = y + jnp.sum(x.mean(axis=1) @ self.embed.kernel[...], axis=-1, keepdims=True)
+        return y
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_nnx_linear_layers_are_tapped(tied, x64):
+    """NNX Linear layers go on the structured route as Equinox's do (``costs`` lists it),
+    per token inside a vmap as well as at the top level; a kernel read directly outside its
+    layer leaves that layer to the Jacobian route. Against the reference: 1e-10."""
+    model = NNXTokens(nnx.Rngs(6), tied=tied)
+    x = _x((5, 4, 5))
+    taps = sorted(_probe(as_model(model), x.shape[1:], x.dtype))
+    assert taps == ([1] if tied else [0, 1])  # traversal order: embed 0, head 1
+    assert "structured" in costs(model, x)
+    for method in ("structured", "auto"):
+        assert rel_err(nb.entk(model, x, method=method), nnx_reference(model, x)) < 1e-10
+
+
+def test_flax_conv_is_not_tapped_and_the_fallback_is_reported(x64):
+    """Flax convolutions are not tapped: a model of convolutions only gets no structured
+    method in ``costs`` (``auto`` never picks it), and ``method="structured"`` takes
+    per-leaf Jacobians for them (checked against the reference in the CNN tests)."""
+
+    class Convs(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 2, (3, 3), rngs=rngs, **F64)
+
+        def __call__(self, x):
+            return self.conv(x).reshape(x.shape[0], -1)
+
+    x = _x((3, 4, 4, 1))
+    assert "structured" not in costs(Convs(nnx.Rngs(0)), x)
 
 
 def test_flax_model_called_per_sample_is_refused(x64):

@@ -88,9 +88,10 @@ def entk(
         (BatchNorm running statistics, ...) held fixed: NNX modules are called after
         ``.eval()``, Equinox ones under ``eqx.nn.inference_mode``, a linen module as its
         ``apply`` is given. Flax models are called on a batch of one sample,
-        ``model(x[None])[0]``. The structured method taps Equinox layers only; a Flax
-        model's layers take the per-leaf Jacobian route (``costs`` lists no
-        ``"structured"`` for it and ``auto`` picks among the others).
+        ``model(x[None])[0]``. The structured method taps Equinox's layers and NNX's
+        ``nnx.Linear``; other Flax layers (``nnx.Conv``, ``nnx.Embed``, every linen
+        layer) take the per-leaf Jacobian route (``costs`` lists no ``"structured"`` for
+        a model with no tapped layer, and ``auto`` then picks among the others).
         The output may have any shape; it is flattened to K outputs (a scalar gives K = 1).
     x1
         (N1, ...) batch of inputs.

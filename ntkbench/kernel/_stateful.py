@@ -75,18 +75,58 @@ def _one_sample(y: Any) -> Any:
 
 class _NNX(eqx.Module):
     """A Flax NNX module split into its graph, its ``nnx.Param`` leaves (trained) and the
-    rest of its state (frozen); called in evaluation mode on a batch of one sample."""
+    rest of its state (frozen); called in evaluation mode on a batch of one sample. Its
+    plain ``nnx.Linear`` layers' parameters are carried as ``eqx.nn.Linear`` layers
+    (``linears``, at ``linear_paths``), which the structured method taps
+    (``_nnx_linear``)."""
 
     graphdef: Any = eqx.field(static=True)
     params: Any
     rest: Any
+    linears: tuple[Any, ...] = ()
+    linear_paths: tuple[tuple, ...] = eqx.field(static=True, default=())
 
     def __call__(self, x):
         from flax import nnx
 
-        module = nnx.merge(self.graphdef, self.params, thaw(self.rest))
+        from ntkbench.kernel import _nnx_linear
+
+        states = [self.params, thaw(self.rest)]
+        if self.linears:
+            held = []
+            for path, layer in zip(self.linear_paths, self.linears, strict=True):
+                kernel, bias = _nnx_linear.placeholders(layer)
+                held.append((path + ("kernel",), nnx.Param(kernel)))
+                if bias is not None:
+                    held.append((path + ("bias",), nnx.Param(bias)))
+            states.append(nnx.from_flat_state(held))
+        module = nnx.merge(self.graphdef, *states)
+        _nnx_linear.redirect(module, dict(zip(self.linear_paths, self.linears, strict=True)))
         module.eval()
         return _one_sample(module(x[None]))
+
+
+def _split_nnx(model: Any) -> _NNX:
+    """``model`` (an NNX module) as ``_NNX``: its plain ``nnx.Linear`` layers' parameters
+    as ``eqx.nn.Linear`` layers, its other ``nnx.Param`` as they are, the rest frozen."""
+    from flax import nnx
+
+    from ntkbench.kernel import _nnx_linear
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    candidates = set(_nnx_linear.plain_linear_paths(model))
+    if not candidates:
+        return _NNX(graphdef, params, freeze(rest))
+    found: dict[tuple, dict[str, Any]] = {}
+    entries = list(nnx.to_flat_state(params))
+    for path, var in entries:
+        if path[:-1] in candidates and path[-1] in ("kernel", "bias"):
+            found.setdefault(path[:-1], {})[path[-1]] = var.get_value()
+    paths = tuple(p for p in found if "kernel" in found[p])
+    carried = set(paths)
+    kept = [(path, var) for path, var in entries if not (path[:-1] in carried and path[-1] in ("kernel", "bias"))]
+    linears = tuple(_nnx_linear.as_eqx_linear(found[p]["kernel"], found[p].get("bias")) for p in paths)
+    return _NNX(graphdef, nnx.from_flat_state(kept), freeze(rest), linears, paths)
 
 
 class _Linen(eqx.Module):
@@ -155,8 +195,7 @@ def stateful_model(model: Any) -> eqx.Module | None:
     """
     nnx = sys.modules.get("flax.nnx")
     if nnx is not None and isinstance(model, nnx.Module):
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        return _NNX(graphdef, params, freeze(rest))
+        return _split_nnx(model)
     if not (isinstance(model, tuple) and len(model) == 2):
         return None
     first, second = model

@@ -15,10 +15,12 @@ hold the statistics fixed, in inference mode (``eqx.nn.inference_mode``).
 
 Example
 -------
+The eNTK of a test-sized ResNet-18 (not run by the doctests: compiling the kernel takes
+about 10 s; ``tests/test_resnet.py`` checks it against a float64 reference):
+
 >>> import jax, jax.numpy as jnp, equinox as eqx, ntkbench as nb
 >>> model, state = eqx.nn.make_with_state(nb.ResNet18)(3, 10, width=4, key=jax.random.key(0))
->>> x = jnp.ones((2, 3, 8, 8))
->>> nb.entk((model, state), x).shape
+>>> nb.entk((model, state), jnp.ones((2, 3, 8, 8))).shape  # doctest: +SKIP
 (2, 2)
 """
 
@@ -91,8 +93,8 @@ class ResNet18(eqx.Module):
     >>> model, state = eqx.nn.make_with_state(ResNet18)(3, 10, width=4, key=jax.random.key(0))
     >>> len(model.blocks), model.readout.in_features
     (8, 32)
-    >>> y, state = jax.vmap(model, in_axes=(0, None), out_axes=(0, None), axis_name="batch")(
-    ...     jnp.ones((2, 3, 8, 8)), state)   # training mode: batch statistics
+    >>> train_mode = jax.vmap(model, in_axes=(0, None), out_axes=(0, None), axis_name="batch")
+    >>> y, state = eqx.filter_eval_shape(train_mode, jnp.ones((2, 3, 8, 8)), state)  # shapes only
     >>> y.shape
     (2, 10)
     """

@@ -114,7 +114,7 @@ def _split_nnx(model: Any) -> _NNX:
     from ntkbench.kernel import _nnx_linear
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    candidates = set(_nnx_linear.plain_linear_paths(model))
+    candidates = set(_nnx_linear.plain_linear_paths(model, graphdef))
     if not candidates:
         return _NNX(graphdef, params, freeze(rest))
     found: dict[tuple, dict[str, Any]] = {}
@@ -125,7 +125,9 @@ def _split_nnx(model: Any) -> _NNX:
     paths = tuple(p for p in found if "kernel" in found[p])
     carried = set(paths)
     kept = [(path, var) for path, var in entries if not (path[:-1] in carried and path[-1] in ("kernel", "bias"))]
-    linears = tuple(_nnx_linear.as_eqx_linear(found[p]["kernel"], found[p].get("bias")) for p in paths)
+    linears = _nnx_linear.as_eqx_linears(
+        tuple(found[p]["kernel"] for p in paths), tuple(found[p].get("bias") for p in paths)
+    )
     return _NNX(graphdef, nnx.from_flat_state(kept), freeze(rest), linears, paths)
 
 

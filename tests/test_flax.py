@@ -214,20 +214,35 @@ def test_nnx_linear_layers_are_tapped(tied, x64):
         assert rel_err(nb.entk(model, x, method=method), nnx_reference(model, x)) < 1e-10
 
 
-def test_flax_conv_is_not_tapped_and_the_fallback_is_reported(x64):
-    """Flax convolutions are not tapped: a model of convolutions only gets no structured
-    method in ``costs`` (``auto`` never picks it), and ``method="structured"`` takes
-    per-leaf Jacobians for them (checked against the reference in the CNN tests)."""
+class NNXStrided(nnx.Module):
+    """Convolutions the taps take (explicit padding at stride 2, no bias; VALID) and one
+    they leave to per-leaf Jacobians ("SAME" at stride 2: its padding depends on the input
+    size; circular padding)."""
 
-    class Convs(nnx.Module):
-        def __init__(self, rngs):
-            self.conv = nnx.Conv(1, 2, (3, 3), rngs=rngs, **F64)
+    def __init__(self, rngs):
+        self.down = nnx.Conv(1, 3, (3, 3), strides=2, padding=1, use_bias=False, rngs=rngs, **F64)
+        self.valid = nnx.Conv(3, 3, (2, 2), padding="VALID", rngs=rngs, **F64)
+        self.same2 = nnx.Conv(3, 2, (3, 3), strides=2, padding="SAME", rngs=rngs, **F64)
+        self.circular = nnx.Conv(2, 2, (3, 3), padding="CIRCULAR", rngs=rngs, **F64)
+        self.head = nnx.Linear(2 * 2 * 2, 3, rngs=rngs, **F64)
 
-        def __call__(self, x):
-            return self.conv(x).reshape(x.shape[0], -1)
+    def __call__(self, x):
+        y = jnp.tanh(self.valid(jnp.tanh(self.down(x))))
+        y = self.circular(jnp.tanh(self.same2(y)))
+        return self.head(y.reshape(y.shape[0], -1))
 
-    x = _x((3, 4, 4, 1))
-    assert "structured" not in costs(Convs(nnx.Rngs(0)), x)
+
+def test_nnx_convolutions_are_tapped_where_the_rule_holds(x64):
+    """Plain NNX convolutions go on the structured route (channels moved to Equinox's
+    layout, the padding written out); the others fall back. Against the reference: 1e-10."""
+    model = NNXStrided(nnx.Rngs(7))
+    x = _x((4, 8, 8, 1))
+    checked = as_model(model)
+    carried = {plain.path[0]: i for i, plain in enumerate(checked.plains)}
+    assert set(carried) == {"down", "valid", "head"}
+    assert len(_probe(checked, x.shape[1:], x.dtype)) == 3
+    for method in ("structured", "auto"):
+        assert rel_err(nb.entk(model, x, method=method), nnx_reference(model, x)) < 1e-10
 
 
 def test_flax_model_called_per_sample_is_refused(x64):

@@ -89,9 +89,9 @@ def entk(
         ``.eval()``, Equinox ones under ``eqx.nn.inference_mode``, a linen module as its
         ``apply`` is given. Flax models are called on a batch of one sample,
         ``model(x[None])[0]``. The structured method taps Equinox's layers and NNX's
-        ``nnx.Linear``; other Flax layers (``nnx.Conv``, ``nnx.Embed``, every linen
-        layer) take the per-leaf Jacobian route (``costs`` lists no ``"structured"`` for
-        a model with no tapped layer, and ``auto`` then picks among the others).
+        ``nnx.Linear`` and plain ``nnx.Conv`` (no groups, mask or input dilation; zero
+        padding given as numbers, ``"VALID"``, or ``"SAME"`` at stride 1); other Flax
+        layers (``nnx.Embed``, every linen layer) take the per-leaf Jacobian route.
         The output may have any shape; it is flattened to K outputs (a scalar gives K = 1).
     x1
         (N1, ...) batch of inputs.

@@ -76,45 +76,46 @@ def _one_sample(y: Any) -> Any:
 class _NNX(eqx.Module):
     """A Flax NNX module split into its graph, its ``nnx.Param`` leaves (trained) and the
     rest of its state (frozen); called in evaluation mode on a batch of one sample. Its
-    plain ``nnx.Linear`` layers' parameters are carried as ``eqx.nn.Linear`` layers
-    (``linears``, at ``linear_paths``), which the structured method taps
-    (``_nnx_linear``)."""
+    plain ``nnx.Linear`` and ``nnx.Conv`` layers' parameters are carried as Equinox layers
+    (``layers``, described by ``plains``), which the structured method taps
+    (``_nnx_layers``)."""
 
     graphdef: Any = eqx.field(static=True)
     params: Any
     rest: Any
-    linears: tuple[Any, ...] = ()
-    linear_paths: tuple[tuple, ...] = eqx.field(static=True, default=())
+    layers: tuple[Any, ...] = ()
+    plains: tuple[Any, ...] = eqx.field(static=True, default=())
 
     def __call__(self, x):
         from flax import nnx
 
-        from ntkbench.kernel import _nnx_linear
+        from ntkbench.kernel import _nnx_layers
 
         states = [self.params, thaw(self.rest)]
-        if self.linears:
+        if self.layers:
             held = []
-            for path, layer in zip(self.linear_paths, self.linears, strict=True):
-                kernel, bias = _nnx_linear.placeholders(layer)
-                held.append((path + ("kernel",), nnx.Param(kernel)))
+            for plain, layer in zip(self.plains, self.layers, strict=True):
+                kernel, bias = _nnx_layers.placeholders(layer)
+                held.append((plain.path + ("kernel",), nnx.Param(kernel)))
                 if bias is not None:
-                    held.append((path + ("bias",), nnx.Param(bias)))
+                    held.append((plain.path + ("bias",), nnx.Param(bias)))
             states.append(nnx.from_flat_state(held))
         module = nnx.merge(self.graphdef, *states)
-        _nnx_linear.redirect(module, dict(zip(self.linear_paths, self.linears, strict=True)))
+        entries = {plain.path: (plain, layer) for plain, layer in zip(self.plains, self.layers, strict=True)}
+        _nnx_layers.redirect(module, entries)
         module.eval()
         return _one_sample(module(x[None]))
 
 
 def _split_nnx(model: Any) -> _NNX:
-    """``model`` (an NNX module) as ``_NNX``: its plain ``nnx.Linear`` layers' parameters
-    as ``eqx.nn.Linear`` layers, its other ``nnx.Param`` as they are, the rest frozen."""
+    """``model`` (an NNX module) as ``_NNX``: its plain Linear and Conv layers' parameters
+    as Equinox layers, its other ``nnx.Param`` as they are, the rest frozen."""
     from flax import nnx
 
-    from ntkbench.kernel import _nnx_linear
+    from ntkbench.kernel import _nnx_layers
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    candidates = set(_nnx_linear.plain_linear_paths(model, graphdef))
+    candidates = {plain.path: plain for plain in _nnx_layers.plain_layers(model, graphdef)}
     if not candidates:
         return _NNX(graphdef, params, freeze(rest))
     found: dict[tuple, dict[str, Any]] = {}
@@ -122,13 +123,13 @@ def _split_nnx(model: Any) -> _NNX:
     for path, var in entries:
         if path[:-1] in candidates and path[-1] in ("kernel", "bias"):
             found.setdefault(path[:-1], {})[path[-1]] = var.get_value()
-    paths = tuple(p for p in found if "kernel" in found[p])
-    carried = set(paths)
+    plains = tuple(candidates[p] for p in found if "kernel" in found[p])
+    carried = {plain.path for plain in plains}
     kept = [(path, var) for path, var in entries if not (path[:-1] in carried and path[-1] in ("kernel", "bias"))]
-    linears = _nnx_linear.as_eqx_linears(
-        tuple(found[p]["kernel"] for p in paths), tuple(found[p].get("bias") for p in paths)
+    layers = _nnx_layers.as_eqx_layers(
+        plains, tuple(found[p.path]["kernel"] for p in plains), tuple(found[p.path].get("bias") for p in plains)
     )
-    return _NNX(graphdef, nnx.from_flat_state(kept), freeze(rest), linears, paths)
+    return _NNX(graphdef, nnx.from_flat_state(kept), freeze(rest), layers, plains)
 
 
 class _Linen(eqx.Module):

@@ -5,7 +5,9 @@ Times one method on the .npz written by ``vs_neural_tangents.py`` and prints one
 - ``entk``: ``ntkbench.entk(model, x, outputs=..., method="auto")`` — the public call, as
   a user makes it. ``--form eqx`` (default): the Equinox twin of the model from
   ``_eqx_models.py`` (same function, same parameters); ``--form apply``:
-  ``(apply_one, params)`` around the shared plain apply_fn.
+  ``(apply_one, params)`` around the shared plain apply_fn; ``--form flax`` (MLP only):
+  the same MLP written as a Flax NNX module (``nnx.Linear`` layers holding the same
+  parameters), given to ``entk`` as it is.
 - ``naive``: vmap(jacrev) + einsum in this env's JAX (same code as the NT env's naive).
 
     .venv/bin/python benchmarks/_ours_worker.py --data D.npz --model mlp --n 32 \
@@ -32,9 +34,9 @@ def main() -> None:
     ap.add_argument("--entk-method", default="auto")
     ap.add_argument(
         "--form",
-        choices=("eqx", "apply"),
+        choices=("eqx", "apply", "flax"),
         default="eqx",
-        help="eqx: the Equinox twin of the model (_eqx_models); apply: (apply_fn, params)",
+        help="eqx: the Equinox twin of the model (_eqx_models); apply: (apply_fn, params); flax: a Flax NNX MLP",
     )
     ap.add_argument("--save")
     ap.add_argument("--min-total", type=float, default=0.3)
@@ -60,6 +62,11 @@ def main() -> None:
 
             def fn(x, p):
                 return nb.entk(model, x, outputs=args.outputs, method=args.entk_method)
+        elif args.form == "flax":
+            module = _flax_mlp({k: np.asarray(v) for k, v in params.items()}, args.model)
+
+            def fn(x, p):
+                return nb.entk(module, x, outputs=args.outputs, method=args.entk_method)
         else:
 
             def apply_one(p, xi):
@@ -95,6 +102,31 @@ def main() -> None:
             }
         )
     )
+
+
+def _flax_mlp(params: dict, model: str):
+    """The benchmark MLP (``_bench_models.apply_fn("mlp")``) as a Flax NNX module holding
+    ``params``: relu(x W0 + b0) → relu(· W1 + b1) → · W2 + b2."""
+    if model != "mlp":
+        raise SystemExit(f"--form flax: only the mlp is written in Flax, got {model!r}")
+    import jax
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List(
+                [nnx.Linear(params[f"w{i}"].shape[0], params[f"w{i}"].shape[1], rngs=rngs) for i in range(3)]
+            )
+            for i, layer in enumerate(self.layers):
+                layer.kernel[...] = params[f"w{i}"]
+                layer.bias[...] = params[f"b{i}"]
+
+        def __call__(self, x):
+            for layer in self.layers[:-1]:
+                x = jax.nn.relu(layer(x))
+            return self.layers[-1](x)
+
+    return MLP(nnx.Rngs(0))
 
 
 if __name__ == "__main__":

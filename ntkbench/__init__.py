@@ -56,6 +56,8 @@ _EXPORTS: dict[str, str] = {
     # decoder.py
     "Decoder": "decoder",
     "non_embedding_params": "decoder",
+    # resnet.py
+    "ResNet18": "resnet",
     # data.py
     "load": "data",
     "Dataset": "data",

@@ -596,7 +596,9 @@ def lnp(
     Parameters
     ----------
     model
-        An Equinox module called on ONE sample, or ``(apply_fn, params)``.
+        An Equinox module called on ONE sample, or ``(apply_fn, params)``, or a model with
+        state (a Flax NNX module, ``(linen_module, variables)``, ``(eqx_model, state)``:
+        its trainable parameters only, in inference mode; see :func:`ntkbench.entk`).
     x
         (B, ...) inputs (token ids (B, T) for a language model).
     y

@@ -44,6 +44,11 @@ symmetric case ``x2=None`` computes each off-diagonal tile once and mirrors it.
 The package (private modules, re-exported here):
 
 - ``_model``: models (:func:`as_model`), input checks (:func:`check_inputs`), the options.
+- ``_stateful``: models with state (a Flax NNX module, a linen module with its variables,
+  an Equinox model with its ``eqx.nn.State``): trainable parameters differentiated, the
+  state carried frozen, inference mode.
+- ``_nnx_layers``: NNX ``nnx.Linear`` and ``nnx.Conv`` layers carried as Equinox ones, so
+  the structured method taps them.
 - ``_taps``: layer taps of the structured method (``_tap``, ``_probe``, ``_Layer``).
 - ``_features``: per-sample features (:func:`structured_features`, :func:`structured_vjp`,
   per-leaf Jacobians) and each tapped layer's route (``_with_routes``).

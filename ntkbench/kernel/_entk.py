@@ -80,6 +80,18 @@ def entk(
     model
         An Equinox module called on ONE sample (``model(x)``), whose inexact array leaves
         are the parameters; or a pair ``(apply_fn, params)`` with ``apply_fn(params, x)``.
+        A model with state: a Flax NNX module, ``(linen_module, variables)`` (or
+        ``(functools.partial(linen_module.apply, train=False), variables)``), an Equinox
+        model with its state ``(model, eqx.nn.State)``; only the trainable parameters
+        (``nnx.Param``, ``variables["params"]``, the Equinox model's arrays) are
+        differentiated, and the kernel is of the model in inference mode, its state
+        (BatchNorm running statistics, ...) held fixed: NNX modules are called after
+        ``.eval()``, Equinox ones under ``eqx.nn.inference_mode``, a linen module as its
+        ``apply`` is given. Flax models are called on a batch of one sample,
+        ``model(x[None])[0]``. The structured method taps Equinox's layers and NNX's
+        ``nnx.Linear`` and plain ``nnx.Conv`` (no groups, mask or input dilation; zero
+        padding given as numbers, ``"VALID"``, or ``"SAME"`` at stride 1); other Flax
+        layers (``nnx.Embed``, every linen layer) take the per-leaf Jacobian route.
         The output may have any shape; it is flattened to K outputs (a scalar gives K = 1).
     x1
         (N1, ...) batch of inputs.

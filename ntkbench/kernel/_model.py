@@ -1,4 +1,5 @@
-"""What the kernel functions take: models (an Equinox module or ``(apply_fn, params)``),
+"""What the kernel functions take: models (an Equinox module, ``(apply_fn, params)``, a
+Flax NNX module, a linen module with its variables, an Equinox model with its state),
 batches of inputs, and the ``outputs``/``method`` options."""
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+
+from ntkbench.kernel._stateful import stateful_model
 
 Outputs = Literal["trace", "full"]
 Method = Literal["auto", "jacobian", "ntvp", "structured"]
@@ -32,8 +35,13 @@ class _Applied(eqx.Module):
 def as_model(model: Any) -> eqx.Module:
     """Return ``model`` as a callable pytree of one sample; validates it.
 
-    Accepts an Equinox module (any callable pytree with inexact array leaves) or a pair
-    ``(apply_fn, params)`` with ``apply_fn(params, x)``.
+    Accepts an Equinox module (any callable pytree with inexact array leaves; all of them
+    are parameters), a pair ``(apply_fn, params)`` with ``apply_fn(params, x)`` (all
+    inexact leaves of ``params`` are parameters), or a model with state, whose trainable
+    parameters only are the returned model's inexact leaves and whose state is held fixed,
+    in inference mode (see ``ntkbench.kernel._stateful``): a Flax NNX module (``nnx.Param``
+    trained), ``(linen_module, variables)`` (``variables["params"]`` trained; also
+    ``(linen_module.apply, variables)``), ``(eqx_model, eqx.nn.State)``.
 
     Example
     -------
@@ -42,7 +50,10 @@ def as_model(model: Any) -> eqx.Module:
     >>> m(jnp.ones(3)).shape
     (2,)
     """
-    if isinstance(model, tuple):
+    stateful = stateful_model(model)
+    if stateful is not None:
+        model = stateful
+    elif isinstance(model, tuple):
         if len(model) != 2 or not callable(model[0]):
             raise TypeError(
                 "model: expected an Equinox module or a pair (apply_fn, params) with "

@@ -12,6 +12,7 @@ from jax.core import Tracer
 
 from ntkbench.kernel._costs import _choose
 from ntkbench.kernel._model import Outputs
+from ntkbench.kernel._stateful import is_mutable
 
 _CHOICES: dict = {}
 
@@ -43,6 +44,8 @@ _PLANS_MAX = 256
 def _plan_key(model: Any, x1: Any, x2: Any, outputs: Any, method: Any, block_size: Any, memory_limit: Any):
     """The plan key of a call whose inputs are JAX arrays (``x2`` None or of ``x1``'s
     dtype), else None."""
+    if is_mutable(model):  # an NNX module changes in place: split it again every call
+        return None
     if not isinstance(x1, jax.Array) or (x2 is not None and not (isinstance(x2, jax.Array) and x2.dtype == x1.dtype)):
         return None
     return (id(model), x1.shape, x1.dtype, None if x2 is None else x2.shape, outputs, method, block_size, memory_limit)

@@ -128,6 +128,7 @@ class Watch:
         self._fixed: tuple[Any, _Static] | None = None  # (the model's static part, its _record argument)
         self._last: int | None = None
         self._records: list[tuple[int, dict[str, Any], Any]] = []  # (step, record, watched finite)
+        self._explorer: Any = None  # the live Explorer of :meth:`explorer`, refreshed at each record
 
     def __repr__(self) -> str:
         return f"Watch(recorder={self.recorder!r}, steps={self.steps}, recorded={len(self._records)})"
@@ -144,9 +145,13 @@ class Watch:
         return fixed
 
     def __call__(self, step: int, model: Any) -> bool:
-        """Record ``model`` (an Equinox module of one sample, or ``(apply_fn, params)``) as
-        it is at ``step``, before that step's update, if ``step`` is a record step; return
-        whether it recorded."""
+        """Record ``model`` as it is at ``step``, before that step's update, if ``step`` is
+        a record step; return whether it recorded.
+
+        ``model``: an Equinox module of one sample, ``(apply_fn, params)``, or a model with
+        state as :func:`ntkbench.entk` takes it (a Flax NNX module, ``(linen_module,
+        variables)``, ``(eqx_model, eqx.nn.State)``): its trainable parameters only enter
+        the kernel, in inference mode. Between record steps the model is not looked at."""
         from ntkbench.kernel import as_model
 
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
@@ -156,6 +161,9 @@ class Watch:
             raise ValueError(f"step {step} is after the last step (steps={self.steps})")
         if self._last is not None and step <= self._last:
             raise ValueError(f"step must increase from call to call: got step {step} after step {self._last}")
+        if self._inputs is not None and step not in self._to_record:
+            self._last = step
+            return False
         model = as_model(model)
         if self._inputs is None:
             key = jax.random.key(0) if self.batch_key is None else self.batch_key
@@ -171,6 +179,8 @@ class Watch:
             self._recording(static), params, frozen, {**self._inputs, "step": jnp.asarray(step, jnp.int32)}
         )
         self._records.append((step, record, ok))
+        if self._explorer is not None:
+            self._explorer.set_data(self._live_cube())
         return True
 
     def cube(self):
@@ -195,6 +205,31 @@ class Watch:
             "own loop (ntkbench.Watch)",
             diverged,
         )
+
+    def _live_cube(self):
+        """:meth:`cube` on every record step (NaN where nothing is recorded yet): the same
+        dims from the first record to the last, as a live sweep's cube."""
+        return self.cube().reindex(step=self._record_steps)
+
+    def explorer(self, **kwargs: Any):
+        """An :class:`ntkbench.widgets.Explorer` of the records so far that fills in as the
+        loop records (each record redraws it in place; the steps not yet recorded are
+        empty). ``kwargs`` go to ``Explorer`` (``measure``, ``figures_dir``). Show it (the
+        cell's value, or ``display``) before the loop; it needs the notebook extra.
+
+        Example
+        -------
+        In a notebook (the widget needs a page to show it), before the loop goes on:
+
+        >>> watch(0, model)  # doctest: +SKIP
+        >>> watch.explorer(measure="entropy")  # doctest: +SKIP
+        """
+        from ntkbench.widgets import Explorer
+
+        if not self._records:
+            raise ValueError("Watch.explorer: nothing recorded yet (call watch(0, model) first)")
+        self._explorer = Explorer(self._live_cube(), **kwargs)
+        return self._explorer
 
     def save(self, path: str | Path, format: str | None = None) -> Path:
         """Write :meth:`cube` to ``path`` (:func:`ntkbench.cube.save`); return the path."""

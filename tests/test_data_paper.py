@@ -380,3 +380,18 @@ def test_power_summary_gives_every_budget_and_variant(power):
             assert 0 < r["detectable"] < 0.07  # 2 000 pairs detect |ρ| ≈ 0.06
     text = paper.format_summary(s)
     assert "S / ln N of the cosine-normalised kernel" in text and "N = 1000" in text
+
+
+def test_power_verdict_no_entropy_correlation_at_fixed_budget(power):
+    """The verdict docs/papers/data.md states: at a fixed budget the initial entropy (raw or
+    cosine-normalised) does not predict test accuracy (every interval holds 0, |ρ| below
+    what 2 000 subsets detect), the trace only weakly (pooled |ρ| < 0.1); across budgets
+    both follow N (|ρ| > 0.8)."""
+    corr = paper.summarize(power)["correlations"]
+    for variant in ("S/lnN", "S/lnN cosine"):
+        for key in ("200", "500", "1000", "pooled_within_budget"):
+            r = corr[variant][key]
+            assert not r["resolved"] and abs(r["rho"]) < r["detectable"], (variant, key, r)
+        assert corr[variant]["pooled_all"]["high"] < -0.8
+    assert abs(corr["TrK"]["pooled_within_budget"]["rho"]) < 0.1
+    assert corr["TrK"]["pooled_all"]["low"] > 0.8

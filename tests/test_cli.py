@@ -91,10 +91,17 @@ def test_reproduce_calls_the_registered_module(tmp_path, monkeypatch):
 
     calls = []
     fake = types.ModuleType("fake_paper")
-    fake.run = lambda out, quick, workers, scheduler: calls.append((out, quick, workers, scheduler))
+    fake.run = lambda out, quick, config, workers, scheduler: calls.append((out, quick, config, workers, scheduler))
+    fake.CONFIGS = {"quick": {}, "power": {}}
     monkeypatch.setitem(papers.REGISTRY, "fake", fake)
     assert main(["reproduce", "fake", "--quick", "--out", str(tmp_path), "--workers", "3"]) == 0
-    assert calls == [(str(tmp_path), True, 3, None)]
+    assert calls == [(str(tmp_path), True, None, 3, None)]
+    assert main(["reproduce", "fake", "--config", "power", "--out", str(tmp_path)]) == 0
+    assert calls[-1] == (str(tmp_path), False, "power", None, None)
+    # a config the paper does not have, or both --quick and --config: one line naming it
+    assert main(["reproduce", "fake", "--config", "huge", "--out", str(tmp_path)]) == 2
+    assert main(["reproduce", "fake", "--quick", "--config", "power", "--out", str(tmp_path)]) == 2
+    assert len(calls) == 2
 
 
 def test_export(tmp_path, capsys):

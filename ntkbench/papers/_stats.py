@@ -252,7 +252,7 @@ def detectable_rho(n: int, *, level: float = 0.95, power: float = 0.8) -> float:
     √(1.06 / (n - 3))). NaN below 4 pairs.
 
     >>> round(detectable_rho(2000), 3), round(detectable_rho(100), 3)
-    (0.064, 0.286)
+    (0.064, 0.285)
     """
     if n < 4:
         return float("nan")

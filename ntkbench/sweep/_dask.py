@@ -50,6 +50,17 @@ def _executing_keys(client: Any) -> set:
         return {key for keys in client.processing().values() for key in keys}
 
 
+def _wait_for_cancelled(client: Any, keys: set, timeout: float = 120.0) -> None:
+    """Wait until no task of ``keys`` executes on a worker. A queued run cancelled on stop
+    may already have started on its worker (the cancel reaches the worker later), and dask
+    cannot interrupt it: it stops at its next recording (the stop request) and removes its
+    progress file. Waiting here means that when the sweep returns, none of its runs is still
+    executing."""
+    deadline = time.monotonic() + timeout
+    while keys & _executing_keys(client) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers, scheduler, client) -> list:
     """Run the runs of ``todo`` this sweep can lock on dask; return those another holds."""
     from dask.distributed import Client, as_completed
@@ -108,6 +119,8 @@ def _run_distributed(todo: list, locks: _RunLocks, state: _Progress, *, workers,
                 finally:
                     locks.release(path)
                     fut.release()  # done: the cluster may forget it (a lost worker does not rerun it)
+        if stopping:
+            _wait_for_cancelled(client, {fut.key for fut in futures})
         state.check_interrupt()
         if errors:
             path, exc = errors[0]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from ntkbench.train._losses import _EVAL_BATCH
-from ntkbench.train._recorder import train_batch
+from ntkbench.train._recorder import optimizer_steps
 
 
 def _linear_apply(params, params0, static, xb):
@@ -44,14 +44,9 @@ def _train_linear(fixed: Any, params0, frozen, x, y, x_test, key, steps):
     def batch_loss(p, xb, yb):
         return jnp.mean(jax.vmap(loss_fn)(_linear_apply(p, params0, static, xb), yb))
 
-    def body(i, carry):
-        p, s = carry
-        xb, yb = train_batch(x, y, key, i, batch_size)
-        grads = jax.grad(batch_loss)(p, xb, yb)
-        updates, s = optimizer.update(grads, s, p)
-        return optax.apply_updates(p, updates), s
-
-    params, _ = jax.lax.fori_loop(0, steps, body, (params0, optimizer.init(params0)))
+    params, _ = optimizer_steps(
+        batch_loss, params0, optimizer.init(params0), x, y, key, 0, steps, optimizer, batch_size
+    )
     n = x_test.shape[0]
     b = min(_EVAL_BATCH, n)
     pad = (-n) % b

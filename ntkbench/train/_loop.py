@@ -20,7 +20,15 @@ from ntkbench.conventions import DEFAULT, KERNEL_MEASURES, LNP_MEASURES, Convent
 from ntkbench.kernel import _Static
 from ntkbench.train._losses import _TASKS, _predict, _resolve_loss
 from ntkbench.train._measures import Loss, Measure, TestLoss
-from ntkbench.train._recorder import Context, LNPBatch, LNPProbes, Recorder, convention_kernel, n_outputs, train_batch
+from ntkbench.train._recorder import (
+    Context,
+    LNPBatch,
+    LNPProbes,
+    Recorder,
+    convention_kernel,
+    n_outputs,
+    optimizer_steps,
+)
 
 _LNP_KEY_SALT = 0x4C4E50  # "LNP": the Hutchinson probes' key is fold_in(key, salt) then the step
 
@@ -74,14 +82,7 @@ def _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn
         preds = jax.vmap(model)(xb)
         return jnp.mean(jax.vmap(loss_fn)(preds, yb))
 
-    def body(i, carry):
-        p, s = carry
-        xb, yb = train_batch(x, y, key, i, batch_size)
-        grads = jax.grad(batch_loss)(p, xb, yb)
-        updates, s = optimizer.update(grads, s, p)
-        return optax.apply_updates(p, updates), s
-
-    return jax.lax.fori_loop(start, stop, body, (params, opt_state))
+    return optimizer_steps(batch_loss, params, opt_state, x, y, key, start, stop, optimizer, batch_size)
 
 
 def _finite(tree) -> jax.Array:

@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeAlias
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ntkbench.conventions import DEFAULT, Convention
 from ntkbench.train._losses import _predict
@@ -43,6 +44,21 @@ def train_batch(x, y, key, step, batch_size: int):
         return x, y
     idx = jax.random.choice(jax.random.fold_in(key, step), n, (batch_size,), replace=False)
     return x[idx], y[idx]
+
+
+def optimizer_steps(batch_loss, params, opt_state, x, y, key, start, stop, optimizer, batch_size: int):
+    """Optimizer steps ``start .. stop-1`` of ``batch_loss(params, x_batch, y_batch)`` in one
+    ``fori_loop``, step i on :func:`train_batch`'s batch i; returns ``(params, opt_state)``.
+    The training loop and the linearized network's training both step here."""
+
+    def body(i, carry):
+        p, s = carry
+        xb, yb = train_batch(x, y, key, i, batch_size)
+        grads = jax.grad(batch_loss)(p, xb, yb)
+        updates, s = optimizer.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    return jax.lax.fori_loop(start, stop, body, (params, opt_state))
 
 
 class Context:

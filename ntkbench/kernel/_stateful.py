@@ -86,7 +86,8 @@ class _NNX(eqx.Module):
     layers: tuple[Any, ...] = ()
     plains: tuple[Any, ...] = eqx.field(static=True, default=())
 
-    def __call__(self, x):
+    def _merged(self) -> Any:
+        """The NNX module of these arrays, its tapped layers calling their Equinox layers."""
         from flax import nnx
 
         from ntkbench.kernel import _nnx_layers
@@ -103,8 +104,39 @@ class _NNX(eqx.Module):
         module = nnx.merge(self.graphdef, *states)
         entries = {plain.path: (plain, layer) for plain, layer in zip(self.plains, self.layers, strict=True)}
         _nnx_layers.redirect(module, entries)
+        return module
+
+    def __call__(self, x):
+        module = self._merged()
         module.eval()
         return _one_sample(module(x[None]))
+
+    def train_forward(self, xb: jax.Array) -> tuple[jax.Array, _NNX]:
+        """The batch ``xb`` (B, ...) in training mode: BatchNorm on the batch's statistics,
+        updating its running averages; dropout stays off (``deterministic=True``: the
+        training loop holds no random stream for it). Returns (outputs (B, ...), ``self``
+        with the updated state)."""
+        from flax import nnx
+
+        module = self._merged()
+        module.set_attributes(deterministic=True, use_running_average=False, raise_if_not_found=False)
+        y = module(xb)
+        return y, eqx.tree_at(lambda m: m.rest, self, freeze(nnx.state(module, nnx.Not(nnx.Param))))
+
+    def user_model(self) -> Any:
+        """The NNX module these arrays stand for (a new one; tapped layers' parameters back
+        in their NNX variables), in the mode the module was given in."""
+        from flax import nnx
+
+        from ntkbench.kernel import _nnx_layers
+
+        held = []
+        for plain, layer in zip(self.plains, self.layers, strict=True):
+            kernel, bias = _nnx_layers.placeholders(layer)
+            held.append((plain.path + ("kernel",), nnx.Param(kernel)))
+            if bias is not None:
+                held.append((plain.path + ("bias",), nnx.Param(bias)))
+        return nnx.merge(self.graphdef, self.params, thaw(self.rest), *([nnx.from_flat_state(held)] if held else []))
 
 
 def _split_nnx(model: Any) -> _NNX:
@@ -139,9 +171,34 @@ class _Linen(eqx.Module):
     apply: Callable = eqx.field(static=True)
     params: Any
     rest: Any
+    given: Any = eqx.field(static=True, default=None)  # the module or apply the user gave
 
     def __call__(self, x):
         return _one_sample(self.apply({"params": self.params, **thaw(self.rest)}, x[None]))
+
+    def train_forward(self, xb: jax.Array) -> tuple[jax.Array, _Linen]:
+        """The batch ``xb`` (B, ...) in training mode, updating the non-``params``
+        collections (``batch_stats``, ...): ``apply(variables, xb, train=True,
+        mutable=[...])``, which needs the ``apply`` given as
+        ``functools.partial(module.apply, train=False)`` (the module's own argument says
+        how it trains). A module with only ``params`` is applied as it is. Returns
+        (outputs (B, ...), ``self`` with the updated collections)."""
+        variables = {"params": self.params, **thaw(self.rest)}
+        if not self.rest:
+            return self.apply(variables, xb), self
+        if not (isinstance(self.apply, functools.partial) and "train" in self.apply.keywords):
+            raise ValueError(
+                f"model: a linen module with the collections {sorted(self.rest)} trains through its own "
+                "training-mode argument; give it as (functools.partial(module.apply, train=False), variables) "
+                "so that training calls it with train=True, or train it in your own loop and record with nb.Watch"
+            )
+        apply = functools.partial(self.apply.func, *self.apply.args, **{**self.apply.keywords, "train": True})
+        y, updates = apply(variables, xb, mutable=sorted(self.rest))
+        return y, eqx.tree_at(lambda m: m.rest, self, freeze({**thaw(self.rest), **updates}))
+
+    def user_model(self) -> tuple[Any, dict[str, Any]]:
+        """``(module or apply, variables)`` as the user gave it, with these variables."""
+        return self.given, {"params": self.params, **thaw(self.rest)}
 
 
 class _EqxState(eqx.Module):
@@ -150,10 +207,38 @@ class _EqxState(eqx.Module):
 
     model: Any
     state: Any
+    given: Any = eqx.field(static=True, default=None)  # the non-array fields of the user's model
 
     def __call__(self, x):
         out = self.model(x, thaw(self.state))
         return out[0] if isinstance(out, tuple) else out
+
+    def train_forward(self, xb: jax.Array) -> tuple[jax.Array, _EqxState]:
+        """The batch ``xb`` (B, ...) in training mode: the model's BatchNorm layers out of
+        inference mode (batch statistics, running averages updated; other layers, dropout
+        among them, stay in inference mode), called per sample under ``jax.vmap`` with the
+        BatchNorm layers' ``axis_name``. Returns (outputs (B, ...), ``self`` with the new
+        state)."""
+        is_bn = lambda n: isinstance(n, eqx.nn.BatchNorm)  # noqa: E731
+        norms = [n for n in jax.tree_util.tree_leaves(self.model, is_leaf=is_bn) if is_bn(n)]
+        names = {n.axis_name if isinstance(n.axis_name, str) else tuple(n.axis_name) for n in norms}
+        if len(names) > 1 or any(not isinstance(n, str) for n in names):
+            raise ValueError(
+                f"model: training runs its BatchNorm layers under one jax.vmap axis name; they average over "
+                f"{sorted(map(str, names))}"
+            )
+        model = jax.tree_util.tree_map(
+            lambda n: eqx.tree_at(lambda b: b.inference, n, False) if is_bn(n) else n, self.model, is_leaf=is_bn
+        )
+        call = jax.vmap(model, in_axes=(0, None), out_axes=(0, None), axis_name=names.pop() if names else "batch")
+        y, state = call(xb, thaw(self.state))
+        return y, eqx.tree_at(lambda m: m.state, self, freeze(state))
+
+    def user_model(self) -> tuple[Any, eqx.nn.State]:
+        """``(model, state)`` as the user gave it (its inference flags as they were), with
+        these parameters and state."""
+        arrays = eqx.filter(thaw(self.model), eqx.is_array)
+        return eqx.combine(arrays, self.given), thaw(self.state)
 
 
 def _linen_apply(f: Any) -> Callable | None:
@@ -209,8 +294,9 @@ def stateful_model(model: Any) -> eqx.Module | None:
             )
         # a StateIndex's initial value (a model not built by make_with_state) is not trained
         is_index = lambda n: isinstance(n, eqx.nn.StateIndex)  # noqa: E731
+        given = eqx.filter(first, eqx.is_array, inverse=True)
         first = jax.tree_util.tree_map(lambda n: freeze(n) if is_index(n) else n, first, is_leaf=is_index)
-        return _EqxState(eqx.nn.inference_mode(first), freeze(second))
+        return _EqxState(eqx.nn.inference_mode(first), freeze(second), given)
     apply = _linen_apply(first)
     if apply is None:
         return None
@@ -221,7 +307,7 @@ def stateful_model(model: Any) -> eqx.Module | None:
             f"collection; got {got}"
         )
     rest = {k: v for k, v in second.items() if k != "params"}
-    return _Linen(apply, second["params"], freeze(rest))
+    return _Linen(apply, second["params"], freeze(rest), first)
 
 
 def is_mutable(model: Any) -> bool:
@@ -229,3 +315,21 @@ def is_mutable(model: Any) -> bool:
     plan may be cached per model object."""
     nnx = sys.modules.get("flax.nnx")
     return nnx is not None and isinstance(model, nnx.Module)
+
+
+def train_forward(model: Any, xb: jax.Array) -> tuple[jax.Array, Any]:
+    """``model`` (what :func:`ntkbench.kernel.as_model` returns) on the batch ``xb`` (B, ...)
+    in training mode: (outputs (B, ...), the model with its state updated). A model with
+    state (the wrappers above) trains its BatchNorm layers on the batch's statistics and
+    updates their running averages; any other model is ``jax.vmap(model)(xb)``, unchanged."""
+    forward = getattr(model, "train_forward", None)
+    if isinstance(model, (_NNX, _Linen, _EqxState)) and forward is not None:
+        return forward(xb)
+    return jax.vmap(model)(xb), model
+
+
+def user_model(model: Any) -> Any:
+    """``model`` (what :func:`ntkbench.kernel.as_model` returns) in the form the user gave it:
+    an NNX module, ``(linen module or apply, variables)``, ``(eqx model, state)``; any other
+    model as it is."""
+    return model.user_model() if isinstance(model, (_NNX, _Linen, _EqxState)) else model

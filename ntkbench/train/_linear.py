@@ -41,10 +41,10 @@ def _train_linear(fixed: Any, params0, frozen, x, y, x_test, key, steps):
     optimizer, loss_fn, batch_size, static = fixed.value
     static = eqx.combine(frozen, static)
 
-    def batch_loss(p, xb, yb):
-        return jnp.mean(jax.vmap(loss_fn)(_linear_apply(p, params0, static, xb), yb))
+    def batch_loss(p, state, xb, yb):
+        return jnp.mean(jax.vmap(loss_fn)(_linear_apply(p, params0, static, xb), yb)), state
 
-    params, _ = optimizer_steps(
+    params, _, _ = optimizer_steps(
         batch_loss, params0, optimizer.init(params0), x, y, key, 0, steps, optimizer, batch_size
     )
     n = x_test.shape[0]

@@ -18,6 +18,7 @@ import optax
 from ntkbench import _variables
 from ntkbench.conventions import DEFAULT, KERNEL_MEASURES, LNP_MEASURES, Convention
 from ntkbench.kernel import _Static
+from ntkbench.kernel._stateful import train_forward, user_model
 from ntkbench.train._losses import _TASKS, _predict, _resolve_loss
 from ntkbench.train._measures import Loss, Measure, TestLoss
 from ntkbench.train._recorder import (
@@ -73,16 +74,20 @@ def linearized_test_predictions(
 # ---------------------------------------------------------------------------
 
 
-def _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size):
+def _steps(params, frozen, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size):
     """Steps ``start .. stop-1`` in one ``fori_loop``; the batch of step i is drawn from
-    ``fold_in(key, i)`` (:func:`~ntkbench.train._recorder.train_batch`)."""
+    ``fold_in(key, i)`` (:func:`~ntkbench.train._recorder.train_batch`). The model's
+    untrained arrays ``frozen`` are carried through: a model with state (BatchNorm) runs
+    in training mode (:func:`ntkbench.kernel._stateful.train_forward`) and updates them.
+    Returns ``(params, opt_state, frozen)``."""
 
-    def batch_loss(p, xb, yb):
-        model = eqx.combine(p, static)
-        preds = jax.vmap(model)(xb)
-        return jnp.mean(jax.vmap(loss_fn)(preds, yb))
+    def batch_loss(p, fr, xb, yb):
+        preds, trained = train_forward(eqx.combine(p, fr, static), xb)
+        _, rest = eqx.partition(trained, eqx.is_inexact_array)
+        fr, _ = eqx.partition(rest, eqx.is_array)
+        return jnp.mean(jax.vmap(loss_fn)(preds, yb)), fr
 
-    return optimizer_steps(batch_loss, params, opt_state, x, y, key, start, stop, optimizer, batch_size)
+    return optimizer_steps(batch_loss, params, opt_state, x, y, key, start, stop, optimizer, batch_size, frozen)
 
 
 def _finite(tree) -> jax.Array:
@@ -113,24 +118,27 @@ def _static_arg(value: Any) -> _Static:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _advance(fixed: _Static, params, frozen, opt_state, x, y, key, start, stop):
+def _advance(fixed: _Static, trained, opt_state, x, y, key, start, stop):
     """Steps ``start .. stop-1`` (:func:`_steps`; ``fixed.value`` = the model's static
-    part, optimizer, loss, batch size): the new parameters and optimizer state, and
-    whether the parameters are all finite, without a host sync."""
+    part, optimizer, loss, batch size) of ``trained = (params, frozen)`` (the parameters
+    and the model's other arrays: ints, BatchNorm statistics): the new ``(params, frozen)``
+    and optimizer state, and whether the parameters are all finite, without a host sync."""
     static, optimizer, loss_fn, batch_size = fixed.value
-    static = eqx.combine(frozen, static)  # the model's arrays that are not trained (ints, ...)
-    params, opt_state = _steps(params, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size)
-    return params, opt_state, _finite(params)
+    params, frozen = trained
+    params, opt_state, frozen = _steps(
+        params, frozen, static, opt_state, x, y, key, start, stop, optimizer, loss_fn, batch_size
+    )
+    return (params, frozen), opt_state, _finite(params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _record(fixed: _Static, params, frozen, inputs):
+def _record(fixed: _Static, trained, inputs):
     """One record (``fixed.value`` = the model's static part, measures, loss, LNP probes,
     the measures watched for divergence, the kernel convention, the LNP batch and the batch
     size) and whether the watched ones are all finite. Compiled apart from
     :func:`_advance`, so runs with other optimizers share it."""
     static, measures, loss_fn, lnp_probes, watched, convention, lnp_batch, batch_size = fixed.value
-    model = eqx.combine(params, frozen, static)
+    model = eqx.combine(*trained, static)
     record = _record_values(model, inputs, measures, loss_fn, lnp_probes, convention, lnp_batch, batch_size)
     return record, _finite([record[k] for k in watched])
 
@@ -443,6 +451,8 @@ def train(
     params, rest = eqx.partition(model, eqx.is_inexact_array)
     frozen, static = eqx.partition(rest, eqx.is_array)  # untrained arrays: dynamic, not static
     opt_state = optimizer.init(params)
+    # from here on "params" is (parameters, untrained arrays): a BatchNorm's training updates both
+    params = (params, frozen)
     watched = _watched(measures)
     # the parts jax.jit takes as static arguments, hashed once per train() call
     stepping = _static_arg((static, optimizer, loss_fn, batch_size))
@@ -451,11 +461,11 @@ def train(
     def advance(params, opt_state, start: int, stop: int):
         """Dispatch steps ``start .. stop-1``: (params, opt_state, params finite)."""
         start_, stop_ = jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)
-        return _advance(stepping, params, frozen, opt_state, x, y, key, start_, stop_)
+        return _advance(stepping, params, opt_state, x, y, key, start_, stop_)
 
     def record_at(params, step: int):
         """Dispatch the record at ``step``: (record, watched measures finite)."""
-        return _record(recording, params, frozen, {**inputs, "step": jnp.asarray(step, jnp.int32)})
+        return _record(recording, params, {**inputs, "step": jnp.asarray(step, jnp.int32)})
 
     def advance_and_record(params, opt_state, start: int, stop: int):
         """Dispatch steps ``start .. stop-1`` and the record at ``stop`` (nothing waits):
@@ -509,7 +519,7 @@ def train(
         records = jax.block_until_ready(records)
     while len(records) < len(record_steps):  # stopped: the later records are NaN
         records.append(_nan_record(records[-1]))
-    trained = eqx.combine(final, frozen, static)
+    trained = user_model(eqx.combine(*final, static))
 
     host = jax.device_get(records)  # one transfer at the end
     ds = _cube(host, measures, record_steps, recorder, data, int(steps), batch_size, loss, "optax", diverged)

@@ -46,19 +46,21 @@ def train_batch(x, y, key, step, batch_size: int):
     return x[idx], y[idx]
 
 
-def optimizer_steps(batch_loss, params, opt_state, x, y, key, start, stop, optimizer, batch_size: int):
-    """Optimizer steps ``start .. stop-1`` of ``batch_loss(params, x_batch, y_batch)`` in one
-    ``fori_loop``, step i on :func:`train_batch`'s batch i; returns ``(params, opt_state)``.
-    The training loop and the linearized network's training both step here."""
+def optimizer_steps(batch_loss, params, opt_state, x, y, key, start, stop, optimizer, batch_size: int, state=()):
+    """Optimizer steps ``start .. stop-1`` of ``batch_loss(params, state, x_batch, y_batch)
+    -> (loss, new state)`` in one ``fori_loop``, step i on :func:`train_batch`'s batch i;
+    ``state`` is what the forward pass updates besides the trained parameters (BatchNorm
+    running statistics; ``()`` for none). Returns ``(params, opt_state, state)``. The
+    training loop and the linearized network's training both step here."""
 
     def body(i, carry):
-        p, s = carry
+        p, s, st = carry
         xb, yb = train_batch(x, y, key, i, batch_size)
-        grads = jax.grad(batch_loss)(p, xb, yb)
+        grads, st = jax.grad(batch_loss, has_aux=True)(p, st, xb, yb)
         updates, s = optimizer.update(grads, s, p)
-        return optax.apply_updates(p, updates), s
+        return optax.apply_updates(p, updates), s, st
 
-    return jax.lax.fori_loop(start, stop, body, (params, opt_state))
+    return jax.lax.fori_loop(start, stop, body, (params, opt_state, state))
 
 
 class Context:

@@ -176,7 +176,7 @@ class Watch:
         params, rest = eqx.partition(model, eqx.is_inexact_array)
         frozen, static = eqx.partition(rest, eqx.is_array)
         record, ok = _record(
-            self._recording(static), params, frozen, {**self._inputs, "step": jnp.asarray(step, jnp.int32)}
+            self._recording(static), (params, frozen), {**self._inputs, "step": jnp.asarray(step, jnp.int32)}
         )
         self._records.append((step, record, ok))
         if self._explorer is not None:

@@ -814,6 +814,8 @@ def mup_leaf_scales(model: MLP | CNN | TinyTransformer) -> tuple[float, ...]:
 
 # --------------------------------------------------------------------------- factory
 
+_CALIBRATION_SAMPLES = 1024  # the training samples a ResNet's BatchNorm statistics start from
+
 #: Model names of :func:`make_model` -> their hyperparameters and defaults (the keys a
 #: ``[model]`` config section may set besides ``name``).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -846,6 +848,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "parametrization": "standard",
         "base_width": 1,
     },
+    "resnet18": {"width": 64, "momentum": 0.9, "calibrate": True},
     "decoder": {
         "width": 64,
         "layers": 2,
@@ -866,10 +869,12 @@ def make_model(
     key: PRNGKeyArray,
     in_shape: Sequence[int],
     out_size: int,
-) -> eqx.Module:
+    x: Any = None,
+) -> Any:
     """Build a model from a config dict.
 
-    ``config["name"]`` is ``"mlp"``, ``"cnn"``, ``"random_features"`` or ``"transformer"``; the other keys are
+    ``config["name"]`` is one of :data:`MODEL_DEFAULTS` (``"mlp"``, ``"cnn"``,
+    ``"random_features"``, ``"transformer"``, ``"decoder"``, ``"resnet18"``); the other keys are
     the model's hyperparameters (missing ones take defaults):
 
     - mlp: ``width=64, depth=2, activation="relu", parametrization="standard",
@@ -886,6 +891,15 @@ def make_model(
       ``vocab_size`` and ``context`` as the transformer's; ``aspect`` (an int) sets
       ``layers = max(1, width // aspect)`` and ``head_dim`` sets ``heads = width // head_dim``,
       so one grid over ``width`` keeps the shape of the model across sizes.
+
+    - resnet18 (:class:`ntkbench.resnet.ResNet18`, CIFAR-style, BatchNorm): ``width=64``
+      (the first stage's channels), ``momentum=0.9`` (of the BatchNorm running averages),
+      ``calibrate=True``; ``in_shape`` is ``(channels, height, width)``. It is returned as
+      ``(model, state)``, its BatchNorm running statistics in an ``eqx.nn.State``, which
+      :func:`ntkbench.train.train` updates and the kernel holds fixed (inference mode).
+      With ``calibrate`` and training inputs ``x`` (N, C, H, W) the statistics start as
+      those of the first 1024 samples of ``x`` (:func:`ntkbench.resnet.calibrate`; the
+      sweep passes the run's training set).
 
     ``in_shape`` is the shape of one input (``Dataset.in_shape``), ``out_size`` the number
     of outputs (``Dataset.n_outputs``). An unknown name or key raises ``ValueError``.
@@ -941,6 +955,21 @@ def make_model(
             base_width=opts["base_width"],
             key=key,
         )
+    if name == "resnet18":
+        from ntkbench.resnet import ResNet18
+
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (channels, height, width) for a ResNet-18, got {in_shape}")
+        width = _check_int(opts["width"], "width", 1)
+        momentum = opts["momentum"]
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum < 1:
+            raise ValueError(f"momentum must be a number in (0, 1), got {momentum!r}")
+        model, state = eqx.nn.make_with_state(ResNet18)(in_shape[0], out_size, width, float(momentum), key=key)
+        if opts["calibrate"] and x is not None:
+            from ntkbench.resnet import calibrate
+
+            state = calibrate(model, state, jnp.asarray(x[:_CALIBRATION_SAMPLES]))
+        return model, state
     if name == "decoder":
         from ntkbench.decoder import Decoder
 
@@ -984,8 +1013,21 @@ def _lm_sizes(opts: dict[str, Any], in_shape: tuple[int, ...], out_size: int) ->
     return vocab, context
 
 
+def _trainable_leaves(model: Any) -> list[Any]:
+    """The trainable array leaves of ``model``: its inexact leaves, without the state of a
+    ``(model, eqx.nn.State)`` pair or the initial values its ``eqx.nn.StateIndex`` holds
+    (BatchNorm running statistics are not trained)."""
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], eqx.nn.State):
+        model = model[0]
+    is_index = lambda n: isinstance(n, eqx.nn.StateIndex)  # noqa: E731
+    model = jax.tree_util.tree_map(lambda n: None if is_index(n) else n, model, is_leaf=is_index)
+    leaves = jax.tree_util.tree_leaves(model)  # arrays, or their ShapeDtypeStructs under eval_shape
+    return [x for x in leaves if hasattr(x, "dtype") and hasattr(x, "shape") and jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
 def count_params(model: Any) -> int:
-    """Number of scalar parameters: total size of the inexact array leaves.
+    """Number of scalar parameters: total size of the trainable (inexact) array leaves; of a
+    ``(model, eqx.nn.State)`` pair, the model's, without its BatchNorm running statistics.
 
     Example
     -------
@@ -993,8 +1035,7 @@ def count_params(model: Any) -> int:
     >>> count_params(MLP(3, 2, width=4, depth=1, key=jax.random.key(0)))
     26
     """
-    leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
-    return int(sum(leaf.size for leaf in leaves))
+    return int(sum(math.prod(leaf.shape) for leaf in _trainable_leaves(model)))
 
 
 def count_config_params(config: dict[str, Any], *, in_shape: Sequence[int], out_size: int) -> int:
@@ -1011,5 +1052,4 @@ def count_config_params(config: dict[str, Any], *, in_shape: Sequence[int], out_
     model = eqx.filter_eval_shape(
         lambda: make_model(config, key=jax.random.key(0), in_shape=in_shape, out_size=out_size)
     )
-    leaves = [x for x in jax.tree_util.tree_leaves(model) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return int(sum(math.prod(x.shape) for x in leaves))
+    return count_params(model)

@@ -77,7 +77,8 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
       (activation, depth), from the ``scale`` cube (seed mean);
     - ``entropy0_vs_depth``: S(0) per depth and the slope of a line fit per
       (activation, width);
-    - ``architectures``: the same entropy change for the transformer and CNN runs;
+    - ``architectures``: the same entropy change for the transformer, CNN (per depth) and
+      ResNet-18 (per width) runs;
     - ``families``: F-b2's grouping of the trajectories' end points by architecture
       (:func:`families`: pseudo-F, permutation p-value, R² per grouping).
     """
@@ -129,17 +130,18 @@ def summarize(cubes: Mapping[str, Any]) -> dict[str, Any]:
     out["entropy0_vs_depth"] = sd
 
     archs = {}
-    for arch in ("transformer", "cnn"):
+    for arch in ("transformer", "cnn", "resnet"):
         if arch not in cubes:
             continue
         ds = cubes[arch]
-        for d in ds["depth"].values.tolist():
-            sel = ds.sel(depth=d)
+        dim = "width" if arch == "resnet" else "depth"  # the ResNet's depth is 18: one entry per width
+        for d in ds[dim].values.tolist():
+            sel = ds.sel({dim: d})
             if "width" in sel.dims:
                 sel = sel.isel(width=0)
             delta = np.atleast_1d((sel["entropy"].isel(step=-1) - sel["entropy"].isel(step=0)).values)
             ratio = np.atleast_1d((sel["loss"].isel(step=-1) / sel["loss"].isel(step=0)).values)
-            archs[f"{arch} depth {d}"] = {
+            archs[f"{arch} {dim} {d}"] = {
                 "entropy_change_per_seed": [_stats.finite(v) for v in delta],
                 "n_rose": int((delta > 0).sum()),
                 "n_seeds": int(delta.size),

@@ -14,7 +14,11 @@ size, S in nats and Tr K of the traced eNTK, summed over outputs):
 - ``scale``: the (width, depth) plane, one seed (figure F-b3); it shares the run folder of
   ``mlp``, so grid points of both are run once;
 - ``transformer``: a TinyTransformer on the ``stories`` next-token task (figure F-b4);
-- ``cnn``: a CNN on ``digits`` images (figure F-b4).
+- ``cnn``: a CNN on ``digits`` images (figure F-b4);
+- ``resnet``: a CIFAR-style ResNet-18 with BatchNorm (:class:`ntkbench.ResNet18`) on
+  ``digits`` images, at widths 4 and 8 (figure F-b4). Its BatchNorm layers train on batch
+  statistics; the kernel is that of the network in inference mode, with its running
+  statistics, which start as those of the training set (``calibrate``).
 
 Quick settings (verified to show the paper's signs with margins over three seeds): digits,
 500 train / 200 test images, probe 200, SGD lr 0.1, softmax cross-entropy, 300 steps of
@@ -30,7 +34,7 @@ Example
 -------
 >>> from ntkbench.papers import collective
 >>> sorted(collective.configs("quick")), collective.configs("quick")["mlp"]["grid"]["width"]
-(['cnn', 'mlp', 'scale', 'transformer'], [8, 128])
+(['cnn', 'mlp', 'resnet', 'scale', 'transformer'], [8, 128])
 
 Running them is not a doctest: it trains for minutes.
 
@@ -60,7 +64,7 @@ __all__ = [
     "KEY", "TITLE", "CONFIGS", "MEASURES", "ENTROPY_VARIANTS", "TRACE_VARIANTS", "B3_QUANTITIES",  # the paper
     "configs", "run", "run_cubes", "save_cubes", "open_cubes", "figures", "export_figures", "defaults",  # protocol
     "fig_b1", "fig_b1_data", "build_b1", "fig_b2", "fig_b2_data", "build_b2",  # F-b1, F-b2
-    "fig_b3", "fig_b3_data", "build_b3", "fig_b4", "fig_b4_data", "build_b4", "b4_seed_fallbacks",  # F-b3, F-b4
+    "fig_b3", "fig_b3_data", "build_b3", "fig_b4", "fig_b4_data", "build_b4", "b4_seed_fallbacks", "B4_ARCHITECTURES",  # F-b3, F-b4
     "FIGURES", "controls", "summarize", "format_summary", "families", "family_points",  # collective
     "Workbench", "RerunPanel", "rerun_config",
 ]  # fmt: skip
@@ -177,6 +181,27 @@ def _cnn(
     }
 
 
+def _resnet(widths: list[int], seeds: list[int], n_train: int, n_test: int, probe: int, steps: int) -> dict[str, Any]:
+    # Adam 3e-3: at 1e-2 the BatchNorm net's inference-mode loss jumps for its first 20 steps
+    return {
+        "title": "collective: ResNet-18 on digits",
+        "paper": KEY,
+        "seed": 0,
+        "model": {"name": "resnet18", "width": 4},
+        "data": {
+            "name": "digits",
+            "n_train": n_train,
+            "n_test": n_test,
+            "seed": 0,
+            "flatten": False,
+            "scale": "standardize",
+        },
+        "train": {"optimizer": "adam", "lr": 3e-3, "steps": steps, "batch_size": 64, "loss": "ce"},
+        "record": {"every": "log", "log_points": 15, "probe": probe, "measures": list(MEASURES)},
+        "grid": {"width": widths, "seed": seeds},
+    }
+
+
 def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
     quick_base = _mlp_base(n_train=500, n_test=200, probe=200, steps=300, lr=0.1, log_points=20)
     # full: the paper's grid (widths {4, ..., 1000} x depths {1, 2, 3, 5, 10}, ReLU and
@@ -188,6 +213,7 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
             **_mlp_pair(quick_base, [8, 128], [1, 6], [0, 1, 2], [8, 32, 128], [1, 3, 6], [0, 1, 2]),
             "transformer": _transformer(32, [1, 3], [0, 1], context=4, probe=24, n_train=512, steps=300),
             "cnn": _cnn([8], [1, 3], [0, 1], n_train=500, n_test=100, probe=100, steps=200),
+            "resnet": _resnet([4, 8], [0, 1], n_train=500, n_test=100, probe=100, steps=200),
         },
         # the test suite's size: the quick MLP grid (three seeds, the claims' corners); the
         # scale plane is the corners (shared, no extra runs); one seed of each other model
@@ -195,6 +221,7 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
             **_mlp_pair(quick_base, [8, 128], [1, 6], [0, 1, 2], [8, 128], [1, 6], [0, 1, 2]),
             "transformer": _transformer(32, [1, 3], [0], context=4, probe=16, n_train=256, steps=150),
             "cnn": _cnn([8], [1, 3], [0], n_train=500, n_test=64, probe=64, steps=150),
+            "resnet": _resnet([4], [0], n_train=256, n_test=32, probe=32, steps=60),
         },
         "full": {
             **_mlp_pair(
@@ -202,6 +229,7 @@ def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:
             ),
             "transformer": _transformer(64, [1, 2, 4], [0, 1, 2, 3, 4], context=8, probe=64, n_train=2048, steps=3000),
             "cnn": _cnn([4, 12, 32, 64], [1, 2, 3], [0, 1, 2, 3, 4], n_train=1000, n_test=797, probe=500, steps=8000),
+            "resnet": _resnet([8, 16, 32], [0, 1, 2], n_train=1000, n_test=797, probe=500, steps=8000),
         },
     }
 
@@ -609,7 +637,11 @@ def b4_seed_fallbacks(cubes: Mapping[str, Any], seed: Any, missing_seed: str = "
     ``missing_seed="mean"`` they show the mean over their own seeds instead (the Workbench
     offers the MLP sweep's seeds, which may be more); with ``"error"`` a missing seed raises
     ``ValueError`` naming ``seed`` (:func:`ntkbench.papers._base.seed_fallbacks`)."""
-    return _base.seed_fallbacks(cubes, ("transformer", "cnn"), seed, missing_seed)
+    return _base.seed_fallbacks(cubes, B4_ARCHITECTURES, seed, missing_seed)
+
+
+#: the experiments F-b4 draws, in its row order
+B4_ARCHITECTURES = ("transformer", "cnn", "resnet")
 
 
 def _arch_title(arch: str, ds: Any) -> str:
@@ -617,6 +649,8 @@ def _arch_title(arch: str, ds: Any) -> str:
     m, d = cfg.get("model", {}), cfg.get("data", {})
     if arch == "transformer":
         return f"TinyTransformer w{m.get('width')}, stories (ctx {d.get('context')})"
+    if arch == "resnet":
+        return "ResNet-18 (BatchNorm), digits"
     w = int(ds["width"].values[0]) if "width" in ds.dims else m.get("width")
     return f"CNN {w} channels, digits"
 
@@ -631,34 +665,36 @@ def fig_b4_data(
     missing_seed: str = "error",
 ) -> FigureData:
     """Figure data of :func:`fig_b4`: panels ``"b4-{arch}-{col}"`` with sources
-    ``"…-lines"`` / ``"…-bands"`` for arch in ``transformer``, ``cnn`` (one line per
-    depth; widths other than the first are dropped).
+    ``"…-lines"`` / ``"…-bands"`` for arch in :data:`B4_ARCHITECTURES` (``transformer``,
+    ``cnn``: one line per depth, widths other than the first dropped; ``resnet``: one line
+    per width).
 
     A single ``seed`` that an architecture's cube lacks is an error, or, with
     ``missing_seed="mean"``, shows the mean over that cube's seeds (:func:`b4_seed_fallbacks`)."""
     _check_variants(entropy, trace)
     fallback = b4_seed_fallbacks(cubes, seed, missing_seed)
     data = plots.figure_data("F-b4", _header("F-b4", None, entropy, trace, seed, fallback))
-    for arch in ("transformer", "cnn"):
+    for arch in B4_ARCHITECTURES:
         if arch not in cubes:
             continue
         ds = cubes[arch]
-        if "width" in ds.dims:
+        # one line per depth (the ResNet: per width)
+        dim, kind = {"transformer": ("depth", "layers"), "resnet": ("width", "width")}.get(arch, ("depth", "depth"))
+        if "width" in ds.dims and dim != "width":
             ds = ds.isel(width=0)
         mode = "mean" if arch in fallback else plots.seed_mode(seed, ds)
         x = np.asarray(ds["step"].values, float) + 1.0
-        kind = "layers" if arch == "transformer" else "depth"
-        depths = ds["depth"].values.tolist()
+        values = ds[dim].values.tolist()
         series = [
-            (ds.sel(depth=d), color, f"{kind} {d}")
-            for d, color in zip(depths, itertools.cycle(_DEPTH_COLORS), strict=False)
+            (ds.sel({dim: v}), color, f"{kind} {v}")
+            for v, color in zip(values, itertools.cycle(_DEPTH_COLORS), strict=False)
         ]
         title = _arch_title(arch, cubes[arch])
         keys = plots.probe_row(data, f"b4-{arch}", title, x, series, _columns(entropy, trace), test=test, mode=mode)
         data["panels"].append(keys)
         data["legend"].append(keys[0])
     if not data["panels"]:
-        raise ValueError("cubes holds neither a 'transformer' nor a 'cnn' cube")
+        raise ValueError(f"cubes holds none of the F-b4 cubes {list(B4_ARCHITECTURES)}")
     return data
 
 
@@ -668,9 +704,10 @@ def build_b4(data: FigureData, panel_size: tuple[int, int] = (330, 250)) -> Any:
 
 
 def fig_b4(cubes: Mapping[str, Any], *, panel_size: tuple[int, int] = (330, 250), **settings: Any) -> Any:
-    """F-b4: other architectures, a TinyTransformer on ``stories`` (next token) and a CNN on
-    ``digits``: loss, entropy and trace against step + 1, one colour per depth, train dark,
-    test light. ``cubes`` holds ``"transformer"`` and/or ``"cnn"``; ``settings`` as in
+    """F-b4: other architectures, a TinyTransformer on ``stories`` (next token), a CNN and a
+    ResNet-18 on ``digits``: loss, entropy and trace against step + 1, one colour per depth
+    (the ResNet: per width), train dark, test light. ``cubes`` holds any of
+    :data:`B4_ARCHITECTURES`; ``settings`` as in
     :func:`fig_b4_data` (its header says which architectures fell back to the mean).
 
     Not run as a doctest: ``cubes`` stands for
@@ -738,7 +775,7 @@ FIGURES: list[FigureSpec] = [
         ),
         build_b4,
         (("seed", "test"), ("entropy", "trace")),
-        available=lambda c: "transformer" in c or "cnn" in c,
+        available=lambda c: any(a in c for a in B4_ARCHITECTURES),
     ),
 ]
 

@@ -51,7 +51,9 @@ def run_one(config: Mapping[str, Any], *, on_record: Any = None):
     dataset = _select_for(cfg, _load_for(cfg))
 
     model_key, train_key = jax.random.split(jax.random.key(seed))
-    model = make_model(dict(cfg["model"]), key=model_key, in_shape=dataset.in_shape, out_size=dataset.n_outputs)
+    model = make_model(
+        dict(cfg["model"]), key=model_key, in_shape=dataset.in_shape, out_size=dataset.n_outputs, x=dataset.x_train
+    )
 
     tr = {**TRAIN_DEFAULTS, **cfg.get("train", {})}
     opt = make_optimizer(tr["optimizer"], float(tr["lr"]), float(tr["momentum"]), float(tr["weight_decay"]))
@@ -168,6 +170,7 @@ def check_runs(runs: Sequence[Mapping[str, Any]]) -> None:
     import equinox as eqx
     import jax
 
+    from ntkbench.kernel import as_model
     from ntkbench.models import make_model
 
     datasets: dict[str, Any] = {}
@@ -197,7 +200,7 @@ def check_runs(runs: Sequence[Mapping[str, Any]]) -> None:
                     dict(run["model"]), key=jax.random.key(0), in_shape=ds.in_shape, out_size=ds.n_outputs
                 )
             )
-            eqx.filter_eval_shape(lambda m, xi: m(xi), model, x)
+            eqx.filter_eval_shape(lambda m, xi: as_model(m)(xi), model, x)
         except Exception as exc:
             raise ValueError(
                 f"config key 'model': model {run['model'].get('name')!r} cannot take data set "

@@ -121,9 +121,7 @@ class ResNet18(eqx.Module):
     readout: eqx.nn.Linear
     width: int = eqx.field(static=True)
 
-    def __init__(
-        self, in_channels: int, out_size: int, width: int = 64, momentum: float = 0.9, *, key: PRNGKeyArray
-    ):
+    def __init__(self, in_channels: int, out_size: int, width: int = 64, momentum: float = 0.9, *, key: PRNGKeyArray):
         for name, value in (("in_channels", in_channels), ("out_size", out_size), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -107,7 +107,8 @@ def test_cube_dims_and_variables(cubes):
     assert set(cubes["scale"].dims) >= {"activation", "depth", "width", "step", "eigen_index"}
     assert set(cubes["transformer"].dims) == {"depth", "seed", "step", "eigen_index"}
     assert set(cubes["cnn"].dims) == {"depth", "width", "seed", "step", "eigen_index"}
-    for name in ("scale", "transformer", "cnn"):
+    assert set(cubes["resnet"].dims) == {"width", "seed", "step", "eigen_index"}
+    for name in ("scale", "transformer", "cnn", "resnet"):
         cube.validate(cubes[name])
     # test probe and train probe have the same size (the recorder's probe)
     n = mlp["trace"].isel(step=0) / mlp["trace_per_sample"].isel(step=0)
@@ -133,7 +134,7 @@ def test_run_files_and_one_file_roundtrip(run_out, test_cubes):
 
 
 def test_loss_falls_in_every_run(cubes):
-    for name in ("mlp", "scale", "transformer", "cnn"):
+    for name in ("mlp", "scale", "transformer", "cnn", "resnet"):
         ratio = (cubes[name]["loss"].isel(step=-1) / cubes[name]["loss"].isel(step=0)).values
         assert np.all(np.isfinite(ratio)), name
         assert np.all(ratio < 0.9), f"{name}: loss did not fall in every run: {ratio.ravel()}"
@@ -180,6 +181,19 @@ def test_wide_shallow_mlps_change_their_kernel_least(cubes):
         # and its entropy stays closest to S(0) among the ReLU nets of depth 1 vs 6 at width 128
         d = np.abs(_delta(mlp.sel(activation=act, width=128)).mean("seed"))
         assert float(d.sel(depth=1)) < float(d.sel(depth=6)), (act, d.values)
+
+
+def test_resnet_compresses_from_a_nearly_flat_initial_spectrum(cubes):
+    """What F-b4's ResNet-18 shows at this scale (docs/papers/collective.md): its entropy
+    falls in every run, on both probes, from an initial spectrum close to flat (S / ln N
+    above 0.9), while its loss falls by more than 10x: compression, not the structure
+    formation the paper reports for deep nets."""
+    r = cubes["resnet"]
+    for var in ("entropy", "test_entropy"):
+        delta = _delta(r, var).values
+        assert np.all(delta < -0.1), f"{var}: {delta.ravel()}"
+    assert float(r["entropy_normalized"].isel(step=0).min()) > 0.9
+    assert float((r["loss"].isel(step=-1) / r["loss"].isel(step=0)).max()) < 0.1
 
 
 def test_initial_trace_grows_with_width(cubes):
@@ -289,7 +303,17 @@ def test_summary_numbers(run_out, test_cubes):
         s0 = scale["entropy"].sel(activation=act, width=int(w)).isel(step=0)
         s0 = s0.mean("seed") if "seed" in s0.dims else s0
         np.testing.assert_allclose(v["entropy0"], s0.values, atol=1e-3)
-    assert set(summary["architectures"]) == {"transformer depth 1", "transformer depth 3", "cnn depth 1", "cnn depth 3"}
+    assert set(summary["architectures"]) == {
+        "transformer depth 1",
+        "transformer depth 3",
+        "cnn depth 1",
+        "cnn depth 3",
+        "resnet width 4",
+    }
+    r = summary["architectures"]["resnet width 4"]
+    np.testing.assert_allclose(
+        r["entropy_change_per_seed"], _delta(test_cubes["resnet"].sel(width=4)).values, atol=1e-4
+    )
     for needle in (
         "relu 8x1",
         "Tr K(0) vs width",
@@ -654,10 +678,11 @@ def test_shipped_cube_provenance(shipped_cubes):
     for name, ds in shipped_cubes.items():
         cfg = json.loads(ds.attrs["config"])
         assert cfg["paper"] == "collective", name
-    cfg = json.loads(shipped_cubes["mlp"].attrs["config"])
-    assert cfg == collective.CONFIGS["quick"]["mlp"], (
-        "data/collective_quick.nc is not the current quick config: run `make data`"
-    )
+    for name in ("mlp", "resnet"):
+        cfg = json.loads(shipped_cubes[name].attrs["config"])
+        assert cfg == collective.CONFIGS["quick"][name], (
+            f"data/collective_quick.nc's {name!r} is not the current quick config: run `make data`"
+        )
 
 
 # --------------------------------------------------------------------------- the shared layer

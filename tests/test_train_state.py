@@ -35,9 +35,7 @@ def digits():
 
 
 def _train(model, data, key):
-    return train(
-        model, data, optimizer=_OPTIMIZER, steps=STEPS, batch_size=BATCH, loss="mse", key=key
-    )
+    return train(model, data, optimizer=_OPTIMIZER, steps=STEPS, batch_size=BATCH, loss="mse", key=key)
 
 
 def _hand_loop(data, params, state, batch_loss, key):
@@ -261,9 +259,10 @@ def test_resnet18_model_config():
     assert model.blocks[0].bn1.momentum == 0.8
     assert int(state.get(model.stem_bn.batch_counter)) == 1
     _, fresh = make_model({**cfg, "calibrate": False}, key=jax.random.key(0), in_shape=(1, 8, 8), out_size=10, x=x)
-    assert not np.allclose(np.asarray(fresh.get(model.stem_bn.batch_state_index)[1]), np.asarray(
-        state.get(model.stem_bn.batch_state_index)[1]
-    ))
+    assert not np.allclose(
+        np.asarray(fresh.get(model.stem_bn.batch_state_index)[1]),
+        np.asarray(state.get(model.stem_bn.batch_state_index)[1]),
+    )
     trainable = eqx.filter(as_model((model, state)), eqx.is_inexact_array)
     n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(trainable))
     assert nb.count_params((model, state)) == n == count_config_params(cfg, in_shape=(1, 8, 8), out_size=10)
@@ -271,3 +270,23 @@ def test_resnet18_model_config():
         make_model({**cfg, "momentum": 1.0}, key=jax.random.key(0), in_shape=(1, 8, 8), out_size=10)
     with pytest.raises(ValueError, match="in_shape"):
         make_model(cfg, key=jax.random.key(0), in_shape=(64,), out_size=10)
+
+
+def test_apply_fn_params_pair_comes_back_as_a_pair(digits):
+    """(apply_fn, params) in, (the same apply_fn, trained params) out, as a hand loop of
+    the same function gives."""
+    params = {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
+
+    def apply(p, x):
+        return x @ p["w"] + p["b"]
+
+    key = jax.random.key(6)
+    (got_apply, got_params), _ = _train((apply, params), digits, key)
+    assert got_apply is apply
+    loss_fn = make_loss("mse", digits.task)
+
+    def batch_loss(p, st, xb, yb):
+        return jnp.mean(jax.vmap(loss_fn)(jax.vmap(lambda xi: apply(p, xi))(xb), yb)), st
+
+    want, _ = _hand_loop(digits, params, (), batch_loss, key)
+    _assert_trees_close(got_params, want)

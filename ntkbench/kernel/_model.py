@@ -31,6 +31,10 @@ class _Applied(eqx.Module):
     def __call__(self, x):
         return self.apply_fn(self.params, x)
 
+    def user_model(self) -> tuple[Callable, Any]:
+        """``(apply_fn, params)``, the form it was given in."""
+        return self.apply_fn, self.params
+
 
 def as_model(model: Any) -> eqx.Module:
     """Return ``model`` as a callable pytree of one sample; validates it.

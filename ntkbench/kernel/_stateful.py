@@ -330,6 +330,8 @@ def train_forward(model: Any, xb: jax.Array) -> tuple[jax.Array, Any]:
 
 def user_model(model: Any) -> Any:
     """``model`` (what :func:`ntkbench.kernel.as_model` returns) in the form the user gave it:
-    an NNX module, ``(linen module or apply, variables)``, ``(eqx model, state)``; any other
-    model as it is."""
-    return model.user_model() if isinstance(model, (_NNX, _Linen, _EqxState)) else model
+    an NNX module, ``(linen module or apply, variables)``, ``(eqx model, state)``,
+    ``(apply_fn, params)``; an Equinox module as it is."""
+    from ntkbench.kernel._model import _Applied
+
+    return model.user_model() if isinstance(model, (_NNX, _Linen, _EqxState, _Applied)) else model

@@ -200,7 +200,7 @@ def check_runs(runs: Sequence[Mapping[str, Any]]) -> None:
                     dict(run["model"]), key=jax.random.key(0), in_shape=ds.in_shape, out_size=ds.n_outputs
                 )
             )
-            eqx.filter_eval_shape(lambda m, xi: as_model(m)(xi), model, x)
+            eqx.filter_eval_shape(lambda m, xi: as_model(m)(xi), model, x)  # pyright: ignore[reportCallIssue]
         except Exception as exc:
             raise ValueError(
                 f"config key 'model': model {run['model'].get('name')!r} cannot take data set "

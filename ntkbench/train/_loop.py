@@ -384,8 +384,13 @@ def train(
 
     Parameters
     ----------
-    model : Equinox module applied to ONE sample (``model(x)``); its inexact array
-        leaves are trained.
+    model : Equinox module applied to ONE sample (``model(x)``), whose inexact array
+        leaves are trained; or any model :func:`ntkbench.entk` takes: ``(apply_fn,
+        params)``, a model with BatchNorm state (``(eqx_model, eqx.nn.State)``, a Flax NNX
+        module, ``(functools.partial(linen_module.apply, train=False), variables)``). A
+        model with state trains its BatchNorm layers on each batch's statistics and carries
+        their running averages from step to step (dropout stays off); the records are of
+        the model in inference mode (:func:`ntkbench.kernel._stateful.train_forward`).
     data : an :class:`ntkbench.data.Dataset` (``x_train (N, ...)``, ``y_train``,
         ``x_test``, ``y_test``, ``task``).
     optimizer : an ``optax.GradientTransformation``.
@@ -404,7 +409,9 @@ def train(
     Returns
     -------
     (trained_model, xarray.Dataset) with dims ``step`` (and ``eigen_index`` for
-    ``eigenvalues``); each variable carries ``long_name`` and ``units``.
+    ``eigenvalues``); each variable carries ``long_name`` and ``units``. The trained model
+    is in the form given: an Equinox module, ``(apply_fn, params)``, a new NNX module (the
+    given one unchanged), ``(apply, variables)``, ``(model, state)``.
 
     Divergence: when the parameters, or a recorded loss or kernel (``loss``, ``test_loss``,
     ``trace``, ``test_trace``, ``eigenvalues``), become NaN/Inf, training stops; the

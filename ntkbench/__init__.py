@@ -73,6 +73,7 @@ _EXPORTS: dict[str, str] = {
     "Watch": "train",
     "Measure": "train",
     "linearized_test_predictions": "train",
+    "calibrate_batchnorm": "train",
     # cube.py
     "save": "cube",
     "open_cube": "cube",

@@ -898,8 +898,8 @@ def make_model(
       ``(model, state)``, its BatchNorm running statistics in an ``eqx.nn.State``, which
       :func:`ntkbench.train.train` updates and the kernel holds fixed (inference mode).
       With ``calibrate`` and training inputs ``x`` (N, C, H, W) the statistics start as
-      those of the first 1024 samples of ``x`` (:func:`ntkbench.resnet.calibrate`; the
-      sweep passes the run's training set).
+      those of the first 1024 samples of ``x`` (:func:`ntkbench.calibrate_batchnorm`;
+      the sweep passes the run's training set).
 
     ``in_shape`` is the shape of one input (``Dataset.in_shape``), ``out_size`` the number
     of outputs (``Dataset.n_outputs``). An unknown name or key raises ``ValueError``.
@@ -966,9 +966,9 @@ def make_model(
             raise ValueError(f"momentum must be a number in (0, 1), got {momentum!r}")
         model, state = eqx.nn.make_with_state(ResNet18)(in_shape[0], out_size, width, float(momentum), key=key)
         if opts["calibrate"] and x is not None:
-            from ntkbench.resnet import calibrate
+            from ntkbench.train._batchnorm import calibrate_batchnorm
 
-            state = calibrate(model, state, jnp.asarray(x[:_CALIBRATION_SAMPLES]))
+            return calibrate_batchnorm((model, state), x[:_CALIBRATION_SAMPLES])
         return model, state
     if name == "decoder":
         from ntkbench.decoder import Decoder

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["ResNet18", "BasicBlock", "calibrate"]
+__all__ = ["ResNet18", "BasicBlock"]
 
 _AXIS = "batch"  # the vmap axis name the BatchNorm layers average over while training
 
@@ -145,34 +145,3 @@ class ResNet18(eqx.Module):
         for block in self.blocks:
             y, state = block(y, state)
         return self.readout(jnp.mean(y, axis=(1, 2))), state
-
-
-def calibrate(model: ResNet18, state: eqx.nn.State, x: Float[Array, "n c h w"]) -> eqx.nn.State:
-    """``state`` with every BatchNorm layer's running statistics set to those of the batch
-    ``x`` (N, C, H, W), as if ``x`` were the first batch seen: the statistics of one
-    training-mode pass, without the prior of :func:`_bn` (the parameters are not changed).
-
-    A new network has no statistics: inference mode normalises by mean 0 and variance 1,
-    which is not the network training will see (its first kernel is then of an
-    unnormalised ResNet). Calibrating on training data first gives an inference-mode
-    network at step 0 that matches its training mode; ``ntkbench.sweep`` does it for the
-    ``resnet18`` model config (``calibrate=True``).
-
-    Example
-    -------
-    >>> import jax, jax.numpy as jnp, equinox as eqx
-    >>> model, state = eqx.nn.make_with_state(ResNet18)(1, 10, width=4, key=jax.random.key(0))
-    >>> state = calibrate(model, state, jax.random.normal(jax.random.key(1), (16, 1, 8, 8)))
-    >>> int(state.get(model.stem_bn.batch_counter))
-    1
-    """
-    from ntkbench.kernel._stateful import stateful_model, train_forward
-
-    is_bn = lambda n: isinstance(n, eqx.nn.BatchNorm)  # noqa: E731
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    state = jax.tree_util.tree_unflatten(treedef, leaves)  # a copy: State.set retires the state it is called on
-    for bn in (n for n in jax.tree_util.tree_leaves(model, is_leaf=is_bn) if is_bn(n)):
-        zeros = jnp.zeros(bn.input_size, jnp.float32)
-        state = state.set(bn.batch_counter, jnp.array(0, jnp.int32)).set(bn.batch_state_index, (zeros, zeros))
-    _, calibrated = eqx.filter_jit(train_forward)(stateful_model((model, state)), jnp.asarray(x))
-    return calibrated.user_model()[1]

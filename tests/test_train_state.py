@@ -74,10 +74,10 @@ class EqxNet(eqx.Module):
     bn: eqx.nn.BatchNorm
     lin2: eqx.nn.Linear
 
-    def __init__(self, key):
+    def __init__(self, key, mode="batch"):
         k1, k2 = jax.random.split(key)
         self.lin1 = eqx.nn.Linear(64, 16, key=k1)
-        self.bn = eqx.nn.BatchNorm(16, "batch", momentum=0.5, mode="batch")
+        self.bn = eqx.nn.BatchNorm(16, "batch", momentum=0.5, mode=mode)
         self.lin2 = eqx.nn.Linear(16, 10, key=k2)
 
     def __call__(self, x, state):
@@ -227,24 +227,60 @@ def test_resnet_batchnorm_prior_is_one_batch_of_mean_0_variance_1():
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)  # float32 statistics
 
 
-def test_calibrated_resnet_in_inference_mode_is_its_training_mode_on_that_batch():
-    """calibrate(model, state, x): the running statistics become x's, so the network in
-    inference mode gives on x what training mode gives (the kernel at step 0 is of the
-    normalised network), without changing a parameter."""
+def _inference_vs_training_mode(model, calibrated, x):
+    """(training-mode outputs of ``model`` on x, inference-mode outputs of ``calibrated``
+    and of ``model`` on x)."""
     from ntkbench.kernel._stateful import stateful_model, train_forward
-    from ntkbench.resnet import calibrate
 
+    train_mode, _ = eqx.filter_jit(train_forward)(stateful_model(model), x)
+    apply = eqx.filter_jit(lambda m, x: jax.vmap(m)(x))
+    return train_mode, apply(stateful_model(calibrated), x), apply(stateful_model(model), x)
+
+
+def test_calibrated_resnet_in_inference_mode_is_its_training_mode_on_that_batch():
+    """calibrate_batchnorm((model, state), x): the running statistics become x's, so the
+    network in inference mode gives on x what training mode gives (the kernel at step 0 is
+    of the normalised network), without changing a parameter."""
     model, state = eqx.nn.make_with_state(nb.ResNet18)(1, 10, width=2, key=jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (24, 1, 8, 8))
-    train_mode, _ = eqx.filter_jit(train_forward)(stateful_model((model, state)), x)
-    calibrated = calibrate(model, state, x)
-    apply = eqx.filter_jit(lambda m, x: jax.vmap(m)(x))
-    inference = apply(stateful_model((model, calibrated)), x)
+    calibrated = nb.calibrate_batchnorm((model, state), x)
+    assert eqx.tree_equal(eqx.filter(calibrated[0], eqx.is_array), eqx.filter(model, eqx.is_array))
+    train_mode, inference, uncalibrated = _inference_vs_training_mode((model, state), calibrated, x)
     # float32: the same statistics, reduced in another order (the running average's
     # (1 - m) scaling and its debiasing): 1e-4 relative of outputs of size ~1
     np.testing.assert_allclose(np.asarray(inference), np.asarray(train_mode), rtol=1e-4, atol=1e-4)
-    uncalibrated = apply(stateful_model((model, state)), x)
     assert not np.allclose(np.asarray(uncalibrated), np.asarray(train_mode), atol=1e-2)
+
+
+def test_calibrated_equinox_ema_and_nnx_batchnorm():
+    """The same for Equinox's mode="ema" BatchNorm and for an NNX module (momentum 0.9
+    restored after its momentum-0 pass; the given module unchanged)."""
+    from flax import nnx
+
+    x = jax.random.normal(jax.random.key(1), (32, 64)) * 3.0 + 2.0
+    net = eqx.nn.make_with_state(EqxNet)(jax.random.key(0), mode="ema")
+    calibrated = nb.calibrate_batchnorm(net, x)
+    train_mode, inference, _ = _inference_vs_training_mode(net, calibrated, x)
+    np.testing.assert_allclose(np.asarray(inference), np.asarray(train_mode), rtol=1e-4, atol=1e-4)
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin1 = nnx.Linear(64, 16, rngs=rngs)
+            self.bn = nnx.BatchNorm(16, momentum=0.9, rngs=rngs)
+            self.lin2 = nnx.Linear(16, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.lin2(nnx.relu(self.bn(self.lin1(x))))
+
+    module = Net(nnx.Rngs(0))
+    calibrated = nb.calibrate_batchnorm(module, x)
+    assert isinstance(calibrated, Net) and calibrated.bn.momentum == 0.9
+    np.testing.assert_array_equal(np.asarray(module.bn.mean[...]), 0.0)
+    train_mode, inference, uncalibrated = _inference_vs_training_mode(module, calibrated, x)
+    np.testing.assert_allclose(np.asarray(inference), np.asarray(train_mode), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(np.asarray(uncalibrated), np.asarray(train_mode), atol=1e-2)
+    with pytest.raises(TypeError, match="calibrate_batchnorm"):
+        nb.calibrate_batchnorm(EqxNet(jax.random.key(0)), x)
 
 
 def test_resnet18_model_config():

@@ -18,7 +18,7 @@ size, S in nats and Tr K of the traced eNTK, summed over outputs):
 - ``resnet``: a CIFAR-style ResNet-18 with BatchNorm (:class:`ntkbench.ResNet18`) on
   ``digits`` images, at widths 4 and 8 (figure F-b4). Its BatchNorm layers train on batch
   statistics; the kernel is that of the network in inference mode, with its running
-  statistics, which start as those of the training set (``calibrate``).
+  statistics, which start as those of the training set (:func:`ntkbench.calibrate_batchnorm`).
 
 Quick settings (verified to show the paper's signs with margins over three seeds): digits,
 500 train / 200 test images, probe 200, SGD lr 0.1, softmax cross-entropy, 300 steps of

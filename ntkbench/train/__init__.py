@@ -41,6 +41,7 @@ The package (private modules, re-exported here):
   with the run's optimizer and steps (the ``linear_test_*`` measures).
 """
 
+from ntkbench.train._batchnorm import calibrate_batchnorm
 from ntkbench.train._linear import linearized_training_predictions
 from ntkbench.train._loop import _lapack_one_thread as _lapack_one_thread
 from ntkbench.train._loop import linearized_test_predictions, train
@@ -61,6 +62,7 @@ __all__ = [
     "make_loss",
     "linearized_test_predictions",
     "linearized_training_predictions",
+    "calibrate_batchnorm",
 ]
 
 # ``nb.train(model, data, ...)`` calls the function whatever was imported first (ntkbench._callable)

@@ -122,22 +122,30 @@ def test_batchnorm_over_two_axis_names_is_refused(digits):
 # --------------------------------------------------------------------------- Flax NNX
 
 
-def test_nnx_batchnorm_trains_as_in_a_hand_written_loop(digits):
-    """An NNX module trains in its training mode (batch statistics, nnx.BatchStat
-    updated); train() returns a new NNX module and leaves the given one as it was."""
+def _nnx_net_class() -> type:
+    """64 -> 16 -> BatchNorm -> relu -> 10 in Flax NNX (flax imported when a test runs)."""
     from flax import nnx
 
     class Net(nnx.Module):
-        def __init__(self, rngs):
+        def __init__(self, rngs, momentum):
             self.lin1 = nnx.Linear(64, 16, rngs=rngs)
-            self.bn = nnx.BatchNorm(16, momentum=0.5, rngs=rngs)
+            self.bn = nnx.BatchNorm(16, momentum=momentum, rngs=rngs)
             self.lin2 = nnx.Linear(16, 10, rngs=rngs)
 
         def __call__(self, x):
             return self.lin2(nnx.relu(self.bn(self.lin1(x))))
 
+    return Net
+
+
+def test_nnx_batchnorm_trains_as_in_a_hand_written_loop(digits):
+    """An NNX module trains in its training mode (batch statistics, nnx.BatchStat
+    updated); train() returns a new NNX module and leaves the given one as it was."""
+    from flax import nnx
+
+    Net = _nnx_net_class()
     key = jax.random.key(4)
-    net = Net(nnx.Rngs(0))
+    net = Net(nnx.Rngs(0), momentum=0.5)
     trained, _ = _train(net, digits, key)
     assert isinstance(trained, Net) and trained is not net
     np.testing.assert_array_equal(np.asarray(net.bn.mean[...]), 0.0)  # the given module is unchanged
@@ -263,16 +271,8 @@ def test_calibrated_equinox_ema_and_nnx_batchnorm():
     train_mode, inference, _ = _inference_vs_training_mode(net, calibrated, x)
     np.testing.assert_allclose(np.asarray(inference), np.asarray(train_mode), rtol=1e-4, atol=1e-4)
 
-    class Net(nnx.Module):
-        def __init__(self, rngs):
-            self.lin1 = nnx.Linear(64, 16, rngs=rngs)
-            self.bn = nnx.BatchNorm(16, momentum=0.9, rngs=rngs)
-            self.lin2 = nnx.Linear(16, 10, rngs=rngs)
-
-        def __call__(self, x):
-            return self.lin2(nnx.relu(self.bn(self.lin1(x))))
-
-    module = Net(nnx.Rngs(0))
+    Net = _nnx_net_class()
+    module = Net(nnx.Rngs(0), momentum=0.9)
     calibrated = nb.calibrate_batchnorm(module, x)
     assert isinstance(calibrated, Net) and calibrated.bn.momentum == 0.9
     np.testing.assert_array_equal(np.asarray(module.bn.mean[...]), 0.0)

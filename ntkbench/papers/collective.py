@@ -159,14 +159,23 @@ def _transformer(
     }
 
 
-def _cnn(
-    widths: list[int], depths: list[int], seeds: list[int], n_train: int, n_test: int, probe: int, steps: int
+def _on_digit_images(
+    title: str,
+    model: dict[str, Any],
+    lr: float,
+    grid: dict[str, list[int]],
+    n_train: int,
+    n_test: int,
+    probe: int,
+    steps: int,
 ) -> dict[str, Any]:
+    """An F-b4 experiment on the standardized 1×8×8 digit images: Adam, batch 64, softmax
+    cross-entropy, 15 log-spaced records."""
     return {
-        "title": "collective: CNN on digits",
+        "title": title,
         "paper": KEY,
         "seed": 0,
-        "model": {"name": "cnn", "width": 8, "depth": 1, "pool": "mean"},
+        "model": model,
         "data": {
             "name": "digits",
             "n_train": n_train,
@@ -175,31 +184,25 @@ def _cnn(
             "flatten": False,
             "scale": "standardize",
         },
-        "train": {"optimizer": "adam", "lr": 0.01, "steps": steps, "batch_size": 64, "loss": "ce"},
+        "train": {"optimizer": "adam", "lr": lr, "steps": steps, "batch_size": 64, "loss": "ce"},
         "record": {"every": "log", "log_points": 15, "probe": probe, "measures": list(MEASURES)},
-        "grid": {"depth": depths, "width": widths, "seed": seeds},
+        "grid": grid,
     }
+
+
+def _cnn(
+    widths: list[int], depths: list[int], seeds: list[int], n_train: int, n_test: int, probe: int, steps: int
+) -> dict[str, Any]:
+    model = {"name": "cnn", "width": 8, "depth": 1, "pool": "mean"}
+    grid = {"depth": depths, "width": widths, "seed": seeds}
+    return _on_digit_images("collective: CNN on digits", model, 0.01, grid, n_train, n_test, probe, steps)
 
 
 def _resnet(widths: list[int], seeds: list[int], n_train: int, n_test: int, probe: int, steps: int) -> dict[str, Any]:
     # Adam 3e-3: at 1e-2 the BatchNorm net's inference-mode loss jumps for its first 20 steps
-    return {
-        "title": "collective: ResNet-18 on digits",
-        "paper": KEY,
-        "seed": 0,
-        "model": {"name": "resnet18", "width": 4},
-        "data": {
-            "name": "digits",
-            "n_train": n_train,
-            "n_test": n_test,
-            "seed": 0,
-            "flatten": False,
-            "scale": "standardize",
-        },
-        "train": {"optimizer": "adam", "lr": 3e-3, "steps": steps, "batch_size": 64, "loss": "ce"},
-        "record": {"every": "log", "log_points": 15, "probe": probe, "measures": list(MEASURES)},
-        "grid": {"width": widths, "seed": seeds},
-    }
+    grid = {"width": widths, "seed": seeds}
+    model = {"name": "resnet18", "width": 4}
+    return _on_digit_images("collective: ResNet-18 on digits", model, 3e-3, grid, n_train, n_test, probe, steps)
 
 
 def _make_configs() -> dict[str, dict[str, dict[str, Any]]]:

@@ -58,7 +58,7 @@ format: $(VENV)/.stamp-test
 # so its module fixtures run once): the suite is mostly single-threaded compilation.
 TEST_WORKERS ?= 2
 test: $(VENV)/.stamp-test lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 # The engine's tests at the LOWEST versions pyproject.toml allows (uv's lowest-direct

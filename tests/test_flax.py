@@ -214,6 +214,39 @@ def test_nnx_linear_layers_are_tapped(tied, x64):
         assert rel_err(nb.entk(model, x, method=method), nnx_reference(model, x)) < 1e-10
 
 
+class NNXEmbedding(nnx.Module):
+    """An ``nnx.Embed`` of 4 token ids, a Linear on their mean, and, with ``tied``, the
+    table read again by ``embed.attend`` (tied output weights)."""
+
+    def __init__(self, rngs, tied=False):
+        self.embed = nnx.Embed(7, 6, rngs=rngs, param_dtype=jnp.float64)
+        self.head = nnx.Linear(6, 3, rngs=rngs, **F64)
+        self.tied = tied
+
+    def __call__(self, ids):
+        h = jnp.tanh(self.embed(ids)).mean(axis=1)
+        y = self.head(h)
+        if self.tied:
+            y = y + self.embed.attend(h)[:, :3]
+        return y
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_nnx_embed_is_tapped(tied, x64):
+    """A plain ``nnx.Embed`` goes on the structured route as ``eqx.nn.Embedding`` does (its
+    ids are the tokens); read again by ``attend`` it is left to the Jacobian route. Ids
+    repeat within and across samples (the token Gram is not the identity). Against the
+    reference: 1e-10 (float64; summation order only)."""
+    model = NNXEmbedding(nnx.Rngs(8), tied=tied)
+    ids = jax.random.randint(jax.random.key(9), (5, 4), 0, 7)
+    checked = as_model(model)
+    assert [plain.kind for plain in checked.plains] == ["embed", "linear"]
+    taps = sorted(_probe(checked, ids.shape[1:], ids.dtype))
+    assert taps == ([1] if tied else [0, 1])  # traversal order: embed 0, head 1
+    for method in ("structured", "auto"):
+        assert rel_err(nb.entk(model, ids, method=method), nnx_reference(model, ids)) < 1e-10
+
+
 class NNXStrided(nnx.Module):
     """Convolutions the taps take (explicit padding at stride 2, no bias; VALID) and one
     they leave to per-leaf Jacobians ("SAME" at stride 2: its padding depends on the input

@@ -1,21 +1,25 @@
-"""Flax NNX ``nnx.Linear`` and ``nnx.Conv`` layers seen as ``eqx.nn.Linear`` and
-``eqx.nn.Conv`` ones, so that the structured method taps them as it taps Equinox's (see
-``_taps``).
+"""Flax layers (NNX ``nnx.Linear``, ``nnx.Conv``, ``nnx.Embed``; linen's ``nn.Dense``,
+``nn.Conv``, ``nn.Embed``) seen as ``eqx.nn.Linear``, ``eqx.nn.Conv`` and
+``eqx.nn.Embedding`` ones, so that the structured method taps them as it taps Equinox's
+(see ``_taps``).
 
-A plain ``nnx.Linear`` (computing in its parameters' dtype, default precision) computes
-``x @ kernel + bias`` on the last axis of its input: an ``eqx.nn.Linear`` with ``weight =
-kernelᵀ`` on each row. A plain ``nnx.Conv`` (channels last, no groups, input dilation or
-mask, zero padding given as numbers, or ``"SAME"`` at stride 1, or ``"VALID"``) is an
+A plain linear layer (computing in its parameters' dtype with JAX's own ``dot_general``,
+default precision and dtype promotion) computes ``x @ kernel + bias`` on the last axis of
+its input: an ``eqx.nn.Linear`` with ``weight = kernelᵀ`` on each row. A plain convolution
+(channels last, no groups, input dilation or mask, zero padding given as numbers,
+``"VALID"``, or ``"SAME"`` at stride 1 or at an input size known in advance) is an
 ``eqx.nn.Conv`` (channels first) with the kernel's axes moved and the padding written out.
-So the NNX wrapper (``_stateful._NNX``) carries each such layer's parameters as the
-Equinox layer (the pytree node the taps replace) instead of in its NNX state, and in the
-merged module it makes the NNX layer call that Equinox layer: on the one sample of a batch
-of one at the top level, or on every row / image inside one ``jax.vmap`` (the token batch
-the taps read). The merged module's own kernel and bias are placeholders: the Equinox
-layer's arrays when it is not tapped (so that code reading ``layer.kernel`` directly is
-still differentiated), and for a tapped layer a guard that raises the taps'
-``_DirectAccess`` when read, so the probe leaves that layer to the Jacobian route, as it
-does for an Equinox weight read outside its layer."""
+A plain embedding (``embedding`` table of its dtype) looks rows up as ``eqx.nn.Embedding``
+does (ids outside the table: Flax fills NaN, Equinox clamps). So the wrappers
+(``_stateful._NNX``, ``_stateful._Linen``) carry each such layer's parameters as the
+Equinox layer (the pytree node the taps replace) instead of in the Flax variables, and
+make the Flax layer's ``__call__`` call that Equinox layer: on the one sample of a batch
+of one at the top level, or on every row / image / id inside one ``jax.vmap`` (the token
+batch the taps read). The Flax variables themselves hold placeholders: the Equinox
+layer's arrays when it is not tapped (so that code reading ``layer.kernel`` or
+``embed.attend`` directly is still differentiated), and for a tapped layer a guard that
+raises the taps' ``_DirectAccess`` when read, so the probe leaves that layer to the
+Jacobian route, as it does for an Equinox weight read outside its layer."""
 
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ from ntkbench.kernel._taps import _DirectAccess, _Tap
 
 
 class Plain(NamedTuple):
-    """A plain NNX layer at ``path``: ``kind`` "linear" or "conv"; for a convolution its
-    stride, explicit padding pairs and dilation per spatial axis."""
+    """A plain Flax layer at ``path``: ``kind`` "linear", "conv" or "embed"; for a
+    convolution its stride, explicit padding pairs and dilation per spatial axis."""
 
     path: tuple
     kind: str
@@ -43,6 +47,27 @@ class Plain(NamedTuple):
 _PLAIN: dict[Any, tuple[Plain, ...]] = {}  # graphdef -> plain_layers (the graph walk costs ~0.4 ms)
 
 
+def names(plain: Plain) -> tuple[str, ...]:
+    """The Flax variable names of a plain layer's parameters: (kernel, bias) or (embedding,)."""
+    return ("embedding",) if plain.kind == "embed" else ("kernel", "bias")
+
+
+def default_arithmetic(node: Any, param_dtype: Any) -> bool:
+    """Whether the Flax layer ``node`` computes as its Equinox twin: in its parameters'
+    dtype, default precision, JAX's own contraction and Flax's own dtype promotion."""
+    from flax.nnx.nn import dtypes
+
+    ops = {"dot_general": (None, jax.lax.dot_general), "conv_general_dilated": (None, jax.lax.conv_general_dilated)}
+    if getattr(node, "dtype", None) not in (None, param_dtype) or getattr(node, "precision", None) is not None:
+        return False
+    if getattr(node, "promote_dtype", dtypes.promote_dtype) is not dtypes.promote_dtype:
+        return False
+    if any(getattr(node, name, None) not in allowed for name, allowed in ops.items()):
+        return False
+    cls_attrs = ("dot_general_cls", "conv_general_dilated_cls", "preferred_element_type")
+    return all(getattr(node, name, None) is None for name in cls_attrs)
+
+
 def _per_axis(value: Any, nd: int) -> tuple[int, ...] | None:
     if value is None:
         return (1,) * nd
@@ -52,9 +77,12 @@ def _per_axis(value: Any, nd: int) -> tuple[int, ...] | None:
     return value if len(value) == nd and all(isinstance(v, int) for v in value) else None
 
 
-def _conv(node: Any) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...]] | None:
-    """(stride, padding pairs, dilation) of a plain ``nnx.Conv``, else None."""
-    ks = tuple(node.kernel_size)
+def conv(
+    node: Any, spatial: tuple[int, ...] | None = None
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...]] | None:
+    """(stride, padding pairs, dilation) of a plain ``nnx.Conv`` or ``nn.Conv``, else
+    None; ``spatial``: the input's spatial size when known (then "SAME" at a stride too)."""
+    ks = (node.kernel_size,) if isinstance(node.kernel_size, int) else tuple(node.kernel_size)
     nd = len(ks)
     stride, dilation = _per_axis(node.strides, nd), _per_axis(node.kernel_dilation, nd)
     if stride is None or dilation is None or _per_axis(node.input_dilation, nd) != (1,) * nd:
@@ -64,6 +92,9 @@ def _conv(node: Any) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...], tupl
     pad = node.padding
     if pad == "VALID":
         pairs = ((0, 0),) * nd
+    elif pad == "SAME" and spatial is not None:
+        dilated = tuple((k - 1) * d + 1 for k, d in zip(ks, dilation, strict=True))
+        pairs = tuple((int(lo), int(hi)) for lo, hi in jax.lax.padtype_to_pads(spatial, dilated, stride, "SAME"))
     elif pad == "SAME" and stride == (1,) * nd:
         total = [(k - 1) * d for k, d in zip(ks, dilation, strict=True)]
         pairs = tuple((t // 2, t - t // 2) for t in total)
@@ -82,9 +113,9 @@ def _conv(node: Any) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...], tupl
 
 
 def plain_layers(module: Any, graphdef: Any) -> tuple[Plain, ...]:
-    """The plain ``nnx.Linear`` and ``nnx.Conv`` layers of ``module`` (whose graph is
-    ``graphdef``: the answer is cached per graph, which holds the layers' types and static
-    attributes), computing in their parameters' dtype at the default precision."""
+    """The plain ``nnx.Linear``, ``nnx.Conv`` and ``nnx.Embed`` layers of ``module`` (whose
+    graph is ``graphdef``: the answer is cached per graph, which holds the layers' types
+    and static attributes), computing in their parameters' dtype at the default precision."""
     from flax import nnx
 
     try:
@@ -95,14 +126,14 @@ def plain_layers(module: Any, graphdef: Any) -> tuple[Plain, ...]:
         graphdef = None
     found = []
     for path, node in nnx.iter_graph(module):
-        if type(node) not in (nnx.Linear, nnx.Conv):
-            continue
-        if node.dtype not in (None, node.param_dtype) or node.precision is not None:
+        if type(node) not in (nnx.Linear, nnx.Conv, nnx.Embed) or not default_arithmetic(node, node.param_dtype):
             continue
         if type(node) is nnx.Linear:
             found.append(Plain(path, "linear"))
-        elif (conv := _conv(node)) is not None:
-            found.append(Plain(path, "conv", *conv))
+        elif type(node) is nnx.Embed:
+            found.append(Plain(path, "embed"))
+        elif (pads := conv(node)) is not None:
+            found.append(Plain(path, "conv", *pads))
     layers = tuple(found)
     if graphdef is not None:
         if len(_PLAIN) >= 256:
@@ -143,11 +174,25 @@ def _conv_skeleton(plain: Plain, c_in: int, c_out: int, kernel: tuple[int, ...],
     )
 
 
+def _embedding(weight: jax.Array) -> eqx.nn.Embedding:
+    """An ``eqx.nn.Embedding`` of the table ``weight`` (num_embeddings, features), built
+    field by field."""
+    layer = object.__new__(eqx.nn.Embedding)
+    for name, value in {"weight": weight, "num_embeddings": weight.shape[0], "embedding_size": weight.shape[1]}.items():
+        object.__setattr__(layer, name, value)
+    return layer
+
+
 def as_eqx_layers(plains: tuple[Plain, ...], kernels: tuple, biases: tuple) -> tuple[Any, ...]:
-    """The Equinox layers of the plain NNX layers ``plains`` with these kernels and biases
-    (None: no bias)."""
+    """The Equinox layers of the plain Flax layers ``plains`` with these kernels (an
+    embedding's table) and biases (None: no bias)."""
+    moved = iter(_transposed(tuple(k for plain, k in zip(plains, kernels, strict=True) if plain.kind != "embed")))
+    weights = [k if plain.kind == "embed" else next(moved) for plain, k in zip(plains, kernels, strict=True)]
     layers = []
-    for plain, weight, bias in zip(plains, _transposed(tuple(kernels)), biases, strict=True):
+    for plain, weight, bias in zip(plains, weights, biases, strict=True):
+        if plain.kind == "embed":
+            layers.append(_embedding(weight))
+            continue
         if plain.kind == "linear":
             layers.append(_linear(weight, bias))
             continue
@@ -164,8 +209,10 @@ class _Guard:
     """The kernel or bias of a tapped layer in the merged NNX module: any use of it means
     the weight is read outside the layer's call (the structured rule does not hold)."""
 
-    def __init__(self, idx: int) -> None:
+    def __init__(self, idx: int, shape: tuple[int, ...], dtype: Any) -> None:
         self.idx = idx
+        self.shape, self.dtype = shape, dtype  # reading them is no use of the values
+        self.ndim = len(shape)
 
     def __getattr__(self, name: str) -> Any:
         raise _DirectAccess(self.idx)
@@ -173,19 +220,41 @@ class _Guard:
     def __getitem__(self, item: Any) -> Any:
         raise _DirectAccess(self.idx)
 
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _DirectAccess(self.idx)
+
     def __jax_array__(self) -> Any:
         raise _DirectAccess(self.idx)
 
 
-def placeholders(layer: Any) -> tuple[Any, Any]:
-    """(kernel, bias) values for the merged module's own variables of a layer carried as
-    ``layer`` (an Equinox layer, or a ``_Tap`` of one), in NNX's layout."""
+def placeholders(layer: Any) -> dict[str, Any]:
+    """The Flax variables (name → value; no bias: absent) of a layer carried as ``layer``
+    (an Equinox layer, or a ``_Tap`` of one), in Flax's layout."""
     if isinstance(layer, _Tap):
-        return _Guard(layer.idx), _Guard(layer.idx) if layer.layer.use_bias else None
+        inner, idx = layer.layer, layer.idx
+        shape, dtype = inner.weight.shape, inner.weight.dtype
+        if isinstance(inner, eqx.nn.Embedding):
+            return {"embedding": _Guard(idx, shape, dtype)}
+        kernel = _Guard(idx, (*shape[2:], shape[1], shape[0]), dtype)
+        return {"kernel": kernel, **({"bias": _Guard(idx, shape[:1], dtype)} if inner.use_bias else {})}
+    if isinstance(layer, eqx.nn.Embedding):
+        return {"embedding": layer.weight}
     weight, bias = layer.weight, layer.bias
     if weight.ndim == 2:
-        return weight.T, bias
-    return jnp.moveaxis(weight, (0, 1), (-1, -2)), None if bias is None else jnp.reshape(bias, (-1,))
+        kernel = weight.T
+    else:
+        kernel, bias = jnp.moveaxis(weight, (0, 1), (-1, -2)), None if bias is None else jnp.reshape(bias, (-1,))
+    return {"kernel": kernel} if bias is None else {"kernel": kernel, "bias": bias}
+
+
+def call(plain: Plain, layer: Any) -> Any:
+    """The Flax layer's call (on a batch, channels last) through ``layer``, its Equinox
+    layer or the tap of one."""
+    if plain.kind == "linear":
+        return functools.partial(_samples, layer, 1, False)
+    if plain.kind == "embed":
+        return functools.partial(_samples, layer, 0, False)
+    return functools.partial(_samples, layer, len(plain.stride) + 1, True)
 
 
 def _samples(layer: Any, sample_ndim: int, channels_last: bool, x: jax.Array) -> jax.Array:
@@ -211,21 +280,16 @@ def redirect(module: Any, layers: dict[tuple, tuple[Plain, Any]]) -> None:
 
     for path, node in nnx.iter_graph(module):
         entry = layers.get(path)
-        if entry is None or type(node) not in (nnx.Linear, nnx.Conv):
+        if entry is None or type(node) not in (nnx.Linear, nnx.Conv, nnx.Embed):
             continue
-        plain, layer = entry
-        if plain.kind == "linear":
-            call = functools.partial(_samples, layer, 1, False)
-        else:
-            call = functools.partial(_samples, layer, len(plain.stride) + 1, True)
         node.__class__ = _redirected_class(type(node))
-        object.__setattr__(node, "_ntkbench_call", call)
+        object.__setattr__(node, "_ntkbench_call", call(*entry))
 
 
 @functools.cache
 def _redirected_class(base: type) -> type:
-    """An ``nnx.Linear`` / ``nnx.Conv`` whose call is the ``_ntkbench_call`` set on the
-    instance."""
+    """An ``nnx.Linear`` / ``nnx.Conv`` / ``nnx.Embed`` whose call is the
+    ``_ntkbench_call`` set on the instance (its other methods, ``attend``, as they are)."""
 
     class _Redirected(base):
         def __call__(self, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:

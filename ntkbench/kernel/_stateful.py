@@ -76,8 +76,8 @@ def _one_sample(y: Any) -> Any:
 class _NNX(eqx.Module):
     """A Flax NNX module split into its graph, its ``nnx.Param`` leaves (trained) and the
     rest of its state (frozen); called in evaluation mode on a batch of one sample. Its
-    plain ``nnx.Linear`` and ``nnx.Conv`` layers' parameters are carried as Equinox layers
-    (``layers``, described by ``plains``), which the structured method taps
+    plain ``nnx.Linear``, ``nnx.Conv`` and ``nnx.Embed`` layers' parameters are carried as
+    Equinox layers (``layers``, described by ``plains``), which the structured method taps
     (``_nnx_layers``)."""
 
     graphdef: Any = eqx.field(static=True)
@@ -86,22 +86,27 @@ class _NNX(eqx.Module):
     layers: tuple[Any, ...] = ()
     plains: tuple[Any, ...] = eqx.field(static=True, default=())
 
+    def _held(self) -> list[Any]:
+        """The carried layers' parameters as NNX state (none: an empty list), placeholders
+        for tapped layers."""
+        from flax import nnx
+
+        from ntkbench.kernel import _nnx_layers
+
+        held = [
+            (plain.path + (name,), nnx.Param(value))
+            for plain, layer in zip(self.plains, self.layers, strict=True)
+            for name, value in _nnx_layers.placeholders(layer).items()
+        ]
+        return [nnx.from_flat_state(held)] if held else []
+
     def _merged(self) -> Any:
         """The NNX module of these arrays, its tapped layers calling their Equinox layers."""
         from flax import nnx
 
         from ntkbench.kernel import _nnx_layers
 
-        states = [self.params, thaw(self.rest)]
-        if self.layers:
-            held = []
-            for plain, layer in zip(self.plains, self.layers, strict=True):
-                kernel, bias = _nnx_layers.placeholders(layer)
-                held.append((plain.path + ("kernel",), nnx.Param(kernel)))
-                if bias is not None:
-                    held.append((plain.path + ("bias",), nnx.Param(bias)))
-            states.append(nnx.from_flat_state(held))
-        module = nnx.merge(self.graphdef, *states)
+        module = nnx.merge(self.graphdef, self.params, thaw(self.rest), *self._held())
         entries = {plain.path: (plain, layer) for plain, layer in zip(self.plains, self.layers, strict=True)}
         _nnx_layers.redirect(module, entries)
         return module
@@ -128,20 +133,12 @@ class _NNX(eqx.Module):
         in their NNX variables), in the mode the module was given in."""
         from flax import nnx
 
-        from ntkbench.kernel import _nnx_layers
-
-        held = []
-        for plain, layer in zip(self.plains, self.layers, strict=True):
-            kernel, bias = _nnx_layers.placeholders(layer)
-            held.append((plain.path + ("kernel",), nnx.Param(kernel)))
-            if bias is not None:
-                held.append((plain.path + ("bias",), nnx.Param(bias)))
-        return nnx.merge(self.graphdef, self.params, thaw(self.rest), *([nnx.from_flat_state(held)] if held else []))
+        return nnx.merge(self.graphdef, self.params, thaw(self.rest), *self._held())
 
 
 def _split_nnx(model: Any) -> _NNX:
-    """``model`` (an NNX module) as ``_NNX``: its plain Linear and Conv layers' parameters
-    as Equinox layers, its other ``nnx.Param`` as they are, the rest frozen."""
+    """``model`` (an NNX module) as ``_NNX``: its plain Linear, Conv and Embed layers'
+    parameters as Equinox layers, its other ``nnx.Param`` as they are, the rest frozen."""
     from flax import nnx
 
     from ntkbench.kernel import _nnx_layers
@@ -150,17 +147,17 @@ def _split_nnx(model: Any) -> _NNX:
     candidates = {plain.path: plain for plain in _nnx_layers.plain_layers(model, graphdef)}
     if not candidates:
         return _NNX(graphdef, params, freeze(rest))
-    found: dict[tuple, dict[str, Any]] = {}
+    found: dict[tuple, dict[Any, Any]] = {}
     entries = list(nnx.to_flat_state(params))
     for path, var in entries:
-        if path[:-1] in candidates and path[-1] in ("kernel", "bias"):
+        plain = candidates.get(path[:-1])
+        if plain is not None and path[-1] in _nnx_layers.names(plain):
             found.setdefault(path[:-1], {})[path[-1]] = var.get_value()
-    plains = tuple(candidates[p] for p in found if "kernel" in found[p])
-    carried = {plain.path for plain in plains}
-    kept = [(path, var) for path, var in entries if not (path[:-1] in carried and path[-1] in ("kernel", "bias"))]
-    layers = _nnx_layers.as_eqx_layers(
-        plains, tuple(found[p.path]["kernel"] for p in plains), tuple(found[p.path].get("bias") for p in plains)
-    )
+    plains = tuple(candidates[p] for p in found if _nnx_layers.names(candidates[p])[0] in found[p])
+    carried = {plain.path: _nnx_layers.names(plain) for plain in plains}
+    kept = [(path, var) for path, var in entries if path[-1] not in carried.get(path[:-1], ())]
+    first = tuple(found[p.path][_nnx_layers.names(p)[0]] for p in plains)
+    layers = _nnx_layers.as_eqx_layers(plains, first, tuple(found[p.path].get("bias") for p in plains))
     return _NNX(graphdef, nnx.from_flat_state(kept), freeze(rest), layers, plains)
 
 

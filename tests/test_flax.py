@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 import ntkbench as nb
 from ntkbench.kernel import as_model, costs
+from ntkbench.kernel._stateful import tappable
 from ntkbench.kernel._taps import _probe
 from ntkbench.measures import flatten_full
 
@@ -297,7 +298,7 @@ def test_flax_model_called_per_sample_is_refused(x64):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["jacobian", "ntvp", "auto"])
+@pytest.mark.parametrize("method", METHODS)
 def test_linen_mlp_against_reference(method, x64):
     module = LinenMLP()
     variables = module.init(jax.random.key(0), jnp.ones((1, 5)))
@@ -305,6 +306,111 @@ def test_linen_mlp_against_reference(method, x64):
     ref = linen_reference(module.apply, variables, x)
     assert rel_err(nb.entk((module, variables), x, method=method), ref) < 1e-10
     assert rel_err(nb.entk((module.apply, variables), x, method=method), ref) < 1e-10
+
+
+class LinenCNN(linen.Module):
+    """Conv ("SAME" at stride 2: its padding written out for the input size) → BatchNorm
+    → Conv (VALID, no bias) → Dense, and a Conv the taps leave (circular padding)."""
+
+    @linen.compact
+    def __call__(self, x, train: bool = True):
+        x = linen.Conv(3, (3, 3), strides=2, **F64)(x)
+        x = linen.BatchNorm(use_running_average=not train, **F64)(x)
+        x = linen.Conv(4, (2, 2), padding="VALID", use_bias=False, **F64)(jnp.tanh(x))
+        x = linen.Conv(2, (3, 3), padding="CIRCULAR", **F64)(jnp.tanh(x))
+        return linen.Dense(3, **F64)(jnp.tanh(x).reshape(x.shape[0], -1))
+
+
+def linen_cnn():
+    """(apply with train=False, variables with running statistics far from 0 and 1)."""
+    module = LinenCNN()
+    variables = module.init(jax.random.key(3), jnp.ones((1, 7, 7, 1), jnp.float64), train=False)
+    k1, k2 = jax.random.split(jax.random.key(4))
+    stats = variables["batch_stats"]["BatchNorm_0"]
+    far = {
+        "mean": 3.0 + jax.random.normal(k1, stats["mean"].shape, jnp.float64),
+        "var": 5.0 + jax.random.uniform(k2, stats["var"].shape, jnp.float64),
+    }
+    return functools.partial(module.apply, train=False), {**variables, "batch_stats": {"BatchNorm_0": far}}
+
+
+def test_linen_layers_are_tapped(x64):
+    """Plain ``nn.Dense`` and ``nn.Conv`` go on the structured route (their parameters
+    carried as Equinox layers once the input shape is known); the circular convolution
+    falls back; ``batch_stats`` held fixed. Against the float64 reference: 1e-10."""
+    apply, variables = linen_cnn()
+    x = _x((5, 7, 7, 1))
+    checked = tappable(as_model((apply, variables)), x.shape[1:], x.dtype)
+    assert [plain.path for plain in checked.plains] == [("Conv_0",), ("Conv_1",), ("Dense_0",)]
+    assert [plain.padding for plain in checked.plains[:2]] == [((1, 1), (1, 1)), ((0, 0), (0, 0))]
+    assert sorted(_probe(checked, x.shape[1:], x.dtype)) == [0, 1, 2]
+    assert "Conv_0" not in checked.params and "Conv_2" in checked.params
+    ref = linen_reference(apply, variables, x)
+    for method in ("structured", "auto"):
+        assert rel_err(nb.entk((apply, variables), x, method=method), ref) < 1e-10
+    np.testing.assert_allclose(nb.entk_diag((apply, variables), x), np.diag(ref), rtol=1e-10)
+    given, back = checked.user_model()  # the parameters back in their place, in linen's layout
+    assert given is apply
+    np.testing.assert_array_equal(back["params"]["Conv_0"]["kernel"], variables["params"]["Conv_0"]["kernel"])
+
+
+class LinenEmbedding(linen.Module):
+    """An ``nn.Embed`` (parameters made in ``setup``) of token ids, a Dense on their mean,
+    and, with ``tied``, the table read again by ``attend``."""
+
+    tied: bool = False
+
+    @linen.compact
+    def __call__(self, ids):
+        embed = linen.Embed(7, 6, param_dtype=jnp.float64)
+        h = jnp.tanh(embed(ids)).mean(axis=1)
+        y = linen.Dense(3, **F64)(h)
+        return y + embed.attend(h)[:, :3] if self.tied else y
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_linen_embed_is_tapped(tied, x64):
+    """``nn.Embed`` is tapped as ``eqx.nn.Embedding``; read again by ``attend`` (the guard
+    in its variables), it is left to the Jacobian route. Against the reference: 1e-10."""
+    module = LinenEmbedding(tied=tied)
+    ids = jax.random.randint(jax.random.key(9), (5, 4), 0, 7)
+    variables = module.init(jax.random.key(0), ids[:1])
+    checked = tappable(as_model((module, variables)), ids.shape[1:], ids.dtype)
+    assert [plain.kind for plain in checked.plains] == ["embed", "linear"]
+    assert sorted(_probe(checked, ids.shape[1:], ids.dtype)) == ([1] if tied else [0, 1])
+    ref = linen_reference(module.apply, variables, ids)
+    for method in ("structured", "auto"):
+        assert rel_err(nb.entk((module, variables), ids, method=method), ref) < 1e-10
+
+
+def test_train_a_linen_module_with_batch_stats():
+    """``train`` of ``(functools.partial(module.apply, train=False), variables)``: BatchNorm
+    on the batch's statistics while training (its running averages move), the recorded
+    trace that of ``entk`` (structured, the Dense layers tapped) of the model it returns
+    at the last step, within float32 round-off of kernels summed in another order (1e-5)."""
+    import optax
+
+    data = nb.load("digits", 32, 16, seed=0)
+    module = LinenBN32()
+    variables = module.init(jax.random.key(0), jnp.ones((1, 64)), train=False)
+    apply = functools.partial(module.apply, train=False)
+    recorder = nb.Recorder(every=4, probe=8, measures=["loss", "trace"])
+    (given, trained), ds = nb.train(
+        (apply, variables), data, optimizer=optax.adam(1e-2), steps=4, recorder=recorder, key=jax.random.key(1)
+    )
+    assert given is apply
+    assert float(ds.loss[-1]) < float(ds.loss[0])
+    moved = trained["batch_stats"]["BatchNorm_0"]["mean"]
+    assert not np.allclose(moved, variables["batch_stats"]["BatchNorm_0"]["mean"])
+    K = nb.entk((apply, trained), jnp.asarray(data.x_train[:8]), method="structured")
+    assert float(ds.trace[-1]) == pytest.approx(float(jnp.trace(K)), rel=1e-5)
+
+
+class LinenBN32(linen.Module):
+    @linen.compact
+    def __call__(self, x, train: bool = True):
+        x = linen.BatchNorm(use_running_average=not train)(linen.Dense(8)(x))
+        return linen.Dense(10)(jax.nn.relu(x))
 
 
 @pytest.mark.parametrize("method", ["jacobian", "auto"])

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from ntkbench.kernel._features import _layer_cost, _with_routes
 from ntkbench.kernel._model import Outputs, _n_outputs, _n_params, as_model
+from ntkbench.kernel._stateful import tappable
 from ntkbench.kernel._taps import _layers, _probe
 
 
@@ -36,6 +37,7 @@ def costs(model: Any, x1, x2=None, *, outputs: Outputs = "trace") -> dict[str, _
     model = as_model(model)
     x1 = jnp.asarray(x1)
     shape, dtype = x1.shape[1:], x1.dtype
+    model = tappable(model, shape, dtype)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else jnp.shape(x2)[0]
     nfeat = n1 if x2 is None else n1 + n2

@@ -15,6 +15,7 @@ from jaxtyping import Array, Float
 from ntkbench.kernel._features import _jacobian_features, structured_features
 from ntkbench.kernel._model import _METHODS, _OUTPUTS, Method, Outputs, as_model, check_inputs
 from ntkbench.kernel._plan import _PLANS, _plan_key, _resolve_method, _Static, _store_plan
+from ntkbench.kernel._stateful import tappable
 from ntkbench.kernel._taps import _has_tappable_linear
 from ntkbench.kernel._tiling import _contract_jacobian, _contract_structured, _feature_kernel, _ntvp_kernel
 
@@ -199,5 +200,6 @@ def entk_diag(model: Any, x: Float[Array, "n ..."], *, block_size: int | None = 
     """
     model = as_model(model)
     x, _, block_size = check_inputs(x, None, block_size)
+    model = tappable(model, x.shape[1:], x.dtype)
     method = "structured" if _has_tappable_linear(model, x.shape[1:], x.dtype) else "jacobian"
     return _diag_jit(model, x, method, block_size)

@@ -13,6 +13,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ntkbench.kernel._model import _n_outputs
+from ntkbench.kernel._stateful import tappable
 from ntkbench.kernel._taps import _TAPES, _Layer, _layers, _probe, _Tap, _tap, _Tape
 
 _FULL_TOKEN_GRAM_PENALTY = 8.0
@@ -221,6 +222,7 @@ def structured_vjp(
 def _structured_vjp(model, x_shape, x_dtype, k: int, n1: int, n2: int, full: bool):
     """(forward, layers) of :func:`structured_vjp`, routes chosen for k cotangents per
     sample over an n1 × n2 kernel (``full``: all k × k output pairs)."""
+    model = tappable(model, x_shape, x_dtype)
     calls = _probe(model, x_shape, x_dtype)
     # convolutions stay tapped on the "jac" route too: a Jacobian from patches is cheaper
     # than the convolution's own weight gradient under vmap

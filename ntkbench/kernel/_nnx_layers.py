@@ -55,13 +55,17 @@ def names(plain: Plain) -> tuple[str, ...]:
 def default_arithmetic(node: Any, param_dtype: Any) -> bool:
     """Whether the Flax layer ``node`` computes as its Equinox twin: in its parameters'
     dtype, default precision, JAX's own contraction and Flax's own dtype promotion."""
-    from flax.nnx.nn import dtypes
+    from flax.linen import dtypes as linen_dtypes
+    from flax.nnx.nn import dtypes as nnx_dtypes
 
+    dtype = getattr(node, "dtype", None)
+    if dtype is not None and jnp.dtype(dtype) != jnp.dtype(param_dtype):
+        return False
+    if getattr(node, "precision", None) is not None:
+        return False
+    if getattr(node, "promote_dtype", None) not in (None, nnx_dtypes.promote_dtype, linen_dtypes.promote_dtype):
+        return False
     ops = {"dot_general": (None, jax.lax.dot_general), "conv_general_dilated": (None, jax.lax.conv_general_dilated)}
-    if getattr(node, "dtype", None) not in (None, param_dtype) or getattr(node, "precision", None) is not None:
-        return False
-    if getattr(node, "promote_dtype", dtypes.promote_dtype) is not dtypes.promote_dtype:
-        return False
     if any(getattr(node, name, None) not in allowed for name, allowed in ops.items()):
         return False
     cls_attrs = ("dot_general_cls", "conv_general_dilated_cls", "preferred_element_type")

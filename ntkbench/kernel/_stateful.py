@@ -163,15 +163,29 @@ def _split_nnx(model: Any) -> _NNX:
 
 class _Linen(eqx.Module):
     """A Flax linen module's ``apply`` with its variables: ``params`` trained, the other
-    collections frozen; applied (not mutating) to a batch of one sample."""
+    collections frozen; applied (not mutating) to a batch of one sample. Once the input's
+    shape is known (:func:`tappable`), its plain ``nn.Dense``, ``nn.Conv`` and ``nn.Embed``
+    layers' parameters are carried as Equinox layers (``layers``, described by
+    ``plains``), which the structured method taps (``_linen_layers``)."""
 
     apply: Callable = eqx.field(static=True)
     params: Any
     rest: Any
     given: Any = eqx.field(static=True, default=None)  # the module or apply the user gave
+    layers: tuple[Any, ...] = ()
+    plains: tuple[Any, ...] = eqx.field(static=True, default=())
+
+    def _applied(self, apply: Callable, x: jax.Array, rest: Any, **kwargs: Any) -> Any:
+        """``apply(variables, x, **kwargs)``, the carried layers' parameters back in the
+        variables and their ``__call__`` redirected to the Equinox layers."""
+        from ntkbench.kernel import _linen_layers
+
+        params = _linen_layers.merged(self.params, self.plains, self.layers)
+        with _linen_layers.redirected(self.plains, self.layers):
+            return apply({"params": params, **rest}, x, **kwargs)
 
     def __call__(self, x):
-        return _one_sample(self.apply({"params": self.params, **thaw(self.rest)}, x[None]))
+        return _one_sample(self._applied(self.apply, x[None], thaw(self.rest)))
 
     def train_forward(self, xb: jax.Array) -> tuple[jax.Array, _Linen]:
         """The batch ``xb`` (B, ...) in training mode, updating the non-``params``
@@ -180,9 +194,9 @@ class _Linen(eqx.Module):
         ``functools.partial(module.apply, train=False)`` (the module's own argument says
         how it trains). A module with only ``params`` is applied as it is. Returns
         (outputs (B, ...), ``self`` with the updated collections)."""
-        variables = {"params": self.params, **thaw(self.rest)}
+        rest = thaw(self.rest)
         if not self.rest:
-            return self.apply(variables, xb), self
+            return self._applied(self.apply, xb, rest), self
         if not (isinstance(self.apply, functools.partial) and "train" in self.apply.keywords):
             raise ValueError(
                 f"model: a linen module with the collections {sorted(self.rest)} trains through its own "
@@ -190,12 +204,30 @@ class _Linen(eqx.Module):
                 "so that training calls it with train=True, or train it in your own loop and record with nb.Watch"
             )
         apply = functools.partial(self.apply.func, *self.apply.args, **{**self.apply.keywords, "train": True})
-        y, updates = apply(variables, xb, mutable=sorted(self.rest))
-        return y, eqx.tree_at(lambda m: m.rest, self, freeze({**thaw(self.rest), **updates}))
+        y, updates = self._applied(apply, xb, rest, mutable=sorted(self.rest))
+        return y, eqx.tree_at(lambda m: m.rest, self, freeze({**rest, **updates}))
 
     def user_model(self) -> tuple[Any, dict[str, Any]]:
         """``(module or apply, variables)`` as the user gave it, with these variables."""
-        return self.given, {"params": self.params, **thaw(self.rest)}
+        from ntkbench.kernel import _linen_layers
+
+        return self.given, {"params": _linen_layers.merged(self.params, self.plains, self.layers), **thaw(self.rest)}
+
+
+def tappable(model: Any, x_shape: tuple[int, ...], x_dtype: Any) -> Any:
+    """``model`` (what :func:`ntkbench.kernel.as_model` returns) ready for the structured
+    method's taps on inputs of one sample ``x_shape``: a linen module's plain layers (found
+    by running it, so only once the input is known) carried as Equinox layers; any other
+    model (an NNX module's layers are carried from the start) as it is. Traceable."""
+    if not isinstance(model, _Linen) or model.plains:
+        return model
+    from ntkbench.kernel import _linen_layers
+
+    plains = _linen_layers.plain_layers(model.apply, model.params, thaw(model.rest), x_shape, x_dtype)
+    if not plains:
+        return model
+    params, layers = _linen_layers.split(model.params, plains)
+    return _Linen(model.apply, params, model.rest, model.given, layers, plains)
 
 
 class _EqxState(eqx.Module):

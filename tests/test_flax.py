@@ -164,6 +164,34 @@ def test_nnx_module_changed_in_place_gives_the_new_kernel(x64):
     assert rel_err(K1, K0) > 1e-2
 
 
+class NNXShared(nnx.Module):
+    """One Linear applied twice (the same variables at two places of the graph)."""
+
+    def __init__(self, rngs):
+        self.first = nnx.Linear(5, 5, rngs=rngs, **F64)
+        self.again = self.first
+        self.head = nnx.Linear(5, 3, rngs=rngs, **F64)
+
+    def __call__(self, x):
+        return self.head(jnp.tanh(self.again(jnp.tanh(self.first(x)))))
+
+
+def test_nnx_repeated_calls_follow_sharing_and_attributes(x64):
+    """Repeated calls are planned per module structure and read the arrays afresh: a layer
+    shared at two places stays one parameter (a pytree flatten would unshare it); a
+    changed static attribute (``tied``) is a new structure. Against the reference: 1e-10."""
+    shared = NNXShared(nnx.Rngs(10))
+    x = _x((4, 5))
+    for _ in range(2):  # the second call: the plan of the first
+        assert rel_err(nb.entk(shared, x), nnx_reference(shared, x)) < 1e-10
+    model = NNXTokens(nnx.Rngs(11))
+    xt = _x((3, 4, 5))
+    K0 = nb.entk(model, xt)
+    model.tied = True
+    assert rel_err(nb.entk(model, xt), nnx_reference(model, xt)) < 1e-10
+    assert rel_err(nb.entk(model, xt), K0) > 1e-3
+
+
 def test_nnx_lnp_against_the_kernel_over_params(x64):
     """χ_net = Tr K / B, ‖∇L‖² = uᵀKu / B², χ_pos = uᵀKu / (‖u‖² Tr K) with K the float64
     full kernel over nnx.Param and u = f − y (MSE); statistics far from 0 and 1."""

@@ -7,7 +7,8 @@ Times one method on the .npz written by ``vs_neural_tangents.py`` and prints one
   ``_eqx_models.py`` (same function, same parameters); ``--form apply``:
   ``(apply_one, params)`` around the shared plain apply_fn; ``--form flax`` (MLP only):
   the same MLP written as a Flax NNX module (``nnx.Linear`` layers holding the same
-  parameters), given to ``entk`` as it is.
+  parameters), given to ``entk`` as it is; ``--form linen`` (MLP only): the same MLP as a
+  Flax linen module of ``nn.Dense`` layers, given as ``(module, variables)``.
 - ``naive``: vmap(jacrev) + einsum in this env's JAX (same code as the NT env's naive).
 
     .venv/bin/python benchmarks/_ours_worker.py --data D.npz --model mlp --n 32 \
@@ -34,9 +35,10 @@ def main() -> None:
     ap.add_argument("--entk-method", default="auto")
     ap.add_argument(
         "--form",
-        choices=("eqx", "apply", "flax"),
+        choices=("eqx", "apply", "flax", "linen"),
         default="eqx",
-        help="eqx: the Equinox twin of the model (_eqx_models); apply: (apply_fn, params); flax: a Flax NNX MLP",
+        help="eqx: the Equinox twin of the model (_eqx_models); apply: (apply_fn, params); flax: a Flax NNX MLP; "
+        "linen: a Flax linen MLP with its variables",
     )
     ap.add_argument("--save")
     ap.add_argument("--min-total", type=float, default=0.3)
@@ -67,6 +69,11 @@ def main() -> None:
 
             def fn(x, p):
                 return nb.entk(module, x, outputs=args.outputs, method=args.entk_method)
+        elif args.form == "linen":
+            linen_model = _linen_mlp({k: np.asarray(v) for k, v in params.items()}, args.model)
+
+            def fn(x, p):
+                return nb.entk(linen_model, x, outputs=args.outputs, method=args.entk_method)
         else:
 
             def apply_one(p, xi):
@@ -127,6 +134,25 @@ def _flax_mlp(params: dict, model: str):
             return self.layers[-1](x)
 
     return MLP(nnx.Rngs(0))
+
+
+def _linen_mlp(params: dict, model: str):
+    """The benchmark MLP as ``(linen module, variables)``: three ``nn.Dense`` layers holding
+    ``params``."""
+    if model != "mlp":
+        raise SystemExit(f"--form linen: only the mlp is written in Flax, got {model!r}")
+    import jax
+    from flax import linen
+
+    class MLP(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            for i in range(2):
+                x = jax.nn.relu(linen.Dense(params[f"w{i}"].shape[1])(x))
+            return linen.Dense(params["w2"].shape[1])(x)
+
+    variables = {"params": {f"Dense_{i}": {"kernel": params[f"w{i}"], "bias": params[f"b{i}"]} for i in range(3)}}
+    return MLP(), variables
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ method per process (so peak RSS is per method). Kernels are compared numerically
     .venv/bin/python benchmarks/vs_neural_tangents.py --ours-method naive  # harness check
     .venv/bin/python benchmarks/vs_neural_tangents.py --flax --n 32 128 512  # the Flax row only
 
-``--flax``: the Flax row (no NT env needed): the same MLP written as a Flax NNX module vs
-its Equinox twin, both through ``ntkbench.entk``, alternating in rounds, under ``auto``
-(both take the structured route: NNX Linear layers are tapped) and, up to
-``--naive-max-n``, under ``jacobian`` (the same route for both, so t_flax / t_eqx is the
-cost of the Flax adapter alone: splitting the module, freezing its state, merging it in
-the trace).
+``--flax``: the Flax rows (no NT env needed): the same MLP written as a Flax NNX module
+and as a linen module with its variables vs its Equinox twin, all through
+``ntkbench.entk``, alternating in rounds, under ``auto`` (all take the structured route:
+NNX Linear and linen Dense layers are tapped) and, up to ``--naive-max-n``, under
+``jacobian`` (the same route for all, so t_flax / t_eqx is the cost of the Flax adapter
+alone: reading the module's arrays, regrouping them, merging the module in the trace).
 
 Columns: t_NT / t_ours = NT's time over ntkbench's (> 1: ntkbench faster); naive_* / * =
 each library's speed-up over the naive baseline in its own env; rel.diff = max |K_a − K_b|
@@ -111,7 +111,9 @@ def main() -> None:
     ap.add_argument("--min-total", type=float, default=0.3)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", default=os.path.join(WORK, "vs_neural_tangents.json"))
-    ap.add_argument("--flax", action="store_true", help="only the Flax row: a Flax NNX MLP vs the Equinox one")
+    ap.add_argument(
+        "--flax", action="store_true", help="only the Flax rows: the MLP in Flax NNX and linen vs the Equinox one"
+    )
     args = ap.parse_args()
 
     if args.flax:
@@ -185,38 +187,39 @@ def main() -> None:
 
 
 def _flax_rows(args) -> None:
-    """The Flax row: ``entk`` of the MLP as a Flax NNX module and as its Equinox twin, the
-    two forms alternating (order flipped each round), best time of each; the kernels
-    compared (rel.diff)."""
+    """The Flax rows: ``entk`` of the MLP as its Equinox twin, as a Flax NNX module and as
+    ``(linen module, variables)``, the three forms alternating (order rotated each round),
+    best time of each; the Flax kernels compared with the Equinox one (rel.diff)."""
     os.makedirs(WORK, exist_ok=True)
     params = bm.init_params("mlp")
     data = os.path.join(WORK, "mlp.npz")
     np.savez(data, x=bm.make_inputs("mlp", max(args.n)), **{"p_" + k: v for k, v in params.items()})
+    forms = ("eqx", "flax", "linen")
     header = (
-        "| model | outputs | N | entk method | Equinox | Flax NNX | t_flax / t_eqx | rel.diff |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "| model | outputs | N | entk method | Equinox | Flax NNX | linen | t_nnx / t_eqx | t_linen / t_eqx "
+        "| rel.diff NNX, linen |\n|---|---|---|---|---|---|---|---|---|---|"
     )
-    lines = [header]
     print(header)
     for outputs in args.outputs:
         for n in args.n:
             for method in ("auto", "jacobian") if n <= args.naive_max_n else ("auto",):
-                runs: dict[str, list[dict]] = {"eqx": [], "flax": []}
+                runs: dict[str, list[dict]] = {form: [] for form in forms}
                 saved = {form: os.path.join(WORK, f"K_{form}_{outputs}_{n}.npy") for form in runs}
                 for r in range(args.rounds):
-                    for form in ("eqx", "flax") if r % 2 == 0 else ("flax", "eqx"):
+                    for form in forms[r % 3 :] + forms[: r % 3]:
                         cmd = [sys.executable, os.path.join(HERE, "_ours_worker.py"), "--data", data]
                         cmd += ["--model", "mlp", "--n", str(n), "--outputs", outputs, "--method", "entk"]
                         cmd += ["--entk-method", method, "--form", form, "--min-total", str(args.min_total)]
                         if r == 0:
                             cmd += ["--save", saved[form]]
                         runs[form].append(_run(cmd, args.timeout))
-                eqx_best, flax_best = _best(runs["eqx"]), _best(runs["flax"])
+                best = {form: _best(runs[form]) for form in forms}
+                diffs = ", ".join(_rel_fmt(_rel(saved[form], saved["eqx"])) for form in forms[1:])
                 line = (
-                    f"| mlp | {outputs} | {n} | {method} | {_fmt_t(eqx_best)} | {_fmt_t(flax_best)} "
-                    f"| {_ratio(flax_best, eqx_best)} | {_rel_fmt(_rel(saved['flax'], saved['eqx']))} |"
+                    f"| mlp | {outputs} | {n} | {method} | {_fmt_t(best['eqx'])} | {_fmt_t(best['flax'])} "
+                    f"| {_fmt_t(best['linen'])} | {_ratio(best['flax'], best['eqx'])} "
+                    f"| {_ratio(best['linen'], best['eqx'])} | {diffs} |"
                 )
-                lines.append(line)
                 print(line)
                 sys.stdout.flush()
     print()

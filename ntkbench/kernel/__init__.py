@@ -47,8 +47,10 @@ The package (private modules, re-exported here):
 - ``_stateful``: models with state (a Flax NNX module, a linen module with its variables,
   an Equinox model with its ``eqx.nn.State``): trainable parameters differentiated, the
   state carried frozen, inference mode.
-- ``_nnx_layers``: NNX ``nnx.Linear`` and ``nnx.Conv`` layers carried as Equinox ones, so
-  the structured method taps them.
+- ``_nnx_layers``: Flax dense, convolution and embedding layers carried as Equinox ones, so
+  the structured method taps them; an NNX module's found by walking its graph.
+- ``_linen_layers``: a linen module's plain layers, found by running it once on the
+  input's shape, and the interception that makes them call their Equinox layers.
 - ``_taps``: layer taps of the structured method (``_tap``, ``_probe``, ``_Layer``).
 - ``_features``: per-sample features (:func:`structured_features`, :func:`structured_vjp`,
   per-leaf Jacobians) and each tapped layer's route (``_with_routes``).
@@ -56,7 +58,8 @@ The package (private modules, re-exported here):
   (``_tiles``, ``_triangle``, ``_feature_kernel``, ``_ntvp_kernel``).
 - ``_costs``: the cost model and method choice (:func:`costs`, ``_choose``, the triangle
   thresholds of ``_triangle_block``).
-- ``_plan``: the choice cache and the per-model plan cache (``_Static``, ``_PLANS``).
+- ``_plan``: the choice cache, the per-model plan cache (``_Static``, ``_PLANS``) and the
+  per-structure choice of NNX modules (``_NNX_CHOICES``).
 - ``_entk``: :func:`entk` and :func:`entk_diag`.
 
 Only the private names other modules, tests and benchmarks use are re-exported here. The

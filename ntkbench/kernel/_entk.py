@@ -107,10 +107,13 @@ def entk(
         (BatchNorm running statistics, ...) held fixed: NNX modules are called after
         ``.eval()``, Equinox ones under ``eqx.nn.inference_mode``, a linen module as its
         ``apply`` is given. Flax models are called on a batch of one sample,
-        ``model(x[None])[0]``. The structured method taps Equinox's layers and NNX's
-        ``nnx.Linear`` and plain ``nnx.Conv`` (no groups, mask or input dilation; zero
-        padding given as numbers, ``"VALID"``, or ``"SAME"`` at stride 1); other Flax
-        layers (``nnx.Embed``, every linen layer) take the per-leaf Jacobian route.
+        ``model(x[None])[0]``. The structured method taps Equinox's layers and Flax's
+        plain dense, convolution and embedding layers (NNX's ``nnx.Linear``,
+        ``nnx.Conv``, ``nnx.Embed``; linen's ``nn.Dense``, ``nn.Conv``, ``nn.Embed``: no
+        groups, mask or input dilation; zero padding given as numbers, ``"VALID"`` or
+        ``"SAME"``); other layers take the per-leaf Jacobian route. A repeated call on an
+        NNX module reads its arrays afresh (it may have changed in place) in one compiled
+        call.
         The output may have any shape; it is flattened to K outputs (a scalar gives K = 1).
     x1
         (N1, ...) batch of inputs.

@@ -1,11 +1,12 @@
 """Flax layers (NNX ``nnx.Linear``, ``nnx.Conv``, ``nnx.Embed``; linen's ``nn.Dense``,
-``nn.Conv``, ``nn.Embed``) seen as ``eqx.nn.Linear``, ``eqx.nn.Conv`` and
-``eqx.nn.Embedding`` ones, so that the structured method taps them as it taps Equinox's
-(see ``_taps``).
+``nn.Conv``, ``nn.Embed``) seen as Equinox layers (``_taps.FlaxDense``, ``eqx.nn.Conv``,
+``eqx.nn.Embedding``), so that the structured method taps them as it taps Equinox's (see
+``_taps``).
 
 A plain linear layer (computing in its parameters' dtype with JAX's own ``dot_general``,
 default precision and dtype promotion) computes ``x @ kernel + bias`` on the last axis of
-its input: an ``eqx.nn.Linear`` with ``weight = kernelᵀ`` on each row. A plain convolution
+its input: a ``_taps.FlaxDense`` on each row (an ``eqx.nn.Linear`` in Flax's layout, so
+no kernel is transposed). A plain convolution
 (channels last, no groups, input dilation or mask, zero padding given as numbers,
 ``"VALID"``, or ``"SAME"`` at stride 1 or at an input size known in advance) is an
 ``eqx.nn.Conv`` (channels first) with the kernel's axes moved and the padding written out.
@@ -30,7 +31,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ntkbench.kernel._taps import _DirectAccess, _Tap
+from ntkbench.kernel._taps import FlaxDense, _DirectAccess, _Tap
 
 
 class Plain(NamedTuple):
@@ -148,18 +149,9 @@ def plain_layers(module: Any, graphdef: Any) -> tuple[Plain, ...]:
 
 @jax.jit
 def _transposed(kernels: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    """Every kernel as an Equinox weight, in one dispatch: (d_in, d_out) → (d_out, d_in);
-    (*k, C_in, C_out) → (C_out, C_in, *k)."""
-    return tuple(k.T if k.ndim == 2 else jnp.moveaxis(k, (-1, -2), (0, 1)) for k in kernels)
-
-
-def _linear(weight: jax.Array, bias: jax.Array | None) -> eqx.nn.Linear:
-    """An ``eqx.nn.Linear`` built field by field (``__init__`` would draw weights)."""
-    layer = object.__new__(eqx.nn.Linear)
-    fields = {"weight": weight, "bias": bias, "in_features": weight.shape[1], "out_features": weight.shape[0]}
-    for name, value in {**fields, "use_bias": bias is not None}.items():
-        object.__setattr__(layer, name, value)
-    return layer
+    """Every convolution kernel as an Equinox weight, in one dispatch: (*k, C_in, C_out) →
+    (C_out, C_in, *k)."""
+    return tuple(jnp.moveaxis(k, (-1, -2), (0, 1)) for k in kernels)
 
 
 @functools.lru_cache(maxsize=256)
@@ -190,15 +182,15 @@ def _embedding(weight: jax.Array) -> eqx.nn.Embedding:
 def as_eqx_layers(plains: tuple[Plain, ...], kernels: tuple, biases: tuple) -> tuple[Any, ...]:
     """The Equinox layers of the plain Flax layers ``plains`` with these kernels (an
     embedding's table) and biases (None: no bias)."""
-    moved = iter(_transposed(tuple(k for plain, k in zip(plains, kernels, strict=True) if plain.kind != "embed")))
-    weights = [k if plain.kind == "embed" else next(moved) for plain, k in zip(plains, kernels, strict=True)]
+    moved = iter(_transposed(tuple(k for plain, k in zip(plains, kernels, strict=True) if plain.kind == "conv")))
+    weights = [next(moved) if plain.kind == "conv" else k for plain, k in zip(plains, kernels, strict=True)]
     layers = []
     for plain, weight, bias in zip(plains, weights, biases, strict=True):
         if plain.kind == "embed":
             layers.append(_embedding(weight))
             continue
         if plain.kind == "linear":
-            layers.append(_linear(weight, bias))
+            layers.append(FlaxDense(weight, bias, bias is not None))
             continue
         skeleton = _conv_skeleton(plain, weight.shape[1], weight.shape[0], weight.shape[2:], bias is not None)
         if bias is None:
@@ -239,15 +231,18 @@ def placeholders(layer: Any) -> dict[str, Any]:
         shape, dtype = inner.weight.shape, inner.weight.dtype
         if isinstance(inner, eqx.nn.Embedding):
             return {"embedding": _Guard(idx, shape, dtype)}
-        kernel = _Guard(idx, (*shape[2:], shape[1], shape[0]), dtype)
-        return {"kernel": kernel, **({"bias": _Guard(idx, shape[:1], dtype)} if inner.use_bias else {})}
+        if isinstance(inner, FlaxDense):
+            kernel, d_out = _Guard(idx, shape, dtype), shape[1]
+        else:
+            kernel, d_out = _Guard(idx, (*shape[2:], shape[1], shape[0]), dtype), shape[0]
+        return {"kernel": kernel, **({"bias": _Guard(idx, (d_out,), dtype)} if inner.use_bias else {})}
     if isinstance(layer, eqx.nn.Embedding):
         return {"embedding": layer.weight}
-    weight, bias = layer.weight, layer.bias
-    if weight.ndim == 2:
-        kernel = weight.T
+    if isinstance(layer, FlaxDense):
+        kernel, bias = layer.weight, layer.bias
     else:
-        kernel, bias = jnp.moveaxis(weight, (0, 1), (-1, -2)), None if bias is None else jnp.reshape(bias, (-1,))
+        kernel = jnp.moveaxis(layer.weight, (0, 1), (-1, -2))
+        bias = None if layer.bias is None else jnp.reshape(layer.bias, (-1,))
     return {"kernel": kernel} if bias is None else {"kernel": kernel, "bias": bias}
 
 

@@ -85,23 +85,21 @@ def _nnx_call(model: Any, x1: Any, x2: Any, outputs: Any, method: Any, block_siz
     None. ``jax.tree_util.tree_flatten`` of the module costs ~20 µs where ``nnx.split``
     and regrouping cost ~0.5 ms, and its structure holds the module's types and static
     attributes (a change of them is a new structure)."""
-    if not is_mutable(model) or _plan_key(0, x1, x2, None, None, None, None) is None:
+    if not is_mutable(model) or not isinstance(x1, jax.Array):
         return None
-    leaves, treedef = jax.tree_util.tree_flatten(model)
+    if x2 is not None and not (isinstance(x2, jax.Array) and x2.dtype == x1.dtype):
+        return None
+    try:
+        leaves, treedef = jax.tree_util.tree_flatten(model)
+    except Exception:  # a module JAX cannot flatten: the general path (nnx.split)
+        return None
     if not all(isinstance(leaf, jax.Array) for leaf in leaves) or len({id(leaf) for leaf in leaves}) != len(leaves):
         return None
     shapes = tuple((leaf.shape, leaf.dtype) for leaf in leaves)
-    key = (
-        treedef,
-        shapes,
-        x1.shape,
-        x1.dtype,
-        None if x2 is None else x2.shape,
-        outputs,
-        method,
-        block_size,
-        memory_limit,
-    )
+    inputs = (x1.shape, x1.dtype, None if x2 is None else x2.shape)
+    # the options' types too: block_size=True equals 1 but is refused (the checks run on a miss)
+    options = (outputs, method, block_size, type(block_size), memory_limit, type(memory_limit))
+    key = (treedef, shapes, inputs, options)
     try:
         hash(key)
     except TypeError:  # unhashable static attributes or options: the general path

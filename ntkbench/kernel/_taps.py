@@ -32,9 +32,24 @@ from jaxtyping import Array
 _CONVS = (eqx.nn.Conv, eqx.nn.Conv1d, eqx.nn.Conv2d, eqx.nn.Conv3d)
 
 
+class FlaxDense(eqx.Module):
+    """A dense layer in Flax's layout: ``x @ weight + bias`` on one token, ``weight``
+    (d_in, d_out). Flax's ``nnx.Linear`` / ``nn.Dense`` are carried as this rather than as
+    an ``eqx.nn.Linear`` of the transposed kernel: the transpose would be a copy of every
+    kernel in every call (≈ 0.1 ms per call on the 64-512-512-10 MLP)."""
+
+    weight: jax.Array
+    bias: jax.Array | None
+    use_bias: bool = eqx.field(static=True)
+
+    def __call__(self, x, *, key=None):
+        y = x @ self.weight
+        return y + self.bias if self.use_bias else y
+
+
 def _kind(node) -> str | None:
     t = type(node)
-    if t is eqx.nn.Linear:
+    if t is eqx.nn.Linear or t is FlaxDense:
         return "linear"
     if t is eqx.nn.Embedding:
         return "embedding"

@@ -151,7 +151,8 @@ def _linen_mlp(params: dict, model: str):
                 x = jax.nn.relu(linen.Dense(params[f"w{i}"].shape[1])(x))
             return linen.Dense(params["w2"].shape[1])(x)
 
-    variables = {"params": {f"Dense_{i}": {"kernel": params[f"w{i}"], "bias": params[f"b{i}"]} for i in range(3)}}
+    layers = {f"Dense_{i}": {"kernel": params[f"w{i}"], "bias": params[f"b{i}"]} for i in range(3)}
+    variables = jax.device_put({"params": layers})  # JAX arrays, as module.init gives
     return MLP(), variables
 
 

@@ -465,6 +465,18 @@ def test_linen_batch_stats_are_held_fixed(method, x64):
     assert rel_err(K, linen_reference(apply, variables, x, ("params", "batch_stats"))) > 1e-3
 
 
+def test_linen_apply_written_in_each_call_is_one_structure(x64):
+    """``functools.partial(module.apply, train=False)`` written anew in each call gives the
+    same model structure (what the compiled kernel is keyed on), so it compiles once; a
+    partial is otherwise compared by identity (a compilation per call)."""
+    module = LinenBN()
+    variables = module.init(jax.random.key(1), jnp.ones((1, 5)), train=False)
+    one, two = (as_model((functools.partial(module.apply, train=False), variables)) for _ in range(2))
+    assert jax.tree_util.tree_structure(one) == jax.tree_util.tree_structure(two)
+    other = as_model((functools.partial(module.apply, train=True), variables))
+    assert jax.tree_util.tree_structure(one) != jax.tree_util.tree_structure(other)
+
+
 def test_linen_variables_without_params_are_refused():
     module = LinenMLP()
     with pytest.raises(TypeError, match=r"model: \(linen module, variables\) needs .* 'params'"):

@@ -59,7 +59,7 @@ The package (private modules, re-exported here):
 - ``_costs``: the cost model and method choice (:func:`costs`, ``_choose``, the triangle
   thresholds of ``_triangle_block``).
 - ``_plan``: the choice cache, the per-model plan cache (``_Static``, ``_PLANS``) and the
-  per-structure choice of NNX modules (``_NNX_CHOICES``).
+  per-structure choice of Flax models (``_FLAX_CHOICES``).
 - ``_entk``: :func:`entk` and :func:`entk_diag`.
 
 Only the private names other modules, tests and benchmarks use are re-exported here. The

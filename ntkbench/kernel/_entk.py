@@ -15,13 +15,14 @@ from jaxtyping import Array, Float
 from ntkbench.kernel._features import _jacobian_features, structured_features
 from ntkbench.kernel._model import _METHODS, _OUTPUTS, Method, Outputs, as_model, check_inputs
 from ntkbench.kernel._plan import (
-    _NNX_CHOICES,
+    _FLAX_CHOICES,
     _PLANS,
-    _nnx_call,
+    _flax_call,
     _plan_key,
+    _Rebuild,
     _resolve_method,
     _Static,
-    _store_nnx_choice,
+    _store_flax_choice,
     _store_plan,
 )
 from ntkbench.kernel._stateful import tappable
@@ -54,11 +55,11 @@ def _entk_params(params, static: _Static, x1, x2, outputs: str, method: str, blo
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
-def _entk_leaves(leaves, treedef, x1, x2, outputs: str, method: str, block_size, feature_block):
-    """:func:`_entk_checked` of a Flax NNX module given as its pytree leaves and structure:
-    the module rebuilt, split and regrouped (``as_model``) inside the trace, so a repeated
-    call costs one ``jax.jit`` dispatch."""
-    model = as_model(jax.tree_util.tree_unflatten(treedef, leaves))
+def _entk_leaves(leaves, rebuild: _Rebuild, x1, x2, outputs: str, method: str, block_size, feature_block):
+    """:func:`_entk_checked` of a Flax model given as its array leaves and how to rebuild
+    it: the model rebuilt, split and regrouped (``as_model``) inside the trace, so a
+    repeated call costs one ``jax.jit`` dispatch."""
+    model = as_model(rebuild.model(leaves))
     return _entk_checked(model, x1, x2, outputs, method, block_size, feature_block)
 
 
@@ -158,9 +159,9 @@ def entk(
     if plan is not None and plan[0]() is model:  # the same model and shapes again: no checks, no partition
         K, finite = _entk_params(plan[1], plan[2], x1, x2, outputs, *plan[3:])
         return _finite_or_raise(K, finite, check_finite, x1, x2)
-    nnx = _nnx_call(model, x1, x2, outputs, method, block_size, memory_limit)  # an NNX module: read afresh
-    if nnx is not None and nnx[2] in _NNX_CHOICES:  # its structure and shapes again
-        K, finite = _entk_leaves(nnx[0], nnx[1], x1, x2, outputs, *_NNX_CHOICES[nnx[2]])
+    flax = _flax_call(model, x1, x2, outputs, method, block_size, memory_limit)  # a Flax model: read afresh
+    if flax is not None and flax[2] in _FLAX_CHOICES:  # its structure and shapes again
+        K, finite = _entk_leaves(flax[0], flax[1], x1, x2, outputs, *_FLAX_CHOICES[flax[2]])
         return _finite_or_raise(K, finite, check_finite, x1, x2)
     if outputs not in _OUTPUTS:
         raise ValueError(f"outputs: expected one of {_OUTPUTS}, got {outputs!r}")
@@ -173,9 +174,9 @@ def entk(
     checked = as_model(model)
     x1, x2, block_size = check_inputs(x1, x2, block_size)
     choice = _resolve_method(checked, x1, x2, method, memory_limit or _DEFAULT_MEMORY_LIMIT, outputs, block_size)
-    if nnx is not None:
-        _store_nnx_choice(nnx[2], choice)
-        K, finite = _entk_leaves(nnx[0], nnx[1], x1, x2, outputs, *choice)
+    if flax is not None:
+        _store_flax_choice(flax[2], choice)
+        K, finite = _entk_leaves(flax[0], flax[1], x1, x2, outputs, *choice)
         return _finite_or_raise(K, finite, check_finite, x1, x2)
     plan = _store_plan(key, model, checked, choice)
     if plan is None:

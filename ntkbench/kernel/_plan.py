@@ -4,7 +4,7 @@ structure, shapes, options) and the steady-state plan per model object."""
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -12,7 +12,7 @@ from jax.core import Tracer
 
 from ntkbench.kernel._costs import _choose
 from ntkbench.kernel._model import Outputs
-from ntkbench.kernel._stateful import is_mutable
+from ntkbench.kernel._stateful import is_mutable, linen_apply
 
 _CHOICES: dict = {}
 
@@ -72,45 +72,67 @@ def _store_plan(key: Any, model: Any, checked: Any, choice: tuple) -> tuple | No
     return plan
 
 
-#: (NNX module structure, leaf shapes and dtypes, input shapes, options) -> the method
-#: choice of :func:`entk` (what ``_PLANS`` is for Equinox models: an NNX module changes in
-#: place, so its plan is kept per structure, and its arrays are read afresh every call).
-_NNX_CHOICES: dict = {}
+#: (how the model is rebuilt, leaf shapes and dtypes, input shapes, options) -> the method
+#: choice of :func:`entk` for a Flax model (what ``_PLANS`` is for Equinox models): an NNX
+#: module changes in place and a linen pair is a new tuple each call, so their plan is kept
+#: per structure, and their arrays are read afresh every call.
+_FLAX_CHOICES: dict = {}
 
 
-def _nnx_call(model: Any, x1: Any, x2: Any, outputs: Any, method: Any, block_size: Any, memory_limit: Any):
-    """(array leaves, structure, choice key) of a call on a Flax NNX module whose kernel may
-    be computed from its pytree leaves alone (all JAX arrays, none shared between two
-    variables: ``jax.tree_util`` would unshare them) and inputs that are JAX arrays; else
-    None. ``jax.tree_util.tree_flatten`` of the module costs ~20 µs where ``nnx.split``
-    and regrouping cost ~0.5 ms, and its structure holds the module's types and static
-    attributes (a change of them is a new structure)."""
-    if not is_mutable(model) or not isinstance(x1, jax.Array):
+class _Rebuild(NamedTuple):
+    """How a Flax model is rebuilt from its array leaves inside the trace: an NNX module
+    from its pytree structure, or ``(apply, variables)`` of a linen module from the
+    structure of its variables. Compared by value (a static argument of ``jax.jit``)."""
+
+    treedef: Any
+    apply: Any = None  # a linen apply (value-compared): the leaves are its variables'
+
+    def model(self, leaves: list) -> Any:
+        tree = jax.tree_util.tree_unflatten(self.treedef, leaves)
+        return tree if self.apply is None else (self.apply, tree)
+
+
+def _flax_call(model: Any, x1: Any, x2: Any, outputs: Any, method: Any, block_size: Any, memory_limit: Any):
+    """(array leaves, ``_Rebuild``, choice key) of a call on a Flax NNX module or a linen
+    ``(module or apply, variables)`` whose kernel may be computed from those leaves alone
+    (all JAX arrays; for NNX none shared between two variables: ``jax.tree_util`` would
+    unshare them) and inputs that are JAX arrays; else None. Flattening costs ~20 µs where
+    ``nnx.split``, the regrouping and the checks cost ~0.1–0.5 ms, and an NNX module's
+    structure holds its types and static attributes (a change of them is a new one)."""
+    if not isinstance(x1, jax.Array) or (x2 is not None and not (isinstance(x2, jax.Array) and x2.dtype == x1.dtype)):
         return None
-    if x2 is not None and not (isinstance(x2, jax.Array) and x2.dtype == x1.dtype):
-        return None
-    try:
-        leaves, treedef = jax.tree_util.tree_flatten(model)
-    except Exception:  # a module JAX cannot flatten: the general path (nnx.split)
-        return None
-    if not all(isinstance(leaf, jax.Array) for leaf in leaves) or len({id(leaf) for leaf in leaves}) != len(leaves):
+    if is_mutable(model):
+        try:
+            leaves, treedef = jax.tree_util.tree_flatten(model)
+        except Exception:  # a module JAX cannot flatten: the general path (nnx.split)
+            return None
+        if len({id(leaf) for leaf in leaves}) != len(leaves):
+            return None
+        rebuild = _Rebuild(treedef)
+    else:
+        apply = linen_apply(model)
+        if apply is None:
+            return None
+        leaves, treedef = jax.tree_util.tree_flatten(model[1])
+        rebuild = _Rebuild(treedef, apply)
+    if not all(isinstance(leaf, jax.Array) for leaf in leaves):
         return None
     shapes = tuple((leaf.shape, leaf.dtype) for leaf in leaves)
     inputs = (x1.shape, x1.dtype, None if x2 is None else x2.shape)
     # the options' types too: block_size=True equals 1 but is refused (the checks run on a miss)
     options = (outputs, method, block_size, type(block_size), memory_limit, type(memory_limit))
-    key = (treedef, shapes, inputs, options)
+    key = (rebuild, shapes, inputs, options)
     try:
         hash(key)
     except TypeError:  # unhashable static attributes or options: the general path
         return None
-    return leaves, treedef, key
+    return leaves, rebuild, key
 
 
-def _store_nnx_choice(key: Any, choice: tuple) -> None:
-    if len(_NNX_CHOICES) >= _PLANS_MAX:
-        _NNX_CHOICES.clear()
-    _NNX_CHOICES[key] = choice
+def _store_flax_choice(key: Any, choice: tuple) -> None:
+    if len(_FLAX_CHOICES) >= _PLANS_MAX:
+        _FLAX_CHOICES.clear()
+    _FLAX_CHOICES[key] = choice
 
 
 def _resolve_method(

@@ -414,36 +414,6 @@ def test_linen_embed_is_tapped(tied, x64):
         assert rel_err(nb.entk((module, variables), ids, method=method), ref) < 1e-10
 
 
-def test_train_a_linen_module_with_batch_stats():
-    """``train`` of ``(functools.partial(module.apply, train=False), variables)``: BatchNorm
-    on the batch's statistics while training (its running averages move), the recorded
-    trace that of ``entk`` (structured, the Dense layers tapped) of the model it returns
-    at the last step, within float32 round-off of kernels summed in another order (1e-5)."""
-    import optax
-
-    data = nb.load("digits", 32, 16, seed=0)
-    module = LinenBN32()
-    variables = module.init(jax.random.key(0), jnp.ones((1, 64)), train=False)
-    apply = functools.partial(module.apply, train=False)
-    recorder = nb.Recorder(every=4, probe=8, measures=["loss", "trace"])
-    (given, trained), ds = nb.train(
-        (apply, variables), data, optimizer=optax.adam(1e-2), steps=4, recorder=recorder, key=jax.random.key(1)
-    )
-    assert given is apply
-    assert float(ds.loss[-1]) < float(ds.loss[0])
-    moved = trained["batch_stats"]["BatchNorm_0"]["mean"]
-    assert not np.allclose(moved, variables["batch_stats"]["BatchNorm_0"]["mean"])
-    K = nb.entk((apply, trained), jnp.asarray(data.x_train[:8]), method="structured")
-    assert float(ds.trace[-1]) == pytest.approx(float(jnp.trace(K)), rel=1e-5)
-
-
-class LinenBN32(linen.Module):
-    @linen.compact
-    def __call__(self, x, train: bool = True):
-        x = linen.BatchNorm(use_running_average=not train)(linen.Dense(8)(x))
-        return linen.Dense(10)(jax.nn.relu(x))
-
-
 @pytest.mark.parametrize("method", ["jacobian", "auto"])
 def test_linen_batch_stats_are_held_fixed(method, x64):
     """``variables["params"]`` differentiated, ``batch_stats`` (far from 0 and 1) fixed;

@@ -438,6 +438,43 @@ def test_linen_batch_stats_are_held_fixed(method, x64):
     assert rel_err(K, linen_reference(apply, variables, x, ("params", "batch_stats"))) > 1e-3
 
 
+class LinenLifted(linen.Module):
+    """Layers under linen's lifted transforms: a Dense per token under ``nn.vmap`` (shared
+    parameters: the very arrays, tapped inside one vmap), Dense layers under ``nn.scan``
+    (stacked parameters) and ``nn.remat`` (parameters passed through ``jax.checkpoint``,
+    which a placeholder could not pass): those two fall back."""
+
+    @linen.compact
+    def __call__(self, x):  # x (B, T, 3)
+        per_token = linen.vmap(
+            linen.Dense, in_axes=1, out_axes=1, variable_axes={"params": None}, split_rngs={"params": False}
+        )
+        h = jnp.tanh(per_token(4, **F64)(x)).mean(axis=1)
+        h, _ = linen.scan(LinenCell, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)()(h, None)
+        return linen.remat(linen.Dense)(2, **F64)(h)
+
+
+class LinenCell(linen.Module):
+    @linen.compact
+    def __call__(self, h, _):
+        return jnp.tanh(linen.Dense(4, **F64)(h)), None
+
+
+def test_linen_layers_under_lifted_transforms(x64):
+    """Only the layer whose parameters are the top level's own arrays is tapped; the kernel
+    matches the float64 reference (1e-10) with the others on the Jacobian route."""
+    module = LinenLifted()
+    x = _x((4, 3, 3))
+    variables = jax.jit(module.init)(jax.random.key(0), x[:1])
+    checked = tappable(as_model((module, variables)), x.shape[1:], x.dtype)
+    assert [plain.path for plain in checked.plains] == [("VmapDense_0",)]
+    assert sorted(_probe(checked, x.shape[1:], x.dtype)) == [0]
+    assert (
+        rel_err(nb.entk((module, variables), x, method="structured"), linen_reference(module.apply, variables, x))
+        < 1e-10
+    )
+
+
 def test_linen_apply_written_in_each_call_is_one_structure(x64):
     """``functools.partial(module.apply, train=False)`` written anew in each call gives the
     same model structure (what the compiled kernel is keyed on), so it compiles once; a

@@ -6,9 +6,10 @@ applying it abstractly (``jax.eval_shape``) to one sample under
 ``flax.linen.intercept_methods``, which sees each layer's ``__call__`` with the layer
 (its type and attributes), its path of names in the variables and its input. A layer is
 plain (see ``_nnx_layers``) when it computes as its Equinox twin, its parameters are the
-ones at its path in ``variables["params"]`` with the shapes its input implies (not those
-of an ``nn.scan`` or ``nn.vmap`` that stacks them), and every call of it agrees (the same
-padding: "SAME" at a stride is written out for the input size, known here). The answer
+very arrays at its path in ``variables["params"]`` with the shapes its input implies (not
+arrays passed through a lifted transform, ``nn.scan``, ``nn.vmap``, ``nn.remat``: those
+layers take the Jacobian route), and every call of it agrees (the same padding: "SAME"
+at a stride is written out for the input size, known here). The answer
 is cached per (apply, parameter structure, input shape and dtype).
 
 In the forward pass the same interception replaces each plain layer's ``__call__`` by its
@@ -43,6 +44,10 @@ def _plain(module: Any, kind: str, x: Any, params: dict[str, Any]) -> Plain | No
     first = params.get(names[0])
     if first is None or set(params) - set(names) or not _nnx_layers.default_arithmetic(module, first.dtype):
         return None
+    # the very array the top level holds: not one passed through a lifted transform
+    # (nn.vmap, nn.scan, nn.remat, nn.jit), which its placeholder could not pass
+    if module.scope is None or module.scope.get_variable("params", names[0]) is not first:
+        return None
     if kind == "embed":
         return Plain(tuple(module.path), kind) if first.shape == (module.num_embeddings, module.features) else None
     bias = params.get("bias")
@@ -74,10 +79,7 @@ def plain_layers(
         pass
     except TypeError:  # an unhashable apply or structure: found again each time
         key = None
-    flat = traverse_util.flatten_dict(params)
-    by_path: dict[tuple, dict[str, Any]] = {}
-    for path, value in flat.items():
-        by_path.setdefault(tuple(path[:-1]), {})[path[-1]] = value
+    by_path: dict[tuple, dict[str, Any]] = {}  # the traced parameters, by layer path
     types = _types()
     seen: dict[tuple, Plain | None] = {}
 
@@ -91,6 +93,8 @@ def plain_layers(
         return next_fun(*args, **kwargs)
 
     def run(p, x):
+        for path, value in traverse_util.flatten_dict(p).items():
+            by_path.setdefault(tuple(path[:-1]), {})[path[-1]] = value
         with linen.intercept_methods(record):
             return apply({"params": p, **rest}, x[None])
 

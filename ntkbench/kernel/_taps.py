@@ -300,6 +300,11 @@ def _probe(model, x_shape, x_dtype) -> dict[int, tuple[_Call, ...]]:
         except _DirectAccess as e:
             keep.discard(e.idx)
             continue
+        except Exception:
+            # a Flax layer's placeholder (``_nnx_layers._Guard``) passed into a JAX
+            # transform (``nnx.remat``, ...), which refuses it: which layer is not known,
+            # so none is tapped (the model's own errors show again on the untapped route)
+            return {}
         tape = holder[0]
         bad = tape.bad | {i for i in keep if i not in tape.calls}
         if not bad & keep:

@@ -627,7 +627,7 @@ def open_many(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> import ntkbench
     >>> shipped = Path(ntkbench.__file__).parents[1] / "data" / "collective_quick.nc"
     >>> list(open_many(shipped))  # the shipped cube of a source checkout
-    ['mlp', 'scale', 'transformer', 'cnn']
+    ['mlp', 'scale', 'transformer', 'cnn', 'resnet']
     """
     import netCDF4
     import xarray as xr

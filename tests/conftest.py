@@ -55,3 +55,33 @@ def _release_compiled_code():
 
     jax.clear_caches()
     gc.collect()
+
+
+#: rough seconds per test file on a 2-core CI machine (2026-12-07, `make test`'s slowest
+#: tests): files not listed count as short
+_FILE_SECONDS = {
+    "test_browser.py": 300,
+    "test_collective.py": 200,
+    "test_notebooks.py": 150,
+    "test_scaling_paper.py": 90,
+    "test_reliability.py": 80,
+    "test_data_paper.py": 70,
+    "test_reach_paper.py": 60,
+    "test_kernel.py": 60,
+    "test_flax.py": 40,
+    "test_decoder.py": 40,
+    "test_vector_export.py": 35,
+    "test_resnet.py": 35,
+    "test_train_state.py": 30,
+    "test_cli.py": 30,
+    "test_lnp.py": 30,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest test files first. ``make test`` hands whole files to its 2 workers
+    (``--dist loadfile``), each taking the next file when it finishes one: in name order a
+    long file started last (``test_vector_export.py``, 35 s) left the other worker idle at
+    the end; longest first, the last files are the short ones. The order within a file is
+    kept (a stable sort)."""
+    items.sort(key=lambda item: -_FILE_SECONDS.get(item.path.name, 0))

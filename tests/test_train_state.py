@@ -245,12 +245,13 @@ def _inference_vs_training_mode(model, calibrated, x):
     return train_mode, apply(stateful_model(calibrated), x), apply(stateful_model(model), x)
 
 
-def test_calibrated_resnet_in_inference_mode_is_its_training_mode_on_that_batch():
+def test_calibrated_network_in_inference_mode_is_its_training_mode_on_that_batch():
     """calibrate_batchnorm((model, state), x): the running statistics become x's, so the
     network in inference mode gives on x what training mode gives (the kernel at step 0 is
-    of the normalised network), without changing a parameter."""
-    model, state = eqx.nn.make_with_state(nb.ResNet18)(1, 10, width=2, key=jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (24, 1, 8, 8))
+    of the normalised network), without changing a parameter. (The ResNet-18's
+    calibration through make_model: test_resnet18_model_config.)"""
+    model, state = eqx.nn.make_with_state(EqxNet)(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (24, 64)) * 3.0 + 2.0
     calibrated = nb.calibrate_batchnorm((model, state), x)
     assert eqx.tree_equal(eqx.filter(calibrated[0], eqx.is_array), eqx.filter(model, eqx.is_array))
     train_mode, inference, uncalibrated = _inference_vs_training_mode((model, state), calibrated, x)

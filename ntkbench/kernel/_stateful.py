@@ -276,6 +276,15 @@ def tappable(model: Any, x_shape: tuple[int, ...], x_dtype: Any) -> Any:
     return _Linen(model.apply, params, model.rest, model.given, layers, plains)
 
 
+def _is_bn(node: Any) -> bool:
+    return isinstance(node, eqx.nn.BatchNorm)
+
+
+def equinox_batchnorms(model: Any) -> list[Any]:
+    """The ``eqx.nn.BatchNorm`` layers of ``model``, in pytree order."""
+    return [n for n in jax.tree_util.tree_leaves(model, is_leaf=_is_bn) if _is_bn(n)]
+
+
 class _EqxState(eqx.Module):
     """An Equinox model called as ``model(x, state)`` (returning ``(y, state)``) in
     inference mode, its ``eqx.nn.State`` frozen."""
@@ -294,8 +303,7 @@ class _EqxState(eqx.Module):
         among them, stay in inference mode), called per sample under ``jax.vmap`` with the
         BatchNorm layers' ``axis_name``. Returns (outputs (B, ...), ``self`` with the new
         state)."""
-        is_bn = lambda n: isinstance(n, eqx.nn.BatchNorm)  # noqa: E731
-        norms = [n for n in jax.tree_util.tree_leaves(self.model, is_leaf=is_bn) if is_bn(n)]
+        norms = equinox_batchnorms(self.model)
         names = {n.axis_name if isinstance(n.axis_name, str) else tuple(n.axis_name) for n in norms}
         if len(names) > 1 or any(not isinstance(n, str) for n in names):
             raise ValueError(
@@ -303,7 +311,7 @@ class _EqxState(eqx.Module):
                 f"{sorted(map(str, names))}"
             )
         model = jax.tree_util.tree_map(
-            lambda n: eqx.tree_at(lambda b: b.inference, n, False) if is_bn(n) else n, self.model, is_leaf=is_bn
+            lambda n: eqx.tree_at(lambda b: b.inference, n, False) if _is_bn(n) else n, self.model, is_leaf=_is_bn
         )
         call = jax.vmap(model, in_axes=(0, None), out_axes=(0, None), axis_name=names.pop() if names else "batch")
         y, state = call(xb, thaw(self.state))

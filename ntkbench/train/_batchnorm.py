@@ -11,11 +11,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ntkbench.kernel._stateful import stateful_model, train_forward
+from ntkbench.kernel._stateful import equinox_batchnorms, stateful_model, train_forward
 
 
-def _is_bn(node: Any) -> bool:
-    return isinstance(node, eqx.nn.BatchNorm)
+def _nnx_batchnorms(module: Any) -> list[Any]:
+    """The ``nnx.BatchNorm`` layers of ``module``, in graph order."""
+    from flax import nnx
+
+    return [node for _, node in nnx.iter_graph(module) if isinstance(node, nnx.BatchNorm)]
 
 
 def _reset_equinox(model: Any, state: eqx.nn.State) -> eqx.nn.State:
@@ -24,7 +27,7 @@ def _reset_equinox(model: Any, state: eqx.nn.State) -> eqx.nn.State:
     by 1 − mⁿ, exact from zero), ``mode="ema"`` back to its first batch."""
     leaves, treedef = jax.tree_util.tree_flatten(state)
     state = jax.tree_util.tree_unflatten(treedef, leaves)  # State.set retires the state it is called on
-    for bn in (n for n in jax.tree_util.tree_leaves(model, is_leaf=_is_bn) if _is_bn(n)):
+    for bn in equinox_batchnorms(model):
         if bn.mode == "batch":
             mean, var = state.get(bn.batch_state_index)
             state = state.set(bn.batch_counter, jnp.zeros_like(state.get(bn.batch_counter)))
@@ -68,14 +71,13 @@ def calibrate_batchnorm(model: Any, x: Any) -> Any:
     nnx = sys.modules.get("flax.nnx")
     if nnx is not None and isinstance(model, nnx.Module):
         module = nnx.clone(model)
-        norms = [node for _, node in nnx.iter_graph(module) if isinstance(node, nnx.BatchNorm)]
+        norms = _nnx_batchnorms(module)
         momenta = [bn.momentum for bn in norms]
         for bn in norms:
             bn.momentum = 0.0
         _, calibrated = eqx.filter_jit(train_forward)(stateful_model(module), x)
         out = calibrated.user_model()
-        out_norms = [node for _, node in nnx.iter_graph(out) if isinstance(node, nnx.BatchNorm)]
-        for bn, m in zip(out_norms, momenta, strict=True):
+        for bn, m in zip(_nnx_batchnorms(out), momenta, strict=True):
             bn.momentum = m
         return out
     if isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], eqx.nn.State):
